@@ -1,0 +1,48 @@
+// swift-tools-version: 6.0
+// HistoDistill: resolution-based self-supervised knowledge distillation for histology on CPU clusters.
+import PackageDescription
+
+let package = Package(
+    name: "HistoDistill",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "histodistill", targets: ["HistoDistillCLI"]),
+        .executable(name: "histodistill-bench", targets: ["ConvBench"]),
+        .library(name: "TensorCore", targets: ["TensorCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config (Debian: libopenblas-dev, libzstd-dev, libopenmpi-dev).
+        .systemLibrary(
+            name: "COpenBLAS", pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"]), .brew(["openblas"])]),
+        .systemLibrary(
+            name: "CZstd", pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"]), .brew(["zstd"])]),
+        .systemLibrary(
+            name: "CMPI", pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"]), .brew(["open-mpi"])]),
+
+        // The engine: tensors, flat parameters, BLAS facade, parallel-for, kernels. No MPI, no file I/O.
+        .target(name: "TensorCore", dependencies: ["COpenBLAS"]),
+
+        // Process groups: single process and MPI. The only module that imports MPI.
+        .target(name: "Distributed", dependencies: ["CMPI"]),
+
+        // safetensors read/write (weights, checkpoints, test fixtures).
+        .target(name: "SafeTensors"),
+
+        .executableTarget(
+            name: "HistoDistillCLI",
+            dependencies: [
+                "TensorCore", "Distributed", "CZstd",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .executableTarget(name: "ConvBench", dependencies: ["TensorCore"]),
+
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafeTensors"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "HistoDistillCLI"]),
+    ]
+)

@@ -1,0 +1,153 @@
+// Benchmark: GFLOP/s of conv forward and backward for every conv of the paper's model, next to square sgemm.
+//
+// Usage: histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--target-columns N]
+// Prints a markdown table per thread count. Run with OPENBLAS_CORETYPE unset for the real figures.
+import Foundation
+import TensorCore
+
+struct Options {
+    var resolution = 224
+    var batch = 32
+    var threads = [1, 2]
+    var reps = 5
+    var targetColumns = Conv2d.defaultTargetColumns
+    var gemmSize = 2048
+
+    init(_ args: [String]) {
+        var i = 1
+        func value() -> String {
+            i += 1
+            guard i < args.count else { fatalError("missing value after \(args[i - 1])") }
+            return args[i]
+        }
+        while i < args.count {
+            switch args[i] {
+            case "--resolution": resolution = Int(value())!
+            case "--batch": batch = Int(value())!
+            case "--threads": threads = value().split(separator: ",").map { Int($0)! }
+            case "--reps": reps = Int(value())!
+            case "--target-columns": targetColumns = Int(value())!
+            case "--gemm-size": gemmSize = Int(value())!
+            case "-h", "--help":
+                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--target-columns N] [--gemm-size 2048]")
+                exit(0)
+            default: fatalError("unknown argument \(args[i])")
+            }
+            i += 1
+        }
+    }
+}
+
+/// One conv of the model: its shape, how many times it occurs, and whether its input needs a gradient.
+struct ConvCase {
+    var name: String
+    var shape: Conv2dShape
+    var occurrences: Int
+    var inputGradient: Bool
+}
+
+/// Every conv of the paper's ResNet-GN (planes 32/64/128/256, one BasicBlock per stage) at `r` px.
+func paperModelConvs(resolution r: Int, batch n: Int) -> [ConvCase] {
+    var cases: [ConvCase] = []
+    cases.append(ConvCase(name: "conv1 7x7/2", shape: Conv2dShape(n: n, cIn: 3, h: r, w: r, cOut: 32, kernel: 7, stride: 2, padding: 3),
+                          occurrences: 1, inputGradient: false))
+    var size = (r + 2 * 3 - 7) / 2 + 1
+    size = (size + 2 - 3) / 2 + 1   // max-pool 3x3/2 pad 1
+    let planes = [32, 64, 128, 256]
+    var inPlanes = 32
+    for (stage, p) in planes.enumerated() {
+        let stride = stage == 0 ? 1 : 2
+        let outSize = (size + 2 - 3) / stride + 1
+        let l = "layer\(stage + 1)"
+        if stride == 1 && inPlanes == p {
+            cases.append(ConvCase(name: "\(l) 3x3 (x2)", shape: Conv2dShape(n: n, cIn: p, h: size, w: size, cOut: p, kernel: 3, stride: 1, padding: 1),
+                                  occurrences: 2, inputGradient: true))
+        } else {
+            cases.append(ConvCase(name: "\(l).conv1 3x3/2", shape: Conv2dShape(n: n, cIn: inPlanes, h: size, w: size, cOut: p, kernel: 3, stride: 2, padding: 1),
+                                  occurrences: 1, inputGradient: true))
+            cases.append(ConvCase(name: "\(l).conv2 3x3", shape: Conv2dShape(n: n, cIn: p, h: outSize, w: outSize, cOut: p, kernel: 3, stride: 1, padding: 1),
+                                  occurrences: 1, inputGradient: true))
+            cases.append(ConvCase(name: "\(l).downsample 1x1/2", shape: Conv2dShape(n: n, cIn: inPlanes, h: size, w: size, cOut: p, kernel: 1, stride: 2, padding: 0),
+                                  occurrences: 1, inputGradient: true))
+        }
+        inPlanes = p
+        size = outSize
+    }
+    return cases
+}
+
+func seconds(_ body: () -> Void) -> Double {
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    body()
+    return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+}
+
+func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
+
+func fill(_ b: Buffer<Float>, seed: UInt64) {
+    var state = seed &* 6364136223846793005 &+ 1442695040888963407
+    for i in 0..<b.count {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        b[i] = Float(Int64(bitPattern: state >> 11) % 2000) / 1000 - 1
+    }
+}
+
+let options = Options(CommandLine.arguments)
+let env = ProcessInfo.processInfo.environment
+print("# histodistill-bench: conv GFLOP/s vs square sgemm")
+print("OpenBLAS \(BLAS.version), kernels \(BLAS.coreName), OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "(unset)"), "
+      + "OPENBLAS_L2_SIZE=\(env["OPENBLAS_L2_SIZE"] ?? "(unset)")")
+print("paper model convs at \(options.resolution) px, batch \(options.batch), median of \(options.reps), target columns \(options.targetColumns)")
+
+for t in options.threads {
+    BLAS.setThreadCount(t)
+    // Square GEMM reference.
+    let g = options.gemmSize
+    let a = Buffer<Float>(count: g * g), b = Buffer<Float>(count: g * g), c = Buffer<Float>(count: g * g)
+    fill(a, seed: 1); fill(b, seed: 2)
+    var gemmTimes: [Double] = []
+    for _ in 0..<(options.reps + 1) {
+        gemmTimes.append(seconds {
+            Float.gemm(transA: false, transB: false, m: g, n: g, k: g, alpha: 1, a: a.pointer, lda: g, b: b.pointer, ldb: g,
+                       beta: 0, c: c.pointer, ldc: g)
+        })
+    }
+    let gemmRate = 2 * Double(g * g * g) / median(Array(gemmTimes.dropFirst())) / 1e9
+
+    print("\n## \(t) thread\(t > 1 ? "s" : "")\n")
+    print("sgemm \(g)x\(g)x\(g): \(String(format: "%.1f", gemmRate)) GFLOP/s\n")
+    print("| conv | shape (n, c, h, w) -> cOut | count | fwd ms | fwd GFLOP/s | bwd ms | bwd GFLOP/s | fwd+bwd % of sgemm |")
+    print("|---|---|---|---|---|---|---|---|")
+    var totalFlops = 0.0, totalTime = 0.0
+    let workspace = Workspace<Float>()
+    for cc in paperModelConvs(resolution: options.resolution, batch: options.batch) {
+        let s = cc.shape
+        let x = Buffer<Float>(count: s.inputCount), w = Buffer<Float>(count: s.weightCount)
+        let y = Buffer<Float>(count: s.outputCount), dy = Buffer<Float>(count: s.outputCount)
+        let dx = Buffer<Float>(count: s.inputCount), dw = Buffer<Float>(count: s.weightCount)
+        fill(x, seed: 3); fill(w, seed: 4); fill(dy, seed: 5)
+        var fwd: [Double] = [], bwd: [Double] = []
+        for _ in 0..<(options.reps + 1) {
+            fwd.append(seconds {
+                Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s,
+                               workspace: workspace, targetColumns: options.targetColumns)
+            })
+            bwd.append(seconds {
+                Conv2d.backward(gradInput: cc.inputGradient ? dx.pointer : nil, gradWeight: dw.pointer, gradBias: nil,
+                                gradOutput: dy.pointer, input: x.pointer, weight: w.pointer, shape: s,
+                                workspace: workspace, targetColumns: options.targetColumns)
+            })
+        }
+        let tf = median(Array(fwd.dropFirst())), tb = median(Array(bwd.dropFirst()))
+        let ff = 2 * Double(s.macs), fb = ff * (cc.inputGradient ? 2 : 1)
+        totalFlops += Double(cc.occurrences) * (ff + fb)
+        totalTime += Double(cc.occurrences) * (tf + tb)
+        let pct = (ff + fb) / (tf + tb) / 1e9 / gemmRate * 100
+        print("| \(cc.name) | (\(s.n), \(s.cIn), \(s.h), \(s.w)) -> \(s.cOut) | \(cc.occurrences) | "
+              + String(format: "%.2f | %.1f | %.2f | %.1f | %.0f%% |", tf * 1e3, ff / tf / 1e9, tb * 1e3, fb / tb / 1e9, pct))
+    }
+    let rate = totalFlops / totalTime / 1e9
+    print("\nall convs, forward + backward: \(String(format: "%.1f", totalFlops / 1e9)) GFLOP in "
+          + "\(String(format: "%.1f", totalTime * 1e3)) ms = \(String(format: "%.1f", rate)) GFLOP/s = "
+          + "\(String(format: "%.0f", rate / gemmRate * 100))% of sgemm (target 70%)")
+}

@@ -1,0 +1,111 @@
+// The MPI process group over Open MPI: the only file in HistoDistill that calls MPI.
+import CMPI
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A process group over MPI_COMM_WORLD. Errors are returned, not fatal, so a failure becomes a message that
+/// names the rank and the operation; `abort` ends every rank (MPI_Abort) so no rank is left waiting.
+public final class MPIProcessGroup: ProcessGroup {
+    public let rank: Int
+    public let size: Int
+    private let comm: MPI_Comm
+    private var finalized = false
+
+    /// Initialises MPI (funneled threading: only the main thread calls MPI).
+    public init() throws {
+        var initialized: Int32 = 0
+        MPI_Initialized(&initialized)
+        if initialized == 0 {
+            var provided: Int32 = 0
+            let rc = MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided)
+            guard rc == cmpi_success() else { throw ProcessGroupError("MPI_Init_thread failed with code \(rc)") }
+        }
+        comm = cmpi_comm_world()
+        MPI_Comm_set_errhandler(comm, cmpi_errors_return())
+        var r: Int32 = 0, s: Int32 = 0
+        MPI_Comm_rank(comm, &r)
+        MPI_Comm_size(comm, &s)
+        rank = Int(r)
+        size = Int(s)
+    }
+
+    /// The MPI library's version string, e.g. "Open MPI v4.1.4, package: Debian OpenMPI, ...".
+    public static var libraryVersion: String {
+        var buffer = [CChar](repeating: 0, count: Int(cmpi_max_library_version_string()) + 1)
+        var length: Int32 = 0
+        MPI_Get_library_version(&buffer, &length)
+        let s = string(fromCBuffer: buffer)
+        return s.split(separator: "\n").first.map(String.init)?.trimmingSpaces ?? s
+    }
+
+    public var transportName: String { Self.libraryVersion }
+
+    /// The node's name as MPI reports it.
+    public var processorName: String {
+        var buffer = [CChar](repeating: 0, count: Int(cmpi_max_processor_name()) + 1)
+        var length: Int32 = 0
+        MPI_Get_processor_name(&buffer, &length)
+        return string(fromCBuffer: buffer)
+    }
+
+    private func check(_ rc: Int32, _ what: String) throws {
+        guard rc != cmpi_success() else { return }
+        var buffer = [CChar](repeating: 0, count: 512)
+        var length: Int32 = 0
+        MPI_Error_string(rc, &buffer, &length)
+        throw ProcessGroupError("rank \(rank) of \(size): \(what) failed: \(string(fromCBuffer: buffer))")
+    }
+
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        try check(MPI_Allreduce(cmpi_in_place(), base, Int32(buffer.count), cmpi_float(), cmpi_op_sum(), comm),
+                  "MPI_Allreduce(sum, \(buffer.count) floats)")
+    }
+
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        try check(MPI_Allreduce(cmpi_in_place(), base, Int32(buffer.count), cmpi_double(), cmpi_op_sum(), comm),
+                  "MPI_Allreduce(sum, \(buffer.count) doubles)")
+    }
+
+    public func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Int64>) throws {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        try check(MPI_Allreduce(cmpi_in_place(), base, Int32(buffer.count), cmpi_int64(), cmpi_op_max(), comm),
+                  "MPI_Allreduce(max, \(buffer.count) int64)")
+    }
+
+    public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {
+        precondition(root >= 0 && root < size, "MPIProcessGroup.broadcast: root \(root) out of range for \(size) ranks")
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        try check(MPI_Bcast(base, Int32(buffer.count), cmpi_byte(), Int32(root), comm),
+                  "MPI_Bcast(\(buffer.count) bytes from rank \(root))")
+    }
+
+    public func barrier() throws {
+        try check(MPI_Barrier(comm), "MPI_Barrier")
+    }
+
+    public func abort(code: Int32, message: String) -> Never {
+        FileHandleStderr.write("histodistill: rank \(rank) of \(size): \(message)")
+        MPI_Abort(comm, code)
+        exit(code)
+    }
+
+    public func finalize() {
+        guard !finalized else { return }
+        finalized = true
+        MPI_Finalize()
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " || s.last == "," { s = s.dropLast() }
+        return String(s)
+    }
+}

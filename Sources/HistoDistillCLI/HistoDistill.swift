@@ -1,0 +1,14 @@
+// The `histodistill` command line: the root command and its subcommands.
+import ArgumentParser
+
+/// The program's version, reported by `--version` and written into run directories.
+let histodistillVersion = "0.1.0"
+
+@main
+struct HistoDistill: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "histodistill",
+        abstract: "Resolution-based self-supervised knowledge distillation for histology tiles on CPU clusters.",
+        version: histodistillVersion,
+        subcommands: [Doctor.self])
+}

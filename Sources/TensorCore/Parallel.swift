@@ -1,0 +1,42 @@
+// A parallel-for for elementwise kernels, im2col and col2im that uses the same cores as OpenBLAS.
+import Dispatch
+import Synchronization
+
+/// Splits loops over the engine's thread width.
+///
+/// Kernels and GEMMs run one after the other, never at once, so the parallel-for uses the same number of
+/// threads as OpenBLAS (`BLAS.setThreadCount` sets both); with a width of 1 everything runs on the caller.
+public enum Parallel {
+    private static let widthStorage = Atomic<Int>(1)
+
+    /// Number of chunks a parallel loop is split into.
+    public static var width: Int { widthStorage.load(ordering: .relaxed) }
+
+    /// Sets the width of parallel loops (normally through `BLAS.setThreadCount`).
+    public static func setWidth(_ width: Int) {
+        precondition(width >= 1, "Parallel.setWidth: width must be >= 1, got \(width)")
+        widthStorage.store(width, ordering: .relaxed)
+    }
+
+    /// Runs `body` over disjoint subranges covering `0..<count`, each at least `grain` long when possible.
+    ///
+    /// `body` must only write locations owned by its subrange.
+    @inline(__always)
+    public static func forEach(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
+        if count <= 0 { return }
+        let w = width
+        let chunks = min(w, max(1, count / max(grain, 1)))
+        if chunks <= 1 {
+            body(0..<count)
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            nonisolated(unsafe) let body = body
+            DispatchQueue.concurrentPerform(iterations: chunks) { i in
+                let lo = count * i / chunks
+                let hi = count * (i + 1) / chunks
+                if lo < hi { body(lo..<hi) }
+            }
+        }
+    }
+}
