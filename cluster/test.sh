@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: set up native packages, build, run every test (including real mpirun runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash cluster/setup.sh
+swift build --build-tests
+swift test --skip-build --disable-xctest
