@@ -1,6 +1,6 @@
 // Benchmark: GFLOP/s of conv forward and backward for every conv of the paper's model, next to square sgemm.
 //
-// Usage: histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--target-columns N]
+// Usage: histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS]
 // Prints a markdown table per thread count. Run with OPENBLAS_CORETYPE unset for the real figures.
 import Foundation
 import TensorCore
@@ -10,7 +10,7 @@ struct Options {
     var batch = 32
     var threads = [1, 2]
     var reps = 5
-    var targetColumns = Conv2d.defaultTargetColumns
+    var tiling = ConvTiling.default
     var gemmSize = 2048
 
     init(_ args: [String]) {
@@ -26,10 +26,11 @@ struct Options {
             case "--batch": batch = Int(value())!
             case "--threads": threads = value().split(separator: ",").map { Int($0)! }
             case "--reps": reps = Int(value())!
-            case "--target-columns": targetColumns = Int(value())!
+            case "--min-columns": tiling.minColumns = Int(value())!
+            case "--column-budget": tiling.columnBudget = Int(value())!
             case "--gemm-size": gemmSize = Int(value())!
             case "-h", "--help":
-                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--target-columns N] [--gemm-size 2048]")
+                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048]")
                 exit(0)
             default: fatalError("unknown argument \(args[i])")
             }
@@ -82,7 +83,8 @@ func seconds(_ body: () -> Void) -> Double {
     return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
 }
 
-func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
+func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return useMin ? s[0] : s[s.count / 2] }
+let useMin = ProcessInfo.processInfo.environment["BENCH_STAT"] == "min"
 
 func fill(_ b: Buffer<Float>, seed: UInt64) {
     var state = seed &* 6364136223846793005 &+ 1442695040888963407
@@ -97,7 +99,7 @@ let env = ProcessInfo.processInfo.environment
 print("# histodistill-bench: conv GFLOP/s vs square sgemm")
 print("OpenBLAS \(BLAS.version), kernels \(BLAS.coreName), OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "(unset)"), "
       + "OPENBLAS_L2_SIZE=\(env["OPENBLAS_L2_SIZE"] ?? "(unset)")")
-print("paper model convs at \(options.resolution) px, batch \(options.batch), median of \(options.reps), target columns \(options.targetColumns)")
+print("paper model convs at \(options.resolution) px, batch \(options.batch), median of \(options.reps), tiling: column budget \(options.tiling.columnBudget) floats, min columns \(options.tiling.minColumns)")
 
 for t in options.threads {
     BLAS.setThreadCount(t)
@@ -130,15 +132,35 @@ for t in options.threads {
         for _ in 0..<(options.reps + 1) {
             fwd.append(seconds {
                 Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s,
-                               workspace: workspace, targetColumns: options.targetColumns)
+                               workspace: workspace, tiling: options.tiling)
             })
             bwd.append(seconds {
                 Conv2d.backward(gradInput: cc.inputGradient ? dx.pointer : nil, gradWeight: dw.pointer, gradBias: nil,
                                 gradOutput: dy.pointer, input: x.pointer, weight: w.pointer, shape: s,
-                                workspace: workspace, targetColumns: options.targetColumns)
+                                workspace: workspace, tiling: options.tiling)
             })
         }
         let tf = median(Array(fwd.dropFirst())), tb = median(Array(bwd.dropFirst()))
+        if env["BENCH_GEMM_ONLY"] != nil {
+            // The GEMMs of this conv alone on the whole batch's columns: forward, dW and dX (no im2col).
+            let cols = s.n * s.outPlane
+            let colBuf = Buffer<Float>(count: s.k * cols), dyBuf = Buffer<Float>(count: s.cOut * cols)
+            var g: [Double] = []
+            for _ in 0..<(options.reps + 1) {
+                g.append(seconds {
+                    Float.gemm(transA: false, transB: false, m: s.cOut, n: cols, k: s.k, alpha: 1, a: w.pointer, lda: s.k,
+                               b: colBuf.pointer, ldb: cols, beta: 0, c: y.pointer, ldc: cols)
+                    Float.gemm(transA: false, transB: true, m: s.cOut, n: s.k, k: cols, alpha: 1, a: dyBuf.pointer, lda: cols,
+                               b: colBuf.pointer, ldb: cols, beta: 1, c: dw.pointer, ldc: s.k)
+                    if cc.inputGradient {
+                        Float.gemm(transA: true, transB: false, m: s.k, n: cols, k: s.cOut, alpha: 1, a: w.pointer, lda: s.k,
+                                   b: dyBuf.pointer, ldb: cols, beta: 0, c: colBuf.pointer, ldc: cols)
+                    }
+                })
+            }
+            let tg = median(Array(g.dropFirst()))
+            print("  gemm-only \(cc.name): \(String(format: "%.1f", (2 * Double(s.macs) * (cc.inputGradient ? 3 : 2)) / tg / 1e9)) GFLOP/s")
+        }
         let ff = 2 * Double(s.macs), fb = ff * (cc.inputGradient ? 2 : 1)
         totalFlops += Double(cc.occurrences) * (ff + fb)
         totalTime += Double(cc.occurrences) * (tf + tb)

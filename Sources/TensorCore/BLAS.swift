@@ -13,6 +13,16 @@ public enum BLAS {
         Parallel.setWidth(count)
     }
 
+    /// Runs `body` with OpenBLAS single-threaded, so that `Parallel.width` workers can each call GEMM on their
+    /// own tile; restores the thread count afterwards. Call from the thread that owns the engine.
+    public static func withSingleThreadedGEMM<R>(_ body: () throws -> R) rethrows -> R {
+        let saved = openblas_get_num_threads()
+        if saved == 1 { return try body() }
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(saved) }
+        return try body()
+    }
+
     /// Processors OpenBLAS detected.
     public static var processorCount: Int { Int(openblas_get_num_procs()) }
 

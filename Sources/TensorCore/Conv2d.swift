@@ -49,28 +49,80 @@ public struct Conv2dShape: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         "conv \(cIn)->\(cOut) \(kh)x\(kw)/\(strideH) pad \(padH) on (\(n), \(cIn), \(h), \(w)) -> (\(n), \(cOut), \(outH), \(outW))"
     }
+}
 
-    /// Images per GEMM: enough for about `targetColumns` output columns, capped by the batch.
-    func groupSize(targetColumns: Int) -> Int {
-        if isPointwise { return 1 }
-        return max(1, min(n, (targetColumns + outPlane - 1) / outPlane))
+/// How a convolution splits its output columns (images x output positions) into GEMM tiles.
+///
+/// A tile is either a range of one image's output positions (large feature maps) or a group of whole images
+/// whose columns sit side by side (small feature maps, e.g. 7x7 at layer4, where one image alone would give a
+/// GEMM 49 columns wide). Tiles aim for `columnBudget` floats of im2col columns, so the columns are still in
+/// cache when the GEMM reads them, and never fewer than `minColumns` output columns.
+public struct ConvTiling: Hashable, Sendable {
+    /// Floats of im2col columns one tile aims for.
+    public var columnBudget: Int
+    /// Fewest output columns per tile (GEMMs narrower than this run slowly).
+    public var minColumns: Int
+
+    /// A tiling; both values must be positive.
+    public init(columnBudget: Int, minColumns: Int) {
+        precondition(columnBudget > 0 && minColumns > 0, "ConvTiling: budget \(columnBudget) and minColumns \(minColumns) must be positive")
+        self.columnBudget = columnBudget
+        self.minColumns = minColumns
     }
+
+    /// The tiling used unless a caller asks otherwise (measured best on this machine; docs/benchmarks.md).
+    public static let `default` = ConvTiling(columnBudget: 1 << 18, minColumns: 512)
+
+    /// Target output columns per tile for `s`.
+    func targetColumns(_ s: Conv2dShape) -> Int { max(minColumns, columnBudget / s.k) }
+
+    /// The tiles covering images `images` of `s`: (first image, image count, first position, position count).
+    func tiles(_ s: Conv2dShape, images: Range<Int>) -> [ConvTile] {
+        let plane = s.outPlane, target = targetColumns(s), n = images.count
+        guard n > 0 else { return [] }
+        var result: [ConvTile] = []
+        if plane >= target || n == 1 {
+            let perImage = max(1, plane / target)
+            for img in images {
+                for t in 0..<perImage {
+                    let lo = plane * t / perImage, hi = plane * (t + 1) / perImage
+                    result.append(ConvTile(image: img, images: 1, start: lo, count: hi - lo))
+                }
+            }
+        } else {
+            let wanted = (target + plane - 1) / plane
+            let groups = (n + wanted - 1) / wanted
+            for g in 0..<groups {
+                let lo = images.lowerBound + n * g / groups, hi = images.lowerBound + n * (g + 1) / groups
+                result.append(ConvTile(image: lo, images: hi - lo, start: 0, count: (hi - lo) * plane))
+            }
+        }
+        return result
+    }
+}
+
+/// One GEMM's worth of output columns: `images` consecutive images from `image`, positions
+/// `start..<start+count` of their concatenated output planes.
+struct ConvTile {
+    var image: Int, images: Int, start: Int, count: Int
 }
 
 /// Convolution kernels. Weight layout (cOut, cIn, kh, kw) like PyTorch; bias (cOut).
 ///
-/// Images are processed in groups: the group's im2col columns sit side by side so one GEMM covers the
-/// group, which keeps GEMMs large for small feature maps (7x7 at layer4). The backward recomputes the
-/// columns instead of keeping them from the forward.
+/// Work is split into tiles (`ConvTiling`). With several threads, each worker takes its own images (or, with
+/// fewer images than workers in the forward, its own tiles) and calls a single-threaded GEMM on its tile, so
+/// im2col, GEMM and col2im of a tile stay on one core and in its cache. The backward recomputes the im2col
+/// columns instead of keeping them from the forward; each worker accumulates its weight gradient privately
+/// and the partial sums are added at the end.
 public enum Conv2d {
-    /// Output columns per GEMM that groups aim for.
-    public static let defaultTargetColumns = 2048
+    /// Scratch floats one worker needs for `shape`: columns, column gradients, a tile of outputs, a weight gradient.
+    static func workerScratch(_ s: Conv2dShape, maxColumns: Int) -> Int {
+        s.k * maxColumns * 2 + s.cOut * maxColumns + s.weightCount
+    }
 
-    /// Workspace elements `forward` and `backward` need for `shape`.
-    public static func workspaceCount(_ shape: Conv2dShape, targetColumns: Int = defaultTargetColumns) -> Int {
-        let g = shape.groupSize(targetColumns: targetColumns)
-        let cols = g * shape.outPlane
-        return shape.k * cols * 2 + shape.cOut * cols
+    /// Splits images among `workers`: worker w gets images n*w/W ..< n*(w+1)/W, tiled.
+    static func assignment(_ s: Conv2dShape, workers: Int, tiling: ConvTiling) -> [[ConvTile]] {
+        (0..<workers).map { w in tiling.tiles(s, images: (s.n * w / workers)..<(s.n * (w + 1) / workers)) }
     }
 
     /// y = conv(x, weight) + bias. Overwrites `output`.
@@ -83,41 +135,74 @@ public enum Conv2d {
     @_specialize(where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>, bias: UnsafePointer<T>?,
-        shape s: Conv2dShape, workspace: Workspace<T>, targetColumns: Int = defaultTargetColumns
+        shape s: Conv2dShape, workspace: Workspace<T>, tiling: ConvTiling = .default
     ) {
-        let plane = s.outPlane, inImage = s.cIn * s.h * s.w, outImage = s.cOut * plane
-        if s.isPointwise {
-            for b in 0..<s.n {
-                T.gemm(transA: false, transB: false, m: s.cOut, n: plane, k: s.cIn, alpha: 1, a: weight, lda: s.cIn,
-                       b: input + b * inImage, ldb: plane, beta: 0, c: output + b * outImage, ldc: plane)
-            }
+        let width = Parallel.width
+        var plan: [[ConvTile]]
+        if s.n >= width {
+            plan = assignment(s, workers: width, tiling: tiling)
         } else {
-            let g = s.groupSize(targetColumns: targetColumns)
-            let col = workspace.reserve(workspaceCount(s, targetColumns: targetColumns))
-            let tmp = col + s.k * g * plane
-            var b0 = 0
-            while b0 < s.n {
-                let gb = min(g, s.n - b0)
-                let ld = gb * plane
-                im2col(col: col, ld: ld, input: input + b0 * inImage, images: gb, shape: s)
-                if gb == 1 {
-                    T.gemm(transA: false, transB: false, m: s.cOut, n: plane, k: s.k, alpha: 1, a: weight, lda: s.k,
-                           b: col, ldb: ld, beta: 0, c: output + b0 * outImage, ldc: plane)
-                } else {
-                    T.gemm(transA: false, transB: false, m: s.cOut, n: ld, k: s.k, alpha: 1, a: weight, lda: s.k,
-                           b: col, ldb: ld, beta: 0, c: tmp, ldc: ld)
-                    // (cOut, gb*plane) -> gb images of (cOut, plane)
-                    scatterColumns(dst: output + b0 * outImage, src: tmp, rows: s.cOut, images: gb, plane: plane)
-                }
-                b0 += gb
+            // Fewer images than workers: deal the tiles of all images round-robin.
+            let all = tiling.tiles(s, images: 0..<s.n)
+            let w = min(width, all.count)
+            plan = (0..<w).map { k in stride(from: k, to: all.count, by: w).map { all[$0] } }
+        }
+        plan.removeAll { $0.isEmpty }
+        let workers = plan.count
+        let maxColumns = plan.joined().map(\.count).max() ?? 0
+        let per = workerScratch(s, maxColumns: maxColumns)
+        let scratch = workspace.reserve(per * max(workers, 1))
+        let body = { (w: Int) in
+            let col = scratch + w * per, tmp = col + 2 * s.k * maxColumns
+            for tile in plan[w] {
+                forwardTile(tile, output: output, input: input, weight: weight, bias: bias, shape: s, col: col, tmp: tmp)
             }
         }
-        if let bias {
-            Parallel.forEach(s.n * s.cOut, grain: 16) { r in
-                for i in r {
-                    let bv = bias[i % s.cOut]
-                    let p = output + i * plane
-                    for j in 0..<plane { p[j] += bv }
+        if workers > 1 {
+            BLAS.withSingleThreadedGEMM { Parallel.workers(workers, body) }
+        } else {
+            body(0)
+        }
+    }
+
+    @inline(__always)
+    static func forwardTile<T: KernelScalar>(
+        _ t: ConvTile, output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
+        bias: UnsafePointer<T>?, shape s: Conv2dShape, col: UnsafeMutablePointer<T>, tmp: UnsafeMutablePointer<T>
+    ) {
+        let plane = s.outPlane, inImage = s.cIn * s.h * s.w, outImage = s.cOut * plane
+        let x = input + t.image * inImage
+        if t.images == 1 {
+            let b: UnsafePointer<T>, ldb: Int
+            if s.isPointwise {
+                b = x + t.start; ldb = plane
+            } else {
+                im2col(col: col, ld: t.count, input: x, start: t.start, count: t.count, shape: s)
+                b = UnsafePointer(col); ldb = t.count
+            }
+            let y = output + t.image * outImage + t.start
+            T.gemm(transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
+                   b: b, ldb: ldb, beta: 0, c: y, ldc: plane)
+            if let bias {
+                for m in 0..<s.cOut {
+                    let row = y + m * plane, bv = bias[m]
+                    for j in 0..<t.count { row[j] += bv }
+                }
+            }
+        } else {
+            im2col(col: col, ld: t.count, input: x, start: 0, count: t.count, shape: s)
+            T.gemm(transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
+                   b: col, ldb: t.count, beta: 0, c: tmp, ldc: t.count)
+            // (cOut, images*plane) -> images x (cOut, plane), adding the bias on the way.
+            for j in 0..<t.images {
+                for m in 0..<s.cOut {
+                    let dst = output + (t.image + j) * outImage + m * plane, src = tmp + m * t.count + j * plane
+                    if let bias {
+                        let bv = bias[m]
+                        for i in 0..<plane { dst[i] = src[i] + bv }
+                    } else {
+                        dst.update(from: src, count: plane)
+                    }
                 }
             }
         }
@@ -137,9 +222,9 @@ public enum Conv2d {
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>?, gradWeight: UnsafeMutablePointer<T>, gradBias: UnsafeMutablePointer<T>?,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
-        shape s: Conv2dShape, workspace: Workspace<T>, targetColumns: Int = defaultTargetColumns
+        shape s: Conv2dShape, workspace: Workspace<T>, tiling: ConvTiling = .default
     ) {
-        let plane = s.outPlane, inImage = s.cIn * s.h * s.w, outImage = s.cOut * plane
+        let plane = s.outPlane, outImage = s.cOut * plane
         if let gradBias {
             Parallel.forEach(s.cOut, grain: 8) { r in
                 for m in r {
@@ -152,157 +237,161 @@ public enum Conv2d {
                 }
             }
         }
-        if s.isPointwise {
-            for b in 0..<s.n {
-                let dy = gradOutput + b * outImage
-                T.gemm(transA: false, transB: true, m: s.cOut, n: s.cIn, k: plane, alpha: 1, a: dy, lda: plane,
-                       b: input + b * inImage, ldb: plane, beta: 1, c: gradWeight, ldc: s.cIn)
-                if let gradInput {
-                    T.gemm(transA: true, transB: false, m: s.cIn, n: plane, k: s.cOut, alpha: 1, a: weight, lda: s.cIn,
-                           b: dy, ldb: plane, beta: 1, c: gradInput + b * inImage, ldc: plane)
+        // Workers own disjoint images, so their input gradients never overlap.
+        let workers = min(Parallel.width, s.n)
+        let plan = assignment(s, workers: workers, tiling: tiling)
+        let maxColumns = plan.joined().map(\.count).max() ?? 0
+        let per = workerScratch(s, maxColumns: maxColumns)
+        let scratch = workspace.reserve(per * workers)
+        let body = { (w: Int) in
+            let col = scratch + w * per, dcol = col + s.k * maxColumns, dyTile = dcol + s.k * maxColumns
+            let partial = dyTile + s.cOut * maxColumns
+            // Worker 0 accumulates straight into gradWeight; the others into private buffers added below.
+            let dW: UnsafeMutablePointer<T>
+            if w == 0 { dW = gradWeight } else { dW = partial; partial.update(repeating: 0, count: s.weightCount) }
+            for tile in plan[w] {
+                backwardTile(tile, gradInput: gradInput, gradWeight: dW, gradOutput: gradOutput, input: input,
+                             weight: weight, shape: s, col: col, dcol: dcol, dyTile: dyTile)
+            }
+        }
+        if workers > 1 {
+            BLAS.withSingleThreadedGEMM { Parallel.workers(workers, body) }
+            let count = s.weightCount
+            Parallel.forEach(count, grain: 4096) { r in
+                for w in 1..<workers {
+                    let partial = scratch + w * per + s.k * maxColumns * 2 + s.cOut * maxColumns
+                    for i in r { gradWeight[i] += partial[i] }
                 }
             }
-            return
-        }
-        let g = s.groupSize(targetColumns: targetColumns)
-        let col = workspace.reserve(workspaceCount(s, targetColumns: targetColumns))
-        let dcol = col + s.k * g * plane
-        let dyg = dcol + s.k * g * plane
-        var b0 = 0
-        while b0 < s.n {
-            let gb = min(g, s.n - b0)
-            let ld = gb * plane
-            let dy: UnsafePointer<T>
-            if gb == 1 {
-                dy = gradOutput + b0 * outImage
-            } else {
-                gatherColumns(dst: dyg, src: gradOutput + b0 * outImage, rows: s.cOut, images: gb, plane: plane)
-                dy = UnsafePointer(dyg)
-            }
-            im2col(col: col, ld: ld, input: input + b0 * inImage, images: gb, shape: s)
-            // dW (cOut, k) += dy (cOut, ld) * col^T (ld, k)
-            T.gemm(transA: false, transB: true, m: s.cOut, n: s.k, k: ld, alpha: 1, a: dy, lda: ld,
-                   b: col, ldb: ld, beta: 1, c: gradWeight, ldc: s.k)
-            if let gradInput {
-                // dcol (k, ld) = W^T (k, cOut) * dy (cOut, ld)
-                T.gemm(transA: true, transB: false, m: s.k, n: ld, k: s.cOut, alpha: 1, a: weight, lda: s.k,
-                       b: dy, ldb: ld, beta: 0, c: dcol, ldc: ld)
-                col2im(gradInput: gradInput + b0 * inImage, col: dcol, ld: ld, images: gb, shape: s)
-            }
-            b0 += gb
+        } else {
+            body(0)
         }
     }
 
-    // MARK: - im2col / col2im
+    @inline(__always)
+    static func backwardTile<T: KernelScalar>(
+        _ t: ConvTile, gradInput: UnsafeMutablePointer<T>?, gradWeight: UnsafeMutablePointer<T>,
+        gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>, shape s: Conv2dShape,
+        col: UnsafeMutablePointer<T>, dcol: UnsafeMutablePointer<T>, dyTile: UnsafeMutablePointer<T>
+    ) {
+        let plane = s.outPlane, inImage = s.cIn * s.h * s.w, outImage = s.cOut * plane
+        let x = input + t.image * inImage
+        let dy: UnsafePointer<T>, lddy: Int
+        if t.images == 1 {
+            dy = gradOutput + t.image * outImage + t.start; lddy = plane
+        } else {
+            for j in 0..<t.images {
+                for m in 0..<s.cOut {
+                    (dyTile + m * t.count + j * plane).update(from: gradOutput + (t.image + j) * outImage + m * plane, count: plane)
+                }
+            }
+            dy = UnsafePointer(dyTile); lddy = t.count
+        }
+        let direct = s.isPointwise && t.images == 1
+        let b: UnsafePointer<T>, ldb: Int
+        if direct {
+            b = x + t.start; ldb = plane
+        } else {
+            im2col(col: col, ld: t.count, input: x, start: t.start, count: t.count, shape: s)
+            b = UnsafePointer(col); ldb = t.count
+        }
+        // dW (cOut, k) += dy (cOut, cols) * col^T (cols, k)
+        T.gemm(transA: false, transB: true, m: s.cOut, n: s.k, k: t.count, alpha: 1, a: dy, lda: lddy,
+               b: b, ldb: ldb, beta: 1, c: gradWeight, ldc: s.k)
+        guard let gradInput else { return }
+        let dx = gradInput + t.image * inImage
+        if direct {
+            // dx (cIn, cols) += W^T (cIn, cOut) * dy (cOut, cols)
+            T.gemm(transA: true, transB: false, m: s.cIn, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.cIn,
+                   b: dy, ldb: lddy, beta: 1, c: dx + t.start, ldc: plane)
+        } else {
+            // dcol (k, cols) = W^T (k, cOut) * dy (cOut, cols), then scatter-add into the images.
+            T.gemm(transA: true, transB: false, m: s.k, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.k,
+                   b: dy, ldb: lddy, beta: 0, c: dcol, ldc: t.count)
+            col2im(gradInput: dx, col: dcol, ld: t.count, start: t.start, count: t.count, shape: s)
+        }
+    }
 
-    /// Writes the columns of `images` consecutive images: row r = (c, ky, kx), column j*outPlane + (oy, ox).
+    // MARK: - im2col / col2im over a range of output positions
+
+    /// Writes columns for output positions `start..<start+count` of the images concatenated from `input`:
+    /// row r = (c, ky, kx) of `col` (leading dimension `ld`), column = position - start.
     @_specialize(where T == Float)
     @_specialize(where T == Double)
     static func im2col<T: KernelScalar>(
-        col: UnsafeMutablePointer<T>, ld: Int, input: UnsafePointer<T>, images: Int, shape s: Conv2dShape
+        col: UnsafeMutablePointer<T>, ld: Int, input: UnsafePointer<T>, start: Int, count: Int, shape s: Conv2dShape
     ) {
-        let kk = s.kh * s.kw, plane = s.outPlane, inImage = s.cIn * s.h * s.w
-        let oh = s.outH, ow = s.outW
-        Parallel.forEach(s.k, grain: 4) { rows in
-            for r in rows {
-                let c = r / kk, ky = (r / s.kw) % s.kh, kx = r % s.kw
-                // Valid output columns for this kx: ix = ox*sw - pw + kx in [0, w).
-                let oxLo = max(0, (s.padW - kx + s.strideW - 1) / s.strideW)
-                let oxHi = min(ow, floorDivide(s.w - 1 + s.padW - kx, s.strideW) + 1)   // exclusive
-                for j in 0..<images {
-                    let src = input + j * inImage + c * s.h * s.w
-                    var dst = col + r * ld + j * plane
-                    for oy in 0..<oh {
-                        let iy = oy * s.strideH - s.padH + ky
-                        if iy < 0 || iy >= s.h || oxLo >= oxHi {
-                            dst.update(repeating: 0, count: ow)
-                        } else {
-                            if oxLo > 0 { dst.update(repeating: 0, count: oxLo) }
-                            let row = src + iy * s.w
-                            if s.strideW == 1 {
-                                (dst + oxLo).update(from: row + (oxLo - s.padW + kx), count: oxHi - oxLo)
-                            } else {
-                                var ix = oxLo * s.strideW - s.padW + kx
-                                for ox in oxLo..<oxHi {
-                                    dst[ox] = row[ix]
-                                    ix += s.strideW
-                                }
-                            }
-                            if oxHi < ow { (dst + oxHi).update(repeating: 0, count: ow - oxHi) }
+        let kk = s.kh * s.kw, plane = s.outPlane, inImage = s.cIn * s.h * s.w, ow = s.outW, hw = s.h * s.w
+        let end = start + count
+        for r in 0..<s.k {
+            let c = r / kk, ky = (r / s.kw) % s.kh, kx = r % s.kw
+            // Valid output columns for this kx: ix = ox*sw - pw + kx in [0, w).
+            let oxLo = max(0, (s.padW - kx + s.strideW - 1) / s.strideW)
+            let oxHi = min(ow, floorDivide(s.w - 1 + s.padW - kx, s.strideW) + 1)   // exclusive
+            var dst = col + r * ld
+            var p = start
+            while p < end {
+                let img = p / plane, q = p - img * plane, oy = q / ow, ox0 = q - oy * ow
+                let len = min(ow - ox0, end - p), ox1 = ox0 + len
+                let iy = oy * s.strideH - s.padH + ky
+                let a = max(ox0, oxLo), b = min(ox1, oxHi)
+                if iy < 0 || iy >= s.h || a >= b {
+                    dst.update(repeating: 0, count: len)
+                } else {
+                    if a > ox0 { dst.update(repeating: 0, count: a - ox0) }
+                    let row = input + img * inImage + c * hw + iy * s.w
+                    let d = dst - ox0
+                    if s.strideW == 1 {
+                        (d + a).update(from: row + (a - s.padW + kx), count: b - a)
+                    } else {
+                        var ix = a * s.strideW - s.padW + kx
+                        for ox in a..<b {
+                            d[ox] = row[ix]
+                            ix += s.strideW
                         }
-                        dst += ow
                     }
+                    if b < ox1 { (d + b).update(repeating: 0, count: ox1 - b) }
                 }
+                dst += len
+                p += len
             }
         }
     }
 
-    /// Adds the columns back into the images they came from (the adjoint of `im2col`).
+    /// Adds columns back into the images they came from (the adjoint of `im2col` over the same range).
     @_specialize(where T == Float)
     @_specialize(where T == Double)
     static func col2im<T: KernelScalar>(
-        gradInput: UnsafeMutablePointer<T>, col: UnsafePointer<T>, ld: Int, images: Int, shape s: Conv2dShape
+        gradInput: UnsafeMutablePointer<T>, col: UnsafePointer<T>, ld: Int, start: Int, count: Int, shape s: Conv2dShape
     ) {
-        let kk = s.kh * s.kw, plane = s.outPlane, inImage = s.cIn * s.h * s.w
-        let oh = s.outH, ow = s.outW
-        // Parallel over channels: the rows of channel c only write channel c of the input gradient.
-        Parallel.forEach(s.cIn, grain: 1) { channels in
-            for c in channels {
-                for kidx in 0..<kk {
-                    let r = c * kk + kidx
-                    let ky = kidx / s.kw, kx = kidx % s.kw
-                    let oxLo = max(0, (s.padW - kx + s.strideW - 1) / s.strideW)
-                    let oxHi = min(ow, floorDivide(s.w - 1 + s.padW - kx, s.strideW) + 1)
-                    if oxLo >= oxHi { continue }
-                    for j in 0..<images {
-                        let dstImage = gradInput + j * inImage + c * s.h * s.w
-                        var src = col + r * ld + j * plane
-                        for oy in 0..<oh {
-                            let iy = oy * s.strideH - s.padH + ky
-                            if iy >= 0 && iy < s.h {
-                                let row = dstImage + iy * s.w
-                                var ix = oxLo * s.strideW - s.padW + kx
-                                for ox in oxLo..<oxHi {
-                                    row[ix] += src[ox]
-                                    ix += s.strideW
-                                }
-                            }
-                            src += ow
+        let kk = s.kh * s.kw, plane = s.outPlane, inImage = s.cIn * s.h * s.w, ow = s.outW, hw = s.h * s.w
+        let end = start + count
+        for r in 0..<s.k {
+            let c = r / kk, ky = (r / s.kw) % s.kh, kx = r % s.kw
+            let oxLo = max(0, (s.padW - kx + s.strideW - 1) / s.strideW)
+            let oxHi = min(ow, floorDivide(s.w - 1 + s.padW - kx, s.strideW) + 1)
+            var src = col + r * ld
+            var p = start
+            while p < end {
+                let img = p / plane, q = p - img * plane, oy = q / ow, ox0 = q - oy * ow
+                let len = min(ow - ox0, end - p), ox1 = ox0 + len
+                let iy = oy * s.strideH - s.padH + ky
+                let a = max(ox0, oxLo), b = min(ox1, oxHi)
+                if iy >= 0 && iy < s.h && a < b {
+                    let row = gradInput + img * inImage + c * hw + iy * s.w
+                    let sp = src - ox0
+                    var ix = a * s.strideW - s.padW + kx
+                    if s.strideW == 1 {
+                        for ox in a..<b { row[ix] += sp[ox]; ix += 1 }
+                    } else {
+                        for ox in a..<b {
+                            row[ix] += sp[ox]
+                            ix += s.strideW
                         }
                     }
                 }
-            }
-        }
-    }
-
-    /// (rows, images*plane) -> images x (rows, plane).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
-    static func scatterColumns<T: KernelScalar>(
-        dst: UnsafeMutablePointer<T>, src: UnsafePointer<T>, rows: Int, images: Int, plane: Int
-    ) {
-        let ld = images * plane
-        Parallel.forEach(rows, grain: 4) { r in
-            for m in r {
-                for j in 0..<images {
-                    (dst + (j * rows + m) * plane).update(from: src + m * ld + j * plane, count: plane)
-                }
-            }
-        }
-    }
-
-    /// images x (rows, plane) -> (rows, images*plane).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
-    static func gatherColumns<T: KernelScalar>(
-        dst: UnsafeMutablePointer<T>, src: UnsafePointer<T>, rows: Int, images: Int, plane: Int
-    ) {
-        let ld = images * plane
-        Parallel.forEach(rows, grain: 4) { r in
-            for m in r {
-                for j in 0..<images {
-                    (dst + m * ld + j * plane).update(from: src + (j * rows + m) * plane, count: plane)
-                }
+                src += len
+                p += len
             }
         }
     }

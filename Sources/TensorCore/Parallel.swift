@@ -18,6 +18,19 @@ public enum Parallel {
         widthStorage.store(width, ordering: .relaxed)
     }
 
+    /// Runs `body(worker)` for worker in 0..<workers, concurrently when workers > 1.
+    @inline(__always)
+    public static func workers(_ workers: Int, _ body: (Int) -> Void) {
+        if workers <= 1 {
+            body(0)
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            nonisolated(unsafe) let body = body
+            DispatchQueue.concurrentPerform(iterations: workers) { body($0) }
+        }
+    }
+
     /// Runs `body` over disjoint subranges covering `0..<count`, each at least `grain` long when possible.
     ///
     /// `body` must only write locations owned by its subrange.

@@ -95,13 +95,13 @@ struct EngineTests {
         var results: [[Float]] = []
         let saved = BLAS.threadCount
         defer { BLAS.setThreadCount(saved) }
-        for (threads, columns) in [(1, 1), (1, 200), (2, 100_000), (2, 1)] {
+        for (threads, columns) in [(1, 1), (1, 200), (2, 100_000), (2, 1), (3, 50), (8, 30)] {
             BLAS.setThreadCount(threads)
             let y = Buffer<Float>(count: s.outputCount), dx = Buffer<Float>(count: s.inputCount), dw = Buffer<Float>(count: s.weightCount)
             let ws = Workspace<Float>()
-            Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s, workspace: ws, targetColumns: columns)
+            Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s, workspace: ws, tiling: ConvTiling(columnBudget: 1, minColumns: columns))
             Conv2d.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: nil, gradOutput: dy.pointer, input: x.pointer,
-                            weight: w.pointer, shape: s, workspace: ws, targetColumns: columns)
+                            weight: w.pointer, shape: s, workspace: ws, tiling: ConvTiling(columnBudget: 1, minColumns: columns))
             results.append(y.array + dx.array + dw.array)
         }
         for r in results.dropFirst() { #expect(relativeError(r, results[0]) < 1e-5) }

@@ -6,22 +6,23 @@ import Testing
 struct ConvCase: CustomTestStringConvertible, Sendable {
     var n: Int, cIn: Int, h: Int, w: Int, cOut: Int, kernel: (Int, Int), stride: (Int, Int), padding: (Int, Int)
     var bias: Bool
-    var targetColumns: Int
+    var minColumns: Int
+    var tiling: ConvTiling { ConvTiling(columnBudget: 1, minColumns: minColumns) }
     var shape: Conv2dShape {
         Conv2dShape(n: n, cIn: cIn, h: h, w: w, cOut: cOut, kernel: kernel, stride: stride, padding: padding)
     }
-    var testDescription: String { "\(shape) bias \(bias) columns \(targetColumns)" }
+    var testDescription: String { "\(shape) bias \(bias) columns \(minColumns)" }
 }
 
 let convCases: [ConvCase] = [
-    ConvCase(n: 2, cIn: 3, h: 6, w: 5, cOut: 4, kernel: (3, 3), stride: (1, 1), padding: (1, 1), bias: true, targetColumns: 1),
-    ConvCase(n: 3, cIn: 3, h: 6, w: 5, cOut: 4, kernel: (3, 3), stride: (1, 1), padding: (1, 1), bias: true, targetColumns: 100_000),
-    ConvCase(n: 2, cIn: 2, h: 7, w: 8, cOut: 3, kernel: (3, 3), stride: (2, 2), padding: (1, 1), bias: false, targetColumns: 20),
-    ConvCase(n: 2, cIn: 2, h: 9, w: 9, cOut: 3, kernel: (7, 7), stride: (2, 2), padding: (3, 3), bias: false, targetColumns: 1),
-    ConvCase(n: 2, cIn: 4, h: 3, w: 4, cOut: 5, kernel: (1, 1), stride: (1, 1), padding: (0, 0), bias: true, targetColumns: 1),
-    ConvCase(n: 3, cIn: 4, h: 5, w: 5, cOut: 3, kernel: (1, 1), stride: (2, 2), padding: (0, 0), bias: false, targetColumns: 100),
-    ConvCase(n: 2, cIn: 2, h: 5, w: 6, cOut: 3, kernel: (2, 3), stride: (1, 2), padding: (0, 1), bias: true, targetColumns: 7),
-    ConvCase(n: 1, cIn: 1, h: 2, w: 2, cOut: 2, kernel: (3, 3), stride: (3, 3), padding: (1, 1), bias: false, targetColumns: 1),
+    ConvCase(n: 2, cIn: 3, h: 6, w: 5, cOut: 4, kernel: (3, 3), stride: (1, 1), padding: (1, 1), bias: true, minColumns: 1),
+    ConvCase(n: 3, cIn: 3, h: 6, w: 5, cOut: 4, kernel: (3, 3), stride: (1, 1), padding: (1, 1), bias: true, minColumns: 100_000),
+    ConvCase(n: 2, cIn: 2, h: 7, w: 8, cOut: 3, kernel: (3, 3), stride: (2, 2), padding: (1, 1), bias: false, minColumns: 20),
+    ConvCase(n: 2, cIn: 2, h: 9, w: 9, cOut: 3, kernel: (7, 7), stride: (2, 2), padding: (3, 3), bias: false, minColumns: 1),
+    ConvCase(n: 2, cIn: 4, h: 3, w: 4, cOut: 5, kernel: (1, 1), stride: (1, 1), padding: (0, 0), bias: true, minColumns: 1),
+    ConvCase(n: 3, cIn: 4, h: 5, w: 5, cOut: 3, kernel: (1, 1), stride: (2, 2), padding: (0, 0), bias: false, minColumns: 100),
+    ConvCase(n: 2, cIn: 2, h: 5, w: 6, cOut: 3, kernel: (2, 3), stride: (1, 2), padding: (0, 1), bias: true, minColumns: 7),
+    ConvCase(n: 1, cIn: 1, h: 2, w: 2, cOut: 2, kernel: (3, 3), stride: (3, 3), padding: (1, 1), bias: false, minColumns: 1),
 ]
 
 @Suite("Finite-difference gradients (Double)")
@@ -35,11 +36,11 @@ struct GradientCheckTests {
         let ws = Workspace<Double>()
         checkGradients("Conv2d \(s)", inputs: inputs, outputCount: s.outputCount, forward: { io, y in
             Conv2d.forward(output: y, input: io.inputs[0], weight: io.inputs[1], bias: c.bias ? io.inputs[2] : nil,
-                           shape: s, workspace: ws, targetColumns: c.targetColumns)
+                           shape: s, workspace: ws, tiling: c.tiling)
         }, backward: { io, dy in
             Conv2d.backward(gradInput: io.grads[0], gradWeight: io.grads[1]!, gradBias: c.bias ? io.grads[2] : nil,
                             gradOutput: dy, input: io.inputs[0], weight: io.inputs[1], shape: s, workspace: ws,
-                            targetColumns: c.targetColumns)
+                            tiling: c.tiling)
         })
     }
 
