@@ -5,6 +5,12 @@
 import Foundation
 import TensorCore
 
+/// Prints a usage error and exits with status 2 (no crash trace for a typo).
+func usageError(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("histodistill-bench: \(message)\nhint: run histodistill-bench --help\n".utf8))
+    exit(2)
+}
+
 struct Options {
     var resolution = 224
     var batch = 32
@@ -12,27 +18,38 @@ struct Options {
     var reps = 5
     var tiling = ConvTiling.default
     var gemmSize = 2048
+    var useMin = false
+    var gemmOnly = false
 
     init(_ args: [String]) {
         var i = 1
         func value() -> String {
             i += 1
-            guard i < args.count else { fatalError("missing value after \(args[i - 1])") }
+            guard i < args.count else { usageError("missing value after \(args[i - 1])") }
             return args[i]
+        }
+        func int(_ s: String, _ flag: String) -> Int {
+            guard let v = Int(s), v > 0 else { usageError("\(flag) takes a positive whole number, got '\(s)'") }
+            return v
         }
         while i < args.count {
             switch args[i] {
-            case "--resolution": resolution = Int(value())!
-            case "--batch": batch = Int(value())!
-            case "--threads": threads = value().split(separator: ",").map { Int($0)! }
-            case "--reps": reps = Int(value())!
-            case "--min-columns": tiling.minColumns = Int(value())!
-            case "--column-budget": tiling.columnBudget = Int(value())!
-            case "--gemm-size": gemmSize = Int(value())!
+            case "--resolution": resolution = int(value(), "--resolution")
+            case "--batch": batch = int(value(), "--batch")
+            case "--threads": threads = value().split(separator: ",").map { int(String($0), "--threads") }
+            case "--reps": reps = int(value(), "--reps")
+            case "--min-columns": tiling.minColumns = int(value(), "--min-columns")
+            case "--column-budget": tiling.columnBudget = int(value(), "--column-budget")
+            case "--gemm-size": gemmSize = int(value(), "--gemm-size")
+            case "--stat":
+                let v = value()
+                guard v == "min" || v == "median" else { usageError("--stat takes min or median, got \(v)") }
+                useMin = v == "min"
+            case "--gemm-only": gemmOnly = true
             case "-h", "--help":
-                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048]")
+                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048] [--stat median|min] [--gemm-only]")
                 exit(0)
-            default: fatalError("unknown argument \(args[i])")
+            default: usageError("unknown argument \(args[i])")
             }
             i += 1
         }
@@ -83,8 +100,8 @@ func seconds(_ body: () -> Void) -> Double {
     return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
 }
 
-func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return useMin ? s[0] : s[s.count / 2] }
-let useMin = ProcessInfo.processInfo.environment["BENCH_STAT"] == "min"
+/// The statistic over repetitions: median, or min (more stable on a machine shared with noisy neighbours).
+func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return options.useMin ? s[0] : s[s.count / 2] }
 
 func fill(_ b: Buffer<Float>, seed: UInt64) {
     var state = seed &* 6364136223846793005 &+ 1442695040888963407
@@ -99,7 +116,7 @@ let env = ProcessInfo.processInfo.environment
 print("# histodistill-bench: conv GFLOP/s vs square sgemm")
 print("OpenBLAS \(BLAS.version), kernels \(BLAS.coreName), OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "(unset)"), "
       + "OPENBLAS_L2_SIZE=\(env["OPENBLAS_L2_SIZE"] ?? "(unset)")")
-print("paper model convs at \(options.resolution) px, batch \(options.batch), median of \(options.reps), tiling: column budget \(options.tiling.columnBudget) floats, min columns \(options.tiling.minColumns)")
+print("paper model convs at \(options.resolution) px, batch \(options.batch), \(options.useMin ? "min" : "median") of \(options.reps), tiling: column budget \(options.tiling.columnBudget) floats, min columns \(options.tiling.minColumns)")
 
 for t in options.threads {
     BLAS.setThreadCount(t)
@@ -141,7 +158,7 @@ for t in options.threads {
             })
         }
         let tf = median(Array(fwd.dropFirst())), tb = median(Array(bwd.dropFirst()))
-        if env["BENCH_GEMM_ONLY"] != nil {
+        if options.gemmOnly {
             // The GEMMs of this conv alone on the whole batch's columns: forward, dW and dX (no im2col).
             let cols = s.n * s.outPlane
             let colBuf = Buffer<Float>(count: s.k * cols), dyBuf = Buffer<Float>(count: s.cOut * cols)

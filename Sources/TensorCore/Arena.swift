@@ -31,7 +31,7 @@ public final class Arena<T: KernelScalar>: @unchecked Sendable {
         let p = blocks[blocks.count - 1].pointer + used
         used += aligned
         highWater = max(highWater, spilled + used)
-        p.update(repeating: 0, count: count)
+        zeroFill(p, count)
         return p
     }
 

@@ -63,7 +63,7 @@ public struct ConvTiling: Hashable, Sendable {
     /// Fewest output columns per tile (GEMMs narrower than this run slowly).
     public var minColumns: Int
 
-    /// A tiling; both values must be positive.
+    /// A tiling; both sizes must be positive.
     public init(columnBudget: Int, minColumns: Int) {
         precondition(columnBudget > 0 && minColumns > 0, "ConvTiling: budget \(columnBudget) and minColumns \(minColumns) must be positive")
         self.columnBudget = columnBudget
@@ -125,6 +125,22 @@ public enum Conv2d {
         (0..<workers).map { w in tiling.tiles(s, images: (s.n * w / workers)..<(s.n * (w + 1) / workers)) }
     }
 
+    /// Tiles per worker for the forward: each worker its own images, or with fewer images than workers, the
+    /// tiles of all images dealt round-robin.
+    static func forwardPlan(_ s: Conv2dShape, tiling: ConvTiling) -> [[ConvTile]] {
+        let width = Parallel.width
+        var plan: [[ConvTile]]
+        if s.n >= width {
+            plan = assignment(s, workers: width, tiling: tiling)
+        } else {
+            let all = tiling.tiles(s, images: 0..<s.n)
+            let w = min(width, all.count)
+            plan = (0..<w).map { k in stride(from: k, to: all.count, by: w).map { all[$0] } }
+        }
+        plan.removeAll { $0.isEmpty }
+        return plan
+    }
+
     /// y = conv(x, weight) + bias. Overwrites `output`.
     /// - Parameters:
     ///   - output: (n, cOut, outH, outW), overwritten.
@@ -137,17 +153,7 @@ public enum Conv2d {
         output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>, bias: UnsafePointer<T>?,
         shape s: Conv2dShape, workspace: Workspace<T>, tiling: ConvTiling = .default
     ) {
-        let width = Parallel.width
-        var plan: [[ConvTile]]
-        if s.n >= width {
-            plan = assignment(s, workers: width, tiling: tiling)
-        } else {
-            // Fewer images than workers: deal the tiles of all images round-robin.
-            let all = tiling.tiles(s, images: 0..<s.n)
-            let w = min(width, all.count)
-            plan = (0..<w).map { k in stride(from: k, to: all.count, by: w).map { all[$0] } }
-        }
-        plan.removeAll { $0.isEmpty }
+        let plan = forwardPlan(s, tiling: tiling)
         let workers = plan.count
         let maxColumns = plan.joined().map(\.count).max() ?? 0
         let per = workerScratch(s, maxColumns: maxColumns)
@@ -336,13 +342,14 @@ public enum Conv2d {
                 let iy = oy * s.strideH - s.padH + ky
                 let a = max(ox0, oxLo), b = min(ox1, oxHi)
                 if iy < 0 || iy >= s.h || a >= b {
-                    dst.update(repeating: 0, count: len)
+                    for t in 0..<len { dst[t] = 0 }
                 } else {
-                    if a > ox0 { dst.update(repeating: 0, count: a - ox0) }
-                    let row = input + img * inImage + c * hw + iy * s.w
                     let d = dst - ox0
+                    for o in ox0..<a { d[o] = 0 }
+                    let row = input + img * inImage + c * hw + iy * s.w
                     if s.strideW == 1 {
-                        (d + a).update(from: row + (a - s.padW + kx), count: b - a)
+                        let src = row + (-s.padW + kx)
+                        for o in a..<b { d[o] = src[o] }
                     } else {
                         var ix = a * s.strideW - s.padW + kx
                         for ox in a..<b {
@@ -350,7 +357,7 @@ public enum Conv2d {
                             ix += s.strideW
                         }
                     }
-                    if b < ox1 { (d + b).update(repeating: 0, count: ox1 - b) }
+                    for o in b..<ox1 { d[o] = 0 }
                 }
                 dst += len
                 p += len

@@ -13,7 +13,7 @@ public final class Buffer<T: KernelScalar>: @unchecked Sendable {
         let raw = UnsafeMutableRawPointer.allocate(
             byteCount: max(count, 1) * MemoryLayout<T>.stride, alignment: 64)
         pointer = raw.bindMemory(to: T.self, capacity: max(count, 1))
-        pointer.initialize(repeating: 0, count: max(count, 1))
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: max(count, 1) * MemoryLayout<T>.stride)
         self.count = count
     }
 
@@ -28,7 +28,7 @@ public final class Buffer<T: KernelScalar>: @unchecked Sendable {
     deinit { pointer.deallocate() }
 
     /// Sets every element to zero.
-    public func zero() { pointer.update(repeating: 0, count: count) }
+    public func zero() { zeroFill(pointer, count) }
 
     /// The elements as an array (for tests and small reports, not hot paths).
     public var array: [T] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
@@ -77,4 +77,10 @@ public struct Tensor<T: KernelScalar> {
         precondition(shape.count == 4, "Tensor.nchw: tensor has shape \(shape), not rank 4")
         return NCHW(shape[0], shape[1], shape[2], shape[3])
     }
+}
+
+/// Sets `count` elements at `p` to zero with one memset (no per-element generic code).
+@inline(__always)
+public func zeroFill<T: KernelScalar>(_ p: UnsafeMutablePointer<T>, _ count: Int) {
+    UnsafeMutableRawPointer(p).initializeMemory(as: UInt8.self, repeating: 0, count: count * MemoryLayout<T>.stride)
 }
