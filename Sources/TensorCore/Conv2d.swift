@@ -320,12 +320,16 @@ public enum Conv2d {
 
     // MARK: - im2col / col2im over a range of output positions
 
-    /// Writes columns for output positions `start..<start+count` of the images concatenated from `input`:
-    /// row r = (c, ky, kx) of `col` (leading dimension `ld`), column = position - start.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
-    static func im2col<T: KernelScalar>(
-        col: UnsafeMutablePointer<T>, ld: Int, input: UnsafePointer<T>, start: Int, count: Int, shape s: Conv2dShape
+    /// Walks the column matrix of output positions `start..<start+count` (of images concatenated from image 0)
+    /// row by row, one run of positions inside one output row at a time, and calls
+    /// `body(r, column, ox0, ox1, inputRow, validLo, validHi, kx)`: row r = (c, ky, kx) of the columns, the run's
+    /// first column relative to `start`, its output x range ox0..<ox1, the offset of the input row it reads
+    /// (nil when that row is padding), and the x range validLo..<validHi whose taps fall inside the input.
+    /// Output column ox reads input element inputRow + ox * strideW - padW + kx.
+    @inline(__always)
+    static func forEachRun(
+        _ s: Conv2dShape, start: Int, count: Int,
+        _ body: (_ r: Int, _ column: Int, _ ox0: Int, _ ox1: Int, _ inputRow: Int?, _ validLo: Int, _ validHi: Int, _ kx: Int) -> Void
     ) {
         let kk = s.kh * s.kw, plane = s.outPlane, inImage = s.cIn * s.h * s.w, ow = s.outW, hw = s.h * s.w
         let end = start + count
@@ -334,34 +338,41 @@ public enum Conv2d {
             // Valid output columns for this kx: ix = ox*sw - pw + kx in [0, w).
             let oxLo = max(0, (s.padW - kx + s.strideW - 1) / s.strideW)
             let oxHi = min(ow, floorDivide(s.w - 1 + s.padW - kx, s.strideW) + 1)   // exclusive
-            var dst = col + r * ld
             var p = start
             while p < end {
                 let img = p / plane, q = p - img * plane, oy = q / ow, ox0 = q - oy * ow
                 let len = min(ow - ox0, end - p), ox1 = ox0 + len
                 let iy = oy * s.strideH - s.padH + ky
-                let a = max(ox0, oxLo), b = min(ox1, oxHi)
-                if iy < 0 || iy >= s.h || a >= b {
-                    for t in 0..<len { dst[t] = 0 }
-                } else {
-                    let d = dst - ox0
-                    for o in ox0..<a { d[o] = 0 }
-                    let row = input + img * inImage + c * hw + iy * s.w
-                    if s.strideW == 1 {
-                        let src = row + (-s.padW + kx)
-                        for o in a..<b { d[o] = src[o] }
-                    } else {
-                        var ix = a * s.strideW - s.padW + kx
-                        for ox in a..<b {
-                            d[ox] = row[ix]
-                            ix += s.strideW
-                        }
-                    }
-                    for o in b..<ox1 { d[o] = 0 }
-                }
-                dst += len
+                let a = max(ox0, oxLo), b = max(a, min(ox1, oxHi))
+                let inside = iy >= 0 && iy < s.h && a < b
+                body(r, p - start, ox0, ox1, inside ? img * inImage + c * hw + iy * s.w : nil, a, b, kx)
                 p += len
             }
+        }
+    }
+
+    /// Writes columns for output positions `start..<start+count` of the images concatenated from `input`:
+    /// row r = (c, ky, kx) of `col` (leading dimension `ld`), column = position - start.
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
+    static func im2col<T: KernelScalar>(
+        col: UnsafeMutablePointer<T>, ld: Int, input: UnsafePointer<T>, start: Int, count: Int, shape s: Conv2dShape
+    ) {
+        // Short runs: inline loops, not memcpy/memset calls (their call overhead dominated at 56-wide rows).
+        forEachRun(s, start: start, count: count) { r, column, ox0, ox1, inputRow, a, b, kx in
+            let d = col + r * ld + column - ox0   // d[ox] is output column ox of this run
+            guard let inputRow else {
+                for o in ox0..<ox1 { d[o] = 0 }
+                return
+            }
+            for o in ox0..<a { d[o] = 0 }
+            let src = input + inputRow - s.padW + kx
+            if s.strideW == 1 {
+                for o in a..<b { d[o] = src[o] }
+            } else {
+                for o in a..<b { d[o] = src[o * s.strideW] }
+            }
+            for o in b..<ox1 { d[o] = 0 }
         }
     }
 
@@ -371,34 +382,14 @@ public enum Conv2d {
     static func col2im<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, col: UnsafePointer<T>, ld: Int, start: Int, count: Int, shape s: Conv2dShape
     ) {
-        let kk = s.kh * s.kw, plane = s.outPlane, inImage = s.cIn * s.h * s.w, ow = s.outW, hw = s.h * s.w
-        let end = start + count
-        for r in 0..<s.k {
-            let c = r / kk, ky = (r / s.kw) % s.kh, kx = r % s.kw
-            let oxLo = max(0, (s.padW - kx + s.strideW - 1) / s.strideW)
-            let oxHi = min(ow, floorDivide(s.w - 1 + s.padW - kx, s.strideW) + 1)
-            var src = col + r * ld
-            var p = start
-            while p < end {
-                let img = p / plane, q = p - img * plane, oy = q / ow, ox0 = q - oy * ow
-                let len = min(ow - ox0, end - p), ox1 = ox0 + len
-                let iy = oy * s.strideH - s.padH + ky
-                let a = max(ox0, oxLo), b = min(ox1, oxHi)
-                if iy >= 0 && iy < s.h && a < b {
-                    let row = gradInput + img * inImage + c * hw + iy * s.w
-                    let sp = src - ox0
-                    var ix = a * s.strideW - s.padW + kx
-                    if s.strideW == 1 {
-                        for ox in a..<b { row[ix] += sp[ox]; ix += 1 }
-                    } else {
-                        for ox in a..<b {
-                            row[ix] += sp[ox]
-                            ix += s.strideW
-                        }
-                    }
-                }
-                src += len
-                p += len
+        forEachRun(s, start: start, count: count) { r, column, ox0, _, inputRow, a, b, kx in
+            guard let inputRow else { return }
+            let sp = col + r * ld + column - ox0
+            let dst = gradInput + inputRow - s.padW + kx
+            if s.strideW == 1 {
+                for o in a..<b { dst[o] += sp[o] }
+            } else {
+                for o in a..<b { dst[o * s.strideW] += sp[o] }
             }
         }
     }

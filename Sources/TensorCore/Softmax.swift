@@ -11,8 +11,7 @@ public enum Softmax {
         precondition(rows > 0 && cols > 0, "Softmax: bad sizes rows \(rows), cols \(cols)")
         for r in 0..<rows {
             let x = input + r * cols, y = output + r * cols
-            var mx = x[0]
-            for j in 1..<cols where x[j] > mx { mx = x[j] }
+            let mx = rowMax(x, cols)
             var sum: T = 0
             for j in 0..<cols { let e = T.exp(x[j] - mx); y[j] = e; sum += e }
             let inv = 1 / sum
@@ -46,8 +45,7 @@ public enum LogSoftmax {
         precondition(rows > 0 && cols > 0, "LogSoftmax: bad sizes rows \(rows), cols \(cols)")
         for r in 0..<rows {
             let x = input + r * cols, y = output + r * cols
-            var mx = x[0]
-            for j in 1..<cols where x[j] > mx { mx = x[j] }
+            let mx = rowMax(x, cols)
             var sum: T = 0
             for j in 0..<cols { sum += T.exp(x[j] - mx) }
             let lse = mx + T.log(sum)
@@ -68,4 +66,12 @@ public enum LogSoftmax {
             for j in 0..<cols { dx[j] += dy[j] - T.exp(y[j]) * s }
         }
     }
+}
+
+/// The largest of `cols` values at `x` (cols >= 1).
+@inline(__always)
+func rowMax<T: KernelScalar>(_ x: UnsafePointer<T>, _ cols: Int) -> T {
+    var mx = x[0]
+    for j in 1..<cols where x[j] > mx { mx = x[j] }
+    return mx
 }
