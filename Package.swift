@@ -28,8 +28,14 @@ let package = Package(
         // The engine: tensors, flat parameters, BLAS facade, parallel-for, kernels. No MPI, no file I/O.
         .target(name: "TensorCore", dependencies: ["COpenBLAS"]),
 
+        // Models: ResNets (GroupNorm / BatchNorm, torchvision names), the attention-MIL head, losses.
+        .target(name: "Layers", dependencies: ["TensorCore"]),
+
         // Process groups: single process and MPI. The only module that imports MPI.
         .target(name: "Distributed", dependencies: ["CMPI"]),
+
+        // Optimizers, schedules, weights I/O (and later: trainer, checkpoints).
+        .target(name: "Training", dependencies: ["Layers", "SafeTensors"]),
 
         // safetensors read/write (weights, checkpoints, test fixtures).
         .target(name: "SafeTensors"),
@@ -37,12 +43,13 @@ let package = Package(
         .executableTarget(
             name: "HistoDistillCLI",
             dependencies: [
-                "TensorCore", "Distributed", "CZstd",
+                "TensorCore", "Layers", "Training", "Distributed", "CZstd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "ConvBench", dependencies: ["TensorCore"]),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafeTensors"]),
+        .testTarget(name: "LayersTests", dependencies: ["Layers", "Training", "SafeTensors"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "HistoDistillCLI"]),
     ]
 )

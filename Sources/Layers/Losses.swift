@@ -1,0 +1,147 @@
+// Losses with their gradients: cross-entropy, the temperature-softened KD term, and the pixel (feature-map)
+// term with the teacher's map resized by adaptive max pool, bicubic, or the mean of the two.
+import TensorCore
+
+/// Mean cross-entropy over labeled rows.
+public enum CrossEntropy {
+    /// Returns mean(-log softmax(logits)[label]) over rows whose label is >= 0 (negative = unlabeled, ignored),
+    /// and writes d(loss * scale)/d(logits) into `gradLogits` (overwritten; zero rows for unlabeled).
+    /// - Parameters:
+    ///   - logits: (n, classes).
+    ///   - labels: n class indices in 0..<classes, or -1.
+    public static func forwardBackward(
+        logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>, n: Int, classes: Int,
+        gradLogits: UnsafeMutablePointer<Float>?, scale: Float = 1
+    ) -> Float {
+        var labeled = 0
+        for i in 0..<n where labels[i] >= 0 {
+            precondition(Int(labels[i]) < classes, "CrossEntropy: label \(labels[i]) of row \(i) is not below \(classes) classes")
+            labeled += 1
+        }
+        if let gradLogits { zeroFill(gradLogits, n * classes) }
+        guard labeled > 0 else { return 0 }
+        var total: Double = 0
+        let logp = UnsafeMutablePointer<Float>.allocate(capacity: classes)
+        defer { logp.deallocate() }
+        for i in 0..<n where labels[i] >= 0 {
+            LogSoftmax.forward(output: logp, input: logits + i * classes, rows: 1, cols: classes)
+            let y = Int(labels[i])
+            total -= Double(logp[y])
+            if let gradLogits {
+                let g = gradLogits + i * classes, k = scale / Float(labeled)
+                for j in 0..<classes { g[j] = Float.exp(logp[j]) * k }
+                g[y] -= k
+            }
+        }
+        return Float(total / Double(labeled))
+    }
+}
+
+/// Knowledge distillation on logits: KL(softmax(t/T) || softmax(s/T)), batch mean, times T^2 (Hinton et al.;
+/// PyTorch's `kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean") * T * T`). Gradient to the student only.
+public enum DistillationKL {
+    /// Returns the loss and writes d(loss * scale)/d(student) into `gradStudent` (overwritten).
+    /// - Parameters:
+    ///   - student, teacher: (n, classes) logits.
+    public static func forwardBackward(
+        student: UnsafePointer<Float>, teacher: UnsafePointer<Float>, n: Int, classes: Int, temperature: Float,
+        gradStudent: UnsafeMutablePointer<Float>?, scale: Float = 1
+    ) -> Float {
+        precondition(temperature > 0, "DistillationKL: temperature must be positive, got \(temperature)")
+        let t = temperature
+        let buf = UnsafeMutablePointer<Float>.allocate(capacity: 4 * classes)
+        defer { buf.deallocate() }
+        let ss = buf, ts = buf + classes, logq = buf + 2 * classes, logp = buf + 3 * classes
+        var total: Double = 0
+        for i in 0..<n {
+            for j in 0..<classes { ss[j] = student[i * classes + j] / t; ts[j] = teacher[i * classes + j] / t }
+            LogSoftmax.forward(output: logq, input: ss, rows: 1, cols: classes)
+            LogSoftmax.forward(output: logp, input: ts, rows: 1, cols: classes)
+            for j in 0..<classes {
+                let p = Float.exp(logp[j])
+                if p > 0 { total += Double(p * (logp[j] - logq[j])) }
+            }
+            if let gradStudent {
+                // d/ds [T^2 * KL / n] = T * (q - p) / n
+                let k = scale * t / Float(n)
+                for j in 0..<classes { gradStudent[i * classes + j] = k * (Float.exp(logq[j]) - Float.exp(logp[j])) }
+            }
+        }
+        return Float(total / Double(n)) * t * t
+    }
+}
+
+/// How the teacher's feature map is brought to the student's size for the pixel loss.
+public enum PixelResize: String, Sendable, Codable, CaseIterable {
+    /// Adaptive max pooling (the paper's default).
+    case maxpool
+    /// Bicubic interpolation (PyTorch's, align_corners=False).
+    case bicubic
+    /// The mean of the max-pooled and the bicubic map.
+    case both = "maxpool+bicubic"
+}
+
+/// The norm of the pixel loss.
+public enum PixelNorm: String, Sendable, Codable, CaseIterable {
+    /// Mean absolute error (L1).
+    case l1
+    /// Mean squared error (L2, MSE).
+    case l2
+}
+
+/// Pixel loss between the student's last feature map and the teacher's, resized to the student's size.
+public enum PixelLoss {
+    /// Writes the teacher's map resized to (outH, outW) into `target` (n, c, outH, outW).
+    public static func resizeTeacher(
+        target: UnsafeMutablePointer<Float>, teacher: UnsafePointer<Float>, teacherShape: NCHW, outH: Int, outW: Int,
+        mode: PixelResize
+    ) {
+        let count = teacherShape.n * teacherShape.c * outH * outW
+        switch mode {
+        case .maxpool:
+            let idx = UnsafeMutablePointer<Int32>.allocate(capacity: count)
+            defer { idx.deallocate() }
+            AdaptiveMaxPool2d.forward(output: target, indices: idx, input: teacher, shape: teacherShape, outH: outH, outW: outW)
+        case .bicubic:
+            BicubicResize.forward(output: target, input: teacher, shape: teacherShape, outH: outH, outW: outW)
+        case .both:
+            let idx = UnsafeMutablePointer<Int32>.allocate(capacity: count)
+            let cubic = UnsafeMutablePointer<Float>.allocate(capacity: count)
+            defer { idx.deallocate(); cubic.deallocate() }
+            AdaptiveMaxPool2d.forward(output: target, indices: idx, input: teacher, shape: teacherShape, outH: outH, outW: outW)
+            BicubicResize.forward(output: cubic, input: teacher, shape: teacherShape, outH: outH, outW: outW)
+            for i in 0..<count { target[i] = (target[i] + cubic[i]) * 0.5 }
+        }
+    }
+
+    /// Returns mean |s - target| (L1) or mean (s - target)^2 (L2) and writes d(loss * scale)/d(s) into
+    /// `gradStudent` (overwritten). The teacher gets no gradient.
+    /// - Parameters:
+    ///   - student: (n, c, h, w).
+    ///   - teacher: (n, c, H, W) with H >= h... any size; it is resized to (h, w).
+    public static func forwardBackward(
+        student: UnsafePointer<Float>, studentShape: NCHW, teacher: UnsafePointer<Float>, teacherShape: NCHW,
+        mode: PixelResize, norm: PixelNorm, gradStudent: UnsafeMutablePointer<Float>?, scale: Float = 1
+    ) -> Float {
+        precondition(studentShape.n == teacherShape.n && studentShape.c == teacherShape.c,
+                     "PixelLoss: student map \(studentShape) and teacher map \(teacherShape) differ in batch or channels")
+        let count = studentShape.count
+        let target = UnsafeMutablePointer<Float>.allocate(capacity: count)
+        defer { target.deallocate() }
+        resizeTeacher(target: target, teacher: teacher, teacherShape: teacherShape, outH: studentShape.h, outW: studentShape.w, mode: mode)
+        var total: Double = 0
+        let k = scale / Float(count)
+        for i in 0..<count {
+            let d = student[i] - target[i]
+            switch norm {
+            case .l1:
+                total += Double(abs(d))
+                gradStudent?[i] = d > 0 ? k : (d < 0 ? -k : 0)
+            case .l2:
+                total += Double(d * d)
+                gradStudent?[i] = 2 * d * k
+            }
+        }
+        return Float(total / Double(count))
+    }
+}
