@@ -11,6 +11,8 @@ Contents (all float32 unless noted):
   blocks 2/2/2/2 and planes 8/16/32/64 (narrow so the file stays small): state dict, then for train mode and eval
   mode the feature map, logits, loss, every gradient, and the running statistics after the step.
 - kd.*: distillation loss terms and their gradients for every resize mode and L1/L2.
+- mil.*: the attention-MIL head (features 16, 3 classes, a bag of 7): state dict, outputs, attention weights,
+  random upstream gradients and the gradient of every parameter and of the bag.
 - opt.*: cross-entropy losses of 5 steps of Adam, AdamW and SGD (Nesterov) on the gn model and batch.
 Metadata: torchvision resnet18/resnet34 state_dict keys and shapes (JSON), for the naming tests.
 """
@@ -130,6 +132,29 @@ for name, make in opts.items():
         opt.step()
         losses.append(l.item())
     put(f"opt.{name}.losses", torch.tensor(losses))
+
+# ---- attention-MIL head ----
+class AttentionMIL(nn.Module):
+    def __init__(self, f, classes):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(f, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU())
+        self.attention = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 1))
+        self.classifier = nn.Linear(64, classes)
+        self.patch_classifier = nn.Linear(64, classes)
+    def forward(self, x):
+        h = self.mlp(x)
+        a = torch.softmax(self.attention(h).squeeze(1), 0)
+        return self.classifier((a[:, None] * h).sum(0)), self.patch_classifier(h), a
+
+mil = AttentionMIL(16, 3)
+for k, v in mil.state_dict().items(): put(f"mil.sd.{k}", v)
+bag = torch.randn(7, 16).requires_grad_(True)
+bl, pl, att = mil(bag)
+g_bag, g_patch = torch.randn_like(bl), torch.randn_like(pl)
+((bl * g_bag).sum() + (pl * g_patch).sum()).backward()
+put("mil.bag", bag); put("mil.bag_logits", bl); put("mil.patch_logits", pl); put("mil.attention", att)
+put("mil.g_bag", g_bag); put("mil.g_patch", g_patch); put("mil.dbag", bag.grad)
+for k, p in mil.named_parameters(): put(f"mil.grad.{k}", p.grad)
 
 meta = {}
 for arch in ["resnet18", "resnet34"]:
