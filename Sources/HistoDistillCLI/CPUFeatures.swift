@@ -1,5 +1,6 @@
 // What the CPU supports, read from /proc/cpuinfo, and whether OpenBLAS is using the best kernels for it.
 import Foundation
+import TensorCore
 
 /// CPU model and the vector extensions that decide OpenBLAS's kernel family.
 struct CPUFeatures {
@@ -46,6 +47,13 @@ enum KernelAdvice {
         case "skylakex", "cooperlake", "sapphirerapids": return 3
         default: return nil
         }
+    }
+
+    /// Warnings for this process: the CPU, the kernels OpenBLAS chose, and the environment.
+    static func current() -> [String] {
+        let env = ProcessInfo.processInfo.environment
+        return check(cpuBest: CPUFeatures.current().bestOpenBLASCore, inUse: BLAS.coreName,
+                     forcedCoreType: env["OPENBLAS_CORETYPE"], forcedL2: env["OPENBLAS_L2_SIZE"])
     }
 
     /// Warnings when the kernels in use are older than the CPU supports, naming the variable that forced them.

@@ -1,0 +1,119 @@
+// `histodistill cost`: parameters, multiply-adds, activation memory and measured speed per resolution, and the
+// teacher/student compute table.
+import ArgumentParser
+import Distributed
+import Foundation
+import Layers
+import TensorCore
+import Training
+
+struct Cost: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Report parameters, multiply-adds, activation memory and measured images/second per input resolution.",
+        discussion: """
+            Without --measure only counts are printed (instant). With --measure every resolution also gets a timed \
+            training step (forward, cross-entropy, backward, Adam) and an inference pass on a synthetic batch, and \
+            --distill adds distillation steps (teacher at the first resolution, without gradients; student at each \
+            lower one), the same cases as PyTorch's bench_train.py.
+            """)
+
+    @Option(help: "Architecture: resnet-gn (the paper's), resnet18 or resnet34.")
+    var model: String = "resnet-gn"
+
+    @Option(help: "Classes of the classifier.")
+    var classes: Int = 5
+
+    @Option(help: "Comma-separated input sizes in pixels; the first is the teacher's.")
+    var resolutions: String = "224,112,56,28,14"
+
+    @Option(help: "Batch size for memory and speed.")
+    var batch: Int = 32
+
+    @Option(help: "Threads (default: all cores).")
+    var threads: Int?
+
+    @Flag(help: "Time training steps and inference.")
+    var measure = false
+
+    @Flag(help: "With --measure, also time distillation steps (teacher at the first resolution).")
+    var distill = false
+
+    @Option(help: "Timed repetitions (median reported) of --steps steps each.")
+    var reps: Int = 3
+
+    @Option(help: "Steps per timed repetition.")
+    var steps: Int = 3
+
+    func validate() throws {
+        if classes < 1 { throw ValidationError("--classes must be at least 1, got \(classes)") }
+        if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
+        if reps < 1 || steps < 1 { throw ValidationError("--reps and --steps must be at least 1") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        _ = try parsedResolutions()
+        _ = try architecture()
+    }
+
+    func parsedResolutions() throws -> [Int] {
+        let values = resolutions.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) >= 8 }) else {
+            throw ValidationError("--resolutions takes comma-separated sizes of at least 8 px, got '\(resolutions)'")
+        }
+        return values.map { $0! }
+    }
+
+    func architecture() throws -> ResNetConfig {
+        switch model {
+        case "resnet-gn", "paper": return .paper(classes: classes)
+        case "resnet18": return .resnet18(classes: classes)
+        case "resnet34": return .resnet34(classes: classes)
+        default: throw ValidationError("--model '\(model)' is not known; use resnet-gn, resnet18 or resnet34")
+        }
+    }
+
+    func run() throws {
+        let config = try architecture()
+        let sizes = try parsedResolutions()
+        BLAS.setThreadCount(threads ?? ProcessInfo.processInfo.activeProcessorCount)
+        for w in KernelAdvice.current() { print("warning: " + w) }
+        let net = ResNet(config)
+        let paramMB = Double(net.parameterCount * 4) / 1e6
+        print("\(config)")
+        print("parameters: \(net.parameterCount.formatted()) (\(String(format: "%.1f", paramMB)) MB; with gradients and Adam moments \(String(format: "%.1f", 4 * paramMB)) MB)")
+        print("threads: \(BLAS.threadCount), batch \(batch)\n")
+        let teacherMACs = Double(net.macs(resolution: sizes[0]))
+        var header = "| input | MACs per image | vs \(sizes[0]) px | feature map | activations, training step (MB) |"
+        var rule = "|---|---|---|---|---|"
+        if measure { header += " train img/s | inference img/s |"; rule += "---|---|" }
+        print(header)
+        print(rule)
+        for r in sizes {
+            let macs = Double(net.macs(resolution: r))
+            let fm = net.featureMapSize(resolution: r)
+            // One real step sizes the arenas: that is the activation memory of a training step.
+            let probe = ResNet(config, seed: 1)
+            let x = Buffer<Float>(count: batch * 3 * r * r)
+            let out = probe.forward(x.pointer, shape: NCHW(batch, 3, r, r), training: true)
+            let g = Buffer<Float>(count: out.logits?.count ?? 0)
+            probe.backward(gradLogits: out.logits == nil ? nil : g.pointer)
+            let act = probe.activationFloats
+            let actMB = Double((act.forward + act.backward) * 4) / 1e6
+            var line = "| \(r) px | \(String(format: "%.2f", macs / 1e6)) M | \(String(format: "%.0fx", teacherMACs / macs)) fewer | "
+                + "\(config.featureDimension)x\(fm)x\(fm) | \(String(format: "%.0f", actMB)) |"
+            if measure {
+                let train = StepRunner.measure(images: batch, reps: reps, steps: steps, StepRunner.supervised(config, resolution: r, batch: batch))
+                let infer = StepRunner.measure(images: batch, reps: reps, steps: steps, StepRunner.inference(config, resolution: r, batch: batch))
+                line += " \(String(format: "%.1f", train.median)) | \(String(format: "%.1f", infer.median)) |"
+            }
+            print(line)
+        }
+        if measure && distill && sizes.count > 1 {
+            print("\n| distillation step | img/s (median) | min | max |")
+            print("|---|---|---|---|")
+            for r in sizes.dropFirst() {
+                let t = StepRunner.measure(images: batch, reps: reps, steps: steps,
+                                           StepRunner.distillation(config, teacherResolution: sizes[0], studentResolution: r, batch: batch))
+                print("| teacher \(sizes[0]) px + student \(r) px | \(String(format: "%.1f", t.median)) | \(String(format: "%.1f", t.min)) | \(String(format: "%.1f", t.max)) |")
+            }
+        }
+    }
+}
