@@ -159,6 +159,24 @@ for t in options.threads {
         }
         let tf = median(Array(fwd.dropFirst())), tb = median(Array(bwd.dropFirst()))
         if options.gemmOnly {
+            // im2col alone over the whole batch in tiles of 1024 columns (what one forward pass writes).
+            let tileCols = 1024
+            let col = Buffer<Float>(count: s.k * tileCols)
+            var ti: [Double] = []
+            for _ in 0..<(options.reps + 1) {
+                ti.append(seconds {
+                    var p = 0
+                    let total = s.n * s.outPlane
+                    while p < total {
+                        let c = min(tileCols, total - p)
+                        Conv2d.im2col(col: col.pointer, ld: c, input: x.pointer, start: p, count: c, shape: s)
+                        p += c
+                    }
+                })
+            }
+            let tim = median(Array(ti.dropFirst()))
+            let elements = Double(s.k * s.n * s.outPlane)
+            print("  im2col \(cc.name): \(String(format: "%.2f", tim * 1e3)) ms for \(String(format: "%.1f", elements / 1e6)) M elements = \(String(format: "%.2f", elements * 4 / tim / 1e9)) GB/s written")
             // The GEMMs of this conv alone on the whole batch's columns: forward, dW and dX (no im2col).
             let cols = s.n * s.outPlane
             let colBuf = Buffer<Float>(count: s.k * cols), dyBuf = Buffer<Float>(count: s.cOut * cols)

@@ -214,7 +214,7 @@ public final class ResNet {
         let s = convNorm(stemConv, stemNorm, input: input, shape: shape, relu: true, training: training)
         stem = s
         let pool = Pool2dShape(input: s.outShape, kernel: 3, stride: 2, padding: 1)
-        let pooled = arena.allocate(pool.output.count)
+        let pooled = arena.allocate(pool.output.count, zeroed: false)
         MaxPool2d.forward(output: pooled, indices: indices(pool.output.count), input: s.normOut, shape: pool)
         poolOut = pooled
         poolShape = pool.output
@@ -231,7 +231,7 @@ public final class ResNet {
                     shortcut = r
                     identity = UnsafePointer(r.normOut)
                 }
-                let out = arena.allocate(r2.outShape.count)
+                let out = arena.allocate(r2.outShape.count, zeroed: false)
                 Add.forward(output: out, a: r2.normOut, b: identity, count: r2.outShape.count)
                 ReLU.forward(output: out, input: out, count: r2.outShape.count)
                 blockRecords.append(BlockRecord(input: x, first: r1, second: r2, shortcut: shortcut, output: out, outShape: r2.outShape))
@@ -267,15 +267,15 @@ public final class ResNet {
                           training: Bool) -> ConvNormRecord {
         let cs = conv.shape(shape)
         let outShape = NCHW(shape.n, conv.cOut, cs.outH, cs.outW)
-        let convOut = arena.allocate(outShape.count)
+        let convOut = arena.allocate(outShape.count, zeroed: false)
         Conv2d.forward(output: convOut, input: input, weight: parameters.value(conv.weight), bias: nil, shape: cs, workspace: workspace)
-        let normOut = arena.allocate(outShape.count)
+        let normOut = arena.allocate(outShape.count, zeroed: false)
         let stats: Int
         switch config.norm {
         case .group(let g): stats = shape.n * g
         case .batch: stats = conv.cOut
         }
-        let mean = arena.allocate(stats), rstd = arena.allocate(stats)
+        let mean = arena.allocate(stats, zeroed: false), rstd = arena.allocate(stats, zeroed: false)
         switch config.norm {
         case .group(let g):
             GroupNorm.forward(output: normOut, mean: mean, rstd: rstd, input: convOut, weight: parameters.value(norm.weight),

@@ -19,8 +19,9 @@ public final class Arena<T: KernelScalar>: @unchecked Sendable {
     /// Total capacity in elements.
     public var capacity: Int { blocks.reduce(0) { $0 + $1.count } }
 
-    /// A zeroed range of `count` elements, 64-byte aligned, valid until `reset`.
-    public func allocate(_ count: Int) -> UnsafeMutablePointer<T> {
+    /// A range of `count` elements, 64-byte aligned, valid until `reset`; zeroed unless `zeroed` is false
+    /// (for outputs a kernel overwrites anyway).
+    public func allocate(_ count: Int, zeroed: Bool = true) -> UnsafeMutablePointer<T> {
         precondition(count >= 0, "Arena.allocate: negative count \(count)")
         let aligned = (count + 15) & ~15
         if blocks.isEmpty || used + aligned > blocks[blocks.count - 1].count {
@@ -31,7 +32,7 @@ public final class Arena<T: KernelScalar>: @unchecked Sendable {
         let p = blocks[blocks.count - 1].pointer + used
         used += aligned
         highWater = max(highWater, spilled + used)
-        zeroFill(p, count)
+        if zeroed { zeroFill(p, count) }
         return p
     }
 

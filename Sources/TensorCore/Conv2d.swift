@@ -147,8 +147,8 @@ public enum Conv2d {
     ///   - input: (n, cIn, h, w).
     ///   - weight: (cOut, cIn, kh, kw).
     ///   - bias: (cOut) or nil.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>, bias: UnsafePointer<T>?,
         shape s: Conv2dShape, workspace: Workspace<T>, tiling: ConvTiling = .default
@@ -223,8 +223,8 @@ public enum Conv2d {
     ///   - gradOutput: (n, cOut, outH, outW).
     ///   - input: the forward's input.
     ///   - weight: the forward's weight.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>?, gradWeight: UnsafeMutablePointer<T>, gradBias: UnsafeMutablePointer<T>?,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
@@ -320,6 +320,32 @@ public enum Conv2d {
 
     // MARK: - im2col / col2im over a range of output positions
 
+    /// One run of output positions inside one output row: input image offset, output row, x range, and the
+    /// column (relative to the tile's first position) where it starts.
+    struct PositionRun {
+        var image: Int, oy: Int, ox0: Int, ox1: Int, column: Int
+    }
+
+    /// The runs covering output positions `start..<start+count`; the same for every row of the columns, so
+    /// computed once per tile (no divisions in the inner loops).
+    static func positionRuns(_ s: Conv2dShape, start: Int, count: Int) -> [PositionRun] {
+        let plane = s.outPlane, ow = s.outW, inImage = s.cIn * s.h * s.w
+        var runs: [PositionRun] = []
+        runs.reserveCapacity(count / max(ow, 1) + 2)
+        var p = start
+        let end = start + count
+        var img = p / plane, q = p - img * plane, oy = q / ow, ox = q - oy * ow
+        while p < end {
+            let len = min(ow - ox, end - p)
+            runs.append(PositionRun(image: img * inImage, oy: oy, ox0: ox, ox1: ox + len, column: p - start))
+            p += len
+            ox = 0
+            oy += 1
+            if oy == s.outH { oy = 0; img += 1 }
+        }
+        return runs
+    }
+
     /// Walks the column matrix of output positions `start..<start+count` (of images concatenated from image 0)
     /// row by row, one run of positions inside one output row at a time, and calls
     /// `body(r, column, ox0, ox1, inputRow, validLo, validHi, kx)`: row r = (c, ky, kx) of the columns, the run's
@@ -331,33 +357,92 @@ public enum Conv2d {
         _ s: Conv2dShape, start: Int, count: Int,
         _ body: (_ r: Int, _ column: Int, _ ox0: Int, _ ox1: Int, _ inputRow: Int?, _ validLo: Int, _ validHi: Int, _ kx: Int) -> Void
     ) {
-        let kk = s.kh * s.kw, plane = s.outPlane, inImage = s.cIn * s.h * s.w, ow = s.outW, hw = s.h * s.w
-        let end = start + count
-        for r in 0..<s.k {
-            let c = r / kk, ky = (r / s.kw) % s.kh, kx = r % s.kw
-            // Valid output columns for this kx: ix = ox*sw - pw + kx in [0, w).
-            let oxLo = max(0, (s.padW - kx + s.strideW - 1) / s.strideW)
-            let oxHi = min(ow, floorDivide(s.w - 1 + s.padW - kx, s.strideW) + 1)   // exclusive
-            var p = start
-            while p < end {
-                let img = p / plane, q = p - img * plane, oy = q / ow, ox0 = q - oy * ow
-                let len = min(ow - ox0, end - p), ox1 = ox0 + len
-                let iy = oy * s.strideH - s.padH + ky
-                let a = max(ox0, oxLo), b = max(a, min(ox1, oxHi))
-                let inside = iy >= 0 && iy < s.h && a < b
-                body(r, p - start, ox0, ox1, inside ? img * inImage + c * hw + iy * s.w : nil, a, b, kx)
-                p += len
+        let kk = s.kh * s.kw, ow = s.outW, hw = s.h * s.w
+        let runs = positionRuns(s, start: start, count: count)
+        runs.withUnsafeBufferPointer { runs in
+            for r in 0..<s.k {
+                let c = r / kk, ky = (r / s.kw) % s.kh, kx = r % s.kw
+                // Valid output columns for this kx: ix = ox*sw - pw + kx in [0, w).
+                let oxLo = max(0, (s.padW - kx + s.strideW - 1) / s.strideW)
+                let oxHi = min(ow, floorDivide(s.w - 1 + s.padW - kx, s.strideW) + 1)   // exclusive
+                let channel = c * hw
+                for run in runs {
+                    let iy = run.oy * s.strideH - s.padH + ky
+                    let a = max(run.ox0, oxLo), b = max(a, min(run.ox1, oxHi))
+                    let inside = iy >= 0 && iy < s.h && a < b
+                    body(r, run.column, run.ox0, run.ox1, inside ? run.image + channel + iy * s.w : nil, a, b, kx)
+                }
+            }
+        }
+    }
+
+    /// Narrow feature maps (fewer output columns than this) use a gather map instead of runs: with rows of
+    /// 7 or 14 positions the per-run bookkeeping would cost more than the copying.
+    static let gatherBelowWidth = 16
+
+    /// For each kernel tap (ky, kx) and output position of one image: the input offset inside the channel
+    /// plane, or -1 where the tap falls in the padding. The same for every channel and image.
+    static func gatherMap(_ s: Conv2dShape) -> [Int32] {
+        let plane = s.outPlane
+        var map = [Int32](repeating: -1, count: s.kh * s.kw * plane)
+        for ky in 0..<s.kh {
+            for kx in 0..<s.kw {
+                let base = (ky * s.kw + kx) * plane
+                for oy in 0..<s.outH {
+                    let iy = oy * s.strideH - s.padH + ky
+                    guard iy >= 0 && iy < s.h else { continue }
+                    for ox in 0..<s.outW {
+                        let ix = ox * s.strideW - s.padW + kx
+                        if ix >= 0 && ix < s.w { map[base + oy * s.outW + ox] = Int32(iy * s.w + ix) }
+                    }
+                }
+            }
+        }
+        return map
+    }
+
+    /// Calls `body(r, column, channelOffset, map)` for each row r = (c, ky, kx) and each stretch of positions
+    /// that lies inside one image: `map` points at the gather map entries of the stretch's first position,
+    /// `channelOffset` at channel c of that image.
+    @inline(__always)
+    static func forEachGather(
+        _ s: Conv2dShape, start: Int, count: Int,
+        _ body: (_ r: Int, _ column: Int, _ length: Int, _ channelOffset: Int, _ map: UnsafePointer<Int32>) -> Void
+    ) {
+        let kk = s.kh * s.kw, plane = s.outPlane, inImage = s.cIn * s.h * s.w, hw = s.h * s.w
+        let map = gatherMap(s)
+        map.withUnsafeBufferPointer { m in
+            let end = start + count
+            for r in 0..<s.k {
+                let c = r / kk, tap = r % kk
+                var p = start
+                while p < end {
+                    let img = p / plane, q = p - img * plane
+                    let len = min(plane - q, end - p)
+                    body(r, p - start, len, img * inImage + c * hw, m.baseAddress! + tap * plane + q)
+                    p += len
+                }
             }
         }
     }
 
     /// Writes columns for output positions `start..<start+count` of the images concatenated from `input`:
     /// row r = (c, ky, kx) of `col` (leading dimension `ld`), column = position - start.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
-    static func im2col<T: KernelScalar>(
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
+    public static func im2col<T: KernelScalar>(
         col: UnsafeMutablePointer<T>, ld: Int, input: UnsafePointer<T>, start: Int, count: Int, shape s: Conv2dShape
     ) {
+        if s.outW < gatherBelowWidth {
+            forEachGather(s, start: start, count: count) { r, column, length, channel, map in
+                let d = col + r * ld + column, x = input + channel
+                for j in 0..<length {
+                    let idx = Int(map[j])
+                    d[j] = idx >= 0 ? x[idx] : 0
+                }
+            }
+            return
+        }
         // Short runs: inline loops, not memcpy/memset calls (their call overhead dominated at 56-wide rows).
         forEachRun(s, start: start, count: count) { r, column, ox0, ox1, inputRow, a, b, kx in
             let d = col + r * ld + column - ox0   // d[ox] is output column ox of this run
@@ -369,6 +454,9 @@ public enum Conv2d {
             let src = input + inputRow - s.padW + kx
             if s.strideW == 1 {
                 for o in a..<b { d[o] = src[o] }
+            } else if s.strideW == 2 {
+                // A constant stride lets the compiler vectorise the even-element gather with shuffles.
+                for o in a..<b { d[o] = src[o &* 2] }
             } else {
                 for o in a..<b { d[o] = src[o * s.strideW] }
             }
@@ -377,11 +465,21 @@ public enum Conv2d {
     }
 
     /// Adds columns back into the images they came from (the adjoint of `im2col` over the same range).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     static func col2im<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, col: UnsafePointer<T>, ld: Int, start: Int, count: Int, shape s: Conv2dShape
     ) {
+        if s.outW < gatherBelowWidth {
+            forEachGather(s, start: start, count: count) { r, column, length, channel, map in
+                let src = col + r * ld + column, dx = gradInput + channel
+                for j in 0..<length {
+                    let idx = Int(map[j])
+                    if idx >= 0 { dx[idx] += src[j] }
+                }
+            }
+            return
+        }
         forEachRun(s, start: start, count: count) { r, column, ox0, _, inputRow, a, b, kx in
             guard let inputRow else { return }
             let sp = col + r * ld + column - ox0

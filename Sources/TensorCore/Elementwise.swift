@@ -3,8 +3,8 @@
 /// Rectified linear unit.
 public enum ReLU {
     /// y = max(x, 0). `output` may be `input` (in place).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, count: Int) {
         Parallel.forEach(count, grain: 1 << 15) { r in
             for i in r { let v = input[i]; output[i] = v > 0 ? v : 0 }
@@ -12,13 +12,13 @@ public enum ReLU {
     }
 
     /// dx += dy where the forward's output is positive. Uses the OUTPUT, so it also works after in-place forward.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, output: UnsafePointer<T>, count: Int
     ) {
         Parallel.forEach(count, grain: 1 << 15) { r in
-            for i in r where output[i] > 0 { gradInput[i] += gradOutput[i] }
+            for i in r { gradInput[i] += output[i] > 0 ? gradOutput[i] : 0 }
         }
     }
 }
@@ -26,8 +26,8 @@ public enum ReLU {
 /// Residual connection: y = a + b.
 public enum Add {
     /// y = a + b. `output` may alias either input.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, a: UnsafePointer<T>, b: UnsafePointer<T>, count: Int
     ) {
@@ -37,8 +37,8 @@ public enum Add {
     }
 
     /// da += dy, db += dy (either may be nil when that input needs no gradient).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradA: UnsafeMutablePointer<T>?, gradB: UnsafeMutablePointer<T>?, gradOutput: UnsafePointer<T>, count: Int
     ) {
@@ -48,8 +48,8 @@ public enum Add {
 }
 
 /// dst += src over `count` elements.
-@_specialize(where T == Float)
-@_specialize(where T == Double)
+@_specialize(exported: true, where T == Float)
+@_specialize(exported: true, where T == Double)
 public func accumulate<T: KernelScalar>(_ dst: UnsafeMutablePointer<T>, _ src: UnsafePointer<T>, count: Int) {
     Parallel.forEach(count, grain: 1 << 15) { r in
         for i in r { dst[i] += src[i] }

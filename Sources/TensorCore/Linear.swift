@@ -8,8 +8,8 @@ public enum Linear {
     ///   - input: (n, inFeatures).
     ///   - weight: (outFeatures, inFeatures).
     ///   - bias: (outFeatures) or nil.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>, bias: UnsafePointer<T>?,
         n: Int, inFeatures: Int, outFeatures: Int
@@ -32,8 +32,8 @@ public enum Linear {
     ///   - gradWeight: (outFeatures, inFeatures), accumulated.
     ///   - gradBias: (outFeatures), accumulated.
     ///   - gradOutput: (n, outFeatures).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>?, gradWeight: UnsafeMutablePointer<T>, gradBias: UnsafeMutablePointer<T>?,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,

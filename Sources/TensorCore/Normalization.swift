@@ -20,8 +20,8 @@ public enum GroupNorm {
     ///   - rstd: (n, groups), 1 / sqrt(var + eps) with the biased variance, saved for backward.
     ///   - input: (n, c, h, w).
     ///   - weight, bias: (c).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, mean: UnsafeMutablePointer<T>, rstd: UnsafeMutablePointer<T>,
         input: UnsafePointer<T>, weight: UnsafePointer<T>, bias: UnsafePointer<T>,
@@ -34,12 +34,8 @@ public enum GroupNorm {
             for ng in r {
                 let base = ng * size
                 let x = input + base
-                var sum: T = 0
-                for i in 0..<size { sum += x[i] }
-                let mu = sum / T(size)
-                var sq: T = 0
-                for i in 0..<size { let d = x[i] - mu; sq += d * d }
-                let rs = reciprocalSqrt(sq / T(size) + eps)
+                let mu = reduceSum(x, size) / T(size)
+                let rs = reciprocalSqrt(reduceSquaredDeviation(x, size, mean: mu) / T(size) + eps)
                 mean[ng] = mu
                 rstd[ng] = rs
                 let g = ng % groups
@@ -59,8 +55,8 @@ public enum GroupNorm {
     ///   - gradWeight, gradBias: (c), accumulated.
     ///   - gradOutput: (n, c, h, w).
     ///   - input, weight, mean, rstd: as in and out of `forward`.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradWeight: UnsafeMutablePointer<T>, gradBias: UnsafeMutablePointer<T>,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
@@ -81,11 +77,7 @@ public enum GroupNorm {
                 for ci in 0..<cpg {
                     let ch = g * cpg + ci
                     let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
-                    var s: T = 0, sx: T = 0
-                    for i in 0..<plane {
-                        s += dy[i]
-                        sx += dy[i] * (x[i] - mu)
-                    }
+                    var (s, sx) = reduceGradientMoments(dy, x, plane, mean: mu)
                     sx *= rs
                     sumDy[b * c + ch] = s
                     sumDyX[b * c + ch] = sx
@@ -125,8 +117,8 @@ public enum BatchNorm2d {
     ///   - input: (n, c, h, w).
     ///   - weight, bias: (c).
     ///   - runningMean, runningVar: (c); updated in training, read in eval.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, saveMean: UnsafeMutablePointer<T>, saveRstd: UnsafeMutablePointer<T>,
         input: UnsafePointer<T>, weight: UnsafePointer<T>, bias: UnsafePointer<T>,
@@ -141,16 +133,10 @@ public enum BatchNorm2d {
                 let mu: T, rs: T
                 if training {
                     var sum: T = 0
-                    for b in 0..<n {
-                        let x = input + (b * c + ch) * plane
-                        for i in 0..<plane { sum += x[i] }
-                    }
+                    for b in 0..<n { sum += reduceSum(input + (b * c + ch) * plane, plane) }
                     mu = sum / T(count)
                     var sq: T = 0
-                    for b in 0..<n {
-                        let x = input + (b * c + ch) * plane
-                        for i in 0..<plane { let d = x[i] - mu; sq += d * d }
-                    }
+                    for b in 0..<n { sq += reduceSquaredDeviation(input + (b * c + ch) * plane, plane, mean: mu) }
                     let variance = sq / T(count)
                     rs = reciprocalSqrt(variance + eps)
                     runningMean[ch] = (1 - momentum) * runningMean[ch] + momentum * mu
@@ -177,8 +163,8 @@ public enum BatchNorm2d {
     ///   - gradOutput: (n, c, h, w).
     ///   - input, weight, saveMean, saveRstd: as in and out of `forward`.
     ///   - training: the mode the forward ran in (in eval the statistics are constants).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradWeight: UnsafeMutablePointer<T>, gradBias: UnsafeMutablePointer<T>,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
@@ -190,8 +176,8 @@ public enum BatchNorm2d {
                 let mu = saveMean[ch], rs = saveRstd[ch], w = weight[ch]
                 var s: T = 0, sx: T = 0
                 for b in 0..<n {
-                    let x = input + (b * c + ch) * plane, dy = gradOutput + (b * c + ch) * plane
-                    for i in 0..<plane { s += dy[i]; sx += dy[i] * (x[i] - mu) }
+                    let (a, p) = reduceGradientMoments(gradOutput + (b * c + ch) * plane, input + (b * c + ch) * plane, plane, mean: mu)
+                    s += a; sx += p
                 }
                 sx *= rs
                 gradBias[ch] += s

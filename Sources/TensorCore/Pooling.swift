@@ -37,8 +37,8 @@ public enum MaxPool2d {
     /// - Parameters:
     ///   - output, indices: (n, c, outH, outW).
     ///   - input: (n, c, h, w).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, indices: UnsafeMutablePointer<Int32>, input: UnsafePointer<T>,
         shape s: Pool2dShape
@@ -69,8 +69,8 @@ public enum MaxPool2d {
     }
 
     /// dx[argmax] += dy.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, indices: UnsafePointer<Int32>,
         input: NCHW, outPlane: Int
@@ -81,8 +81,8 @@ public enum MaxPool2d {
 }
 
 /// Scatters each plane's output gradients to the input positions named by `indices` (max pools' backward).
-@_specialize(where T == Float)
-@_specialize(where T == Double)
+@_specialize(exported: true, where T == Float)
+@_specialize(exported: true, where T == Double)
 func scatterByIndex<T: KernelScalar>(
     gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, indices: UnsafePointer<Int32>,
     planes: Int, inPlane: Int, outPlane: Int
@@ -98,23 +98,20 @@ func scatterByIndex<T: KernelScalar>(
 /// Global average pooling: (n, c, h, w) -> (n, c).
 public enum GlobalAvgPool {
     /// y[n, c] = mean over the plane. Overwrites `output`.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, shape: NCHW) {
         let plane = shape.plane, inv = 1 / T(plane)
         Parallel.forEach(shape.n * shape.c, grain: 64) { r in
             for p in r {
-                let x = input + p * plane
-                var s: T = 0
-                for i in 0..<plane { s += x[i] }
-                output[p] = s * inv
+                output[p] = reduceSum(input + p * plane, plane) * inv
             }
         }
     }
 
     /// dx += dy / (h * w).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, shape: NCHW) {
         let plane = shape.plane, inv = 1 / T(plane)
         Parallel.forEach(shape.n * shape.c, grain: 64) { r in
@@ -140,8 +137,8 @@ public enum AdaptiveMaxPool2d {
     /// - Parameters:
     ///   - output, indices: (n, c, outH, outW).
     ///   - input: (n, c, h, w).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, indices: UnsafeMutablePointer<Int32>, input: UnsafePointer<T>,
         shape: NCHW, outH: Int, outW: Int
@@ -171,8 +168,8 @@ public enum AdaptiveMaxPool2d {
     }
 
     /// dx[argmax] += dy.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, indices: UnsafePointer<Int32>,
         shape: NCHW, outH: Int, outW: Int
@@ -185,8 +182,8 @@ public enum AdaptiveMaxPool2d {
 /// Adaptive average pooling to (outH, outW).
 public enum AdaptiveAvgPool2d {
     /// y = mean over each adaptive bin. Overwrites `output` (n, c, outH, outW).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, shape: NCHW, outH: Int, outW: Int
     ) {
@@ -209,8 +206,8 @@ public enum AdaptiveAvgPool2d {
     }
 
     /// dx += dy / bin size over each bin.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, shape: NCHW, outH: Int, outW: Int
     ) {

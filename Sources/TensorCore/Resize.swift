@@ -31,8 +31,8 @@ public enum BicubicResize {
     static func clamp(_ i: Int, _ size: Int) -> Int { min(max(i, 0), size - 1) }
 
     /// Resizes each (h, w) plane to (outH, outW). Overwrites `output` (n, c, outH, outW).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, shape: NCHW, outH: Int, outW: Int
     ) {
@@ -62,8 +62,8 @@ public enum BicubicResize {
     }
 
     /// dx += the adjoint of `forward` applied to dy.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, shape: NCHW, outH: Int, outW: Int
     ) {

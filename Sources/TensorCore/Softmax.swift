@@ -3,8 +3,8 @@
 /// Softmax over each row.
 public enum Softmax {
     /// y = exp(x - max) / sum(exp(x - max)) per row. Overwrites `output` (may alias `input`).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, rows: Int, cols: Int
     ) {
@@ -20,8 +20,8 @@ public enum Softmax {
     }
 
     /// dx += y * (dy - sum(dy * y)) per row, from the forward's output `y`.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, output: UnsafePointer<T>, rows: Int, cols: Int
     ) {
@@ -37,8 +37,8 @@ public enum Softmax {
 /// Log-softmax over each row.
 public enum LogSoftmax {
     /// y = x - max - log(sum(exp(x - max))) per row. Overwrites `output` (may alias `input`).
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, rows: Int, cols: Int
     ) {
@@ -54,8 +54,8 @@ public enum LogSoftmax {
     }
 
     /// dx += dy - exp(y) * sum(dy) per row, from the forward's output `y`.
-    @_specialize(where T == Float)
-    @_specialize(where T == Double)
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, output: UnsafePointer<T>, rows: Int, cols: Int
     ) {

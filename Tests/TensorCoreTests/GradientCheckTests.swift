@@ -23,6 +23,10 @@ let convCases: [ConvCase] = [
     ConvCase(n: 3, cIn: 4, h: 5, w: 5, cOut: 3, kernel: (1, 1), stride: (2, 2), padding: (0, 0), bias: false, minColumns: 100),
     ConvCase(n: 2, cIn: 2, h: 5, w: 6, cOut: 3, kernel: (2, 3), stride: (1, 2), padding: (0, 1), bias: true, minColumns: 7),
     ConvCase(n: 1, cIn: 1, h: 2, w: 2, cOut: 2, kernel: (3, 3), stride: (3, 3), padding: (1, 1), bias: false, minColumns: 1),
+    // Output rows of 16 or more take the run-based im2col (narrower ones the gather map): stride 1, 2 and 3.
+    ConvCase(n: 1, cIn: 2, h: 3, w: 40, cOut: 2, kernel: (3, 3), stride: (1, 1), padding: (1, 1), bias: true, minColumns: 30),
+    ConvCase(n: 2, cIn: 1, h: 5, w: 37, cOut: 2, kernel: (3, 3), stride: (2, 2), padding: (1, 1), bias: false, minColumns: 25),
+    ConvCase(n: 1, cIn: 2, h: 3, w: 50, cOut: 2, kernel: (3, 5), stride: (1, 3), padding: (1, 2), bias: false, minColumns: 1),
 ]
 
 @Suite("Finite-difference gradients (Double)")

@@ -1,0 +1,48 @@
+// Vectorisable reductions: several independent accumulators so the compiler can use SIMD lanes without
+// fast-math (a single running sum is a serial dependency chain under strict IEEE semantics).
+
+/// Sum of `n` values.
+@inline(__always)
+public func reduceSum<T: KernelScalar>(_ x: UnsafePointer<T>, _ n: Int) -> T {
+    var a0: T = 0, a1: T = 0, a2: T = 0, a3: T = 0, a4: T = 0, a5: T = 0, a6: T = 0, a7: T = 0
+    var i = 0
+    while i + 8 <= n {
+        a0 += x[i]; a1 += x[i + 1]; a2 += x[i + 2]; a3 += x[i + 3]
+        a4 += x[i + 4]; a5 += x[i + 5]; a6 += x[i + 6]; a7 += x[i + 7]
+        i += 8
+    }
+    while i < n { a0 += x[i]; i += 1 }
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+}
+
+/// Sum of (x - mean)^2 over `n` values.
+@inline(__always)
+public func reduceSquaredDeviation<T: KernelScalar>(_ x: UnsafePointer<T>, _ n: Int, mean: T) -> T {
+    var a0: T = 0, a1: T = 0, a2: T = 0, a3: T = 0, a4: T = 0, a5: T = 0, a6: T = 0, a7: T = 0
+    var i = 0
+    while i + 8 <= n {
+        let d0 = x[i] - mean, d1 = x[i + 1] - mean, d2 = x[i + 2] - mean, d3 = x[i + 3] - mean
+        let d4 = x[i + 4] - mean, d5 = x[i + 5] - mean, d6 = x[i + 6] - mean, d7 = x[i + 7] - mean
+        a0 += d0 * d0; a1 += d1 * d1; a2 += d2 * d2; a3 += d3 * d3
+        a4 += d4 * d4; a5 += d5 * d5; a6 += d6 * d6; a7 += d7 * d7
+        i += 8
+    }
+    while i < n { let d = x[i] - mean; a0 += d * d; i += 1 }
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+}
+
+/// (sum of dy, sum of dy * (x - mean)) over `n` values.
+@inline(__always)
+public func reduceGradientMoments<T: KernelScalar>(_ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ n: Int, mean: T) -> (T, T) {
+    var s0: T = 0, s1: T = 0, s2: T = 0, s3: T = 0
+    var p0: T = 0, p1: T = 0, p2: T = 0, p3: T = 0
+    var i = 0
+    while i + 4 <= n {
+        s0 += dy[i]; s1 += dy[i + 1]; s2 += dy[i + 2]; s3 += dy[i + 3]
+        p0 += dy[i] * (x[i] - mean); p1 += dy[i + 1] * (x[i + 1] - mean)
+        p2 += dy[i + 2] * (x[i + 2] - mean); p3 += dy[i + 3] * (x[i + 3] - mean)
+        i += 4
+    }
+    while i < n { s0 += dy[i]; p0 += dy[i] * (x[i] - mean); i += 1 }
+    return ((s0 + s1) + (s2 + s3), (p0 + p1) + (p2 + p3))
+}
