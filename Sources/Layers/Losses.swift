@@ -145,3 +145,62 @@ public enum PixelLoss {
         return Float(total / Double(count))
     }
 }
+
+/// The distillation objective: w_kd * KD(T) + w_px * pixel(mode, norm) + w_ce * CE (CE only on labeled rows).
+public struct DistillationObjective: Hashable, Sendable, Codable {
+    /// Weight of the KD term (0 disables it).
+    public var kdWeight: Float
+    /// Softmax temperature of the KD term.
+    public var temperature: Float
+    /// Weight of the pixel term (0 disables it).
+    public var pixelWeight: Float
+    /// How the teacher's map is resized for the pixel term.
+    public var pixelResize: PixelResize
+    /// L1 or L2 pixel term.
+    public var pixelNorm: PixelNorm
+    /// Weight of the cross-entropy term on labeled tiles (0 disables it).
+    public var crossEntropyWeight: Float
+
+    /// The paper's defaults: KD with T = 4 plus an L2 pixel term on the max-pooled teacher map, no labels.
+    public init(kdWeight: Float = 1, temperature: Float = 4, pixelWeight: Float = 1, pixelResize: PixelResize = .maxpool,
+                pixelNorm: PixelNorm = .l2, crossEntropyWeight: Float = 0) {
+        self.kdWeight = kdWeight; self.temperature = temperature; self.pixelWeight = pixelWeight
+        self.pixelResize = pixelResize; self.pixelNorm = pixelNorm; self.crossEntropyWeight = crossEntropyWeight
+    }
+
+    /// The value of each term (unweighted) and the weighted total.
+    public struct Terms: Sendable, Equatable {
+        public var kd: Float, pixel: Float, crossEntropy: Float, total: Float
+    }
+
+    /// Computes every enabled term and writes the gradient of the weighted total with respect to the student's
+    /// logits (n, classes) and feature map into `gradLogits` and `gradMap` (both overwritten).
+    public func evaluate(
+        studentLogits: UnsafePointer<Float>, teacherLogits: UnsafePointer<Float>, n: Int, classes: Int,
+        studentMap: UnsafePointer<Float>, studentMapShape: NCHW, teacherMap: UnsafePointer<Float>, teacherMapShape: NCHW,
+        labels: UnsafePointer<Int32>?, gradLogits: UnsafeMutablePointer<Float>, gradMap: UnsafeMutablePointer<Float>
+    ) -> Terms {
+        zeroFill(gradLogits, n * classes)
+        zeroFill(gradMap, studentMapShape.count)
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: n * classes)
+        defer { scratch.deallocate() }
+        var terms = Terms(kd: 0, pixel: 0, crossEntropy: 0, total: 0)
+        if kdWeight != 0 {
+            terms.kd = DistillationKL.forwardBackward(student: studentLogits, teacher: teacherLogits, n: n, classes: classes,
+                                                      temperature: temperature, gradStudent: scratch, scale: kdWeight)
+            accumulate(gradLogits, scratch, count: n * classes)
+        }
+        if crossEntropyWeight != 0, let labels {
+            terms.crossEntropy = CrossEntropy.forwardBackward(logits: studentLogits, labels: labels, n: n, classes: classes,
+                                                              gradLogits: scratch, scale: crossEntropyWeight)
+            accumulate(gradLogits, scratch, count: n * classes)
+        }
+        if pixelWeight != 0 {
+            terms.pixel = PixelLoss.forwardBackward(student: studentMap, studentShape: studentMapShape, teacher: teacherMap,
+                                                    teacherShape: teacherMapShape, mode: pixelResize, norm: pixelNorm,
+                                                    gradStudent: gradMap, scale: pixelWeight)
+        }
+        terms.total = kdWeight * terms.kd + pixelWeight * terms.pixel + crossEntropyWeight * terms.crossEntropy
+        return terms
+    }
+}
