@@ -25,6 +25,14 @@ let package = Package(
             name: "CMPI", pkgConfig: "ompi-c",
             providers: [.apt(["libopenmpi-dev", "openmpi-bin"]), .brew(["open-mpi"])]),
 
+        // Image codecs (libjpeg-turbo, libpng, libtiff) behind error codes: C because libjpeg reports errors by longjmp.
+        .target(
+            name: "CImageCodecs",
+            linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16"), .linkedLibrary("tiff")]),
+
+        // Tile shards: format, writer, reader, image folders. The only module that uses zstd and image codecs.
+        .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs"]),
+
         // The engine: tensors, flat parameters, BLAS facade, parallel-for, kernels. No MPI, no file I/O.
         .target(name: "TensorCore", dependencies: ["COpenBLAS"]),
 
@@ -43,13 +51,14 @@ let package = Package(
         .executableTarget(
             name: "HistoDistillCLI",
             dependencies: [
-                "TensorCore", "Layers", "Training", "Distributed", "CZstd",
+                "TensorCore", "Layers", "Training", "Distributed", "TileShards", "CZstd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(name: "ConvBench", dependencies: ["TensorCore"]),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafeTensors"]),
+        .testTarget(name: "TileShardsTests", dependencies: ["TileShards"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "Training", "SafeTensors"]),
-        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "HistoDistillCLI"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "HistoDistillCLI", "TileShards"]),
     ]
 )

@@ -1,6 +1,7 @@
 // The `histodistill` executable end to end: `cost` reports and clean errors for bad options.
 import Foundation
 import Testing
+import TileShards
 
 @Suite("Command line")
 struct CommandLineTests {
@@ -29,5 +30,45 @@ struct CommandLineTests {
         #expect(r.status != 0)
         #expect(r.stderr.contains(args[1]), "stderr: \(r.stderr)")
         #expect(!r.stderr.contains("Fatal error") && !r.stderr.contains("Stack dump"), "stderr: \(r.stderr)")
+    }
+}
+
+@Suite("Command line: shards")
+struct ShardCommandTests {
+    @Test("pack, inspect and verify an image folder; verify fails naming the file and tile after corruption")
+    func packInspectVerify() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-cli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for (cls, n) in [("a", 2), ("b", 3)] {
+            let d = dir.appendingPathComponent("in/\(cls)")
+            try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+            for i in 0..<n {
+                let px = (0..<(8 * 8 * 3)).map { UInt8(($0 * 7 + i * 31 + cls.count) & 255) }
+                try ImageCodec.writePNG(RGBImage(width: 8, height: 8, pixels: px), to: d.appendingPathComponent("\(i).png"))
+            }
+        }
+        let bin = try histodistillBinary()
+        let pack = try run([bin, "pack", dir.appendingPathComponent("in").path, "-o", dir.appendingPathComponent("out").path])
+        #expect(pack.status == 0, "\(pack.stderr)")
+        #expect(pack.stdout.contains("packed 5 tiles of 2 classes (a, b)"))
+        let inspect = try run([bin, "inspect", dir.appendingPathComponent("out").path])
+        #expect(inspect.stdout.contains("a: 2") && inspect.stdout.contains("b: 3") && inspect.stdout.contains("8x8 x5"), "\(inspect.stdout)")
+        let verify = try run([bin, "verify", dir.appendingPathComponent("out").path])
+        #expect(verify.status == 0 && verify.stdout.contains("ok: 1 shard(s), 5 tiles"))
+
+        let shard = dir.appendingPathComponent("out/shard-00000.shard")
+        var bytes = try Data(contentsOf: shard)
+        bytes[16 + 3] ^= 0xFF   // inside the first frame
+        try bytes.write(to: shard)
+        let bad = try run([bin, "verify", shard.path])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains(shard.path) && bad.stderr.contains("tile 0"), "\(bad.stderr)")
+        #expect(!bad.stderr.contains("Fatal error"))
+    }
+
+    @Test("pack of a missing folder fails with one clear line")
+    func packMissing() throws {
+        let r = try run([try histodistillBinary(), "pack", "/nonexistent/folder", "-o", "/tmp/x"])
+        #expect(r.status != 0 && r.stderr.contains("/nonexistent/folder") && !r.stderr.contains("Fatal error"), "\(r.stderr)")
     }
 }

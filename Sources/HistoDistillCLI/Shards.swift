@@ -1,0 +1,173 @@
+// `histodistill pack`, `inspect` and `verify`: build shard sets from image folders, describe them, check them.
+import ArgumentParser
+import Foundation
+import TileShards
+
+/// Shard files named by the arguments: files as given, directories expanded to their *.shard files, sorted.
+func shardFiles(_ paths: [String]) throws -> [URL] {
+    var urls: [URL] = []
+    let fm = FileManager.default
+    for p in paths {
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: p, isDirectory: &isDir) else {
+            throw CLIError("\(p): no such file or directory", hint: "give shard files or directories holding *.shard files")
+        }
+        if isDir.boolValue {
+            let found = try fm.contentsOfDirectory(atPath: p).filter { $0.hasSuffix(".shard") }.sorted()
+            if found.isEmpty { throw CLIError("\(p): holds no .shard files", hint: "pack a dataset first with `histodistill pack`") }
+            urls += found.map { URL(fileURLWithPath: p).appendingPathComponent($0) }
+        } else {
+            urls.append(URL(fileURLWithPath: p))
+        }
+    }
+    return urls
+}
+
+/// A progress line with rate and ETA, on standard error, only when it is a terminal.
+struct ProgressLine {
+    let label: String
+    let start = Date()
+    let isTerminal = isatty(2) != 0
+
+    func update(_ done: Int, _ total: Int) {
+        guard isTerminal, total > 0 else { return }
+        let elapsed = Date().timeIntervalSince(start)
+        let rate = Double(done) / max(elapsed, 1e-9)
+        let eta = rate > 0 ? Double(total - done) / rate : 0
+        let line = String(format: "\r%@ %d/%d (%.0f%%), %.0f/s, ETA %.0fs   ", label, done, total, 100 * Double(done) / Double(total), rate, eta)
+        FileHandle.standardError.write(Data(line.utf8))
+        if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}
+
+struct Pack: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Pack an image folder (ROOT/CLASS/IMAGE: JPEG, PNG, TIFF) into zstd tile shards.")
+
+    @Argument(help: "ImageFolder root: one sub-folder per class.")
+    var input: String
+
+    @Option(name: .shortAndLong, help: "Output directory for the shards.")
+    var output: String
+
+    @Option(help: "Target shard size in MB.")
+    var shardMB: Int = 256
+
+    @Option(help: "zstd level (1-19).")
+    var level: Int = 3
+
+    @Option(help: "Reversible filter before zstd: planar-delta (22% smaller on LC25000) or none.")
+    var filter: String = "planar-delta"
+
+    @Flag(help: "Pack every tile as unlabeled (label -1), keeping the class names.")
+    var unlabeled = false
+
+    @Flag(help: "Skip unreadable images, listing them at the end, instead of stopping at the first.")
+    var skipBad = false
+
+    @Option(help: "Source resolution in microns per pixel, recorded in the metadata.")
+    var micronsPerPixel: Double?
+
+    @Option(help: "Source objective magnification (e.g. 10), recorded in the metadata.")
+    var magnification: Double?
+
+    @Option(help: "Worker threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if shardMB < 1 { throw ValidationError("--shard-mb must be at least 1, got \(shardMB)") }
+        if !(1...19).contains(level) { throw ValidationError("--level must be in 1...19, got \(level)") }
+        if PixelFilter(rawValue: filter) == nil { throw ValidationError("--filter must be none or planar-delta, got '\(filter)'") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+    }
+
+    func run() throws {
+        let plan = try PackPlan.imageFolder(URL(fileURLWithPath: input), unlabeled: unlabeled)
+        var options = PackOptions(output: URL(fileURLWithPath: output))
+        options.targetShardBytes = shardMB << 20
+        options.zstdLevel = level
+        options.filter = PixelFilter(rawValue: filter)!
+        options.skipBad = skipBad
+        options.threads = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        options.micronsPerPixel = micronsPerPixel
+        options.magnification = magnification
+        options.createdBy = "histodistill \(histodistillVersion)"
+        let progress = ProgressLine(label: "packing")
+        let t0 = Date()
+        let report = try Packer.pack(plan, options: options) { progress.update($0, $1) }
+        let seconds = Date().timeIntervalSince(t0)
+        print("packed \(report.tiles) tiles of \(plan.classes.count) classes (\(plan.classes.joined(separator: ", "))) into \(report.shards.count) shard(s) in \(output)")
+        print(String(format: "input %.1f MB, raw RGB %.1f MB, shards %.1f MB (%.2fx smaller than raw, %.2fx the input), %.1f s, %.0f tiles/s",
+                     Double(report.inputBytes) / 1e6, Double(report.rawBytes) / 1e6, Double(report.outputBytes) / 1e6,
+                     Double(report.rawBytes) / Double(max(report.outputBytes, 1)), Double(report.outputBytes) / Double(max(report.inputBytes, 1)),
+                     seconds, Double(report.tiles) / max(seconds, 1e-9)))
+        if !report.skipped.isEmpty {
+            print("skipped \(report.skipped.count) unreadable image(s):")
+            for s in report.skipped { print("  " + s) }
+        }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Describe shards: tiles per class and slide, tile sizes, compression.")
+
+    @Argument(help: "Shard files or directories.")
+    var paths: [String]
+
+    @Option(help: "Slides to list (most tiles first).")
+    var slides: Int = 10
+
+    func run() throws {
+        let urls = try shardFiles(paths)
+        var perClass: [String: Int] = [:], perSlide: [String: Int] = [:], sizes: [String: Int] = [:]
+        var tiles = 0, compressed = 0, raw = 0, fileBytes = 0
+        var classes: [String]?
+        for url in urls {
+            let r = try ShardReader(url: url)
+            if let classes, classes != r.metadata.classes {
+                throw CLIError("\(url.path): classes \(r.metadata.classes) differ from the other shards' \(classes)",
+                               hint: "inspect shard sets packed from the same class list together")
+            }
+            classes = r.metadata.classes
+            fileBytes += r.fileSize
+            for e in r.entries {
+                tiles += 1
+                compressed += Int(e.compressedSize)
+                raw += e.pixelBytes
+                perClass[e.label < 0 ? "(unlabeled)" : r.metadata.classes[Int(e.label)], default: 0] += 1
+                perSlide[r.metadata.slides[Int(e.slide)], default: 0] += 1
+                sizes["\(e.width)x\(e.height)", default: 0] += 1
+            }
+        }
+        print("\(urls.count) shard(s), \(tiles) tiles, \(String(format: "%.1f", Double(fileBytes) / 1e6)) MB")
+        print(String(format: "compression: %.1f MB raw RGB -> %.1f MB frames (%.2fx)", Double(raw) / 1e6, Double(compressed) / 1e6,
+                     Double(raw) / Double(max(compressed, 1))))
+        print("classes:")
+        for c in (classes ?? []) + (perClass["(unlabeled)"] != nil ? ["(unlabeled)"] : []) { print("  \(c): \(perClass[c] ?? 0)") }
+        print("tile sizes: " + sizes.sorted { $0.value > $1.value }.map { "\($0.key) x\($0.value)" }.joined(separator: ", "))
+        print("slides: \(perSlide.count)" + (perSlide.count > 0 ? "; most tiles: " + perSlide.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
+            .prefix(slides).map { "\($0.key) (\($0.value))" }.joined(separator: ", ") : ""))
+    }
+}
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check every checksum and index entry and decompress every tile; exit non-zero on the first problem.")
+
+    @Argument(help: "Shard files or directories.")
+    var paths: [String]
+
+    func run() throws {
+        let urls = try shardFiles(paths)
+        var tiles = 0
+        let progress = ProgressLine(label: "verifying")
+        for (i, url) in urls.enumerated() {
+            let r: ShardReader
+            do { r = try ShardReader(url: url) } catch let e as ShardError { throw CLIError(e.message) }
+            do { try r.verify() } catch let e as ShardError { throw CLIError(e.message) }
+            tiles += r.count
+            progress.update(i + 1, urls.count)
+        }
+        print("ok: \(urls.count) shard(s), \(tiles) tiles, every checksum and index entry valid")
+    }
+}

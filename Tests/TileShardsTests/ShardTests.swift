@@ -1,0 +1,183 @@
+// Shards: round trips, determinism, corruption and truncation always detected, bad images reported by path.
+import Foundation
+import Testing
+@testable import TileShards
+
+/// A temporary directory removed at the end of the test.
+final class TemporaryDirectory {
+    let url: URL
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+}
+
+/// A deterministic image with smooth structure and noise (so compression is neither trivial nor impossible).
+func syntheticImage(width: Int, height: Int, seed: Int) -> RGBImage {
+    var pixels = [UInt8](repeating: 0, count: width * height * 3)
+    var state = UInt32(truncatingIfNeeded: seed &* 2654435761 &+ 1)
+    for y in 0..<height {
+        for x in 0..<width {
+            state = state &* 1664525 &+ 1013904223
+            let noise = Int(state >> 28)
+            pixels[(y * width + x) * 3] = UInt8((x * 3 + seed * 17 + noise) & 255)
+            pixels[(y * width + x) * 3 + 1] = UInt8((y * 5 + noise) & 255)
+            pixels[(y * width + x) * 3 + 2] = UInt8(((x ^ y) + seed) & 255)
+        }
+    }
+    return RGBImage(width: width, height: height, pixels: pixels)
+}
+
+/// Writes an ImageFolder of PNGs: classes "benign" (3 images) and "tumor" (4 images), one 20x12 image.
+func makeImageFolder(_ root: URL) throws -> [String: RGBImage] {
+    var images: [String: RGBImage] = [:]
+    for (cls, n) in [("tumor", 4), ("benign", 3)] {
+        let dir = root.appendingPathComponent(cls)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for i in 0..<n {
+            let img = i == 1 && cls == "tumor" ? syntheticImage(width: 20, height: 12, seed: 99) : syntheticImage(width: 16, height: 16, seed: i + cls.count)
+            try ImageCodec.writePNG(img, to: dir.appendingPathComponent("t\(i).png"))
+            images["\(cls)/t\(i).png"] = img
+        }
+    }
+    return images
+}
+
+@Suite("Tile shards")
+struct ShardTests {
+    @Test("CRC-32 matches zlib's check value")
+    func crc() {
+        #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
+    }
+
+    @Test("pack then read: pixels, labels, sources and metadata round-trip", arguments: PixelFilter.allCases)
+    func roundTrip(_ filter: PixelFilter) throws {
+        let dir = try TemporaryDirectory()
+        let images = try makeImageFolder(dir.url.appendingPathComponent("in"))
+        var options = PackOptions(output: dir.url.appendingPathComponent("out"))
+        options.filter = filter
+        options.targetShardBytes = 1500   // several shards
+        options.micronsPerPixel = 0.5
+        let plan = try PackPlan.imageFolder(dir.url.appendingPathComponent("in"))
+        #expect(plan.classes == ["benign", "tumor"])
+        let report = try Packer.pack(plan, options: options)
+        #expect(report.tiles == 7 && report.shards.count > 1)
+        var seen = 0
+        for url in report.shards {
+            let r = try ShardReader(url: url)
+            #expect(r.metadata.classes == ["benign", "tumor"])
+            #expect(r.metadata.filter == filter)
+            #expect(r.metadata.micronsPerPixel == 0.5)
+            #expect(r.metadata.shardCount == report.shards.count)
+            for (i, e) in r.entries.enumerated() {
+                let source = r.metadata.sources[Int(e.source)]
+                let original = try #require(images[source])
+                #expect(try r.tile(i) == original.pixels, "\(source) pixels")
+                #expect(Int(e.width) == original.width && Int(e.height) == original.height)
+                #expect(r.metadata.classes[Int(e.label)] == String(source.split(separator: "/")[0]))
+                #expect(e.id == UInt64(seen), "ids follow the packing order")
+                seen += 1
+            }
+            try r.verify()
+        }
+        #expect(seen == 7)
+    }
+
+    @Test("the same input packs to byte-identical shards")
+    func deterministic() throws {
+        let dir = try TemporaryDirectory()
+        _ = try makeImageFolder(dir.url.appendingPathComponent("in"))
+        let plan = try PackPlan.imageFolder(dir.url.appendingPathComponent("in"))
+        var bytes: [[Data]] = []
+        for (k, threads) in [1, 3].enumerated() {
+            var options = PackOptions(output: dir.url.appendingPathComponent("out\(k)"))
+            options.threads = threads
+            options.targetShardBytes = 1500
+            let report = try Packer.pack(plan, options: options)
+            bytes.append(try report.shards.map { try Data(contentsOf: $0) })
+        }
+        #expect(bytes[0] == bytes[1])
+    }
+
+    @Test("every single-byte corruption and every truncation is detected, never a crash")
+    func corruption() throws {
+        let dir = try TemporaryDirectory()
+        _ = try makeImageFolder(dir.url.appendingPathComponent("in"))
+        let report = try Packer.pack(try PackPlan.imageFolder(dir.url.appendingPathComponent("in")),
+                                     options: PackOptions(output: dir.url.appendingPathComponent("out")))
+        let original = try Data(contentsOf: report.shards[0])
+        let damaged = dir.url.appendingPathComponent("damaged.shard")
+        var g = SystemRandomNumberGenerator()
+        // Every byte of the file, flipped by a random non-zero mask.
+        for offset in 0..<original.count {
+            var d = original
+            d[offset] ^= UInt8.random(in: 1...255, using: &g)
+            try d.write(to: damaged)
+            #expect(throws: ShardError.self, "flip at byte \(offset) of \(original.count) went unnoticed") {
+                let r = try ShardReader(url: damaged)
+                try r.verify()
+            }
+        }
+        for length in [0, 5, 16, 100, original.count / 2, original.count - 64, original.count - 1] {
+            try original.prefix(length).write(to: damaged)
+            let error = #expect(throws: ShardError.self, "truncation to \(length) bytes went unnoticed") {
+                try ShardReader(url: damaged).verify()
+            }
+            #expect(error?.message.contains(damaged.path) == true)
+        }
+    }
+
+    @Test("a corrupt tile names the file and the tile")
+    func corruptTileMessage() throws {
+        let dir = try TemporaryDirectory()
+        _ = try makeImageFolder(dir.url.appendingPathComponent("in"))
+        let report = try Packer.pack(try PackPlan.imageFolder(dir.url.appendingPathComponent("in")),
+                                     options: PackOptions(output: dir.url.appendingPathComponent("out")))
+        let url = report.shards[0]
+        let r = try ShardReader(url: url)
+        var d = try Data(contentsOf: url)
+        d[Int(r.entries[2].offset) + 5] ^= 0x40
+        try d.write(to: url)
+        let error = #expect(throws: ShardError.self) { try ShardReader(url: url).verify() }
+        #expect(error?.message.contains("tile 2") == true && error?.message.contains(url.path) == true, "\(String(describing: error))")
+    }
+
+    @Test("unreadable images stop the pack naming the path, or are skipped and listed with skipBad")
+    func badImages() throws {
+        let dir = try TemporaryDirectory()
+        let input = dir.url.appendingPathComponent("in")
+        _ = try makeImageFolder(input)
+        let bad = input.appendingPathComponent("tumor/broken.jpg")
+        try Data([0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]).write(to: bad)
+        let plan = try PackPlan.imageFolder(input)
+        let error = #expect(throws: ShardError.self) { try Packer.pack(plan, options: PackOptions(output: dir.url.appendingPathComponent("a"))) }
+        #expect(error?.message.contains("broken.jpg") == true && error?.message.contains("--skip-bad") == true)
+        var options = PackOptions(output: dir.url.appendingPathComponent("b"))
+        options.skipBad = true
+        let report = try Packer.pack(plan, options: options)
+        #expect(report.tiles == 7 && report.skipped.count == 1 && report.skipped[0].contains("broken.jpg"))
+    }
+
+    @Test("missing or empty input folders give a clear error")
+    func badFolders() throws {
+        let dir = try TemporaryDirectory()
+        #expect(throws: ShardError.self) { try PackPlan.imageFolder(dir.url.appendingPathComponent("nope")) }
+        let e = #expect(throws: ShardError.self) { try PackPlan.imageFolder(dir.url) }
+        #expect(e?.message.contains("no class sub-folders") == true)
+    }
+
+    @Test("real LC25000 JPEG tiles decode to 224x224 RGB (skipped when ../shared/data is absent)")
+    func realJPEG() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("shared/data/lc25000-lung/val/lung_n")
+        guard let name = try? FileManager.default.contentsOfDirectory(atPath: root.path).sorted().first else {
+            print("skipping: \(root.path) is absent (real data lives in ../shared/data)")
+            return
+        }
+        let image = try ImageCodec.decode(root.appendingPathComponent(name))
+        #expect(image.width == 224 && image.height == 224)
+        let mean = Double(image.pixels.reduce(0) { $0 + Int($1) }) / Double(image.pixels.count)
+        #expect(mean > 60 && mean < 250, "an H&E tile is neither black nor white (mean \(mean))")
+    }
+}
