@@ -1,0 +1,201 @@
+// Paired augmentation for distillation: the same flips, 90-degree rotation and colour jitter (torchvision
+// ColorJitter semantics) on the high-resolution tile, then the low-resolution tile by area downsampling of the
+// augmented one, then per-channel normalisation. Images are float CHW in [0, 1] until normalised.
+
+/// Random augmentations and their ranges (torchvision ColorJitter: factors drawn from [max(0, 1 - x), 1 + x],
+/// hue shift from [-hue, hue]; the four adjustments applied in a random order).
+public struct AugmentOptions: Codable, Hashable, Sendable {
+    public var horizontalFlip: Bool
+    public var verticalFlip: Bool
+    public var rotate90: Bool
+    public var brightness: Float
+    public var contrast: Float
+    public var saturation: Float
+    public var hue: Float
+
+    public init(horizontalFlip: Bool = true, verticalFlip: Bool = true, rotate90: Bool = true, brightness: Float = 0,
+                contrast: Float = 0, saturation: Float = 0, hue: Float = 0) {
+        self.horizontalFlip = horizontalFlip; self.verticalFlip = verticalFlip; self.rotate90 = rotate90
+        self.brightness = brightness; self.contrast = contrast; self.saturation = saturation; self.hue = hue
+    }
+
+    /// No augmentation (evaluation).
+    public static let none = AugmentOptions(horizontalFlip: false, verticalFlip: false, rotate90: false)
+}
+
+/// torchvision's colour adjustments on a float CHW image in [0, 1] (in place).
+public enum ColorOps {
+    @inline(__always) static func clamp01(_ v: Float) -> Float { min(max(v, 0), 1) }
+
+    /// adjust_brightness: img * f, clamped.
+    public static func brightness(_ x: UnsafeMutablePointer<Float>, plane: Int, factor f: Float) {
+        for i in 0..<(3 * plane) { x[i] = clamp01(x[i] * f) }
+    }
+
+    /// rgb_to_grayscale: 0.2989 R + 0.587 G + 0.114 B.
+    @inline(__always) static func gray(_ x: UnsafePointer<Float>, _ i: Int, _ plane: Int) -> Float {
+        0.2989 * x[i] + 0.587 * x[plane + i] + 0.114 * x[2 * plane + i]
+    }
+
+    /// adjust_contrast: blend with the mean of the grayscale image.
+    public static func contrast(_ x: UnsafeMutablePointer<Float>, plane: Int, factor f: Float) {
+        var s: Double = 0
+        for i in 0..<plane { s += Double(gray(x, i, plane)) }
+        let mean = Float(s / Double(plane))
+        for i in 0..<(3 * plane) { x[i] = clamp01(f * x[i] + (1 - f) * mean) }
+    }
+
+    /// adjust_saturation: blend with the per-pixel grayscale.
+    public static func saturation(_ x: UnsafeMutablePointer<Float>, plane: Int, factor f: Float) {
+        for i in 0..<plane {
+            let g = gray(x, i, plane)
+            for c in 0..<3 { x[c * plane + i] = clamp01(f * x[c * plane + i] + (1 - f) * g) }
+        }
+    }
+
+    /// adjust_hue: RGB -> HSV, h = (h + shift) mod 1, HSV -> RGB (torchvision's tensor formulas).
+    public static func hue(_ x: UnsafeMutablePointer<Float>, plane: Int, shift: Float) {
+        for i in 0..<plane {
+            let r = x[i], g = x[plane + i], b = x[2 * plane + i]
+            let maxc = max(r, max(g, b)), minc = min(r, min(g, b))
+            let eqc = maxc == minc
+            let cr = maxc - minc
+            let s = cr / (eqc ? 1 : maxc)
+            let crDiv: Float = eqc ? 1 : cr
+            let rc = (maxc - r) / crDiv, gc = (maxc - g) / crDiv, bc = (maxc - b) / crDiv
+            var h: Float = 0
+            if maxc == r { h += bc - gc }
+            if maxc == g && maxc != r { h += 2 + rc - bc }
+            if maxc != g && maxc != r { h += 4 + gc - rc }
+            h = (h / 6 + 1).truncatingRemainder(dividingBy: 1)
+            // hue shift, then back
+            var hh = (h + shift).truncatingRemainder(dividingBy: 1)
+            if hh < 0 { hh += 1 }
+            let v = maxc
+            let fi = (hh * 6).rounded(.down)
+            let f = hh * 6 - fi
+            let p = clamp01(v * (1 - s)), q = clamp01(v * (1 - s * f)), t = clamp01(v * (1 - s * (1 - f)))
+            var k = Int(fi) % 6
+            if k < 0 { k += 6 }
+            let (nr, ng, nb): (Float, Float, Float)
+            switch k {
+            case 0: (nr, ng, nb) = (v, t, p)
+            case 1: (nr, ng, nb) = (q, v, p)
+            case 2: (nr, ng, nb) = (p, v, t)
+            case 3: (nr, ng, nb) = (p, q, v)
+            case 4: (nr, ng, nb) = (t, p, v)
+            default: (nr, ng, nb) = (v, p, q)
+            }
+            x[i] = nr; x[plane + i] = ng; x[2 * plane + i] = nb
+        }
+    }
+}
+
+/// The random choices for one sample, drawn once and applied to the HR tile (the LR tile inherits them).
+public struct AugmentDraw: Equatable, Sendable {
+    public var hflip = false, vflip = false
+    public var rotations = 0
+    /// Order of the colour adjustments: 0 brightness, 1 contrast, 2 saturation, 3 hue.
+    public var order = [0, 1, 2, 3]
+    public var brightness: Float?, contrast: Float?, saturation: Float?, hue: Float?
+
+    public init() {}
+
+    /// Draws the parameters for `options` from `g` (square tiles allow 90-degree rotations).
+    public init(_ options: AugmentOptions, square: Bool, using g: inout SplitMix64) {
+        if options.horizontalFlip { hflip = g.next() & 1 == 1 }
+        if options.verticalFlip { vflip = g.next() & 1 == 1 }
+        if options.rotate90 { rotations = square ? Int(g.next() % 4) : 0 }
+        var o = [0, 1, 2, 3]
+        for i in stride(from: 3, to: 0, by: -1) { o.swapAt(i, Int(g.next() % UInt64(i + 1))) }
+        order = o
+        if options.brightness > 0 { brightness = g.uniform(max(0, 1 - options.brightness), 1 + options.brightness) }
+        if options.contrast > 0 { contrast = g.uniform(max(0, 1 - options.contrast), 1 + options.contrast) }
+        if options.saturation > 0 { saturation = g.uniform(max(0, 1 - options.saturation), 1 + options.saturation) }
+        if options.hue > 0 { hue = g.uniform(-options.hue, options.hue) }
+    }
+
+    /// Applies the colour adjustments in `order` to a float CHW image.
+    public func applyColor(_ x: UnsafeMutablePointer<Float>, plane: Int) {
+        for op in order {
+            switch op {
+            case 0: if let f = brightness { ColorOps.brightness(x, plane: plane, factor: f) }
+            case 1: if let f = contrast { ColorOps.contrast(x, plane: plane, factor: f) }
+            case 2: if let f = saturation { ColorOps.saturation(x, plane: plane, factor: f) }
+            default: if let h = hue { ColorOps.hue(x, plane: plane, shift: h) }
+            }
+        }
+    }
+}
+
+/// Turns a decoded tile into the normalised HR and LR float CHW images the models see.
+public struct PairedTransform: Sendable {
+    public var augment: AugmentOptions
+    /// LR = HR area-downsampled by this factor (1, 2, 4, 8 or 16).
+    public var factor: Int
+    public var mean: [Float]
+    public var std: [Float]
+
+    public init(augment: AugmentOptions, factor: Int, mean: [Float] = [0, 0, 0], std: [Float] = [1, 1, 1]) {
+        precondition([1, 2, 4, 8, 16].contains(factor), "PairedTransform: factor \(factor) must be 1, 2, 4, 8 or 16")
+        precondition(mean.count == 3 && std.count == 3 && std.allSatisfy { $0 > 0 }, "PairedTransform: mean \(mean) and std \(std) need 3 channels, std > 0")
+        self.augment = augment; self.factor = factor; self.mean = mean; self.std = std
+    }
+
+    /// rgb (h, w, 3) uint8 -> hr (3, h', w') and, when `lr` is given, lr (3, h'/factor, w'/factor), both normalised.
+    /// h' x w' is h x w, or w x h after an odd number of rotations (only square tiles rotate).
+    public func apply(rgb: UnsafePointer<UInt8>, width: Int, height: Int, draw: AugmentDraw,
+                      hr: UnsafeMutablePointer<Float>, lr: UnsafeMutablePointer<Float>?) {
+        let plane = width * height
+        // uint8 HWC -> float CHW in [0, 1] with the flips and rotation folded into the index mapping.
+        for y in 0..<height {
+            for x in 0..<width {
+                var sx = draw.hflip ? width - 1 - x : x
+                var sy = draw.vflip ? height - 1 - y : y
+                for _ in 0..<draw.rotations {   // square only: out(y, x) = in(x, n - 1 - y)
+                    (sy, sx) = (sx, width - 1 - sy)
+                }
+                let src = rgb + (sy * width + sx) * 3
+                let o = y * width + x
+                hr[o] = Float(src[0]) / 255
+                hr[plane + o] = Float(src[1]) / 255
+                hr[2 * plane + o] = Float(src[2]) / 255
+            }
+        }
+        draw.applyColor(hr, plane: plane)
+        if let lr {
+            AreaDownsample.apply(hr, width: width, height: height, factor: factor, into: lr)
+            normalize(lr, plane: (width / factor) * (height / factor))
+        }
+        normalize(hr, plane: plane)
+    }
+
+    func normalize(_ x: UnsafeMutablePointer<Float>, plane: Int) {
+        for c in 0..<3 {
+            let m = mean[c], s = 1 / std[c]
+            for i in 0..<plane { x[c * plane + i] = (x[c * plane + i] - m) * s }
+        }
+    }
+}
+
+/// Area (box) downsampling by an integer factor: each output pixel is the mean of a factor x factor block
+/// (PyTorch's `interpolate(mode="area")` and `avg_pool2d(factor)` for sizes divisible by the factor).
+public enum AreaDownsample {
+    public static func apply(_ x: UnsafePointer<Float>, width: Int, height: Int, factor f: Int, into out: UnsafeMutablePointer<Float>) {
+        precondition(width % f == 0 && height % f == 0, "AreaDownsample: \(width)x\(height) is not divisible by \(f)")
+        let ow = width / f, oh = height / f, inv = 1 / Float(f * f)
+        for c in 0..<3 {
+            let src = x + c * width * height, dst = out + c * ow * oh
+            for oy in 0..<oh {
+                for ox in 0..<ow {
+                    var s: Float = 0
+                    for dy in 0..<f {
+                        let row = src + (oy * f + dy) * width + ox * f
+                        for dx in 0..<f { s += row[dx] }
+                    }
+                    dst[oy * ow + ox] = s * inv
+                }
+            }
+        }
+    }
+}

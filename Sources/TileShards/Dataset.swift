@@ -1,0 +1,134 @@
+// A set of shards as one dataset; the epoch order as a function of (seed, epoch); each rank's slice of each
+// global batch; a cursor that resumes under any world size.
+import Foundation
+
+/// SplitMix64: a small seeded generator; streams are derived by hashing (seed, epoch, position).
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// A generator for stream `values` of `seed`: different tuples give independent streams.
+    public static func stream(_ seed: UInt64, _ values: UInt64...) -> SplitMix64 {
+        var g = SplitMix64(seed: seed)
+        for v in values { g.state ^= v &* 0xD6E8_FEB8_6659_FD93; _ = g.next() }
+        return g
+    }
+    /// Uniform in [lo, hi).
+    public mutating func uniform(_ lo: Float, _ hi: Float) -> Float {
+        lo + (hi - lo) * Float(next() >> 40) / Float(1 << 24)
+    }
+}
+
+/// Where a tile lives.
+public struct TileAddress: Hashable, Sendable {
+    public var shard: Int
+    public var index: Int
+}
+
+/// Several shards read as one dataset, in the order of their file names.
+public final class ShardDataset: @unchecked Sendable {
+    public let readers: [ShardReader]
+    /// Every tile, shard by shard.
+    public let addresses: [TileAddress]
+    /// Class names shared by every shard.
+    public let classes: [String]
+
+    /// Opens and validates every shard; they must share one class list.
+    public init(urls: [URL]) throws {
+        guard !urls.isEmpty else { throw ShardError("no shard files given. Hint: pack a dataset with `histodistill pack`.") }
+        readers = try urls.sorted { $0.path < $1.path }.map { try ShardReader(url: $0) }
+        classes = readers[0].metadata.classes
+        for r in readers where r.metadata.classes != classes {
+            throw ShardError("\(r.url.path): classes \(r.metadata.classes) differ from \(readers[0].url.path)'s \(classes). Hint: combine shard sets packed with the same classes.")
+        }
+        var a: [TileAddress] = []
+        for (s, r) in readers.enumerated() { for i in 0..<r.count { a.append(TileAddress(shard: s, index: i)) } }
+        guard !a.isEmpty else { throw ShardError("\(urls[0].deletingLastPathComponent().path): the shards hold no tiles.") }
+        addresses = a
+    }
+
+    /// Opens every *.shard file in `directory`.
+    public convenience init(directory: URL) throws {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        let shards = names.filter { $0.hasSuffix(".shard") }.sorted().map { directory.appendingPathComponent($0) }
+        guard !shards.isEmpty else {
+            throw ShardError("\(directory.path): holds no .shard files. Hint: pack a dataset with `histodistill pack`.")
+        }
+        try self.init(urls: shards)
+    }
+
+    /// Number of tiles.
+    public var count: Int { addresses.count }
+
+    /// The index entry of tile `t` (position in `addresses`).
+    public func entry(_ t: Int) -> TileEntry { readers[addresses[t].shard].entries[addresses[t].index] }
+}
+
+/// The sample order of an epoch and how a global batch is split among ranks.
+///
+/// The order is a permutation of all tiles that depends only on (seed, epoch). Step s of the epoch covers
+/// positions s*B ..< (s+1)*B of it (B = global batch); rank r of W takes positions s*B + r*B/W ..< s*B + (r+1)*B/W.
+/// A last partial global batch is dropped on every rank, so every rank runs the same number of steps.
+public struct EpochPlan: Sendable {
+    public let seed: UInt64
+    public let epoch: Int
+    public let globalBatch: Int
+    public let order: [Int]
+
+    /// The plan of `epoch` for `count` samples (shuffled unless `shuffle` is false).
+    public init(count: Int, seed: UInt64, epoch: Int, globalBatch: Int, shuffle: Bool = true) {
+        precondition(globalBatch > 0, "EpochPlan: global batch must be positive, got \(globalBatch)")
+        self.seed = seed; self.epoch = epoch; self.globalBatch = globalBatch
+        var order = Array(0..<count)
+        if shuffle {
+            var g = SplitMix64.stream(seed, 0x5EED, UInt64(epoch))
+            for i in stride(from: count - 1, to: 0, by: -1) {
+                let j = Int(g.next() % UInt64(i + 1))
+                order.swapAt(i, j)
+            }
+        }
+        self.order = order
+    }
+
+    /// Global batches in the epoch (a last partial one is dropped).
+    public var steps: Int { order.count / globalBatch }
+
+    /// The positions (in `order`) that rank `rank` of `worldSize` processes at `step`.
+    public func positions(step: Int, rank: Int, worldSize: Int) -> Range<Int> {
+        precondition(worldSize > 0 && rank >= 0 && rank < worldSize, "EpochPlan: rank \(rank) of \(worldSize)")
+        precondition(step >= 0 && step < steps, "EpochPlan: step \(step) outside 0..<\(steps)")
+        let base = step * globalBatch
+        return (base + globalBatch * rank / worldSize)..<(base + globalBatch * (rank + 1) / worldSize)
+    }
+
+    /// The sample indices rank `rank` processes at `step`.
+    public func samples(step: Int, rank: Int, worldSize: Int) -> [Int] {
+        positions(step: step, rank: rank, worldSize: worldSize).map { order[$0] }
+    }
+}
+
+/// Position in the data stream: epoch and global samples consumed in it (a multiple of the global batch).
+/// It does not depend on the world size, so a run resumed on another number of ranks continues exactly.
+public struct DataCursor: Codable, Hashable, Sendable {
+    public var epoch: Int
+    public var samplesConsumed: Int
+
+    public init(epoch: Int = 0, samplesConsumed: Int = 0) {
+        self.epoch = epoch; self.samplesConsumed = samplesConsumed
+    }
+
+    /// The next step of the epoch for global batch `globalBatch`.
+    public func nextStep(globalBatch: Int) -> Int { samplesConsumed / globalBatch }
+
+    /// The cursor after one more global batch; rolls over to the next epoch after `steps` steps.
+    public func advanced(globalBatch: Int, steps: Int) -> DataCursor {
+        let next = samplesConsumed + globalBatch
+        return next / globalBatch >= steps ? DataCursor(epoch: epoch + 1, samplesConsumed: 0) : DataCursor(epoch: epoch, samplesConsumed: next)
+    }
+}

@@ -1,0 +1,238 @@
+// The training data stream of one rank: decompression, augmentation and downsampling on background threads,
+// a bounded queue of ready batches, corrupt tiles stopped or skipped and counted.
+import Dispatch
+import Foundation
+
+/// What to do with a corrupt tile met while training.
+public enum CorruptTilePolicy: String, Codable, Sendable {
+    /// Stop with an error naming the file and the tile.
+    case stop
+    /// Leave the tile out of its batch and count it.
+    case skip
+}
+
+/// One rank's share of one global batch, ready for the models.
+public struct LoadedBatch: Sendable {
+    public var epoch: Int
+    public var step: Int
+    /// Tiles in this batch (a skipped corrupt tile makes it smaller).
+    public var count: Int
+    /// (count, 3, size, size) normalised HR tiles.
+    public var hr: [Float]
+    /// (count, 3, size/factor, size/factor) normalised LR tiles, empty when not requested.
+    public var lr: [Float]
+    public var labels: [Int32]
+    public var ids: [UInt64]
+    /// HR tile edge and LR tile edge.
+    public var size: Int, lowSize: Int
+    /// Corrupt tiles skipped while making this batch (file and tile of each).
+    public var skipped: [String]
+}
+
+/// Builds one rank's batches; a value shared by the loader and its background thread.
+public struct BatchMaker: @unchecked Sendable {
+    public let dataset: ShardDataset
+    public let transform: PairedTransform
+    public let seed: UInt64
+    public let globalBatch: Int
+    public let rank: Int, worldSize: Int
+    public let withLowResolution: Bool
+    public let policy: CorruptTilePolicy
+    public let shuffle: Bool
+    public let tileSize: Int
+    public let workers: Int
+
+    /// Builds this rank's share of `step`: each sample's augmentation stream depends only on (seed, epoch,
+    /// position in the epoch), so any rank and any thread makes the same tile the same way.
+    public func makeBatch(plan: EpochPlan, step: Int) throws -> LoadedBatch {
+        let positions = Array(plan.positions(step: step, rank: rank, worldSize: worldSize))
+        let n = positions.count, s = tileSize, ls = s / transform.factor
+        var hr = [Float](repeating: 0, count: n * 3 * s * s)
+        var lr = [Float](repeating: 0, count: withLowResolution ? n * 3 * ls * ls : 0)
+        var errors = [String?](repeating: nil, count: n)
+        let hrSize = 3 * s * s, lrSize = 3 * ls * ls
+        hr.withUnsafeMutableBufferPointer { hrb in
+            lr.withUnsafeMutableBufferPointer { lrb in
+                errors.withUnsafeMutableBufferPointer { eb in
+                    // An empty array may still have a base address: only hand out an LR pointer when LR is wanted.
+                    nonisolated(unsafe) let hrp = hrb.baseAddress!, lrp = withLowResolution ? lrb.baseAddress : nil, ep = eb.baseAddress!
+                    let w = min(workers, n)
+                    DispatchQueue.concurrentPerform(iterations: w) { k in
+                        let ctx = TileDecompressor()
+                        var rgb = [UInt8](repeating: 0, count: s * s * 3)
+                        for j in stride(from: k, to: n, by: w) {
+                            let sample = plan.order[positions[j]]
+                            let address = dataset.addresses[sample]
+                            do {
+                                try rgb.withUnsafeMutableBufferPointer {
+                                    try dataset.readers[address.shard].readTile(address.index, into: $0.baseAddress!, context: ctx)
+                                }
+                            } catch {
+                                ep[j] = "\(error)"
+                                continue
+                            }
+                            var g = SplitMix64.stream(seed, 0xA06, UInt64(plan.epoch), UInt64(positions[j]))
+                            let draw = AugmentDraw(transform.augment, square: true, using: &g)
+                            rgb.withUnsafeBufferPointer {
+                                transform.apply(rgb: $0.baseAddress!, width: s, height: s, draw: draw, hr: hrp + j * hrSize,
+                                                lr: lrp.map { $0 + j * lrSize })
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        var keep: [Int] = []
+        var skipped: [String] = []
+        for j in 0..<n {
+            if let e = errors[j] {
+                if policy == .stop { throw ShardError(e) }
+                skipped.append(e)
+            } else {
+                keep.append(j)
+            }
+        }
+        var batch = LoadedBatch(epoch: plan.epoch, step: step, count: keep.count, hr: [], lr: [], labels: [], ids: [],
+                                size: s, lowSize: ls, skipped: skipped)
+        if keep.count == n {
+            batch.hr = hr; batch.lr = lr
+        } else {
+            for j in keep {
+                batch.hr += hr[(j * hrSize)..<((j + 1) * hrSize)]
+                if withLowResolution { batch.lr += lr[(j * lrSize)..<((j + 1) * lrSize)] }
+            }
+        }
+        for j in keep {
+            let e = dataset.entry(plan.order[positions[j]])
+            batch.labels.append(e.label)
+            batch.ids.append(e.id)
+        }
+        return batch
+    }
+}
+
+/// The bounded queue between the background thread and the consumer (a condition variable: dispatch
+/// semaphores must not be released while a waiter owes them a signal).
+final class BatchChannel: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var buffer: [Result<LoadedBatch, Error>] = []
+    private var stopped = false
+    private let depth: Int
+
+    init(depth: Int) { self.depth = max(1, depth) }
+
+    /// Waits for room and appends; false when the loader was stopped.
+    func put(_ r: Result<LoadedBatch, Error>) -> Bool {
+        condition.lock(); defer { condition.unlock() }
+        while buffer.count >= depth && !stopped { condition.wait() }
+        if stopped { return false }
+        buffer.append(r)
+        condition.broadcast()
+        return true
+    }
+
+    /// Waits for a batch and removes it.
+    func take() -> Result<LoadedBatch, Error> {
+        condition.lock(); defer { condition.unlock() }
+        while buffer.isEmpty { condition.wait() }
+        let r = buffer.removeFirst()
+        condition.broadcast()
+        return r
+    }
+
+    func stop() {
+        condition.lock(); stopped = true; condition.broadcast(); condition.unlock()
+    }
+}
+
+/// Streams batches for one rank from a cursor on, one epoch after another, prefetching `depth` batches on a
+/// background thread that spreads each batch's tiles over `workers` threads.
+public final class BatchLoader: @unchecked Sendable {
+    public let maker: BatchMaker
+    private let channel: BatchChannel
+
+    /// Steps in each epoch (the same on every rank).
+    public var stepsPerEpoch: Int { maker.dataset.count / maker.globalBatch }
+
+    /// A loader starting at `cursor`. Tiles must be square and of one size, divisible by the LR factor, and
+    /// the global batch divisible by the world size.
+    public init(dataset: ShardDataset, transform: PairedTransform, seed: UInt64, globalBatch: Int, rank: Int, worldSize: Int,
+                cursor: DataCursor, withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true,
+                workers: Int = 1, depth: Int = 2) throws {
+        guard globalBatch > 0, globalBatch % worldSize == 0 else {
+            throw ShardError("global batch \(globalBatch) must be a positive multiple of the \(worldSize) ranks. Hint: change batch_size or the number of ranks.")
+        }
+        guard dataset.count >= globalBatch else {
+            throw ShardError("the dataset holds \(dataset.count) tiles, fewer than one global batch of \(globalBatch). Hint: lower batch_size.")
+        }
+        let e0 = dataset.entry(0)
+        for t in 0..<dataset.count {
+            let e = dataset.entry(t)
+            guard e.width == e0.width && e.height == e0.height && e.width == e.height else {
+                let r = dataset.readers[dataset.addresses[t].shard]
+                throw ShardError("\(r.url.path): tile \(dataset.addresses[t].index) is \(e.width)x\(e.height) but training needs square tiles of one size (\(e0.width)x\(e0.height)). Hint: repack with one tile size.")
+            }
+        }
+        let tileSize = Int(e0.width)
+        guard tileSize % transform.factor == 0 else {
+            throw ShardError("tile size \(tileSize) is not divisible by the downsampling factor \(transform.factor).")
+        }
+        let maker = BatchMaker(dataset: dataset, transform: transform, seed: seed, globalBatch: globalBatch, rank: rank,
+                               worldSize: worldSize, withLowResolution: withLowResolution, policy: policy, shuffle: shuffle,
+                               tileSize: tileSize, workers: max(1, workers))
+        let channel = BatchChannel(depth: depth)
+        self.maker = maker
+        self.channel = channel
+        let thread = Thread { BatchLoader.produce(maker: maker, channel: channel, from: cursor) }
+        thread.name = "histodistill-loader"
+        thread.start()
+    }
+
+    deinit { channel.stop() }
+
+    /// The next batch, waiting for it if needed; rethrows a loading error (naming file and tile).
+    public func next() throws -> LoadedBatch {
+        try channel.take().get()
+    }
+
+    private static func produce(maker: BatchMaker, channel: BatchChannel, from start: DataCursor) {
+        var cursor = start
+        var plan = EpochPlan(count: maker.dataset.count, seed: maker.seed, epoch: cursor.epoch, globalBatch: maker.globalBatch, shuffle: maker.shuffle)
+        while true {
+            if plan.epoch != cursor.epoch {
+                plan = EpochPlan(count: maker.dataset.count, seed: maker.seed, epoch: cursor.epoch, globalBatch: maker.globalBatch, shuffle: maker.shuffle)
+            }
+            let step = cursor.nextStep(globalBatch: maker.globalBatch)
+            let result = Result { try maker.makeBatch(plan: plan, step: step) }
+            guard channel.put(result) else { return }
+            if case .failure = result { return }
+            cursor = cursor.advanced(globalBatch: maker.globalBatch, steps: plan.steps)
+        }
+    }
+}
+
+/// Per-channel mean and standard deviation of tiles in [0, 1] (for normalisation).
+public enum ChannelStatistics {
+    /// Over every tile (or the first `maxTiles` of a seeded shuffle), accumulated in Double.
+    public static func compute(_ dataset: ShardDataset, maxTiles: Int? = nil, seed: UInt64 = 0) throws -> (mean: [Double], std: [Double], tiles: Int) {
+        var order = EpochPlan(count: dataset.count, seed: seed, epoch: 0, globalBatch: 1, shuffle: maxTiles != nil).order
+        if let maxTiles { order = Array(order.prefix(maxTiles)) }
+        var sum = [Double](repeating: 0, count: 3), sq = [Double](repeating: 0, count: 3)
+        var pixels = 0
+        let ctx = TileDecompressor()
+        for t in order {
+            let a = dataset.addresses[t]
+            let rgb = try dataset.readers[a.shard].tile(a.index, context: ctx)
+            for i in stride(from: 0, to: rgb.count, by: 3) {
+                for c in 0..<3 {
+                    let v = Double(rgb[i + c]) / 255
+                    sum[c] += v; sq[c] += v * v
+                }
+            }
+            pixels += rgb.count / 3
+        }
+        let mean = sum.map { $0 / Double(pixels) }
+        let std = (0..<3).map { ((sq[$0] / Double(pixels)) - mean[$0] * mean[$0]).squareRoot() }
+        return (mean, std, order.count)
+    }
+}

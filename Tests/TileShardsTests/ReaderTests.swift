@@ -1,0 +1,241 @@
+// Epoch order, rank partitions, cursors across world sizes, paired augmentation, colour jitter and area
+// downsampling against torchvision, the background loader, statistics.
+import Foundation
+import SafeTensors
+import Testing
+@testable import TileShards
+
+enum AugmentFixtures {
+    static let file: SafeTensorsFile = {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/augment.safetensors")
+        do { return try SafeTensorsFile(contentsOf: url) } catch { fatalError("cannot load augment fixtures: \(error)") }
+    }()
+    static func floats(_ name: String) -> [Float] { file[name]!.floats }
+}
+
+func maxAbs(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? 0 }
+
+/// Packs `count` synthetic 32x32 tiles (two classes) and opens them as a dataset.
+func smallDataset(_ dir: TemporaryDirectory, count: Int = 23, shardBytes: Int = 6000) throws -> ShardDataset {
+    let input = dir.url.appendingPathComponent("in")
+    for i in 0..<count {
+        let cls = i % 3 == 0 ? "a" : "b"
+        try FileManager.default.createDirectory(at: input.appendingPathComponent(cls), withIntermediateDirectories: true)
+        try ImageCodec.writePNG(syntheticImage(width: 32, height: 32, seed: i), to: input.appendingPathComponent("\(cls)/\(String(format: "%03d", i)).png"))
+    }
+    var options = PackOptions(output: dir.url.appendingPathComponent("out"))
+    options.targetShardBytes = shardBytes
+    _ = try Packer.pack(try PackPlan.imageFolder(input), options: options)
+    return try ShardDataset(directory: dir.url.appendingPathComponent("out"))
+}
+
+@Suite("Epoch order and cursors")
+struct OrderTests {
+    @Test("every sample exactly once per epoch, for world sizes 1 to 5", arguments: 1...5)
+    func partition(_ world: Int) {
+        let count = 103, batch = 4 * 5 * 3   // divisible by 1...5
+        let plan = EpochPlan(count: count, seed: 42, epoch: 3, globalBatch: batch)
+        var seen: [Int: Int] = [:]
+        for step in 0..<plan.steps {
+            var sizes = Set<Int>()
+            for r in 0..<world {
+                let s = plan.samples(step: step, rank: r, worldSize: world)
+                sizes.insert(s.count)
+                for x in s { seen[x, default: 0] += 1 }
+            }
+            #expect(sizes.count == 1, "every rank gets an equal share")
+        }
+        #expect(seen.values.allSatisfy { $0 == 1 })
+        #expect(seen.count == plan.steps * batch, "all but the dropped partial batch")
+        // The union over ranks is the same global batch whatever the world size.
+        let one = EpochPlan(count: count, seed: 42, epoch: 3, globalBatch: batch)
+        #expect(one.order == plan.order)
+    }
+
+    @Test("the order depends only on (seed, epoch)")
+    func orderDeterminism() {
+        let a = EpochPlan(count: 50, seed: 1, epoch: 0, globalBatch: 5).order
+        #expect(a == EpochPlan(count: 50, seed: 1, epoch: 0, globalBatch: 5).order)
+        #expect(a != EpochPlan(count: 50, seed: 1, epoch: 1, globalBatch: 5).order)
+        #expect(a != EpochPlan(count: 50, seed: 2, epoch: 0, globalBatch: 5).order)
+        #expect(a.sorted() == Array(0..<50))
+    }
+
+    @Test("resuming from a cursor under another world size neither skips nor repeats a sample", arguments: [(2, 3), (3, 1), (1, 4)])
+    func elasticResume(_ before: Int, _ after: Int) {
+        let count = 97, batch = 12
+        let plan = EpochPlan(count: count, seed: 9, epoch: 0, globalBatch: batch)
+        var cursor = DataCursor()
+        var seen: [Int] = []
+        for _ in 0..<3 {   // 3 steps on `before` ranks
+            let step = cursor.nextStep(globalBatch: batch)
+            for r in 0..<before { seen += plan.samples(step: step, rank: r, worldSize: before) }
+            cursor = cursor.advanced(globalBatch: batch, steps: plan.steps)
+        }
+        // save, restore as JSON, continue on `after` ranks to the end of the epoch
+        let restored = try! JSONDecoder().decode(DataCursor.self, from: JSONEncoder().encode(cursor))
+        cursor = restored
+        while cursor.epoch == 0 {
+            let step = cursor.nextStep(globalBatch: batch)
+            for r in 0..<after { seen += plan.samples(step: step, rank: r, worldSize: after) }
+            cursor = cursor.advanced(globalBatch: batch, steps: plan.steps)
+        }
+        #expect(seen.count == plan.steps * batch)
+        #expect(Set(seen).count == seen.count, "no sample repeated")
+        #expect(cursor == DataCursor(epoch: 1, samplesConsumed: 0))
+    }
+}
+
+@Suite("Augmentation")
+struct AugmentTests {
+    func apply(_ name: String, _ op: (UnsafeMutablePointer<Float>) -> Void) {
+        var x = AugmentFixtures.floats("x")
+        x.withUnsafeMutableBufferPointer { op($0.baseAddress!) }
+        let e = maxAbs(x, AugmentFixtures.floats(name))
+        #expect(e < 1e-5, "\(name): max difference \(e) from torchvision")
+    }
+
+    @Test("brightness, contrast, saturation and hue match torchvision")
+    func colorOps() {
+        apply("brightness_1.3") { ColorOps.brightness($0, plane: 256, factor: 1.3) }
+        apply("contrast_0.6") { ColorOps.contrast($0, plane: 256, factor: 0.6) }
+        apply("saturation_1.4") { ColorOps.saturation($0, plane: 256, factor: 1.4) }
+        apply("saturation_0.3") { ColorOps.saturation($0, plane: 256, factor: 0.3) }
+        apply("hue_0.2") { ColorOps.hue($0, plane: 256, shift: 0.2) }
+        apply("hue_-0.35") { ColorOps.hue($0, plane: 256, shift: -0.35) }
+    }
+
+    @Test("ColorJitter's composition in a drawn order matches torchvision")
+    func jitter() {
+        var draw = AugmentDraw()
+        draw.order = [2, 0, 3, 1]
+        draw.saturation = 0.8; draw.brightness = 1.1; draw.hue = 0.05; draw.contrast = 1.2
+        apply("jitter_s0.8_b1.1_h0.05_c1.2") { draw.applyColor($0, plane: 256) }
+    }
+
+    @Test("area downsampling matches interpolate(mode=area)", arguments: [2, 4, 8, 16])
+    func area(_ f: Int) {
+        let big = AugmentFixtures.floats("big")
+        var out = [Float](repeating: 0, count: 3 * (32 / f) * (32 / f))
+        big.withUnsafeBufferPointer { b in out.withUnsafeMutableBufferPointer { AreaDownsample.apply(b.baseAddress!, width: 32, height: 32, factor: f, into: $0.baseAddress!) } }
+        #expect(maxAbs(out, AugmentFixtures.floats("area_\(f)")) < 1e-6)
+    }
+
+    @Test("the LR tile is the area-downsampled augmented HR tile; flips and rotations keep every pixel")
+    func pairing() {
+        var g = SplitMix64(seed: 3)
+        let rgb = (0..<(16 * 16 * 3)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+        let t = PairedTransform(augment: AugmentOptions(brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05), factor: 4,
+                                mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3])
+        for seed in 0..<20 {
+            var rg = SplitMix64(seed: UInt64(seed))
+            let draw = AugmentDraw(t.augment, square: true, using: &rg)
+            var hr = [Float](repeating: 0, count: 3 * 256), lr = [Float](repeating: 0, count: 3 * 16)
+            rgb.withUnsafeBufferPointer { t.apply(rgb: $0.baseAddress!, width: 16, height: 16, draw: draw, hr: &hr, lr: &lr) }
+            // Undo the normalisation of HR, downsample, normalise: must equal LR.
+            var raw = hr
+            for c in 0..<3 { for i in 0..<256 { raw[c * 256 + i] = hr[c * 256 + i] * t.std[c] + t.mean[c] } }
+            var expected = [Float](repeating: 0, count: 3 * 16)
+            raw.withUnsafeBufferPointer { r in expected.withUnsafeMutableBufferPointer { AreaDownsample.apply(r.baseAddress!, width: 16, height: 16, factor: 4, into: $0.baseAddress!) } }
+            for c in 0..<3 { for i in 0..<16 { expected[c * 16 + i] = (expected[c * 16 + i] - t.mean[c]) / t.std[c] } }
+            #expect(maxAbs(lr, expected) < 1e-4, "seed \(seed)")
+        }
+        // Geometry only: the multiset of pixels is unchanged.
+        let geo = PairedTransform(augment: AugmentOptions(), factor: 1)
+        var rg = SplitMix64(seed: 11)
+        var draw = AugmentDraw(geo.augment, square: true, using: &rg)
+        draw.rotations = 1; draw.hflip = true
+        var hr = [Float](repeating: 0, count: 3 * 256)
+        rgb.withUnsafeBufferPointer { geo.apply(rgb: $0.baseAddress!, width: 16, height: 16, draw: draw, hr: &hr, lr: nil) }
+        let original = (0..<256).map { Float(rgb[$0 * 3]) / 255 }.sorted()
+        #expect(Array(hr[0..<256]).sorted() == original)
+        #expect(Array(hr[0..<256]) != (0..<256).map { Float(rgb[$0 * 3]) / 255 }, "the draw moved pixels")
+    }
+}
+
+@Suite("Loader")
+struct LoaderTests {
+    @Test("ranks' batches together equal the single-rank batch, in order, tile for tile")
+    func ranksEqualSingle() throws {
+        let dir = try TemporaryDirectory()
+        let ds = try smallDataset(dir)
+        #expect(ds.readers.count > 1, "several shards")
+        let t = PairedTransform(augment: AugmentOptions(brightness: 0.3, hue: 0.1), factor: 4)
+        let single = try BatchLoader(dataset: ds, transform: t, seed: 5, globalBatch: 6, rank: 0, worldSize: 1, cursor: DataCursor(),
+                                     withLowResolution: true, workers: 2)
+        let parts = try (0..<3).map { r in try BatchLoader(dataset: ds, transform: t, seed: 5, globalBatch: 6, rank: r, worldSize: 3,
+                                                           cursor: DataCursor(), withLowResolution: true, workers: 1) }
+        for _ in 0..<5 {   // crosses the epoch boundary (23 tiles, 3 steps per epoch)
+            let whole = try single.next()
+            let pieces = try parts.map { try $0.next() }
+            #expect(pieces.flatMap(\.hr) == whole.hr)
+            #expect(pieces.flatMap(\.lr) == whole.lr)
+            #expect(pieces.flatMap(\.ids) == whole.ids)
+            #expect(whole.count == 6 && whole.lowSize == 8 && whole.size == 32)
+        }
+        #expect(single.stepsPerEpoch == 3)
+    }
+
+    @Test("a loader restored from a cursor continues with the same batches")
+    func resume() throws {
+        let dir = try TemporaryDirectory()
+        let ds = try smallDataset(dir)
+        let t = PairedTransform(augment: AugmentOptions(), factor: 2)
+        let a = try BatchLoader(dataset: ds, transform: t, seed: 1, globalBatch: 4, rank: 0, worldSize: 1, cursor: DataCursor(), withLowResolution: false)
+        var batches = try (0..<7).map { _ in try a.next() }
+        let b = try BatchLoader(dataset: ds, transform: t, seed: 1, globalBatch: 4, rank: 0, worldSize: 1,
+                                cursor: DataCursor(epoch: 1, samplesConsumed: 4), withLowResolution: false)
+        batches.removeFirst(6)   // epoch 0 has 5 steps; cursor (1, 4) is the 7th batch
+        let resumed = try b.next()
+        #expect(resumed.ids == batches[0].ids && resumed.hr == batches[0].hr && resumed.epoch == 1 && resumed.step == 1)
+    }
+
+    @Test("a corrupt tile stops the loader naming the file and tile, or is skipped and reported")
+    func corruptTiles() throws {
+        let dir = try TemporaryDirectory()
+        let ds0 = try smallDataset(dir, shardBytes: 1 << 30)
+        let url = ds0.readers[0].url
+        var d = try Data(contentsOf: url)
+        for e in ds0.readers[0].entries { d[Int(e.offset) + Int(e.compressedSize) / 2] ^= 0x5A }   // every tile
+        try d.write(to: url)
+        let ds = try ShardDataset(urls: [url])
+        let t = PairedTransform(augment: .none, factor: 1)
+        let stop = try BatchLoader(dataset: ds, transform: t, seed: 0, globalBatch: 4, rank: 0, worldSize: 1, cursor: DataCursor(), withLowResolution: false)
+        let e = #expect(throws: ShardError.self) { _ = try stop.next() }
+        #expect(e?.message.contains(url.path) == true && e?.message.contains("tile") == true)
+        let skip = try BatchLoader(dataset: ds, transform: t, seed: 0, globalBatch: 4, rank: 0, worldSize: 1, cursor: DataCursor(),
+                                   withLowResolution: false, policy: .skip)
+        let b = try skip.next()
+        #expect(b.count == 0 && b.skipped.count == 4)
+    }
+
+    @Test("a global batch that does not split among the ranks is refused with a hint")
+    func badBatch() throws {
+        let dir = try TemporaryDirectory()
+        let ds = try smallDataset(dir)
+        let e = #expect(throws: ShardError.self) {
+            _ = try BatchLoader(dataset: ds, transform: PairedTransform(augment: .none, factor: 1), seed: 0, globalBatch: 5, rank: 0,
+                                worldSize: 2, cursor: DataCursor(), withLowResolution: false)
+        }
+        #expect(e?.message.contains("multiple of the 2 ranks") == true)
+    }
+
+    @Test("channel statistics equal a direct computation")
+    func statistics() throws {
+        let dir = try TemporaryDirectory()
+        let ds = try smallDataset(dir, count: 5)
+        let stats = try ChannelStatistics.compute(ds)
+        var values: [[Double]] = [[], [], []]
+        for a in ds.addresses {
+            let px = try ds.readers[a.shard].tile(a.index)
+            for i in 0..<px.count { values[i % 3].append(Double(px[i]) / 255) }
+        }
+        for c in 0..<3 {
+            let mean = values[c].reduce(0, +) / Double(values[c].count)
+            let std = (values[c].map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values[c].count)).squareRoot()
+            #expect(abs(stats.mean[c] - mean) < 1e-9 && abs(stats.std[c] - std) < 1e-6, "channel \(c)")
+        }
+        #expect(stats.tiles == 5)
+    }
+}
