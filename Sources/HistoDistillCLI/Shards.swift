@@ -42,10 +42,23 @@ struct ProgressLine {
 
 struct Pack: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Pack an image folder (ROOT/CLASS/IMAGE: JPEG, PNG, TIFF) into zstd tile shards.")
+        abstract: "Pack images into zstd tile shards: an image folder (ROOT/CLASS/IMAGE) or a CSV manifest (path,label,slide); JPEG, PNG, TIFF.",
+        discussion: "Tiles are whole images, or with --tile-size grid tiles of large images that pass a tissue filter (slide id and coordinates kept).")
 
-    @Argument(help: "ImageFolder root: one sub-folder per class.")
+    @Argument(help: "ImageFolder root (one sub-folder per class) or a .csv manifest with lines path,label,slide.")
     var input: String
+
+    @Option(help: "Cut each image into square tiles of this size on a grid.")
+    var tileSize: Int?
+
+    @Option(help: "Grid step in pixels (default: the tile size).")
+    var stride: Int?
+
+    @Option(help: "HSV saturation above which a pixel counts as tissue.")
+    var tissueSaturation: Float = 0.07
+
+    @Option(help: "Keep grid tiles with at least this fraction of tissue pixels (0 keeps all).")
+    var minTissue: Float = 0.25
 
     @Option(name: .shortAndLong, help: "Output directory for the shards.")
     var output: String
@@ -79,10 +92,20 @@ struct Pack: ParsableCommand {
         if !(1...19).contains(level) { throw ValidationError("--level must be in 1...19, got \(level)") }
         if PixelFilter(rawValue: filter) == nil { throw ValidationError("--filter must be none or planar-delta, got '\(filter)'") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        if let tileSize, tileSize < 8 || tileSize > 65535 { throw ValidationError("--tile-size must be in 8...65535, got \(tileSize)") }
+        if let stride, stride < 1 { throw ValidationError("--stride must be at least 1, got \(stride)") }
+        if stride != nil && tileSize == nil { throw ValidationError("--stride needs --tile-size") }
+        if !(0...1).contains(minTissue) { throw ValidationError("--min-tissue must be in 0...1, got \(minTissue)") }
     }
 
     func run() throws {
-        let plan = try PackPlan.imageFolder(URL(fileURLWithPath: input), unlabeled: unlabeled)
+        var plan: PackPlan
+        if input.lowercased().hasSuffix(".csv") {
+            plan = try PackPlan.manifest(URL(fileURLWithPath: input))
+            if unlabeled { plan.items = plan.items.map { var i = $0; i.label = -1; return i } }
+        } else {
+            plan = try PackPlan.imageFolder(URL(fileURLWithPath: input), unlabeled: unlabeled)
+        }
         var options = PackOptions(output: URL(fileURLWithPath: output))
         options.targetShardBytes = shardMB << 20
         options.zstdLevel = level
@@ -92,11 +115,14 @@ struct Pack: ParsableCommand {
         options.micronsPerPixel = micronsPerPixel
         options.magnification = magnification
         options.createdBy = "histodistill \(histodistillVersion)"
+        if let tileSize {
+            options.grid = GridSpec(tileSize: tileSize, stride: stride, saturationThreshold: tissueSaturation, minTissueFraction: minTissue)
+        }
         let progress = ProgressLine(label: "packing")
         let t0 = Date()
         let report = try Packer.pack(plan, options: options) { progress.update($0, $1) }
         let seconds = Date().timeIntervalSince(t0)
-        print("packed \(report.tiles) tiles of \(plan.classes.count) classes (\(plan.classes.joined(separator: ", "))) into \(report.shards.count) shard(s) in \(output)")
+        print("packed \(report.tiles) tiles from \(plan.items.count - report.skipped.count) images of \(plan.classes.count) classes (\(plan.classes.joined(separator: ", "))) into \(report.shards.count) shard(s) in \(output)")
         print(String(format: "input %.1f MB, raw RGB %.1f MB, shards %.1f MB (%.2fx smaller than raw, %.2fx the input), %.1f s, %.0f tiles/s",
                      Double(report.inputBytes) / 1e6, Double(report.rawBytes) / 1e6, Double(report.outputBytes) / 1e6,
                      Double(report.rawBytes) / Double(max(report.outputBytes, 1)), Double(report.outputBytes) / Double(max(report.inputBytes, 1)),

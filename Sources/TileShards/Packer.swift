@@ -12,6 +12,60 @@ public struct PackItem: Sendable, Equatable {
     public var slide: String
 }
 
+/// Cutting large images into tiles on a grid, keeping tiles that hold enough tissue.
+public struct GridSpec: Sendable, Equatable {
+    /// Tile edge in pixels.
+    public var tileSize: Int
+    /// Step between tile origins (tileSize for no overlap).
+    public var stride: Int
+    /// A pixel counts as tissue when its HSV saturation (max - min) / max exceeds this (background glass is
+    /// nearly grey).
+    public var saturationThreshold: Float
+    /// Keep a tile when at least this fraction of its pixels is tissue (0 keeps every tile).
+    public var minTissueFraction: Float
+
+    public init(tileSize: Int, stride: Int? = nil, saturationThreshold: Float = 0.07, minTissueFraction: Float = 0.25) {
+        precondition(tileSize > 0 && (stride ?? tileSize) > 0, "GridSpec: tile size \(tileSize) and stride must be positive")
+        self.tileSize = tileSize; self.stride = stride ?? tileSize
+        self.saturationThreshold = saturationThreshold; self.minTissueFraction = minTissueFraction
+    }
+
+    /// The fraction of tissue pixels in the tile at (x, y) of `image`.
+    public func tissueFraction(_ image: RGBImage, x: Int, y: Int) -> Float {
+        var tissue = 0
+        image.pixels.withUnsafeBufferPointer { p in
+            for row in y..<(y + tileSize) {
+                var i = (row * image.width + x) * 3
+                for _ in 0..<tileSize {
+                    let r = p[i], g = p[i + 1], b = p[i + 2]
+                    let mx = max(r, max(g, b)), mn = min(r, min(g, b))
+                    if mx > 0 && Float(mx - mn) > saturationThreshold * Float(mx) { tissue += 1 }
+                    i += 3
+                }
+            }
+        }
+        return Float(tissue) / Float(tileSize * tileSize)
+    }
+
+    /// The grid tiles of `image` that pass the tissue filter: (x, y, RGB pixels).
+    public func tiles(of image: RGBImage) -> [(Int, Int, [UInt8])] {
+        guard image.width >= tileSize && image.height >= tileSize else { return [] }
+        var out: [(Int, Int, [UInt8])] = []
+        for y in Swift.stride(from: 0, through: image.height - tileSize, by: self.stride) {
+            for x in Swift.stride(from: 0, through: image.width - tileSize, by: self.stride) {
+                if minTissueFraction > 0 && tissueFraction(image, x: x, y: y) < minTissueFraction { continue }
+                var px = [UInt8](repeating: 0, count: tileSize * tileSize * 3)
+                for row in 0..<tileSize {
+                    let src = ((y + row) * image.width + x) * 3
+                    px.replaceSubrange((row * tileSize * 3)..<((row + 1) * tileSize * 3), with: image.pixels[src..<(src + tileSize * 3)])
+                }
+                out.append((x, y, px))
+            }
+        }
+        return out
+    }
+}
+
 /// The inputs of a pack: class names and items in a deterministic order.
 public struct PackPlan: Sendable {
     public var root: URL
@@ -48,6 +102,41 @@ public struct PackPlan: Sendable {
         }
         return PackPlan(root: root, classes: classes, items: items)
     }
+
+    /// Reads a CSV manifest `path,label,slide` (a header line is optional; paths relative to the manifest's
+    /// folder or absolute; an empty label means unlabeled; an empty slide means the file name). Classes are the
+    /// sorted distinct labels.
+    public static func manifest(_ url: URL) throws -> PackPlan {
+        let text: String
+        do { text = try String(contentsOf: url, encoding: .utf8) } catch {
+            throw ShardError("\(url.path): cannot be read (\(error.localizedDescription)). Hint: give a CSV file with lines path,label,slide.")
+        }
+        var rows: [(String, String, String, Int)] = []
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespacesAndNewlines)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            let fields = line.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            if n == 0 && fields.first?.lowercased() == "path" { continue }
+            guard fields.count >= 1 && fields.count <= 3 && !fields[0].isEmpty else {
+                throw ShardError("\(url.path): line \(n + 1) is not path,label,slide: '\(line)'. Hint: one image per line, commas between fields, no commas in paths.")
+            }
+            rows.append((fields[0], fields.count > 1 ? fields[1] : "", fields.count > 2 ? fields[2] : "", n + 1))
+        }
+        guard !rows.isEmpty else { throw ShardError("\(url.path): the manifest lists no images.") }
+        let classes = Array(Set(rows.map(\.1).filter { !$0.isEmpty })).sorted()
+        let root = url.deletingLastPathComponent()
+        let items = rows.map { path, label, slide, _ -> PackItem in
+            let stem = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
+            return PackItem(relativePath: path, label: label.isEmpty ? ShardFormat.unlabeled : Int32(classes.firstIndex(of: label)!),
+                            slide: slide.isEmpty ? stem : slide)
+        }
+        return PackPlan(root: root, classes: classes, items: items)
+    }
+
+    /// The URL of `item` (absolute paths are kept).
+    public func url(of item: PackItem) -> URL {
+        item.relativePath.hasPrefix("/") ? URL(fileURLWithPath: item.relativePath) : root.appendingPathComponent(item.relativePath)
+    }
 }
 
 /// Options of a pack.
@@ -62,6 +151,8 @@ public struct PackOptions: Sendable {
     public var micronsPerPixel: Double?
     public var magnification: Double?
     public var createdBy = "histodistill"
+    /// Cut every image into grid tiles (nil: each image is one tile).
+    public var grid: GridSpec?
 
     public init(output: URL) { self.output = output }
 }
@@ -101,22 +192,32 @@ public enum Packer {
             while start < plan.items.count {
                 let end = min(start + batch, plan.items.count)
                 let slice = Array(plan.items[start..<end])
-                nonisolated(unsafe) var results = [Result<(TileRecord, [UInt8], Int), ShardError>?](repeating: nil, count: slice.count)
+                nonisolated(unsafe) var results = [Result<([(TileRecord, [UInt8])], Int), ShardError>?](repeating: nil, count: slice.count)
                 results.withUnsafeMutableBufferPointer { out in
                     nonisolated(unsafe) let out = out
                     DispatchQueue.concurrentPerform(iterations: threads) { t in
                         for k in stride(from: t, to: slice.count, by: threads) {
                             let item = slice[k]
-                            let url = plan.root.appendingPathComponent(item.relativePath)
+                            let url = plan.url(of: item)
                             do {
                                 let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? 0
                                 let image = try ImageCodec.decode(url)
-                                guard image.width <= 65535 && image.height <= 65535 else {
-                                    throw ShardError("\(url.path): \(image.width)x\(image.height) is too large for one tile; tile large images on a grid")
+                                var tiles: [(TileRecord, [UInt8])] = []
+                                if let grid = options.grid {
+                                    for (x, y, px) in grid.tiles(of: image) {
+                                        let tile = TileRecord(pixels: px, width: grid.tileSize, height: grid.tileSize, label: item.label,
+                                                              slide: item.slide, x: Int32(x), y: Int32(y), source: item.relativePath, id: 0)
+                                        tiles.append((tile, try compressors[t].compress(tile)))
+                                    }
+                                } else {
+                                    guard image.width <= 65535 && image.height <= 65535 else {
+                                        throw ShardError("\(url.path): \(image.width)x\(image.height) is too large for one tile; cut it on a grid with --tile-size")
+                                    }
+                                    let tile = TileRecord(pixels: image.pixels, width: image.width, height: image.height, label: item.label,
+                                                          slide: item.slide, source: item.relativePath, id: 0)
+                                    tiles.append((tile, try compressors[t].compress(tile)))
                                 }
-                                let tile = TileRecord(pixels: image.pixels, width: image.width, height: image.height, label: item.label,
-                                                      slide: item.slide, source: item.relativePath, id: 0)
-                                out[k] = .success((tile, try compressors[t].compress(tile), size))
+                                out[k] = .success((tiles, size))
                             } catch let e as ShardError {
                                 out[k] = .failure(e)
                             } catch {
@@ -130,23 +231,26 @@ public enum Packer {
                     case .failure(let e):
                         if options.skipBad { report.skipped.append(e.message); continue }
                         throw ShardError(e.message + " Hint: fix or remove the file, or pass --skip-bad to skip unreadable images.")
-                    case .success(var (tile, frame, size)):
-                        tile.id = nextId
-                        nextId += 1
-                        if current == nil || current!.bytesWritten >= UInt64(options.targetShardBytes) {
-                            current = try newWriter()
-                        }
-                        try current!.append(frame: frame, tile: tile)
-                        report.tiles += 1
+                    case .success(let (tiles, size)):
                         report.inputBytes += size
-                        report.rawBytes += tile.pixels.count
+                        for (t, frame) in tiles {
+                            var tile = t
+                            tile.id = nextId
+                            nextId += 1
+                            if current == nil || current!.bytesWritten >= UInt64(options.targetShardBytes) {
+                                current = try newWriter()
+                            }
+                            try current!.append(frame: frame, tile: tile)
+                            report.tiles += 1
+                            report.rawBytes += tile.pixels.count
+                        }
                     }
                 }
                 start = end
                 progress?(start, plan.items.count)
             }
             guard !writers.isEmpty else {
-                throw ShardError("\(plan.root.path): no image could be packed (\(report.skipped.count) skipped).")
+                throw ShardError("\(plan.root.path): no tile could be packed (\(report.skipped.count) image(s) skipped\(options.grid != nil ? "; with --tile-size, lower --min-tissue or check the images are larger than a tile" : "")).")
             }
             for (i, w) in writers.enumerated() {
                 try w.finish(classes: plan.classes, filter: options.filter, zstdLevel: options.zstdLevel,

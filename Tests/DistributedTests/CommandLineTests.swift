@@ -50,7 +50,7 @@ struct ShardCommandTests {
         let bin = try histodistillBinary()
         let pack = try run([bin, "pack", dir.appendingPathComponent("in").path, "-o", dir.appendingPathComponent("out").path])
         #expect(pack.status == 0, "\(pack.stderr)")
-        #expect(pack.stdout.contains("packed 5 tiles of 2 classes (a, b)"))
+        #expect(pack.stdout.contains("packed 5 tiles from 5 images of 2 classes (a, b)"))
         let inspect = try run([bin, "inspect", dir.appendingPathComponent("out").path])
         #expect(inspect.stdout.contains("a: 2") && inspect.stdout.contains("b: 3") && inspect.stdout.contains("8x8 x5"), "\(inspect.stdout)")
         let verify = try run([bin, "verify", dir.appendingPathComponent("out").path])

@@ -181,3 +181,58 @@ struct ShardTests {
         #expect(mean > 60 && mean < 250, "an H&E tile is neither black nor white (mean \(mean))")
     }
 }
+
+@Suite("Pack inputs")
+struct PackInputTests {
+    @Test("CSV manifest: labels, unlabeled rows, slides, relative paths; a bad line is named")
+    func manifest() throws {
+        let dir = try TemporaryDirectory()
+        let images = try makeImageFolder(dir.url)
+        let csv = dir.url.appendingPathComponent("m.csv")
+        try """
+        path,label,slide
+        tumor/t0.png,tumor,S1
+        benign/t1.png,benign,S2
+        tumor/t2.png,,S1
+        benign/t0.png,benign
+        """.write(to: csv, atomically: true, encoding: .utf8)
+        let plan = try PackPlan.manifest(csv)
+        #expect(plan.classes == ["benign", "tumor"])
+        #expect(plan.items.map(\.label) == [1, 0, -1, 0])
+        #expect(plan.items.map(\.slide) == ["S1", "S2", "S1", "t0"])
+        let report = try Packer.pack(plan, options: PackOptions(output: dir.url.appendingPathComponent("out")))
+        let r = try ShardReader(url: report.shards[0])
+        #expect(r.count == 4 && r.entries[2].label == -1)
+        #expect(try r.tile(0) == images["tumor/t0.png"]!.pixels)
+
+        try "path,label\ntumor/t0.png,tumor,S1,extra\n".write(to: csv, atomically: true, encoding: .utf8)
+        let e = #expect(throws: ShardError.self) { try PackPlan.manifest(csv) }
+        #expect(e?.message.contains("line 2") == true)
+    }
+
+    @Test("grid tiling keeps tissue tiles with their coordinates and drops background")
+    func grid() throws {
+        let dir = try TemporaryDirectory()
+        // 64x48 image: left half coloured "tissue", right half white glass.
+        var px = [UInt8](repeating: 255, count: 64 * 48 * 3)
+        for y in 0..<48 { for x in 0..<32 { let i = (y * 64 + x) * 3; px[i] = 200; px[i + 1] = 90; px[i + 2] = 160 } }
+        let slide = RGBImage(width: 64, height: 48, pixels: px)
+        try FileManager.default.createDirectory(at: dir.url.appendingPathComponent("in/malignant"), withIntermediateDirectories: true)
+        try ImageCodec.writePNG(slide, to: dir.url.appendingPathComponent("in/malignant/slide7.png"))
+        var options = PackOptions(output: dir.url.appendingPathComponent("out"))
+        options.grid = GridSpec(tileSize: 16, stride: 16, minTissueFraction: 0.5)
+        let report = try Packer.pack(try PackPlan.imageFolder(dir.url.appendingPathComponent("in")), options: options)
+        let r = try ShardReader(url: report.shards[0])
+        #expect(r.count == 2 * 3, "the 2x3 tissue tiles of the left half")
+        #expect(Set(r.entries.map { $0.x }) == [0, 16])
+        #expect(Set(r.entries.map { $0.y }) == [0, 16, 32])
+        #expect(r.metadata.slides == ["slide7"] && r.metadata.tileSize == 16)
+        let e = r.entries.firstIndex { $0.x == 16 && $0.y == 32 }!
+        let tile = try r.tile(e)
+        #expect(tile[0] == 200 && tile[1] == 90 && tile[2] == 160)
+        // With the filter off every grid position is kept.
+        options.grid = GridSpec(tileSize: 16, stride: 16, minTissueFraction: 0)
+        options.output = dir.url.appendingPathComponent("all")
+        #expect(try Packer.pack(try PackPlan.imageFolder(dir.url.appendingPathComponent("in")), options: options).tiles == 4 * 3)
+    }
+}
