@@ -53,40 +53,38 @@ public enum ColorOps {
         }
     }
 
-    /// adjust_hue: RGB -> HSV, h = (h + shift) mod 1, HSV -> RGB (torchvision's tensor formulas).
+    /// adjust_hue: RGB -> HSV, h = (h + shift) mod 1, HSV -> RGB (torchvision's tensor formulas; fmod replaced
+    /// by a subtraction of the floor, which is the same for the value ranges that occur here).
     public static func hue(_ x: UnsafeMutablePointer<Float>, plane: Int, shift: Float) {
+        let r0 = x, g0 = x + plane, b0 = x + 2 * plane
         for i in 0..<plane {
-            let r = x[i], g = x[plane + i], b = x[2 * plane + i]
+            let r = r0[i], g = g0[i], b = b0[i]
             let maxc = max(r, max(g, b)), minc = min(r, min(g, b))
-            let eqc = maxc == minc
             let cr = maxc - minc
-            let s = cr / (eqc ? 1 : maxc)
-            let crDiv: Float = eqc ? 1 : cr
-            let rc = (maxc - r) / crDiv, gc = (maxc - g) / crDiv, bc = (maxc - b) / crDiv
-            var h: Float = 0
-            if maxc == r { h += bc - gc }
-            if maxc == g && maxc != r { h += 2 + rc - bc }
-            if maxc != g && maxc != r { h += 4 + gc - rc }
-            h = (h / 6 + 1).truncatingRemainder(dividingBy: 1)
-            // hue shift, then back
-            var hh = (h + shift).truncatingRemainder(dividingBy: 1)
-            if hh < 0 { hh += 1 }
             let v = maxc
-            let fi = (hh * 6).rounded(.down)
-            let f = hh * 6 - fi
+            if cr == 0 { continue }   // grey: saturation 0, hue irrelevant, the pixel is unchanged
+            let s = cr / maxc
+            let inv = 1 / cr
+            let rc = (maxc - r) * inv, gc = (maxc - g) * inv, bc = (maxc - b) * inv
+            var h: Float
+            if maxc == r { h = bc - gc } else if maxc == g { h = 2 + rc - bc } else { h = 4 + gc - rc }
+            // torchvision: h = fmod(h / 6 + 1, 1), then (h + shift) mod 1 (Python-style, non-negative)
+            h = h / 6 + 1
+            h -= h.rounded(.down)
+            var hh = h + shift
+            hh -= hh.rounded(.down)
+            let h6 = hh * 6
+            let fi = h6.rounded(.down)
+            let f = h6 - fi
             let p = clamp01(v * (1 - s)), q = clamp01(v * (1 - s * f)), t = clamp01(v * (1 - s * (1 - f)))
-            var k = Int(fi) % 6
-            if k < 0 { k += 6 }
-            let (nr, ng, nb): (Float, Float, Float)
-            switch k {
-            case 0: (nr, ng, nb) = (v, t, p)
-            case 1: (nr, ng, nb) = (q, v, p)
-            case 2: (nr, ng, nb) = (p, v, t)
-            case 3: (nr, ng, nb) = (p, q, v)
-            case 4: (nr, ng, nb) = (t, p, v)
-            default: (nr, ng, nb) = (v, p, q)
+            switch Int(fi) {
+            case 0: r0[i] = v; g0[i] = t; b0[i] = p
+            case 1: r0[i] = q; g0[i] = v; b0[i] = p
+            case 2: r0[i] = p; g0[i] = v; b0[i] = t
+            case 3: r0[i] = p; g0[i] = q; b0[i] = v
+            case 4: r0[i] = t; g0[i] = p; b0[i] = v
+            default: r0[i] = v; g0[i] = p; b0[i] = q
             }
-            x[i] = nr; x[plane + i] = ng; x[2 * plane + i] = nb
         }
     }
 }
@@ -147,13 +145,20 @@ public struct PairedTransform: Sendable {
     public func apply(rgb: UnsafePointer<UInt8>, width: Int, height: Int, draw: AugmentDraw,
                       hr: UnsafeMutablePointer<Float>, lr: UnsafeMutablePointer<Float>?) {
         let plane = width * height
-        // uint8 HWC -> float CHW in [0, 1] with the flips and rotation folded into the index mapping.
+        // uint8 HWC -> float CHW in [0, 1]; the flips and rotation become one source-index formula per case.
+        let n = width   // rotations only happen for square tiles
+        let k = draw.rotations & 3
         for y in 0..<height {
             for x in 0..<width {
-                var sx = draw.hflip ? width - 1 - x : x
-                var sy = draw.vflip ? height - 1 - y : y
-                for _ in 0..<draw.rotations {   // square only: out(y, x) = in(x, n - 1 - y)
-                    (sy, sx) = (sx, width - 1 - sy)
+                let fx = draw.hflip ? width - 1 - x : x
+                let fy = draw.vflip ? height - 1 - y : y
+                // k rotations of out(y, x) = in(x, n - 1 - y), composed
+                let sy: Int, sx: Int
+                switch k {
+                case 0: sy = fy; sx = fx
+                case 1: sy = fx; sx = n - 1 - fy
+                case 2: sy = n - 1 - fy; sx = n - 1 - fx
+                default: sy = n - 1 - fx; sx = fy
                 }
                 let src = rgb + (sy * width + sx) * 3
                 let o = y * width + x
