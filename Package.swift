@@ -31,7 +31,7 @@ let package = Package(
             linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16"), .linkedLibrary("tiff")]),
 
         // Tile shards: format, writer, reader, image folders. The only module that uses zstd and image codecs.
-        .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs"]),
+        .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "TensorCore"]),
 
         // The engine: tensors, flat parameters, BLAS facade, parallel-for, kernels. No MPI, no file I/O.
         .target(name: "TensorCore", dependencies: ["COpenBLAS"]),

@@ -1,6 +1,7 @@
 // Paired augmentation for distillation: the same flips, 90-degree rotation and colour jitter (torchvision
 // ColorJitter semantics) on the high-resolution tile, then the low-resolution tile by area downsampling of the
 // augmented one, then per-channel normalisation. Images are float CHW in [0, 1] until normalised.
+import TensorCore
 
 /// Random augmentations and their ranges (torchvision ColorJitter: factors drawn from [max(0, 1 - x), 1 + x],
 /// hue shift from [-hue, hue]; the four adjustments applied in a random order).
@@ -131,6 +132,12 @@ public struct PairedTransform: Sendable {
     public var augment: AugmentOptions
     /// LR = HR area-downsampled by this factor (1, 2, 4, 8 or 16).
     public var factor: Int
+    /// When set, LR = HR resized to this edge by bicubic interpolation (PyTorch's, align_corners=False)
+    /// instead of area downsampling by `factor`.
+    public var bicubicSize: Int?
+
+    /// The LR edge for an HR edge of `size`.
+    public func lowSize(for size: Int) -> Int { bicubicSize ?? size / factor }
     public var mean: [Float]
     public var std: [Float]
 
@@ -169,8 +176,13 @@ public struct PairedTransform: Sendable {
         }
         draw.applyColor(hr, plane: plane)
         if let lr {
-            AreaDownsample.apply(hr, width: width, height: height, factor: factor, into: lr)
-            normalize(lr, plane: (width / factor) * (height / factor))
+            if let b = bicubicSize {
+                BicubicResize.forward(output: lr, input: hr, shape: NCHW(1, 3, height, width), outH: b, outW: b)
+                normalize(lr, plane: b * b)
+            } else {
+                AreaDownsample.apply(hr, width: width, height: height, factor: factor, into: lr)
+                normalize(lr, plane: (width / factor) * (height / factor))
+            }
         }
         normalize(hr, plane: plane)
     }

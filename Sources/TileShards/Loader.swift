@@ -46,7 +46,7 @@ public struct BatchMaker: @unchecked Sendable {
     /// position in the epoch), so any rank and any thread makes the same tile the same way.
     public func makeBatch(plan: EpochPlan, step: Int) throws -> LoadedBatch {
         let positions = Array(plan.positions(step: step, rank: rank, worldSize: worldSize))
-        let n = positions.count, s = tileSize, ls = s / transform.factor
+        let n = positions.count, s = tileSize, ls = transform.lowSize(for: tileSize)
         var hr = [Float](repeating: 0, count: n * 3 * s * s)
         var lr = [Float](repeating: 0, count: withLowResolution ? n * 3 * ls * ls : 0)
         var errors = [String?](repeating: nil, count: n)
@@ -174,7 +174,7 @@ public final class BatchLoader: @unchecked Sendable {
             }
         }
         let tileSize = Int(e0.width)
-        guard tileSize % transform.factor == 0 else {
+        guard transform.bicubicSize != nil || tileSize % transform.factor == 0 else {
             throw ShardError("tile size \(tileSize) is not divisible by the downsampling factor \(transform.factor).")
         }
         let maker = BatchMaker(dataset: dataset, transform: transform, seed: seed, globalBatch: globalBatch, rank: rank,

@@ -239,3 +239,23 @@ struct LoaderTests {
         #expect(stats.tiles == 5)
     }
 }
+
+@Suite("Bicubic LR")
+struct BicubicLRTests {
+    @Test("LR by bicubic resize to any size; the loader delivers tiles of that edge")
+    func bicubicLR() throws {
+        let dir = try TemporaryDirectory()
+        let ds = try smallDataset(dir, count: 6)
+        var t = PairedTransform(augment: .none, factor: 1)
+        t.bicubicSize = 11
+        let loader = try BatchLoader(dataset: ds, transform: t, seed: 0, globalBatch: 2, rank: 0, worldSize: 1, cursor: DataCursor(),
+                                     withLowResolution: true, shuffle: false)
+        let b = try loader.next()
+        #expect(b.lowSize == 11 && b.lr.count == 2 * 3 * 11 * 11)
+        // A constant image stays constant under bicubic resizing (the weights sum to 1).
+        let flat = [UInt8](repeating: 128, count: 16 * 16 * 3)
+        var hr = [Float](repeating: 0, count: 3 * 256), lr = [Float](repeating: 0, count: 3 * 121)
+        flat.withUnsafeBufferPointer { t.apply(rgb: $0.baseAddress!, width: 16, height: 16, draw: AugmentDraw(), hr: &hr, lr: &lr) }
+        #expect(lr.allSatisfy { abs($0 - 128.0 / 255) < 1e-5 })
+    }
+}
