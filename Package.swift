@@ -57,7 +57,7 @@ let package = Package(
         .executableTarget(name: "ConvBench", dependencies: ["TensorCore"]),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafeTensors"]),
-        .testTarget(name: "TileShardsTests", dependencies: ["TileShards", "SafeTensors"]),
+        .testTarget(name: "TileShardsTests", dependencies: ["TileShards", "TensorCore", "SafeTensors"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "Training", "SafeTensors"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "HistoDistillCLI", "TileShards"]),
     ]

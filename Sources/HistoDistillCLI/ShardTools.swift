@@ -2,6 +2,7 @@
 // side by side), and the data pipeline's speed.
 import ArgumentParser
 import Foundation
+import TensorCore
 import TileShards
 
 struct Stats: ParsableCommand {

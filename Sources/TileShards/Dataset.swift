@@ -1,29 +1,7 @@
 // A set of shards as one dataset; the epoch order as a function of (seed, epoch); each rank's slice of each
 // global batch; a cursor that resumes under any world size.
 import Foundation
-
-/// SplitMix64: a small seeded generator; streams are derived by hashing (seed, epoch, position).
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    public var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// A generator for stream `values` of `seed`: different tuples give independent streams.
-    public static func stream(_ seed: UInt64, _ values: UInt64...) -> SplitMix64 {
-        var g = SplitMix64(seed: seed)
-        for v in values { g.state ^= v &* 0xD6E8_FEB8_6659_FD93; _ = g.next() }
-        return g
-    }
-    /// Uniform in [lo, hi).
-    public mutating func uniform(_ lo: Float, _ hi: Float) -> Float {
-        lo + (hi - lo) * Float(next() >> 40) / Float(1 << 24)
-    }
-}
+import TensorCore
 
 /// Where a tile lives.
 public struct TileAddress: Hashable, Sendable {

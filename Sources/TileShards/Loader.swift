@@ -2,6 +2,7 @@
 // a bounded queue of ready batches, corrupt tiles stopped or skipped and counted.
 import Dispatch
 import Foundation
+import TensorCore
 
 /// What to do with a corrupt tile met while training.
 public enum CorruptTilePolicy: String, Codable, Sendable {

@@ -3,6 +3,7 @@
 import Foundation
 import SafeTensors
 import Testing
+import TensorCore
 @testable import TileShards
 
 enum AugmentFixtures {
