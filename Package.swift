@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "Distributed", dependencies: ["CMPI"]),
 
         // Optimizers, schedules, weights I/O (and later: trainer, checkpoints).
-        .target(name: "Training", dependencies: ["Layers", "SafeTensors"]),
+        .target(name: "Training", dependencies: ["Layers", "SafeTensors", "TileShards"]),
 
         // safetensors read/write (weights, checkpoints, test fixtures).
         .target(name: "SafeTensors"),
@@ -59,6 +59,6 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafeTensors"]),
         .testTarget(name: "TileShardsTests", dependencies: ["TileShards", "TensorCore", "SafeTensors"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "Training", "SafeTensors"]),
-        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "HistoDistillCLI", "TileShards"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "HistoDistillCLI", "TileShards", "Layers", "Training"]),
     ]
 )

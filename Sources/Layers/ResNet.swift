@@ -113,8 +113,9 @@ public final class ResNet {
     private var blockRecords: [BlockRecord] = []
     private var output: ResNetOutput?
 
-    /// Builds the network with PyTorch's initialisation drawn from `seed`.
-    public init(_ config: ResNetConfig, seed: UInt64 = 0) {
+    /// Builds the network with PyTorch's initialisation drawn from `seed` (or all zeros when `initialize` is
+    /// false, for weights about to be loaded).
+    public init(_ config: ResNetConfig, seed: UInt64 = 0, initialize: Bool = true) {
         let problems = config.problems
         precondition(problems.isEmpty, "ResNet: invalid configuration \(config): \(problems.joined(separator: "; "))")
         self.config = config
@@ -173,7 +174,7 @@ public final class ResNet {
         buffers = ParameterStore(layout: bufs, withGradients: false)
         batchesTracked = Array(repeating: 0, count: counters)
         stateEntries = entries
-        reset(seed: seed)
+        if initialize { reset(seed: seed) }
     }
 
     deinit { poolIndices?.deallocate() }

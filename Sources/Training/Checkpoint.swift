@@ -1,0 +1,173 @@
+// Checkpoints: model weights (safetensors, PyTorch names), optimizer state and a JSON state, written to a
+// temporary directory, fsynced, renamed into place, and only then is `latest` moved; the last K are kept.
+import Foundation
+import Layers
+import SafeTensors
+import TensorCore
+import TileShards
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything besides weights and optimizer moments that a resume needs.
+public struct CheckpointState: Codable, Equatable, Sendable {
+    public var formatVersion = 1
+    /// Optimizer steps taken.
+    public var step: Int
+    /// Position in the data stream (world-size independent).
+    public var cursor: DataCursor
+    /// The run's seed (data order and augmentation derive from it and the cursor).
+    public var seed: UInt64
+    /// Ranks the run had when this was written.
+    public var worldSize: Int
+    /// The effective configuration, as the run saved it.
+    public var config: String
+    /// The program that wrote it.
+    public var writer: String
+    /// Best validation metric so far, if any.
+    public var bestMetric: Double?
+
+    public init(step: Int, cursor: DataCursor, seed: UInt64, worldSize: Int, config: String, writer: String, bestMetric: Double? = nil) {
+        self.step = step; self.cursor = cursor; self.seed = seed; self.worldSize = worldSize; self.config = config
+        self.writer = writer; self.bestMetric = bestMetric
+    }
+}
+
+/// A checkpoint directory that cannot be written or does not fit, naming the path and a fix.
+public struct CheckpointError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The checkpoints of one run: `DIR/step-NNNNNNNNN/{model.safetensors, optimizer.safetensors, state.json}` and
+/// `DIR/latest` naming the newest complete one.
+public final class CheckpointStore {
+    public let directory: URL
+    /// Complete checkpoints kept (older ones are deleted after a successful write).
+    public let keep: Int
+
+    public static let files = ["model.safetensors", "optimizer.safetensors", "state.json"]
+
+    public init(directory: URL, keep: Int = 3) {
+        precondition(keep >= 1, "CheckpointStore: keep must be at least 1, got \(keep)")
+        self.directory = directory
+        self.keep = keep
+    }
+
+    static func name(step: Int) -> String { String(format: "step-%09d", step) }
+
+    /// Writes a checkpoint for `state.step` and returns its directory. A crash at any point leaves the previous
+    /// checkpoints and `latest` untouched (at worst a `.tmp-*` directory that the next save removes).
+    @discardableResult
+    public func save(model: ResNet, optimizer: Optimizer, state: CheckpointState) throws -> URL {
+        let fm = FileManager.default
+        try fm.createDirectory(at: directory, withIntermediateDirectories: true)
+        for stale in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where stale.contains(".tmp-") {
+            try? fm.removeItem(at: directory.appendingPathComponent(stale))
+        }
+        let final = directory.appendingPathComponent(Self.name(step: state.step))
+        let temporary = directory.appendingPathComponent(Self.name(step: state.step) + ".tmp-\(getpid())")
+        try fm.createDirectory(at: temporary, withIntermediateDirectories: true)
+        try writeSynced(try SafeTensorsFile(tensors: model.stateDict(), metadata: ["architecture": model.config.description]).serialized(),
+                        to: temporary.appendingPathComponent("model.safetensors"))
+        try writeSynced(try optimizerFile(optimizer).serialized(), to: temporary.appendingPathComponent("optimizer.safetensors"))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeSynced(try encoder.encode(state), to: temporary.appendingPathComponent("state.json"))
+        try syncDirectory(temporary)
+        if fm.fileExists(atPath: final.path) { try fm.removeItem(at: final) }
+        try fm.moveItem(at: temporary, to: final)
+        try syncDirectory(directory)
+        // Move `latest` atomically.
+        let latestTemporary = directory.appendingPathComponent("latest.tmp-\(getpid())")
+        try writeSynced(Data(final.lastPathComponent.utf8), to: latestTemporary)
+        if rename(latestTemporary.path, directory.appendingPathComponent("latest").path) != 0 {
+            throw CheckpointError("\(directory.path): cannot update 'latest' (\(String(cString: strerror(errno)))). Hint: check the disk and permissions.")
+        }
+        try syncDirectory(directory)
+        for old in completeCheckpoints().dropLast(keep) { try? fm.removeItem(at: old) }
+        return final
+    }
+
+    /// Complete checkpoint directories, oldest first.
+    public func completeCheckpoints() -> [URL] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        return names.filter { $0.hasPrefix("step-") && !$0.contains(".tmp-") }.sorted().map { directory.appendingPathComponent($0) }
+            .filter { d in Self.files.allSatisfy { FileManager.default.fileExists(atPath: d.appendingPathComponent($0).path) } }
+    }
+
+    /// The newest complete checkpoint: the one `latest` names if it is complete, else the newest complete one.
+    public func newest() -> URL? {
+        let complete = completeCheckpoints()
+        if let name = try? String(contentsOf: directory.appendingPathComponent("latest"), encoding: .utf8),
+           let match = complete.last(where: { $0.lastPathComponent == name.trimmingCharacters(in: .whitespacesAndNewlines) }),
+           match == complete.last {
+            return match
+        }
+        return complete.last
+    }
+
+    /// Loads `checkpoint` into `model` and `optimizer`, which must have the architecture and optimizer it was
+    /// written with; returns its state.
+    public func load(_ checkpoint: URL, model: ResNet, optimizer: Optimizer) throws -> CheckpointState {
+        let path = checkpoint.path
+        do {
+            try model.loadWeights(from: checkpoint.appendingPathComponent("model.safetensors"))
+        } catch let e as WeightsError {
+            throw CheckpointError("\(path): the checkpoint's weights do not fit this run's model: \(e.message)")
+        }
+        let opt = try SafeTensorsFile(contentsOf: checkpoint.appendingPathComponent("optimizer.safetensors"))
+        let savedKind = opt.metadata["kind"].flatMap { try? JSONDecoder().decode(OptimizerKind.self, from: Data($0.utf8)) }
+        guard savedKind == optimizer.kind else {
+            throw CheckpointError("\(path): written with optimizer \(opt.metadata["kind"] ?? "?"), this run uses \(optimizerKindText(optimizer.kind)). Hint: resume with the run's own config.")
+        }
+        guard let first = opt["first"], first.count == optimizer.count, let stepText = opt.metadata["step"], let step = Int(stepText) else {
+            throw CheckpointError("\(path): optimizer state does not fit \(optimizer.count) parameters. Hint: resume with the run's own config.")
+        }
+        first.floats.withUnsafeBufferPointer { optimizer.first.pointer.update(from: $0.baseAddress!, count: optimizer.count) }
+        if optimizer.second.count > 0 {
+            guard let second = opt["second"], second.count == optimizer.count else {
+                throw CheckpointError("\(path): optimizer second moments missing or of the wrong size.")
+            }
+            second.floats.withUnsafeBufferPointer { optimizer.second.pointer.update(from: $0.baseAddress!, count: optimizer.count) }
+        }
+        optimizer.step = step
+        do {
+            return try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: checkpoint.appendingPathComponent("state.json")))
+        } catch {
+            throw CheckpointError("\(path)/state.json: unreadable (\(error)). Hint: remove this checkpoint to resume from the one before.")
+        }
+    }
+
+    private func optimizerKindText(_ kind: OptimizerKind) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(kind)) ?? Data(), as: UTF8.self)
+    }
+
+    private func optimizerFile(_ o: Optimizer) -> SafeTensorsFile {
+        var tensors = [SafeTensor(name: "first", shape: [o.count], floats: Array(UnsafeBufferPointer(start: o.first.pointer, count: o.count)))]
+        if o.second.count > 0 {
+            tensors.append(SafeTensor(name: "second", shape: [o.count], floats: Array(UnsafeBufferPointer(start: o.second.pointer, count: o.count))))
+        }
+        return SafeTensorsFile(tensors: tensors, metadata: ["step": "\(o.step)", "kind": optimizerKindText(o.kind)])
+    }
+
+    private func writeSynced(_ data: Data, to url: URL) throws {
+        guard FileManager.default.createFile(atPath: url.path, contents: nil) else {
+            throw CheckpointError("\(url.path): cannot be created. Hint: check that the run directory is writable and the disk not full.")
+        }
+        let h = try FileHandle(forWritingTo: url)
+        defer { try? h.close() }
+        try h.write(contentsOf: data)
+        try h.synchronize()
+    }
+
+    private func syncDirectory(_ url: URL) throws {
+        let fd = open(url.path, O_RDONLY)
+        guard fd >= 0 else { return }
+        fsync(fd)
+        close(fd)
+    }
+}
