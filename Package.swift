@@ -12,6 +12,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         // System libraries, found through pkg-config (Debian: libopenblas-dev, libzstd-dev, libopenmpi-dev).
@@ -43,7 +44,7 @@ let package = Package(
         .target(name: "Distributed", dependencies: ["CMPI"]),
 
         // Optimizers, schedules, weights I/O (and later: trainer, checkpoints).
-        .target(name: "Training", dependencies: ["Layers", "SafeTensors", "TileShards"]),
+        .target(name: "Training", dependencies: ["Layers", "SafeTensors", "TileShards", .product(name: "Yams", package: "Yams")]),
 
         // safetensors read/write (weights, checkpoints, test fixtures).
         .target(name: "SafeTensors"),
@@ -59,6 +60,6 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafeTensors"]),
         .testTarget(name: "TileShardsTests", dependencies: ["TileShards", "TensorCore", "SafeTensors"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "Training", "SafeTensors"]),
-        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "HistoDistillCLI", "TileShards", "Layers", "Training"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "HistoDistillCLI", "TileShards", "Layers", "Training", "TensorCore"]),
     ]
 )

@@ -43,10 +43,45 @@ public struct BatchMaker: @unchecked Sendable {
     public let tileSize: Int
     public let workers: Int
 
+    /// Checks that the data fits: square tiles of one size, divisible by the LR factor, and a global batch that
+    /// splits evenly among the ranks.
+    public init(dataset: ShardDataset, transform: PairedTransform, seed: UInt64, globalBatch: Int, rank: Int, worldSize: Int,
+                withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true, workers: Int = 1) throws {
+        guard globalBatch > 0, globalBatch % worldSize == 0 else {
+            throw ShardError("global batch \(globalBatch) must be a positive multiple of the \(worldSize) ranks. Hint: change batch_size or the number of ranks.")
+        }
+        guard dataset.count >= globalBatch else {
+            throw ShardError("the dataset holds \(dataset.count) tiles, fewer than one global batch of \(globalBatch). Hint: lower batch_size.")
+        }
+        let e0 = dataset.entry(0)
+        for t in 0..<dataset.count {
+            let e = dataset.entry(t)
+            guard e.width == e0.width && e.height == e0.height && e.width == e.height else {
+                let r = dataset.readers[dataset.addresses[t].shard]
+                throw ShardError("\(r.url.path): tile \(dataset.addresses[t].index) is \(e.width)x\(e.height) but training needs square tiles of one size (\(e0.width)x\(e0.height)). Hint: repack with one tile size.")
+            }
+        }
+        let tileSize = Int(e0.width)
+        guard transform.bicubicSize != nil || tileSize % transform.factor == 0 else {
+            throw ShardError("tile size \(tileSize) is not divisible by the downsampling factor \(transform.factor).")
+        }
+        self.dataset = dataset; self.transform = transform; self.seed = seed; self.globalBatch = globalBatch
+        self.rank = rank; self.worldSize = worldSize; self.withLowResolution = withLowResolution; self.policy = policy
+        self.shuffle = shuffle; self.tileSize = tileSize; self.workers = max(1, workers)
+    }
+
+    /// A batch of the samples at `range` of `plan.order` (all of them, whatever the rank): for evaluation.
+    public func makeBatchAt(plan: EpochPlan, range: Range<Int>) throws -> LoadedBatch {
+        try makeBatch(plan: plan, positions: Array(range), step: 0)
+    }
+
     /// Builds this rank's share of `step`: each sample's augmentation stream depends only on (seed, epoch,
     /// position in the epoch), so any rank and any thread makes the same tile the same way.
     public func makeBatch(plan: EpochPlan, step: Int) throws -> LoadedBatch {
-        let positions = Array(plan.positions(step: step, rank: rank, worldSize: worldSize))
+        try makeBatch(plan: plan, positions: Array(plan.positions(step: step, rank: rank, worldSize: worldSize)), step: step)
+    }
+
+    func makeBatch(plan: EpochPlan, positions: [Int], step: Int) throws -> LoadedBatch {
         let n = positions.count, s = tileSize, ls = transform.lowSize(for: tileSize)
         var hr = [Float](repeating: 0, count: n * 3 * s * s)
         var lr = [Float](repeating: 0, count: withLowResolution ? n * 3 * ls * ls : 0)
@@ -160,27 +195,9 @@ public final class BatchLoader: @unchecked Sendable {
     public init(dataset: ShardDataset, transform: PairedTransform, seed: UInt64, globalBatch: Int, rank: Int, worldSize: Int,
                 cursor: DataCursor, withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true,
                 workers: Int = 1, depth: Int = 2) throws {
-        guard globalBatch > 0, globalBatch % worldSize == 0 else {
-            throw ShardError("global batch \(globalBatch) must be a positive multiple of the \(worldSize) ranks. Hint: change batch_size or the number of ranks.")
-        }
-        guard dataset.count >= globalBatch else {
-            throw ShardError("the dataset holds \(dataset.count) tiles, fewer than one global batch of \(globalBatch). Hint: lower batch_size.")
-        }
-        let e0 = dataset.entry(0)
-        for t in 0..<dataset.count {
-            let e = dataset.entry(t)
-            guard e.width == e0.width && e.height == e0.height && e.width == e.height else {
-                let r = dataset.readers[dataset.addresses[t].shard]
-                throw ShardError("\(r.url.path): tile \(dataset.addresses[t].index) is \(e.width)x\(e.height) but training needs square tiles of one size (\(e0.width)x\(e0.height)). Hint: repack with one tile size.")
-            }
-        }
-        let tileSize = Int(e0.width)
-        guard transform.bicubicSize != nil || tileSize % transform.factor == 0 else {
-            throw ShardError("tile size \(tileSize) is not divisible by the downsampling factor \(transform.factor).")
-        }
-        let maker = BatchMaker(dataset: dataset, transform: transform, seed: seed, globalBatch: globalBatch, rank: rank,
-                               worldSize: worldSize, withLowResolution: withLowResolution, policy: policy, shuffle: shuffle,
-                               tileSize: tileSize, workers: max(1, workers))
+        let maker = try BatchMaker(dataset: dataset, transform: transform, seed: seed, globalBatch: globalBatch, rank: rank,
+                                   worldSize: worldSize, withLowResolution: withLowResolution, policy: policy, shuffle: shuffle,
+                                   workers: workers)
         let channel = BatchChannel(depth: depth)
         self.maker = maker
         self.channel = channel

@@ -1,0 +1,205 @@
+// Supervised training from shards: a frozen-seed data stream, forward, cross-entropy, backward, optimizer step,
+// metrics as JSONL and CSV, validation each epoch, atomic checkpoints, and bit-exact resume.
+import Foundation
+import Layers
+import TensorCore
+import TileShards
+
+/// One line of metrics.
+public struct StepMetrics: Codable, Equatable, Sendable {
+    public var step: Int
+    public var epoch: Int
+    public var loss: Float
+    public var lr: Double
+    public var imagesPerSecond: Double
+    public var skippedTiles: Int
+    public var valAccuracy: Double?
+    public var valLoss: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case step, epoch, loss, lr, imagesPerSecond = "images_per_second", skippedTiles = "skipped_tiles"
+        case valAccuracy = "val_accuracy", valLoss = "val_loss"
+    }
+}
+
+/// A training failure the user can act on (a NaN loss, data that does not fit), naming what and where.
+public struct TrainingError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Runs a supervised training job described by a `RunConfig`.
+public final class SupervisedTrainer {
+    public let config: RunConfig
+    public let model: ResNet
+    public let optimizer: Optimizer
+    public let train: ShardDataset
+    public let val: ShardDataset?
+    public let store: CheckpointStore
+    public let runDirectory: URL
+    let writer: String
+    /// Losses of every step run by this process (for tests and reports).
+    public private(set) var history: [StepMetrics] = []
+    /// Progress lines (rate and ETA) go here; nil for silence.
+    public var progress: ((String) -> Void)?
+
+    /// Opens the data, builds the model and optimizer; with `resume`, loads the newest complete checkpoint.
+    public init(config: RunConfig, writer: String) throws {
+        self.config = config
+        self.writer = writer
+        func open(_ path: String, _ key: String) throws -> ShardDataset {
+            do { return try ShardDataset(directory: URL(fileURLWithPath: path)) } catch let e as ShardError {
+                throw TrainingError("data.\(key) (\(path)): \(e.message)")
+            }
+        }
+        train = try open(config.trainShards, "train")
+        val = try config.valShards.map { try open($0, "val") }
+        if let val, val.classes != train.classes {
+            throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
+        }
+        let classes = config.classes > 0 ? config.classes : train.classes.count
+        guard classes >= train.classes.count else {
+            throw TrainingError("model.classes \(classes) is fewer than the \(train.classes.count) classes in the shards")
+        }
+        let mc = config.modelConfig(classes: classes)
+        let problems = mc.problems
+        guard problems.isEmpty else { throw TrainingError("model: " + problems.joined(separator: "; ")) }
+        model = ResNet(mc, seed: config.seed)
+        optimizer = Optimizer(config.optimizerKind, count: model.parameterCount)
+        runDirectory = URL(fileURLWithPath: config.output)
+        store = CheckpointStore(directory: runDirectory.appendingPathComponent("checkpoints"), keep: config.keep)
+    }
+
+    /// Trains until `train.epochs` or `train.max_steps`; resumes from the newest checkpoint when `resume`.
+    /// `stopAfter` ends this process's work after that many global steps (checkpointing there), as an
+    /// interruption would, without changing the schedule.
+    public func run(resume: Bool, stopAfter: Int? = nil) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(at: runDirectory, withIntermediateDirectories: true)
+        try config.yaml.write(to: runDirectory.appendingPathComponent("config.yaml"), atomically: true, encoding: .utf8)
+        var step = 0
+        var cursor = DataCursor()
+        var best: Double?
+        if resume, let latest = store.newest() {
+            let state = try store.load(latest, model: model, optimizer: optimizer)
+            guard state.seed == config.seed else {
+                throw TrainingError("\(latest.path): written by a run with seed \(state.seed), this config has \(config.seed). Hint: resume with the run's own config.yaml.")
+            }
+            step = state.step; cursor = state.cursor; best = state.bestMetric
+            progress?("resuming from \(latest.lastPathComponent) (epoch \(cursor.epoch), step \(step))")
+        } else if !resume && !store.completeCheckpoints().isEmpty {
+            throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
+        }
+        let transform = PairedTransform(augment: config.augment, factor: config.inputFactor, mean: config.mean, std: config.std)
+        let loader = try BatchLoader(dataset: train, transform: transform, seed: config.seed, globalBatch: config.batchSize, rank: 0,
+                                     worldSize: 1, cursor: cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
+                                     workers: config.workers)
+        let stepsPerEpoch = loader.stepsPerEpoch
+        let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
+        let schedule = config.lrSchedule(stepsPerEpoch: stepsPerEpoch)
+        let jsonl = try appendHandle(runDirectory.appendingPathComponent("metrics.jsonl"))
+        let csvURL = runDirectory.appendingPathComponent("metrics.csv")
+        if !fm.fileExists(atPath: csvURL.path) {
+            try "step,epoch,loss,lr,images_per_second,skipped_tiles,val_accuracy,val_loss\n".write(to: csvURL, atomically: true, encoding: .utf8)
+        }
+        let csv = try appendHandle(csvURL)
+        defer { try? jsonl.close(); try? csv.close() }
+        let classes = model.config.classes
+        let start = Date()
+        let startStep = step
+        let stopAt = min(totalSteps, stopAfter ?? totalSteps)
+        while step < stopAt {
+            let t0 = Date()
+            let batch = try loader.next()
+            let lr = schedule.rate(base: config.lr, step: step, epoch: batch.epoch)
+            var loss: Float = 0
+            if batch.count > 0 {
+                let edge = config.inputFactor > 1 ? batch.lowSize : batch.size
+                let input = config.inputFactor > 1 ? batch.lr : batch.hr
+                let out = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(batch.count, 3, edge, edge), training: true) }
+                var grad = [Float](repeating: 0, count: batch.count * classes)
+                loss = batch.labels.withUnsafeBufferPointer {
+                    CrossEntropy.forwardBackward(logits: out.logits!.data, labels: $0.baseAddress!, n: batch.count, classes: classes, gradLogits: &grad)
+                }
+                guard loss.isFinite else {
+                    throw TrainingError("the loss became \(loss) at step \(step + 1) (epoch \(batch.epoch)). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr or set train.clip_grad_norm.")
+                }
+                model.parameters.zeroGradients()
+                grad.withUnsafeBufferPointer { model.backward(gradLogits: $0.baseAddress!) }
+                let g = model.parameters.gradients!.pointer
+                if let clip = config.clipGradNorm { GradientOps.clipNorm(g, count: model.parameterCount, maxNorm: clip) }
+                optimizer.update(values: model.parameters.values.pointer, gradients: g, lr: Float(lr))
+            }
+            step += 1
+            cursor = cursor.advanced(globalBatch: config.batchSize, steps: stepsPerEpoch)
+            var m = StepMetrics(step: step, epoch: batch.epoch, loss: loss, lr: lr,
+                                imagesPerSecond: Double(batch.count) / max(Date().timeIntervalSince(t0), 1e-9),
+                                skippedTiles: batch.skipped.count, valAccuracy: nil, valLoss: nil)
+            let epochEnded = cursor.epoch != batch.epoch
+            if (epochEnded || step == totalSteps), let val {
+                let (acc, vloss) = try validate(val)
+                m.valAccuracy = acc; m.valLoss = vloss
+                if best == nil || acc > best! {
+                    best = acc
+                    try model.saveWeights(to: runDirectory.appendingPathComponent("best.safetensors"), metadata: ["step": "\(step)", "val_accuracy": "\(acc)"])
+                }
+            }
+            history.append(m)
+            try jsonl.write(contentsOf: JSONEncoder().encode(m) + Data("\n".utf8))
+            let cells: [String] = ["\(m.step)", "\(m.epoch)", "\(m.loss)", "\(m.lr)", String(format: "%.1f", m.imagesPerSecond), "\(m.skippedTiles)",
+                                   m.valAccuracy.map { "\($0)" } ?? "", m.valLoss.map { "\($0)" } ?? ""]
+            try csv.write(contentsOf: Data((cells.joined(separator: ",") + "\n").utf8))
+            if step % config.checkpointEvery == 0 || step == totalSteps || step == stopAt || epochEnded {
+                try store.save(model: model, optimizer: optimizer,
+                               state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: 1, config: config.yaml,
+                                                      writer: writer, bestMetric: best))
+            }
+            let elapsed = Date().timeIntervalSince(start)
+            let rate = Double(step - startStep) / max(elapsed, 1e-9)
+            progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e %.1f img/s ETA %.0fs%@", step, totalSteps, batch.epoch, loss, lr,
+                             rate * Double(config.batchSize), Double(totalSteps - step) / max(rate, 1e-9),
+                             m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
+        }
+    }
+
+    /// Accuracy and mean cross-entropy on `dataset` (eval mode, no augmentation).
+    public func validate(_ dataset: ShardDataset) throws -> (Double, Double) {
+        let transform = PairedTransform(augment: .none, factor: config.inputFactor, mean: config.mean, std: config.std)
+        let batch = min(config.batchSize, dataset.count)
+        let maker = try BatchMaker(dataset: dataset, transform: transform, seed: 0, globalBatch: batch, rank: 0, worldSize: 1,
+                                   withLowResolution: config.inputFactor > 1, policy: config.onCorrupt, shuffle: false,
+                                   workers: config.workers)
+        var correct = 0, total = 0
+        var lossSum = 0.0
+        let classes = model.config.classes
+        var start = 0
+        while start < dataset.count {
+            let n = min(batch, dataset.count - start)
+            let sub = EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: n, shuffle: false)
+            let b = try maker.makeBatchAt(plan: sub, range: start..<(start + n))
+            let edge = config.inputFactor > 1 ? b.lowSize : b.size
+            let input = config.inputFactor > 1 ? b.lr : b.hr
+            let out = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(b.count, 3, edge, edge), training: false) }
+            let logits = out.logits!.data
+            for i in 0..<b.count where b.labels[i] >= 0 {
+                var bestIndex = 0
+                for j in 1..<classes where logits[i * classes + j] > logits[i * classes + bestIndex] { bestIndex = j }
+                if bestIndex == Int(b.labels[i]) { correct += 1 }
+                total += 1
+            }
+            lossSum += Double(b.labels.withUnsafeBufferPointer {
+                CrossEntropy.forwardBackward(logits: logits, labels: $0.baseAddress!, n: b.count, classes: classes, gradLogits: nil)
+            }) * Double(b.labels.filter { $0 >= 0 }.count)
+            start += n
+        }
+        return (total > 0 ? Double(correct) / Double(total) : 0, total > 0 ? lossSum / Double(total) : 0)
+    }
+
+    private func appendHandle(_ url: URL) throws -> FileHandle {
+        if !FileManager.default.fileExists(atPath: url.path) { FileManager.default.createFile(atPath: url.path, contents: nil) }
+        let h = try FileHandle(forWritingTo: url)
+        try h.seekToEnd()
+        return h
+    }
+}

@@ -1,0 +1,110 @@
+// Training: configs with clear errors, metrics files, and resume that reproduces the uninterrupted losses bit for bit.
+import Foundation
+import Testing
+@testable import Layers
+import TensorCore
+@testable import TileShards
+@testable import Training
+
+/// Packs 24 synthetic 32x32 tiles of two classes (the class shows in the red channel) into `dir/shards`.
+func trainingShards(_ dir: URL) throws -> URL {
+    for i in 0..<24 {
+        let cls = i % 2 == 0 ? "a" : "b"
+        let folder = dir.appendingPathComponent("in/\(cls)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        var g = SplitMix64(seed: UInt64(i))
+        let px = (0..<(32 * 32 * 3)).map { k -> UInt8 in
+            let noise = UInt8(truncatingIfNeeded: g.next() % 64)
+            return k % 3 == 0 ? (cls == "a" ? 40 : 190) &+ noise : 100 &+ noise
+        }
+        try ImageCodec.writePNG(RGBImage(width: 32, height: 32, pixels: px), to: folder.appendingPathComponent("\(i).png"))
+    }
+    var options = PackOptions(output: dir.appendingPathComponent("shards"))
+    options.targetShardBytes = 20_000
+    _ = try Packer.pack(try PackPlan.imageFolder(dir.appendingPathComponent("in")), options: options)
+    return dir.appendingPathComponent("shards")
+}
+
+func tinyConfig(shards: URL, output: URL, maxSteps: Int) throws -> RunConfig {
+    try RunConfig.parse("""
+    run: {name: t, output: \(output.path), seed: 3}
+    data: {train: \(shards.path), val: \(shards.path), input_factor: 2, workers: 2}
+    augment: {brightness: 0.2, hue: 0.05}
+    model: {architecture: resnet-gn, planes: [32, 32], blocks: [1, 1]}
+    optimizer: {name: adamw, lr: 0.003, weight_decay: 0.01}
+    schedule: {name: cosine, warmup_steps: 2}
+    train: {epochs: 3, max_steps: \(maxSteps), batch_size: 4, checkpoint_every: 2, keep: 2}
+    """, source: "test.yaml")
+}
+
+@Suite("Training")
+struct TrainTests {
+    @Test("stop at step 5, resume: every later loss equals the uninterrupted run's, bit for bit")
+    func resumeEquivalence() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-train-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let straight = try SupervisedTrainer(config: try tinyConfig(shards: shards, output: dir.appendingPathComponent("a"), maxSteps: 9), writer: "test")
+        try straight.run(resume: false)
+        let first = try SupervisedTrainer(config: try tinyConfig(shards: shards, output: dir.appendingPathComponent("b"), maxSteps: 9), writer: "test")
+        try first.run(resume: false, stopAfter: 5)
+        let resumed = try SupervisedTrainer(config: try tinyConfig(shards: shards, output: dir.appendingPathComponent("b"), maxSteps: 9), writer: "test")
+        try resumed.run(resume: true)
+        #expect(straight.history.count == 9 && first.history.count == 5 && resumed.history.count == 4)
+        #expect(first.history.map(\.loss) == Array(straight.history.prefix(5)).map(\.loss))
+        #expect(resumed.history.map(\.loss) == Array(straight.history.suffix(4)).map(\.loss), "resumed \(resumed.history.map(\.loss)) vs \(straight.history.suffix(4).map(\.loss))")
+        #expect(resumed.history.first?.step == 6)
+        #expect(Set(straight.history.map(\.loss)).count > 1, "losses change from step to step")
+        // Validation at each epoch end (6 steps per epoch) and the metrics files.
+        #expect(straight.history[5].valAccuracy != nil)
+        let jsonl = try String(contentsOf: dir.appendingPathComponent("a/metrics.jsonl"), encoding: .utf8)
+        #expect(jsonl.split(separator: "\n").count == 9)
+        let csv = try String(contentsOf: dir.appendingPathComponent("b/metrics.csv"), encoding: .utf8)
+        #expect(csv.split(separator: "\n").count == 10, "header + 5 + 4 rows")
+        #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("a/best.safetensors").path))
+        #expect(try String(contentsOf: dir.appendingPathComponent("a/config.yaml"), encoding: .utf8).contains("max_steps: 9"))
+    }
+
+    @Test("config typos and bad values name the key and suggest a fix")
+    func configErrors() {
+        let e1 = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}\noptimiser: {lr: 0.1}", source: "c.yaml") }
+        #expect(e1?.message.contains("c.yaml") == true && e1?.message.contains("did you mean 'optimizer'") == true, "\(String(describing: e1))")
+        let e2 = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}\ntrain: {epocs: 3}", source: "c.yaml") }
+        #expect(e2?.message.contains("train.epocs") == true && e2?.message.contains("epochs") == true)
+        let e3 = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}\noptimizer: {lr: fast}", source: "c.yaml") }
+        #expect(e3?.message.contains("optimizer.lr must be a number") == true)
+        let e4 = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("model: {architecture: resnet-gn}", source: "c.yaml") }
+        #expect(e4?.message.contains("data.train is required") == true)
+        let ok = try? RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["train.epochs=7", "optimizer.name=sgd"])
+        #expect(ok?.epochs == 7 && ok?.optimizer == "sgd")
+        #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["train.epoch=7"]) }
+        // The shipped configs parse.
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for name in ["teacher-lung-224.yaml", "baseline-lung-56.yaml"] {
+            #expect((try? RunConfig.load(root.appendingPathComponent("configs/\(name)"))) != nil, "\(name) parses")
+        }
+    }
+
+    @Test("train: a second run into a directory with checkpoints is refused unless --resume; missing shards are named")
+    func trainCommand() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-traincli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = dir.appendingPathComponent("c.yaml")
+        try """
+        run: {output: \(dir.appendingPathComponent("run").path)}
+        data: {train: \(shards.path), input_factor: 2}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 2, batch_size: 4}
+        """.write(to: config, atomically: true, encoding: .utf8)
+        let bin = try histodistillBinary()
+        let a = try run([bin, "train", "--config", config.path])
+        #expect(a.status == 0 && a.stdout.contains("done: step 2"), "\(a.stdout) \(a.stderr)")
+        let b = try run([bin, "train", "--config", config.path])
+        #expect(b.status != 0 && b.stderr.contains("--resume"), "\(b.stderr)")
+        let c = try run([bin, "train", "--config", config.path, "--resume", "--set", "train.max_steps=3"])
+        #expect(c.status == 0 && c.stdout.contains("done: step 3"), "\(c.stdout) \(c.stderr)")
+        let d = try run([bin, "train", "--config", config.path, "--set", "data.train=/nonexistent"])
+        #expect(d.status != 0 && d.stderr.contains("/nonexistent") && !d.stderr.contains("Fatal error"), "\(d.stderr)")
+    }
+}
