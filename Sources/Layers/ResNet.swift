@@ -104,11 +104,8 @@ public final class ResNet {
     private var poolIndicesCapacity = 0
 
     // What the last forward kept.
-    private var lastInput: UnsafePointer<Float>?
-    private var lastInputShape: NCHW?
     private var lastTraining = false
     private var stem: ConvNormRecord?
-    private var poolOut: UnsafeMutablePointer<Float>?
     private var poolShape: NCHW?
     private var blockRecords: [BlockRecord] = []
     private var output: ResNetOutput?
@@ -209,15 +206,12 @@ public final class ResNet {
     public func forward(_ input: UnsafePointer<Float>, shape: NCHW, training: Bool) -> ResNetOutput {
         precondition(shape.c == 3, "ResNet.forward: input \(shape) must have 3 channels")
         arena.reset()
-        lastInput = input
-        lastInputShape = shape
         lastTraining = training
         let s = convNorm(stemConv, stemNorm, input: input, shape: shape, relu: true, training: training)
         stem = s
         let pool = Pool2dShape(input: s.outShape, kernel: 3, stride: 2, padding: 1)
         let pooled = arena.allocate(pool.output.count, zeroed: false)
         MaxPool2d.forward(output: pooled, indices: indices(pool.output.count), input: s.normOut, shape: pool)
-        poolOut = pooled
         poolShape = pool.output
         var x = UnsafePointer(pooled), xs = pool.output
         blockRecords.removeAll(keepingCapacity: true)
@@ -301,7 +295,7 @@ public final class ResNet {
     ///   - gradPooled: (n, C) of the pooled features, or nil.
     public func backward(gradLogits: UnsafePointer<Float>? = nil, gradFeatureMap: UnsafePointer<Float>? = nil,
                          gradPooled: UnsafePointer<Float>? = nil) {
-        guard let out = output, let stem, let poolOut, let poolShape, let inputShape = lastInputShape else {
+        guard let out = output, let stem, let poolShape else {
             preconditionFailure("ResNet.backward called without a forward")
         }
         gradArena.reset()
@@ -339,8 +333,6 @@ public final class ResNet {
         let dStem = gradArena.allocate(stem.outShape.count)
         MaxPool2d.backward(gradInput: dStem, gradOutput: dOut, indices: indices(poolShape.count), input: stem.outShape,
                            outPlane: poolShape.plane)
-        _ = poolOut
-        _ = inputShape
         convNormBackward(stemConv, stemNorm, stem, gradOutput: dStem, gradInput: nil)
     }
 
@@ -398,7 +390,7 @@ public final class ResNet {
     public func featureMapSize(resolution size: Int) -> Int {
         var h = (size + 6 - 7) / 2 + 1
         h = (h + 2 - 3) / 2 + 1
-        for s in 1..<max(config.stages, 1) where s < config.stages { h = (h + 2 - 3) / 2 + 1 }
+        for _ in 1..<config.stages { h = (h + 2 - 3) / 2 + 1 }   // stages 2... halve the map
         return h
     }
 

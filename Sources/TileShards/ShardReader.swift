@@ -92,7 +92,7 @@ public final class ShardReader: @unchecked Sendable {
     public var count: Int { entries.count }
 
     /// Decompresses tile `i` into `rgb` (width * height * 3 bytes), checking its CRC-32, the zstd content
-    /// checksum and the size. `dctx` and `scratch` are reused across calls by a reading thread.
+    /// checksum and the size. `context` (zstd state and filter scratch) is reused across calls by one thread.
     public func readTile(_ i: Int, into rgb: UnsafeMutablePointer<UInt8>, context: TileDecompressor) throws {
         precondition(i >= 0 && i < entries.count, "ShardReader.readTile: tile \(i) out of 0..<\(entries.count) in \(url.path)")
         let e = entries[i]

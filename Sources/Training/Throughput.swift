@@ -65,11 +65,12 @@ public enum StepRunner {
         let xs = Buffer<Float>(count: ss.count)
         BicubicResize.forward(output: xs.pointer, input: xt.pointer, shape: ts, outH: studentResolution, outW: studentResolution)
         let gLogits = Buffer<Float>(count: batch * config.classes)
+        let mapEdge = student.featureMapSize(resolution: studentResolution)
+        let gMap = Buffer<Float>(count: batch * config.featureDimension * mapEdge * mapEdge)
         return {
             let t = teacher.forward(xt.pointer, shape: ts, training: false)
             let s = student.forward(xs.pointer, shape: ss, training: true)
             let sMap = s.featureMap.nchw
-            let gMap = Buffer<Float>(count: sMap.count)
             _ = DistillationKL.forwardBackward(student: s.logits!.data, teacher: t.logits!.data, n: batch, classes: config.classes,
                                                temperature: 4, gradStudent: gLogits.pointer)
             _ = PixelLoss.forwardBackward(student: s.featureMap.data, studentShape: sMap, teacher: t.featureMap.data,

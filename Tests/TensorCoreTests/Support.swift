@@ -110,8 +110,6 @@ enum Fixtures {
 
     static func bool(_ c: String, _ key: String) -> Bool { (cases[c]?[key] as? Bool) ?? false }
 
-    static func has(_ c: String, _ name: String) -> Bool { file["\(c).\(name)"] != nil }
-
     /// A Float buffer with the fixture tensor "<case>.<name>".
     static func buffer(_ c: String, _ name: String) -> Buffer<Float> {
         guard let t = file["\(c).\(name)"] else { fatalError("fixture tensor \(c).\(name) missing") }
