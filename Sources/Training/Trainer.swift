@@ -165,35 +165,9 @@ public final class SupervisedTrainer {
 
     /// Accuracy and mean cross-entropy on `dataset` (eval mode, no augmentation).
     public func validate(_ dataset: ShardDataset) throws -> (Double, Double) {
-        let transform = PairedTransform(augment: .none, factor: config.inputFactor, mean: config.mean, std: config.std)
-        let batch = min(config.batchSize, dataset.count)
-        let maker = try BatchMaker(dataset: dataset, transform: transform, seed: 0, globalBatch: batch, rank: 0, worldSize: 1,
-                                   withLowResolution: config.inputFactor > 1, policy: config.onCorrupt, shuffle: false,
-                                   workers: config.workers)
-        var correct = 0, total = 0
-        var lossSum = 0.0
-        let classes = model.config.classes
-        var start = 0
-        while start < dataset.count {
-            let n = min(batch, dataset.count - start)
-            let sub = EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: n, shuffle: false)
-            let b = try maker.makeBatchAt(plan: sub, range: start..<(start + n))
-            let edge = config.inputFactor > 1 ? b.lowSize : b.size
-            let input = config.inputFactor > 1 ? b.lr : b.hr
-            let out = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(b.count, 3, edge, edge), training: false) }
-            let logits = out.logits!.data
-            for i in 0..<b.count where b.labels[i] >= 0 {
-                var bestIndex = 0
-                for j in 1..<classes where logits[i * classes + j] > logits[i * classes + bestIndex] { bestIndex = j }
-                if bestIndex == Int(b.labels[i]) { correct += 1 }
-                total += 1
-            }
-            lossSum += Double(b.labels.withUnsafeBufferPointer {
-                CrossEntropy.forwardBackward(logits: logits, labels: $0.baseAddress!, n: b.count, classes: classes, gradLogits: nil)
-            }) * Double(b.labels.filter { $0 >= 0 }.count)
-            start += n
-        }
-        return (total > 0 ? Double(correct) / Double(total) : 0, total > 0 ? lossSum / Double(total) : 0)
+        let p = try Inference.run(model: model, dataset: dataset, config: config)
+        let report = ClassificationReport.compute(probabilities: p.probabilities, labels: p.labels.map(Int.init), classes: model.config.classes)
+        return (report.accuracy, p.meanLoss)
     }
 
     private func appendHandle(_ url: URL) throws -> FileHandle {

@@ -1,0 +1,69 @@
+// Running a model over a whole shard set in order (no augmentation): probabilities, labels, ids and slides,
+// for validation, `evaluate` and `predict`.
+import Foundation
+import Layers
+import TensorCore
+import TileShards
+
+/// Per-tile outputs of a model over a dataset, in dataset order.
+public struct Predictions: Sendable {
+    public var ids: [UInt64] = []
+    public var slides: [String] = []
+    public var labels: [Int32] = []
+    /// Softmax probabilities, one row per tile.
+    public var probabilities: [[Double]] = []
+    /// Mean cross-entropy over labeled tiles (0 if none).
+    public var meanLoss: Double = 0
+
+    /// The predictions as CSV: tile id, slide, label (class name, empty when unlabeled), one probability per class.
+    public func csv(classes: [String]) -> String {
+        var s = "tile_id,slide,label," + classes.map { "p_\($0)" }.joined(separator: ",") + "\n"
+        for i in ids.indices {
+            let label = labels[i] >= 0 && Int(labels[i]) < classes.count ? classes[Int(labels[i])] : ""
+            s += "\(ids[i]),\(slides[i]),\(label)," + probabilities[i].map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
+        }
+        return s
+    }
+}
+
+/// Runs `model` in eval mode over every tile of `dataset`.
+public enum Inference {
+    public static func run(model: ResNet, dataset: ShardDataset, config: RunConfig) throws -> Predictions {
+        let transform = PairedTransform(augment: .none, factor: config.inputFactor, mean: config.mean, std: config.std)
+        let batch = min(config.batchSize, dataset.count)
+        let maker = try BatchMaker(dataset: dataset, transform: transform, seed: 0, globalBatch: batch, rank: 0, worldSize: 1,
+                                   withLowResolution: config.inputFactor > 1, policy: config.onCorrupt, shuffle: false,
+                                   workers: config.workers)
+        let classes = model.config.classes
+        var out = Predictions()
+        var lossSum = 0.0, labeled = 0
+        var start = 0
+        while start < dataset.count {
+            let n = min(batch, dataset.count - start)
+            let plan = EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: n, shuffle: false)
+            let b = try maker.makeBatchAt(plan: plan, range: start..<(start + n))
+            let edge = config.inputFactor > 1 ? b.lowSize : b.size
+            let input = config.inputFactor > 1 ? b.lr : b.hr
+            let result = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(b.count, 3, edge, edge), training: false) }
+            guard let logits = result.logits else { throw TrainingError("the model has no classifier (a truncated feature extractor cannot classify)") }
+            var probs = [Float](repeating: 0, count: b.count * classes)
+            Softmax.forward(output: &probs, input: logits.data, rows: b.count, cols: classes)
+            for i in 0..<b.count {
+                out.probabilities.append((0..<classes).map { Double(probs[i * classes + $0]) })
+                if b.labels[i] >= 0 {
+                    lossSum -= Double(Float.log(max(probs[i * classes + Int(b.labels[i])], 1e-30)))
+                    labeled += 1
+                }
+            }
+            out.labels += b.labels
+            out.ids += b.ids
+            for j in 0..<b.count {
+                let a = dataset.addresses[start + j]
+                out.slides.append(dataset.readers[a.shard].metadata.slides[Int(dataset.entry(start + j).slide)])
+            }
+            start += n
+        }
+        out.meanLoss = labeled > 0 ? lossSum / Double(labeled) : 0
+        return out
+    }
+}
