@@ -85,7 +85,7 @@ struct TrainTests {
         }
     }
 
-    @Test("train: a second run into a directory with checkpoints is refused unless --resume; missing shards are named")
+    @Test("train, evaluate, predict: a second run into a directory with checkpoints is refused unless --resume; missing shards are named")
     func trainCommand() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-traincli-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -104,6 +104,19 @@ struct TrainTests {
         #expect(b.status != 0 && b.stderr.contains("--resume"), "\(b.stderr)")
         let c = try run([bin, "train", "--config", config.path, "--resume", "--set", "train.max_steps=3"])
         #expect(c.status == 0 && c.stdout.contains("done: step 3"), "\(c.stdout) \(c.stderr)")
+        // evaluate and predict the trained run on the training shards
+        let runDir = dir.appendingPathComponent("run").path
+        let e = try run([bin, "evaluate", "--run", runDir, "--shards", shards.path])
+        #expect(e.status == 0 && e.stdout.contains("24 tiles: accuracy"), "\(e.stdout) \(e.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: runDir + "/eval.json"))) as? [String: Any]
+        #expect((report?["confusion"] as? [[Int]])?.flatMap { $0 }.reduce(0, +) == 24)
+        #expect(report?["classes"] as? [String] == ["a", "b"])
+        let p = try run([bin, "predict", "--run", runDir, "--shards", shards.path, "-o", dir.appendingPathComponent("p.csv").path])
+        #expect(p.status == 0, "\(p.stderr)")
+        let csv = try String(contentsOf: dir.appendingPathComponent("p.csv"), encoding: .utf8).split(separator: "\n")
+        #expect(csv.count == 25 && csv[0] == "tile_id,slide,label,p_a,p_b")
+        let probs = csv[1].split(separator: ",").suffix(2).compactMap { Double($0) }
+        #expect(abs(probs.reduce(0, +) - 1) < 1e-5)
         let d = try run([bin, "train", "--config", config.path, "--set", "data.train=/nonexistent"])
         #expect(d.status != 0 && d.stderr.contains("/nonexistent") && !d.stderr.contains("Fatal error"), "\(d.stderr)")
     }
