@@ -23,9 +23,42 @@ struct Train: ParsableCommand {
     var resume = false
 
     func run() throws {
+        try runTraining(config: config, overrides: overrides, resume: resume, distillation: false)
+    }
+}
+
+struct Distill: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Distill a low-resolution student from a frozen full-resolution teacher (KD + pixel loss, labels optional).",
+        discussion: """
+            The config's distill section names the teacher's run directory; the student sees tiles downsampled by \
+            data.input_factor, the teacher the same augmented tiles at full resolution. Loss: kd_weight * KL(T) + \
+            pixel_weight * L1/L2(student map, teacher map resized by maxpool, bicubic or both) + ce_weight * CE.
+            """)
+
+    @Option(help: "YAML experiment config with a distill section.")
+    var config: String
+
+    @Option(name: .customLong("set"), help: "Override a config key, e.g. --set distill.temperature=2 (repeatable).")
+    var overrides: [String] = []
+
+    @Flag(help: "Continue from the newest complete checkpoint in the run directory.")
+    var resume = false
+
+    func run() throws {
+        try runTraining(config: config, overrides: overrides, resume: resume, distillation: true)
+    }
+}
+
+/// Shared by `train` and `distill`: load the config, check its kind, run, report.
+func runTraining(config: String, overrides: [String], resume: Bool, distillation: Bool) throws {
         let cfg: RunConfig
         do { cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides) } catch let e as ConfigError {
             throw CLIError(e.message)
+        }
+        if cfg.isDistillation != distillation {
+            throw CLIError(distillation ? "\(config) has no distill section" : "\(config) has a distill section",
+                           hint: distillation ? "add distill.teacher_run, or use `histodistill train`" : "use `histodistill distill` for it")
         }
         BLAS.setThreadCount(cfg.threads ?? ProcessInfo.processInfo.activeProcessorCount)
         for w in KernelAdvice.current() { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
@@ -48,4 +81,3 @@ struct Train: ParsableCommand {
             throw CLIError(e.message)
         }
     }
-}

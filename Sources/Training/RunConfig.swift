@@ -54,6 +54,15 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var keep = 3
     public var clipGradNorm: Float?
     public var threads: Int?
+    // distill (present only for `histodistill distill`)
+    /// Run directory of the teacher (its config.yaml and best weights).
+    public var teacherRun: String?
+    /// Teacher weights file (default: the teacher run's best.safetensors).
+    public var teacherWeights: String?
+    public var objective = DistillationObjective()
+
+    /// True when the config describes a distillation run.
+    public var isDistillation: Bool { teacherRun != nil }
 
     public init() {}
 
@@ -66,6 +75,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "optimizer": ["name", "lr", "weight_decay", "momentum", "nesterov"],
         "schedule": ["name", "gamma", "step_epochs", "warmup_steps", "min_lr"],
         "train": ["epochs", "max_steps", "batch_size", "checkpoint_every", "keep", "clip_grad_norm", "threads"],
+        "distill": ["teacher_run", "teacher_weights", "kd_weight", "temperature", "pixel_weight", "pixel_resize", "pixel_norm", "ce_weight"],
     ]
 
     /// Reads `url` (YAML), applies `overrides` ("section.key=value", value in YAML syntax) and validates.
@@ -151,6 +161,26 @@ public struct RunConfig: Codable, Equatable, Sendable {
         c.keep = try reader.int("train", "keep") ?? 3
         c.clipGradNorm = try reader.float("train", "clip_grad_norm")
         c.threads = try reader.int("train", "threads")
+        c.teacherRun = try reader.string("distill", "teacher_run")
+        c.teacherWeights = try reader.string("distill", "teacher_weights")
+        c.objective.kdWeight = try reader.float("distill", "kd_weight") ?? 1
+        c.objective.temperature = try reader.float("distill", "temperature") ?? 4
+        c.objective.pixelWeight = try reader.float("distill", "pixel_weight") ?? 1
+        c.objective.crossEntropyWeight = try reader.float("distill", "ce_weight") ?? 0
+        if let r = try reader.string("distill", "pixel_resize") {
+            guard let v = PixelResize(rawValue: r) else { throw ConfigError("\(source): distill.pixel_resize must be maxpool, bicubic or maxpool+bicubic, got '\(r)'") }
+            c.objective.pixelResize = v
+        }
+        if let n = try reader.string("distill", "pixel_norm") {
+            guard let v = PixelNorm(rawValue: n) else { throw ConfigError("\(source): distill.pixel_norm must be l1 or l2, got '\(n)'") }
+            c.objective.pixelNorm = v
+        }
+        if tree["distill"] != nil && c.teacherRun == nil {
+            throw ConfigError("\(source): distill.teacher_run is required in a distill section (the teacher's run directory)")
+        }
+        if c.isDistillation && !(c.objective.temperature > 0) {
+            throw ConfigError("\(source): distill.temperature must be positive, got \(c.objective.temperature)")
+        }
         try c.validate(source: source)
         return c
     }
@@ -186,6 +216,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
         s += "train:\n  epochs: \(epochs)\n" + (maxSteps.map { "  max_steps: \($0)\n" } ?? "") + "  batch_size: \(batchSize)\n"
         s += "  checkpoint_every: \(checkpointEvery)\n  keep: \(keep)\n" + (clipGradNorm.map { "  clip_grad_norm: \($0)\n" } ?? "")
         s += threads.map { "  threads: \($0)\n" } ?? ""
+        if let teacherRun {
+            s += "distill:\n  teacher_run: \(teacherRun)\n" + (teacherWeights.map { "  teacher_weights: \($0)\n" } ?? "")
+            s += "  kd_weight: \(objective.kdWeight)\n  temperature: \(objective.temperature)\n  pixel_weight: \(objective.pixelWeight)\n"
+            s += "  pixel_resize: \(objective.pixelResize.rawValue)\n  pixel_norm: \(objective.pixelNorm.rawValue)\n  ce_weight: \(objective.crossEntropyWeight)\n"
+        }
         return s
     }
 

@@ -2,6 +2,7 @@
 // metrics as JSONL and CSV, validation each epoch, atomic checkpoints, and bit-exact resume.
 import Foundation
 import Layers
+import SafeTensors
 import TensorCore
 import TileShards
 
@@ -38,6 +39,8 @@ public final class SupervisedTrainer {
     public let val: ShardDataset?
     public let store: CheckpointStore
     public let runDirectory: URL
+    /// The frozen teacher of a distillation run (sees the full-resolution tiles), or nil.
+    public let teacher: ResNet?
     let writer: String
     /// Losses of every step run by this process (for tests and reports).
     public private(set) var history: [StepMetrics] = []
@@ -67,6 +70,38 @@ public final class SupervisedTrainer {
         guard problems.isEmpty else { throw TrainingError("model: " + problems.joined(separator: "; ")) }
         model = ResNet(mc, seed: config.seed)
         optimizer = Optimizer(config.optimizerKind, count: model.parameterCount)
+        if let teacherRun = config.teacherRun {
+            let dir = URL(fileURLWithPath: teacherRun)
+            let tc: RunConfig
+            do { tc = try RunConfig.load(dir.appendingPathComponent("config.yaml")) } catch let e as ConfigError {
+                throw TrainingError("distill.teacher_run: \(e.message)")
+            }
+            guard tc.inputFactor == 1 else {
+                throw TrainingError("distill.teacher_run \(teacherRun) trained on tiles downsampled \(tc.inputFactor)x; the teacher must see full-resolution tiles (input_factor 1)")
+            }
+            let weights = config.teacherWeights.map { URL(fileURLWithPath: $0) } ?? dir.appendingPathComponent("best.safetensors")
+            // The teacher's class count is what its classifier was trained for.
+            let teacherClasses: Int
+            do {
+                let file = try SafeTensorsFile(contentsOf: weights)
+                guard let fc = file["fc.weight"] ?? file["module.fc.weight"], fc.shape.count == 2 else {
+                    throw TrainingError("teacher weights \(weights.path) have no classifier (fc.weight). Hint: give the teacher run's best.safetensors.")
+                }
+                teacherClasses = fc.shape[0]
+            } catch let e as SafeTensorsError {
+                throw TrainingError("teacher weights: \(e.message). Hint: train the teacher first, or set distill.teacher_weights.")
+            }
+            guard teacherClasses == classes else {
+                throw TrainingError("the teacher in \(teacherRun) has \(teacherClasses) classes, the student \(classes). Hint: distill on shards with the teacher's classes.")
+            }
+            let teacherModel = ResNet(tc.modelConfig(classes: teacherClasses), initialize: false)
+            do { try teacherModel.loadWeights(from: weights) } catch let e as WeightsError {
+                throw TrainingError("teacher weights: \(e.message)")
+            }
+            teacher = teacherModel
+        } else {
+            teacher = nil
+        }
         runDirectory = URL(fileURLWithPath: config.output)
         store = CheckpointStore(directory: runDirectory.appendingPathComponent("checkpoints"), keep: config.keep)
     }
@@ -95,6 +130,9 @@ public final class SupervisedTrainer {
         let loader = try BatchLoader(dataset: train, transform: transform, seed: config.seed, globalBatch: config.batchSize, rank: 0,
                                      worldSize: 1, cursor: cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
                                      workers: config.workers)
+        if teacher != nil && config.inputFactor == 1 {
+            throw TrainingError("data.input_factor is 1: a distilled student must see tiles downsampled 2, 4, 8 or 16x")
+        }
         let stepsPerEpoch = loader.stepsPerEpoch
         let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
         let schedule = config.lrSchedule(stepsPerEpoch: stepsPerEpoch)
@@ -119,14 +157,36 @@ public final class SupervisedTrainer {
                 let input = config.inputFactor > 1 ? batch.lr : batch.hr
                 let out = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(batch.count, 3, edge, edge), training: true) }
                 var grad = [Float](repeating: 0, count: batch.count * classes)
-                loss = batch.labels.withUnsafeBufferPointer {
-                    CrossEntropy.forwardBackward(logits: out.logits!.data, labels: $0.baseAddress!, n: batch.count, classes: classes, gradLogits: &grad)
+                var mapGrad: [Float] = []
+                if let teacher {
+                    // The frozen teacher sees the full-resolution tiles, in eval mode.
+                    let t = batch.hr.withUnsafeBufferPointer {
+                        teacher.forward($0.baseAddress!, shape: NCHW(batch.count, 3, batch.size, batch.size), training: false)
+                    }
+                    mapGrad = [Float](repeating: 0, count: out.featureMap.count)
+                    let terms = batch.labels.withUnsafeBufferPointer { labels in
+                        config.objective.evaluate(studentLogits: out.logits!.data, teacherLogits: t.logits!.data, n: batch.count, classes: classes,
+                                                  studentMap: out.featureMap.data, studentMapShape: out.featureMap.nchw,
+                                                  teacherMap: t.featureMap.data, teacherMapShape: t.featureMap.nchw,
+                                                  labels: labels.baseAddress!, gradLogits: &grad, gradMap: &mapGrad)
+                    }
+                    loss = terms.total
+                } else {
+                    loss = batch.labels.withUnsafeBufferPointer {
+                        CrossEntropy.forwardBackward(logits: out.logits!.data, labels: $0.baseAddress!, n: batch.count, classes: classes, gradLogits: &grad)
+                    }
                 }
                 guard loss.isFinite else {
                     throw TrainingError("the loss became \(loss) at step \(step + 1) (epoch \(batch.epoch)). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr or set train.clip_grad_norm.")
                 }
                 model.parameters.zeroGradients()
-                grad.withUnsafeBufferPointer { model.backward(gradLogits: $0.baseAddress!) }
+                grad.withUnsafeBufferPointer { g in
+                    if mapGrad.isEmpty {
+                        model.backward(gradLogits: g.baseAddress!)
+                    } else {
+                        mapGrad.withUnsafeBufferPointer { model.backward(gradLogits: g.baseAddress!, gradFeatureMap: $0.baseAddress!) }
+                    }
+                }
                 let g = model.parameters.gradients!.pointer
                 if let clip = config.clipGradNorm { GradientOps.clipNorm(g, count: model.parameterCount, maxNorm: clip) }
                 optimizer.update(values: model.parameters.values.pointer, gradients: g, lr: Float(lr))

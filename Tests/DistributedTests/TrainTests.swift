@@ -80,8 +80,12 @@ struct TrainTests {
         #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["train.epoch=7"]) }
         // The shipped configs parse.
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        for name in ["teacher-lung-224.yaml", "baseline-lung-56.yaml"] {
-            #expect((try? RunConfig.load(root.appendingPathComponent("configs/\(name)"))) != nil, "\(name) parses")
+        let shipped = try FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent("configs").path).filter { $0.hasSuffix(".yaml") }
+        #expect(shipped.count >= 5)
+        for name in shipped {
+            let c = try? RunConfig.load(root.appendingPathComponent("configs/\(name)"))
+            #expect(c != nil, "\(name) parses")
+            #expect(c?.isDistillation == name.contains("distill"), "\(name) is a \(name.contains("distill") ? "distill" : "train") config")
         }
     }
 
@@ -119,5 +123,56 @@ struct TrainTests {
         #expect(abs(probs.reduce(0, +) - 1) < 1e-5)
         let d = try run([bin, "train", "--config", config.path, "--set", "data.train=/nonexistent"])
         #expect(d.status != 0 && d.stderr.contains("/nonexistent") && !d.stderr.contains("Fatal error"), "\(d.stderr)")
+    }
+}
+
+@Suite("Distillation")
+struct DistillTests {
+    @Test("distill a 2x-downsampled student from a trained teacher; resume is bit-exact; a mismatched teacher is refused")
+    func distill() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-distill-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let teacherDir = dir.appendingPathComponent("teacher")
+        let teacherConfig = try RunConfig.parse("""
+        run: {output: \(teacherDir.path), seed: 1}
+        data: {train: \(shards.path), val: \(shards.path), input_factor: 1}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 6, batch_size: 4}
+        """, source: "teacher.yaml")
+        try SupervisedTrainer(config: teacherConfig, writer: "test").run(resume: false)
+        func student(_ out: String, _ extra: String = "") throws -> RunConfig {
+            try RunConfig.parse("""
+            run: {output: \(dir.appendingPathComponent(out).path), seed: 2}
+            data: {train: \(shards.path), val: \(shards.path), input_factor: 2}
+            augment: {brightness: 0.2}
+            model: {planes: [32, 32], blocks: [1, 1]}
+            train: {epochs: 2, max_steps: 8, batch_size: 4, checkpoint_every: 3}
+            distill: {teacher_run: \(teacherDir.path), kd_weight: 1, temperature: 4, pixel_weight: 0.5, pixel_resize: maxpool+bicubic, pixel_norm: l1\(extra)}
+            """, source: "student.yaml")
+        }
+        let straight = try SupervisedTrainer(config: try student("s1"), writer: "test")
+        #expect(straight.teacher != nil)
+        try straight.run(resume: false)
+        let losses = straight.history.map(\.loss)
+        #expect(losses.count == 8 && losses.allSatisfy { $0.isFinite && $0 > 0 })
+        let interrupted = try SupervisedTrainer(config: try student("s2"), writer: "test")
+        try interrupted.run(resume: false, stopAfter: 3)
+        let resumed = try SupervisedTrainer(config: try student("s2"), writer: "test")
+        try resumed.run(resume: true)
+        #expect(interrupted.history.map(\.loss) + resumed.history.map(\.loss) == losses)
+        // The teacher's weights were not changed by distillation.
+        let reloaded = ResNet(straight.teacher!.config, initialize: false)
+        try reloaded.loadWeights(from: teacherDir.appendingPathComponent("best.safetensors"))
+        #expect(reloaded.parameters.values.array == straight.teacher!.parameters.values.array)
+        // A student with another class count cannot use this teacher.
+        let bad = try RunConfig.parse("""
+        run: {output: \(dir.appendingPathComponent("bad").path)}
+        data: {train: \(shards.path), input_factor: 2}
+        model: {planes: [32, 32], blocks: [1, 1], classes: 3}
+        distill: {teacher_run: \(teacherDir.path)}
+        """, source: "bad.yaml")
+        let e = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: bad, writer: "test") }
+        #expect(e?.message.contains("2 classes, the student 3") == true, "\(String(describing: e))")
     }
 }
