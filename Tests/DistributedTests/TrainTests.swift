@@ -66,7 +66,7 @@ struct TrainTests {
     }
 
     @Test("config typos and bad values name the key and suggest a fix")
-    func configErrors() {
+    func configErrors() throws {
         let e1 = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}\noptimiser: {lr: 0.1}", source: "c.yaml") }
         #expect(e1?.message.contains("c.yaml") == true && e1?.message.contains("did you mean 'optimizer'") == true, "\(String(describing: e1))")
         let e2 = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}\ntrain: {epocs: 3}", source: "c.yaml") }
