@@ -118,7 +118,7 @@ public enum PixelLoss {
     /// `gradStudent` (overwritten). The teacher gets no gradient.
     /// - Parameters:
     ///   - student: (n, c, h, w).
-    ///   - teacher: (n, c, H, W) with H >= h... any size; it is resized to (h, w).
+    ///   - teacher: (n, c, H, W) of any spatial size; it is resized to the student's (h, w).
     public static func forwardBackward(
         student: UnsafePointer<Float>, studentShape: NCHW, teacher: UnsafePointer<Float>, teacherShape: NCHW,
         mode: PixelResize, norm: PixelNorm, gradStudent: UnsafeMutablePointer<Float>?, scale: Float = 1

@@ -37,10 +37,11 @@ public enum Inference {
         let classes = model.config.classes
         var out = Predictions()
         var lossSum = 0.0, labeled = 0
+        // Dataset order, built once (the batch size only matters for EpochPlan's step view, unused here).
+        let plan = EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: batch, shuffle: false)
         var start = 0
         while start < dataset.count {
             let n = min(batch, dataset.count - start)
-            let plan = EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: n, shuffle: false)
             let b = try maker.makeBatchAt(plan: plan, range: start..<(start + n))
             let edge = config.inputFactor > 1 ? b.lowSize : b.size
             let input = config.inputFactor > 1 ? b.lr : b.hr

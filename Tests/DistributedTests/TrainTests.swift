@@ -80,6 +80,11 @@ struct TrainTests {
         #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["train.epoch=7"]) }
         // The shipped configs parse.
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        // The effective config written to a run directory (config.yaml) parses back to the same config.
+        for name in ["teacher-lung-224.yaml", "student-lung-56-distill.yaml"] {
+            let c = try RunConfig.load(root.appendingPathComponent("configs/\(name)"), overrides: ["train.max_steps=7", "train.clip_grad_norm=2.5"])
+            #expect(try RunConfig.parse(c.yaml, source: "\(name) written back") == c, "\(name) round-trips through RunConfig.yaml")
+        }
         let shipped = try FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent("configs").path).filter { $0.hasSuffix(".yaml") }
         #expect(shipped.count >= 5)
         for name in shipped {
