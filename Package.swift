@@ -4,7 +4,7 @@ import PackageDescription
 
 let package = Package(
     name: "HistoDistill",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "histodistill", targets: ["HistoDistillCLI"]),
         .executable(name: "histodistill-bench", targets: ["ConvBench"]),
@@ -40,10 +40,10 @@ let package = Package(
         // Models: ResNets (GroupNorm / BatchNorm, torchvision names), the attention-MIL head, losses.
         .target(name: "Layers", dependencies: ["TensorCore"]),
 
-        // Process groups: single process and MPI. The only module that imports MPI.
-        .target(name: "Distributed", dependencies: ["CMPI"]),
+        // The MPI process group and launch detection. The only module that imports MPI.
+        .target(name: "Distributed", dependencies: ["CMPI", "Training"]),
 
-        // Optimizers, schedules, weights I/O (and later: trainer, checkpoints).
+        // Configs, optimizers, schedules, weights I/O, the trainer, checkpoints, the process-group protocol.
         .target(name: "Training", dependencies: ["Layers", "SafeTensors", "TileShards", .product(name: "Yams", package: "Yams")]),
 
         // safetensors read/write (weights, checkpoints, test fixtures).

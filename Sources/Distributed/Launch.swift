@@ -1,4 +1,5 @@
 // Detects how the process was launched (plain, mpirun, srun) and makes the matching process group.
+import Training
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -15,10 +16,22 @@ public struct LaunchEnvironment: Sendable, Equatable {
     public let localSize: Int?
     /// Which launcher set the variables ("mpirun", "pmix", "slurm") or nil.
     public let launcher: String?
+    /// SLURM's --cpus-per-task for this job, if set.
+    public var cpusPerTask: Int? = nil
+
+    public init(rank: Int?, size: Int?, localSize: Int?, launcher: String?, cpusPerTask: Int? = nil) {
+        self.rank = rank; self.size = size; self.localSize = localSize; self.launcher = launcher; self.cpusPerTask = cpusPerTask
+    }
 
     /// Reads the variables Open MPI's mpirun, PMIx and SLURM's srun export.
     public static func current(_ env: [String: String] = environment()) -> LaunchEnvironment {
         func int(_ k: String) -> Int? { env[k].flatMap { Int($0) } }
+        var launch = detect(env, int)
+        launch.cpusPerTask = int("SLURM_CPUS_PER_TASK")
+        return launch
+    }
+
+    private static func detect(_ env: [String: String], _ int: (String) -> Int?) -> LaunchEnvironment {
         if let size = int("OMPI_COMM_WORLD_SIZE") {
             return LaunchEnvironment(rank: int("OMPI_COMM_WORLD_RANK"), size: size,
                                      localSize: int("OMPI_COMM_WORLD_LOCAL_SIZE"), launcher: "mpirun")
@@ -73,9 +86,11 @@ enum FileHandleStderr {
 }
 
 extension LaunchEnvironment {
-    /// Threads per rank by default: the node's cores divided by the ranks on this node, at least 1.
+    /// Threads per rank by default: SLURM's cpus-per-task when the job sets it, else the node's cores divided
+    /// by the ranks on this node, at least 1.
     public func defaultThreadsPerRank(cores: Int) -> Int {
-        max(1, cores / max(1, localSize ?? 1))
+        if let cpus = cpusPerTask, cpus > 0 { return cpus }
+        return max(1, cores / max(1, localSize ?? 1))
     }
 }
 

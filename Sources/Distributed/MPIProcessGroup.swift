@@ -1,5 +1,6 @@
 // The MPI process group over Open MPI: the only file in HistoDistill that calls MPI.
 import CMPI
+import Training
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

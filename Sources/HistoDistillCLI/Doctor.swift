@@ -2,6 +2,7 @@
 import ArgumentParser
 import CZstd
 import Distributed
+import Training
 import Foundation
 import TensorCore
 

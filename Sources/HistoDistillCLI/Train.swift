@@ -1,8 +1,25 @@
 // `histodistill train`: supervised training from a YAML config, resumable.
 import ArgumentParser
 import Foundation
+import Distributed
 import TensorCore
+import TileShards
 import Training
+
+/// Flags shared by `train` and `distill`.
+struct TrainingOptions: ParsableArguments {
+    @Option(name: .customLong("set"), help: "Override a config key, e.g. --set train.epochs=3 (repeatable).")
+    var overrides: [String] = []
+
+    @Flag(help: "Continue from the newest complete checkpoint in the run directory (start fresh when there is none).")
+    var resume = false
+
+    @Option(help: "Stop after this global step with a checkpoint (split a run into time-boxed jobs; --resume continues).")
+    var stopAfter: Int?
+
+    @Flag(help: "Every rank appends the dataset index of each tile it trains on to RUN/trace/rank-R-of-W.tsv (debugging).")
+    var traceSamples = false
+}
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -10,20 +27,18 @@ struct Train: ParsableCommand {
         discussion: """
             Every option lives in the YAML config (see configs/); override any key with --set section.key=value. \
             The run directory gets config.yaml, metrics.jsonl, metrics.csv, best.safetensors and checkpoints/. \
-            --resume continues from the newest complete checkpoint with the same losses as an uninterrupted run.
+            --resume continues from the newest complete checkpoint with the same losses as an uninterrupted run. \
+            Runs unchanged as one process or under mpirun/srun (data parallel; see docs/cluster.md). SIGTERM or \
+            SIGUSR1 writes a checkpoint at the next step and exits with status 75.
             """)
 
     @Option(help: "YAML experiment config.")
     var config: String
 
-    @Option(name: .customLong("set"), help: "Override a config key, e.g. --set train.epochs=3 (repeatable).")
-    var overrides: [String] = []
-
-    @Flag(help: "Continue from the newest complete checkpoint in the run directory.")
-    var resume = false
+    @OptionGroup var options: TrainingOptions
 
     func run() throws {
-        try runTraining(config: config, overrides: overrides, resume: resume, distillation: false)
+        try runTraining(config: config, options: options, distillation: false)
     }
 }
 
@@ -33,51 +48,112 @@ struct Distill: ParsableCommand {
         discussion: """
             The config's distill section names the teacher's run directory; the student sees tiles downsampled by \
             data.input_factor, the teacher the same augmented tiles at full resolution. Loss: kd_weight * KL(T) + \
-            pixel_weight * L1/L2(student map, teacher map resized by maxpool, bicubic or both) + ce_weight * CE.
+            pixel_weight * L1/L2(student map, teacher map resized by maxpool, bicubic or both) + ce_weight * CE. \
+            Runs unchanged as one process or under mpirun/srun; SIGTERM or SIGUSR1 checkpoints and exits with 75.
             """)
 
     @Option(help: "YAML experiment config with a distill section.")
     var config: String
 
-    @Option(name: .customLong("set"), help: "Override a config key, e.g. --set distill.temperature=2 (repeatable).")
-    var overrides: [String] = []
-
-    @Flag(help: "Continue from the newest complete checkpoint in the run directory.")
-    var resume = false
+    @OptionGroup var options: TrainingOptions
 
     func run() throws {
-        try runTraining(config: config, overrides: overrides, resume: resume, distillation: true)
+        try runTraining(config: config, options: options, distillation: true)
     }
 }
 
-/// Shared by `train` and `distill`: load the config, check its kind, run, report.
-func runTraining(config: String, overrides: [String], resume: Bool, distillation: Bool) throws {
+/// Exit status of a run stopped by SIGTERM or SIGUSR1 after writing its checkpoint (EX_TEMPFAIL: try again
+/// with --resume). cluster/slurm-train.sbatch requeues the job on it.
+let interruptedExitStatus: Int32 = 75
+
+/// Shared by `train` and `distill`: join the process group, load and check the config, run, report. Under
+/// several ranks, a failure all ranks share ends every rank with one message; a failure of one rank aborts
+/// the job (MPI_Abort) with a message naming the rank, so no rank is left waiting.
+func runTraining(config: String, options: TrainingOptions, distillation: Bool) throws {
+    let launch = LaunchEnvironment.current()
+    let group: any ProcessGroup
+    do { group = try makeProcessGroup(launch) } catch let e as ProcessGroupError {
+        throw CLIError(e.message, hint: "run `histodistill doctor` under the same launcher to check the MPI installation")
+    }
+    StopSignals.install()
+    let code: Int32
+    do {
+        code = try train(config: config, options: options, distillation: distillation, group: group, launch: launch)
+    } catch let e as CollectiveError {
+        if e.report { FileHandle.standardError.write(Data("Error: \(e.message)\n".utf8)) }
+        group.finalize()
+        throw ExitCode.failure
+    } catch {
+        let message = (error as? CLIError)?.description ?? "\(error)"
+        if group.size > 1 { group.abort(code: 1, message: "error: \(message)") }
+        throw error
+    }
+    group.finalize()
+    if code != 0 { throw ExitCode(code) }
+}
+
+private func train(config: String, options: TrainingOptions, distillation: Bool, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {
+    let cfg = try group.collectively { () throws -> RunConfig in
         let cfg: RunConfig
-        do { cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides) } catch let e as ConfigError {
+        do { cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: options.overrides) } catch let e as ConfigError {
             throw CLIError(e.message)
         }
         if cfg.isDistillation != distillation {
             throw CLIError(distillation ? "\(config) has no distill section" : "\(config) has a distill section",
                            hint: distillation ? "add distill.teacher_run, or use `histodistill train`" : "use `histodistill distill` for it")
         }
-        BLAS.setThreadCount(cfg.threads ?? ProcessInfo.processInfo.activeProcessorCount)
+        if let s = options.stopAfter, s < 1 { throw CLIError("--stop-after must be at least 1, got \(s)") }
+        return cfg
+    }
+    let cores = ProcessInfo.processInfo.activeProcessorCount
+    BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: cores))
+    if group.isCoordinator {
         for w in KernelAdvice.current() { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
-        do {
-            let trainer = try SupervisedTrainer(config: cfg, writer: "histodistill \(histodistillVersion)")
-            let terminal = isatty(2) != 0
-            trainer.progress = { line in
-                FileHandle.standardError.write(Data((terminal ? "\r\(line)   " : "\(line)\n").utf8))
-            }
-            try trainer.run(resume: resume)
-            if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
-            if let last = trainer.history.last {
-                print("done: step \(last.step), loss \(last.loss)" + (last.valAccuracy.map { ", val accuracy \($0)" } ?? "") + "; run directory \(cfg.output)")
-            } else {
-                print("nothing to do: the run in \(cfg.output) already reached its last step")
-            }
-        } catch let e as TrainingError {
-            throw CLIError(e.message)
-        } catch let e as CheckpointError {
+    }
+    let trainer = try group.collectively { () throws -> SupervisedTrainer in
+        do { return try SupervisedTrainer(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {
             throw CLIError(e.message)
         }
     }
+    trainer.traceSamples = options.traceSamples
+    let terminal = isatty(2) != 0
+    if group.isCoordinator {
+        if group.size > 1 {
+            FileHandle.standardError.write(Data("\(group.size) ranks (\(group.transportName)), \(BLAS.threadCount) OpenBLAS threads each, global batch \(cfg.batchSize)\n".utf8))
+        }
+        trainer.progress = { line in
+            FileHandle.standardError.write(Data((terminal ? "\r\(line)   " : "\(line)\n").utf8))
+        }
+    }
+    let outcome: RunOutcome
+    do { outcome = try trainer.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {
+        throw CLIError(e.message)
+    } catch let e as CheckpointError {
+        throw CLIError(e.message)
+    } catch let e as ShardError {
+        throw CLIError(e.message)
+    }
+    guard group.isCoordinator else { return outcome.exitStatus }
+    if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+    switch outcome {
+    case .interrupted(let signal, let step):
+        print("stopped by \(StopSignals.name(signal)) after step \(step): checkpoint written in \(trainer.store.directory.path); continue with --resume")
+    case .paused(let step):
+        print("paused after step \(step) (--stop-after): checkpoint written in \(trainer.store.directory.path); continue with --resume")
+    case .finished:
+        if let last = trainer.history.last {
+            print("done: step \(last.step), loss \(last.loss)" + (last.valAccuracy.map { ", val accuracy \($0)" } ?? "") + "; run directory \(cfg.output)")
+        } else {
+            print("nothing to do: the run in \(cfg.output) already reached its last step")
+        }
+    }
+    return outcome.exitStatus
+}
+
+extension RunOutcome {
+    /// The process exit status for this outcome.
+    var exitStatus: Int32 {
+        if case .interrupted = self { return interruptedExitStatus }
+        return 0
+    }
+}

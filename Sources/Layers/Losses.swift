@@ -171,6 +171,9 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
     /// The value of each term (unweighted) and the weighted total.
     public struct Terms: Sendable, Equatable {
         public var kd: Float, pixel: Float, crossEntropy: Float, total: Float
+        public init(kd: Float = 0, pixel: Float = 0, crossEntropy: Float = 0, total: Float = 0) {
+            self.kd = kd; self.pixel = pixel; self.crossEntropy = crossEntropy; self.total = total
+        }
     }
 
     /// Computes every enabled term and writes the gradient of the weighted total with respect to the student's

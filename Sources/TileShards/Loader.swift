@@ -24,6 +24,8 @@ public struct LoadedBatch: Sendable {
     public var lr: [Float]
     public var labels: [Int32]
     public var ids: [UInt64]
+    /// Dataset index (position in `ShardDataset.addresses`) of each tile.
+    public var samples: [Int]
     /// HR tile edge and LR tile edge.
     public var size: Int, lowSize: Int
     /// Corrupt tiles skipped while making this batch (file and tile of each).
@@ -43,12 +45,12 @@ public struct BatchMaker: @unchecked Sendable {
     public let tileSize: Int
     public let workers: Int
 
-    /// Checks that the data fits: square tiles of one size, divisible by the LR factor, and a global batch that
-    /// splits evenly among the ranks.
+    /// Checks that the data fits: square tiles of one size, divisible by the LR factor, and a global batch of
+    /// at least one tile per rank (an uneven split is fine: the trainer weights each rank by its tile count).
     public init(dataset: ShardDataset, transform: PairedTransform, seed: UInt64, globalBatch: Int, rank: Int, worldSize: Int,
                 withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true, workers: Int = 1) throws {
-        guard globalBatch > 0, globalBatch % worldSize == 0 else {
-            throw ShardError("global batch \(globalBatch) must be a positive multiple of the \(worldSize) ranks. Hint: change batch_size or the number of ranks.")
+        guard globalBatch >= worldSize, worldSize > 0 else {
+            throw ShardError("global batch \(globalBatch) gives no tile to some of the \(worldSize) ranks. Hint: raise train.batch_size to at least the number of ranks.")
         }
         guard dataset.count >= globalBatch else {
             throw ShardError("the dataset holds \(dataset.count) tiles, fewer than one global batch of \(globalBatch). Hint: lower batch_size.")
@@ -129,7 +131,7 @@ public struct BatchMaker: @unchecked Sendable {
             }
         }
         var batch = LoadedBatch(epoch: plan.epoch, step: step, count: keep.count, hr: [], lr: [], labels: [], ids: [],
-                                size: s, lowSize: ls, skipped: skipped)
+                                samples: [], size: s, lowSize: ls, skipped: skipped)
         if keep.count == n {
             batch.hr = hr; batch.lr = lr
         } else {
@@ -142,6 +144,7 @@ public struct BatchMaker: @unchecked Sendable {
             let e = dataset.entry(plan.order[positions[j]])
             batch.labels.append(e.label)
             batch.ids.append(e.id)
+            batch.samples.append(plan.order[positions[j]])
         }
         return batch
     }
@@ -191,7 +194,7 @@ public final class BatchLoader: @unchecked Sendable {
     public var stepsPerEpoch: Int { maker.dataset.count / maker.globalBatch }
 
     /// A loader starting at `cursor`. Tiles must be square and of one size, divisible by the LR factor, and
-    /// the global batch divisible by the world size.
+    /// the global batch at least the world size.
     public init(dataset: ShardDataset, transform: PairedTransform, seed: UInt64, globalBatch: Int, rank: Int, worldSize: Int,
                 cursor: DataCursor, withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true,
                 workers: Int = 1, depth: Int = 2) throws {

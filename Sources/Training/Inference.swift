@@ -14,6 +14,8 @@ public struct Predictions: Sendable {
     public var probabilities: [[Double]] = []
     /// Mean cross-entropy over labeled tiles (0 if none).
     public var meanLoss: Double = 0
+    /// Tiles with a label (the count `meanLoss` averages over).
+    public var labeledCount = 0
 
     /// The predictions as CSV: tile id, slide, label (class name, empty when unlabeled), one probability per class.
     public func csv(classes: [String]) -> String {
@@ -26,11 +28,12 @@ public struct Predictions: Sendable {
     }
 }
 
-/// Runs `model` in eval mode over every tile of `dataset`.
+/// Runs `model` in eval mode over the tiles of `dataset` (all of them, or the dataset indices in `range`).
 public enum Inference {
-    public static func run(model: ResNet, dataset: ShardDataset, config: RunConfig) throws -> Predictions {
+    public static func run(model: ResNet, dataset: ShardDataset, config: RunConfig, range: Range<Int>? = nil) throws -> Predictions {
+        let range = range ?? 0..<dataset.count
         let transform = PairedTransform(augment: .none, factor: config.inputFactor, mean: config.mean, std: config.std)
-        let batch = min(config.batchSize, dataset.count)
+        let batch = max(1, min(config.batchSize, dataset.count))
         let maker = try BatchMaker(dataset: dataset, transform: transform, seed: 0, globalBatch: batch, rank: 0, worldSize: 1,
                                    withLowResolution: config.inputFactor > 1, policy: config.onCorrupt, shuffle: false,
                                    workers: config.workers)
@@ -39,10 +42,12 @@ public enum Inference {
         var lossSum = 0.0, labeled = 0
         // Dataset order, built once (the batch size only matters for EpochPlan's step view, unused here).
         let plan = EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: batch, shuffle: false)
-        var start = 0
-        while start < dataset.count {
-            let n = min(batch, dataset.count - start)
+        var start = range.lowerBound
+        while start < range.upperBound {
+            let n = min(batch, range.upperBound - start)
             let b = try maker.makeBatchAt(plan: plan, range: start..<(start + n))
+            start += n
+            guard b.count > 0 else { continue }   // every tile of this batch was corrupt and skipped
             let edge = config.inputFactor > 1 ? b.lowSize : b.size
             let input = config.inputFactor > 1 ? b.lr : b.hr
             let result = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(b.count, 3, edge, edge), training: false) }
@@ -58,13 +63,13 @@ public enum Inference {
             }
             out.labels += b.labels
             out.ids += b.ids
-            for j in 0..<b.count {
-                let a = dataset.addresses[start + j]
-                out.slides.append(dataset.readers[a.shard].metadata.slides[Int(dataset.entry(start + j).slide)])
+            for sample in b.samples {
+                let a = dataset.addresses[sample]
+                out.slides.append(dataset.readers[a.shard].metadata.slides[Int(dataset.entry(sample).slide)])
             }
-            start += n
         }
         out.meanLoss = labeled > 0 ? lossSum / Double(labeled) : 0
+        out.labeledCount = labeled
         return out
     }
 }

@@ -10,16 +10,38 @@ import TileShards
 public struct StepMetrics: Codable, Equatable, Sendable {
     public var step: Int
     public var epoch: Int
+    /// The weighted total loss, averaged over the global batch.
     public var loss: Float
+    /// Distillation terms (unweighted, averaged over the global batch); nil for supervised runs.
+    public var kdLoss: Float?
+    public var pixelLoss: Float?
+    public var ceLoss: Float?
     public var lr: Double
+    /// Global batch over the step's wall-clock time (all ranks together).
     public var imagesPerSecond: Double
     public var skippedTiles: Int
+    /// Time the coordinator waited for its batch (the data pipeline's lag) and spent in the gradient all-reduce.
+    public var waitMs: Double
+    public var allreduceMs: Double
+    public var ranks: Int
     public var valAccuracy: Double?
     public var valLoss: Double?
 
     enum CodingKeys: String, CodingKey {
-        case step, epoch, loss, lr, imagesPerSecond = "images_per_second", skippedTiles = "skipped_tiles"
+        case step, epoch, loss, kdLoss = "kd_loss", pixelLoss = "pixel_loss", ceLoss = "ce_loss", lr
+        case imagesPerSecond = "images_per_second", skippedTiles = "skipped_tiles", waitMs = "wait_ms", allreduceMs = "allreduce_ms", ranks
         case valAccuracy = "val_accuracy", valLoss = "val_loss"
+    }
+
+    /// The CSV header matching `csvRow`.
+    public static let csvHeader = "step,epoch,loss,kd_loss,pixel_loss,ce_loss,lr,images_per_second,skipped_tiles,wait_ms,allreduce_ms,ranks,val_accuracy,val_loss"
+
+    /// This line as CSV (empty cells for absent values).
+    public var csvRow: String {
+        func opt<T>(_ v: T?) -> String { v.map { "\($0)" } ?? "" }
+        return ["\(step)", "\(epoch)", "\(loss)", opt(kdLoss), opt(pixelLoss), opt(ceLoss), "\(lr)", String(format: "%.1f", imagesPerSecond),
+                "\(skippedTiles)", String(format: "%.2f", waitMs), String(format: "%.3f", allreduceMs), "\(ranks)",
+                opt(valAccuracy), opt(valLoss)].joined(separator: ",")
     }
 }
 
@@ -30,7 +52,19 @@ public struct TrainingError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-/// Runs a supervised training job described by a `RunConfig`.
+/// How a call to `run` ended.
+public enum RunOutcome: Equatable, Sendable {
+    /// The schedule's last step is done.
+    case finished
+    /// `stopAfter` was reached; a checkpoint holds the step.
+    case paused(step: Int)
+    /// A stop signal (SIGTERM, SIGUSR1) arrived on some rank; a checkpoint holds the step.
+    case interrupted(signal: Int32, step: Int)
+}
+
+/// Runs a supervised or distillation training job described by a `RunConfig`, alone or as one rank of a
+/// data-parallel job: every rank streams its share of each global batch, gradients are averaged over the
+/// global batch by an all-reduce, and the coordinator (rank 0) logs, validates its share and writes checkpoints.
 public final class SupervisedTrainer {
     public let config: RunConfig
     public let model: ResNet
@@ -41,16 +75,27 @@ public final class SupervisedTrainer {
     public let runDirectory: URL
     /// The frozen teacher of a distillation run (sees the full-resolution tiles), or nil.
     public let teacher: ResNet?
+    /// The ranks of this job (a single process by default).
+    public let group: any ProcessGroup
     let writer: String
-    /// Losses of every step run by this process (for tests and reports).
+    /// Losses of every step run by this process (for tests and reports); identical on every rank.
     public private(set) var history: [StepMetrics] = []
-    /// Progress lines (rate and ETA) go here; nil for silence.
+    /// Progress lines (rate and ETA) go here; nil for silence. Only the coordinator calls it.
     public var progress: ((String) -> Void)?
+    /// When true, every rank appends the dataset index of each tile it trains on to
+    /// `RUN/trace/rank-R-of-W.tsv` (epoch, step, sample): a debugging aid that proves the sample order.
+    public var traceSamples = false
+    /// The step arithmetic: local forward/backward, the all-reduce, the state broadcast.
+    public let stepper: DataParallelStep
 
-    /// Opens the data, builds the model and optimizer; with `resume`, loads the newest complete checkpoint.
-    public init(config: RunConfig, writer: String) throws {
+    /// Opens the data, builds the model and optimizer (and the teacher). Under several ranks, first checks that
+    /// every rank runs the same program version and config.
+    public init(config: RunConfig, writer: String, group: any ProcessGroup = SingleProcessGroup()) throws {
         self.config = config
         self.writer = writer
+        self.group = group
+        try group.requireIdentical(writer, what: "program version")
+        try group.requireIdentical(config.yaml, what: "config")
         func open(_ path: String, _ key: String) throws -> ShardDataset {
             do { return try ShardDataset(directory: URL(fileURLWithPath: path)) } catch let e as ShardError {
                 throw TrainingError("data.\(key) (\(path)): \(e.message)")
@@ -102,135 +147,176 @@ public final class SupervisedTrainer {
         } else {
             teacher = nil
         }
+        stepper = DataParallelStep(model: model, teacher: teacher, objective: config.objective, group: group)
         runDirectory = URL(fileURLWithPath: config.output)
         store = CheckpointStore(directory: runDirectory.appendingPathComponent("checkpoints"), keep: config.keep)
     }
 
-    /// Trains until `train.epochs` or `train.max_steps`; resumes from the newest checkpoint when `resume`.
-    /// `stopAfter` ends this process's work after that many global steps (checkpointing there), as an
-    /// interruption would, without changing the schedule.
-    public func run(resume: Bool, stopAfter: Int? = nil) throws {
+    /// Where the coordinator starts: the checkpoint it loaded, if any.
+    struct StartPoint: Codable {
+        var state: CheckpointState?
+        var checkpoint: String?
+    }
+
+    /// Trains until `train.epochs` or `train.max_steps`; resumes from the newest checkpoint when `resume` (and
+    /// starts fresh when there is none). `stopAfter` ends this call after that many global steps with a
+    /// checkpoint, as an interruption would, without changing the schedule. A SIGTERM or SIGUSR1 (see
+    /// `StopSignals.install`) on any rank ends it at the next step boundary, with a checkpoint.
+    @discardableResult
+    public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
         let fm = FileManager.default
-        try fm.createDirectory(at: runDirectory, withIntermediateDirectories: true)
-        try config.yaml.write(to: runDirectory.appendingPathComponent("config.yaml"), atomically: true, encoding: .utf8)
-        var step = 0
-        var cursor = DataCursor()
-        var best: Double?
-        if resume, let latest = store.newest() {
-            let state = try store.load(latest, model: model, optimizer: optimizer)
-            guard state.seed == config.seed else {
-                throw TrainingError("\(latest.path): written by a run with seed \(state.seed), this config has \(config.seed). Hint: resume with the run's own config.yaml.")
+        // The coordinator owns the run directory and decides the starting point; every rank then takes its
+        // weights, optimizer state and running statistics, so all ranks start identical.
+        let start = try group.onCoordinator { () throws -> StartPoint in
+            try fm.createDirectory(at: runDirectory, withIntermediateDirectories: true)
+            try config.yaml.write(to: runDirectory.appendingPathComponent("config.yaml"), atomically: true, encoding: .utf8)
+            if resume, let latest = store.newest() {
+                let state = try store.load(latest, model: model, optimizer: optimizer)
+                guard state.seed == config.seed else {
+                    throw TrainingError("\(latest.path): written by a run with seed \(state.seed), this config has \(config.seed). Hint: resume with the run's own config.yaml.")
+                }
+                return StartPoint(state: state, checkpoint: latest.lastPathComponent)
+            } else if !resume && !store.completeCheckpoints().isEmpty {
+                throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
             }
-            step = state.step; cursor = state.cursor; best = state.bestMetric
-            progress?("resuming from \(latest.lastPathComponent) (epoch \(cursor.epoch), step \(step))")
-        } else if !resume && !store.completeCheckpoints().isEmpty {
-            throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
+            return StartPoint(state: nil, checkpoint: nil)
         }
-        let transform = PairedTransform(augment: config.augment, factor: config.inputFactor, mean: config.mean, std: config.std)
-        let loader = try BatchLoader(dataset: train, transform: transform, seed: config.seed, globalBatch: config.batchSize, rank: 0,
-                                     worldSize: 1, cursor: cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
-                                     workers: config.workers)
+        try stepper.broadcastState(optimizer: optimizer)
+        var step = start.state?.step ?? 0
+        var cursor = start.state?.cursor ?? DataCursor()
+        var best = start.state?.bestMetric
+        if let name = start.checkpoint, let state = start.state {
+            let ranks = state.worldSize == group.size ? "" : " (written by \(state.worldSize) ranks, continuing on \(group.size))"
+            progress?("resuming from \(name) (epoch \(cursor.epoch), step \(step))\(ranks)")
+        }
         if teacher != nil && config.inputFactor == 1 {
             throw TrainingError("data.input_factor is 1: a distilled student must see tiles downsampled 2, 4, 8 or 16x")
+        }
+        let transform = PairedTransform(augment: config.augment, factor: config.inputFactor, mean: config.mean, std: config.std)
+        let loader: BatchLoader
+        do {
+            loader = try BatchLoader(dataset: train, transform: transform, seed: config.seed, globalBatch: config.batchSize, rank: group.rank,
+                                     worldSize: group.size, cursor: cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
+                                     workers: config.workers)
+        } catch let e as ShardError {
+            throw TrainingError("data.train (\(config.trainShards)): \(e.message)")
         }
         let stepsPerEpoch = loader.stepsPerEpoch
         let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
         let schedule = config.lrSchedule(stepsPerEpoch: stepsPerEpoch)
-        let jsonl = try appendHandle(runDirectory.appendingPathComponent("metrics.jsonl"))
-        let csvURL = runDirectory.appendingPathComponent("metrics.csv")
-        if !fm.fileExists(atPath: csvURL.path) {
-            try "step,epoch,loss,lr,images_per_second,skipped_tiles,val_accuracy,val_loss\n".write(to: csvURL, atomically: true, encoding: .utf8)
-        }
-        let csv = try appendHandle(csvURL)
-        defer { try? jsonl.close(); try? csv.close() }
-        let classes = model.config.classes
-        let start = Date()
+        let log = group.isCoordinator ? try MetricsLog(directory: runDirectory) : nil
+        let trace = traceSamples ? try traceHandle() : nil
+        defer { try? trace?.close() }
+        let begin = Date()
         let startStep = step
         let stopAt = min(totalSteps, stopAfter ?? totalSteps)
         while step < stopAt {
             let t0 = Date()
             let batch = try loader.next()
+            let waited = Date().timeIntervalSince(t0)
+            if let trace {
+                try trace.write(contentsOf: Data(batch.samples.map { "\(batch.epoch)\t\(batch.step)\t\($0)\n" }.joined().utf8))
+            }
             let lr = schedule.rate(base: config.lr, step: step, epoch: batch.epoch)
-            var loss: Float = 0
-            if batch.count > 0 {
-                let edge = config.inputFactor > 1 ? batch.lowSize : batch.size
-                let input = config.inputFactor > 1 ? batch.lr : batch.hr
-                let out = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(batch.count, 3, edge, edge), training: true) }
-                var grad = [Float](repeating: 0, count: batch.count * classes)
-                var mapGrad: [Float] = []
-                if let teacher {
-                    // The frozen teacher sees the full-resolution tiles, in eval mode.
-                    let t = batch.hr.withUnsafeBufferPointer {
-                        teacher.forward($0.baseAddress!, shape: NCHW(batch.count, 3, batch.size, batch.size), training: false)
-                    }
-                    mapGrad = [Float](repeating: 0, count: out.featureMap.count)
-                    let terms = batch.labels.withUnsafeBufferPointer { labels in
-                        config.objective.evaluate(studentLogits: out.logits!.data, teacherLogits: t.logits!.data, n: batch.count, classes: classes,
-                                                  studentMap: out.featureMap.data, studentMapShape: out.featureMap.nchw,
-                                                  teacherMap: t.featureMap.data, teacherMapShape: t.featureMap.nchw,
-                                                  labels: labels.baseAddress!, gradLogits: &grad, gradMap: &mapGrad)
-                    }
-                    loss = terms.total
-                } else {
-                    loss = batch.labels.withUnsafeBufferPointer {
-                        CrossEntropy.forwardBackward(logits: out.logits!.data, labels: $0.baseAddress!, n: batch.count, classes: classes, gradLogits: &grad)
-                    }
-                }
-                guard loss.isFinite else {
-                    throw TrainingError("the loss became \(loss) at step \(step + 1) (epoch \(batch.epoch)). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr or set train.clip_grad_norm.")
-                }
-                model.parameters.zeroGradients()
-                grad.withUnsafeBufferPointer { g in
-                    if mapGrad.isEmpty {
-                        model.backward(gradLogits: g.baseAddress!)
-                    } else {
-                        mapGrad.withUnsafeBufferPointer { model.backward(gradLogits: g.baseAddress!, gradFeatureMap: $0.baseAddress!) }
-                    }
-                }
+            let local = stepper.localGradients(batch, inputFactor: config.inputFactor)
+            let t1 = Date()
+            let global = try stepper.reduce(local, count: batch.count, skipped: batch.skipped.count)
+            let reduceTime = Date().timeIntervalSince(t1)
+            guard global.terms.total.isFinite else {
+                let message = "the loss became \(global.terms.total) at step \(step + 1) (epoch \(batch.epoch)). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr or set train.clip_grad_norm."
+                if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
+                throw TrainingError(message)
+            }
+            if global.count > 0 {
                 let g = model.parameters.gradients!.pointer
                 if let clip = config.clipGradNorm { GradientOps.clipNorm(g, count: model.parameterCount, maxNorm: clip) }
                 optimizer.update(values: model.parameters.values.pointer, gradients: g, lr: Float(lr))
+                try stepper.broadcastBuffers()
             }
             step += 1
             cursor = cursor.advanced(globalBatch: config.batchSize, steps: stepsPerEpoch)
-            var m = StepMetrics(step: step, epoch: batch.epoch, loss: loss, lr: lr,
-                                imagesPerSecond: Double(batch.count) / max(Date().timeIntervalSince(t0), 1e-9),
-                                skippedTiles: batch.skipped.count, valAccuracy: nil, valLoss: nil)
+            let distilling = teacher != nil
+            var m = StepMetrics(step: step, epoch: batch.epoch, loss: global.terms.total,
+                                kdLoss: distilling ? global.terms.kd : nil, pixelLoss: distilling ? global.terms.pixel : nil,
+                                ceLoss: distilling && config.objective.crossEntropyWeight != 0 ? global.terms.crossEntropy : nil, lr: lr,
+                                imagesPerSecond: Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: global.skipped,
+                                waitMs: waited * 1000, allreduceMs: reduceTime * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
             let epochEnded = cursor.epoch != batch.epoch
             if (epochEnded || step == totalSteps), let val {
                 let (acc, vloss) = try validate(val)
                 m.valAccuracy = acc; m.valLoss = vloss
                 if best == nil || acc > best! {
                     best = acc
-                    try model.saveWeights(to: runDirectory.appendingPathComponent("best.safetensors"), metadata: ["step": "\(step)", "val_accuracy": "\(acc)"])
+                    if group.isCoordinator {
+                        try model.saveWeights(to: runDirectory.appendingPathComponent("best.safetensors"), metadata: ["step": "\(step)", "val_accuracy": "\(acc)"])
+                    }
                 }
             }
             history.append(m)
-            try jsonl.write(contentsOf: JSONEncoder().encode(m) + Data("\n".utf8))
-            let cells: [String] = ["\(m.step)", "\(m.epoch)", "\(m.loss)", "\(m.lr)", String(format: "%.1f", m.imagesPerSecond), "\(m.skippedTiles)",
-                                   m.valAccuracy.map { "\($0)" } ?? "", m.valLoss.map { "\($0)" } ?? ""]
-            try csv.write(contentsOf: Data((cells.joined(separator: ",") + "\n").utf8))
-            if step % config.checkpointEvery == 0 || step == totalSteps || step == stopAt || epochEnded {
-                try store.save(model: model, optimizer: optimizer,
-                               state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: 1, config: config.yaml,
-                                                      writer: writer, bestMetric: best))
+            try log?.append(m)
+            let stopping = global.stopSignal != nil
+            if step % config.checkpointEvery == 0 || step == totalSteps || step == stopAt || epochEnded || stopping {
+                if group.isCoordinator {
+                    try store.save(model: model, optimizer: optimizer,
+                                   state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
+                                                          writer: writer, bestMetric: best))
+                }
+                // Nobody leaves before the checkpoint exists (a preempted job must find it on restart).
+                if stopping || step == stopAt { try group.barrier() }
             }
-            let elapsed = Date().timeIntervalSince(start)
+            let elapsed = Date().timeIntervalSince(begin)
             let rate = Double(step - startStep) / max(elapsed, 1e-9)
-            progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e %.1f img/s ETA %.0fs%@", step, totalSteps, batch.epoch, loss, lr,
+            progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e %.1f img/s ETA %.0fs%@", step, totalSteps, batch.epoch, m.loss, lr,
                              rate * Double(config.batchSize), Double(totalSteps - step) / max(rate, 1e-9),
                              m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
+            if let signal = global.stopSignal, step < totalSteps { return .interrupted(signal: signal, step: step) }
         }
+        return step >= totalSteps ? .finished : .paused(step: step)
     }
 
-    /// Accuracy and mean cross-entropy on `dataset` (eval mode, no augmentation).
+    /// Accuracy and mean cross-entropy on `dataset` (eval mode, no augmentation), each rank evaluating a
+    /// contiguous share of the tiles and the counts summed over ranks.
     public func validate(_ dataset: ShardDataset) throws -> (Double, Double) {
-        let p = try Inference.run(model: model, dataset: dataset, config: config)
-        let report = ClassificationReport.compute(probabilities: p.probabilities, labels: p.labels.map(Int.init), classes: model.config.classes)
-        return (report.accuracy, p.meanLoss)
+        let share = (dataset.count * group.rank / group.size)..<(dataset.count * (group.rank + 1) / group.size)
+        let p = try Inference.run(model: model, dataset: dataset, config: config, range: share)
+        var correct = 0
+        for (probs, label) in zip(p.probabilities, p.labels) where label >= 0 {
+            if probs.indices.max(by: { probs[$0] < probs[$1] }) == Int(label) { correct += 1 }
+        }
+        var sums: [Double] = [Double(correct), p.meanLoss * Double(p.labeledCount), Double(p.labeledCount)]
+        try sums.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
+        return sums[2] > 0 ? (sums[0] / sums[2], sums[1] / sums[2]) : (0, 0)
     }
 
-    private func appendHandle(_ url: URL) throws -> FileHandle {
+    private func traceHandle() throws -> FileHandle {
+        let dir = runDirectory.appendingPathComponent("trace")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return try MetricsLog.appendHandle(dir.appendingPathComponent("rank-\(group.rank)-of-\(group.size).tsv"))
+    }
+}
+
+/// metrics.jsonl and metrics.csv of a run, appended line by line (a resumed run continues them).
+final class MetricsLog {
+    let jsonl: FileHandle
+    let csv: FileHandle
+
+    init(directory: URL) throws {
+        jsonl = try Self.appendHandle(directory.appendingPathComponent("metrics.jsonl"))
+        let csvURL = directory.appendingPathComponent("metrics.csv")
+        if !FileManager.default.fileExists(atPath: csvURL.path) {
+            try (StepMetrics.csvHeader + "\n").write(to: csvURL, atomically: true, encoding: .utf8)
+        }
+        csv = try Self.appendHandle(csvURL)
+    }
+
+    deinit { try? jsonl.close(); try? csv.close() }
+
+    func append(_ m: StepMetrics) throws {
+        try jsonl.write(contentsOf: JSONEncoder().encode(m) + Data("\n".utf8))
+        try csv.write(contentsOf: Data((m.csvRow + "\n").utf8))
+    }
+
+    static func appendHandle(_ url: URL) throws -> FileHandle {
         if !FileManager.default.fileExists(atPath: url.path) { FileManager.default.createFile(atPath: url.path, contents: nil) }
         let h = try FileHandle(forWritingTo: url)
         try h.seekToEnd()

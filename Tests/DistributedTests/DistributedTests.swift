@@ -3,6 +3,7 @@ import Foundation
 import Testing
 @testable import Distributed
 @testable import HistoDistillCLI
+@testable import Training
 
 /// Runs a command with a time limit; returns exit status, standard output and standard error.
 func run(_ arguments: [String], environment extra: [String: String] = [:], timeout: TimeInterval = 120) throws
@@ -69,6 +70,9 @@ struct DistributedTests {
         #expect(LaunchEnvironment(rank: 0, size: 8, localSize: 4, launcher: "mpirun").defaultThreadsPerRank(cores: 32) == 8)
         #expect(LaunchEnvironment(rank: 0, size: 3, localSize: 3, launcher: "mpirun").defaultThreadsPerRank(cores: 2) == 1)
         #expect(LaunchEnvironment(rank: nil, size: nil, localSize: nil, launcher: nil).defaultThreadsPerRank(cores: 6) == 6)
+        // SLURM's --cpus-per-task wins over the division.
+        let slurm = LaunchEnvironment.current(["PMIX_RANK": "0", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "7"])
+        #expect(slurm.defaultThreadsPerRank(cores: 64) == 7)
     }
 
     @Test("single-process group: collectives are identities")

@@ -211,15 +211,24 @@ struct LoaderTests {
         #expect(b.count == 0 && b.skipped.count == 4)
     }
 
-    @Test("a global batch that does not split among the ranks is refused with a hint")
+    @Test("a global batch smaller than the number of ranks is refused with a hint; an uneven split covers the batch")
     func badBatch() throws {
         let dir = try TemporaryDirectory()
         let ds = try smallDataset(dir)
         let e = #expect(throws: ShardError.self) {
-            _ = try BatchLoader(dataset: ds, transform: PairedTransform(augment: .none, factor: 1), seed: 0, globalBatch: 5, rank: 0,
-                                worldSize: 2, cursor: DataCursor(), withLowResolution: false)
+            _ = try BatchLoader(dataset: ds, transform: PairedTransform(augment: .none, factor: 1), seed: 0, globalBatch: 2, rank: 0,
+                                worldSize: 3, cursor: DataCursor(), withLowResolution: false)
         }
-        #expect(e?.message.contains("multiple of the 2 ranks") == true)
+        #expect(e?.message.contains("at least the number of ranks") == true, "\(String(describing: e))")
+        // A batch of 5 on 2 ranks: 2 + 3 tiles, together the single-process batch.
+        let parts = try (0..<2).map { r in
+            try BatchLoader(dataset: ds, transform: PairedTransform(augment: .none, factor: 1), seed: 0, globalBatch: 5, rank: r,
+                            worldSize: 2, cursor: DataCursor(), withLowResolution: false).next()
+        }
+        let whole = try BatchLoader(dataset: ds, transform: PairedTransform(augment: .none, factor: 1), seed: 0, globalBatch: 5, rank: 0,
+                                    worldSize: 1, cursor: DataCursor(), withLowResolution: false).next()
+        #expect(parts.map(\.count) == [2, 3])
+        #expect(parts[0].samples + parts[1].samples == whole.samples && parts[0].hr + parts[1].hr == whole.hr)
     }
 
     @Test("channel statistics equal a direct computation")

@@ -1,0 +1,130 @@
+// `histodistill bench-step`: images/second of a whole data-parallel training step (supervised or distillation)
+// on synthetic tiles, alone or under mpirun, with the time spent in the gradient all-reduce.
+import ArgumentParser
+import Distributed
+import Foundation
+import Layers
+import TensorCore
+import Training
+
+struct BenchStep: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-step",
+        abstract: "Measure a data-parallel training step on synthetic tiles (alone or under mpirun): images/s, all-reduce time and share.",
+        discussion: """
+            The global batch is split among the ranks as in training; each step is forward and backward of every \
+            rank's share, the bucketed all-reduce of the gradients, and an Adam update. With --teacher-resolution, \
+            the step is a distillation step (frozen teacher forward, KD + pixel loss). Compare launches, e.g. \
+            `histodistill bench-step --threads 2` vs `cluster/mpirun-local.sh 2 histodistill bench-step --threads 1`.
+            """)
+
+    @Option(help: "Input edge of the trained model (the student) in pixels.")
+    var resolution = 56
+
+    @Option(help: "Input edge of a frozen teacher: measure a distillation step instead of a supervised one.")
+    var teacherResolution: Int?
+
+    @Option(help: "Global batch (split among the ranks).")
+    var batch = 32
+
+    @Option(help: "Timed steps per repetition.")
+    var steps = 10
+
+    @Option(help: "Repetitions (the median is reported).")
+    var reps = 3
+
+    @Option(help: "Untimed warm-up steps.")
+    var warmup = 2
+
+    @Option(help: "OpenBLAS threads per rank (default: cores per node / ranks per node).")
+    var threads: Int?
+
+    @Option(help: "Largest all-reduce bucket in MB.")
+    var bucketMB = 16.0
+
+    @Flag(help: "Print one JSON object instead of text.")
+    var json = false
+
+    func validate() throws {
+        guard resolution >= 8, batch >= 1, steps >= 1, reps >= 1, warmup >= 0, bucketMB > 0 else {
+            throw ValidationError("--resolution must be at least 8 and --batch, --steps, --reps at least 1")
+        }
+    }
+
+    func run() throws {
+        let launch = LaunchEnvironment.current()
+        let group = try makeProcessGroup(launch)
+        defer { group.finalize() }
+        guard batch >= group.size else {
+            throw CLIError("--batch \(batch) gives no tile to some of the \(group.size) ranks", hint: "use a global batch of at least the number of ranks")
+        }
+        BLAS.setThreadCount(threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
+        let classes = 3
+        let model = ResNet(.paper(classes: classes), seed: 1)
+        let teacher = teacherResolution.map { _ in ResNet(.paper(classes: classes), seed: 2) }
+        let stepper = DataParallelStep(model: model, teacher: teacher, objective: DistillationObjective(), group: group)
+        stepper.bucketElements = max(1, Int(bucketMB * 1_000_000 / 4))
+        let optimizer = Optimizer(.adam(), count: model.parameterCount)
+        try stepper.broadcastState(optimizer: optimizer)
+        let local = batch * (group.rank + 1) / group.size - batch * group.rank / group.size
+        var g = SeededGenerator(seed: UInt64(100 + group.rank))
+        let student = (0..<(local * 3 * resolution * resolution)).map { _ in Float.random(in: -1..<1, using: &g) }
+        let tr = teacherResolution ?? resolution
+        let teacherInput = teacher == nil ? [Float(0)] : (0..<(local * 3 * tr * tr)).map { _ in Float.random(in: -1..<1, using: &g) }
+        let labels = (0..<local).map { Int32($0 % classes) }
+        var reduceSeconds = 0.0
+        func step() throws {
+            let terms = student.withUnsafeBufferPointer { s in
+                teacherInput.withUnsafeBufferPointer { t in
+                    stepper.localGradients(student: s.baseAddress!, edge: resolution, teacher: t.baseAddress!, teacherEdge: tr,
+                                           labels: labels, count: local)
+                }
+            }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            _ = try stepper.reduce(terms, count: local, skipped: 0)
+            reduceSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            optimizer.update(values: model.parameters.values.pointer, gradients: model.parameters.gradients!.pointer, lr: 1e-4)
+        }
+        for _ in 0..<warmup { try step() }
+        try group.barrier()
+        var rates: [Double] = [], shares: [Double] = [], reduceMs: [Double] = []
+        for _ in 0..<reps {
+            reduceSeconds = 0
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            for _ in 0..<steps { try step() }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            rates.append(Double(steps * batch) / seconds)
+            shares.append(reduceSeconds / seconds)
+            reduceMs.append(reduceSeconds / Double(steps) * 1000)
+        }
+        // The bare all-reduce of the gradient buffer, ranks aligned by a barrier first (no waiting for stragglers).
+        var bare: [Double] = []
+        let gradients = UnsafeMutableBufferPointer(start: model.parameters.gradients!.pointer, count: model.parameterCount)
+        for _ in 0..<(group.size > 1 ? 20 : 0) {
+            try group.barrier()
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try group.allReduceSum(gradients, bucketElements: stepper.bucketElements)
+            bare.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+        }
+        guard group.isCoordinator else { return }
+        func median(_ v: [Double]) -> Double { v.isEmpty ? 0 : v.sorted()[v.count / 2] }
+        let kind = teacherResolution.map { "distillation (teacher \($0) px, student \(resolution) px)" } ?? "supervised \(resolution) px"
+        let report: [String: Any] = [
+            "step": kind, "ranks": group.size, "threads_per_rank": BLAS.threadCount, "global_batch": batch,
+            "images_per_second": median(rates), "images_per_second_min": rates.min()!, "images_per_second_max": rates.max()!,
+            "allreduce_ms_per_step": median(reduceMs), "allreduce_share": median(shares),
+            "bare_allreduce_ms": median(bare), "gradient_mb": Double(model.parameterCount * 4) / 1e6,
+        ]
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print("\(kind), global batch \(batch), \(group.size) rank(s) x \(BLAS.threadCount) thread(s)")
+            print(String(format: "  %.1f img/s (min %.1f, max %.1f over %d x %d steps)", median(rates), rates.min()!, rates.max()!, reps, steps))
+            if group.size > 1 {
+                print(String(format: "  all-reduce incl. waiting for the slowest rank: %.2f ms/step, %.1f%% of the step; bare all-reduce of %.1f MB: %.2f ms",
+                             median(reduceMs), median(shares) * 100, Double(model.parameterCount * 4) / 1e6, median(bare)))
+            }
+        }
+    }
+}

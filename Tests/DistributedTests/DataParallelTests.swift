@@ -1,0 +1,265 @@
+// Data-parallel training under real `mpirun`: the all-reduced gradient is the whole global batch's, losses do
+// not depend on the number of ranks, a resume on another world size covers every sample once, and faults (a
+// dead rank, SIGTERM/SIGUSR1, ranks started differently) end the job cleanly and promptly.
+import Foundation
+import Testing
+@testable import Layers
+import SafeTensors
+@testable import TileShards
+@testable import Training
+
+/// A run directory's metrics.jsonl as (step, loss) pairs.
+func losses(_ run: URL) throws -> [Int: Float] {
+    let text = try String(contentsOf: run.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+    var out: [Int: Float] = [:]
+    for line in text.split(separator: "\n") {
+        let m = try JSONDecoder().decode(StepMetrics.self, from: Data(line.utf8))
+        out[m.step] = m.loss
+    }
+    return out
+}
+
+/// (epoch, step) -> sorted sample indices, from every rank's trace file in `run/trace`.
+func traces(_ run: URL) throws -> [[Int]: [Int]] {
+    let dir = run.appendingPathComponent("trace")
+    var out: [[Int]: [Int]] = [:]
+    for name in try FileManager.default.contentsOfDirectory(atPath: dir.path) {
+        for line in try String(contentsOf: dir.appendingPathComponent(name), encoding: .utf8).split(separator: "\n") {
+            let f = line.split(separator: "\t").compactMap { Int($0) }
+            out[[f[0], f[1]], default: []].append(f[2])
+        }
+    }
+    return out.mapValues { $0.sorted() }
+}
+
+/// A tiny data-parallel experiment: 24 tiles of 32 px, the paper's model cut to two stages.
+func dataParallelConfig(_ dir: URL, shards: URL, batch: Int, optimizer: String = "{name: adamw, lr: 0.003}") throws -> URL {
+    let url = dir.appendingPathComponent("dp.yaml")
+    try """
+    run: {output: \(dir.appendingPathComponent("run").path), seed: 5}
+    data: {train: \(shards.path), val: \(shards.path), input_factor: 2}
+    augment: {brightness: 0.2, hue: 0.05}
+    model: {planes: [32, 32], blocks: [1, 1]}
+    optimizer: \(optimizer)
+    train: {epochs: 2, batch_size: \(batch), checkpoint_every: 100}
+    """.write(to: url, atomically: true, encoding: .utf8)
+    return url
+}
+
+/// `mpirun -np N histodistill ARGS` as root on one node.
+func mpirun(_ ranks: Int, _ arguments: [String], timeout: TimeInterval = 180) throws -> (status: Int32, stdout: String, stderr: String) {
+    try run(["mpirun", "-np", "\(ranks)"] + mpirunFlags + [try histodistillBinary()] + arguments, environment: rootEnvironment, timeout: timeout)
+}
+
+/// A process started in the background whose output is collected; `finish` waits for it with a deadline.
+final class Background: @unchecked Sendable {
+    let process = Process()
+    private let out = Pipe(), err = Pipe()
+    private var outData = Data(), errData = Data()
+    private let group = DispatchGroup()
+
+    init(_ arguments: [String], environment: [String: String] = [:]) throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.standardOutput = out
+        process.standardError = err
+        // The child inherits this thread's signal mask; the test runner's threads may block the signals under test.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM); sigaddset(&set, SIGUSR1)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        try process.run()
+        group.enter(); DispatchQueue.global().async { self.outData = self.out.fileHandleForReading.readDataToEndOfFile(); self.group.leave() }
+        group.enter(); DispatchQueue.global().async { self.errData = self.err.fileHandleForReading.readDataToEndOfFile(); self.group.leave() }
+    }
+
+    /// Waits up to `timeout` seconds; kills the process if it is still running then. Returns the status, the
+    /// seconds waited and the outputs.
+    func finish(timeout: TimeInterval) -> (status: Int32, seconds: Double, stdout: String, stderr: String) {
+        let start = Date()
+        while process.isRunning && Date().timeIntervalSince(start) < timeout { Thread.sleep(forTimeInterval: 0.05) }
+        let waited = Date().timeIntervalSince(start)
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        group.wait()
+        return (process.terminationStatus, waited, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+}
+
+/// Waits until `run/metrics.jsonl` has at least `lines` lines (or `timeout` passes); true when it has.
+func waitForSteps(_ run: URL, lines: Int, timeout: TimeInterval = 120) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if let text = try? String(contentsOf: run.appendingPathComponent("metrics.jsonl"), encoding: .utf8),
+           text.split(separator: "\n").count >= lines { return true }
+        Thread.sleep(forTimeInterval: 0.1)
+    }
+    return false
+}
+
+/// Child processes of `pid` (the ranks mpirun started on this node).
+func children(of pid: Int32) -> [Int32] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return names.compactMap { Int32($0) }.filter { p in
+        guard let stat = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 2 && Int32(fields[1]) == pid
+    }
+}
+
+@Suite("Data parallel under mpirun", .serialized)
+struct DataParallelTests {
+    @Test("one SGD step: the 2-rank and 3-rank all-reduced gradients equal the 1-process gradient of the global batch")
+    func gradientEquality() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpgrad-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        // SGD without momentum at lr 1: the weights after one step are w0 - g, so weights compare gradients.
+        let config = try dataParallelConfig(dir, shards: shards, batch: 8, optimizer: "{name: sgd, lr: 1.0, momentum: 0}")
+        let bin = try histodistillBinary()
+        let single = try run([bin, "train", "--config", config.path, "--set", "train.max_steps=1", "--set", "run.output=\(dir.path)/r1"])
+        #expect(single.status == 0, "\(single.stderr)")
+        let cfg = try RunConfig.load(config)
+        let w0 = ResNet(cfg.modelConfig(classes: 2), seed: cfg.seed).stateDict()
+        func weights(_ run: String) throws -> SafeTensorsFile {
+            try SafeTensorsFile(contentsOf: dir.appendingPathComponent("\(run)/checkpoints/step-000000001/model.safetensors"))
+        }
+        let w1 = try weights("r1")
+        for ranks in [2, 3] {   // 3 ranks split the batch of 8 unevenly (2, 3, 3)
+            let r = try mpirun(ranks, ["train", "--config", config.path, "--set", "train.max_steps=1", "--set", "run.output=\(dir.path)/r\(ranks)"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let wn = try weights("r\(ranks)")
+            var worst = 0.0, largest = 0.0
+            for t in w0 {
+                let a = try #require(w1[t.name]).floats, b = try #require(wn[t.name]).floats, w = t.floats
+                for i in w.indices {
+                    largest = max(largest, Double(abs(w[i] - a[i])))
+                    worst = max(worst, Double(abs(a[i] - b[i])))
+                }
+            }
+            #expect(largest > 1e-3, "the step moved the weights")
+            #expect(worst / largest < 1e-4, "\(ranks) ranks: max |g_ranks - g_single| / max |g| = \(worst / largest)")
+        }
+    }
+
+    @Test("losses on 1 rank and on 2 then 3 ranks agree; the 2 -> 3 rank resume covers every sample exactly once")
+    func elasticResume() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpelastic-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = try dataParallelConfig(dir, shards: shards, batch: 8)   // 3 steps per epoch, 6 in all
+        let bin = try histodistillBinary()
+        let one = dir.appendingPathComponent("one"), many = dir.appendingPathComponent("many")
+        let a = try run([bin, "train", "--config", config.path, "--set", "run.output=\(one.path)", "--trace-samples"])
+        #expect(a.status == 0, "\(a.stderr)")
+        let b = try mpirun(2, ["train", "--config", config.path, "--set", "run.output=\(many.path)", "--trace-samples", "--stop-after", "2"])
+        #expect(b.status == 0 && b.stdout.contains("paused after step 2"), "\(b.stdout) \(b.stderr)")
+        let c = try mpirun(3, ["train", "--config", config.path, "--set", "run.output=\(many.path)", "--trace-samples", "--resume"])
+        #expect(c.status == 0 && c.stdout.contains("done: step 6"), "\(c.stdout) \(c.stderr)")
+        #expect(c.stderr.contains("written by 2 ranks, continuing on 3"), "\(c.stderr)")
+        // Every sample of each epoch exactly once, in the same global batches as the single process.
+        let t1 = try traces(one), tn = try traces(many)
+        #expect(tn == t1, "the 2+3-rank run saw other samples per step than the 1-rank run")
+        for epoch in 0..<2 {
+            let seen = (0..<3).flatMap { tn[[epoch, $0]] ?? [] }.sorted()
+            #expect(seen == Array(0..<24), "epoch \(epoch): samples \(seen)")
+        }
+        // The same losses up to floating-point summation order.
+        let l1 = try losses(one), ln = try losses(many)
+        #expect(l1.count == 6 && ln.count == 6)
+        var worst = 0.0
+        for s in 1...6 {
+            let x = Double(l1[s] ?? 0), y = Double(ln[s] ?? 1)
+            worst = max(worst, abs(x - y) / max(abs(x), 1e-6))
+        }
+        #expect(worst < 1e-4, "max relative loss difference 1 vs 2/3 ranks: \(worst)")
+        print("data parallel: max relative loss difference between 1 rank and 2 -> 3 ranks over 6 steps: \(worst)")
+    }
+
+    @Test("killing one rank ends the whole job with a non-zero status within 30 seconds")
+    func rankDeath() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpkill-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = try dataParallelConfig(dir, shards: shards, batch: 4)
+        let job = try Background(["mpirun", "-np", "2"] + mpirunFlags + [try histodistillBinary(), "train", "--config", config.path,
+                                  "--set", "train.epochs=10000"], environment: rootEnvironment)
+        #expect(waitForSteps(dir.appendingPathComponent("run"), lines: 3), "the job trains")
+        let ranks = children(of: job.process.processIdentifier)
+        #expect(ranks.count == 2, "mpirun's children: \(ranks)")
+        if let victim = ranks.last { kill(victim, SIGKILL) }
+        let r = job.finish(timeout: 30)
+        #expect(r.seconds < 30 && r.status != 0, "status \(r.status) after \(r.seconds) s")
+        print("data parallel: the job ended \(r.seconds) s after one of its 2 ranks was killed")
+    }
+
+    @Test("a corrupt tile met by one rank aborts every rank, naming the rank, the file and the tile")
+    func rankError() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dperror-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let first = try #require(try FileManager.default.contentsOfDirectory(atPath: shards.path).filter { $0.hasSuffix(".shard") }.sorted().first)
+        let url = shards.appendingPathComponent(first)
+        let entry = try ShardReader(url: url).entries[0]
+        var bytes = try Data(contentsOf: url)
+        bytes[Int(entry.offset) + Int(entry.compressedSize) / 2] ^= 0x5A
+        try bytes.write(to: url)
+        // Which rank meets dataset tile 0 in epoch 0 (batch 4 on 2 ranks: positions 0-1 of a batch go to rank 0).
+        let position = try #require(EpochPlan(count: 24, seed: 5, epoch: 0, globalBatch: 4).order.firstIndex(of: 0))
+        let rank = position % 4 < 2 ? 0 : 1
+        let config = try dataParallelConfig(dir, shards: shards, batch: 4)
+        let r = try mpirun(2, ["train", "--config", config.path], timeout: 60)
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("rank \(rank) of 2") && r.stderr.contains(url.path) && r.stderr.contains("tile 0"), "\(r.stderr)")
+    }
+
+    @Test("SIGTERM to one process and SIGUSR1 to mpirun checkpoint at a step boundary, exit 75, and resume to the end")
+    func preemption() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpterm-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = try dataParallelConfig(dir, shards: shards, batch: 4)
+        let bin = try histodistillBinary()
+        for (ranks, signal) in [(1, SIGTERM), (2, SIGUSR1)] {
+            let out = dir.appendingPathComponent("run\(ranks)")
+            let launcher = ranks == 1 ? [bin] : ["mpirun", "-np", "\(ranks)"] + mpirunFlags + [bin]
+            let args = ["train", "--config", config.path, "--set", "run.output=\(out.path)", "--set", "train.epochs=10000"]
+            let job = try Background(launcher + args, environment: rootEnvironment)
+            #expect(waitForSteps(out, lines: 3), "the job trains")
+            kill(job.process.processIdentifier, signal)
+            let r = job.finish(timeout: 60)
+            #expect(r.status == 75, "\(ranks) rank(s), \(signal): status \(r.status): \(r.stderr)")
+            #expect(r.stdout.contains("stopped by"), "\(r.stdout)")
+            let store = CheckpointStore(directory: out.appendingPathComponent("checkpoints"))
+            let newest = try #require(store.newest())
+            let state = try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: newest.appendingPathComponent("state.json")))
+            let logged = try losses(out).keys.max() ?? -1
+            #expect(state.step == logged, "the checkpoint holds the last logged step \(logged), not \(state.step)")
+            let resumed = try (ranks == 1 ? run([bin] + args + ["--resume", "--set", "train.max_steps=\(state.step + 2)"])
+                                          : mpirun(ranks, args + ["--resume", "--set", "train.max_steps=\(state.step + 2)"]))
+            #expect(resumed.status == 0 && resumed.stdout.contains("done: step \(state.step + 2)"), "\(resumed.stdout) \(resumed.stderr)")
+        }
+    }
+
+    @Test("ranks started with different configs are refused at start-up, naming the rank")
+    func mismatchedRanks() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpmismatch-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = try dataParallelConfig(dir, shards: shards, batch: 4)
+        let bin = try histodistillBinary()
+        // MPMD: rank 0 and rank 1 get different command lines.
+        let r = try run(["mpirun"] + mpirunFlags + ["-np", "1", bin, "train", "--config", config.path, ":",
+                                                    "-np", "1", bin, "train", "--config", config.path, "--set", "optimizer.lr=0.5"],
+                        environment: rootEnvironment, timeout: 60)
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("rank 1 of 2 was started with a different config"), "\(r.stderr)")
+        #expect(r.stderr.contains("lr: 0.5"), "the differing line is shown: \(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("run/checkpoints").path), "nothing was trained")
+        // A start-up failure every rank shares (no shards) is reported once, not once per rank, and ends all ranks.
+        let m = try mpirun(2, ["train", "--config", config.path, "--set", "data.train=/nonexistent-shards"], timeout: 60)
+        #expect(m.status != 0 && m.stderr.components(separatedBy: "holds no .shard files").count - 1 == 1, "\(m.stderr)")
+    }
+}
