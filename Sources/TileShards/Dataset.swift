@@ -17,35 +17,50 @@ public final class ShardDataset: @unchecked Sendable {
     /// Class names shared by every shard.
     public let classes: [String]
 
-    /// Opens and validates every shard; they must share one class list.
-    public init(urls: [URL]) throws {
-        guard !urls.isEmpty else { throw ShardError("no shard files given. Hint: pack a dataset with `histodistill pack`.") }
-        readers = try urls.sorted { $0.path < $1.path }.map { try ShardReader(url: $0) }
-        classes = readers[0].metadata.classes
-        for r in readers where r.metadata.classes != classes {
-            throw ShardError("\(r.url.path): classes \(r.metadata.classes) differ from \(readers[0].url.path)'s \(classes). Hint: combine shard sets packed with the same classes.")
+    /// Shards (indices into `readers`) whose labels are ignored: every tile of them reads as unlabeled.
+    public let unlabeledShards: Set<Int>
+
+    /// Opens and validates every shard; the labeled ones must share one class list. Tiles of `unlabeled`
+    /// shards read as unlabeled whatever they were packed with (for distillation on extra unlabeled tiles).
+    public init(urls: [URL], unlabeled: [URL] = []) throws {
+        guard !urls.isEmpty || !unlabeled.isEmpty else { throw ShardError("no shard files given. Hint: pack a dataset with `histodistill pack`.") }
+        let labeledURLs = urls.sorted { $0.path < $1.path }, unlabeledURLs = unlabeled.sorted { $0.path < $1.path }
+        readers = try (labeledURLs + unlabeledURLs).map { try ShardReader(url: $0) }
+        unlabeledShards = Set(labeledURLs.count..<readers.count)
+        let reference = readers[0]
+        classes = reference.metadata.classes
+        for (s, r) in readers.enumerated() where !unlabeledShards.contains(s) && r.metadata.classes != classes {
+            throw ShardError("\(r.url.path): classes \(r.metadata.classes) differ from \(reference.url.path)'s \(classes). Hint: combine shard sets packed with the same classes.")
         }
         var a: [TileAddress] = []
         for (s, r) in readers.enumerated() { for i in 0..<r.count { a.append(TileAddress(shard: s, index: i)) } }
-        guard !a.isEmpty else { throw ShardError("\(urls[0].deletingLastPathComponent().path): the shards hold no tiles.") }
+        guard !a.isEmpty else { throw ShardError("\(readers[0].url.deletingLastPathComponent().path): the shards hold no tiles.") }
         addresses = a
     }
 
-    /// Opens every *.shard file in `directory`.
-    public convenience init(directory: URL) throws {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
-        let shards = names.filter { $0.hasSuffix(".shard") }.sorted().map { directory.appendingPathComponent($0) }
-        guard !shards.isEmpty else {
-            throw ShardError("\(directory.path): holds no .shard files. Hint: pack a dataset with `histodistill pack`.")
+    /// Opens every *.shard file in `directory`, and those of `unlabeled` directories as unlabeled tiles.
+    public convenience init(directory: URL, unlabeled: [URL] = []) throws {
+        func shards(_ directory: URL) throws -> [URL] {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+            let found = names.filter { $0.hasSuffix(".shard") }.sorted().map { directory.appendingPathComponent($0) }
+            guard !found.isEmpty else {
+                throw ShardError("\(directory.path): holds no .shard files. Hint: pack a dataset with `histodistill pack`.")
+            }
+            return found
         }
-        try self.init(urls: shards)
+        try self.init(urls: try shards(directory), unlabeled: try unlabeled.flatMap(shards))
     }
 
     /// Number of tiles.
     public var count: Int { addresses.count }
 
     /// The index entry of tile `t` (position in `addresses`).
-    public func entry(_ t: Int) -> TileEntry { readers[addresses[t].shard].entries[addresses[t].index] }
+    public func entry(_ t: Int) -> TileEntry {
+        let a = addresses[t]
+        var e = readers[a.shard].entries[a.index]
+        if unlabeledShards.contains(a.shard) { e.label = ShardFormat.unlabeled }
+        return e
+    }
 }
 
 /// The sample order of an epoch and how a global batch is split among ranks.

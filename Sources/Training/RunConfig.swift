@@ -21,6 +21,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     // data
     public var trainShards = ""
     public var valShards: String?
+    /// Extra shard directories whose tiles are used without labels (distillation only).
+    public var unlabeledShards: [String] = []
     /// The model sees tiles area-downsampled by this factor (1 = full resolution).
     public var inputFactor = 1
     public var mean: [Float] = [0, 0, 0]
@@ -51,6 +53,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var maxSteps: Int?
     public var batchSize = 32
     public var checkpointEvery = 100
+    /// Validate every this many steps (and at each epoch end); nil: at each epoch end only.
+    public var valEvery: Int?
     public var keep = 3
     public var clipGradNorm: Float?
     public var threads: Int?
@@ -69,12 +73,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// (section, key, keyPath name) of every YAML key, for validation and overrides.
     static let keys: [String: [String]] = [
         "run": ["name", "output", "seed"],
-        "data": ["train", "val", "input_factor", "mean", "std", "workers", "on_corrupt"],
+        "data": ["train", "val", "unlabeled", "input_factor", "mean", "std", "workers", "on_corrupt"],
         "augment": ["horizontal_flip", "vertical_flip", "rotate90", "brightness", "contrast", "saturation", "hue"],
         "model": ["architecture", "classes", "planes", "blocks", "groups"],
         "optimizer": ["name", "lr", "weight_decay", "momentum", "nesterov"],
         "schedule": ["name", "gamma", "step_epochs", "warmup_steps", "min_lr"],
-        "train": ["epochs", "max_steps", "batch_size", "checkpoint_every", "keep", "clip_grad_norm", "threads"],
+        "train": ["epochs", "max_steps", "batch_size", "checkpoint_every", "val_every", "keep", "clip_grad_norm", "threads"],
         "distill": ["teacher_run", "teacher_weights", "kd_weight", "temperature", "pixel_weight", "pixel_resize", "pixel_norm", "ce_weight"],
     ]
 
@@ -124,6 +128,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         c.seed = UInt64(try reader.int("run", "seed") ?? 0)
         c.trainShards = try reader.string("data", "train") ?? ""
         c.valShards = try reader.string("data", "val")
+        c.unlabeledShards = try reader.strings("data", "unlabeled") ?? []
         c.inputFactor = try reader.int("data", "input_factor") ?? 1
         c.mean = try reader.floats("data", "mean") ?? c.mean
         c.std = try reader.floats("data", "std") ?? c.std
@@ -158,6 +163,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         c.maxSteps = try reader.int("train", "max_steps")
         c.batchSize = try reader.int("train", "batch_size") ?? 32
         c.checkpointEvery = try reader.int("train", "checkpoint_every") ?? 100
+        c.valEvery = try reader.int("train", "val_every")
         c.keep = try reader.int("train", "keep") ?? 3
         c.clipGradNorm = try reader.float("train", "clip_grad_norm")
         c.threads = try reader.int("train", "threads")
@@ -177,6 +183,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if tree["distill"] != nil && c.teacherRun == nil {
             throw ConfigError("\(source): distill.teacher_run is required in a distill section (the teacher's run directory)")
+        }
+        if !c.unlabeledShards.isEmpty && !c.isDistillation {
+            throw ConfigError("\(source): data.unlabeled needs a distill section: supervised training learns from labels only. Hint: remove data.unlabeled, or distill a student from a teacher.")
         }
         if c.isDistillation && !(c.objective.temperature > 0) {
             throw ConfigError("\(source): distill.temperature must be positive, got \(c.objective.temperature)")
@@ -199,6 +208,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if batchSize < 1 { throw bad("train.batch_size", "must be at least 1") }
         if checkpointEvery < 1 || keep < 1 { throw bad("train.checkpoint_every/keep", "must be at least 1") }
         if let maxSteps, maxSteps < 1 { throw bad("train.max_steps", "must be at least 1") }
+        if let valEvery, valEvery < 1 { throw bad("train.val_every", "must be at least 1 (leave it out to validate at each epoch end)") }
     }
 
     /// The effective configuration as YAML (saved in the run directory and in checkpoints).
@@ -206,6 +216,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         func list<T>(_ v: [T]) -> String { "[" + v.map { "\($0)" }.joined(separator: ", ") + "]" }
         var s = "run:\n  name: \(name)\n  output: \(output)\n  seed: \(seed)\n"
         s += "data:\n  train: \(trainShards)\n" + (valShards.map { "  val: \($0)\n" } ?? "")
+        s += unlabeledShards.isEmpty ? "" : "  unlabeled: [" + unlabeledShards.joined(separator: ", ") + "]\n"
         s += "  input_factor: \(inputFactor)\n  mean: \(list(mean))\n  std: \(list(std))\n  workers: \(workers)\n  on_corrupt: \(onCorrupt.rawValue)\n"
         s += "augment:\n  horizontal_flip: \(augment.horizontalFlip)\n  vertical_flip: \(augment.verticalFlip)\n  rotate90: \(augment.rotate90)\n"
         s += "  brightness: \(augment.brightness)\n  contrast: \(augment.contrast)\n  saturation: \(augment.saturation)\n  hue: \(augment.hue)\n"
@@ -214,7 +225,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         s += "optimizer:\n  name: \(optimizer)\n  lr: \(lr)\n  weight_decay: \(weightDecay)\n  momentum: \(momentum)\n  nesterov: \(nesterov)\n"
         s += "schedule:\n  name: \(schedule)\n  gamma: \(gamma)\n  step_epochs: \(stepEpochs)\n  warmup_steps: \(warmupSteps)\n  min_lr: \(minLR)\n"
         s += "train:\n  epochs: \(epochs)\n" + (maxSteps.map { "  max_steps: \($0)\n" } ?? "") + "  batch_size: \(batchSize)\n"
-        s += "  checkpoint_every: \(checkpointEvery)\n  keep: \(keep)\n" + (clipGradNorm.map { "  clip_grad_norm: \($0)\n" } ?? "")
+        s += "  checkpoint_every: \(checkpointEvery)\n" + (valEvery.map { "  val_every: \($0)\n" } ?? "") + "  keep: \(keep)\n" + (clipGradNorm.map { "  clip_grad_norm: \($0)\n" } ?? "")
         s += threads.map { "  threads: \($0)\n" } ?? ""
         if let teacherRun {
             s += "distill:\n  teacher_run: \(teacherRun)\n" + (teacherWeights.map { "  teacher_weights: \($0)\n" } ?? "")
@@ -311,6 +322,16 @@ struct Reader {
         guard let v = value(s, k) else { return nil }
         if let x = v as? Bool { return x }
         throw fail(s, k, "true or false", v)
+    }
+    /// A list of strings, or one string as a list of one.
+    func strings(_ s: String, _ k: String) throws -> [String]? {
+        guard let v = value(s, k) else { return nil }
+        if let x = v as? String { return [x] }
+        if let x = v as? [Any] {
+            let values = x.compactMap { $0 as? String }
+            if values.count == x.count { return values }
+        }
+        throw fail(s, k, "a directory or a list of directories", v)
     }
     func ints(_ s: String, _ k: String) throws -> [Int]? {
         guard let v = value(s, k) else { return nil }

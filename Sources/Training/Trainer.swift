@@ -96,12 +96,14 @@ public final class SupervisedTrainer {
         self.group = group
         try group.requireIdentical(writer, what: "program version")
         try group.requireIdentical(config.yaml, what: "config")
-        func open(_ path: String, _ key: String) throws -> ShardDataset {
-            do { return try ShardDataset(directory: URL(fileURLWithPath: path)) } catch let e as ShardError {
-                throw TrainingError("data.\(key) (\(path)): \(e.message)")
+        func open(_ path: String, _ key: String, unlabeled: [String] = []) throws -> ShardDataset {
+            do {
+                return try ShardDataset(directory: URL(fileURLWithPath: path), unlabeled: unlabeled.map { URL(fileURLWithPath: $0) })
+            } catch let e as ShardError {
+                throw TrainingError("data.\(key) (\(([path] + unlabeled).joined(separator: ", "))): \(e.message)")
             }
         }
-        train = try open(config.trainShards, "train")
+        train = try open(config.trainShards, config.unlabeledShards.isEmpty ? "train" : "train/unlabeled", unlabeled: config.unlabeledShards)
         val = try config.valShards.map { try open($0, "val") }
         if let val, val.classes != train.classes {
             throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
@@ -124,7 +126,11 @@ public final class SupervisedTrainer {
             guard tc.inputFactor == 1 else {
                 throw TrainingError("distill.teacher_run \(teacherRun) trained on tiles downsampled \(tc.inputFactor)x; the teacher must see full-resolution tiles (input_factor 1)")
             }
-            let weights = config.teacherWeights.map { URL(fileURLWithPath: $0) } ?? dir.appendingPathComponent("best.safetensors")
+            // The teacher's best weights; a teacher trained without validation has only checkpoints: its newest.
+            let best = dir.appendingPathComponent("best.safetensors")
+            let newest = CheckpointStore(directory: dir.appendingPathComponent("checkpoints")).newest()?.appendingPathComponent("model.safetensors")
+            let weights = config.teacherWeights.map { URL(fileURLWithPath: $0) }
+                ?? (FileManager.default.fileExists(atPath: best.path) ? best : newest ?? best)
             // The teacher's class count is what its classifier was trained for.
             let teacherClasses: Int
             do {
@@ -242,7 +248,8 @@ public final class SupervisedTrainer {
                                 imagesPerSecond: Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: global.skipped,
                                 waitMs: waited * 1000, allreduceMs: reduceTime * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
             let epochEnded = cursor.epoch != batch.epoch
-            if (epochEnded || step == totalSteps), let val {
+            let validateNow = epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true
+            if validateNow, let val {
                 let (acc, vloss) = try validate(val)
                 m.valAccuracy = acc; m.valLoss = vloss
                 if best == nil || acc > best! {

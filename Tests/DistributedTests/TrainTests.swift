@@ -180,4 +180,45 @@ struct DistillTests {
         let e = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: bad, writer: "test") }
         #expect(e?.message.contains("2 classes, the student 3") == true, "\(String(describing: e))")
     }
+
+    @Test("labeled and unlabeled shard sets combine for distillation; validation every N steps")
+    func unlabeledAndValEvery() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-unlabeled-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        // A second, unlabeled set: the same images packed without labels and with other class names.
+        let other = dir.appendingPathComponent("other")
+        try FileManager.default.createDirectory(at: other.appendingPathComponent("x"), withIntermediateDirectories: true)
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("in/a").path).prefix(8) {
+            try FileManager.default.copyItem(at: dir.appendingPathComponent("in/a/\(f)"), to: other.appendingPathComponent("x/\(f)"))
+        }
+        _ = try Packer.pack(try PackPlan.imageFolder(other, unlabeled: true), options: PackOptions(output: dir.appendingPathComponent("unlabeled")))
+        let teacherDir = dir.appendingPathComponent("teacher")
+        try SupervisedTrainer(config: try RunConfig.parse("""
+        run: {output: \(teacherDir.path), seed: 1}
+        data: {train: \(shards.path), input_factor: 1}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 2, batch_size: 4}
+        """, source: "teacher.yaml"), writer: "test").run(resume: false)
+        let config = try RunConfig.parse("""
+        run: {output: \(dir.appendingPathComponent("student").path), seed: 2}
+        data: {train: \(shards.path), unlabeled: [\(dir.appendingPathComponent("unlabeled").path)], val: \(shards.path), input_factor: 2}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 5, batch_size: 4, val_every: 2}
+        distill: {teacher_run: \(teacherDir.path), ce_weight: 1}
+        """, source: "student.yaml")
+        #expect(try RunConfig.parse(config.yaml, source: "written back") == config)
+        let trainer = try SupervisedTrainer(config: config, writer: "test")
+        #expect(trainer.train.count == 24 + 8)
+        let labels = (0..<trainer.train.count).map { trainer.train.entry($0).label }
+        #expect(labels.prefix(24).allSatisfy { $0 >= 0 } && labels.suffix(8).allSatisfy { $0 == -1 })
+        try trainer.run(resume: false)
+        #expect(trainer.history.map { $0.valAccuracy != nil } == [false, true, false, true, true], "validated at steps 2, 4 and the last")
+        #expect(trainer.history.allSatisfy { $0.loss.isFinite && $0.kdLoss != nil && $0.ceLoss != nil })
+        // Supervised training cannot use unlabeled sets.
+        let e = #expect(throws: ConfigError.self) {
+            _ = try RunConfig.parse("data: {train: x, unlabeled: y}", source: "u.yaml")
+        }
+        #expect(e?.message.contains("data.unlabeled needs a distill section") == true)
+    }
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Predicts data-parallel efficiency of histodistill from measured inputs (docs/scaling.md).
+
+Model (no overlap of communication with backward, which is what histodistill does today):
+    step time  T(p) = T_compute(b) + T_allreduce(p)
+    T_compute(b)    = b / r                 r: images/s of ONE rank on its node's cores, b: tiles per rank
+    T_allreduce(p)  = 2 (p-1)/p * G / BW  +  2 (p-1) * k * alpha
+                      (ring all-reduce of G bytes in k buckets; BW bytes/s per link, alpha latency per message)
+    efficiency      = T_compute(b) / T(p)   (images/s of p ranks over p times one rank's)
+
+Weak scaling keeps b fixed (global batch b*p); strong scaling keeps the global batch B fixed (b = B/p).
+Only the Python standard library is needed.
+
+Usage:
+    cluster/scaling_model.py --rank-images-per-second 210 --gradient-mb 4.9 [--batch-per-rank 32]
+        [--global-batch 256] [--bucket-mb 16] [--check MEASURED.json]
+"""
+import argparse
+import json
+import math
+
+NETWORKS = {  # name: (bytes/s per link, latency per message in s): typical values, not measured here
+    "10 Gbit/s Ethernet (TCP)": (10e9 / 8 * 0.9, 30e-6),
+    "100 Gbit/s (InfiniBand/RoCE)": (100e9 / 8 * 0.9, 3e-6),
+}
+RANKS = [8, 16, 32, 64, 128, 256]
+
+
+def allreduce_seconds(p, grad_bytes, bandwidth, latency, buckets):
+    if p <= 1:
+        return 0.0
+    return 2 * (p - 1) / p * grad_bytes / bandwidth + 2 * (p - 1) * buckets * latency
+
+
+def efficiency(compute, comm):
+    return compute / (compute + comm)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rank-images-per-second", type=float, required=True,
+                    help="measured images/s of one rank (histodistill bench-step on one node)")
+    ap.add_argument("--gradient-mb", type=float, required=True, help="gradient buffer in MB (bench-step prints it)")
+    ap.add_argument("--batch-per-rank", type=int, default=32, help="tiles per rank per step (weak scaling)")
+    ap.add_argument("--global-batch", type=int, default=256, help="global batch for the strong-scaling table")
+    ap.add_argument("--bucket-mb", type=float, default=16.0, help="all-reduce bucket size in MB")
+    ap.add_argument("--label", default="", help="what the rank's images/s measures (printed in the heading)")
+    ap.add_argument("--check", help="JSON with shared-memory measurements to compare the model with: "
+                                    '{"bandwidth_gbs": ..., "latency_us": ..., "runs": [{"ranks": p, "cores_per_rank": c, '
+                                    '"rank_images_per_second": r, "measured_images_per_second": m, "global_batch": B}]}')
+    a = ap.parse_args()
+    grad = a.gradient_mb * 1e6
+    buckets = max(1, math.ceil(a.gradient_mb / a.bucket_mb))
+    r = a.rank_images_per_second
+    print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {a.gradient_mb:.2f} MB in {buckets} bucket(s)\n")
+    for title, per_rank in (("Weak scaling", lambda p: a.batch_per_rank),
+                            (f"Strong scaling (global batch {a.global_batch})", lambda p: a.global_batch / p)):
+        header = "batch per rank" if title.startswith("Weak") else "tiles per rank"
+        print(f"### {title}\n")
+        print("| network | " + " | ".join(f"{p} ranks" for p in RANKS) + " |")
+        print("|---|" + "---|" * len(RANKS))
+        for name, (bw, lat) in NETWORKS.items():
+            cells = []
+            for p in RANKS:
+                b = per_rank(p)
+                if b < 1:
+                    cells.append("n/a")
+                    continue
+                comp = b / r
+                comm = allreduce_seconds(p, grad, bw, lat, buckets)
+                cells.append(f"{efficiency(comp, comm) * 100:.0f}% ({comm * 1e3:.1f} ms)")
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print(f"\nEfficiency (all-reduce ms per step); {header}: "
+              + ", ".join(f"{p}: {per_rank(p):g}" for p in RANKS) + ".\n")
+    if a.check:
+        with open(a.check) as f:
+            c = json.load(f)
+        bw, lat = c["bandwidth_gbs"] * 1e9, c["latency_us"] * 1e-6
+        print(f"### Check against shared-memory runs on this node (bandwidth {c['bandwidth_gbs']} GB/s, latency {c['latency_us']} us)\n")
+        print("| ranks | cores per rank | predicted img/s | measured img/s | error |")
+        print("|---|---|---|---|---|")
+        for run in c["runs"]:
+            p, B = run["ranks"], run["global_batch"]
+            comp = (B / p) / run["rank_images_per_second"]
+            comm = allreduce_seconds(p, grad, bw, lat, buckets)
+            predicted = B / (comp + comm)
+            m = run["measured_images_per_second"]
+            print(f"| {p} | {run['cores_per_rank']} | {predicted:.1f} | {m:.1f} | {(predicted - m) / m * 100:+.1f}% |")
+        print()
+
+
+if __name__ == "__main__":
+    main()
