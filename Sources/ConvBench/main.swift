@@ -120,7 +120,8 @@ print("paper model convs at \(options.resolution) px, batch \(options.batch), \(
 
 for t in options.threads {
     BLAS.setThreadCount(t)
-    // Square GEMM reference.
+    // Square GEMM reference: OpenBLAS alone with t threads (the engine keeps OpenBLAS single-threaded).
+    BLAS.setLibraryThreadCount(t)
     let g = options.gemmSize
     let a = Buffer<Float>(count: g * g), b = Buffer<Float>(count: g * g), c = Buffer<Float>(count: g * g)
     fill(a, seed: 1); fill(b, seed: 2)
@@ -132,6 +133,7 @@ for t in options.threads {
         })
     }
     let gemmRate = 2 * Double(g * g * g) / median(Array(gemmTimes.dropFirst())) / 1e9
+    BLAS.setThreadCount(t)
 
     print("\n## \(t) thread\(t > 1 ? "s" : "")\n")
     print("sgemm \(g)x\(g)x\(g): \(String(format: "%.1f", gemmRate)) GFLOP/s\n")

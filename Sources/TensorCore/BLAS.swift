@@ -3,14 +3,27 @@ import COpenBLAS
 
 /// Runtime controls and facts of the loaded OpenBLAS.
 public enum BLAS {
-    /// Number of threads OpenBLAS uses for one GEMM.
-    public static var threadCount: Int { Int(openblas_get_num_threads()) }
+    /// Threads the engine uses: the parallel-for width over which kernels split their work (each worker
+    /// calling single-threaded GEMMs).
+    public static var threadCount: Int { Parallel.width }
 
-    /// Sets OpenBLAS's thread count and the engine's parallel-for width together, so both use the same cores.
+    /// Sets the engine's thread count. OpenBLAS itself stays single-threaded: its worker threads keep spinning
+    /// for a while after each multi-threaded GEMM, and on a machine with no spare core that spinning starves
+    /// the engine's own workers (measured: a 56 px training step on 2 cores ran 4x slower with OpenBLAS at 2
+    /// threads than at 1; see docs/benchmarks.md). Kernels split batches and tiles over `count` workers instead.
     public static func setThreadCount(_ count: Int) {
         precondition(count >= 1, "BLAS.setThreadCount: thread count must be >= 1, got \(count)")
-        openblas_set_num_threads(Int32(count))
+        openblas_set_num_threads(1)
         Parallel.setWidth(count)
+    }
+
+    /// Threads OpenBLAS uses for one GEMM call (1 under `setThreadCount`).
+    public static var libraryThreadCount: Int { Int(openblas_get_num_threads()) }
+
+    /// Lets OpenBLAS use `count` threads per GEMM call, for reference measurements of the library alone.
+    public static func setLibraryThreadCount(_ count: Int) {
+        precondition(count >= 1, "BLAS.setLibraryThreadCount: thread count must be >= 1, got \(count)")
+        openblas_set_num_threads(Int32(count))
     }
 
     /// Runs `body` with OpenBLAS single-threaded, so that `Parallel.width` workers can each call GEMM on their
