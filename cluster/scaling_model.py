@@ -77,15 +77,19 @@ def main():
             c = json.load(f)
         bw, lat = c["bandwidth_gbs"] * 1e9, c["latency_us"] * 1e-6
         print(f"### Check against shared-memory runs on this node (bandwidth {c['bandwidth_gbs']} GB/s, latency {c['latency_us']} us)\n")
-        print("| ranks | cores per rank | predicted img/s | measured img/s | error |")
-        print("|---|---|---|---|---|")
+        print("| ranks | cores per rank | predicted img/s (error) | measured straggler wait, ms/step | "
+              "predicted with that wait (error) | measured img/s |")
+        print("|---|---|---|---|---|---|")
         for run in c["runs"]:
             p, B = run["ranks"], run["global_batch"]
             comp = (B / p) / run["rank_images_per_second"]
             comm = allreduce_seconds(p, grad, bw, lat, buckets)
             predicted = B / (comp + comm)
+            wait = run.get("straggler_ms", 0) / 1e3
+            with_wait = B / (comp + comm + wait)
             m = run["measured_images_per_second"]
-            print(f"| {p} | {run['cores_per_rank']} | {predicted:.1f} | {m:.1f} | {(predicted - m) / m * 100:+.1f}% |")
+            print(f"| {p} | {run['cores_per_rank']} | {predicted:.1f} ({(predicted - m) / m * 100:+.0f}%) | "
+                  f"{run.get('straggler_ms', 0):.1f} | {with_wait:.1f} ({(with_wait - m) / m * 100:+.0f}%) | {m:.1f} |")
         print()
 
 
