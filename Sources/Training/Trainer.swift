@@ -33,6 +33,28 @@ public struct StepMetrics: Codable, Equatable, Sendable {
         case valAccuracy = "val_accuracy", valLoss = "val_loss"
     }
 
+    public init(step: Int, epoch: Int, loss: Float, kdLoss: Float? = nil, pixelLoss: Float? = nil, ceLoss: Float? = nil, lr: Double,
+                imagesPerSecond: Double, skippedTiles: Int, waitMs: Double = 0, allreduceMs: Double = 0, ranks: Int = 1,
+                valAccuracy: Double? = nil, valLoss: Double? = nil) {
+        self.step = step; self.epoch = epoch; self.loss = loss; self.kdLoss = kdLoss; self.pixelLoss = pixelLoss; self.ceLoss = ceLoss
+        self.lr = lr; self.imagesPerSecond = imagesPerSecond; self.skippedTiles = skippedTiles; self.waitMs = waitMs
+        self.allreduceMs = allreduceMs; self.ranks = ranks; self.valAccuracy = valAccuracy; self.valLoss = valLoss
+    }
+
+    /// Reads lines written by this version and by 0.1.0's first trainer (which lacked the loss terms, the
+    /// timings and the rank count).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(step: try c.decode(Int.self, forKey: .step), epoch: try c.decode(Int.self, forKey: .epoch),
+                  loss: try c.decode(Float.self, forKey: .loss), kdLoss: try c.decodeIfPresent(Float.self, forKey: .kdLoss),
+                  pixelLoss: try c.decodeIfPresent(Float.self, forKey: .pixelLoss), ceLoss: try c.decodeIfPresent(Float.self, forKey: .ceLoss),
+                  lr: try c.decode(Double.self, forKey: .lr), imagesPerSecond: try c.decode(Double.self, forKey: .imagesPerSecond),
+                  skippedTiles: try c.decode(Int.self, forKey: .skippedTiles), waitMs: try c.decodeIfPresent(Double.self, forKey: .waitMs) ?? 0,
+                  allreduceMs: try c.decodeIfPresent(Double.self, forKey: .allreduceMs) ?? 0,
+                  ranks: try c.decodeIfPresent(Int.self, forKey: .ranks) ?? 1,
+                  valAccuracy: try c.decodeIfPresent(Double.self, forKey: .valAccuracy), valLoss: try c.decodeIfPresent(Double.self, forKey: .valLoss))
+    }
+
     /// The CSV header matching `csvRow`.
     public static let csvHeader = "step,epoch,loss,kd_loss,pixel_loss,ce_loss,lr,images_per_second,skipped_tiles,wait_ms,allreduce_ms,ranks,val_accuracy,val_loss"
 
@@ -310,6 +332,13 @@ final class MetricsLog {
     init(directory: URL) throws {
         jsonl = try Self.appendHandle(directory.appendingPathComponent("metrics.jsonl"))
         let csvURL = directory.appendingPathComponent("metrics.csv")
+        // A run resumed by a version with other columns: keep the old file under another name, start a new one.
+        if let existing = try? String(contentsOf: csvURL, encoding: .utf8),
+           let header = existing.split(separator: "\n", maxSplits: 1).first, header != Substring(StepMetrics.csvHeader) {
+            var n = 1
+            while FileManager.default.fileExists(atPath: directory.appendingPathComponent("metrics.\(n).csv").path) { n += 1 }
+            try FileManager.default.moveItem(at: csvURL, to: directory.appendingPathComponent("metrics.\(n).csv"))
+        }
         if !FileManager.default.fileExists(atPath: csvURL.path) {
             try (StepMetrics.csvHeader + "\n").write(to: csvURL, atomically: true, encoding: .utf8)
         }

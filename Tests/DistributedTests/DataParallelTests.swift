@@ -243,6 +243,35 @@ struct DataParallelTests {
         }
     }
 
+    @Test("the SLURM template forwards SIGUSR1 to the ranks and requeues the job when they checkpoint and stop")
+    func slurmTemplate() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-slurm-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = try dataParallelConfig(dir, shards: shards, batch: 4)
+        // A stand-in for scontrol that records its arguments; mpirun as the launcher (no SLURM here).
+        let fake = dir.appendingPathComponent("bin")
+        try FileManager.default.createDirectory(at: fake, withIntermediateDirectories: true)
+        try "#!/bin/sh\necho \"$@\" >> \(dir.path)/scontrol.log\n".write(to: fake.appendingPathComponent("scontrol"), atomically: true, encoding: .utf8)
+        chmod(fake.appendingPathComponent("scontrol").path, 0o755)
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let environment = rootEnvironment.merging([
+            "PATH": fake.path + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"),
+            "SLURM_JOB_ID": "4242", "SLURM_NNODES": "1", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "1",
+            "LAUNCHER": "mpirun", "HISTODISTILL": try histodistillBinary(), "OMPI_MCA_rmaps_base_oversubscribe": "1",
+        ]) { $1 }
+        let out = dir.appendingPathComponent("run")
+        let job = try Background(["bash", root.appendingPathComponent("cluster/slurm-train.sbatch").path, "train", config.path,
+                                  "--set", "train.epochs=10000"], environment: environment)
+        #expect(waitForSteps(out, lines: 3), "the job trains")
+        kill(job.process.processIdentifier, SIGUSR1)   // what SLURM's --signal=B:USR1 does before the time limit
+        let r = job.finish(timeout: 60)
+        #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
+        #expect(r.stdout.contains("requeueing job 4242"), "\(r.stdout)")
+        #expect(try String(contentsOf: dir.appendingPathComponent("scontrol.log"), encoding: .utf8) == "requeue 4242\n")
+        #expect(CheckpointStore(directory: out.appendingPathComponent("checkpoints")).newest() != nil)
+    }
+
     @Test("ranks started with different configs are refused at start-up, naming the rank")
     func mismatchedRanks() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpmismatch-\(UUID().uuidString)")

@@ -65,6 +65,27 @@ struct TrainTests {
         #expect(try String(contentsOf: dir.appendingPathComponent("a/config.yaml"), encoding: .utf8).contains("max_steps: 9"))
     }
 
+    @Test("metrics written by an older version are kept: old JSONL lines still decode, an old CSV is renamed, not mixed")
+    func olderMetrics() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-oldmetrics-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let run = dir.appendingPathComponent("run")
+        try FileManager.default.createDirectory(at: run, withIntermediateDirectories: true)
+        let oldCSV = "step,epoch,loss,lr,images_per_second,skipped_tiles,val_accuracy,val_loss\n1,0,0.5,0.001,30.0,0,,\n"
+        try oldCSV.write(to: run.appendingPathComponent("metrics.csv"), atomically: true, encoding: .utf8)
+        try "{\"step\":1,\"epoch\":0,\"loss\":0.5,\"lr\":0.001,\"images_per_second\":30,\"skipped_tiles\":0}\n"
+            .write(to: run.appendingPathComponent("metrics.jsonl"), atomically: true, encoding: .utf8)
+        let trainer = try SupervisedTrainer(config: try tinyConfig(shards: shards, output: run, maxSteps: 2), writer: "test")
+        try trainer.run(resume: false)
+        #expect(try String(contentsOf: run.appendingPathComponent("metrics.1.csv"), encoding: .utf8) == oldCSV)
+        let csv = try String(contentsOf: run.appendingPathComponent("metrics.csv"), encoding: .utf8).split(separator: "\n")
+        #expect(csv.count == 3 && csv[0] == Substring(StepMetrics.csvHeader))
+        let lines = try String(contentsOf: run.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        let decoded = try lines.map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)) }
+        #expect(decoded.map(\.step) == [1, 1, 2] && decoded[0].ranks == 1 && decoded[0].kdLoss == nil)
+    }
+
     @Test("config typos and bad values name the key and suggest a fix")
     func configErrors() throws {
         let e1 = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}\noptimiser: {lr: 0.1}", source: "c.yaml") }
