@@ -4,6 +4,7 @@ import ArgumentParser
 import Foundation
 import TensorCore
 import TileShards
+import Training
 
 struct Stats: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Per-channel mean and standard deviation of a shard set, for normalisation.")
@@ -149,10 +150,18 @@ struct BenchPipeline: ParsableCommand {
     @Option(help: "Batches to time.")
     var steps: Int = 20
 
+    @Option(help: "Take the augmentation, normalisation and factor from this run config (default: flips, rotations and colour jitter 0.2/0.2/0.2/0.05).")
+    var config: String?
+
     func run() throws {
         let dataset = try ShardDataset(urls: try shardFiles(paths))
-        let transform = PairedTransform(augment: AugmentOptions(brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05), factor: factor,
+        var transform = PairedTransform(augment: AugmentOptions(brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05), factor: factor,
                                         mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25])
+        if let config {
+            let c: RunConfig
+            do { c = try RunConfig.load(URL(fileURLWithPath: config)) } catch let e as ConfigError { throw CLIError(e.message) }
+            transform = PairedTransform(augment: c.augment, factor: max(c.inputFactor, 1), mean: c.mean, std: c.std)
+        }
         let loader = try BatchLoader(dataset: dataset, transform: transform, seed: 1, globalBatch: batch, rank: 0, worldSize: 1,
                                      cursor: DataCursor(), withLowResolution: true, workers: workers, depth: 2)
         _ = try loader.next()
@@ -161,6 +170,6 @@ struct BenchPipeline: ParsableCommand {
         for _ in 0..<steps { tiles += try loader.next().count }
         let dt = Date().timeIntervalSince(t0)
         print(String(format: "%d tiles in %.2f s: %.0f tiles/s with %d worker(s) (%.0f tiles/s per worker); factor %d, batch %d",
-                     tiles, dt, Double(tiles) / dt, workers, Double(tiles) / dt / Double(workers), factor, batch))
+                     tiles, dt, Double(tiles) / dt, workers, Double(tiles) / dt / Double(workers), transform.factor, batch))
     }
 }

@@ -28,6 +28,14 @@ public struct AugmentOptions: Codable, Hashable, Sendable {
 public enum ColorOps {
     @inline(__always) static func clamp01(_ v: Float) -> Float { min(max(v, 0), 1) }
 
+    /// floor(x) for |x| < 2^22 without a libm call or a checked conversion, so loops using it vectorise:
+    /// adding and removing 1.5 * 2^23 rounds to the nearest integer, then one step down where that overshot.
+    @inline(__always) static func floorSmall(_ x: Float) -> Float {
+        let magic: Float = 12_582_912
+        let r = (x + magic) - magic
+        return r > x ? r - 1 : r
+    }
+
     /// adjust_brightness: img * f, clamped.
     public static func brightness(_ x: UnsafeMutablePointer<Float>, plane: Int, factor f: Float) {
         for i in 0..<(3 * plane) { x[i] = clamp01(x[i] * f) }
@@ -58,34 +66,32 @@ public enum ColorOps {
     /// by a subtraction of the floor, which is the same for the value ranges that occur here).
     public static func hue(_ x: UnsafeMutablePointer<Float>, plane: Int, shift: Float) {
         let r0 = x, g0 = x + plane, b0 = x + 2 * plane
+        // Without branches (selects instead), so that a pixel's hue sector costs no mispredicted jump; the
+        // arithmetic is torchvision's. A grey pixel (max = min) gets s = 0, so p = q = t = v: unchanged.
         for i in 0..<plane {
             let r = r0[i], g = g0[i], b = b0[i]
             let maxc = max(r, max(g, b)), minc = min(r, min(g, b))
             let cr = maxc - minc
             let v = maxc
-            if cr == 0 { continue }   // grey: saturation 0, hue irrelevant, the pixel is unchanged
-            let s = cr / maxc
-            let inv = 1 / cr
+            let grey = cr == 0
+            let s = grey ? 0 : cr / maxc
+            let inv = 1 / (grey ? 1 : cr)
             let rc = (maxc - r) * inv, gc = (maxc - g) * inv, bc = (maxc - b) * inv
-            var h: Float
-            if maxc == r { h = bc - gc } else if maxc == g { h = 2 + rc - bc } else { h = 4 + gc - rc }
-            // torchvision: h = fmod(h / 6 + 1, 1), then (h + shift) mod 1 (Python-style, non-negative)
+            var h: Float = maxc == r ? bc - gc : (maxc == g ? 2 + rc - bc : 4 + gc - rc)
+            // torchvision: h = fmod(h / 6 + 1, 1), then (h + shift) mod 1 (Python-style, non-negative). h / 6 + 1
+            // lies in [5/6, 11/6], h + shift in [-0.5, 1.5), hh * 6 in [0, 6].
             h = h / 6 + 1
-            h -= h.rounded(.down)
+            h -= floorSmall(h)
             var hh = h + shift
-            hh -= hh.rounded(.down)
+            hh -= floorSmall(hh)
             let h6 = hh * 6
-            let fi = h6.rounded(.down)
-            let f = h6 - fi
+            let sector = floorSmall(h6)
+            let f = h6 - sector
             let p = clamp01(v * (1 - s)), q = clamp01(v * (1 - s * f)), t = clamp01(v * (1 - s * (1 - f)))
-            switch Int(fi) {
-            case 0: r0[i] = v; g0[i] = t; b0[i] = p
-            case 1: r0[i] = q; g0[i] = v; b0[i] = p
-            case 2: r0[i] = p; g0[i] = v; b0[i] = t
-            case 3: r0[i] = p; g0[i] = q; b0[i] = v
-            case 4: r0[i] = t; g0[i] = p; b0[i] = v
-            default: r0[i] = v; g0[i] = p; b0[i] = q
-            }
+            // sector: 0 (v, t, p), 1 (q, v, p), 2 (p, v, t), 3 (p, q, v), 4 (t, p, v), 5 and 6 (v, p, q)
+            r0[i] = sector == 0 || sector >= 5 ? v : (sector == 1 ? q : (sector == 4 ? t : p))
+            g0[i] = sector == 1 || sector == 2 ? v : (sector == 0 ? t : (sector == 3 ? q : p))
+            b0[i] = sector == 3 || sector == 4 ? v : (sector == 2 ? t : (sector >= 5 ? q : p))
         }
     }
 }
@@ -155,23 +161,32 @@ public struct PairedTransform: Sendable {
         // uint8 HWC -> float CHW in [0, 1]; the flips and rotation become one source-index formula per case.
         let n = width   // rotations only happen for square tiles
         let k = draw.rotations & 3
-        for y in 0..<height {
-            for x in 0..<width {
-                let fx = draw.hflip ? width - 1 - x : x
-                let fy = draw.vflip ? height - 1 - y : y
-                // k rotations of out(y, x) = in(x, n - 1 - y), composed
-                let sy: Int, sx: Int
-                switch k {
-                case 0: sy = fy; sx = fx
-                case 1: sy = fx; sx = n - 1 - fy
-                case 2: sy = n - 1 - fy; sx = n - 1 - fx
-                default: sy = n - 1 - fx; sx = fy
+        Self.unitScale.withUnsafeBufferPointer { scale in
+            let u = scale.baseAddress!   // u[v] = Float(v) / 255, exactly as a division gives it
+            for y in 0..<height {
+                // Along an output row the source pixel moves by a fixed step: find the row's first source pixel
+                // (x = 0) and that step, from the composition of the flips and k rotations of
+                // out(y, x) = in(x, n - 1 - y).
+                func source(_ x: Int) -> Int {
+                    let fx = draw.hflip ? width - 1 - x : x
+                    let fy = draw.vflip ? height - 1 - y : y
+                    switch k {
+                    case 0: return fy * width + fx
+                    case 1: return fx * width + (n - 1 - fy)
+                    case 2: return (n - 1 - fy) * width + (n - 1 - fx)
+                    default: return (n - 1 - fx) * width + fy
+                    }
                 }
-                let src = rgb + (sy * width + sx) * 3
-                let o = y * width + x
-                hr[o] = Float(src[0]) / 255
-                hr[plane + o] = Float(src[1]) / 255
-                hr[2 * plane + o] = Float(src[2]) / 255
+                let start = source(0), step = width > 1 ? source(1) - start : 0
+                let r = hr + y * width, g = r + plane, b = g + plane
+                var s = start * 3
+                let step3 = step * 3
+                for x in 0..<width {
+                    r[x] = u[Int(rgb[s])]
+                    g[x] = u[Int(rgb[s + 1])]
+                    b[x] = u[Int(rgb[s + 2])]
+                    s += step3
+                }
             }
         }
         draw.applyColor(hr, plane: plane)
@@ -186,6 +201,9 @@ public struct PairedTransform: Sendable {
         }
         normalize(hr, plane: plane)
     }
+
+    /// Float(v) / 255 for every byte value.
+    static let unitScale: [Float] = (0..<256).map { Float($0) / 255 }
 
     func normalize(_ x: UnsafeMutablePointer<Float>, plane: Int) {
         for c in 0..<3 {

@@ -90,6 +90,18 @@ struct OrderTests {
 
 @Suite("Augmentation")
 struct AugmentTests {
+    @Test("the branch-free floor equals floorf over the ranges the hue adjustment uses, at and around integers")
+    func floorSmall() {
+        var xs: [Float] = []
+        for k in -2...8 {
+            let v = Float(k)
+            xs += [v, v.nextUp, v.nextDown, v + 0.5, v - 0.5, (v + 0.5).nextDown, (v + 0.5).nextUp]
+        }
+        var g = SplitMix64(seed: 5)
+        for _ in 0..<10_000 { xs.append(g.uniform(-0.6, 6.6)) }
+        for x in xs { #expect(ColorOps.floorSmall(x) == x.rounded(.down), "floor(\(x))") }
+    }
+
     func apply(_ name: String, _ op: (UnsafeMutablePointer<Float>) -> Void) {
         var x = AugmentFixtures.floats("x")
         x.withUnsafeMutableBufferPointer { op($0.baseAddress!) }

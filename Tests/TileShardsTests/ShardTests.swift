@@ -1,6 +1,7 @@
 // Shards: round trips, determinism, corruption and truncation always detected, bad images reported by path.
 import Foundation
 import Testing
+import TensorCore
 @testable import TileShards
 
 /// A temporary directory removed at the end of the test.
@@ -49,6 +50,29 @@ struct ShardTests {
     @Test("CRC-32 matches zlib's check value")
     func crc() {
         #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
+        // The 8-bytes-at-a-time path equals the bit-by-bit definition at every length, offset and split.
+        func reference(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+            var c: UInt32 = 0xFFFF_FFFF
+            for b in bytes {
+                c ^= UInt32(b)
+                for _ in 0..<8 { c = (c & 1) != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+            }
+            return ~c
+        }
+        var g = SplitMix64(seed: 11)
+        let data = (0..<300).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+        for offset in 0..<9 {
+            for length in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200] {
+                let slice = data[offset..<(offset + length)]
+                let fast = slice.withUnsafeBytes { CRC32.checksum($0.baseAddress!, count: $0.count) }
+                #expect(fast == reference(slice), "offset \(offset) length \(length)")
+                let split = length / 3
+                let chained = slice.withUnsafeBytes { b in
+                    CRC32.checksum(b.baseAddress! + split, count: length - split, crc: CRC32.checksum(b.baseAddress!, count: split))
+                }
+                #expect(chained == fast)
+            }
+        }
     }
 
     @Test("pack then read: pixels, labels, sources and metadata round-trip", arguments: PixelFilter.allCases)
