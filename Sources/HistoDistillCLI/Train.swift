@@ -17,6 +17,9 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Stop after this global step with a checkpoint (split a run into time-boxed jobs; --resume continues).")
     var stopAfter: Int?
 
+    @Option(help: "What a corrupt tile does while training: stop (name it and exit) or skip (warn, count it in metrics); same as --set data.on_corrupt=...")
+    var onCorrupt: CorruptTilePolicy?
+
     @Flag(help: "Every rank appends the dataset index of each tile it trains on to RUN/trace/rank-R-of-W.tsv (debugging).")
     var traceSamples = false
 }
@@ -95,7 +98,8 @@ func runTraining(config: String, options: TrainingOptions, distillation: Bool) t
 private func train(config: String, options: TrainingOptions, distillation: Bool, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {
     let cfg = try group.collectively { () throws -> RunConfig in
         let cfg: RunConfig
-        do { cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: options.overrides) } catch let e as ConfigError {
+        let overrides = options.overrides + (options.onCorrupt.map { ["data.on_corrupt=\($0.rawValue)"] } ?? [])
+        do { cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides) } catch let e as ConfigError {
             throw CLIError(e.message)
         }
         if cfg.isDistillation != distillation {
@@ -157,3 +161,5 @@ extension RunOutcome {
         return 0
     }
 }
+
+extension CorruptTilePolicy: ExpressibleByArgument {}

@@ -242,6 +242,10 @@ public final class SupervisedTrainer {
             let t0 = Date()
             let batch = try loader.next()
             let waited = Date().timeIntervalSince(t0)
+            for skipped in batch.skipped {
+                let who = group.size > 1 ? "rank \(group.rank) of \(group.size): " : ""
+                FileHandle.standardError.write(Data("warning: \(who)skipped a corrupt tile (data.on_corrupt: skip): \(skipped)\n".utf8))
+            }
             if let trace {
                 try trace.write(contentsOf: Data(batch.samples.map { "\(batch.epoch)\t\(batch.step)\t\($0)\n" }.joined().utf8))
             }

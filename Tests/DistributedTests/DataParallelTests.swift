@@ -213,6 +213,15 @@ struct DataParallelTests {
         let r = try mpirun(2, ["train", "--config", config.path], timeout: 60)
         #expect(r.status != 0)
         #expect(r.stderr.contains("rank \(rank) of 2") && r.stderr.contains(url.path) && r.stderr.contains("tile 0"), "\(r.stderr)")
+        // With --on-corrupt skip the same job warns, names the tile, counts it in the metrics and finishes.
+        let out = dir.appendingPathComponent("skip")
+        let s = try mpirun(2, ["train", "--config", config.path, "--on-corrupt", "skip", "--set", "train.max_steps=6", "--set", "run.output=\(out.path)"],
+                           timeout: 60)
+        #expect(s.status == 0, "\(s.stderr)")
+        #expect(s.stderr.contains("rank \(rank) of 2: skipped a corrupt tile") && s.stderr.contains(url.path), "\(s.stderr)")
+        let lines = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        let skipped = try lines.map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)).skippedTiles }.reduce(0, +)
+        #expect(skipped == 1)
     }
 
     @Test("SIGTERM to one process and SIGUSR1 to mpirun checkpoint at a step boundary, exit 75, and resume to the end")
