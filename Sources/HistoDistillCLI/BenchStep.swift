@@ -36,7 +36,7 @@ struct BenchStep: ParsableCommand {
     @Option(help: "Untimed warm-up steps.")
     var warmup = 2
 
-    @Option(help: "OpenBLAS threads per rank (default: cores per node / ranks per node).")
+    @Option(help: "Compute threads per rank (default: SLURM cpus-per-task, else cores per node / ranks per node).")
     var threads: Int?
 
     @Option(help: "Largest all-reduce bucket in MB.")

@@ -14,7 +14,7 @@ struct Doctor: ParsableCommand {
             that every rank can all-reduce and broadcast (rank 0 prints the report).
             """)
 
-    @Option(help: "OpenBLAS threads per rank (default: cores per node / ranks per node).")
+    @Option(help: "Compute threads per rank (default: SLURM cpus-per-task, else cores per node / ranks per node).")
     var threads: Int?
 
     @Option(help: "Floats in the all-reduce check buffer (default: the paper's model, 1,231,525).")
@@ -56,7 +56,7 @@ struct Doctor: ParsableCommand {
             ("histodistill", histodistillVersion),
             ("OpenBLAS", "\(BLAS.version) (\(BLAS.configuration))"),
             ("OpenBLAS kernels in use", BLAS.coreName),
-            ("OpenBLAS threads", "\(BLAS.threadCount) per rank"),
+            ("compute threads", "\(BLAS.threadCount) per rank (OpenBLAS itself single-threaded)"),
             ("zstd", String(cString: ZSTD_versionString())),
             ("MPI library", MPIProcessGroup.libraryVersion),
             ("CPU", "\(cpu.modelName), \(cores) cores, best OpenBLAS kernels: \(cpu.bestOpenBLASCore)"),

@@ -123,7 +123,7 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
     let terminal = isatty(2) != 0
     if group.isCoordinator {
         if group.size > 1 {
-            FileHandle.standardError.write(Data("\(group.size) ranks (\(group.transportName)), \(BLAS.threadCount) OpenBLAS threads each, global batch \(cfg.batchSize)\n".utf8))
+            FileHandle.standardError.write(Data("\(group.size) ranks (\(group.transportName)), \(BLAS.threadCount) compute thread(s) each, global batch \(cfg.batchSize)\n".utf8))
         }
         trainer.progress = { line in
             FileHandle.standardError.write(Data((terminal ? "\r\(line)   " : "\(line)\n").utf8))
