@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on one machine: set up, build, check the machine, pack a dataset into shards, train
-# a teacher at 224 px, distill a 56 px student from it without labels (as 2 MPI ranks), evaluate both, and
-# print the cost table.
+# a teacher at 224 px, distill a 56 px student from it without labels, evaluate both, and print the cost
+# table. Training runs as RANKS MPI ranks (default 2, or 1 on a 1-core machine): on small machines several
+# ranks with one thread each are faster than one process with several threads (docs/benchmarks.md).
 #
 # Usage: cluster/quickstart.sh [DATA_ROOT]
 #   DATA_ROOT holds train/CLASS/* and val/CLASS/* images (default ../shared/data/lc25000-lung). Without it, a
@@ -17,6 +18,7 @@ bash cluster/setup.sh
 swift build -c release
 bin=$(swift build -c release --show-bin-path)/histodistill
 unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
+ranks=${RANKS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
 if [ "${FULL:-0}" = 1 ]; then epochs_t=(); epochs_s=(); else
     epochs_t=(--set "train.epochs=${TEACHER_EPOCHS:-2}"); epochs_s=(--set "train.epochs=${STUDENT_EPOCHS:-2}"); fi
 
@@ -49,10 +51,10 @@ echo "== normalisation statistics (1,000-tile sample)"
 
 data_flags=(--set "data.train=$work/shards/train" --set "data.val=$work/shards/val")
 rm -rf "$work/teacher" "$work/student"
-echo "== train the teacher at 224 px (configs/teacher-lung-224.yaml)"
-"$bin" train --config configs/teacher-lung-224.yaml "${data_flags[@]}" "${epochs_t[@]}" --set "run.output=$work/teacher"
-echo "== distill a 56 px student from it, without labels, as 2 MPI ranks (configs/student-lung-56-distill.yaml)"
-bash cluster/mpirun-local.sh 2 "$bin" distill --config configs/student-lung-56-distill.yaml "${data_flags[@]}" "${epochs_s[@]}" \
+echo "== train the teacher at 224 px (configs/teacher-lung-224.yaml), $ranks rank(s)"
+bash cluster/mpirun-local.sh "$ranks" "$bin" train --config configs/teacher-lung-224.yaml "${data_flags[@]}" "${epochs_t[@]}" --set "run.output=$work/teacher"
+echo "== distill a 56 px student from it, without labels, $ranks rank(s) (configs/student-lung-56-distill.yaml)"
+bash cluster/mpirun-local.sh "$ranks" "$bin" distill --config configs/student-lung-56-distill.yaml "${data_flags[@]}" "${epochs_s[@]}" \
     --set "run.output=$work/student" --set "distill.teacher_run=$work/teacher"
 echo "== evaluate on the validation shards"
 "$bin" evaluate --run "$work/teacher"
