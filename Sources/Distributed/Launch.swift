@@ -36,12 +36,15 @@ public struct LaunchEnvironment: Sendable, Equatable {
             return LaunchEnvironment(rank: int("OMPI_COMM_WORLD_RANK"), size: size,
                                      localSize: int("OMPI_COMM_WORLD_LOCAL_SIZE"), launcher: "mpirun")
         }
+        // srun: tasks on this node from SLURM_NTASKS_PER_NODE, else SLURM_TASKS_PER_NODE ("4(x2),3" lists the
+        // nodes' counts; the first is the most common case of equal nodes).
+        let slurmLocal = int("SLURM_NTASKS_PER_NODE")
+            ?? env["SLURM_TASKS_PER_NODE"].flatMap { Int($0.prefix { $0.isNumber }) }
         if let rank = int("PMIX_RANK") {
-            return LaunchEnvironment(rank: rank, size: int("SLURM_NTASKS"),
-                                     localSize: int("SLURM_NTASKS_PER_NODE"), launcher: "pmix")
+            return LaunchEnvironment(rank: rank, size: int("SLURM_NTASKS"), localSize: slurmLocal, launcher: "pmix")
         }
         if let size = int("PMI_SIZE") {
-            return LaunchEnvironment(rank: int("PMI_RANK"), size: size, localSize: int("MPI_LOCALNRANKS"), launcher: "pmi")
+            return LaunchEnvironment(rank: int("PMI_RANK"), size: size, localSize: int("MPI_LOCALNRANKS") ?? slurmLocal, launcher: "pmi")
         }
         return LaunchEnvironment(rank: nil, size: nil, localSize: nil, launcher: nil)
     }

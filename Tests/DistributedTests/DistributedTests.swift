@@ -73,6 +73,9 @@ struct DistributedTests {
         // SLURM's --cpus-per-task wins over the division.
         let slurm = LaunchEnvironment.current(["PMIX_RANK": "0", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "7"])
         #expect(slurm.defaultThreadsPerRank(cores: 64) == 7)
+        // srun with only --ntasks: the per-node count comes from SLURM_TASKS_PER_NODE ("4(x2)").
+        let srunTasks = LaunchEnvironment.current(["PMI_SIZE": "8", "PMI_RANK": "3", "SLURM_TASKS_PER_NODE": "4(x2)"])
+        #expect(srunTasks.launcher == "pmi" && srunTasks.localSize == 4 && srunTasks.defaultThreadsPerRank(cores: 32) == 8)
     }
 
     @Test("single-process group: collectives are identities")
