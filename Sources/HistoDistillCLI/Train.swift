@@ -73,26 +73,10 @@ let interruptedExitStatus: Int32 = 75
 /// several ranks, a failure all ranks share ends every rank with one message; a failure of one rank aborts
 /// the job (MPI_Abort) with a message naming the rank, so no rank is left waiting.
 func runTraining(config: String, options: TrainingOptions, distillation: Bool) throws {
-    let launch = LaunchEnvironment.current()
-    let group: any ProcessGroup
-    do { group = try makeProcessGroup(launch) } catch let e as ProcessGroupError {
-        throw CLIError(e.message, hint: "run `histodistill doctor` under the same launcher to check the MPI installation")
-    }
     StopSignals.install()
-    let code: Int32
-    do {
-        code = try train(config: config, options: options, distillation: distillation, group: group, launch: launch)
-    } catch let e as CollectiveError {
-        if e.report { FileHandle.standardError.write(Data("Error: \(e.message)\n".utf8)) }
-        group.finalize()
-        throw ExitCode.failure
-    } catch {
-        let message = (error as? CLIError)?.description ?? "\(error)"
-        if group.size > 1 { group.abort(code: 1, message: "error: \(message)") }
-        throw error
+    try runOnRanks { group, launch in
+        try train(config: config, options: options, distillation: distillation, group: group, launch: launch)
     }
-    group.finalize()
-    if code != 0 { throw ExitCode(code) }
 }
 
 private func train(config: String, options: TrainingOptions, distillation: Bool, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {

@@ -16,6 +16,8 @@ public struct Predictions: Sendable {
     public var meanLoss: Double = 0
     /// Tiles with a label (the count `meanLoss` averages over).
     public var labeledCount = 0
+    /// Dataset index of each row.
+    public var samples: [Int] = []
 
     /// The predictions as CSV: tile id, slide, label (class name, empty when unlabeled), one probability per class.
     public func csv(classes: [String]) -> String {
@@ -63,6 +65,7 @@ public enum Inference {
             }
             out.labels += b.labels
             out.ids += b.ids
+            out.samples += b.samples
             for sample in b.samples {
                 let a = dataset.addresses[sample]
                 out.slides.append(dataset.readers[a.shard].metadata.slides[Int(dataset.entry(sample).slide)])
@@ -70,6 +73,39 @@ public enum Inference {
         }
         out.meanLoss = labeled > 0 ? lossSum / Double(labeled) : 0
         out.labeledCount = labeled
+        return out
+    }
+}
+
+extension Inference {
+    /// `run` split over the ranks of `group`: each rank predicts a contiguous share of the tiles and every rank
+    /// receives all predictions, in dataset order (a skipped corrupt tile is absent, as in `run`).
+    public static func run(model: ResNet, dataset: ShardDataset, config: RunConfig, group: any ProcessGroup) throws -> Predictions {
+        guard group.size > 1 else { return try run(model: model, dataset: dataset, config: config) }
+        let n = dataset.count, classes = model.config.classes
+        let share = (n * group.rank / group.size)..<(n * (group.rank + 1) / group.size)
+        let local = share.isEmpty ? Predictions() : try run(model: model, dataset: dataset, config: config, range: share)
+        // Row t: the probabilities of tile t and a presence flag; each rank fills its rows, the sum assembles them.
+        let width = classes + 1
+        var rows = [Double](repeating: 0, count: n * width + 2)
+        for (k, t) in local.samples.enumerated() {
+            for c in 0..<classes { rows[t * width + c] = local.probabilities[k][c] }
+            rows[t * width + classes] = 1
+        }
+        rows[n * width] = local.meanLoss * Double(local.labeledCount)
+        rows[n * width + 1] = Double(local.labeledCount)
+        try rows.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
+        var out = Predictions()
+        for t in 0..<n where rows[t * width + classes] > 0 {
+            let e = dataset.entry(t)
+            out.probabilities.append(Array(rows[(t * width)..<(t * width + classes)]))
+            out.labels.append(e.label)
+            out.ids.append(e.id)
+            out.samples.append(t)
+            out.slides.append(dataset.readers[dataset.addresses[t].shard].metadata.slides[Int(e.slide)])
+        }
+        out.labeledCount = Int(rows[n * width + 1])
+        out.meanLoss = out.labeledCount > 0 ? rows[n * width] / rows[n * width + 1] : 0
         return out
     }
 }

@@ -281,6 +281,40 @@ struct DataParallelTests {
         #expect(CheckpointStore(directory: out.appendingPathComponent("checkpoints")).newest() != nil)
     }
 
+    @Test("evaluate and predict split over 2 and 3 ranks write the single-process metrics and predictions")
+    func distributedInference() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpeval-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = try dataParallelConfig(dir, shards: shards, batch: 4)
+        let bin = try histodistillBinary()
+        let runDir = dir.appendingPathComponent("run").path
+        #expect(try run([bin, "train", "--config", config.path, "--set", "train.max_steps=3"]).status == 0)
+        func outputs(_ ranks: Int) throws -> (report: [String: Any], rows: [[String]]) {
+            let args = ["evaluate", "--run", runDir, "--shards", shards.path, "--output", "\(dir.path)/e\(ranks).json", "--predictions", "\(dir.path)/p\(ranks).csv"]
+            let r = ranks == 1 ? try run([bin] + args) : try mpirun(ranks, args)
+            #expect(r.status == 0, "\(r.stderr)")
+            let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir.path)/e\(ranks).json"))) as? [String: Any] ?? [:]
+            let rows = try String(contentsOf: URL(fileURLWithPath: "\(dir.path)/p\(ranks).csv"), encoding: .utf8)
+                .split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+            return (report, rows)
+        }
+        let one = try outputs(1)
+        #expect(one.rows.count == 25)
+        for ranks in [2, 3] {
+            let many = try outputs(ranks)
+            #expect(many.rows.count == one.rows.count)
+            for (a, b) in zip(one.rows, many.rows) {
+                #expect(a.prefix(3) == b.prefix(3), "tile id, slide and label in the same order")
+                for (x, y) in zip(a.dropFirst(3), b.dropFirst(3)) where Double(x) != nil {
+                    #expect(abs(Double(x)! - Double(y)!) < 1e-5, "\(ranks) ranks: \(x) vs \(y)")
+                }
+            }
+            #expect(many.report["confusion"] as? [[Int]] == one.report["confusion"] as? [[Int]])
+            #expect(many.report["accuracy"] as? Double == one.report["accuracy"] as? Double)
+        }
+    }
+
     @Test("ranks started with different configs are refused at start-up, naming the rank")
     func mismatchedRanks() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpmismatch-\(UUID().uuidString)")
