@@ -97,7 +97,7 @@ struct Cost: ParsableCommand {
             probe.backward(gradLogits: out.logits == nil ? nil : g.pointer)
             let act = probe.activationFloats
             let actMB = Double((act.forward + act.backward) * 4) / 1e6
-            var line = "| \(r) px | \(String(format: "%.2f", macs / 1e6)) M | \(String(format: "%.0fx", teacherMACs / macs)) fewer | "
+            var line = "| \(r) px | \(String(format: "%.2f", macs / 1e6)) M | \(teacherMACs == macs ? "reference" : String(format: "%.0fx fewer", teacherMACs / macs)) | "
                 + "\(config.featureDimension)x\(fm)x\(fm) | \(String(format: "%.0f", actMB)) |"
             if measure {
                 let train = StepRunner.measure(images: batch, reps: reps, steps: steps, StepRunner.supervised(config, resolution: r, batch: batch))
