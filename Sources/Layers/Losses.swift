@@ -59,7 +59,8 @@ public enum DistillationKL {
             LogSoftmax.forward(output: logp, input: ts, rows: 1, cols: classes)
             for j in 0..<classes {
                 let p = Float.exp(logp[j])
-                if p > 0 { total += Double(p * (logp[j] - logq[j])) }
+                // 0 * log 0 = 0; a NaN (a diverged teacher or student) must reach the total, not be skipped.
+                if p != 0 { total += Double(p * (logp[j] - logq[j])) }
             }
             if let gradStudent {
                 // d/ds [T^2 * KL / n] = T * (q - p) / n

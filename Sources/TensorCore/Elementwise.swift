@@ -2,12 +2,13 @@
 
 /// Rectified linear unit.
 public enum ReLU {
-    /// y = max(x, 0). `output` may be `input` (in place).
+    /// y = max(x, 0), NaN kept as NaN (as torch.relu), so a diverged activation is not silently zeroed.
+    /// `output` may be `input` (in place).
     @_specialize(exported: true, where T == Float)
     @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, count: Int) {
         Parallel.forEach(count, grain: 1 << 15) { r in
-            for i in r { let v = input[i]; output[i] = v > 0 ? v : 0 }
+            for i in r { let v = input[i]; output[i] = v < 0 ? 0 : v }
         }
     }
 

@@ -259,6 +259,12 @@ public final class SupervisedTrainer {
                 if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
                 throw TrainingError(message)
             }
+            // A NaN can also hide behind a finite loss (in the gradient only): never let it reach the weights.
+            if global.count > 0 && !GradientOps.allFinite(model.parameters.gradients!.pointer, count: model.parameterCount) {
+                let message = "the gradient became non-finite at step \(step + 1) (epoch \(batch.epoch)) although the loss is \(global.terms.total). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr, set train.clip_grad_norm, or check the teacher's weights."
+                if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
+                throw TrainingError(message)
+            }
             if global.count > 0 {
                 let g = model.parameters.gradients!.pointer
                 if let clip = config.clipGradNorm { GradientOps.clipNorm(g, count: model.parameterCount, maxNorm: clip) }

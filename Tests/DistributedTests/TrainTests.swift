@@ -2,6 +2,7 @@
 import Foundation
 import Testing
 @testable import Layers
+import SafeTensors
 import TensorCore
 @testable import TileShards
 @testable import Training
@@ -84,6 +85,66 @@ struct TrainTests {
         let lines = try String(contentsOf: run.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
         let decoded = try lines.map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)) }
         #expect(decoded.map(\.step) == [1, 1, 2] && decoded[0].ranks == 1 && decoded[0].kdLoss == nil)
+    }
+
+    @Test("a loss that becomes NaN or Inf stops the run naming the step and keeps the last good checkpoint; val classes must match")
+    func badTraining() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-nan-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let run = dir.appendingPathComponent("run")
+        // A teacher, and a copy of its weights whose classifier holds infinities (as a diverged teacher would).
+        let teacherDir = dir.appendingPathComponent("teacher")
+        let teacherConfig = try RunConfig.parse("""
+        run: {output: \(teacherDir.path), seed: 1}
+        data: {train: \(shards.path), input_factor: 1}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 2, batch_size: 4}
+        """, source: "teacher.yaml")
+        try SupervisedTrainer(config: teacherConfig, writer: "test").run(resume: false)
+        let teacher = ResNet(teacherConfig.modelConfig(classes: 2), initialize: false)
+        try teacher.loadWeights(from: try #require(CheckpointStore(directory: teacherDir.appendingPathComponent("checkpoints")).newest())
+            .appendingPathComponent("model.safetensors"))
+        let brokenWeights = dir.appendingPathComponent("diverged.safetensors")
+        let tensors = teacher.stateDict().map { t in
+            t.name == "fc.weight" ? SafeTensor(name: t.name, shape: t.shape, floats: t.floats.map { _ in Float.infinity }) : t
+        }
+        try SafeTensorsFile(tensors: tensors, metadata: [:]).serialized().write(to: brokenWeights)
+        func student(_ weights: String?) throws -> RunConfig {
+            try RunConfig.parse("""
+            run: {output: \(run.path), seed: 1}
+            data: {train: \(shards.path), input_factor: 2}
+            model: {planes: [32, 32], blocks: [1, 1]}
+            train: {max_steps: 6, batch_size: 4, checkpoint_every: 1}
+            distill: {teacher_run: \(teacherDir.path)\(weights.map { ", teacher_weights: \($0)" } ?? "")}
+            """, source: "student.yaml")
+        }
+        let config = try student(nil)
+        try SupervisedTrainer(config: config, writer: "test").run(resume: false, stopAfter: 2)
+        // Resumed with the diverged teacher: the KD loss of step 3 is not finite.
+        let trainer = try SupervisedTrainer(config: try student(brokenWeights.path), writer: "test")
+        let e = #expect(throws: TrainingError.self) { try trainer.run(resume: true) }
+        #expect(e?.message.contains("the loss became") == true && e?.message.contains("at step 3") == true, "\(String(describing: e))")
+        #expect(e?.message.contains("last good checkpoint") == true)
+        #expect(trainer.history.isEmpty)
+        // The newest checkpoint is still step 2, and it loads.
+        let store = CheckpointStore(directory: run.appendingPathComponent("checkpoints"))
+        let newest = try #require(store.newest())
+        #expect(newest.lastPathComponent == "step-000000002")
+        let again = try SupervisedTrainer(config: config, writer: "test")
+        #expect(try store.load(newest, model: again.model, optimizer: again.optimizer).step == 2)
+        #expect(GradientOps.allFinite(again.model.parameters.values.pointer, count: again.model.parameterCount))
+        // A validation set packed with other classes is refused naming both lists.
+        let other = dir.appendingPathComponent("other/x")
+        try FileManager.default.createDirectory(at: other, withIntermediateDirectories: true)
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("in/a").path).prefix(2) {
+            try FileManager.default.copyItem(at: dir.appendingPathComponent("in/a/\(f)"), to: other.appendingPathComponent(f))
+        }
+        _ = try Packer.pack(try PackPlan.imageFolder(dir.appendingPathComponent("other")), options: PackOptions(output: dir.appendingPathComponent("otherShards")))
+        var mismatched = teacherConfig
+        mismatched.valShards = dir.appendingPathComponent("otherShards").path
+        let v = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: mismatched, writer: "test") }
+        #expect(v?.message.contains("data.val classes [\"x\"] differ from data.train classes [\"a\", \"b\"]") == true, "\(String(describing: v))")
     }
 
     @Test("config typos and bad values name the key and suggest a fix")

@@ -150,5 +150,18 @@ struct ScheduleTests {
         #expect(small.array == [0.15, 0.2])
         small[1] = .nan
         #expect(!GradientOps.allFinite(small.pointer, count: 2))
+        // Every position of the unrolled loop and its tail, infinities of both signs, large finite values.
+        for count in [1, 4, 7, 9] {
+            let v = Buffer<Float>((0..<count).map { Float($0) * 1e37 - 3e38 })
+            #expect(GradientOps.allFinite(v.pointer, count: count))
+            for k in 0..<count {
+                for bad in [Float.infinity, -Float.infinity, Float.nan] {
+                    let saved = v[k]
+                    v[k] = bad
+                    #expect(!GradientOps.allFinite(v.pointer, count: count), "\(bad) at \(k) of \(count)")
+                    v[k] = saved
+                }
+            }
+        }
     }
 }

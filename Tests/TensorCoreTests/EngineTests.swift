@@ -4,6 +4,14 @@ import Testing
 
 @Suite("Engine plumbing")
 struct EngineTests {
+    @Test("ReLU keeps NaN as NaN (as torch.relu): a diverged activation must not be silently zeroed")
+    func reluNaN() {
+        let x = Buffer<Float>([-1, 0, 2, .nan, .infinity, -.infinity])
+        let y = Buffer<Float>(count: 6)
+        ReLU.forward(output: y.pointer, input: x.pointer, count: 6)
+        #expect(y[0] == 0 && y[1] == 0 && y[2] == 2 && y[3].isNaN && y[4] == .infinity && y[5] == 0)
+    }
+
     @Test("parameter layout: forward order, contiguous offsets, lookup by name")
     func parameterLayout() {
         var layout = ParameterLayout()
