@@ -86,10 +86,7 @@ struct Export: ParsableCommand {
             }
             chosen = (0..<dataset.count).filter { dataset.entry($0).label == Int32(label) }
         } else if let slide {
-            chosen = (0..<dataset.count).filter { t in
-                let a = dataset.addresses[t]
-                return dataset.readers[a.shard].metadata.slides[Int(dataset.entry(t).slide)] == slide
-            }
+            chosen = (0..<dataset.count).filter { dataset.slide($0) == slide }
             if chosen.isEmpty { throw CLIError("no tile belongs to slide '\(slide)'") }
         } else if let sample {
             chosen = Array(EpochPlan(count: dataset.count, seed: seed, epoch: 0, globalBatch: 1).order.prefix(sample))

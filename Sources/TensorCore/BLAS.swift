@@ -7,33 +7,20 @@ public enum BLAS {
     /// calling single-threaded GEMMs).
     public static var threadCount: Int { Parallel.width }
 
-    /// Sets the engine's thread count. OpenBLAS itself stays single-threaded: its worker threads keep spinning
-    /// for a while after each multi-threaded GEMM, and on a machine with no spare core that spinning starves
-    /// the engine's own workers (measured: a 56 px training step on 2 cores ran 4x slower with OpenBLAS at 2
-    /// threads than at 1; see docs/benchmarks.md). Kernels split batches and tiles over `count` workers instead.
+    /// Sets the engine's thread count. OpenBLAS itself stays single-threaded: every conv already splits its
+    /// images and tiles over the engine's workers, each calling GEMM on its own part, and a second pool of
+    /// OpenBLAS threads (which spin for a while after each call) would only compete with them for the cores.
     public static func setThreadCount(_ count: Int) {
         precondition(count >= 1, "BLAS.setThreadCount: thread count must be >= 1, got \(count)")
         openblas_set_num_threads(1)
         Parallel.setWidth(count)
     }
 
-    /// Threads OpenBLAS uses for one GEMM call (1 under `setThreadCount`).
-    public static var libraryThreadCount: Int { Int(openblas_get_num_threads()) }
-
-    /// Lets OpenBLAS use `count` threads per GEMM call, for reference measurements of the library alone.
+    /// Lets OpenBLAS use `count` threads per GEMM call, for reference measurements of the library alone
+    /// (`histodistill-bench`); `setThreadCount` makes it single-threaded again.
     public static func setLibraryThreadCount(_ count: Int) {
         precondition(count >= 1, "BLAS.setLibraryThreadCount: thread count must be >= 1, got \(count)")
         openblas_set_num_threads(Int32(count))
-    }
-
-    /// Runs `body` with OpenBLAS single-threaded, so that `Parallel.width` workers can each call GEMM on their
-    /// own tile; restores the thread count afterwards. Call from the thread that owns the engine.
-    public static func withSingleThreadedGEMM<R>(_ body: () throws -> R) rethrows -> R {
-        let saved = openblas_get_num_threads()
-        if saved == 1 { return try body() }
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(saved) }
-        return try body()
     }
 
     /// Processors OpenBLAS detected.

@@ -164,11 +164,7 @@ public enum Conv2d {
                 forwardTile(tile, output: output, input: input, weight: weight, bias: bias, shape: s, col: col, tmp: tmp)
             }
         }
-        if workers > 1 {
-            BLAS.withSingleThreadedGEMM { Parallel.workers(workers, body) }
-        } else {
-            body(0)
-        }
+        Parallel.workers(workers, body)
     }
 
     @inline(__always)
@@ -260,8 +256,8 @@ public enum Conv2d {
                              weight: weight, shape: s, col: col, dcol: dcol, dyTile: dyTile)
             }
         }
+        Parallel.workers(workers, body)
         if workers > 1 {
-            BLAS.withSingleThreadedGEMM { Parallel.workers(workers, body) }
             let count = s.weightCount
             Parallel.forEach(count, grain: 4096) { r in
                 for w in 1..<workers {
@@ -269,8 +265,6 @@ public enum Conv2d {
                     for i in r { gradWeight[i] += partial[i] }
                 }
             }
-        } else {
-            body(0)
         }
     }
 

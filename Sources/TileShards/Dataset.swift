@@ -51,6 +51,11 @@ public final class ShardDataset: @unchecked Sendable {
         try self.init(urls: try shards(directory), unlabeled: try unlabeled.flatMap(shards))
     }
 
+    /// The slide name of tile `t`.
+    public func slide(_ t: Int) -> String {
+        readers[addresses[t].shard].metadata.slides[Int(readers[addresses[t].shard].entries[addresses[t].index].slide)]
+    }
+
     /// Number of tiles.
     public var count: Int { addresses.count }
 

@@ -66,10 +66,7 @@ public enum Inference {
             out.labels += b.labels
             out.ids += b.ids
             out.samples += b.samples
-            for sample in b.samples {
-                let a = dataset.addresses[sample]
-                out.slides.append(dataset.readers[a.shard].metadata.slides[Int(dataset.entry(sample).slide)])
-            }
+            out.slides += b.samples.map(dataset.slide)
         }
         out.meanLoss = labeled > 0 ? lossSum / Double(labeled) : 0
         out.labeledCount = labeled
@@ -102,7 +99,7 @@ extension Inference {
             out.labels.append(e.label)
             out.ids.append(e.id)
             out.samples.append(t)
-            out.slides.append(dataset.readers[dataset.addresses[t].shard].metadata.slides[Int(e.slide)])
+            out.slides.append(dataset.slide(t))
         }
         out.labeledCount = Int(rows[n * width + 1])
         out.meanLoss = out.labeledCount > 0 ? rows[n * width] / rows[n * width + 1] : 0

@@ -32,9 +32,6 @@ public enum StopSignals {
         return s == 0 ? nil : s
     }
 
-    /// Forgets a received signal (tests run several trainers in one process).
-    public static func clear() { received.store(0, ordering: .relaxed) }
-
     /// "SIGTERM", "SIGUSR1", or "signal N".
     public static func name(_ s: Int32) -> String {
         switch s {

@@ -254,14 +254,13 @@ public final class SupervisedTrainer {
             let t1 = Date()
             let global = try stepper.reduce(local, count: batch.count, skipped: batch.skipped.count)
             let reduceTime = Date().timeIntervalSince(t1)
-            guard global.terms.total.isFinite else {
-                let message = "the loss became \(global.terms.total) at step \(step + 1) (epoch \(batch.epoch)). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr or set train.clip_grad_norm."
-                if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
-                throw TrainingError(message)
-            }
-            // A NaN can also hide behind a finite loss (in the gradient only): never let it reach the weights.
-            if global.count > 0 && !GradientOps.allFinite(model.parameters.gradients!.pointer, count: model.parameterCount) {
-                let message = "the gradient became non-finite at step \(step + 1) (epoch \(batch.epoch)) although the loss is \(global.terms.total). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr, set train.clip_grad_norm, or check the teacher's weights."
+            // A NaN can also hide behind a finite loss (in the gradient only): neither may reach the weights. The
+            // loss and the gradient are the same on every rank after the reduction, so every rank stops together.
+            let divergence = !global.terms.total.isFinite ? "the loss became \(global.terms.total)"
+                : global.count > 0 && !GradientOps.allFinite(model.parameters.gradients!.pointer, count: model.parameterCount)
+                ? "the gradient became non-finite (loss \(global.terms.total))" : nil
+            if let divergence {
+                let message = "\(divergence) at step \(step + 1) (epoch \(batch.epoch)). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr, set train.clip_grad_norm, or check the teacher's weights."
                 if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
                 throw TrainingError(message)
             }
@@ -343,14 +342,18 @@ final class MetricsLog {
         jsonl = try Self.appendHandle(directory.appendingPathComponent("metrics.jsonl"))
         let csvURL = directory.appendingPathComponent("metrics.csv")
         // A run resumed by a version with other columns: keep the old file under another name, start a new one.
-        if let existing = try? String(contentsOf: csvURL, encoding: .utf8),
-           let header = existing.split(separator: "\n", maxSplits: 1).first, header != Substring(StepMetrics.csvHeader) {
+        let header = Data((StepMetrics.csvHeader + "\n").utf8)
+        let head = (try? FileHandle(forReadingFrom: csvURL)).flatMap { h -> Data? in
+            defer { try? h.close() }
+            return try? h.read(upToCount: header.count)
+        }
+        if let head, !head.isEmpty, head != header {
             var n = 1
             while FileManager.default.fileExists(atPath: directory.appendingPathComponent("metrics.\(n).csv").path) { n += 1 }
             try FileManager.default.moveItem(at: csvURL, to: directory.appendingPathComponent("metrics.\(n).csv"))
         }
         if !FileManager.default.fileExists(atPath: csvURL.path) {
-            try (StepMetrics.csvHeader + "\n").write(to: csvURL, atomically: true, encoding: .utf8)
+            try header.write(to: csvURL, options: .atomic)
         }
         csv = try Self.appendHandle(csvURL)
     }
