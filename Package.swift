@@ -34,8 +34,11 @@ let package = Package(
         // Tile shards: format, writer, reader, image folders. The only module that uses zstd and image codecs.
         .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "TensorCore"]),
 
+        // AVX-512 micro-kernels of the direct convolution (per-function target attributes, runtime dispatch).
+        .target(name: "CDirectConv", cSettings: [.unsafeFlags(["-O3"])]),
+
         // The engine: tensors, flat parameters, BLAS facade, parallel-for, kernels. No MPI, no file I/O.
-        .target(name: "TensorCore", dependencies: ["COpenBLAS"]),
+        .target(name: "TensorCore", dependencies: ["COpenBLAS", "CDirectConv"]),
 
         // Models: ResNets (GroupNorm / BatchNorm, torchvision names), the attention-MIL head, losses.
         .target(name: "Layers", dependencies: ["TensorCore"]),

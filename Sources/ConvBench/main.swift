@@ -1,6 +1,7 @@
 // Benchmark: GFLOP/s of conv forward and backward for every conv of the paper's model, next to square sgemm.
 //
 // Usage: histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS]
+//                           [--algorithm auto|gemm|direct]
 // Prints a markdown table per thread count. Run with OPENBLAS_CORETYPE unset for the real figures.
 import Foundation
 import TensorCore
@@ -20,6 +21,7 @@ struct Options {
     var gemmSize = 2048
     var useMin = false
     var gemmOnly = false
+    var algorithm = ConvAlgorithm.automatic
 
     init(_ args: [String]) {
         var i = 1
@@ -46,8 +48,15 @@ struct Options {
                 guard v == "min" || v == "median" else { usageError("--stat takes min or median, got \(v)") }
                 useMin = v == "min"
             case "--gemm-only": gemmOnly = true
+            case "--algorithm":
+                switch value() {
+                case "auto": algorithm = .automatic
+                case "gemm": algorithm = .im2colGEMM
+                case "direct": algorithm = .direct
+                case let v: usageError("--algorithm takes auto, gemm or direct, got \(v)")
+                }
             case "-h", "--help":
-                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048] [--stat median|min] [--gemm-only]")
+                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048] [--stat median|min] [--gemm-only] [--algorithm auto|gemm|direct]")
                 exit(0)
             default: usageError("unknown argument \(args[i])")
             }
@@ -116,6 +125,7 @@ let env = ProcessInfo.processInfo.environment
 print("# histodistill-bench: conv GFLOP/s vs square sgemm")
 print("OpenBLAS \(BLAS.version), kernels \(BLAS.coreName), OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "(unset)"), "
       + "OPENBLAS_L2_SIZE=\(env["OPENBLAS_L2_SIZE"] ?? "(unset)")")
+print("conv algorithm: \(options.algorithm) (direct kernel available: \(DirectConv.isAvailable))")
 print("paper model convs at \(options.resolution) px, batch \(options.batch), \(options.useMin ? "min" : "median") of \(options.reps), tiling: column budget \(options.tiling.columnBudget) floats, min columns \(options.tiling.minColumns)")
 
 for t in options.threads {
@@ -151,12 +161,12 @@ for t in options.threads {
         for _ in 0..<(options.reps + 1) {
             fwd.append(seconds {
                 Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s,
-                               workspace: workspace, tiling: options.tiling)
+                               workspace: workspace, tiling: options.tiling, algorithm: options.algorithm)
             })
             bwd.append(seconds {
                 Conv2d.backward(gradInput: cc.inputGradient ? dx.pointer : nil, gradWeight: dw.pointer, gradBias: nil,
                                 gradOutput: dy.pointer, input: x.pointer, weight: w.pointer, shape: s,
-                                workspace: workspace, tiling: options.tiling)
+                                workspace: workspace, tiling: options.tiling, algorithm: options.algorithm)
             })
         }
         let tf = median(Array(fwd.dropFirst())), tb = median(Array(bwd.dropFirst()))

@@ -151,8 +151,18 @@ public enum Conv2d {
     @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>, bias: UnsafePointer<T>?,
-        shape s: Conv2dShape, workspace: Workspace<T>, tiling: ConvTiling = .default
+        shape s: Conv2dShape, workspace: Workspace<T>, tiling: ConvTiling = .default,
+        algorithm: ConvAlgorithm = .automatic
     ) {
+        if T.self == Float.self && DirectConv.chooses(algorithm, s) {
+            DirectConv.forward(
+                output: UnsafeMutableRawPointer(output).assumingMemoryBound(to: Float.self),
+                input: UnsafeRawPointer(input).assumingMemoryBound(to: Float.self),
+                weight: UnsafeRawPointer(weight).assumingMemoryBound(to: Float.self),
+                bias: bias.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) },
+                shape: s, workspace: unsafeDowncast(workspace, to: Workspace<Float>.self))
+            return
+        }
         let plan = forwardPlan(s, tiling: tiling)
         let workers = plan.count
         let maxColumns = plan.joined().map(\.count).max() ?? 0
@@ -224,7 +234,8 @@ public enum Conv2d {
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>?, gradWeight: UnsafeMutablePointer<T>, gradBias: UnsafeMutablePointer<T>?,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
-        shape s: Conv2dShape, workspace: Workspace<T>, tiling: ConvTiling = .default
+        shape s: Conv2dShape, workspace: Workspace<T>, tiling: ConvTiling = .default,
+        algorithm: ConvAlgorithm = .automatic
     ) {
         let plane = s.outPlane, outImage = s.cOut * plane
         if let gradBias {
@@ -238,6 +249,16 @@ public enum Conv2d {
                     gradBias[m] += acc
                 }
             }
+        }
+        if T.self == Float.self && DirectConv.chooses(algorithm, s) {
+            DirectConv.backward(
+                gradInput: gradInput.map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: Float.self) },
+                gradWeight: UnsafeMutableRawPointer(gradWeight).assumingMemoryBound(to: Float.self),
+                gradOutput: UnsafeRawPointer(gradOutput).assumingMemoryBound(to: Float.self),
+                input: UnsafeRawPointer(input).assumingMemoryBound(to: Float.self),
+                weight: UnsafeRawPointer(weight).assumingMemoryBound(to: Float.self),
+                shape: s, workspace: unsafeDowncast(workspace, to: Workspace<Float>.self))
+            return
         }
         // Workers own disjoint images, so their input gradients never overlap.
         let workers = min(Parallel.width, s.n)
@@ -422,8 +443,8 @@ public enum Conv2d {
 
     /// Writes columns for output positions `start..<start+count` of the images concatenated from `input`:
     /// row r = (c, ky, kx) of `col` (leading dimension `ld`), column = position - start.
-    @_specialize(exported: true, where T == Float)
-    @_specialize(exported: true, where T == Double)
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
     public static func im2col<T: KernelScalar>(
         col: UnsafeMutablePointer<T>, ld: Int, input: UnsafePointer<T>, start: Int, count: Int, shape s: Conv2dShape
     ) {
@@ -459,8 +480,8 @@ public enum Conv2d {
     }
 
     /// Adds columns back into the images they came from (the adjoint of `im2col` over the same range).
-    @_specialize(exported: true, where T == Float)
-    @_specialize(exported: true, where T == Double)
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
     static func col2im<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, col: UnsafePointer<T>, ld: Int, start: Int, count: Int, shape s: Conv2dShape
     ) {

@@ -30,16 +30,20 @@ struct PyTorchFixtureTests {
                             kernel: (f.int("kh"), f.int("kw")), stride: (f.int("sh"), f.int("sw")), padding: (f.int("ph"), f.int("pw")))
         let hasBias = Fixtures.bool(c, "bias")
         let x = f.input("x"), w = f.input("w"), b = hasBias ? f.input("b") : nil, dy = f.input("dy")
-        for tiling in [ConvTiling(columnBudget: 1, minColumns: 1), ConvTiling(columnBudget: 1, minColumns: 13), .default] {
+        let runs: [(ConvTiling, ConvAlgorithm)] = [
+            (ConvTiling(columnBudget: 1, minColumns: 1), .im2colGEMM), (ConvTiling(columnBudget: 1, minColumns: 13), .im2colGEMM),
+            (.default, .im2colGEMM), (.default, .direct),
+        ]
+        for (tiling, algorithm) in runs {
             let ws = Workspace<Float>()
             let y = Buffer<Float>(count: s.outputCount)
             Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: b?.pointer, shape: s,
-                           workspace: ws, tiling: tiling)
+                           workspace: ws, tiling: tiling, algorithm: algorithm)
             f.expect(y, "y")
             let dx = f.zeros(like: "x"), dw = f.zeros(like: "w"), db = Buffer<Float>(count: s.cOut)
             Conv2d.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: hasBias ? db.pointer : nil,
                             gradOutput: dy.pointer, input: x.pointer, weight: w.pointer, shape: s, workspace: ws,
-                            tiling: tiling)
+                            tiling: tiling, algorithm: algorithm)
             f.expect(dx, "dx"); f.expect(dw, "dw")
             if hasBias { f.expect(db, "db") }
         }

@@ -1,0 +1,156 @@
+// AVX-512 micro-kernels of the direct convolution. See include/directconv.h for the contracts and
+// Sources/TensorCore/DirectConv.swift for how convolutions are laid out on grids.
+//
+// The functions carry a `target` attribute instead of the whole file being compiled with -mavx512f, so the
+// library still loads on CPUs without AVX-512; callers ask hd_direct_available() first.
+#include "directconv.h"
+
+#include <immintrin.h>
+#include <stdint.h>
+
+int hd_direct_available(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
+#if defined(__x86_64__)
+
+#define HD_TARGET __attribute__((target("avx512f,fma")))
+#define HD_INLINE static inline __attribute__((always_inline))
+
+// One tile: 8 output rows x V vectors of 16 positions, summed over all pairs. Each pair loads V input vectors
+// and broadcasts 8 weights (contiguous in the packed block): 8 * V FMAs for V + 8 loads.
+HD_INLINE HD_TARGET void sum_tile(const int V, float *restrict out, ptrdiff_t ldo, const float *restrict src,
+                                  const ptrdiff_t *restrict offs, int pairs, const float *restrict w) {
+    __m512 acc[8][3];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < 8; r++) {
+#pragma clang loop unroll(full)
+        for (int v = 0; v < 3; v++) acc[r][v] = _mm512_setzero_ps();
+    }
+    for (int j = 0; j < pairs; j++) {
+        const float *s = src + offs[j];
+        const float *wj = w + 8 * (ptrdiff_t)j;
+        __m512 x[3];
+#pragma clang loop unroll(full)
+        for (int v = 0; v < 3; v++) {
+            if (v < V) x[v] = _mm512_loadu_ps(s + 16 * v);
+        }
+#pragma clang loop unroll(full)
+        for (int r = 0; r < 8; r++) {
+            __m512 b = _mm512_set1_ps(wj[r]);
+#pragma clang loop unroll(full)
+            for (int v = 0; v < 3; v++) {
+                if (v < V) acc[r][v] = _mm512_fmadd_ps(b, x[v], acc[r][v]);
+            }
+        }
+    }
+#pragma clang loop unroll(full)
+    for (int r = 0; r < 8; r++) {
+#pragma clang loop unroll(full)
+        for (int v = 0; v < 3; v++) {
+            if (v < V) _mm512_storeu_ps(out + r * ldo + 16 * v, acc[r][v]);
+        }
+    }
+}
+
+HD_TARGET void hd_direct_sum(float *out, ptrdiff_t ldo, int rowBlocks,
+                             const float *src, const ptrdiff_t *offs, int pairs,
+                             const float *wpack, int count) {
+    const int vectors = (count + 15) / 16;
+    const int full = vectors / 3, rest = vectors % 3;
+    const ptrdiff_t block = (ptrdiff_t)pairs * 8;
+    // Position tiles outside, row blocks inside: a tile's input stays in L1 while every row block reads it.
+    for (int t = 0; t < full; t++) {
+        const ptrdiff_t p = (ptrdiff_t)t * 48;
+        for (int b = 0; b < rowBlocks; b++)
+            sum_tile(3, out + (ptrdiff_t)b * 8 * ldo + p, ldo, src + p, offs, pairs, wpack + b * block);
+    }
+    const ptrdiff_t p = (ptrdiff_t)full * 48;
+    if (rest == 2) {
+        for (int b = 0; b < rowBlocks; b++)
+            sum_tile(2, out + (ptrdiff_t)b * 8 * ldo + p, ldo, src + p, offs, pairs, wpack + b * block);
+    } else if (rest == 1) {
+        for (int b = 0; b < rowBlocks; b++)
+            sum_tile(1, out + (ptrdiff_t)b * 8 * ldo + p, ldo, src + p, offs, pairs, wpack + b * block);
+    }
+}
+
+// Weight gradient: a 4 x 6 block of dot products (4 gradient rows x 6 pairs) over the positions of `images`
+// images, 16 lanes at a time; the lanes are summed once at the end.
+HD_TARGET void hd_direct_wgrad(float *dw, ptrdiff_t ldw, int rows, int pairs,
+                               const float *g, ptrdiff_t ldg, ptrdiff_t gImage,
+                               const float *src, const ptrdiff_t *offs, ptrdiff_t sImage,
+                               int images, int count) {
+    const int vectors = count / 16, rem = count % 16;
+    const __mmask16 tail = (__mmask16)((1u << rem) - 1u);
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+        // Rows and pairs past the end repeat the last one; their sums are not stored.
+        ptrdiff_t gr[4];
+        for (int i = 0; i < 4; i++) gr[i] = (ptrdiff_t)(r0 + i < rows ? r0 + i : rows - 1) * ldg;
+        for (int j0 = 0; j0 < pairs; j0 += 6) {
+            ptrdiff_t so[6];
+            for (int k = 0; k < 6; k++) so[k] = offs[j0 + k < pairs ? j0 + k : pairs - 1];
+            __m512 acc[4][6];
+#pragma clang loop unroll(full)
+            for (int i = 0; i < 4; i++) {
+#pragma clang loop unroll(full)
+                for (int k = 0; k < 6; k++) acc[i][k] = _mm512_setzero_ps();
+            }
+            for (int img = 0; img < images; img++) {
+                const float *gi = g + (ptrdiff_t)img * gImage;
+                const float *si = src + (ptrdiff_t)img * sImage;
+                const float *g0 = gi + gr[0], *g1 = gi + gr[1], *g2 = gi + gr[2], *g3 = gi + gr[3];
+                const float *s0 = si + so[0], *s1 = si + so[1], *s2 = si + so[2];
+                const float *s3 = si + so[3], *s4 = si + so[4], *s5 = si + so[5];
+                ptrdiff_t p = 0;
+                for (int v = 0; v < vectors; v++, p += 16) {
+                    __m512 x[6] = {_mm512_loadu_ps(s0 + p), _mm512_loadu_ps(s1 + p), _mm512_loadu_ps(s2 + p),
+                                   _mm512_loadu_ps(s3 + p), _mm512_loadu_ps(s4 + p), _mm512_loadu_ps(s5 + p)};
+                    const float *gp[4] = {g0 + p, g1 + p, g2 + p, g3 + p};
+#pragma clang loop unroll(full)
+                    for (int i = 0; i < 4; i++) {
+                        __m512 y = _mm512_loadu_ps(gp[i]);
+#pragma clang loop unroll(full)
+                        for (int k = 0; k < 6; k++) acc[i][k] = _mm512_fmadd_ps(y, x[k], acc[i][k]);
+                    }
+                }
+                if (rem) {
+                    __m512 x[6] = {_mm512_maskz_loadu_ps(tail, s0 + p), _mm512_maskz_loadu_ps(tail, s1 + p),
+                                   _mm512_maskz_loadu_ps(tail, s2 + p), _mm512_maskz_loadu_ps(tail, s3 + p),
+                                   _mm512_maskz_loadu_ps(tail, s4 + p), _mm512_maskz_loadu_ps(tail, s5 + p)};
+                    const float *gp[4] = {g0 + p, g1 + p, g2 + p, g3 + p};
+#pragma clang loop unroll(full)
+                    for (int i = 0; i < 4; i++) {
+                        __m512 y = _mm512_maskz_loadu_ps(tail, gp[i]);
+#pragma clang loop unroll(full)
+                        for (int k = 0; k < 6; k++) acc[i][k] = _mm512_fmadd_ps(y, x[k], acc[i][k]);
+                    }
+                }
+            }
+            for (int i = 0; i < 4 && r0 + i < rows; i++) {
+                float *d = dw + (ptrdiff_t)(r0 + i) * ldw + j0;
+                for (int k = 0; k < 6 && j0 + k < pairs; k++) d[k] += _mm512_reduce_add_ps(acc[i][k]);
+            }
+        }
+    }
+}
+
+#else
+
+void hd_direct_sum(float *out, ptrdiff_t ldo, int rowBlocks, const float *src, const ptrdiff_t *offs, int pairs,
+                   const float *wpack, int count) {
+    (void)out; (void)ldo; (void)rowBlocks; (void)src; (void)offs; (void)pairs; (void)wpack; (void)count;
+}
+
+void hd_direct_wgrad(float *dw, ptrdiff_t ldw, int rows, int pairs, const float *g, ptrdiff_t ldg, ptrdiff_t gImage,
+                     const float *src, const ptrdiff_t *offs, ptrdiff_t sImage, int images, int count) {
+    (void)dw; (void)ldw; (void)rows; (void)pairs; (void)g; (void)ldg; (void)gImage; (void)src; (void)offs;
+    (void)sImage; (void)images; (void)count;
+}
+
+#endif

@@ -1,0 +1,40 @@
+// Direct-convolution micro-kernels (AVX-512), called from TensorCore's DirectConv planner.
+//
+// Both kernels work on "grids": a feature map stored row-major with a row length (the grid width) that may be
+// wider than the map, so that every kernel tap is one constant offset from the output position. A convolution
+// is then a sum over "pairs" (input channel, tap) of a weight times the input grid shifted by the pair's offset.
+#ifndef HISTODISTILL_DIRECTCONV_H
+#define HISTODISTILL_DIRECTCONV_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// 1 when this CPU runs the AVX-512 kernels below, else 0 (callers then use im2col + GEMM).
+int hd_direct_available(void);
+
+/// Rows handled together by `hd_direct_sum` (packed weight blocks hold this many rows).
+#define HD_DIRECT_ROWS 8
+
+/// out[r * ldo + p] = sum_j wpack[(r / 8) * pairs * 8 + j * 8 + r % 8] * src[offs[j] + p]
+/// for r < 8 * rowBlocks and p < count rounded up to a multiple of 16 (every row of `out` must have room for
+/// that, and `src` must be readable up to the largest offs[j] + that).
+void hd_direct_sum(float *out, ptrdiff_t ldo, int rowBlocks,
+                   const float *src, const ptrdiff_t *offs, int pairs,
+                   const float *wpack, int count);
+
+/// dw[r * ldw + j] += sum over i < images, p < count of
+///   g[i * gImage + r * ldg + p] * src[i * sImage + offs[j] + p]
+/// for r < rows and j < pairs (reads nothing at p >= count).
+void hd_direct_wgrad(float *dw, ptrdiff_t ldw, int rows, int pairs,
+                     const float *g, ptrdiff_t ldg, ptrdiff_t gImage,
+                     const float *src, const ptrdiff_t *offs, ptrdiff_t sImage,
+                     int images, int count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,362 @@
+// Direct convolution on grids (Float32, AVX-512): no im2col columns, the input is read in place.
+import CDirectConv
+
+/// Which algorithm a convolution uses.
+public enum ConvAlgorithm: Sendable, Hashable {
+    /// The direct kernel where it is available and measured faster (`DirectConv.chooses`), else im2col + GEMM.
+    case automatic
+    /// im2col + GEMM (any element type, any geometry).
+    case im2colGEMM
+    /// The direct kernel; falls back to im2col + GEMM where it cannot run (Double, stride > 2, no AVX-512).
+    case direct
+}
+
+/// Lays a convolution out so that each kernel tap is a constant offset from the output position.
+///
+/// The padded input (hp x wp) is split into stride x stride phase planes of hq x wq, phase (a, b) holding
+/// padded pixels (s*i + a, s*j + b); with stride 1 there is one phase, the padded input itself. Output position
+/// (oy, ox) sits at oy * wq + ox of an output "grid" whose rows are wq long (columns ox >= outW are computed and
+/// thrown away), and tap (ky, kx) reads phase (ky % s, kx % s) at offset (ky / s) * wq + kx / s from it. So the
+/// forward is `out[co][p] = sum over pairs j = (ci, ky, kx) of w[co][j] * planes[offset(j) + p]`, one kernel
+/// (`hd_direct_sum`) with 8 output channels x 48 positions in registers. The weight gradient is the same sum
+/// turned into dot products over positions (`hd_direct_wgrad`). The input gradient of phase (a, b) is again a
+/// forward-style sum: over the output gradient, zero-padded by `pt` rows and columns at the top left, with the
+/// taps of that phase mirrored: dxpad(s*i + a, s*j + b) = sum over (m, n) of w[s*m + a][s*n + b] * g(i - m, j - n).
+struct DirectConvPlan {
+    let s: Conv2dShape
+    let stride: Int
+    let hq: Int, wq: Int
+    /// Phase slot of phase (a, b) at a * stride + b, or -1 when no tap reads it.
+    let phaseSlot: [Int]
+    /// Floats of one input channel's phase planes.
+    let channelStride: Int
+    /// Floats of one image's planes, including the slack the last tiles read past the end.
+    let planesCount: Int
+    /// Offset of pair j = (ci, ky, kx) in the planes (weight order).
+    let forwardOffsets: [Int]
+    /// Output grid positions (outH * wq) and the row length of the grid buffer (rounded up to 16).
+    let outCount: Int, outLd: Int
+    /// Input-gradient layout: padding of the output gradient, its grid width and per-channel size.
+    let pt: Int, wd: Int, gPadStride: Int, gPadCount: Int
+    /// Input-gradient grid positions per phase (hq * wd) and its row length.
+    let dxCount: Int, dxLd: Int
+
+    init(_ s: Conv2dShape) {
+        self.s = s
+        let st = s.strideH
+        stride = st
+        let hp = s.h + 2 * s.padH, wp = s.w + 2 * s.padW
+        hq = (hp + st - 1) / st
+        wq = (wp + st - 1) / st
+        var slot = [Int](repeating: -1, count: st * st)
+        var used = 0
+        for a in 0..<st where a < s.kh {
+            for b in 0..<st where b < s.kw {
+                slot[a * st + b] = used
+                used += 1
+            }
+        }
+        phaseSlot = slot
+        let phaseSize = hq * wq
+        channelStride = used * phaseSize
+        var offsets: [Int] = []
+        offsets.reserveCapacity(s.k)
+        for c in 0..<s.cIn {
+            for ky in 0..<s.kh {
+                for kx in 0..<s.kw {
+                    let phase = slot[(ky % st) * st + kx % st]
+                    offsets.append(c * channelStride + phase * phaseSize + (ky / st) * wq + kx / st)
+                }
+            }
+        }
+        forwardOffsets = offsets
+        outCount = s.outH * wq
+        outLd = (outCount + 15) / 16 * 16
+        planesCount = max(s.cIn * channelStride, offsets.max()! + outLd) + 16
+
+        pt = (max(s.kh, s.kw) + st - 1) / st - 1
+        wd = wq + pt
+        gPadStride = (hq + pt) * wd
+        dxCount = hq * wd
+        dxLd = (dxCount + 15) / 16 * 16
+        // The last channel's reads run up to offset (pt * wd + pt) + dxLd past its start.
+        gPadCount = max(s.cOut * gPadStride, (s.cOut - 1) * gPadStride + pt * wd + pt + dxLd) + 16
+    }
+
+    static func roundUp8(_ x: Int) -> Int { (x + 7) / 8 * 8 }
+
+    /// Writes one image's phase planes (zero padding included) and zeroes the slack after them.
+    func buildPlanes(_ planes: UnsafeMutablePointer<Float>, image x: UnsafePointer<Float>) {
+        let st = stride, hw = s.h * s.w, phaseSize = hq * wq
+        for c in 0..<s.cIn {
+            let xc = x + c * hw
+            for a in 0..<st {
+                for b in 0..<st {
+                    let slotIndex = phaseSlot[a * st + b]
+                    guard slotIndex >= 0 else { continue }
+                    let plane = planes + c * channelStride + slotIndex * phaseSize
+                    // Columns j whose input x = s*j + b - padW lies in [0, w).
+                    let jLo = min(wq, max(0, (s.padW - b + st - 1) / st))
+                    let jHi = max(jLo, min(wq, floorDivide(s.w - 1 + s.padW - b, st) + 1))
+                    for i in 0..<hq {
+                        let row = plane + i * wq
+                        let y = st * i + a - s.padH
+                        guard y >= 0 && y < s.h else {
+                            row.update(repeating: 0, count: wq)
+                            continue
+                        }
+                        for j in 0..<jLo { row[j] = 0 }
+                        let src = xc + y * s.w + b - s.padW
+                        if st == 1 {
+                            for j in jLo..<jHi { row[j] = src[j] }
+                        } else {
+                            for j in jLo..<jHi { row[j] = src[j &* 2] }
+                        }
+                        for j in jHi..<wq { row[j] = 0 }
+                    }
+                }
+            }
+        }
+        let used = s.cIn * channelStride
+        (planes + used).update(repeating: 0, count: planesCount - used)
+    }
+
+    /// Packs rows x pairs weights (element (r, j) at `weight(r, j)`) into 8-row blocks, zero rows past `rows`.
+    static func pack(_ dst: UnsafeMutablePointer<Float>, rows: Int, pairs: Int, _ weight: (Int, Int) -> Float) {
+        let blocks = (rows + 7) / 8
+        for blk in 0..<blocks {
+            let base = dst + blk * pairs * 8
+            for j in 0..<pairs {
+                for r in 0..<8 {
+                    let row = blk * 8 + r
+                    base[j * 8 + r] = row < rows ? weight(row, j) : 0
+                }
+            }
+        }
+    }
+
+    /// Input-gradient taps of phase (a, b): (ky, kx, m, n) with ky = s*m + a, kx = s*n + b.
+    func gradientTaps(a: Int, b: Int) -> [(ky: Int, kx: Int, m: Int, n: Int)] {
+        var taps: [(Int, Int, Int, Int)] = []
+        var ky = a
+        while ky < s.kh {
+            var kx = b
+            while kx < s.kw {
+                taps.append((ky, kx, ky / stride, kx / stride))
+                kx += stride
+            }
+            ky += stride
+        }
+        return taps
+    }
+}
+
+/// The direct convolution's entry points (Float32 only; see `DirectConvPlan`).
+public enum DirectConv {
+    /// True when this CPU has the AVX-512 kernels.
+    public static let isAvailable: Bool = hd_direct_available() != 0
+
+    /// Narrowest output on which `.automatic` uses the direct kernel: on narrower maps the thrown-away grid
+    /// columns cost more than im2col (measured with `histodistill-bench`, docs/benchmarks.md).
+    public static let minimumOutputWidth = 14
+
+    /// Positions per weight-gradient call: the gradient rows and input rows of one call stay in L1/L2.
+    static let gradientChunk = 1024
+
+    /// Whether the direct kernel can run `s` (stride 1 or 2 in both directions, AVX-512).
+    public static func supports(_ s: Conv2dShape) -> Bool {
+        isAvailable && s.strideH == s.strideW && (s.strideH == 1 || s.strideH == 2)
+    }
+
+    /// Whether `algorithm` runs `s` with the direct kernel.
+    static func chooses(_ algorithm: ConvAlgorithm, _ s: Conv2dShape) -> Bool {
+        switch algorithm {
+        case .im2colGEMM: return false
+        case .direct: return supports(s)
+        case .automatic: return supports(s) && !s.isPointwise && s.outW >= minimumOutputWidth
+        }
+    }
+
+    /// Forward: output (n, cOut, outH, outW) = conv(input, weight) + bias.
+    static func forward(
+        output: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+        bias: UnsafePointer<Float>?, shape s: Conv2dShape, workspace: Workspace<Float>
+    ) {
+        let plan = DirectConvPlan(s)
+        let blocks = (s.cOut + 7) / 8
+        let packCount = blocks * 8 * s.k
+        let workers = min(Parallel.width, s.n)
+        let perWorker = plan.planesCount + blocks * 8 * plan.outLd
+        let scratch = workspace.reserve(packCount + workers * perWorker)
+        DirectConvPlan.pack(scratch, rows: s.cOut, pairs: s.k) { r, j in weight[r * s.k + j] }
+        let wpack = UnsafePointer(scratch)
+        let inImage = s.cIn * s.h * s.w, plane = s.outPlane
+        plan.forwardOffsets.withUnsafeBufferPointer { offs in
+            Parallel.workers(workers) { w in
+                let planes = scratch + packCount + w * perWorker
+                let grid = planes + plan.planesCount
+                for img in (s.n * w / workers)..<(s.n * (w + 1) / workers) {
+                    plan.buildPlanes(planes, image: input + img * inImage)
+                    hd_direct_sum(grid, plan.outLd, Int32(blocks), planes, offs.baseAddress!, Int32(s.k), wpack,
+                                  Int32(plan.outCount))
+                    let y = output + img * s.cOut * plane
+                    for co in 0..<s.cOut {
+                        let bv: Float = bias?[co] ?? 0
+                        for oy in 0..<s.outH {
+                            let src = grid + co * plan.outLd + oy * plan.wq, dst = y + co * plane + oy * s.outW
+                            for ox in 0..<s.outW { dst[ox] = src[ox] + bv }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Backward: accumulates into gradWeight and (unless nil) gradInput. The bias gradient is the caller's.
+    static func backward(
+        gradInput: UnsafeMutablePointer<Float>?, gradWeight: UnsafeMutablePointer<Float>,
+        gradOutput: UnsafePointer<Float>, input: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+        shape s: Conv2dShape, workspace: Workspace<Float>
+    ) {
+        let plan = DirectConvPlan(s)
+        let st = plan.stride, kk = s.kh * s.kw
+        // Input-gradient weights per phase: rows ci, pairs (co, tap) reading the padded output gradient.
+        var phaseTaps: [[(ky: Int, kx: Int, m: Int, n: Int)]] = []
+        var phaseOffsets: [[Int]] = []
+        var packOffsets: [Int] = []
+        var packCount = 0
+        let ciBlocks = (s.cIn + 7) / 8
+        if gradInput != nil {
+            for a in 0..<st {
+                for b in 0..<st {
+                    let taps = plan.gradientTaps(a: a, b: b)
+                    phaseTaps.append(taps)
+                    var offs: [Int] = []
+                    offs.reserveCapacity(s.cOut * taps.count)
+                    for co in 0..<s.cOut {
+                        for t in taps { offs.append(co * plan.gPadStride + (plan.pt - t.m) * plan.wd + (plan.pt - t.n)) }
+                    }
+                    phaseOffsets.append(offs)
+                    packOffsets.append(packCount)
+                    packCount += ciBlocks * 8 * offs.count
+                }
+            }
+        }
+        // Images per weight-gradient call: small maps are grouped so each call runs over enough positions.
+        let imagesPerWorkerMax = (s.n + Parallel.width - 1) / Parallel.width
+        let group = max(1, min(imagesPerWorkerMax, DirectConv.gradientChunk / max(plan.outCount, 1)))
+        let gImage = s.cOut * plan.outLd
+        let workers = min(Parallel.width, s.n)
+        let dxGridCount = gradInput == nil ? 0 : ciBlocks * 8 * plan.dxLd
+        let gPadCount = gradInput == nil ? 0 : plan.gPadCount
+        let perWorker = group * (plan.planesCount + gImage) + gPadCount + dxGridCount + s.weightCount
+        let scratch = workspace.reserve(packCount + workers * perWorker)
+        for (ph, taps) in phaseTaps.enumerated() {
+            let pairs = s.cOut * taps.count
+            DirectConvPlan.pack(scratch + packOffsets[ph], rows: s.cIn, pairs: pairs) { ci, j in
+                let co = j / taps.count, t = taps[j % taps.count]
+                return weight[(co * s.cIn + ci) * kk + t.ky * s.kw + t.kx]
+            }
+        }
+        let inImage = s.cIn * s.h * s.w, plane = s.outPlane
+        plan.forwardOffsets.withUnsafeBufferPointer { offs in
+            Parallel.workers(workers) { w in
+                let base = scratch + packCount + w * perWorker
+                let planes = base, gGrid = base + group * plan.planesCount
+                let gPad = gGrid + group * gImage, dxGrid = gPad + gPadCount, partial = dxGrid + dxGridCount
+                let dW: UnsafeMutablePointer<Float>
+                if w == 0 { dW = gradWeight } else { dW = partial; partial.update(repeating: 0, count: s.weightCount) }
+                let lo = s.n * w / workers, hi = s.n * (w + 1) / workers
+                var first = lo
+                while first < hi {
+                    let count = min(group, hi - first)
+                    for i in 0..<count {
+                        let img = first + i
+                        plan.buildPlanes(planes + i * plan.planesCount, image: input + img * inImage)
+                        let g = gradOutput + img * s.cOut * plane, grid = gGrid + i * gImage
+                        for co in 0..<s.cOut {
+                            let row = grid + co * plan.outLd
+                            for oy in 0..<s.outH {
+                                let src = g + co * plane + oy * s.outW, dst = row + oy * plan.wq
+                                for ox in 0..<s.outW { dst[ox] = src[ox] }
+                                for ox in s.outW..<plan.wq { dst[ox] = 0 }
+                            }
+                            for p in plan.outCount..<plan.outLd { row[p] = 0 }
+                        }
+                    }
+                    // Weight gradient, in chunks of positions.
+                    var p0 = 0
+                    while p0 < plan.outCount {
+                        let len = min(DirectConv.gradientChunk, plan.outCount - p0)
+                        hd_direct_wgrad(dW, s.k, Int32(s.cOut), Int32(s.k), gGrid + p0, plan.outLd, gImage,
+                                        planes + p0, offs.baseAddress!, plan.planesCount, Int32(count), Int32(len))
+                        p0 += len
+                    }
+                    if let gradInput {
+                        for i in 0..<count {
+                            let img = first + i
+                            inputGradient(gradInput + img * inImage, gradOutput: gradOutput + img * s.cOut * plane,
+                                          plan: plan, gPad: gPad, dxGrid: dxGrid, packs: scratch, packOffsets: packOffsets,
+                                          phaseOffsets: phaseOffsets, ciBlocks: ciBlocks)
+                        }
+                    }
+                    first += count
+                }
+            }
+        }
+        if workers > 1 {
+            Parallel.forEach(s.weightCount, grain: 4096) { r in
+                for w in 1..<workers {
+                    let partial = scratch + packCount + w * perWorker + perWorker - s.weightCount
+                    for i in r { gradWeight[i] += partial[i] }
+                }
+            }
+        }
+    }
+
+    /// One image's input gradient: pads its output gradient, runs each phase's sum and adds the phase grid
+    /// back into the (unpadded) input gradient.
+    private static func inputGradient(
+        _ dx: UnsafeMutablePointer<Float>, gradOutput g: UnsafePointer<Float>, plan: DirectConvPlan,
+        gPad: UnsafeMutablePointer<Float>, dxGrid: UnsafeMutablePointer<Float>, packs: UnsafeMutablePointer<Float>,
+        packOffsets: [Int], phaseOffsets: [[Int]], ciBlocks: Int
+    ) {
+        let s = plan.s, st = plan.stride, plane = s.outPlane
+        gPad.update(repeating: 0, count: plan.gPadCount)
+        for co in 0..<s.cOut {
+            for oy in 0..<s.outH {
+                let src = g + co * plane + oy * s.outW
+                let dst = gPad + co * plan.gPadStride + (oy + plan.pt) * plan.wd + plan.pt
+                for ox in 0..<s.outW { dst[ox] = src[ox] }
+            }
+        }
+        let hw = s.h * s.w
+        for a in 0..<st {
+            for b in 0..<st {
+                let ph = a * st + b
+                let offsets = phaseOffsets[ph]
+                guard !offsets.isEmpty else { continue }
+                offsets.withUnsafeBufferPointer { offs in
+                    hd_direct_sum(dxGrid, plan.dxLd, Int32(ciBlocks), gPad, offs.baseAddress!, Int32(offs.count),
+                                  packs + packOffsets[ph], Int32(plan.dxCount))
+                }
+                // Padded pixel (s*i + a, s*j + b) is input pixel (s*i + a - padH, s*j + b - padW).
+                let jLo = min(plan.wq, max(0, (s.padW - b + st - 1) / st))
+                let jHi = max(jLo, min(plan.wq, floorDivide(s.w - 1 + s.padW - b, st) + 1))
+                for i in 0..<plan.hq {
+                    let y = st * i + a - s.padH
+                    guard y >= 0 && y < s.h else { continue }
+                    for c in 0..<s.cIn {
+                        let src = dxGrid + c * plan.dxLd + i * plan.wd
+                        let dst = dx + c * hw + y * s.w + b - s.padW
+                        if st == 1 {
+                            for j in jLo..<jHi { dst[j] += src[j] }
+                        } else {
+                            for j in jLo..<jHi { dst[j &* 2] += src[j] }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
