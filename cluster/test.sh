@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash cluster/setup.sh
 swift build --build-tests
+# The quickstart and benchmarks run release builds: a release-only optimiser or link failure must fail the suite.
+swift build -c release
 swift test --skip-build --disable-xctest
