@@ -140,7 +140,55 @@ HD_TARGET void hd_direct_wgrad(float *dw, ptrdiff_t ldw, int rows, int pairs,
     }
 }
 
+// Stride-2 phase planes: split a row into its even and odd elements (and back), 16 outputs per permute.
+HD_TARGET void hd_deinterleave(const float *src, ptrdiff_t n, float *even, float *odd) {
+    const __m512i evenIdx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i oddIdx = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    ptrdiff_t k = 0;
+    for (; 2 * k + 32 <= n; k += 16) {
+        __m512 a = _mm512_loadu_ps(src + 2 * k), b = _mm512_loadu_ps(src + 2 * k + 16);
+        if (even) _mm512_storeu_ps(even + k, _mm512_permutex2var_ps(a, evenIdx, b));
+        if (odd) _mm512_storeu_ps(odd + k, _mm512_permutex2var_ps(a, oddIdx, b));
+    }
+    for (; 2 * k < n; k++) {
+        if (even) even[k] = src[2 * k];
+        if (odd && 2 * k + 1 < n) odd[k] = src[2 * k + 1];
+    }
+}
+
+HD_TARGET void hd_interleave_add(float *dst, ptrdiff_t n, const float *even, const float *odd) {
+    const __m512i lowIdx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i highIdx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    ptrdiff_t k = 0;
+    if (even && odd) {
+        for (; 2 * k + 32 <= n; k += 16) {
+            __m512 e = _mm512_loadu_ps(even + k), o = _mm512_loadu_ps(odd + k);
+            float *d = dst + 2 * k;
+            _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), _mm512_permutex2var_ps(e, lowIdx, o)));
+            _mm512_storeu_ps(d + 16, _mm512_add_ps(_mm512_loadu_ps(d + 16), _mm512_permutex2var_ps(e, highIdx, o)));
+        }
+    }
+    for (; 2 * k < n; k++) {
+        if (even) dst[2 * k] += even[k];
+        if (odd && 2 * k + 1 < n) dst[2 * k + 1] += odd[k];
+    }
+}
+
 #else
+
+void hd_deinterleave(const float *src, ptrdiff_t n, float *even, float *odd) {
+    for (ptrdiff_t k = 0; 2 * k < n; k++) {
+        if (even) even[k] = src[2 * k];
+        if (odd && 2 * k + 1 < n) odd[k] = src[2 * k + 1];
+    }
+}
+
+void hd_interleave_add(float *dst, ptrdiff_t n, const float *even, const float *odd) {
+    for (ptrdiff_t k = 0; 2 * k < n; k++) {
+        if (even) dst[2 * k] += even[k];
+        if (odd && 2 * k + 1 < n) dst[2 * k + 1] += odd[k];
+    }
+}
 
 void hd_direct_sum(float *out, ptrdiff_t ldo, int rowBlocks, const float *src, const ptrdiff_t *offs, int pairs,
                    const float *wpack, int count) {

@@ -1,5 +1,6 @@
 // Direct convolution on grids (Float32, AVX-512): no im2col columns, the input is read in place.
 import CDirectConv
+import Foundation
 
 /// Which algorithm a convolution uses.
 public enum ConvAlgorithm: Sendable, Hashable {
@@ -87,35 +88,34 @@ struct DirectConvPlan {
 
     /// Writes one image's phase planes (zero padding included) and zeroes the slack after them.
     func buildPlanes(_ planes: UnsafeMutablePointer<Float>, image x: UnsafePointer<Float>) {
-        let st = stride, hw = s.h * s.w, phaseSize = hq * wq
-        for c in 0..<s.cIn {
-            let xc = x + c * hw
-            for a in 0..<st {
-                for b in 0..<st {
-                    let slotIndex = phaseSlot[a * st + b]
-                    guard slotIndex >= 0 else { continue }
-                    let plane = planes + c * channelStride + slotIndex * phaseSize
-                    // Columns j whose input x = s*j + b - padW lies in [0, w).
-                    let jLo = min(wq, max(0, (s.padW - b + st - 1) / st))
-                    let jHi = max(jLo, min(wq, floorDivide(s.w - 1 + s.padW - b, st) + 1))
-                    for i in 0..<hq {
-                        let row = plane + i * wq
-                        let y = st * i + a - s.padH
-                        guard y >= 0 && y < s.h else {
-                            row.update(repeating: 0, count: wq)
-                            continue
-                        }
-                        for j in 0..<jLo { row[j] = 0 }
-                        let src = xc + y * s.w + b - s.padW
-                        if st == 1 {
-                            for j in jLo..<jHi { row[j] = src[j] }
-                        } else {
-                            for j in jLo..<jHi { row[j] = src[j &* 2] }
-                        }
-                        for j in jHi..<wq { row[j] = 0 }
-                    }
+        let hw = s.h * s.w, phaseSize = hq * wq
+        if stride == 2 {
+            // Each input row splits into its even and odd pixels, which land in the two column phases of its row phase.
+            planes.update(repeating: 0, count: planesCount)
+            let bEven = s.padW % 2, bOdd = 1 - bEven
+            for c in 0..<s.cIn {
+                for y in 0..<s.h {
+                    let yp = y + s.padH, a = yp % 2, i = yp / 2
+                    let se = phaseSlot[a * 2 + bEven], so = phaseSlot[a * 2 + bOdd]
+                    guard se >= 0 || so >= 0 else { continue }
+                    let rowBase = planes + c * channelStride + i * wq
+                    hd_deinterleave(x + c * hw + y * s.w, s.w,
+                                    se >= 0 ? rowBase + se * phaseSize + (s.padW - bEven) / 2 : nil,
+                                    so >= 0 ? rowBase + so * phaseSize + (s.padW + 1 - bOdd) / 2 : nil)
                 }
             }
+            return
+        }
+        for c in 0..<s.cIn {
+            let plane = planes + c * channelStride
+            (plane).update(repeating: 0, count: s.padH * wq)
+            for y in 0..<s.h {
+                let row = plane + (y + s.padH) * wq
+                for j in 0..<s.padW { row[j] = 0 }
+                (row + s.padW).update(from: x + c * hw + y * s.w, count: s.w)
+                for j in (s.padW + s.w)..<wq { row[j] = 0 }
+            }
+            (plane + (s.h + s.padH) * wq).update(repeating: 0, count: (hq - s.h - s.padH) * wq)
         }
         let used = s.cIn * channelStride
         (planes + used).update(repeating: 0, count: planesCount - used)
@@ -161,7 +161,7 @@ public enum DirectConv {
     public static let minimumOutputWidth = 14
 
     /// Positions per weight-gradient call: the gradient rows and input rows of one call stay in L1/L2.
-    static let gradientChunk = 1024
+    static let gradientChunk = Int(ProcessInfo.processInfo.environment["HD_CHUNK"] ?? "") ?? 1024
 
     /// Whether the direct kernel can run `s` (stride 1 or 2 in both directions, AVX-512).
     public static func supports(_ s: Conv2dShape) -> Bool {
@@ -247,7 +247,7 @@ public enum DirectConv {
         let group = max(1, min(imagesPerWorkerMax, DirectConv.gradientChunk / max(plan.outCount, 1)))
         let gImage = s.cOut * plan.outLd
         let workers = min(Parallel.width, s.n)
-        let dxGridCount = gradInput == nil ? 0 : ciBlocks * 8 * plan.dxLd
+        let dxGridCount = gradInput == nil ? 0 : st * st * ciBlocks * 8 * plan.dxLd
         let gPadCount = gradInput == nil ? 0 : plan.gPadCount
         let perWorker = group * (plan.planesCount + gImage) + gPadCount + dxGridCount + s.weightCount
         let scratch = workspace.reserve(packCount + workers * perWorker)
@@ -330,32 +330,36 @@ public enum DirectConv {
                 for ox in 0..<s.outW { dst[ox] = src[ox] }
             }
         }
+        // Every phase's grid first (`dxGrid` holds stride^2 of them), then each input row gathers its pixels.
+        let phaseGrid = ciBlocks * 8 * plan.dxLd
+        for ph in 0..<(st * st) {
+            let offsets = phaseOffsets[ph]
+            guard !offsets.isEmpty else { continue }
+            offsets.withUnsafeBufferPointer { offs in
+                hd_direct_sum(dxGrid + ph * phaseGrid, plan.dxLd, Int32(ciBlocks), gPad, offs.baseAddress!,
+                              Int32(offs.count), packs + packOffsets[ph], Int32(plan.dxCount))
+            }
+        }
+        // Input pixel (y, x) is padded pixel (y + padH, x + padW): phase ((y + padH) % s, (x + padW) % s).
         let hw = s.h * s.w
-        for a in 0..<st {
-            for b in 0..<st {
-                let ph = a * st + b
-                let offsets = phaseOffsets[ph]
-                guard !offsets.isEmpty else { continue }
-                offsets.withUnsafeBufferPointer { offs in
-                    hd_direct_sum(dxGrid, plan.dxLd, Int32(ciBlocks), gPad, offs.baseAddress!, Int32(offs.count),
-                                  packs + packOffsets[ph], Int32(plan.dxCount))
+        if st == 1 {
+            for c in 0..<s.cIn {
+                for y in 0..<s.h {
+                    let src = dxGrid + c * plan.dxLd + (y + s.padH) * plan.wd + s.padW, dst = dx + c * hw + y * s.w
+                    for x in 0..<s.w { dst[x] += src[x] }
                 }
-                // Padded pixel (s*i + a, s*j + b) is input pixel (s*i + a - padH, s*j + b - padW).
-                let jLo = min(plan.wq, max(0, (s.padW - b + st - 1) / st))
-                let jHi = max(jLo, min(plan.wq, floorDivide(s.w - 1 + s.padW - b, st) + 1))
-                for i in 0..<plan.hq {
-                    let y = st * i + a - s.padH
-                    guard y >= 0 && y < s.h else { continue }
-                    for c in 0..<s.cIn {
-                        let src = dxGrid + c * plan.dxLd + i * plan.wd
-                        let dst = dx + c * hw + y * s.w + b - s.padW
-                        if st == 1 {
-                            for j in jLo..<jHi { dst[j] += src[j] }
-                        } else {
-                            for j in jLo..<jHi { dst[j &* 2] += src[j] }
-                        }
-                    }
-                }
+            }
+            return
+        }
+        let bEven = s.padW % 2, bOdd = 1 - bEven
+        for c in 0..<s.cIn {
+            for y in 0..<s.h {
+                let yp = y + s.padH, a = yp % 2, i = yp / 2
+                let pe = a * 2 + bEven, po = a * 2 + bOdd
+                let row = c * plan.dxLd + i * plan.wd
+                hd_interleave_add(dx + c * hw + y * s.w, s.w,
+                                  phaseOffsets[pe].isEmpty ? nil : dxGrid + pe * phaseGrid + row + (s.padW - bEven) / 2,
+                                  phaseOffsets[po].isEmpty ? nil : dxGrid + po * phaseGrid + row + (s.padW + 1 - bOdd) / 2)
             }
         }
     }

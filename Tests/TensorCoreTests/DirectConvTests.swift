@@ -21,6 +21,8 @@ let directCases: [DirectCase] = [
     DirectCase(n: 2, cIn: 4, h: 11, w: 13, cOut: 17, k: (5, 3), stride: 1, pad: (2, 0)),    // rectangular kernel
     DirectCase(n: 2, cIn: 6, h: 10, w: 12, cOut: 8, k: (4, 4), stride: 2, pad: (3, 1)),     // even kernel, big pad
     DirectCase(n: 3, cIn: 9, h: 7, w: 7, cOut: 40, k: (3, 3), stride: 1, pad: (1, 1)),      // 7x7 map, 40 outputs
+    DirectCase(n: 2, cIn: 5, h: 9, w: 70, cOut: 8, k: (3, 3), stride: 2, pad: (0, 0)),      // wide rows, even padding
+    DirectCase(n: 2, cIn: 3, h: 8, w: 67, cOut: 16, k: (3, 5), stride: 2, pad: (1, 1)),     // wide rows, odd padding
 ]
 
 @Suite("Direct convolution")

@@ -33,6 +33,12 @@ void hd_direct_wgrad(float *dw, ptrdiff_t ldw, int rows, int pairs,
                      const float *src, const ptrdiff_t *offs, ptrdiff_t sImage,
                      int images, int count);
 
+/// even[k] = src[2k] for 2k < n and odd[k] = src[2k + 1] for 2k + 1 < n (either may be NULL: not written).
+void hd_deinterleave(const float *src, ptrdiff_t n, float *even, float *odd);
+
+/// dst[2k] += even[k] for 2k < n and dst[2k + 1] += odd[k] for 2k + 1 < n (either may be NULL: nothing added).
+void hd_interleave_add(float *dst, ptrdiff_t n, const float *even, const float *odd);
+
 #ifdef __cplusplus
 }
 #endif
