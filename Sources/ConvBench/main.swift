@@ -144,49 +144,64 @@ print("OpenBLAS \(BLAS.version), kernels \(BLAS.coreName), OPENBLAS_CORETYPE=\(e
 print("clock: \(options.cpuClock ? "CPU time of the calling thread" : "wall"); conv algorithm: \(options.algorithm) (direct kernel available: \(DirectConv.isAvailable))")
 print("paper model convs at \(options.resolution) px, batch \(options.batch), \(options.useMin ? "min" : "median") of \(options.reps), tiling: column budget \(options.tiling.columnBudget) floats, min columns \(options.tiling.minColumns)")
 
+/// One conv's buffers, allocated once and reused by every repetition.
+struct ConvBuffers {
+    let x, w, y, dy, dx, dw: Buffer<Float>
+    init(_ s: Conv2dShape) {
+        x = Buffer(count: s.inputCount); w = Buffer(count: s.weightCount)
+        y = Buffer(count: s.outputCount); dy = Buffer(count: s.outputCount)
+        dx = Buffer(count: s.inputCount); dw = Buffer(count: s.weightCount)
+        fill(x, seed: 3); fill(w, seed: 4); fill(dy, seed: 5)
+    }
+}
+
+let cases = paperModelConvs(resolution: options.resolution, batch: options.batch)
+    .filter { cc in options.only.map { cc.name.hasPrefix($0) } ?? true }
+if cases.isEmpty { usageError("--only \(options.only ?? ""): no conv of the model has that name prefix") }
+let buffers = cases.map { ConvBuffers($0.shape) }
+
 for t in options.threads {
-    BLAS.setThreadCount(t)
-    // Square GEMM reference: OpenBLAS alone with t threads (the engine keeps OpenBLAS single-threaded).
-    BLAS.setLibraryThreadCount(t)
     let g = options.gemmSize
     let a = Buffer<Float>(count: g * g), b = Buffer<Float>(count: g * g), c = Buffer<Float>(count: g * g)
     fill(a, seed: 1); fill(b, seed: 2)
+    let workspace = Workspace<Float>()
+    // Repetitions interleave the square GEMM and every conv, so a machine whose speed drifts (a shared VM) affects
+    // the reference and the convs alike. The first repetition warms up and is dropped.
     var gemmTimes: [Double] = []
+    var fwd = [[Double]](repeating: [], count: cases.count), bwd = fwd
     for _ in 0..<(options.reps + 1) {
+        // Square GEMM reference: OpenBLAS alone with t threads (the engine keeps OpenBLAS single-threaded).
+        BLAS.setThreadCount(t)
+        BLAS.setLibraryThreadCount(t)
         gemmTimes.append(seconds {
             Float.gemm(transA: false, transB: false, m: g, n: g, k: g, alpha: 1, a: a.pointer, lda: g, b: b.pointer, ldb: g,
                        beta: 0, c: c.pointer, ldc: g)
         })
+        BLAS.setThreadCount(t)
+        for (i, cc) in cases.enumerated() {
+            let s = cc.shape, bf = buffers[i]
+            fwd[i].append(seconds {
+                Conv2d.forward(output: bf.y.pointer, input: bf.x.pointer, weight: bf.w.pointer, bias: nil, shape: s,
+                               workspace: workspace, tiling: options.tiling, algorithm: options.algorithm)
+            })
+            bwd[i].append(seconds {
+                Conv2d.backward(gradInput: cc.inputGradient ? bf.dx.pointer : nil, gradWeight: bf.dw.pointer, gradBias: nil,
+                                gradOutput: bf.dy.pointer, input: bf.x.pointer, weight: bf.w.pointer, shape: s,
+                                workspace: workspace, tiling: options.tiling, algorithm: options.algorithm)
+            })
+        }
     }
     let gemmRate = 2 * Double(g * g * g) / median(Array(gemmTimes.dropFirst())) / 1e9
-    BLAS.setThreadCount(t)
 
     print("\n## \(t) thread\(t > 1 ? "s" : "")\n")
     print("sgemm \(g)x\(g)x\(g): \(String(format: "%.1f", gemmRate)) GFLOP/s\n")
     print("| conv | shape (n, c, h, w) -> cOut | count | fwd ms | fwd GFLOP/s | bwd ms | bwd GFLOP/s | fwd+bwd % of sgemm |")
     print("|---|---|---|---|---|---|---|---|")
     var totalFlops = 0.0, totalTime = 0.0
-    let workspace = Workspace<Float>()
-    for cc in paperModelConvs(resolution: options.resolution, batch: options.batch)
-    where options.only.map({ cc.name.hasPrefix($0) }) ?? true {
-        let s = cc.shape
-        let x = Buffer<Float>(count: s.inputCount), w = Buffer<Float>(count: s.weightCount)
-        let y = Buffer<Float>(count: s.outputCount), dy = Buffer<Float>(count: s.outputCount)
-        let dx = Buffer<Float>(count: s.inputCount), dw = Buffer<Float>(count: s.weightCount)
-        fill(x, seed: 3); fill(w, seed: 4); fill(dy, seed: 5)
-        var fwd: [Double] = [], bwd: [Double] = []
-        for _ in 0..<(options.reps + 1) {
-            fwd.append(seconds {
-                Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s,
-                               workspace: workspace, tiling: options.tiling, algorithm: options.algorithm)
-            })
-            bwd.append(seconds {
-                Conv2d.backward(gradInput: cc.inputGradient ? dx.pointer : nil, gradWeight: dw.pointer, gradBias: nil,
-                                gradOutput: dy.pointer, input: x.pointer, weight: w.pointer, shape: s,
-                                workspace: workspace, tiling: options.tiling, algorithm: options.algorithm)
-            })
-        }
-        let tf = median(Array(fwd.dropFirst())), tb = median(Array(bwd.dropFirst()))
+    for (i, cc) in cases.enumerated() {
+        let s = cc.shape, bf = buffers[i]
+        let (x, w, y, dy, dw) = (bf.x, bf.w, bf.y, bf.dy, bf.dw)
+        let tf = median(Array(fwd[i].dropFirst())), tb = median(Array(bwd[i].dropFirst()))
         if options.gemmOnly {
             // im2col alone over the whole batch in tiles of 1024 columns (what one forward pass writes).
             let tileCols = 1024

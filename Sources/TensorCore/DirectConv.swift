@@ -39,8 +39,12 @@ struct DirectConvPlan {
     let outCount: Int, outLd: Int
     /// Input-gradient layout: padding of the output gradient, its grid width and per-channel size.
     let pt: Int, wd: Int, gPadStride: Int, gPadCount: Int
-    /// Input-gradient grid positions per phase (hq * wd) and its row length.
+    /// First padded row and number of rows of dxpad that are computed.
+    let dxRowStart: Int, dxRows: Int
+    /// Input-gradient grid positions per phase (dxRows * wd) and its row length.
     let dxCount: Int, dxLd: Int
+    /// Whether the padded output gradient, read from (pt, pt), is also the weight gradient's grid.
+    let sharesGradient: Bool
 
     init(_ s: Conv2dShape) {
         self.s = s
@@ -75,13 +79,26 @@ struct DirectConvPlan {
         outLd = (outCount + 15) / 16 * 16
         planesCount = max(s.cIn * channelStride, offsets.max()! + outLd) + 16
 
-        pt = (max(s.kh, s.kw) + st - 1) / st - 1
-        wd = wq + pt
-        gPadStride = (hq + pt) * wd
-        dxCount = hq * wd
+        if st == 1 {
+            // Only the interior rows of dxpad (the input's own) are computed, which needs a top-left padding of
+            // k - 1 - pad; when that fits inside the input's padding the padded gradient has the planes' width and
+            // doubles as the weight gradient's grid (`sharesGradient`).
+            pt = max(0, s.kh - 1 - s.padH, s.kw - 1 - s.padW)
+            wd = max(wq, s.padW + s.w + pt)
+            dxRowStart = s.padH
+            dxRows = s.h
+        } else {
+            pt = (max(s.kh, s.kw) + st - 1) / st - 1
+            wd = wq + pt
+            dxRowStart = 0
+            dxRows = hq
+        }
+        sharesGradient = st == 1 && wd == wq
+        gPadStride = max(pt + s.outH, dxRowStart + dxRows + pt) * wd
+        dxCount = dxRows * wd
         dxLd = (dxCount + 15) / 16 * 16
-        // The last channel's reads run up to offset (pt * wd + pt) + dxLd past its start.
-        gPadCount = max(s.cOut * gPadStride, (s.cOut - 1) * gPadStride + pt * wd + pt + dxLd) + 16
+        // The last channel's reads run up to offset (pt * wd + pt) + dxLd past its first computed row.
+        gPadCount = max(s.cOut * gPadStride, (s.cOut - 1) * gPadStride + (dxRowStart + pt) * wd + pt + dxLd) + 16
     }
 
     static func roundUp8(_ x: Int) -> Int { (x + 7) / 8 * 8 }
@@ -119,6 +136,31 @@ struct DirectConvPlan {
         }
         let used = s.cIn * channelStride
         (planes + used).update(repeating: 0, count: planesCount - used)
+    }
+
+    /// Writes one image's output gradient (cOut, outH, outW) at (pt, pt) of zeroed planes of width wd.
+    func padGradient(_ gPad: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>) {
+        gPad.update(repeating: 0, count: gPadCount)
+        let plane = s.outPlane
+        for co in 0..<s.cOut {
+            for oy in 0..<s.outH {
+                (gPad + co * gPadStride + (oy + pt) * wd + pt).update(from: g + co * plane + oy * s.outW, count: s.outW)
+            }
+        }
+    }
+
+    /// Writes one image's output gradient on the output grid (rows of wq, thrown-away columns zero).
+    func gridGradient(_ grid: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>) {
+        let plane = s.outPlane
+        for co in 0..<s.cOut {
+            let row = grid + co * outLd
+            for oy in 0..<s.outH {
+                let dst = row + oy * wq
+                dst.update(from: g + co * plane + oy * s.outW, count: s.outW)
+                for ox in s.outW..<wq { dst[ox] = 0 }
+            }
+            for p in outCount..<outLd { row[p] = 0 }
+        }
     }
 
     /// Packs rows x pairs weights (element (r, j) at `weight(r, j)`) into 8-row blocks, zero rows past `rows`.
@@ -245,11 +287,17 @@ public enum DirectConv {
         // Images per weight-gradient call: small maps are grouped so each call runs over enough positions.
         let imagesPerWorkerMax = (s.n + Parallel.width - 1) / Parallel.width
         let group = max(1, min(imagesPerWorkerMax, DirectConv.gradientChunk / max(plan.outCount, 1)))
-        let gImage = s.cOut * plan.outLd
         let workers = min(Parallel.width, s.n)
+        // Per worker: `group` images' planes and gradient grids, the padded gradient of one image (unless the
+        // grids are the padded gradients), every phase's input-gradient grid, a private weight gradient. Padded
+        // gradients start `lead` floats into their slot: taps that only feed thrown-away columns of the first
+        // row read a little before it.
+        let lead = plan.wd + 16
+        let padSlot = lead + plan.gPadCount
+        let gSlot = plan.sharesGradient ? padSlot : s.cOut * plan.outLd
+        let gPadCount = gradInput == nil || plan.sharesGradient ? 0 : padSlot
         let dxGridCount = gradInput == nil ? 0 : st * st * ciBlocks * 8 * plan.dxLd
-        let gPadCount = gradInput == nil ? 0 : plan.gPadCount
-        let perWorker = group * (plan.planesCount + gImage) + gPadCount + dxGridCount + s.weightCount
+        let perWorker = group * (plan.planesCount + gSlot) + gPadCount + dxGridCount + s.weightCount
         let scratch = workspace.reserve(packCount + workers * perWorker)
         for (ph, taps) in phaseTaps.enumerated() {
             let pairs = s.cOut * taps.count
@@ -262,42 +310,51 @@ public enum DirectConv {
         plan.forwardOffsets.withUnsafeBufferPointer { offs in
             Parallel.workers(workers) { w in
                 let base = scratch + packCount + w * perWorker
-                let planes = base, gGrid = base + group * plan.planesCount
-                let gPad = gGrid + group * gImage, dxGrid = gPad + gPadCount, partial = dxGrid + dxGridCount
+                let planes = base, grids = base + group * plan.planesCount
+                let ownPad = grids + group * gSlot, dxGrid = ownPad + gPadCount, partial = dxGrid + dxGridCount
                 let dW: UnsafeMutablePointer<Float>
                 if w == 0 { dW = gradWeight } else { dW = partial; partial.update(repeating: 0, count: s.weightCount) }
+                // The weight gradient's grid of image i of the group: row co at g0 + i * gSlot + co * ldg.
+                let g0: UnsafeMutablePointer<Float>, ldg: Int
+                if plan.sharesGradient {
+                    g0 = grids + lead + plan.pt * plan.wd + plan.pt; ldg = plan.gPadStride
+                } else {
+                    g0 = grids; ldg = plan.outLd
+                }
                 let lo = s.n * w / workers, hi = s.n * (w + 1) / workers
                 var first = lo
                 while first < hi {
                     let count = min(group, hi - first)
                     for i in 0..<count {
-                        let img = first + i
+                        let img = first + i, g = gradOutput + img * s.cOut * plane
                         plan.buildPlanes(planes + i * plan.planesCount, image: input + img * inImage)
-                        let g = gradOutput + img * s.cOut * plane, grid = gGrid + i * gImage
-                        for co in 0..<s.cOut {
-                            let row = grid + co * plan.outLd
-                            for oy in 0..<s.outH {
-                                let src = g + co * plane + oy * s.outW, dst = row + oy * plan.wq
-                                for ox in 0..<s.outW { dst[ox] = src[ox] }
-                                for ox in s.outW..<plan.wq { dst[ox] = 0 }
-                            }
-                            for p in plan.outCount..<plan.outLd { row[p] = 0 }
+                        if plan.sharesGradient {
+                            plan.padGradient(grids + i * gSlot + lead, g)
+                        } else {
+                            plan.gridGradient(grids + i * gSlot, g)
                         }
                     }
                     // Weight gradient, in chunks of positions.
                     var p0 = 0
                     while p0 < plan.outCount {
                         let len = min(DirectConv.gradientChunk, plan.outCount - p0)
-                        hd_direct_wgrad(dW, s.k, Int32(s.cOut), Int32(s.k), gGrid + p0, plan.outLd, gImage,
+                        hd_direct_wgrad(dW, s.k, Int32(s.cOut), Int32(s.k), g0 + p0, ldg, gSlot,
                                         planes + p0, offs.baseAddress!, plan.planesCount, Int32(count), Int32(len))
                         p0 += len
                     }
                     if let gradInput {
                         for i in 0..<count {
                             let img = first + i
-                            inputGradient(gradInput + img * inImage, gradOutput: gradOutput + img * s.cOut * plane,
-                                          plan: plan, gPad: gPad, dxGrid: dxGrid, packs: scratch, packOffsets: packOffsets,
-                                          phaseOffsets: phaseOffsets, ciBlocks: ciBlocks)
+                            let gPad: UnsafeMutablePointer<Float>
+                            if plan.sharesGradient {
+                                gPad = grids + i * gSlot + lead
+                            } else {
+                                gPad = ownPad + lead
+                                plan.padGradient(gPad, gradOutput + img * s.cOut * plane)
+                            }
+                            inputGradient(gradInput + img * inImage, plan: plan, gPad: gPad, dxGrid: dxGrid,
+                                          packs: scratch, packOffsets: packOffsets, phaseOffsets: phaseOffsets,
+                                          ciBlocks: ciBlocks)
                         }
                     }
                     first += count
@@ -317,26 +374,18 @@ public enum DirectConv {
     /// One image's input gradient: pads its output gradient, runs each phase's sum and adds the phase grid
     /// back into the (unpadded) input gradient.
     private static func inputGradient(
-        _ dx: UnsafeMutablePointer<Float>, gradOutput g: UnsafePointer<Float>, plan: DirectConvPlan,
-        gPad: UnsafeMutablePointer<Float>, dxGrid: UnsafeMutablePointer<Float>, packs: UnsafeMutablePointer<Float>,
-        packOffsets: [Int], phaseOffsets: [[Int]], ciBlocks: Int
+        _ dx: UnsafeMutablePointer<Float>, plan: DirectConvPlan, gPad: UnsafeMutablePointer<Float>,
+        dxGrid: UnsafeMutablePointer<Float>, packs: UnsafeMutablePointer<Float>, packOffsets: [Int],
+        phaseOffsets: [[Int]], ciBlocks: Int
     ) {
-        let s = plan.s, st = plan.stride, plane = s.outPlane
-        gPad.update(repeating: 0, count: plan.gPadCount)
-        for co in 0..<s.cOut {
-            for oy in 0..<s.outH {
-                let src = g + co * plane + oy * s.outW
-                let dst = gPad + co * plan.gPadStride + (oy + plan.pt) * plan.wd + plan.pt
-                for ox in 0..<s.outW { dst[ox] = src[ox] }
-            }
-        }
+        let s = plan.s, st = plan.stride
         // Every phase's grid first (`dxGrid` holds stride^2 of them), then each input row gathers its pixels.
         let phaseGrid = ciBlocks * 8 * plan.dxLd
         for ph in 0..<(st * st) {
             let offsets = phaseOffsets[ph]
             guard !offsets.isEmpty else { continue }
             offsets.withUnsafeBufferPointer { offs in
-                hd_direct_sum(dxGrid + ph * phaseGrid, plan.dxLd, Int32(ciBlocks), gPad, offs.baseAddress!,
+                hd_direct_sum(dxGrid + ph * phaseGrid, plan.dxLd, Int32(ciBlocks), gPad + plan.dxRowStart * plan.wd, offs.baseAddress!,
                               Int32(offs.count), packs + packOffsets[ph], Int32(plan.dxCount))
             }
         }
@@ -345,7 +394,8 @@ public enum DirectConv {
         if st == 1 {
             for c in 0..<s.cIn {
                 for y in 0..<s.h {
-                    let src = dxGrid + c * plan.dxLd + (y + s.padH) * plan.wd + s.padW, dst = dx + c * hw + y * s.w
+                    let src = dxGrid + c * plan.dxLd + (y + s.padH - plan.dxRowStart) * plan.wd + s.padW
+                    let dst = dx + c * hw + y * s.w
                     for x in 0..<s.w { dst[x] += src[x] }
                 }
             }
@@ -356,7 +406,7 @@ public enum DirectConv {
             for y in 0..<s.h {
                 let yp = y + s.padH, a = yp % 2, i = yp / 2
                 let pe = a * 2 + bEven, po = a * 2 + bOdd
-                let row = c * plan.dxLd + i * plan.wd
+                let row = c * plan.dxLd + (i - plan.dxRowStart) * plan.wd
                 hd_interleave_add(dx + c * hw + y * s.w, s.w,
                                   phaseOffsets[pe].isEmpty ? nil : dxGrid + pe * phaseGrid + row + (s.padW - bEven) / 2,
                                   phaseOffsets[po].isEmpty ? nil : dxGrid + po * phaseGrid + row + (s.padW + 1 - bOdd) / 2)
