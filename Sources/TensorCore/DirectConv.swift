@@ -1,6 +1,5 @@
 // Direct convolution on grids (Float32, AVX-512): no im2col columns, the input is read in place.
 import CDirectConv
-import Foundation
 
 /// Which algorithm a convolution uses.
 public enum ConvAlgorithm: Sendable, Hashable {
@@ -203,7 +202,7 @@ public enum DirectConv {
     public static let minimumOutputWidth = 14
 
     /// Positions per weight-gradient call: the gradient rows and input rows of one call stay in L1/L2.
-    static let gradientChunk = Int(ProcessInfo.processInfo.environment["HD_CHUNK"] ?? "") ?? 1024
+    static let gradientChunk = 1024
 
     /// Whether the direct kernel can run `s` (stride 1 or 2 in both directions, AVX-512).
     public static func supports(_ s: Conv2dShape) -> Bool {
