@@ -1,4 +1,5 @@
-// 2-D convolution (NCHW, any kernel, stride and padding, optional bias) via im2col + GEMM, forward and backward.
+// 2-D convolution (NCHW, any kernel, stride and padding, optional bias), forward and backward: im2col + GEMM, or the
+// direct kernel of DirectConv.swift where it runs and is faster (`ConvAlgorithm`).
 
 /// Geometry of a convolution: input (n, cIn, h, w), weight (cOut, cIn, kh, kw), output (n, cOut, outH, outW).
 public struct Conv2dShape: Hashable, Sendable, CustomStringConvertible {
@@ -109,7 +110,8 @@ struct ConvTile {
 
 /// Convolution kernels. Weight layout (cOut, cIn, kh, kw) like PyTorch; bias (cOut).
 ///
-/// Work is split into tiles (`ConvTiling`). With several threads, each worker takes its own images (or, with
+/// `forward` and `backward` hand Float32 convs to `DirectConv` when `DirectConv.chooses(algorithm, shape)`;
+/// the rest of this type is the im2col + GEMM path. Work is split into tiles (`ConvTiling`). With several threads, each worker takes its own images (or, with
 /// fewer images than workers in the forward, its own tiles) and calls a single-threaded GEMM on its tile, so
 /// im2col, GEMM and col2im of a tile stay on one core and in its cache. The backward recomputes the im2col
 /// columns instead of keeping them from the forward; each worker accumulates its weight gradient privately
