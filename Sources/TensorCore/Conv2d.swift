@@ -280,13 +280,20 @@ public enum Conv2d {
             }
         }
         Parallel.workers(workers, body)
-        if workers > 1 {
-            let count = s.weightCount
-            Parallel.forEach(count, grain: 4096) { r in
-                for w in 1..<workers {
-                    let partial = scratch + w * per + s.k * maxColumns * 2 + s.cOut * maxColumns
-                    for i in r { gradWeight[i] += partial[i] }
-                }
+        addWorkerPartials(into: gradWeight, count: s.weightCount, workers: workers,
+                          partials: scratch + s.k * maxColumns * 2 + s.cOut * maxColumns, stride: per)
+    }
+
+    /// Adds the private weight gradients of workers 1..<workers (worker w's at `partials + w * stride`) into
+    /// `gradWeight`, which worker 0 accumulated into directly.
+    static func addWorkerPartials<T: KernelScalar>(
+        into gradWeight: UnsafeMutablePointer<T>, count: Int, workers: Int, partials: UnsafePointer<T>, stride: Int
+    ) {
+        guard workers > 1 else { return }
+        Parallel.forEach(count, grain: 4096) { r in
+            for w in 1..<workers {
+                let partial = partials + w * stride
+                for i in r { gradWeight[i] += partial[i] }
             }
         }
     }

@@ -284,9 +284,9 @@ public enum DirectConv {
             }
         }
         // Images per weight-gradient call: small maps are grouped so each call runs over enough positions.
-        let imagesPerWorkerMax = (s.n + Parallel.width - 1) / Parallel.width
-        let group = max(1, min(imagesPerWorkerMax, DirectConv.gradientChunk / max(plan.outCount, 1)))
         let workers = min(Parallel.width, s.n)
+        let imagesPerWorkerMax = (s.n + workers - 1) / workers
+        let group = max(1, min(imagesPerWorkerMax, DirectConv.gradientChunk / max(plan.outCount, 1)))
         // Per worker: `group` images' planes and gradient grids, the padded gradient of one image (unless the
         // grids are the padded gradients), every phase's input-gradient grid, a private weight gradient. Padded
         // gradients start `lead` floats into their slot: taps that only feed thrown-away columns of the first
@@ -360,14 +360,8 @@ public enum DirectConv {
                 }
             }
         }
-        if workers > 1 {
-            Parallel.forEach(s.weightCount, grain: 4096) { r in
-                for w in 1..<workers {
-                    let partial = scratch + packCount + w * perWorker + perWorker - s.weightCount
-                    for i in r { gradWeight[i] += partial[i] }
-                }
-            }
-        }
+        Conv2d.addWorkerPartials(into: gradWeight, count: s.weightCount, workers: workers,
+                                 partials: scratch + packCount + perWorker - s.weightCount, stride: perWorker)
     }
 
     /// One image's input gradient: pads its output gradient, runs each phase's sum and adds the phase grid

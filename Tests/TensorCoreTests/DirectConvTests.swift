@@ -60,7 +60,7 @@ struct DirectConvTests {
         }
     }
 
-    @Test("without a gradient for the input, only the weight gradient is written")
+    @Test("without an input gradient (the stem), the weight gradient still matches im2col + GEMM")
     func noInputGradient() throws {
         try #require(DirectConv.isAvailable, "this CPU has no AVX-512: the direct kernel is never used here")
         let s = Conv2dShape(n: 2, cIn: 3, h: 16, w: 16, cOut: 8, kernel: 7, stride: 2, padding: 3)
