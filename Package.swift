@@ -35,10 +35,10 @@ let package = Package(
         .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "TensorCore"]),
 
         // AVX-512 micro-kernels of the direct convolution (per-function target attributes, runtime dispatch).
-        .target(name: "CDirectConv", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
 
         // The engine: tensors, flat parameters, BLAS facade, parallel-for, kernels. No MPI, no file I/O.
-        .target(name: "TensorCore", dependencies: ["COpenBLAS", "CDirectConv"]),
+        .target(name: "TensorCore", dependencies: ["COpenBLAS", "CKernels"]),
 
         // Models: ResNets (GroupNorm / BatchNorm, torchvision names), the attention-MIL head, losses.
         .target(name: "Layers", dependencies: ["TensorCore"]),

@@ -316,8 +316,9 @@ public final class ResNet {
         for stage in stages { units.append(contentsOf: stage) }
         for (unit, rec) in zip(units, blockRecords).reversed() {
             // out = relu(second + identity)
-            let dSum = gradArena.allocate(rec.outShape.count)
-            ReLU.backward(gradInput: dSum, gradOutput: dOut, output: rec.output, count: rec.outShape.count)
+            // dOut is this block's own gradient buffer, so the ReLU's mask is applied in place.
+            let dSum = dOut
+            ReLU.maskGradient(dSum, output: rec.output, count: rec.outShape.count)
             let dIn = gradArena.allocate(rec.first.inShape.count)
             let dMid = gradArena.allocate(rec.first.outShape.count)
             convNormBackward(unit.conv2, unit.norm2, rec.second, gradOutput: dSum, gradInput: dMid)
@@ -340,11 +341,9 @@ public final class ResNet {
     private func convNormBackward(_ conv: ConvUnit, _ norm: NormUnit, _ r: ConvNormRecord,
                                   gradOutput: UnsafeMutablePointer<Float>, gradInput: UnsafeMutablePointer<Float>?) {
         let count = r.outShape.count
-        var dNorm = gradOutput
-        if r.relu {
-            dNorm = gradArena.allocate(count)
-            ReLU.backward(gradInput: dNorm, gradOutput: gradOutput, output: r.normOut, count: count)
-        }
+        // `gradOutput` belongs to this unit alone (no other consumer reads it), so the ReLU masks it in place.
+        let dNorm = gradOutput
+        if r.relu { ReLU.maskGradient(dNorm, output: r.normOut, count: count) }
         let dConv = gradArena.allocate(count)
         switch config.norm {
         case .group(let g):

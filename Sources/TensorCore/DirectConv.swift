@@ -1,5 +1,5 @@
 // Direct convolution on grids (Float32, AVX-512): no im2col columns, the input is read in place.
-import CDirectConv
+import CKernels
 
 /// Which algorithm a convolution uses.
 public enum ConvAlgorithm: Sendable, Hashable {

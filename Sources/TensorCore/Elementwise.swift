@@ -1,4 +1,5 @@
 // ReLU, residual add, and elementwise accumulation, forward and backward.
+import CKernels
 
 /// Rectified linear unit.
 public enum ReLU {
@@ -8,7 +9,11 @@ public enum ReLU {
     @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, count: Int) {
         Parallel.forEach(count, grain: 1 << 15) { r in
-            for i in r { let v = input[i]; output[i] = v < 0 ? 0 : v }
+            if T.self == Float.self {
+                hd_relu_forward(asFloat(output) + r.lowerBound, asFloat(input) + r.lowerBound, r.count)
+            } else {
+                for i in r { let v = input[i]; output[i] = v < 0 ? 0 : v }
+            }
         }
     }
 
@@ -19,7 +24,26 @@ public enum ReLU {
         gradInput: UnsafeMutablePointer<T>, gradOutput: UnsafePointer<T>, output: UnsafePointer<T>, count: Int
     ) {
         Parallel.forEach(count, grain: 1 << 15) { r in
-            for i in r { gradInput[i] += output[i] > 0 ? gradOutput[i] : 0 }
+            if T.self == Float.self {
+                let lo = r.lowerBound
+                hd_relu_backward_add(asFloat(gradInput) + lo, asFloat(gradOutput) + lo, asFloat(output) + lo, r.count)
+            } else {
+                for i in r { gradInput[i] += output[i] > 0 ? gradOutput[i] : 0 }
+            }
+        }
+    }
+
+    /// g = g where the forward's output is positive, else 0, in place: the gradient of the ReLU's output becomes
+    /// that of its input without a second buffer (for a caller that owns `gradient` and needs it no more).
+    @_specialize(exported: true, where T == Float)
+    @_specialize(exported: true, where T == Double)
+    public static func maskGradient<T: KernelScalar>(_ gradient: UnsafeMutablePointer<T>, output: UnsafePointer<T>, count: Int) {
+        Parallel.forEach(count, grain: 1 << 15) { r in
+            if T.self == Float.self {
+                hd_relu_mask(asFloat(gradient) + r.lowerBound, asFloat(output) + r.lowerBound, r.count)
+            } else {
+                for i in r where !(output[i] > 0) { gradient[i] = 0 }
+            }
         }
     }
 }

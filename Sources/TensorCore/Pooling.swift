@@ -1,4 +1,5 @@
 // Max pooling, global average pooling, and adaptive max/average pooling (PyTorch's bins), forward and backward.
+import CKernels
 
 /// Geometry of a 2-D max pool (dilation 1) with PyTorch's output size rule.
 public struct Pool2dShape: Hashable, Sendable {
@@ -32,8 +33,9 @@ public struct Pool2dShape: Hashable, Sendable {
 
 /// Max pooling over square windows.
 public enum MaxPool2d {
-    /// y = max over each window (padding never wins; NaN propagates like PyTorch). Overwrites `output` and
-    /// `indices` (the argmax's offset within its input plane, for backward).
+    /// y = max over each window (padding never wins; NaN propagates like PyTorch: the window's last NaN wins,
+    /// else its first maximum in row-major order). Overwrites `output` and `indices` (the argmax's offset within
+    /// its input plane, for backward). Float32 runs the branch-free C kernel, Double this file's loop.
     /// - Parameters:
     ///   - output, indices: (n, c, outH, outW).
     ///   - input: (n, c, h, w).
@@ -45,6 +47,13 @@ public enum MaxPool2d {
     ) {
         let h = s.input.h, w = s.input.w, oh = s.outH, ow = s.outW
         Parallel.forEach(s.input.n * s.input.c, grain: 4) { r in
+            if T.self == Float.self {
+                let lo = r.lowerBound
+                hd_maxpool2d_forward(asFloat(output) + lo * oh * ow, indices + lo * oh * ow, asFloat(input) + lo * h * w,
+                                     r.count, Int32(h), Int32(w), Int32(oh), Int32(ow),
+                                     Int32(s.kernel), Int32(s.stride), Int32(s.padding))
+                return
+            }
             for p in r {
                 let x = input + p * h * w, y = output + p * oh * ow, idx = indices + p * oh * ow
                 for oy in 0..<oh {
@@ -57,7 +66,7 @@ public enum MaxPool2d {
                         for iy in ys..<ye {
                             for ix in xs..<xe {
                                 let v = x[iy * w + ix]
-                                if v > best || v.isNaN { best = v; bestIndex = iy * w + ix; if v.isNaN { break } }
+                                if v > best || v.isNaN { best = v; bestIndex = iy * w + ix }
                             }
                         }
                         y[oy * ow + ox] = best

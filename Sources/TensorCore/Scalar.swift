@@ -50,3 +50,15 @@ extension Double: KernelScalar {
     @inline(__always) public static func exp(_ x: Double) -> Double { Glibc.exp(x) }
     @inline(__always) public static func log(_ x: Double) -> Double { Glibc.log(x) }
 }
+
+/// `p` as a Float pointer, for kernels that hand Float32 data to the C kernels (call only when T is Float).
+@inline(__always)
+func asFloat<T: KernelScalar>(_ p: UnsafePointer<T>) -> UnsafePointer<Float> {
+    UnsafeRawPointer(p).assumingMemoryBound(to: Float.self)
+}
+
+/// `p` as a mutable Float pointer (call only when T is Float).
+@inline(__always)
+func asFloat<T: KernelScalar>(_ p: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<Float> {
+    UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
+}

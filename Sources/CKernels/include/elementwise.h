@@ -1,0 +1,36 @@
+// Branch-free elementwise and pooling kernels for Float32, called from TensorCore on one chunk of a parallel loop.
+//
+// Each is compiled for AVX-512, AVX2 and baseline x86-64 (or the target's default) and picks the best at load
+// time. The data-dependent selects (ReLU masks, max-pool comparisons) are written as selects, not branches:
+// with about half the activations negative a branch mispredicts every other element.
+#ifndef HISTODISTILL_ELEMENTWISE_H
+#define HISTODISTILL_ELEMENTWISE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// y[i] = x[i] < 0 ? 0 : x[i] (NaN stays NaN, as torch.relu). `y` may be `x`.
+void hd_relu_forward(float *y, const float *x, ptrdiff_t n);
+
+/// dx[i] += y[i] > 0 ? dy[i] : 0, where y is the ReLU's output. `dx` must not overlap `dy` or `y`.
+void hd_relu_backward_add(float *dx, const float *dy, const float *y, ptrdiff_t n);
+
+/// g[i] = y[i] > 0 ? g[i] : 0 in place: turns the gradient of a ReLU's output into that of its input.
+void hd_relu_mask(float *g, const float *y, ptrdiff_t n);
+
+/// Max pool over `planes` planes of h x w (square kernel k, stride s, padding p; output oh x ow per plane).
+/// out = the window's maximum, idx = its offset in the input plane; the first maximum in row-major window order
+/// wins, and NaN wins over everything (the last NaN, as PyTorch). Padding never wins. Every window must hold at
+/// least one input element (PyTorch's output-size rule guarantees it).
+void hd_maxpool2d_forward(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
+                          int h, int w, int oh, int ow, int k, int s, int p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

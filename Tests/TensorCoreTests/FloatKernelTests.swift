@@ -1,0 +1,115 @@
+// The branch-free C kernels that Float32 runs (ReLU forward/backward/mask, max-pool forward) against the Swift
+// loops that Double runs: same values bit for bit (NaN included) and the same argmax indices.
+import Testing
+@testable import TensorCore
+
+@Suite("Float32 C kernels against the reference loops")
+struct FloatKernelTests {
+    /// Values with NaN, infinities, signed zeros and many ties (a coarse grid), so that the NaN rule, the
+    /// first-maximum rule and the ReLU's treatment of 0 and -0 are all exercised.
+    static func awkwardValues(_ n: Int, seed: UInt64) -> [Double] {
+        var rng = SeededRNG(seed: seed)
+        return (0..<n).map { _ in
+            switch Int.random(in: 0..<40, using: &rng) {
+            case 0: return .nan
+            case 1: return .infinity
+            case 2: return -.infinity
+            case 3: return -0.0
+            default: return Double(Int.random(in: -6...6, using: &rng)) / 4
+            }
+        }
+    }
+
+    /// The first index where the Float result differs from the Double result converted to Float (NaN must meet
+    /// NaN, zeros must have the same sign), or nil when they agree everywhere.
+    static func firstDifference(_ a: [Float], _ b: [Double]) -> Int? {
+        precondition(a.count == b.count)
+        return zip(a, b).enumerated().first { _, pair in
+            let (x, y) = (pair.0, Float(pair.1))
+            return !((x.isNaN && y.isNaN) || (x == y && x.sign == y.sign))
+        }?.offset
+    }
+
+    /// Records an issue naming the first differing element (not the whole arrays).
+    static func expectSame(_ a: [Float], _ b: [Double], _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        if let i = firstDifference(a, b) {
+            Issue.record("\(what): element \(i) is \(a[i]), reference \(b[i])", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test("max pool: values and argmax indices equal the reference on every geometry, 1-3 threads",
+          arguments: [(3, 2, 1, false), (3, 2, 0, true), (2, 2, 0, false), (3, 1, 1, false), (3, 3, 1, true),
+                      (2, 1, 0, false), (5, 2, 2, true), (4, 3, 2, false)])
+    func maxPool(_ k: Int, _ s: Int, _ p: Int, _ ceil: Bool) {
+        // 37 wide: more than two 16-lane vectors of outputs at stride 1, with a masked tail.
+        for input in [NCHW(3, 5, 37, 37), NCHW(2, 3, 9, 14), NCHW(1, 7, 5, 6)] {
+            let shape = Pool2dShape(input: input, kernel: k, stride: s, padding: p, ceilMode: ceil)
+            let x = Self.awkwardValues(input.count, seed: UInt64(k * 100 + s * 10 + p))
+            let out = shape.output.count
+            let yd = Buffer<Double>(count: out), xd = Buffer<Double>(x)
+            let id = UnsafeMutablePointer<Int32>.allocate(capacity: out), idf = UnsafeMutablePointer<Int32>.allocate(capacity: out)
+            defer { id.deallocate(); idf.deallocate() }
+            MaxPool2d.forward(output: yd.pointer, indices: id, input: xd.pointer, shape: shape)
+            let saved = BLAS.threadCount
+            defer { BLAS.setThreadCount(saved) }
+            for threads in [1, 2, 3] {
+                BLAS.setThreadCount(threads)
+                let yf = Buffer<Float>(count: out), xf = Buffer<Float>(x.map(Float.init))
+                MaxPool2d.forward(output: yf.pointer, indices: idf, input: xf.pointer, shape: shape)
+                Self.expectSame(yf.array, yd.array, "values, \(shape.input) k\(k) s\(s) p\(p), \(threads) threads")
+                let mismatch = (0..<out).first { id[$0] != idf[$0] }
+                #expect(mismatch == nil, "argmax at output \(mismatch ?? -1): Float \(mismatch.map { idf[$0] } ?? 0), Double \(mismatch.map { id[$0] } ?? 0), \(shape.input) k\(k) s\(s) p\(p)")
+            }
+        }
+    }
+
+    @Test("max pool: the last NaN of a window wins, else the first maximum; padding never wins")
+    func maxPoolRules() {
+        // One 3x3 window (k3 s1 p0): NaNs at offsets 4 and 7 -> index 7; without NaN, ties at 2 and 6 -> 2.
+        let shape = Pool2dShape(input: NCHW(1, 1, 3, 3), kernel: 3, stride: 1)
+        for (values, expected) in [([0, 1, 2, 0, Float.nan, 0, 2, .nan, 1], Int32(7)), ([0, 1, 2, 0, -1, 0, 2, 1, 1], 2)] {
+            let x = Buffer<Float>(values), y = Buffer<Float>(count: 1)
+            var index: Int32 = -1
+            MaxPool2d.forward(output: y.pointer, indices: &index, input: x.pointer, shape: shape)
+            #expect(index == expected, "\(values)")
+        }
+        // All -inf with padding 1: the output is -inf at a real element (the window's first), never the padding.
+        let padded = Pool2dShape(input: NCHW(1, 1, 2, 2), kernel: 3, stride: 2, padding: 1)
+        let x = Buffer<Float>([Float](repeating: -.infinity, count: 4)), y = Buffer<Float>(count: 1)
+        var index: Int32 = -1
+        MaxPool2d.forward(output: y.pointer, indices: &index, input: x.pointer, shape: padded)
+        #expect(y[0] == -.infinity && index == 0)
+    }
+
+    @Test("ReLU forward, backward (accumulating) and in-place mask equal the reference loops, 1-3 threads")
+    func relu() {
+        // Long enough that a 3-way split makes chunks of uneven, unaligned lengths.
+        let n = 3 * (1 << 15) + 37
+        let x = Self.awkwardValues(n, seed: 11), dy = Self.awkwardValues(n, seed: 12), acc = Self.awkwardValues(n, seed: 13)
+        let xd = Buffer<Double>(x), yd = Buffer<Double>(count: n), dyd = Buffer<Double>(dy), dxd = Buffer<Double>(acc)
+        ReLU.forward(output: yd.pointer, input: xd.pointer, count: n)
+        ReLU.backward(gradInput: dxd.pointer, gradOutput: dyd.pointer, output: yd.pointer, count: n)
+        let maskd = Buffer<Double>(dy)
+        ReLU.maskGradient(maskd.pointer, output: yd.pointer, count: n)
+        let saved = BLAS.threadCount
+        defer { BLAS.setThreadCount(saved) }
+        for threads in [1, 2, 3] {
+            BLAS.setThreadCount(threads)
+            let xf = Buffer<Float>(x.map(Float.init)), yf = Buffer<Float>(count: n)
+            ReLU.forward(output: yf.pointer, input: xf.pointer, count: n)
+            Self.expectSame(yf.array, yd.array, "forward, \(threads) threads")
+            let dyf = Buffer<Float>(dy.map(Float.init)), dxf = Buffer<Float>(acc.map(Float.init))
+            ReLU.backward(gradInput: dxf.pointer, gradOutput: dyf.pointer, output: yf.pointer, count: n)
+            Self.expectSame(dxf.array, dxd.array, "backward, \(threads) threads")
+            ReLU.maskGradient(dyf.pointer, output: yf.pointer, count: n)
+            Self.expectSame(dyf.array, maskd.array, "mask, \(threads) threads")
+            // In place, as the models call it.
+            ReLU.forward(output: xf.pointer, input: xf.pointer, count: n)
+            Self.expectSame(xf.array, yd.array, "in-place forward, \(threads) threads")
+        }
+        // The mask zeroes where the output is 0 or NaN and keeps the gradient (NaN included) where it is positive.
+        let g = Buffer<Float>([1, 2, .nan, 4, .nan]), out = Buffer<Float>([0, .nan, 3, -0.0, 1])
+        ReLU.maskGradient(g.pointer, output: out.pointer, count: 5)
+        #expect(g[0] == 0 && g[1] == 0 && g[2].isNaN && g[3] == 0 && g[4].isNaN)
+    }
+}
