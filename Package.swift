@@ -34,8 +34,9 @@ let package = Package(
         // Tile shards: format, writer, reader, image folders. The only module that uses zstd and image codecs.
         .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "TensorCore"]),
 
-        // AVX-512 micro-kernels of the direct convolution (per-function target attributes, runtime dispatch).
-        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        // C kernels: the direct convolution's AVX-512 micro-kernels (runtime check), and branch-free elementwise,
+        // pooling and optimizer loops built for AVX-512 / AVX2 / baseline (picked at load time).
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
 
         // The engine: tensors, flat parameters, BLAS facade, parallel-for, kernels. No MPI, no file I/O.
         .target(name: "TensorCore", dependencies: ["COpenBLAS", "CKernels"]),
@@ -47,7 +48,7 @@ let package = Package(
         .target(name: "Distributed", dependencies: ["CMPI", "Training"]),
 
         // Configs, optimizers, schedules, weights I/O, the trainer, checkpoints, the process-group protocol.
-        .target(name: "Training", dependencies: ["Layers", "SafeTensors", "TileShards", .product(name: "Yams", package: "Yams")]),
+        .target(name: "Training", dependencies: ["Layers", "CKernels", "SafeTensors", "TileShards", .product(name: "Yams", package: "Yams")]),
 
         // safetensors read/write (weights, checkpoints, test fixtures).
         .target(name: "SafeTensors"),

@@ -1,14 +1,7 @@
 // Branch-free elementwise and pooling kernels (see include/elementwise.h).
 #include "elementwise.h"
 
-#if defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define HD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-#endif
-#ifndef HD_CLONES
-#define HD_CLONES
-#endif
+#include "clones.h"
 
 HD_CLONES
 void hd_relu_forward(float *y, const float *x, ptrdiff_t n) {

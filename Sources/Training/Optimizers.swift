@@ -1,5 +1,6 @@
 // Optimizers over the flat parameter and gradient buffers: Adam, AdamW, SGD (momentum, Nesterov), with
 // PyTorch's update formulas, plus gradient-norm clipping and gradient scaling for accumulation.
+import CKernels
 import TensorCore
 #if canImport(Glibc)
 import Glibc
@@ -52,15 +53,11 @@ public final class Optimizer {
             let bc1 = 1 - powf(b1, t), bc2 = 1 - powf(b2, t)
             let stepSize = lr / bc1, bc2Root = bc2.squareRoot()
             let m = first.pointer, v = second.pointer
+            // torch's order: m.lerp_(g, 1 - b1); v = v * b2 + (1 - b2) g^2; p -= stepSize m / (sqrt(v) / bc2Root + eps).
             Parallel.forEach(n, grain: 1 << 14) { r in
-                for i in r {
-                    var g = gradients[i]
-                    if decoupled { values[i] *= 1 - lr * wd } else if wd != 0 { g += wd * values[i] }
-                    m[i] = m[i] * b1 + (1 - b1) * g   // torch: m.lerp_(g, 1 - b1)
-                    v[i] = v[i] * b2 + (1 - b2) * g * g
-                    let denom = v[i].squareRoot() / bc2Root + eps
-                    values[i] -= stepSize * m[i] / denom
-                }
+                let i = r.lowerBound
+                hd_adam_update(values + i, gradients + i, m + i, v + i, r.count, b1, b2, eps, lr, wd,
+                               decoupled ? 1 : 0, stepSize, bc2Root)
             }
         case .sgd(let momentum, let nesterov, let wd):
             let buf = first.pointer
