@@ -1,5 +1,6 @@
 // 2-D convolution (NCHW, any kernel, stride and padding, optional bias), forward and backward: im2col + GEMM, or the
 // direct kernel of DirectConv.swift where it runs and is faster (`ConvAlgorithm`).
+import CKernels
 
 /// Geometry of a convolution: input (n, cIn, h, w), weight (cOut, cIn, kh, kw), output (n, cOut, outH, outW).
 public struct Conv2dShape: Hashable, Sendable, CustomStringConvertible {
@@ -458,6 +459,13 @@ public enum Conv2d {
         col: UnsafeMutablePointer<T>, ld: Int, input: UnsafePointer<T>, start: Int, count: Int, shape s: Conv2dShape
     ) {
         if s.outW < gatherBelowWidth {
+            if T.self == Float.self {
+                gatherMap(s).withUnsafeBufferPointer { m in
+                    hd_im2col_gather(asFloat(col), ld, asFloat(input), s.cIn * s.h * s.w, s.h * s.w, Int32(s.cIn),
+                                     Int32(s.kh * s.kw), Int32(s.outPlane), m.baseAddress!, start, count)
+                }
+                return
+            }
             forEachGather(s, start: start, count: count) { r, column, length, channel, map in
                 let d = col + r * ld + column, x = input + channel
                 for j in 0..<length {
@@ -495,6 +503,13 @@ public enum Conv2d {
         gradInput: UnsafeMutablePointer<T>, col: UnsafePointer<T>, ld: Int, start: Int, count: Int, shape s: Conv2dShape
     ) {
         if s.outW < gatherBelowWidth {
+            if T.self == Float.self {
+                gatherMap(s).withUnsafeBufferPointer { m in
+                    hd_col2im_gather(asFloat(gradInput), asFloat(col), ld, s.cIn * s.h * s.w, s.h * s.w, Int32(s.cIn),
+                                     Int32(s.kh * s.kw), Int32(s.outPlane), m.baseAddress!, start, count)
+                }
+                return
+            }
             forEachGather(s, start: start, count: count) { r, column, length, channel, map in
                 let src = col + r * ld + column, dx = gradInput + channel
                 for j in 0..<length {

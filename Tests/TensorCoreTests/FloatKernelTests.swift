@@ -112,4 +112,38 @@ struct FloatKernelTests {
         ReLU.maskGradient(g.pointer, output: out.pointer, count: 5)
         #expect(g[0] == 0 && g[1] == 0 && g[2].isNaN && g[3] == 0 && g[4].isNaN)
     }
+
+    @Test("narrow-map im2col/col2im (gather map): Float conv forward and gradients equal the Double loops",
+          arguments: [Conv2dShape(n: 3, cIn: 5, h: 7, w: 7, cOut: 6, kernel: 3, padding: 1),
+                      Conv2dShape(n: 4, cIn: 3, h: 7, w: 7, cOut: 4, kernel: 3, stride: 2, padding: 1),
+                      Conv2dShape(n: 2, cIn: 4, h: 2, w: 2, cOut: 3, kernel: 3, padding: 1),
+                      Conv2dShape(n: 5, cIn: 2, h: 1, w: 1, cOut: 3, kernel: 3, padding: 1),
+                      Conv2dShape(n: 2, cIn: 3, h: 9, w: 13, cOut: 5, kernel: (2, 4), stride: (1, 2), padding: (0, 2)),
+                      Conv2dShape(n: 3, cIn: 2, h: 8, w: 8, cOut: 3, kernel: 1, stride: 2)])
+    func narrowConv(_ s: Conv2dShape) {
+        #expect(s.outW < Conv2d.gatherBelowWidth, "\(s) must take the gather-map path")
+        var rng = SeededRNG(seed: 21)
+        let x = rng.values(s.inputCount), w = rng.values(s.weightCount), dy = rng.values(s.outputCount)
+        let dx0 = rng.values(s.inputCount), dw0 = rng.values(s.weightCount)
+        func run<T: KernelScalar>(_: T.Type, tiling: ConvTiling) -> [[Double]] {
+            let xb = Buffer<T>(x.map { T($0) }), wb = Buffer<T>(w.map { T($0) }), dyb = Buffer<T>(dy.map { T($0) })
+            let y = Buffer<T>(count: s.outputCount), dx = Buffer<T>(dx0.map { T($0) }), dw = Buffer<T>(dw0.map { T($0) })
+            let ws = Workspace<T>()
+            Conv2d.forward(output: y.pointer, input: xb.pointer, weight: wb.pointer, bias: nil, shape: s, workspace: ws,
+                           tiling: tiling, algorithm: .im2colGEMM)
+            Conv2d.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: nil, gradOutput: dyb.pointer,
+                            input: xb.pointer, weight: wb.pointer, shape: s, workspace: ws, tiling: tiling,
+                            algorithm: .im2colGEMM)
+            return [y.array, dx.array, dw.array].map { $0.map { Double($0) } }
+        }
+        let reference = run(Double.self, tiling: .default)
+        // Tiles of whole images, and tiles that start and end inside an image (budget of a few positions).
+        for tiling in [ConvTiling.default, ConvTiling(columnBudget: 5 * s.k, minColumns: 5)] {
+            let float = run(Float.self, tiling: tiling)
+            for (part, name) in ["output", "input gradient", "weight gradient"].enumerated() {
+                let err = relativeError(float[part].map(Float.init), reference[part].map(Float.init))
+                #expect(err < 1e-5, "\(name) of \(s), tiling \(tiling.columnBudget)/\(tiling.minColumns): error \(err)")
+            }
+        }
+    }
 }

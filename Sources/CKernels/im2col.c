@@ -1,0 +1,93 @@
+// Gather-map im2col / col2im for narrow maps (see include/im2col.h). AVX-512 masked gathers and scatters where
+// the CPU has them, a scalar loop elsewhere.
+#include "im2col.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HD_AVX512 __attribute__((target("avx512f")))
+
+// 16 positions at a time: the padding lanes (map -1) are masked out of the load and written as 0.
+HD_AVX512
+static void gather_avx512(float *d, const float *x, const int32_t *m, ptrdiff_t len) {
+    ptrdiff_t j = 0;
+    for (; j + 16 <= len; j += 16) {
+        __m512i idx = _mm512_loadu_si512((const void *)(m + j));
+        __mmask16 valid = _mm512_cmpge_epi32_mask(idx, _mm512_setzero_si512());
+        __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, x, 4);
+        _mm512_storeu_ps(d + j, v);
+    }
+    if (j < len) {
+        __mmask16 tail = (__mmask16)((1u << (len - j)) - 1);
+        __m512i idx = _mm512_maskz_loadu_epi32(tail, m + j);
+        __mmask16 valid = _mm512_mask_cmpge_epi32_mask(tail, idx, _mm512_setzero_si512());
+        __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, x, 4);
+        _mm512_mask_storeu_ps(d + j, tail, v);
+    }
+}
+
+// dx[m[j]] += s[j]; conflict-free because one tap's map is injective over its valid positions.
+HD_AVX512
+static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) {
+    for (ptrdiff_t j = 0; j < len; j += 16) {
+        __mmask16 lanes = len - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - j)) - 1);
+        __m512i idx = _mm512_maskz_loadu_epi32(lanes, m + j);
+        __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, idx, _mm512_setzero_si512());
+        __m512 old = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, dx, 4);
+        __m512 sum = _mm512_add_ps(old, _mm512_maskz_loadu_ps(valid, s + j));
+        _mm512_mask_i32scatter_ps(dx, valid, idx, sum, 4);
+    }
+}
+
+static int has_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+#else
+static int has_avx512(void) { return 0; }
+static void gather_avx512(float *d, const float *x, const int32_t *m, ptrdiff_t len) { (void)d; (void)x; (void)m; (void)len; }
+static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) { (void)dx; (void)s; (void)m; (void)len; }
+#endif
+
+static void gather_scalar(float *d, const float *x, const int32_t *m, ptrdiff_t len) {
+    for (ptrdiff_t j = 0; j < len; j++) d[j] = m[j] >= 0 ? x[m[j]] : 0.0f;
+}
+
+static void scatter_add_scalar(float *dx, const float *s, const int32_t *m, ptrdiff_t len) {
+    for (ptrdiff_t j = 0; j < len; j++) if (m[j] >= 0) dx[m[j]] += s[j];
+}
+
+// Calls body(row r, column j0, length, channel offset of image/channel, map entries) for every row and every
+// stretch of positions that lies inside one image.
+#define FOR_EACH_STRETCH(BODY)                                                                   \
+    do {                                                                                         \
+        ptrdiff_t end_ = start + count;                                                          \
+        for (int r = 0; r < channels * taps; r++) {                                              \
+            int c = r / taps, tap = r % taps;                                                    \
+            ptrdiff_t p = start;                                                                 \
+            while (p < end_) {                                                                   \
+                ptrdiff_t img = p / plane, q = p - img * plane;                                  \
+                ptrdiff_t len = plane - q < end_ - p ? plane - q : end_ - p;                     \
+                ptrdiff_t j0 = p - start;                                                        \
+                ptrdiff_t chan = img * inImage + c * chPlane;                                    \
+                const int32_t *mp = map + (ptrdiff_t)tap * plane + q;                            \
+                BODY;                                                                            \
+                p += len;                                                                        \
+            }                                                                                    \
+        }                                                                                        \
+    } while (0)
+
+void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t inImage, ptrdiff_t chPlane,
+                      int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
+    if (has_avx512())
+        FOR_EACH_STRETCH(gather_avx512(col + r * ld + j0, input + chan, mp, len));
+    else
+        FOR_EACH_STRETCH(gather_scalar(col + r * ld + j0, input + chan, mp, len));
+}
+
+void hd_col2im_gather(float *gradInput, const float *col, ptrdiff_t ld, ptrdiff_t inImage, ptrdiff_t chPlane,
+                      int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
+    if (has_avx512())
+        FOR_EACH_STRETCH(scatter_add_avx512(gradInput + chan, col + r * ld + j0, mp, len));
+    else
+        FOR_EACH_STRETCH(scatter_add_scalar(gradInput + chan, col + r * ld + j0, mp, len));
+}

@@ -1,0 +1,30 @@
+// im2col / col2im for narrow feature maps (7x7 and smaller outputs) through a gather map, for Float32.
+//
+// map[tap * plane + q] is the offset inside an input channel plane that kernel tap `tap` reads for output
+// position q, or -1 where the tap falls in the padding; it is the same for every channel and image. Column row
+// r = c * taps + tap; column j holds output position start + j of the images concatenated (plane positions
+// each), so one GEMM can cover several small images.
+#ifndef HISTODISTILL_IM2COL_H
+#define HISTODISTILL_IM2COL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// col[r * ld + j] = input[image * inImage + c * chPlane + map[tap * plane + q]], or 0 where the map is -1.
+void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t inImage, ptrdiff_t chPlane,
+                      int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count);
+
+/// The adjoint: gradInput[image * inImage + c * chPlane + map[...]] += col[r * ld + j] where the map is >= 0.
+/// For one tap the map never names an input element twice (each output position reads its own element).
+void hd_col2im_gather(float *gradInput, const float *col, ptrdiff_t ld, ptrdiff_t inImage, ptrdiff_t chPlane,
+                      int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
