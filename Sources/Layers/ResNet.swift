@@ -344,16 +344,17 @@ public final class ResNet {
         // `gradOutput` belongs to this unit alone (no other consumer reads it), so the ReLU masks it in place.
         let dNorm = gradOutput
         if r.relu { ReLU.maskGradient(dNorm, output: r.normOut, count: count) }
-        let dConv = gradArena.allocate(count)
+        // The norm's backward overwrites dConv, so it needs no zeroing.
+        let dConv = gradArena.allocate(count, zeroed: false)
         switch config.norm {
         case .group(let g):
             GroupNorm.backward(gradInput: dConv, gradWeight: parameters.gradient(norm.weight), gradBias: parameters.gradient(norm.bias),
                                gradOutput: dNorm, input: r.convOut, weight: parameters.value(norm.weight), mean: r.mean, rstd: r.rstd,
-                               shape: r.outShape, groups: g, workspace: workspace)
+                               shape: r.outShape, groups: g, workspace: workspace, accumulateInput: false)
         case .batch:
             BatchNorm2d.backward(gradInput: dConv, gradWeight: parameters.gradient(norm.weight), gradBias: parameters.gradient(norm.bias),
                                  gradOutput: dNorm, input: r.convOut, weight: parameters.value(norm.weight), saveMean: r.mean,
-                                 saveRstd: r.rstd, shape: r.outShape, training: lastTraining)
+                                 saveRstd: r.rstd, shape: r.outShape, training: lastTraining, accumulateInput: false)
         }
         Conv2d.backward(gradInput: gradInput, gradWeight: parameters.gradient(conv.weight), gradBias: nil, gradOutput: dConv,
                         input: r.input, weight: parameters.value(conv.weight), shape: conv.shape(r.inShape), workspace: workspace)

@@ -51,7 +51,8 @@ public enum GroupNorm {
 
     /// Gradients of `forward`; accumulates into `gradInput`, `gradWeight`, `gradBias`.
     /// - Parameters:
-    ///   - gradInput: (n, c, h, w), accumulated.
+    ///   - gradInput: (n, c, h, w), accumulated (overwritten with `accumulateInput: false`, so a fresh buffer
+    ///     needs no zeroing).
     ///   - gradWeight, gradBias: (c), accumulated.
     ///   - gradOutput: (n, c, h, w).
     ///   - input, weight, mean, rstd: as in and out of `forward`.
@@ -60,7 +61,8 @@ public enum GroupNorm {
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradWeight: UnsafeMutablePointer<T>, gradBias: UnsafeMutablePointer<T>,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
-        mean: UnsafePointer<T>, rstd: UnsafePointer<T>, shape: NCHW, groups: Int, workspace: Workspace<T>
+        mean: UnsafePointer<T>, rstd: UnsafePointer<T>, shape: NCHW, groups: Int, workspace: Workspace<T>,
+        accumulateInput: Bool = true
     ) {
         precondition(groups > 0 && shape.c % groups == 0,
                      "GroupNorm: \(shape.c) channels of \(shape) are not divisible into \(groups) groups")
@@ -91,9 +93,10 @@ public enum GroupNorm {
                     let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
                     let dx = gradInput + base + ci * plane
                     let w = weight[ch]
-                    for i in 0..<plane {
-                        let xhat = (x[i] - mu) * rs
-                        dx[i] += rs * (dy[i] * w - mSum - xhat * mSumX)
+                    if accumulateInput {
+                        for i in 0..<plane { dx[i] += rs * (dy[i] * w - mSum - (x[i] - mu) * rs * mSumX) }
+                    } else {
+                        for i in 0..<plane { dx[i] = rs * (dy[i] * w - mSum - (x[i] - mu) * rs * mSumX) }
                     }
                 }
             }
@@ -158,7 +161,7 @@ public enum BatchNorm2d {
 
     /// Gradients of `forward` in the same mode; accumulates into `gradInput`, `gradWeight`, `gradBias`.
     /// - Parameters:
-    ///   - gradInput: (n, c, h, w), accumulated.
+    ///   - gradInput: (n, c, h, w), accumulated (overwritten with `accumulateInput: false`).
     ///   - gradWeight, gradBias: (c), accumulated.
     ///   - gradOutput: (n, c, h, w).
     ///   - input, weight, saveMean, saveRstd: as in and out of `forward`.
@@ -168,7 +171,8 @@ public enum BatchNorm2d {
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradWeight: UnsafeMutablePointer<T>, gradBias: UnsafeMutablePointer<T>,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
-        saveMean: UnsafePointer<T>, saveRstd: UnsafePointer<T>, shape: NCHW, training: Bool
+        saveMean: UnsafePointer<T>, saveRstd: UnsafePointer<T>, shape: NCHW, training: Bool,
+        accumulateInput: Bool = true
     ) {
         let plane = shape.plane, c = shape.c, n = shape.n, count = T(n * plane)
         Parallel.forEach(c, grain: 1) { r in
@@ -186,6 +190,7 @@ public enum BatchNorm2d {
                 for b in 0..<n {
                     let x = input + (b * c + ch) * plane, dy = gradOutput + (b * c + ch) * plane
                     let dx = gradInput + (b * c + ch) * plane
+                    if !accumulateInput { dx.update(repeating: 0, count: plane) }
                     if training {
                         // dx = w * rstd * (dy - mean(dy) - xhat * mean(dy * xhat))
                         let ms = s / count, msx = sx / count

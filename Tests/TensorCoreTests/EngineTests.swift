@@ -138,4 +138,42 @@ struct EngineTests {
             #expect(text.contains("output has shape [3, 3], expected [3, 2]"), "message was: \(text)")
         }
     }
+
+    @Test("norm backward with accumulateInput: false overwrites the input gradient (NaN-filled buffer = zeros + accumulate)",
+          arguments: ["group", "batch-train", "batch-eval"])
+    func normBackwardOverwrites(_ kind: String) {
+        let shape = NCHW(3, 8, 5, 4)
+        var rng = SeededRNG(seed: 31)
+        let x = Buffer<Float>(rng.values(shape.count).map(Float.init)), dy = Buffer<Float>(rng.values(shape.count).map(Float.init))
+        let w = Buffer<Float>(rng.values(8).map { Float($0) + 1.5 }), b = Buffer<Float>(rng.values(8).map(Float.init))
+        let y = Buffer<Float>(count: shape.count), mean = Buffer<Float>(count: 24), rstd = Buffer<Float>(count: 24)
+        let runMean = Buffer<Float>(count: 8), runVar = Buffer<Float>([Float](repeating: 1, count: 8))
+        let ws = Workspace<Float>()
+        func backward(_ dx: Buffer<Float>, accumulate: Bool) {
+            let dw = Buffer<Float>(count: 8), db = Buffer<Float>(count: 8)
+            if kind == "group" {
+                GroupNorm.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: db.pointer, gradOutput: dy.pointer,
+                                   input: x.pointer, weight: w.pointer, mean: mean.pointer, rstd: rstd.pointer, shape: shape,
+                                   groups: 4, workspace: ws, accumulateInput: accumulate)
+            } else {
+                BatchNorm2d.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: db.pointer, gradOutput: dy.pointer,
+                                     input: x.pointer, weight: w.pointer, saveMean: mean.pointer, saveRstd: rstd.pointer,
+                                     shape: shape, training: kind == "batch-train", accumulateInput: accumulate)
+            }
+        }
+        if kind == "group" {
+            GroupNorm.forward(output: y.pointer, mean: mean.pointer, rstd: rstd.pointer, input: x.pointer, weight: w.pointer,
+                              bias: b.pointer, shape: shape, groups: 4)
+        } else {
+            BatchNorm2d.forward(output: y.pointer, saveMean: mean.pointer, saveRstd: rstd.pointer, input: x.pointer,
+                                weight: w.pointer, bias: b.pointer, runningMean: runMean.pointer, runningVar: runVar.pointer,
+                                shape: shape, training: kind == "batch-train")
+        }
+        let accumulated = Buffer<Float>(count: shape.count)
+        backward(accumulated, accumulate: true)
+        let overwritten = Buffer<Float>([Float](repeating: .nan, count: shape.count))
+        backward(overwritten, accumulate: false)
+        #expect(overwritten.array == accumulated.array, "\(kind)")
+        #expect(accumulated.array.contains { $0 != 0 }, "the gradient under test must not be all zeros")
+    }
 }
