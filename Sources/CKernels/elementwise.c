@@ -69,9 +69,89 @@ void maxpool_planes(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
 }
 
 HD_CLONES
-void hd_maxpool2d_forward(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
-                          int h, int w, int oh, int ow, int k, int s, int p) {
+static void maxpool_generic(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
+                            int h, int w, int oh, int ow, int k, int s, int p) {
     if (s == 2) maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, 2, p);
     else if (s == 1) maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, 1, p);
     else maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, s, p);
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+// Strides 1 and 2 with AVX-512: 16 outputs of a row per vector. For each window row and tap, the inputs the 16
+// outputs read are loaded with a mask that keeps only columns inside [0, w) (the rest read as -inf, so padding
+// never wins) and, for stride 2, the even elements of 32 loaded floats are picked with one permute.
+__attribute__((target("avx512f")))
+static void maxpool_avx512(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
+                           int h, int w, int oh, int ow, int k, int s, int p) {
+    const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i step = _mm512_set1_epi32(s);
+    const __m512i lanes = _mm512_mullo_epi32(iota, step);   // s * lane
+    for (ptrdiff_t pl = 0; pl < planes; pl++) {
+        const float *x = in + pl * (ptrdiff_t)h * w;
+        for (int oy = 0; oy < oh; oy++) {
+            int y0 = oy * s - p;
+            int ys = y0 < 0 ? 0 : y0;
+            int ye = y0 + k > h ? h : y0 + k;
+            ptrdiff_t o = (pl * oh + oy) * (ptrdiff_t)ow;
+            for (int ox0 = 0; ox0 < ow; ox0 += 16) {
+                int n = ow - ox0 < 16 ? ow - ox0 : 16;
+                __mmask16 live = (__mmask16)((1u << n) - 1);
+                // Initial index: the window's first real element (row ys, first column inside the input).
+                __m512i col0 = _mm512_sub_epi32(_mm512_add_epi32(_mm512_set1_epi32(ox0 * s), lanes), _mm512_set1_epi32(p));
+                __m512i bi = _mm512_add_epi32(_mm512_set1_epi32(ys * w), _mm512_max_epi32(col0, _mm512_setzero_si512()));
+                __m512 best = ninf;
+                for (int iy = ys; iy < ye; iy++) {
+                    const float *row = x + (ptrdiff_t)iy * w;
+                    for (int kx = 0; kx < k; kx++) {
+                        int start = ox0 * s - p + kx;   // column read by output ox0
+                        __m512 v;
+                        if (s == 1) {
+                            // Lanes j < n with 0 <= start + j < w.
+                            int lo = start < 0 ? -start : 0;
+                            int hi = w - start < n ? w - start : n;
+                            if (hi <= lo) continue;
+                            __mmask16 m = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+                            v = _mm512_mask_loadu_ps(ninf, m, row + start);
+                        } else {
+                            // 32 consecutive columns start .. start + 31; output lane j reads element 2j.
+                            int lo = start < 0 ? -start : 0;
+                            int hi = w - start < 2 * n ? w - start : 2 * n;
+                            if (hi <= lo) continue;
+                            uint32_t m32 = (hi >= 32 ? 0xFFFFFFFFu : ((1u << hi) - 1)) & ~((1u << lo) - 1);
+                            __m512 a = _mm512_mask_loadu_ps(ninf, (__mmask16)m32, row + start);
+                            __m512 b = _mm512_mask_loadu_ps(ninf, (__mmask16)(m32 >> 16), row + start + 16);
+                            v = _mm512_permutex2var_ps(a, even, b);
+                        }
+                        __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                        best = _mm512_mask_mov_ps(best, take, v);
+                        __m512i at = _mm512_add_epi32(_mm512_set1_epi32(iy * w + start), lanes);
+                        bi = _mm512_mask_mov_epi32(bi, take, at);
+                    }
+                }
+                _mm512_mask_storeu_ps(out + o + ox0, live, best);
+                _mm512_mask_storeu_epi32(idx + o + ox0, live, bi);
+            }
+        }
+    }
+}
+
+static int has_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+#endif
+
+void hd_maxpool2d_forward(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
+                          int h, int w, int oh, int ow, int k, int s, int p) {
+#if defined(__x86_64__)
+    if ((s == 1 || s == 2) && has_avx512()) {
+        maxpool_avx512(out, idx, in, planes, h, w, oh, ow, k, s, p);
+        return;
+    }
+#endif
+    maxpool_generic(out, idx, in, planes, h, w, oh, ow, k, s, p);
 }
