@@ -1,5 +1,6 @@
 // HD_CLONES: compile a function for AVX-512, AVX2 and the baseline, and pick one when the program loads
-// (x86-64 with target_clones support; elsewhere a plain function).
+// (x86-64 with target_clones support; elsewhere a plain function). hd_has_avx512: the runtime check for
+// functions written with AVX-512 intrinsics.
 #ifndef HISTODISTILL_CLONES_H
 #define HISTODISTILL_CLONES_H
 
@@ -11,5 +12,15 @@
 #ifndef HD_CLONES
 #define HD_CLONES
 #endif
+
+/// 1 when this CPU runs AVX-512F code (for kernels written with AVX-512 intrinsics), else 0.
+static inline int hd_has_avx512(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
 
 #endif

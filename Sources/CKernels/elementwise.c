@@ -139,16 +139,12 @@ static void maxpool_avx512(float *out, int32_t *idx, const float *in, ptrdiff_t 
     }
 }
 
-static int has_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-}
 #endif
 
 void hd_maxpool2d_forward(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
                           int h, int w, int oh, int ow, int k, int s, int p) {
 #if defined(__x86_64__)
-    if ((s == 1 || s == 2) && has_avx512()) {
+    if ((s == 1 || s == 2) && hd_has_avx512()) {
         maxpool_avx512(out, idx, in, planes, h, w, oh, ow, k, s, p);
         return;
     }

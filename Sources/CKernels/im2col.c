@@ -1,6 +1,7 @@
 // Gather-map im2col / col2im for narrow maps (see include/im2col.h). AVX-512 masked gathers and scatters where
 // the CPU has them, a scalar loop elsewhere.
 #include "im2col.h"
+#include "clones.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -38,12 +39,7 @@ static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrd
     }
 }
 
-static int has_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-}
 #else
-static int has_avx512(void) { return 0; }
 static void gather_avx512(float *d, const float *x, const int32_t *m, ptrdiff_t len) { (void)d; (void)x; (void)m; (void)len; }
 static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) { (void)dx; (void)s; (void)m; (void)len; }
 #endif
@@ -78,7 +74,7 @@ static void scatter_add_scalar(float *dx, const float *s, const int32_t *m, ptrd
 
 void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t inImage, ptrdiff_t chPlane,
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
-    if (has_avx512())
+    if (hd_has_avx512())
         FOR_EACH_STRETCH(gather_avx512(col + r * ld + j0, input + chan, mp, len));
     else
         FOR_EACH_STRETCH(gather_scalar(col + r * ld + j0, input + chan, mp, len));
@@ -86,7 +82,7 @@ void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t in
 
 void hd_col2im_gather(float *gradInput, const float *col, ptrdiff_t ld, ptrdiff_t inImage, ptrdiff_t chPlane,
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
-    if (has_avx512())
+    if (hd_has_avx512())
         FOR_EACH_STRETCH(scatter_add_avx512(gradInput + chan, col + r * ld + j0, mp, len));
     else
         FOR_EACH_STRETCH(scatter_add_scalar(gradInput + chan, col + r * ld + j0, mp, len));
