@@ -4,18 +4,12 @@
 // The functions carry a `target` attribute instead of the whole file being compiled with -mavx512f, so the
 // library still loads on CPUs without AVX-512; callers ask hd_direct_available() first.
 #include "directconv.h"
+#include "clones.h"
 
 #include <immintrin.h>
 #include <stdint.h>
 
-int hd_direct_available(void) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") ? 1 : 0;
-#else
-    return 0;
-#endif
-}
+int hd_direct_available(void) { return hd_has_avx512(); }
 
 #if defined(__x86_64__)
 

@@ -53,9 +53,14 @@ void maxpool_row(float *restrict best, int32_t *restrict bi, const float *restri
     }
 }
 
+// Writes one output row (`best`, `bi`) from window rows [ys, ye) of plane `x`.
+typedef void (*maxpool_row_fn)(float *best, int32_t *bi, const float *x,
+                               int w, int ow, int k, int S, int p, int ys, int ye);
+
+// Every plane and output row, each row by `row` (inlined: callers pass a known function).
 static inline __attribute__((always_inline))
 void maxpool_planes(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
-                    int h, int w, int oh, int ow, int k, int S, int p) {
+                    int h, int w, int oh, int ow, int k, int S, int p, maxpool_row_fn row) {
     for (ptrdiff_t pl = 0; pl < planes; pl++) {
         const float *x = in + pl * (ptrdiff_t)h * w;
         for (int oy = 0; oy < oh; oy++) {
@@ -63,7 +68,7 @@ void maxpool_planes(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
             int ys = y0 < 0 ? 0 : y0;
             int ye = y0 + k > h ? h : y0 + k;
             ptrdiff_t o = (pl * oh + oy) * (ptrdiff_t)ow;
-            maxpool_row(out + o, idx + o, x, w, ow, k, S, p, ys, ye);
+            row(out + o, idx + o, x, w, ow, k, S, p, ys, ye);
         }
     }
 }
@@ -71,9 +76,9 @@ void maxpool_planes(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
 HD_CLONES
 static void maxpool_generic(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
                             int h, int w, int oh, int ow, int k, int s, int p) {
-    if (s == 2) maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, 2, p);
-    else if (s == 1) maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, 1, p);
-    else maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, s, p);
+    if (s == 2) maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, 2, p, maxpool_row);
+    else if (s == 1) maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, 1, p, maxpool_row);
+    else maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, s, p, maxpool_row);
 }
 
 #if defined(__x86_64__)
@@ -83,60 +88,45 @@ static void maxpool_generic(float *out, int32_t *idx, const float *in, ptrdiff_t
 // outputs read are loaded with a mask that keeps only columns inside [0, w) (the rest read as -inf, so padding
 // never wins) and, for stride 2, the even elements of 32 loaded floats are picked with one permute.
 __attribute__((target("avx512f")))
-static void maxpool_avx512(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
-                           int h, int w, int oh, int ow, int k, int s, int p) {
+static void maxpool_row_avx512(float *out, int32_t *idx, const float *x,
+                               int w, int ow, int k, int s, int p, int ys, int ye) {
     const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
     const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i step = _mm512_set1_epi32(s);
-    const __m512i lanes = _mm512_mullo_epi32(iota, step);   // s * lane
-    for (ptrdiff_t pl = 0; pl < planes; pl++) {
-        const float *x = in + pl * (ptrdiff_t)h * w;
-        for (int oy = 0; oy < oh; oy++) {
-            int y0 = oy * s - p;
-            int ys = y0 < 0 ? 0 : y0;
-            int ye = y0 + k > h ? h : y0 + k;
-            ptrdiff_t o = (pl * oh + oy) * (ptrdiff_t)ow;
-            for (int ox0 = 0; ox0 < ow; ox0 += 16) {
-                int n = ow - ox0 < 16 ? ow - ox0 : 16;
-                __mmask16 live = (__mmask16)((1u << n) - 1);
-                // Initial index: the window's first real element (row ys, first column inside the input).
-                __m512i col0 = _mm512_sub_epi32(_mm512_add_epi32(_mm512_set1_epi32(ox0 * s), lanes), _mm512_set1_epi32(p));
-                __m512i bi = _mm512_add_epi32(_mm512_set1_epi32(ys * w), _mm512_max_epi32(col0, _mm512_setzero_si512()));
-                __m512 best = ninf;
-                for (int iy = ys; iy < ye; iy++) {
-                    const float *row = x + (ptrdiff_t)iy * w;
-                    for (int kx = 0; kx < k; kx++) {
-                        int start = ox0 * s - p + kx;   // column read by output ox0
-                        __m512 v;
-                        if (s == 1) {
-                            // Lanes j < n with 0 <= start + j < w.
-                            int lo = start < 0 ? -start : 0;
-                            int hi = w - start < n ? w - start : n;
-                            if (hi <= lo) continue;
-                            __mmask16 m = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
-                            v = _mm512_mask_loadu_ps(ninf, m, row + start);
-                        } else {
-                            // 32 consecutive columns start .. start + 31; output lane j reads element 2j.
-                            int lo = start < 0 ? -start : 0;
-                            int hi = w - start < 2 * n ? w - start : 2 * n;
-                            if (hi <= lo) continue;
-                            uint32_t m32 = (hi >= 32 ? 0xFFFFFFFFu : ((1u << hi) - 1)) & ~((1u << lo) - 1);
-                            __m512 a = _mm512_mask_loadu_ps(ninf, (__mmask16)m32, row + start);
-                            __m512 b = _mm512_mask_loadu_ps(ninf, (__mmask16)(m32 >> 16), row + start + 16);
-                            v = _mm512_permutex2var_ps(a, even, b);
-                        }
-                        __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-                        best = _mm512_mask_mov_ps(best, take, v);
-                        __m512i at = _mm512_add_epi32(_mm512_set1_epi32(iy * w + start), lanes);
-                        bi = _mm512_mask_mov_epi32(bi, take, at);
-                    }
-                }
-                _mm512_mask_storeu_ps(out + o + ox0, live, best);
-                _mm512_mask_storeu_epi32(idx + o + ox0, live, bi);
+    const __m512i lanes = _mm512_mullo_epi32(iota, _mm512_set1_epi32(s));   // s * lane
+    for (int ox0 = 0; ox0 < ow; ox0 += 16) {
+        int n = ow - ox0 < 16 ? ow - ox0 : 16;
+        __mmask16 live = (__mmask16)((1u << n) - 1);
+        // Initial index: the window's first real element (row ys, first column inside the input).
+        __m512i col0 = _mm512_sub_epi32(_mm512_add_epi32(_mm512_set1_epi32(ox0 * s), lanes), _mm512_set1_epi32(p));
+        __m512i bi = _mm512_add_epi32(_mm512_set1_epi32(ys * w), _mm512_max_epi32(col0, _mm512_setzero_si512()));
+        __m512 best = ninf;
+        for (int iy = ys; iy < ye; iy++) {
+            const float *row = x + (ptrdiff_t)iy * w;
+            for (int kx = 0; kx < k; kx++) {
+                // The outputs read columns start + s * j (lane j < n): load s * n columns from `start`,
+                // keeping those in [0, w).
+                int start = ox0 * s - p + kx;
+                int lo = start < 0 ? -start : 0;
+                int hi = w - start < s * n ? w - start : s * n;
+                if (hi <= lo) continue;
+                uint32_t m = (hi >= 32 ? 0xFFFFFFFFu : ((1u << hi) - 1)) & ~((1u << lo) - 1);
+                __m512 v = _mm512_mask_loadu_ps(ninf, (__mmask16)m, row + start);
+                if (s == 2) v = _mm512_permutex2var_ps(v, even, _mm512_mask_loadu_ps(ninf, (__mmask16)(m >> 16), row + start + 16));
+                __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                best = _mm512_mask_mov_ps(best, take, v);
+                bi = _mm512_mask_mov_epi32(bi, take, _mm512_add_epi32(_mm512_set1_epi32(iy * w + start), lanes));
             }
         }
+        _mm512_mask_storeu_ps(out + ox0, live, best);
+        _mm512_mask_storeu_epi32(idx + ox0, live, bi);
     }
+}
+
+__attribute__((target("avx512f")))
+static void maxpool_avx512(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
+                           int h, int w, int oh, int ow, int k, int s, int p) {
+    maxpool_planes(out, idx, in, planes, h, w, oh, ow, k, s, p, maxpool_row_avx512);
 }
 
 #endif

@@ -1,7 +1,8 @@
 // Branch-free elementwise and pooling kernels for Float32, called from TensorCore on one chunk of a parallel loop.
 //
 // Each is compiled for AVX-512, AVX2 and baseline x86-64 (or the target's default) and picks the best at load
-// time. The data-dependent selects (ReLU masks, max-pool comparisons) are written as selects, not branches:
+// time; max pooling with stride 1 or 2 runs a hand-written AVX-512 kernel where the CPU has it. The data-dependent
+// selects (ReLU masks, max-pool comparisons) are written as selects, not branches:
 // with about half the activations negative a branch mispredicts every other element.
 #ifndef HISTODISTILL_ELEMENTWISE_H
 #define HISTODISTILL_ELEMENTWISE_H
