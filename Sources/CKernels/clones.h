@@ -13,14 +13,9 @@
 #define HD_CLONES
 #endif
 
+#include "cpu.h"
+
 /// 1 when this CPU runs AVX-512F code (for kernels written with AVX-512 intrinsics), else 0.
-static inline int hd_has_avx512(void) {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") ? 1 : 0;
-#else
-    return 0;
-#endif
-}
+static inline int hd_has_avx512(void) { return (hd_cpu_features() & HD_CPU_AVX512F) ? 1 : 0; }
 
 #endif

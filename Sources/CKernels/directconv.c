@@ -2,14 +2,13 @@
 // Sources/TensorCore/DirectConv.swift for how convolutions are laid out on grids.
 //
 // The functions carry a `target` attribute instead of the whole file being compiled with -mavx512f, so the
-// library still loads on CPUs without AVX-512; callers ask hd_direct_available() first.
+// library still loads on CPUs without AVX-512; callers ask CPUCapabilities (hd_cpu_features) first.
 #include "directconv.h"
 #include "clones.h"
 
 #include <immintrin.h>
 #include <stdint.h>
 
-int hd_direct_available(void) { return hd_has_avx512(); }
 
 #if defined(__x86_64__)
 

@@ -45,6 +45,8 @@ struct BenchStep: ParsableCommand {
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
+    @OptionGroup var distillation: DistillationSettings
+
     func validate() throws {
         guard resolution >= 8, batch >= 1, steps >= 1, reps >= 1, warmup >= 0, bucketMB > 0 else {
             throw ValidationError("--resolution must be at least 8 and --batch, --steps, --reps at least 1")
@@ -61,8 +63,10 @@ struct BenchStep: ParsableCommand {
         BLAS.setThreadCount(threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
         let classes = 3
         let model = ResNet(.paper(classes: classes), seed: 1)
-        let teacher = teacherResolution.map { _ in ResNet(.paper(classes: classes), seed: 2) }
-        let stepper = DataParallelStep(model: model, teacher: teacher, objective: DistillationObjective(), group: group)
+        let objective: any StepObjective = try teacherResolution.map { _ in
+            DistillationStep(student: model, teacher: FrozenTeacher(ResNet(.paper(classes: classes), seed: 2)), objective: try distillation.objective())
+        } ?? SupervisedStep(model: model)
+        let stepper = DataParallelStep(objective: objective, group: group)
         stepper.bucketElements = max(1, Int(bucketMB * 1_000_000 / 4))
         let optimizer = Optimizer(.adam(), count: model.parameterCount)
         try stepper.broadcastState(optimizer: optimizer)
@@ -70,20 +74,20 @@ struct BenchStep: ParsableCommand {
         var g = SeededGenerator(seed: UInt64(100 + group.rank))
         let student = (0..<(local * 3 * resolution * resolution)).map { _ in Float.random(in: -1..<1, using: &g) }
         let tr = teacherResolution ?? resolution
-        let teacherInput = teacher == nil ? [Float(0)] : (0..<(local * 3 * tr * tr)).map { _ in Float.random(in: -1..<1, using: &g) }
+        let teacherInput = teacherResolution == nil ? [Float(0)] : (0..<(local * 3 * tr * tr)).map { _ in Float.random(in: -1..<1, using: &g) }
         let labels = (0..<local).map { Int32($0 % classes) }
         var reduceSeconds = 0.0
+        // The trainer's step: local forward/backward, the bucketed all-reduce, the checks and the Adam update.
         func step() throws {
-            let terms = student.withUnsafeBufferPointer { s in
-                teacherInput.withUnsafeBufferPointer { t in
-                    stepper.localGradients(student: s.baseAddress!, edge: resolution, teacher: t.baseAddress!, teacherEdge: tr,
-                                           labels: labels, count: local)
+            let global = try student.withUnsafeBufferPointer { s in
+                try teacherInput.withUnsafeBufferPointer { t in
+                    try labels.withUnsafeBufferPointer { l in
+                        try stepper.step(StepInput(images: s.baseAddress!, edge: resolution, teacherImages: t.baseAddress!, teacherEdge: tr,
+                                                   labels: l.baseAddress!, count: local), optimizer: optimizer, lr: 1e-4)
+                    }
                 }
             }
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            _ = try stepper.reduce(terms, count: local, skipped: 0)
-            reduceSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            optimizer.update(values: model.parameters.values.pointer, gradients: model.parameters.gradients!.pointer, lr: 1e-4)
+            reduceSeconds += global.reduceSeconds
         }
         for _ in 0..<warmup { try step() }
         try group.barrier()
@@ -108,7 +112,7 @@ struct BenchStep: ParsableCommand {
         }
         guard group.isCoordinator else { return }
         func median(_ v: [Double]) -> Double { v.isEmpty ? 0 : v.sorted()[v.count / 2] }
-        let kind = teacherResolution.map { "distillation (teacher \($0) px, student \(resolution) px)" } ?? "supervised \(resolution) px"
+        let kind = try teacherResolution.map { "distillation (teacher \($0) px, student \(resolution) px; \(try distillation.objective().summary))" } ?? "supervised \(resolution) px"
         let report: [String: Any] = [
             "step": kind, "ranks": group.size, "threads_per_rank": BLAS.threadCount, "global_batch": batch,
             "images_per_second": median(rates), "images_per_second_min": rates.min()!, "images_per_second_max": rates.max()!,

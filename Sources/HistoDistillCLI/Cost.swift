@@ -14,7 +14,9 @@ struct Cost: ParsableCommand {
             Without --measure only counts are printed (instant). With --measure every resolution also gets a timed \
             training step (forward, cross-entropy, backward, Adam) and an inference pass on a synthetic batch, and \
             --distill adds distillation steps (teacher at the first resolution, without gradients; student at each \
-            lower one), the same cases as PyTorch's bench_train.py.
+            lower one), the same cases as PyTorch's bench_train.py. The timed steps are the ones `train` and \
+            `distill` run; the distillation settings come from --distill-config (a run's or an experiment's config) \
+            and the flags below, else the paper's defaults.
             """)
 
     @Option(help: "Architecture: resnet-gn (the paper's), resnet18 or resnet34.")
@@ -44,6 +46,8 @@ struct Cost: ParsableCommand {
     @Option(help: "Steps per timed repetition.")
     var steps: Int = 3
 
+    @OptionGroup var distillation: DistillationSettings
+
     func validate() throws {
         if classes < 1 { throw ValidationError("--classes must be at least 1, got \(classes)") }
         if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
@@ -62,17 +66,18 @@ struct Cost: ParsableCommand {
     }
 
     func architecture() throws -> ResNetConfig {
-        switch model {
-        case "resnet-gn", "paper": return .paper(classes: classes)
-        case "resnet18": return .resnet18(classes: classes)
-        case "resnet34": return .resnet34(classes: classes)
-        default: throw ValidationError("--model '\(model)' is not known; use resnet-gn, resnet18 or resnet34")
+        guard let a = Architecture(rawValue: model == "paper" ? "resnet-gn" : model) else {
+            throw ValidationError("--model '\(model)' is not known; use \(Architecture.allCases.map(\.rawValue).joined(separator: ", "))")
         }
+        var c = RunConfig()
+        c.architecture = a
+        return c.modelConfig(classes: classes)
     }
 
     func run() throws {
         let config = try architecture()
         let sizes = try parsedResolutions()
+        let objective = try distillation.objective()
         BLAS.setThreadCount(threads ?? ProcessInfo.processInfo.activeProcessorCount)
         for w in KernelAdvice.current() { print("warning: " + w) }
         let net = ResNet(config)
@@ -107,11 +112,12 @@ struct Cost: ParsableCommand {
             print(line)
         }
         if measure && distill && sizes.count > 1 {
+            print("\ndistillation objective: \(objective.summary)")
             print("\n| distillation step | img/s (median) | min | max |")
             print("|---|---|---|---|")
             for r in sizes.dropFirst() {
                 let t = StepRunner.measure(images: batch, reps: reps, steps: steps,
-                                           StepRunner.distillation(config, teacherResolution: sizes[0], studentResolution: r, batch: batch))
+                                           StepRunner.distillation(config, teacherResolution: sizes[0], studentResolution: r, batch: batch, objective: objective))
                 print("| teacher \(sizes[0]) px + student \(r) px | \(String(format: "%.1f", t.median)) | \(String(format: "%.1f", t.min)) | \(String(format: "%.1f", t.max)) |")
             }
         }

@@ -41,7 +41,7 @@ struct Doctor: ParsableCommand {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         let threadCount = threads ?? launch.defaultThreadsPerRank(cores: cores)
         BLAS.setThreadCount(threadCount)
-        let cpu = CPUFeatures.current()
+        let cpu = CPUCapabilities.current
         let forced = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"]
         let advice = KernelAdvice.check(cpuBest: cpu.bestOpenBLASCore, inUse: BLAS.coreName, forcedCoreType: forced,
                                         forcedL2: ProcessInfo.processInfo.environment["OPENBLAS_L2_SIZE"])
@@ -59,7 +59,8 @@ struct Doctor: ParsableCommand {
             ("compute threads", "\(BLAS.threadCount) per rank (OpenBLAS itself single-threaded)"),
             ("zstd", String(cString: ZSTD_versionString())),
             ("MPI library", MPIProcessGroup.libraryVersion),
-            ("CPU", "\(cpu.modelName), \(cores) cores, best OpenBLAS kernels: \(cpu.bestOpenBLASCore)"),
+            ("CPU", "\(cpu.modelName), \(cores) cores, \(cpu.summary); best OpenBLAS kernels: \(cpu.bestOpenBLASCore)"),
+            ("engine kernels", DirectConv.isAvailable ? "AVX-512 direct convolution, AVX-512 C kernels" : cpu.avx2 ? "im2col + GEMM, AVX2 C kernels" : "im2col + GEMM, baseline C kernels"),
             ("launch", launch.isUnderMPI ? "\(launch.launcher!) with \(group.size) ranks" : "single process"),
         ]
         if let check {

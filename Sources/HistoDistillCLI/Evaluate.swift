@@ -8,91 +8,88 @@ import TensorCore
 import TileShards
 import Training
 
-/// A run directory's config and model, loaded for inference.
-struct TrainedRun {
-    let config: RunConfig
-    let model: ResNet
-    let weights: URL
+/// Where `evaluate` and `predict` take their model from: a run directory, a weights file, or both.
+struct ModelSource: ParsableArguments {
+    @Option(name: .customLong("run"), help: "Run directory written by `histodistill train` or `distill`.")
+    var runDirectory: String?
 
-    /// Loads `run`'s config.yaml and its weights: `weights` if given, else best.safetensors, else the newest checkpoint.
-    init(run: String, weights: String?, classes: Int) throws {
-        let dir = URL(fileURLWithPath: run)
-        do { config = try RunConfig.load(dir.appendingPathComponent("config.yaml")) } catch let e as ConfigError {
-            throw CLIError(e.message, hint: "give --run the directory `histodistill train` wrote (it holds config.yaml)")
-        }
-        let chosen: URL
-        if let weights {
-            chosen = URL(fileURLWithPath: weights)
-        } else if FileManager.default.fileExists(atPath: dir.appendingPathComponent("best.safetensors").path) {
-            chosen = dir.appendingPathComponent("best.safetensors")
-        } else if let newest = CheckpointStore(directory: dir.appendingPathComponent("checkpoints")).newest() {
-            chosen = newest.appendingPathComponent("model.safetensors")
-        } else {
-            throw CLIError("\(run): holds no best.safetensors and no checkpoint", hint: "train first, or pass --weights FILE")
-        }
-        let n = config.classes > 0 ? config.classes : classes
-        model = ResNet(config.modelConfig(classes: n), initialize: false)
-        do { try model.loadWeights(from: chosen) } catch let e as WeightsError {
+    @Option(help: "Weights file (default: the run's best.safetensors, else its newest checkpoint). A file written by histodistill describes its model: no --run needed.")
+    var weights: String?
+
+    func validate() throws {
+        if runDirectory == nil && weights == nil { throw ValidationError("give --run RUN_DIRECTORY or --weights FILE.safetensors (or both)") }
+    }
+
+    var run: RunDirectory? { runDirectory.map { RunDirectory(path: $0) } }
+
+    func load() throws -> TrainedModel {
+        do { return try TrainedModel.load(run: run, weights: weights.map { URL(fileURLWithPath: $0) }) } catch let e as TrainingError {
             throw CLIError(e.message)
         }
-        self.weights = chosen
     }
 }
 
 struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Accuracy, balanced accuracy, per-class precision/recall/F1, one-vs-rest AUC and the confusion matrix of a trained run.")
+        abstract: "Accuracy, balanced accuracy, per-class precision/recall/F1, one-vs-rest AUC and the confusion matrix of a trained model.",
+        discussion: """
+            The shards' labels are matched to the model's classes by name; a class the model was not trained on \
+            stops with both lists. Tiles are prepared as the model describes (input factor, normalisation).
+            """)
 
-    @Option(name: .customLong("run"), help: "Run directory written by `histodistill train`.")
-    var runDirectory: String
+    @OptionGroup var source: ModelSource
 
     @Option(help: "Shard directory to evaluate (default: the run's data.val).")
     var shards: String?
 
-    @Option(help: "Weights file (default: the run's best.safetensors, else its newest checkpoint).")
-    var weights: String?
-
-    @Option(help: "Metrics JSON file (default: RUN/eval.json).")
+    @Option(help: "Metrics JSON file (default: RUN/eval.json, or eval.json beside --weights).")
     var output: String?
 
-    @Option(help: "Predictions CSV file (default: RUN/predictions.csv).")
+    @Option(help: "Predictions CSV file (default: RUN/predictions.csv, or predictions.csv beside --weights).")
     var predictions: String?
+
+    @Option(help: "Tiles per forward pass.")
+    var batchSize = 64
 
     func run() throws {
         try runOnRanks { group, _ in
-            let (trained, dataset, path) = try group.collectively { () throws -> (TrainedRun, ShardDataset, String) in
-                let preliminary: RunConfig
-                do { preliminary = try RunConfig.load(URL(fileURLWithPath: runDirectory).appendingPathComponent("config.yaml")) } catch let e as ConfigError {
-                    throw CLIError(e.message, hint: "give --run the directory `histodistill train` wrote (it holds config.yaml)")
+            let (trained, dataset, path, labelMap) = try group.collectively { () throws -> (TrainedModel, ShardDataset, String, [Int32]) in
+                let trained = try source.load()
+                var path = shards
+                if path == nil, let run = source.run {
+                    do { path = try run.loadConfig().valShards } catch let e as ConfigError {
+                        throw CLIError(e.message, hint: "give --run the directory `histodistill train` wrote (it holds config.yaml), or pass --shards")
+                    }
                 }
-                guard let path = shards ?? preliminary.valShards else {
+                guard let path else {
                     throw CLIError("no shards to evaluate", hint: "pass --shards DIR (the run's config has no data.val)")
                 }
                 let dataset: ShardDataset
                 do { dataset = try ShardDataset(directory: URL(fileURLWithPath: path)) } catch let e as ShardError { throw CLIError(e.message) }
-                let trained = try TrainedRun(run: runDirectory, weights: weights, classes: dataset.classes.count)
-                guard trained.model.config.classes == dataset.classes.count else {
-                    throw CLIError("the model has \(trained.model.config.classes) classes but \(path) has \(dataset.classes.count) (\(dataset.classes))",
-                                   hint: "evaluate on shards packed with the training classes")
+                do { return (trained, dataset, path, try trained.labelMap(for: dataset.classes, source: path)) } catch let e as TrainingError {
+                    throw CLIError(e.message)
                 }
-                return (trained, dataset, path)
             }
-            let p = try Inference.run(model: trained.model, dataset: dataset, config: trained.config, group: group)
+            let settings = InferenceSettings(trained.metadata, batchSize: batchSize, labelMap: labelMap)
+            let p = try Inference.run(model: trained.model, dataset: dataset, settings: settings, group: group)
             guard group.isCoordinator else { return 0 }
-            let report = ClassificationReport.compute(probabilities: p.probabilities, labels: p.labels.map(Int.init), classes: dataset.classes.count)
+            let classes = trained.classNames
+            let report = ClassificationReport.compute(probabilities: p.probabilities, labels: p.labels.map(Int.init), classes: classes.count)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             var json = try JSONSerialization.jsonObject(with: encoder.encode(report)) as! [String: Any]
-            json["classes"] = dataset.classes
+            json["classes"] = classes
             json["weights"] = trained.weights.path
             json["shards"] = path
-            let jsonURL = URL(fileURLWithPath: output ?? URL(fileURLWithPath: runDirectory).appendingPathComponent("eval.json").path)
+            json["shard_set"] = dataset.identity.description
+            let folder = source.run?.url ?? trained.weights.deletingLastPathComponent()
+            let jsonURL = URL(fileURLWithPath: output ?? folder.appendingPathComponent("eval.json").path)
             try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]).write(to: jsonURL)
-            let csvURL = URL(fileURLWithPath: predictions ?? URL(fileURLWithPath: runDirectory).appendingPathComponent("predictions.csv").path)
-            try p.csv(classes: dataset.classes).write(to: csvURL, atomically: true, encoding: .utf8)
+            let csvURL = URL(fileURLWithPath: predictions ?? folder.appendingPathComponent("predictions.csv").path)
+            try p.csv(classes: classes).write(to: csvURL, atomically: true, encoding: .utf8)
             print(String(format: "%d tiles: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples, report.accuracy,
                          report.balancedAccuracy, report.macroAUC.map { String(format: "%.4f", $0) } ?? "n/a"))
-            for (i, c) in dataset.classes.enumerated() {
+            for (i, c) in classes.enumerated() {
                 print(String(format: "  %@: precision %.4f recall %.4f F1 %.4f AUC %@ (n=%d)", c, report.precision[i], report.recall[i],
                              report.f1[i], report.auc[i].map { String(format: "%.4f", $0) } ?? "n/a", report.support[i]))
             }
@@ -104,32 +101,36 @@ struct Evaluate: ParsableCommand {
 }
 
 struct Predict: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Per-tile class probabilities of a trained run over a shard set, as CSV.")
+    static let configuration = CommandConfiguration(
+        abstract: "Per-tile class probabilities of a trained model over any shard set (labeled, unlabeled or of other classes), as CSV.",
+        discussion: """
+            Columns: tile_id, slide, label (the shards' own label, empty when unlabeled), predicted, and p_CLASS for \
+            each of the model's classes. Tiles are prepared as the model describes (input factor, normalisation).
+            """)
 
-    @Option(name: .customLong("run"), help: "Run directory written by `histodistill train`.")
-    var runDirectory: String
+    @OptionGroup var source: ModelSource
 
     @Option(help: "Shard directory.")
     var shards: String
 
-    @Option(help: "Weights file (default: the run's best.safetensors, else its newest checkpoint).")
-    var weights: String?
-
     @Option(name: .shortAndLong, help: "CSV file to write.")
     var output: String
 
+    @Option(help: "Tiles per forward pass.")
+    var batchSize = 64
+
     func run() throws {
         try runOnRanks { group, _ in
-            let (trained, dataset) = try group.collectively { () throws -> (TrainedRun, ShardDataset) in
+            let (trained, dataset) = try group.collectively { () throws -> (TrainedModel, ShardDataset) in
                 let dataset: ShardDataset
                 do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards)) } catch let e as ShardError { throw CLIError(e.message) }
-                return (try TrainedRun(run: runDirectory, weights: weights, classes: dataset.classes.count), dataset)
+                return (try source.load(), dataset)
             }
-            let p = try Inference.run(model: trained.model, dataset: dataset, config: trained.config, group: group)
+            let settings = InferenceSettings(trained.metadata, batchSize: batchSize)
+            let p = try Inference.run(model: trained.model, dataset: dataset, settings: settings, group: group)
             guard group.isCoordinator else { return 0 }
-            let names = dataset.classes.count == trained.model.config.classes ? dataset.classes : (0..<trained.model.config.classes).map { "class\($0)" }
-            try p.csv(classes: names).write(to: URL(fileURLWithPath: output), atomically: true, encoding: .utf8)
-            print("wrote probabilities of \(p.ids.count) tiles to \(output)")
+            try p.csv(classes: trained.classNames, labelNames: dataset.classes).write(to: URL(fileURLWithPath: output), atomically: true, encoding: .utf8)
+            print("wrote probabilities of \(p.ids.count) tiles over \(trained.classNames.joined(separator: ", ")) to \(output)")
             return 0
         }
     }

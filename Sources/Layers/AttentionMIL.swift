@@ -15,6 +15,12 @@ public final class AttentionMIL<T: KernelScalar> {
     public let hidden1: Int, hidden2: Int, attentionWidth: Int
     /// All parameters and gradients in one flat buffer.
     public let parameters: ParameterStore<T>
+    /// No buffers: the head has no running statistics.
+    public let buffers: ParameterStore<T>
+    /// No counters.
+    public var counters: [Int64] = []
+    /// The state_dict entries: every parameter, in the PyTorch module's order.
+    public let stateEntries: [StateEntry]
 
     let w1, b1, w2, b2, wa1, ba1, wa2, ba2, wc, bc, wp, bp: ParameterSlice
     let arena = Arena<T>()
@@ -39,6 +45,8 @@ public final class AttentionMIL<T: KernelScalar> {
         wc = l.add("classifier.weight", shape: [classes, hidden2]); bc = l.add("classifier.bias", shape: [classes])
         wp = l.add("patch_classifier.weight", shape: [classes, hidden2]); bp = l.add("patch_classifier.bias", shape: [classes])
         parameters = ParameterStore(layout: l)
+        buffers = ParameterStore(layout: ParameterLayout(), withGradients: false)
+        stateEntries = l.slices.map { .parameter($0) }
         var g = SeededGenerator(seed: seed)
         for (w, b) in [(w1, b1), (w2, b2), (wa1, ba1), (wa2, ba2), (wc, bc), (wp, bp)] {
             let bound = 1 / Double(w.shape[1]).squareRoot()
@@ -134,3 +142,14 @@ public final class AttentionMIL<T: KernelScalar> {
         return 1 - 2 / (T.exp(2 * v) + 1)
     }
 }
+
+
+extension AttentionMIL {
+    /// "attention-mil: features F, hidden 256/64, attention 32, C classes".
+    public var architectureDescription: String {
+        "attention-mil: features \(featureDimension), hidden \(hidden1)/\(hidden2), attention \(attentionWidth), \(classes) classes"
+    }
+}
+
+/// The Float head is a `Module`: its weights files, checkpoints, all-reduce and optimizer are the ResNets'.
+extension AttentionMIL: Module where T == Float {}

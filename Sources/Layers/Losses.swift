@@ -169,6 +169,11 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
         self.pixelResize = pixelResize; self.pixelNorm = pixelNorm; self.crossEntropyWeight = crossEntropyWeight
     }
 
+    /// "KD T=4 x1, pixel l2 maxpool x1, CE x0".
+    public var summary: String {
+        "KD T=\(temperature) x\(kdWeight), pixel \(pixelNorm.rawValue) \(pixelResize.rawValue) x\(pixelWeight), CE x\(crossEntropyWeight)"
+    }
+
     /// The value of each term (unweighted) and the weighted total.
     public struct Terms: Sendable, Equatable {
         public var kd: Float, pixel: Float, crossEntropy: Float, total: Float

@@ -48,39 +48,11 @@ struct BlockRecord {
     var outShape: NCHW
 }
 
-/// An entry of the PyTorch state_dict, in PyTorch's order.
-public enum StateEntry: Sendable {
-    /// A trainable parameter in `parameters`.
-    case parameter(ParameterSlice)
-    /// A running statistic in `buffers`.
-    case buffer(ParameterSlice)
-    /// A BatchNorm's num_batches_tracked counter (int64 scalar in PyTorch).
-    case counter(name: String, index: Int)
-
-    /// The state_dict key.
-    public var name: String {
-        switch self {
-        case .parameter(let s), .buffer(let s): return s.name
-        case .counter(let name, _): return name
-        }
-    }
-}
-
-/// The outputs of a forward pass. Pointers stay valid until the next forward.
-public struct ResNetOutput {
-    /// Last kept stage's feature map (n, C, h, w).
-    public let featureMap: Tensor<Float>
-    /// Global average of the feature map (n, C).
-    public let pooled: Tensor<Float>
-    /// Classifier output (n, classes), nil for a feature extractor.
-    public let logits: Tensor<Float>?
-}
-
 /// A BasicBlock ResNet over one flat parameter buffer.
 ///
 /// `forward` keeps what `backward` needs in an arena that is reset by the next forward; `backward` adds into
 /// `parameters.gradients` (zero them first with `parameters.zeroGradients()`).
-public final class ResNet {
+public final class ResNet: ImageModel {
     /// The architecture.
     public let config: ResNetConfig
     /// Trainable parameters (and their gradients), in forward order, PyTorch names.
@@ -91,6 +63,17 @@ public final class ResNet {
     public var batchesTracked: [Int64]
     /// Every state_dict entry in PyTorch's order.
     public let stateEntries: [StateEntry]
+    /// The BatchNorm counters, as `Module` names them.
+    public var counters: [Int64] {
+        get { batchesTracked }
+        set { batchesTracked = newValue }
+    }
+    /// The architecture, e.g. "resnet-gn: planes [32, 64, 128, 256], ...".
+    public var architectureDescription: String { config.description }
+    /// Classes of the classifier (0 for a truncated feature extractor).
+    public var classes: Int { config.classes }
+    /// Channels of the last kept stage.
+    public var featureDimension: Int { config.featureDimension }
 
     let stemConv: ConvUnit
     let stemNorm: NormUnit
@@ -195,9 +178,6 @@ public final class ResNet {
         }
         for i in batchesTracked.indices { batchesTracked[i] = 0 }
     }
-
-    /// Number of trainable parameters.
-    public var parameterCount: Int { parameters.layout.count }
 
     // MARK: - Forward
 

@@ -195,7 +195,7 @@ struct DirectConvPlan {
 /// The direct convolution's entry points (Float32 only; see `DirectConvPlan`).
 public enum DirectConv {
     /// True when this CPU has the AVX-512 kernels.
-    public static let isAvailable: Bool = hd_direct_available() != 0
+    public static let isAvailable: Bool = CPUCapabilities.current.avx512
 
     /// Narrowest output on which `.automatic` uses the direct kernel: on narrower maps the thrown-away grid
     /// columns cost more than im2col (measured with `histodistill-bench`, docs/benchmarks.md).

@@ -51,6 +51,36 @@ public final class ShardDataset: @unchecked Sendable {
         try self.init(urls: try shards(directory), unlabeled: try unlabeled.flatMap(shards))
     }
 
+    /// Identifies the tiles of this dataset, whatever directory it is read from: a 64-bit FNV-1a digest over every
+    /// shard's file name, classes and index entries (offsets, sizes, content checksums, labels, ids), so a
+    /// repacked, added, removed or edited shard gives another digest and a copied or moved one the same.
+    public var identity: ShardSetIdentity {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ v: UInt64) {
+            var x = v
+            for _ in 0..<8 { h = (h ^ (x & 0xff)) &* 0x100_0000_01b3; x >>= 8 }
+        }
+        func mix(_ s: String) { for b in s.utf8 { mix(UInt64(b)) }; mix(UInt64(0xff)) }
+        for (i, r) in readers.enumerated() {
+            mix(r.url.lastPathComponent)
+            mix(unlabeledShards.contains(i) ? 1 : 0)
+            for c in r.metadata.classes { mix(c) }
+            for e in r.entries {
+                mix(e.offset); mix(UInt64(e.compressedSize) << 32 | UInt64(e.crc)); mix(UInt64(UInt32(bitPattern: e.label))); mix(e.id)
+            }
+        }
+        return ShardSetIdentity(digest: String(format: "%016llx", h), tiles: count, shards: readers.count)
+    }
+
+    /// Edge of the first tile in pixels (tiles of a training set share one size).
+    public var tileSize: Int { Int(readers[0].entries.first?.width ?? 0) }
+
+    /// Microns per pixel of the tiles when the shards record it (and agree), else nil.
+    public var micronsPerPixel: Double? {
+        let values = Set(readers.map(\.metadata.micronsPerPixel))
+        return values.count == 1 ? values.first! : nil
+    }
+
     /// The slide name of tile `t`.
     public func slide(_ t: Int) -> String {
         readers[addresses[t].shard].metadata.slides[Int(readers[addresses[t].shard].entries[addresses[t].index].slide)]
@@ -129,4 +159,14 @@ public struct DataCursor: Codable, Hashable, Sendable {
         let next = samplesConsumed + globalBatch
         return next / globalBatch >= steps ? DataCursor(epoch: epoch + 1, samplesConsumed: 0) : DataCursor(epoch: epoch, samplesConsumed: next)
     }
+}
+
+/// The identity of a shard set: a digest of its contents' index and its size (see `ShardDataset.identity`).
+public struct ShardSetIdentity: Codable, Hashable, Sendable, CustomStringConvertible {
+    /// 16 hex digits.
+    public var digest: String
+    public var tiles: Int
+    public var shards: Int
+    public init(digest: String, tiles: Int, shards: Int) { self.digest = digest; self.tiles = tiles; self.shards = shards }
+    public var description: String { "\(digest) (\(tiles) tiles in \(shards) shards)" }
 }

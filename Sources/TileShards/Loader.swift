@@ -5,7 +5,7 @@ import Foundation
 import TensorCore
 
 /// What to do with a corrupt tile met while training.
-public enum CorruptTilePolicy: String, Codable, Sendable {
+public enum CorruptTilePolicy: String, Codable, Sendable, CaseIterable {
     /// Stop with an error naming the file and the tile.
     case stop
     /// Leave the tile out of its batch and count it.
@@ -30,6 +30,12 @@ public struct LoadedBatch: Sendable {
     public var size: Int, lowSize: Int
     /// Corrupt tiles skipped while making this batch (file and tile of each).
     public var skipped: [String]
+
+    /// The tiles a model that sees `inputFactor`-times downsampled tiles takes: the LR tiles and their edge when
+    /// the factor is above 1, else the HR tiles. The one place that choice is made.
+    public func modelView(inputFactor: Int) -> (tiles: [Float], edge: Int) {
+        inputFactor > 1 ? (lr, lowSize) : (hr, size)
+    }
 }
 
 /// Builds one rank's batches; a value shared by the loader and its background thread.

@@ -57,10 +57,11 @@ public final class CheckpointStore {
 
     static func name(step: Int) -> String { String(format: "step-%09d", step) }
 
-    /// Writes a checkpoint for `state.step` and returns its directory. A crash at any point leaves the previous
+    /// Writes a checkpoint of any `Module` for `state.step` (`metadata` goes into model.safetensors, e.g. the run's
+    /// self-description) and returns its directory. A crash at any point leaves the previous
     /// checkpoints and `latest` untouched (at worst a `.tmp-*` directory that the next save removes).
     @discardableResult
-    public func save(model: ResNet, optimizer: Optimizer, state: CheckpointState) throws -> URL {
+    public func save(model: any Module, optimizer: Optimizer, state: CheckpointState, metadata: [String: String] = [:]) throws -> URL {
         let fm = FileManager.default
         try fm.createDirectory(at: directory, withIntermediateDirectories: true)
         for stale in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where stale.contains(".tmp-") {
@@ -69,7 +70,7 @@ public final class CheckpointStore {
         let final = directory.appendingPathComponent(Self.name(step: state.step))
         let temporary = directory.appendingPathComponent(Self.name(step: state.step) + ".tmp-\(getpid())")
         try fm.createDirectory(at: temporary, withIntermediateDirectories: true)
-        try writeSynced(try SafeTensorsFile(tensors: model.stateDict(), metadata: ["architecture": model.config.description]).serialized(),
+        try writeSynced(try SafeTensorsFile(tensors: model.stateDict(), metadata: metadata.merging(["architecture": model.architectureDescription]) { _, new in new }).serialized(),
                         to: temporary.appendingPathComponent("model.safetensors"))
         try writeSynced(try optimizerFile(optimizer).serialized(), to: temporary.appendingPathComponent("optimizer.safetensors"))
         let encoder = JSONEncoder()
@@ -110,7 +111,7 @@ public final class CheckpointStore {
 
     /// Loads `checkpoint` into `model` and `optimizer`, which must have the architecture and optimizer it was
     /// written with; returns its state.
-    public func load(_ checkpoint: URL, model: ResNet, optimizer: Optimizer) throws -> CheckpointState {
+    public func load(_ checkpoint: URL, model: any Module, optimizer: Optimizer) throws -> CheckpointState {
         let path = checkpoint.path
         do {
             try model.loadWeights(from: checkpoint.appendingPathComponent("model.safetensors"))

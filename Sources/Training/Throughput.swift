@@ -1,5 +1,6 @@
 // Measured speed of whole steps on synthetic data: supervised training, distillation and inference, the same
-// cases as ../shared/anchors/pytorch/bench_train.py so the two can be run side by side.
+// cases as ../shared/anchors/pytorch/bench_train.py so the two can be run side by side. The timed training steps
+// are the trainer's own (`DataParallelStep` over the objective), not a re-implementation.
 import Dispatch
 import Layers
 import TensorCore
@@ -36,48 +37,40 @@ public enum StepRunner {
         return Throughput(median: rates[rates.count / 2], min: rates.first!, max: rates.last!)
     }
 
-    /// A supervised step: forward, cross-entropy, backward, Adam (lr 1e-3).
+    /// A training step exactly as `train` runs it (`SupervisedStep` in a `DataParallelStep` on one process,
+    /// Adam at lr 1e-3) on a synthetic batch.
     public static func supervised(_ config: ResNetConfig, resolution: Int, batch: Int) -> () -> Void {
         let model = ResNet(config, seed: 1)
-        let opt = Optimizer(.adam(), count: model.parameterCount)
-        let shape = NCHW(batch, 3, resolution, resolution)
-        let x = syntheticBatch(shape.count, seed: 2)
-        let labels = (0..<batch).map { Int32($0 % max(config.classes, 1)) }
-        let grad = Buffer<Float>(count: batch * config.classes)
-        return {
-            let out = model.forward(x.pointer, shape: shape, training: true)
-            _ = labels.withUnsafeBufferPointer {
-                CrossEntropy.forwardBackward(logits: out.logits!.data, labels: $0.baseAddress!, n: batch, classes: config.classes, gradLogits: grad.pointer)
-            }
-            model.parameters.zeroGradients()
-            model.backward(gradLogits: grad.pointer)
-            opt.update(values: model.parameters.values.pointer, gradients: model.parameters.gradients!.pointer, lr: 1e-3)
-        }
+        return training(DataParallelStep(objective: SupervisedStep(model: model), group: SingleProcessGroup()),
+                        edge: resolution, teacherEdge: nil, batch: batch, classes: config.classes)
     }
 
-    /// A distillation step as in bench_train.py: frozen teacher forward at `teacherResolution`, student forward
-    /// at `studentResolution`, KL (T = 4) + MSE to the teacher's max-pooled map, backward, Adam.
-    public static func distillation(_ config: ResNetConfig, teacherResolution: Int, studentResolution: Int, batch: Int) -> () -> Void {
-        let teacher = ResNet(config, seed: 3), student = ResNet(config, seed: 4)
-        let opt = Optimizer(.adam(), count: student.parameterCount)
-        let ts = NCHW(batch, 3, teacherResolution, teacherResolution), ss = NCHW(batch, 3, studentResolution, studentResolution)
-        let xt = syntheticBatch(ts.count, seed: 5)
-        let xs = Buffer<Float>(count: ss.count)
-        BicubicResize.forward(output: xs.pointer, input: xt.pointer, shape: ts, outH: studentResolution, outW: studentResolution)
-        let gLogits = Buffer<Float>(count: batch * config.classes)
-        let mapEdge = student.featureMapSize(resolution: studentResolution)
-        let gMap = Buffer<Float>(count: batch * config.featureDimension * mapEdge * mapEdge)
+    /// A distillation step exactly as `distill` runs it (`DistillationStep` with `objective`, a frozen teacher
+    /// at `teacherResolution`, the student at `studentResolution`, Adam at lr 1e-3) on a synthetic batch.
+    public static func distillation(_ config: ResNetConfig, teacherResolution: Int, studentResolution: Int, batch: Int,
+                                    objective: DistillationObjective = DistillationObjective()) -> () -> Void {
+        let step = distillationStep(config, objective: objective)
+        return training(DataParallelStep(objective: step, group: SingleProcessGroup()), edge: studentResolution,
+                        teacherEdge: teacherResolution, batch: batch, classes: config.classes)
+    }
+
+    /// The objective `distillation` times: a student and a frozen teacher of `config`.
+    public static func distillationStep(_ config: ResNetConfig, objective: DistillationObjective) -> DistillationStep {
+        DistillationStep(student: ResNet(config, seed: 4), teacher: FrozenTeacher(ResNet(config, seed: 3)), objective: objective)
+    }
+
+    /// Repeats `stepper.step` on one fixed synthetic batch (student view, teacher view when `teacherEdge` is set).
+    public static func training(_ stepper: DataParallelStep, edge: Int, teacherEdge: Int?, batch: Int, classes: Int) -> () -> Void {
+        let optimizer = Optimizer(.adam(), count: stepper.model.parameterCount)
+        let x = syntheticBatch(batch * 3 * edge * edge, seed: 2)
+        let t = teacherEdge.map { syntheticBatch(batch * 3 * $0 * $0, seed: 5) }
+        let labels = (0..<batch).map { Int32($0 % max(classes, 1)) }
         return {
-            let t = teacher.forward(xt.pointer, shape: ts, training: false)
-            let s = student.forward(xs.pointer, shape: ss, training: true)
-            let sMap = s.featureMap.nchw
-            _ = DistillationKL.forwardBackward(student: s.logits!.data, teacher: t.logits!.data, n: batch, classes: config.classes,
-                                               temperature: 4, gradStudent: gLogits.pointer)
-            _ = PixelLoss.forwardBackward(student: s.featureMap.data, studentShape: sMap, teacher: t.featureMap.data,
-                                          teacherShape: t.featureMap.nchw, mode: .maxpool, norm: .l2, gradStudent: gMap.pointer)
-            student.parameters.zeroGradients()
-            student.backward(gradLogits: gLogits.pointer, gradFeatureMap: gMap.pointer)
-            opt.update(values: student.parameters.values.pointer, gradients: student.parameters.gradients!.pointer, lr: 1e-3)
+            labels.withUnsafeBufferPointer { l in
+                let input = StepInput(images: x.pointer, edge: edge, teacherImages: t.map { UnsafePointer($0.pointer) }, teacherEdge: teacherEdge ?? edge,
+                                      labels: l.baseAddress!, count: batch)
+                _ = try? stepper.step(input, optimizer: optimizer, lr: 1e-3)
+            }
         }
     }
 

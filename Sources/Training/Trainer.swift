@@ -89,14 +89,17 @@ public enum RunOutcome: Equatable, Sendable {
 /// global batch by an all-reduce, and the coordinator (rank 0) logs, validates its share and writes checkpoints.
 public final class SupervisedTrainer {
     public let config: RunConfig
-    public let model: ResNet
+    public let model: any ImageModel
     public let optimizer: Optimizer
     public let train: ShardDataset
     public let val: ShardDataset?
     public let store: CheckpointStore
-    public let runDirectory: URL
+    /// The run directory (every path of the run).
+    public let runDirectory: RunDirectory
+    /// What the run says about itself (run.json and the weights files' metadata).
+    public let metadata: RunMetadata
     /// The frozen teacher of a distillation run (sees the full-resolution tiles), or nil.
-    public let teacher: ResNet?
+    public let teacher: (any ImageModel)?
     /// The ranks of this job (a single process by default).
     public let group: any ProcessGroup
     let writer: String
@@ -107,7 +110,7 @@ public final class SupervisedTrainer {
     /// When true, every rank appends the dataset index of each tile it trains on to
     /// `RUN/trace/rank-R-of-W.tsv` (epoch, step, sample): a debugging aid that proves the sample order.
     public var traceSamples = false
-    /// The step arithmetic: local forward/backward, the all-reduce, the state broadcast.
+    /// The step: this objective's forward/backward, the all-reduce, the update, the state broadcast.
     public let stepper: DataParallelStep
 
     /// Opens the data, builds the model and optimizer (and the teacher). Under several ranks, first checks that
@@ -137,47 +140,42 @@ public final class SupervisedTrainer {
         let mc = config.modelConfig(classes: classes)
         let problems = mc.problems
         guard problems.isEmpty else { throw TrainingError("model: " + problems.joined(separator: "; ")) }
-        model = ResNet(mc, seed: config.seed)
+        let network = ResNet(mc, seed: config.seed)
+        model = network
         optimizer = Optimizer(config.optimizerKind, count: model.parameterCount)
+        runDirectory = RunDirectory(path: config.output)
         if let teacherRun = config.teacherRun {
-            let dir = URL(fileURLWithPath: teacherRun)
-            let tc: RunConfig
-            do { tc = try RunConfig.load(dir.appendingPathComponent("config.yaml")) } catch let e as ConfigError {
-                throw TrainingError("distill.teacher_run: \(e.message)")
-            }
-            guard tc.inputFactor == 1 else {
-                throw TrainingError("distill.teacher_run \(teacherRun) trained on tiles downsampled \(tc.inputFactor)x; the teacher must see full-resolution tiles (input_factor 1)")
-            }
-            // The teacher's best weights; a teacher trained without validation has only checkpoints: its newest.
-            let best = dir.appendingPathComponent("best.safetensors")
-            let newest = CheckpointStore(directory: dir.appendingPathComponent("checkpoints")).newest()?.appendingPathComponent("model.safetensors")
-            let weights = config.teacherWeights.map { URL(fileURLWithPath: $0) }
-                ?? (FileManager.default.fileExists(atPath: best.path) ? best : newest ?? best)
-            // The teacher's class count is what its classifier was trained for.
-            let teacherClasses: Int
+            let trained: TrainedModel
             do {
-                let file = try SafeTensorsFile(contentsOf: weights)
-                guard let fc = file["fc.weight"] ?? file["module.fc.weight"], fc.shape.count == 2 else {
-                    throw TrainingError("teacher weights \(weights.path) have no classifier (fc.weight). Hint: give the teacher run's best.safetensors.")
-                }
-                teacherClasses = fc.shape[0]
-            } catch let e as SafeTensorsError {
-                throw TrainingError("teacher weights: \(e.message). Hint: train the teacher first, or set distill.teacher_weights.")
+                trained = try TrainedModel.load(run: RunDirectory(path: teacherRun), weights: config.teacherWeights.map { URL(fileURLWithPath: $0) })
+            } catch let e as TrainingError {
+                throw TrainingError("distill.teacher_run \(teacherRun): \(e.message)")
             }
-            guard teacherClasses == classes else {
-                throw TrainingError("the teacher in \(teacherRun) has \(teacherClasses) classes, the student \(classes). Hint: distill on shards with the teacher's classes.")
+            guard trained.metadata.inputFactor == 1 else {
+                throw TrainingError("distill.teacher_run \(teacherRun) trained on tiles downsampled \(trained.metadata.inputFactor)x; the teacher must see full-resolution tiles (input_factor 1)")
             }
-            let teacherModel = ResNet(tc.modelConfig(classes: teacherClasses), initialize: false)
-            do { try teacherModel.loadWeights(from: weights) } catch let e as WeightsError {
-                throw TrainingError("teacher weights: \(e.message)")
+            guard trained.model.classes > 0 else {
+                throw TrainingError("teacher weights \(trained.weights.path) have no classifier (fc.weight). Hint: give the teacher run's best.safetensors.")
             }
-            teacher = teacherModel
+            guard trained.model.classes == classes else {
+                throw TrainingError("the teacher in \(teacherRun) has \(trained.model.classes) classes, the student \(classes). Hint: distill on shards with the teacher's classes.")
+            }
+            if trained.metadata.classes.count == train.classes.count && trained.metadata.classes != train.classes {
+                throw TrainingError("the teacher in \(teacherRun) was trained on classes \(trained.metadata.classes), data.train has \(train.classes). Hint: distill on shards packed with the teacher's class folders.")
+            }
+            teacher = trained.model
+            stepper = DataParallelStep(objective: DistillationStep(student: network, teacher: FrozenTeacher(trained.model), objective: config.objective),
+                                       group: group)
         } else {
             teacher = nil
+            stepper = DataParallelStep(objective: SupervisedStep(model: network), group: group)
         }
-        stepper = DataParallelStep(model: model, teacher: teacher, objective: config.objective, group: group)
-        runDirectory = URL(fileURLWithPath: config.output)
-        store = CheckpointStore(directory: runDirectory.appendingPathComponent("checkpoints"), keep: config.keep)
+        store = runDirectory.checkpointStore(keep: config.keep)
+        let classNames = train.classes.count == classes ? train.classes : train.classes + (train.classes.count..<classes).map { "class\($0)" }
+        metadata = RunMetadata(model: mc, classes: classNames, mean: config.mean, std: config.std, inputFactor: config.inputFactor,
+                               tileSize: train.tileSize, tileMicronsPerPixel: train.micronsPerPixel, trainShards: train.identity,
+                               trainShardsPath: runDirectory.relativePath(config.trainShards), objective: config.isDistillation ? "distillation" : "supervised",
+                               teacherRun: config.teacherRun.map(runDirectory.relativePath), program: writer)
     }
 
     /// Where the coordinator starts: the checkpoint it loaded, if any.
@@ -196,18 +194,20 @@ public final class SupervisedTrainer {
         // The coordinator owns the run directory and decides the starting point; every rank then takes its
         // weights, optimizer state and running statistics, so all ranks start identical.
         let start = try group.onCoordinator { () throws -> StartPoint in
-            try fm.createDirectory(at: runDirectory, withIntermediateDirectories: true)
-            try config.yaml.write(to: runDirectory.appendingPathComponent("config.yaml"), atomically: true, encoding: .utf8)
+            try fm.createDirectory(at: runDirectory.url, withIntermediateDirectories: true)
+            var start = StartPoint(state: nil, checkpoint: nil)
             if resume, let latest = store.newest() {
                 let state = try store.load(latest, model: model, optimizer: optimizer)
                 guard state.seed == config.seed else {
                     throw TrainingError("\(latest.path): written by a run with seed \(state.seed), this config has \(config.seed). Hint: resume with the run's own config.yaml.")
                 }
-                return StartPoint(state: state, checkpoint: latest.lastPathComponent)
+                start = StartPoint(state: state, checkpoint: latest.lastPathComponent)
             } else if !resume && !store.completeCheckpoints().isEmpty {
                 throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
             }
-            return StartPoint(state: nil, checkpoint: nil)
+            // Only a run that is going ahead (re)writes its description: a refused resume leaves the old one intact.
+            try runDirectory.write(config: config, metadata: metadata)
+            return start
         }
         try stepper.broadcastState(optimizer: optimizer)
         var step = start.state?.step ?? 0
@@ -232,7 +232,7 @@ public final class SupervisedTrainer {
         let stepsPerEpoch = loader.stepsPerEpoch
         let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
         let schedule = config.lrSchedule(stepsPerEpoch: stepsPerEpoch)
-        let log = group.isCoordinator ? try MetricsLog(directory: runDirectory) : nil
+        let log = group.isCoordinator ? try MetricsLog(run: runDirectory) : nil
         let trace = traceSamples ? try traceHandle() : nil
         defer { try? trace?.close() }
         let begin = Date()
@@ -250,25 +250,13 @@ public final class SupervisedTrainer {
                 try trace.write(contentsOf: Data(batch.samples.map { "\(batch.epoch)\t\(batch.step)\t\($0)\n" }.joined().utf8))
             }
             let lr = schedule.rate(base: config.lr, step: step, epoch: batch.epoch)
-            let local = stepper.localGradients(batch, inputFactor: config.inputFactor)
-            let t1 = Date()
-            let global = try stepper.reduce(local, count: batch.count, skipped: batch.skipped.count)
-            let reduceTime = Date().timeIntervalSince(t1)
-            // A NaN can also hide behind a finite loss (in the gradient only): neither may reach the weights. The
-            // loss and the gradient are the same on every rank after the reduction, so every rank stops together.
-            let divergence = !global.terms.total.isFinite ? "the loss became \(global.terms.total)"
-                : global.count > 0 && !GradientOps.allFinite(model.parameters.gradients!.pointer, count: model.parameterCount)
-                ? "the gradient became non-finite (loss \(global.terms.total))" : nil
-            if let divergence {
+            let global = try batch.withStepInput(inputFactor: config.inputFactor) { input in
+                try stepper.step(input, optimizer: optimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm, skipped: batch.skipped.count)
+            }
+            if let divergence = global.divergence {
                 let message = "\(divergence) at step \(step + 1) (epoch \(batch.epoch)). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr, set train.clip_grad_norm, or check the teacher's weights."
                 if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
                 throw TrainingError(message)
-            }
-            if global.count > 0 {
-                let g = model.parameters.gradients!.pointer
-                if let clip = config.clipGradNorm { GradientOps.clipNorm(g, count: model.parameterCount, maxNorm: clip) }
-                optimizer.update(values: model.parameters.values.pointer, gradients: g, lr: Float(lr))
-                try stepper.broadcastBuffers()
             }
             step += 1
             cursor = cursor.advanced(globalBatch: config.batchSize, steps: stepsPerEpoch)
@@ -277,7 +265,7 @@ public final class SupervisedTrainer {
                                 kdLoss: distilling ? global.terms.kd : nil, pixelLoss: distilling ? global.terms.pixel : nil,
                                 ceLoss: distilling && config.objective.crossEntropyWeight != 0 ? global.terms.crossEntropy : nil, lr: lr,
                                 imagesPerSecond: Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: global.skipped,
-                                waitMs: waited * 1000, allreduceMs: reduceTime * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
+                                waitMs: waited * 1000, allreduceMs: global.reduceSeconds * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
             let epochEnded = cursor.epoch != batch.epoch
             let validateNow = epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true
             if validateNow, let val {
@@ -286,7 +274,7 @@ public final class SupervisedTrainer {
                 if best == nil || acc > best! {
                     best = acc
                     if group.isCoordinator {
-                        try model.saveWeights(to: runDirectory.appendingPathComponent("best.safetensors"), metadata: ["step": "\(step)", "val_accuracy": "\(acc)"])
+                        try model.saveWeights(to: runDirectory.bestWeights, metadata: metadata.safetensorsMetadata.merging(["step": "\(step)", "val_accuracy": "\(acc)"]) { $1 })
                     }
                 }
             }
@@ -297,7 +285,7 @@ public final class SupervisedTrainer {
                 if group.isCoordinator {
                     try store.save(model: model, optimizer: optimizer,
                                    state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
-                                                          writer: writer, bestMetric: best))
+                                                          writer: writer, bestMetric: best), metadata: metadata.safetensorsMetadata)
                 }
                 // Nobody leaves before the checkpoint exists (a preempted job must find it on restart).
                 if stopping || step == stopAt { try group.barrier() }
@@ -316,7 +304,7 @@ public final class SupervisedTrainer {
     /// contiguous share of the tiles and the counts summed over ranks.
     public func validate(_ dataset: ShardDataset) throws -> (Double, Double) {
         let share = (dataset.count * group.rank / group.size)..<(dataset.count * (group.rank + 1) / group.size)
-        let p = try Inference.run(model: model, dataset: dataset, config: config, range: share)
+        let p = try Inference.run(model: model, dataset: dataset, settings: InferenceSettings(config), range: share)
         var correct = 0
         for (probs, label) in zip(p.probabilities, p.labels) where label >= 0 {
             if probs.indices.max(by: { probs[$0] < probs[$1] }) == Int(label) { correct += 1 }
@@ -327,7 +315,7 @@ public final class SupervisedTrainer {
     }
 
     private func traceHandle() throws -> FileHandle {
-        let dir = runDirectory.appendingPathComponent("trace")
+        let dir = runDirectory.trace
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         return try MetricsLog.appendHandle(dir.appendingPathComponent("rank-\(group.rank)-of-\(group.size).tsv"))
     }
@@ -338,9 +326,10 @@ final class MetricsLog {
     let jsonl: FileHandle
     let csv: FileHandle
 
-    init(directory: URL) throws {
-        jsonl = try Self.appendHandle(directory.appendingPathComponent("metrics.jsonl"))
-        let csvURL = directory.appendingPathComponent("metrics.csv")
+    init(run: RunDirectory) throws {
+        let directory = run.url
+        jsonl = try Self.appendHandle(run.metricsJSONL)
+        let csvURL = run.metricsCSV
         // A run resumed by a version with other columns: keep the old file under another name, start a new one.
         let header = Data((StepMetrics.csvHeader + "\n").utf8)
         let head = (try? FileHandle(forReadingFrom: csvURL)).flatMap { h -> Data? in

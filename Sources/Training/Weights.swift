@@ -1,4 +1,4 @@
-// Model weights as PyTorch state_dicts in safetensors: write, and load with name and shape checks.
+// Model weights of any `Module` as PyTorch state_dicts in safetensors: write, and load with name and shape checks.
 import Foundation
 import Layers
 import SafeTensors
@@ -11,7 +11,7 @@ public struct WeightsError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-extension ResNet {
+extension Module {
     /// The state_dict in PyTorch's order: parameters and running statistics as F32, num_batches_tracked as I64
     /// scalars, so `model.load_state_dict(safetensors.torch.load_file(path))` works in PyTorch.
     public func stateDict() -> [SafeTensor] {
@@ -22,16 +22,16 @@ extension ResNet {
             case .buffer(let s):
                 return SafeTensor(name: s.name, shape: s.shape, floats: Array(UnsafeBufferPointer(start: buffers.value(s), count: s.count)))
             case .counter(let name, let index):
-                var v = batchesTracked[index].littleEndian
+                var v = counters[index].littleEndian
                 return SafeTensor(name: name, dtype: .i64, shape: [], data: Data(bytes: &v, count: 8))
             }
         }
     }
 
-    /// Writes the state_dict to `url` as safetensors with `metadata`.
+    /// Writes the state_dict to `url` as safetensors with `metadata` (plus the architecture), atomically.
     public func saveWeights(to url: URL, metadata: [String: String] = [:]) throws {
         var meta = metadata
-        meta["architecture"] = config.description
+        meta["architecture"] = architectureDescription
         let data = try SafeTensorsFile(tensors: stateDict(), metadata: meta).serialized()
         try data.write(to: url, options: .atomic)
     }
@@ -51,7 +51,7 @@ extension ResNet {
             var parts: [String] = []
             if !missing.isEmpty { parts.append("missing keys \(missing.prefix(5).joined(separator: ", "))\(missing.count > 5 ? " (+\(missing.count - 5) more)" : "")") }
             if !unexpected.isEmpty { parts.append("unexpected keys \(unexpected.prefix(5).joined(separator: ", "))\(unexpected.count > 5 ? " (+\(unexpected.count - 5) more)" : "")") }
-            throw WeightsError("\(source): does not fit \(config): \(parts.joined(separator: "; ")). "
+            throw WeightsError("\(source): does not fit \(architectureDescription): \(parts.joined(separator: "; ")). "
                                + "Hint: check the architecture (planes, blocks, norm, classes) the weights were saved with.")
         }
         for entry in stateEntries {
@@ -59,7 +59,7 @@ extension ResNet {
             switch entry {
             case .parameter(let s), .buffer(let s):
                 guard t.shape == s.shape else {
-                    throw WeightsError("\(source): '\(entry.name)' has shape \(t.shape) but \(config.name) expects \(s.shape). "
+                    throw WeightsError("\(source): '\(entry.name)' has shape \(t.shape) but \(architectureDescription) expects \(s.shape). "
                                        + "Hint: the weights belong to a model with other widths or another number of classes.")
                 }
                 let dst: UnsafeMutablePointer<Float>
@@ -70,7 +70,7 @@ extension ResNet {
                 guard t.count == 1 else {
                     throw WeightsError("\(source): '\(entry.name)' must be a scalar, has shape \(t.shape)")
                 }
-                batchesTracked[index] = Int64(t.floats[0])
+                counters[index] = Int64(t.floats[0])
             }
         }
     }

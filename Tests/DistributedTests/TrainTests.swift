@@ -158,7 +158,7 @@ struct TrainTests {
         let e4 = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("model: {architecture: resnet-gn}", source: "c.yaml") }
         #expect(e4?.message.contains("data.train is required") == true)
         let ok = try? RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["train.epochs=7", "optimizer.name=sgd"])
-        #expect(ok?.epochs == 7 && ok?.optimizer == "sgd")
+        #expect(ok?.epochs == 7 && ok?.optimizer == .sgd)
         #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["train.epoch=7"]) }
         // The shipped configs parse.
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
@@ -205,7 +205,7 @@ struct TrainTests {
         let p = try run([bin, "predict", "--run", runDir, "--shards", shards.path, "-o", dir.appendingPathComponent("p.csv").path])
         #expect(p.status == 0, "\(p.stderr)")
         let csv = try String(contentsOf: dir.appendingPathComponent("p.csv"), encoding: .utf8).split(separator: "\n")
-        #expect(csv.count == 25 && csv[0] == "tile_id,slide,label,p_a,p_b")
+        #expect(csv.count == 25 && csv[0] == "tile_id,slide,label,predicted,p_a,p_b")
         let probs = csv[1].split(separator: ",").suffix(2).compactMap { Double($0) }
         #expect(abs(probs.reduce(0, +) - 1) < 1e-5)
         let d = try run([bin, "train", "--config", config.path, "--set", "data.train=/nonexistent"])
@@ -249,7 +249,7 @@ struct DistillTests {
         try resumed.run(resume: true)
         #expect(interrupted.history.map(\.loss) + resumed.history.map(\.loss) == losses)
         // The teacher's weights were not changed by distillation.
-        let reloaded = ResNet(straight.teacher!.config, initialize: false)
+        let reloaded = ResNet((straight.teacher as! ResNet).config, initialize: false)
         try reloaded.loadWeights(from: teacherDir.appendingPathComponent("best.safetensors"))
         #expect(reloaded.parameters.values.array == straight.teacher!.parameters.values.array)
         // A student with another class count cannot use this teacher.

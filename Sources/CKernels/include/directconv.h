@@ -12,9 +12,6 @@
 extern "C" {
 #endif
 
-/// 1 when this CPU runs the AVX-512 kernels below, else 0 (callers then use im2col + GEMM).
-int hd_direct_available(void);
-
 /// Rows handled together by `hd_direct_sum` (packed weight blocks hold this many rows).
 #define HD_DIRECT_ROWS 8
 

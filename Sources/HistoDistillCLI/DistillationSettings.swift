@@ -1,0 +1,57 @@
+// The distillation settings of a timed step (`cost --measure --distill`, `bench-step --teacher-resolution`):
+// a config's distill section, then single flags, else the paper's defaults.
+import ArgumentParser
+import Foundation
+import Layers
+import Training
+
+struct DistillationSettings: ParsableArguments {
+    @Option(help: "Take the distillation settings from this config's distill section (an experiment config or RUN/config.yaml).")
+    var distillConfig: String?
+
+    @Option(help: "Softmax temperature of the KD term (default 4).")
+    var temperature: Float?
+
+    @Option(help: "How the teacher's map is resized: maxpool, bicubic or maxpool+bicubic (default maxpool).")
+    var pixelResize: PixelResize?
+
+    @Option(help: "Pixel loss: l1 or l2 (default l2).")
+    var pixelNorm: PixelNorm?
+
+    @Option(help: "Weight of the KD term (default 1).")
+    var kdWeight: Float?
+
+    @Option(help: "Weight of the pixel term (default 1).")
+    var pixelWeight: Float?
+
+    @Option(help: "Weight of cross-entropy on labeled tiles (default 0).")
+    var ceWeight: Float?
+
+    /// The objective these settings describe.
+    func objective() throws -> DistillationObjective {
+        var o = DistillationObjective()
+        if let distillConfig {
+            let text: String
+            do { text = try String(contentsOfFile: distillConfig, encoding: .utf8) } catch {
+                throw CLIError("\(distillConfig): cannot be read", hint: "give a YAML config with a distill section (configs/student-*.yaml)")
+            }
+            // Only the distill section matters here: the data paths need not exist on this machine.
+            do { o = try RunConfig.parse(text, source: distillConfig, overrides: ["data.train=unused"]).objective } catch let e as ConfigError {
+                throw CLIError(e.message)
+            }
+        }
+        if let temperature {
+            guard temperature > 0 else { throw CLIError("--temperature must be positive, got \(temperature)") }
+            o.temperature = temperature
+        }
+        if let pixelResize { o.pixelResize = pixelResize }
+        if let pixelNorm { o.pixelNorm = pixelNorm }
+        if let kdWeight { o.kdWeight = kdWeight }
+        if let pixelWeight { o.pixelWeight = pixelWeight }
+        if let ceWeight { o.crossEntropyWeight = ceWeight }
+        return o
+    }
+}
+
+extension PixelResize: ExpressibleByArgument {}
+extension PixelNorm: ExpressibleByArgument {}

@@ -1,0 +1,208 @@
+// The one declaration of every config key: section, name, type, default (the `RunConfig` field's initial
+// value) and a one-line doc. It drives YAML parsing, `--set`, type errors, the saved config.yaml, the
+// `histodistill config-keys` listing and the reference table in configs/README.md.
+import Foundation
+import Layers
+import TileShards
+import Yams
+
+/// Model architectures a run can train.
+public enum Architecture: String, CaseIterable, Codable, Sendable {
+    /// The paper's ResNet with GroupNorm (planes 32/64/128/256, one BasicBlock per stage).
+    case resnetGN = "resnet-gn"
+    /// torchvision ResNet-18 (BatchNorm).
+    case resnet18
+    /// torchvision ResNet-34 (BatchNorm).
+    case resnet34
+}
+
+/// Optimizers (torch.optim semantics).
+public enum OptimizerName: String, CaseIterable, Codable, Sendable { case adam, adamw, sgd }
+
+/// Learning-rate schedules.
+public enum ScheduleName: String, CaseIterable, Codable, Sendable { case constant, exponential, step, cosine }
+
+/// How a YAML value becomes a field of type `T`, and back.
+struct ConfigValueType<T> {
+    /// For errors and docs ("a whole number").
+    let name: String
+    let parse: (Any) -> T?
+    let yaml: (T) -> String
+}
+
+/// YAML text of a string: plain when YAML reads it back as the same string, else double-quoted (JSON escaping).
+func yamlScalar(_ s: String) -> String {
+    if !s.isEmpty, let back = try? Yams.load(yaml: s) as? String, back == s, !s.contains(": "), !s.contains(" #") { return s }
+    let data = (try? JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])) ?? Data("[\"\"]".utf8)
+    return String(String(decoding: data, as: UTF8.self).dropFirst().dropLast())
+}
+
+extension ConfigValueType where T == String {
+    static var string: Self { .init(name: "a string", parse: { ($0 as? String) ?? ($0 as? Int).map(String.init) }, yaml: yamlScalar) }
+}
+extension ConfigValueType where T == Int {
+    static var int: Self { .init(name: "a whole number", parse: { $0 as? Int }, yaml: { "\($0)" }) }
+}
+extension ConfigValueType where T == UInt64 {
+    static var uint64: Self { .init(name: "a whole number >= 0", parse: { ($0 as? Int).flatMap { $0 >= 0 ? UInt64($0) : nil } }, yaml: { "\($0)" }) }
+}
+extension ConfigValueType where T == Double {
+    static var double: Self { .init(name: "a number", parse: { ($0 as? Double) ?? ($0 as? Int).map(Double.init) }, yaml: { "\($0)" }) }
+}
+extension ConfigValueType where T == Float {
+    static var float: Self {
+        .init(name: "a number", parse: { (($0 as? Double) ?? ($0 as? Int).map(Double.init)).map(Float.init) }, yaml: { "\($0)" })
+    }
+}
+extension ConfigValueType where T == Bool {
+    static var bool: Self { .init(name: "true or false", parse: { $0 as? Bool }, yaml: { "\($0)" }) }
+}
+extension ConfigValueType where T == [Float] {
+    static var floats: Self {
+        .init(name: "a list of numbers", parse: { v in
+            guard let x = v as? [Any] else { return nil }
+            let values = x.compactMap { ($0 as? Double) ?? ($0 as? Int).map(Double.init) }
+            return values.count == x.count ? values.map(Float.init) : nil
+        }, yaml: { "[" + $0.map { "\($0)" }.joined(separator: ", ") + "]" })
+    }
+}
+extension ConfigValueType where T == [Int] {
+    static var ints: Self { .init(name: "a list of whole numbers", parse: { $0 as? [Int] }, yaml: { "[" + $0.map { "\($0)" }.joined(separator: ", ") + "]" }) }
+}
+extension ConfigValueType where T == [String] {
+    /// One directory or a list of them.
+    static var paths: Self {
+        .init(name: "a directory or a list of directories", parse: { v in
+            if let x = v as? String { return [x] }
+            guard let x = v as? [Any] else { return nil }
+            let values = x.compactMap { $0 as? String }
+            return values.count == x.count ? values : nil
+        }, yaml: { "[" + $0.map(yamlScalar).joined(separator: ", ") + "]" })
+    }
+}
+extension ConfigValueType where T: RawRepresentable & CaseIterable, T.RawValue == String {
+    static var choice: Self {
+        .init(name: "one of " + T.allCases.map(\.rawValue).joined(separator: ", "), parse: { ($0 as? String).flatMap(T.init(rawValue:)) },
+              yaml: { $0.rawValue })
+    }
+}
+
+/// One config key: where it lives, its type, its default and what it does.
+public struct ConfigKey: @unchecked Sendable {
+    /// Section and key name ("train", "epochs").
+    public let section: String, name: String
+    /// The value type for humans ("a whole number").
+    public let type: String
+    /// The default for humans (from `RunConfig()` unless the default is derived).
+    public let defaultText: String
+    /// One line on what it does.
+    public let doc: String
+    /// Sets the field from a parsed YAML value (NSNull clears an optional key); throws naming the key.
+    let read: (inout RunConfig, Any, String) throws -> Void
+    /// The field as YAML, nil when unset.
+    let write: (RunConfig) -> String?
+
+    /// "section.name".
+    public var path: String { "\(section).\(name)" }
+
+    static func key<T>(_ section: String, _ name: String, _ keyPath: WritableKeyPath<RunConfig, T>, _ type: ConfigValueType<T>,
+                       default defaultText: String? = nil, _ doc: String) -> ConfigKey {
+        ConfigKey(section: section, name: name, type: type.name, defaultText: defaultText ?? type.yaml(RunConfig()[keyPath: keyPath]), doc: doc,
+                  read: { c, v, source in
+                      guard let x = type.parse(v) else { throw typeError(section, name, type.name, v, source) }
+                      c[keyPath: keyPath] = x
+                  },
+                  write: { type.yaml($0[keyPath: keyPath]) })
+    }
+
+    static func key<T>(_ section: String, _ name: String, _ keyPath: WritableKeyPath<RunConfig, T?>, _ type: ConfigValueType<T>,
+                       default defaultText: String = "unset", _ doc: String) -> ConfigKey {
+        ConfigKey(section: section, name: name, type: type.name, defaultText: defaultText, doc: doc,
+                  read: { c, v, source in
+                      if v is NSNull { c[keyPath: keyPath] = nil; return }
+                      guard let x = type.parse(v) else { throw typeError(section, name, type.name, v, source) }
+                      c[keyPath: keyPath] = x
+                  },
+                  write: { $0[keyPath: keyPath].map(type.yaml) })
+    }
+
+    static func typeError(_ section: String, _ name: String, _ type: String, _ v: Any, _ source: String) -> ConfigError {
+        var hint = ""
+        if type.hasPrefix("one of "), let text = v as? String {
+            hint = RunConfig.suggestion(text, type.dropFirst(7).components(separatedBy: ", "))
+        }
+        return ConfigError("\(source): \(section).\(name) must be \(type), got '\(v)'\(hint)")
+    }
+
+    /// Sections in file order.
+    public static let sections = ["run", "data", "augment", "model", "optimizer", "schedule", "train", "distill"]
+
+    /// Key names of `section`, in table order.
+    static func keys(of section: String) -> [String] { table.filter { $0.section == section }.map(\.name) }
+
+    /// Every key, in the order config.yaml is written.
+    public static let table: [ConfigKey] = [
+        key("run", "name", \.name, .string, "run name (also the default output directory's)"),
+        key("run", "output", \.output, .string, default: "runs/NAME", "run directory: config.yaml, run.json, metrics, best.safetensors, checkpoints/"),
+        key("run", "seed", \.seed, .uint64, "seed of the initial weights, the sample order and the augmentation"),
+        key("data", "train", \.trainShards, .string, default: "required", "directory of training shards (`histodistill pack`)"),
+        key("data", "val", \.valShards, .string, "directory of validation shards (validated at each epoch end)"),
+        key("data", "unlabeled", \.unlabeledShards, .paths, default: "none",
+            "distillation only: extra shard directories whose tiles are used without labels"),
+        key("data", "input_factor", \.inputFactor, .int, "the model sees tiles area-downsampled by 1, 2, 4, 8 or 16"),
+        key("data", "mean", \.mean, .floats, "per-channel normalisation mean (from `histodistill stats`)"),
+        key("data", "std", \.std, .floats, "per-channel normalisation std (from `histodistill stats`)"),
+        key("data", "workers", \.workers, .int, "tile decoding threads per rank"),
+        key("data", "on_corrupt", \.onCorrupt, .choice, "a corrupt tile stops the run, or is skipped with a warning"),
+        key("augment", "horizontal_flip", \.augment.horizontalFlip, .bool, "random horizontal flips"),
+        key("augment", "vertical_flip", \.augment.verticalFlip, .bool, "random vertical flips"),
+        key("augment", "rotate90", \.augment.rotate90, .bool, "random rotations by multiples of 90 degrees"),
+        key("augment", "brightness", \.augment.brightness, .float, "brightness jitter (torchvision ColorJitter range)"),
+        key("augment", "contrast", \.augment.contrast, .float, "contrast jitter (torchvision ColorJitter range)"),
+        key("augment", "saturation", \.augment.saturation, .float, "saturation jitter (torchvision ColorJitter range)"),
+        key("augment", "hue", \.augment.hue, .float, "hue jitter, at most 0.5 (torchvision ColorJitter range)"),
+        key("model", "architecture", \.architecture, .choice, "network: the paper's ResNet-GN or torchvision's"),
+        key("model", "classes", \.classes, .int, default: "0", "classifier outputs; 0 takes the training shards' class count"),
+        key("model", "planes", \.planes, .ints, default: "the architecture's", "channels per stage"),
+        key("model", "blocks", \.blocks, .ints, default: "the architecture's", "BasicBlocks per stage"),
+        key("model", "groups", \.groups, .int, "GroupNorm groups (resnet-gn)"),
+        key("optimizer", "name", \.optimizer, .choice, "torch.optim semantics"),
+        key("optimizer", "lr", \.lr, .double, "base learning rate"),
+        key("optimizer", "weight_decay", \.weightDecay, .float, "L2 (adam, sgd) or decoupled (adamw) weight decay"),
+        key("optimizer", "momentum", \.momentum, .float, "sgd momentum"),
+        key("optimizer", "nesterov", \.nesterov, .bool, "sgd Nesterov momentum"),
+        key("schedule", "name", \.schedule, .choice, "learning-rate schedule"),
+        key("schedule", "gamma", \.gamma, .double, "decay per epoch (exponential) or per step_epochs (step)"),
+        key("schedule", "step_epochs", \.stepEpochs, .int, "epochs between decays (step)"),
+        key("schedule", "warmup_steps", \.warmupSteps, .int, "linear warm-up steps (cosine)"),
+        key("schedule", "min_lr", \.minLR, .double, "final learning rate (cosine)"),
+        key("train", "epochs", \.epochs, .int, "passes over the training shards"),
+        key("train", "max_steps", \.maxSteps, .int, "stop after this many global steps"),
+        key("train", "batch_size", \.batchSize, .int, "global batch, split over the ranks"),
+        key("train", "checkpoint_every", \.checkpointEvery, .int, "steps between checkpoints (also at each epoch end)"),
+        key("train", "val_every", \.valEvery, .int, default: "epoch ends only", "validate every this many steps as well"),
+        key("train", "keep", \.keep, .int, "complete checkpoints kept"),
+        key("train", "clip_grad_norm", \.clipGradNorm, .float, "clip the global gradient norm (torch.nn.utils.clip_grad_norm_)"),
+        key("train", "threads", \.threads, .int, default: "cores per rank", "compute threads per rank"),
+        key("distill", "teacher_run", \.teacherRun, .string, default: "required", "the teacher's run directory"),
+        key("distill", "teacher_weights", \.teacherWeights, .string, default: "the teacher run's best weights", "teacher weights file"),
+        key("distill", "kd_weight", \.objective.kdWeight, .float, "weight of KL(teacher || student) at the temperature, times T^2"),
+        key("distill", "temperature", \.objective.temperature, .float, "softmax temperature T of the KD term"),
+        key("distill", "pixel_weight", \.objective.pixelWeight, .float, "weight of the pixel loss between the last feature maps"),
+        key("distill", "pixel_resize", \.objective.pixelResize, .choice, "how the teacher's map is resized to the student's"),
+        key("distill", "pixel_norm", \.objective.pixelNorm, .choice, "L1 or L2 pixel loss"),
+        key("distill", "ce_weight", \.objective.crossEntropyWeight, .float, "weight of cross-entropy on labeled tiles"),
+    ]
+
+    /// The reference of every key as Markdown tables, one per section (configs/README.md holds this text).
+    public static var markdownReference: String {
+        var s = ""
+        for section in sections {
+            s += "\n### `\(section)`\(section == "distill" ? " (only for `histodistill distill`)" : "")\n\n| key | type | default | what it does |\n|---|---|---|---|\n"
+            for k in table where k.section == section {
+                s += "| `\(k.name)` | \(k.type) | \(k.defaultText) | \(k.doc) |\n"
+            }
+        }
+        return s
+    }
+}

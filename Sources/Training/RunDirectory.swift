@@ -1,0 +1,161 @@
+// A run directory and what a run says about itself: every path of a run in one type, the "which weights"
+// rule, the path rule that lets a run work from any current directory and after a move, and `RunMetadata`
+// (architecture, class names, normalisation, input size and factor, microns per pixel, training data identity,
+// program version), stored as run.json and in every weights file's safetensors metadata.
+import Foundation
+import Layers
+import SafeTensors
+import TileShards
+
+/// What a trained model needs to be applied to new tiles, carried by the run (run.json) and by its weights files
+/// (safetensors `__metadata__`, key `histodistill.run`), so a weights file alone is enough to predict.
+public struct RunMetadata: Codable, Equatable, Sendable {
+    public var format = "histodistill-run"
+    public var version = 1
+    /// The network (architecture name, planes, blocks, norm, classifier outputs, stages).
+    public var model: ResNetConfig
+    /// Class names in the classifier's order (empty for a feature extractor, or a run older than run.json).
+    public var classes: [String]
+    /// Per-channel normalisation applied to tiles in [0, 1].
+    public var mean: [Float], std: [Float]
+    /// The model sees tiles area-downsampled by this factor.
+    public var inputFactor: Int
+    /// Edge of the training tiles in pixels, and of what the model sees (tileSize / inputFactor).
+    public var tileSize: Int?, inputSize: Int?
+    /// Microns per pixel of the training tiles and of the model's input, when the shards recorded it.
+    public var tileMicronsPerPixel: Double?, inputMicronsPerPixel: Double?
+    /// The training shard set: its identity and its path relative to the run directory.
+    public var trainShards: ShardSetIdentity?
+    public var trainShardsPath: String?
+    /// "supervised" or "distillation".
+    public var objective: String
+    /// The teacher's run directory relative to the run directory (distillation).
+    public var teacherRun: String?
+    /// The program that trained it ("histodistill 0.x.y").
+    public var program: String
+
+    enum CodingKeys: String, CodingKey {
+        case format, version, model, classes, mean, std, objective, program
+        case inputFactor = "input_factor", tileSize = "tile_size", inputSize = "input_size"
+        case tileMicronsPerPixel = "tile_microns_per_pixel", inputMicronsPerPixel = "input_microns_per_pixel"
+        case trainShards = "train_shards", trainShardsPath = "train_shards_path", teacherRun = "teacher_run"
+    }
+
+    public init(model: ResNetConfig, classes: [String], mean: [Float], std: [Float], inputFactor: Int, tileSize: Int?,
+                tileMicronsPerPixel: Double?, trainShards: ShardSetIdentity?, trainShardsPath: String?, objective: String,
+                teacherRun: String?, program: String) {
+        self.model = model; self.classes = classes; self.mean = mean; self.std = std; self.inputFactor = inputFactor
+        self.tileSize = tileSize; self.inputSize = tileSize.map { $0 / inputFactor }
+        self.tileMicronsPerPixel = tileMicronsPerPixel; self.inputMicronsPerPixel = tileMicronsPerPixel.map { $0 * Double(inputFactor) }
+        self.trainShards = trainShards; self.trainShardsPath = trainShardsPath; self.objective = objective
+        self.teacherRun = teacherRun; self.program = program
+    }
+
+    /// The safetensors metadata key holding this description as JSON.
+    public static let safetensorsKey = "histodistill.run"
+
+    /// Metadata entries for a weights file: the whole description as JSON, plus readable single keys.
+    public var safetensorsMetadata: [String: String] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var m: [String: String] = [:]
+        if let data = try? encoder.encode(self) { m[Self.safetensorsKey] = String(decoding: data, as: UTF8.self) }
+        func json<T: Encodable>(_ v: T) -> String { (try? encoder.encode(v)).map { String(decoding: $0, as: UTF8.self) } ?? "" }
+        m["classes"] = json(classes)
+        m["mean"] = json(mean)
+        m["std"] = json(std)
+        m["input_factor"] = "\(inputFactor)"
+        if let inputSize { m["input_size"] = "\(inputSize)" }
+        if let inputMicronsPerPixel { m["input_microns_per_pixel"] = "\(inputMicronsPerPixel)" }
+        if let trainShards { m["train_shards"] = trainShards.description }
+        m["program"] = program
+        return m
+    }
+
+    /// The description stored in a weights file, or nil when it has none (written by PyTorch or an older version).
+    public init?(safetensors file: SafeTensorsFile) {
+        guard let text = file.metadata[Self.safetensorsKey],
+              let m = try? JSONDecoder().decode(RunMetadata.self, from: Data(text.utf8)) else { return nil }
+        self = m
+    }
+}
+
+/// A run directory: `config.yaml` (the effective config), `run.json` (`RunMetadata`), `metrics.jsonl`/`.csv`,
+/// `best.safetensors`, `checkpoints/`, and what `evaluate` writes.
+///
+/// Path rule: paths inside a run (config.yaml's data and teacher paths, run.json's) are stored relative to the
+/// run directory and resolved against it when read, so a run works from any current directory, and keeps
+/// working when it is moved or copied together with the shards and teacher runs it names (same relative
+/// layout). Paths in a user's own config file resolve against the current directory, as on the command line.
+public struct RunDirectory: Sendable {
+    /// The directory.
+    public let url: URL
+
+    public init(_ url: URL) { self.url = url.standardizedFileURL }
+    public init(path: String) { self.init(URL(fileURLWithPath: path)) }
+
+    public var config: URL { url.appendingPathComponent("config.yaml") }
+    public var metadata: URL { url.appendingPathComponent("run.json") }
+    public var bestWeights: URL { url.appendingPathComponent("best.safetensors") }
+    public var checkpoints: URL { url.appendingPathComponent("checkpoints") }
+    public var metricsJSONL: URL { url.appendingPathComponent("metrics.jsonl") }
+    public var metricsCSV: URL { url.appendingPathComponent("metrics.csv") }
+    public var trace: URL { url.appendingPathComponent("trace") }
+    public var evaluation: URL { url.appendingPathComponent("eval.json") }
+    public var predictions: URL { url.appendingPathComponent("predictions.csv") }
+
+    /// True when `directory` holds a run's self-description (run.json): its config's paths are relative to it.
+    public static func isRunDirectory(_ directory: URL) -> Bool {
+        FileManager.default.fileExists(atPath: directory.appendingPathComponent("run.json").path)
+    }
+
+    /// The run's checkpoints.
+    public func checkpointStore(keep: Int = 3) -> CheckpointStore { CheckpointStore(directory: checkpoints, keep: keep) }
+
+    /// The weights a trained run is used with: best.safetensors (best validation accuracy), else the newest
+    /// complete checkpoint's model (a run trained without validation); nil when it has neither.
+    public func preferredWeights() -> URL? {
+        if FileManager.default.fileExists(atPath: bestWeights.path) { return bestWeights }
+        return checkpointStore().newest()?.appendingPathComponent("model.safetensors")
+    }
+
+    /// The run's config with its paths resolved (see the path rule).
+    public func loadConfig() throws -> RunConfig {
+        // A run written before run.json existed stored paths as given (relative to where it was started).
+        try RunConfig.load(config)
+    }
+
+    /// The run's self-description, or nil for a run written before run.json existed.
+    public func loadMetadata() throws -> RunMetadata? {
+        guard FileManager.default.fileExists(atPath: metadata.path) else { return nil }
+        do { return try JSONDecoder().decode(RunMetadata.self, from: Data(contentsOf: metadata)) } catch {
+            throw ConfigError("\(metadata.path): unreadable (\(error)). Hint: restore it from a copy of the run, or retrain.")
+        }
+    }
+
+    /// Writes config.yaml (paths relative to this directory) and run.json, each atomically.
+    public func write(config c: RunConfig, metadata m: RunMetadata) throws {
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(m).write(to: metadata, options: .atomic)
+        let header = "# Effective config of this run, written by histodistill. Relative paths are relative to this directory.\n"
+        try (header + relativized(c).yaml).write(to: config, atomically: true, encoding: .utf8)
+    }
+
+    /// `c` with every path relative to this directory.
+    public func relativized(_ c: RunConfig) -> RunConfig {
+        c.mappingPaths(relativePath)
+    }
+
+    /// `path` (absolute, or relative to the current directory) relative to this directory.
+    public func relativePath(_ path: String) -> String {
+        guard !path.isEmpty else { return path }
+        let target = URL(fileURLWithPath: path).standardizedFileURL.pathComponents
+        let base = url.pathComponents
+        var common = 0
+        while common < min(target.count, base.count) && target[common] == base[common] { common += 1 }
+        let parts = Array(repeating: "..", count: base.count - common) + target[common...]
+        return parts.isEmpty ? "." : parts.joined(separator: "/")
+    }
+}

@@ -1,0 +1,250 @@
+// One training step per objective, and the data-parallel step every caller runs: the trainer (`train`,
+// `distill`), `cost --measure` and `bench-step` time and train the same code. An objective computes this rank's
+// forward and backward; `DataParallelStep` averages loss terms and gradients over the global batch by
+// all-reduce, checks them, clips, and applies the optimizer, for any `Module`.
+import Dispatch
+import Layers
+import TensorCore
+import TileShards
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Loss terms of a step (cross-entropy training fills `total` only).
+public typealias LossTerms = DistillationObjective.Terms
+
+/// One rank's tiles of a step, as pointers valid for the duration of the call.
+public struct StepInput {
+    /// What the trained model sees: (count, 3, edge, edge), normalised.
+    public var images: UnsafePointer<Float>
+    public var edge: Int
+    /// The same tiles at full resolution (count, 3, teacherEdge, teacherEdge) for a teacher, or nil.
+    public var teacherImages: UnsafePointer<Float>?
+    public var teacherEdge: Int
+    /// Class index per tile, -1 for unlabeled (count).
+    public var labels: UnsafePointer<Int32>
+    public var count: Int
+
+    public init(images: UnsafePointer<Float>, edge: Int, teacherImages: UnsafePointer<Float>?, teacherEdge: Int,
+                labels: UnsafePointer<Int32>, count: Int) {
+        self.images = images; self.edge = edge; self.teacherImages = teacherImages; self.teacherEdge = teacherEdge
+        self.labels = labels; self.count = count
+    }
+}
+
+extension LoadedBatch {
+    /// Calls `body` with this batch as a step input for a model that sees tiles downsampled `inputFactor` times
+    /// (the teacher's view is always the full-resolution tiles).
+    public func withStepInput<R>(inputFactor: Int, _ body: (StepInput) throws -> R) rethrows -> R {
+        let view = modelView(inputFactor: inputFactor)
+        return try view.tiles.withUnsafeBufferPointer { s in
+            try hr.withUnsafeBufferPointer { t in
+                try labels.withUnsafeBufferPointer { l in
+                    try body(StepInput(images: s.baseAddress!, edge: view.edge, teacherImages: t.baseAddress, teacherEdge: size,
+                                       labels: l.baseAddress!, count: count))
+                }
+            }
+        }
+    }
+}
+
+/// What one rank computes in a step: forward and backward of its tiles, leaving the gradient of the MEAN loss
+/// over them in `model.parameters.gradients` (overwritten; zero when `count` is 0), and the loss terms.
+public protocol StepObjective: AnyObject {
+    /// The trained model.
+    var model: any Module { get }
+    /// True when the objective reports KD and pixel terms (distillation).
+    var isDistillation: Bool { get }
+    func localGradients(_ input: StepInput) -> LossTerms
+}
+
+/// Supervised training: softmax cross-entropy on the labels (torch.nn.CrossEntropyLoss, mean reduction).
+public final class SupervisedStep: StepObjective {
+    public let network: any ImageModel
+    public var model: any Module { network }
+    public var isDistillation: Bool { false }
+
+    public init(model: any ImageModel) {
+        precondition(model.classes > 0, "SupervisedStep: the model has no classifier")
+        network = model
+    }
+
+    public func localGradients(_ input: StepInput) -> LossTerms {
+        network.parameters.zeroGradients()
+        guard input.count > 0 else { return LossTerms() }
+        let classes = network.classes
+        let out = network.forward(input.images, shape: NCHW(input.count, 3, input.edge, input.edge), training: true)
+        var grad = [Float](repeating: 0, count: input.count * classes)
+        var terms = LossTerms()
+        terms.total = CrossEntropy.forwardBackward(logits: out.logits!.data, labels: input.labels, n: input.count, classes: classes, gradLogits: &grad)
+        // A non-finite loss is caught after the reduction, on every rank alike; backward is harmless.
+        grad.withUnsafeBufferPointer { network.backward(gradLogits: $0.baseAddress!, gradFeatureMap: nil, gradPooled: nil) }
+        return terms
+    }
+}
+
+/// Where a distillation step's teacher outputs come from.
+public protocol TeacherSource: AnyObject {
+    /// The teacher's logits (n, classes) and last feature map for `images` (n, 3, edge, edge); valid until the next call.
+    func outputs(_ images: UnsafePointer<Float>, shape: NCHW) -> ImageModelOutput
+    /// Classes of the teacher's classifier.
+    var classes: Int { get }
+}
+
+/// A frozen teacher network run in eval mode, without keeping gradients.
+public final class FrozenTeacher: TeacherSource {
+    public let model: any ImageModel
+    public init(_ model: any ImageModel) {
+        precondition(model.classes > 0, "FrozenTeacher: the teacher has no classifier")
+        self.model = model
+    }
+    public var classes: Int { model.classes }
+    public func outputs(_ images: UnsafePointer<Float>, shape: NCHW) -> ImageModelOutput {
+        model.forward(images, shape: shape, training: false)
+    }
+}
+
+/// Resolution-based distillation (DiPalma et al. 2021): the student sees the low-resolution view, the teacher the
+/// full-resolution one; `objective` weighs KD(T), the pixel loss to the teacher's resized map and cross-entropy.
+public final class DistillationStep: StepObjective {
+    public let student: any ImageModel
+    public let teacher: any TeacherSource
+    public let objective: DistillationObjective
+    public var model: any Module { student }
+    public var isDistillation: Bool { true }
+
+    public init(student: any ImageModel, teacher: any TeacherSource, objective: DistillationObjective) {
+        precondition(student.classes == teacher.classes, "DistillationStep: student has \(student.classes) classes, teacher \(teacher.classes)")
+        self.student = student; self.teacher = teacher; self.objective = objective
+    }
+
+    public func localGradients(_ input: StepInput) -> LossTerms {
+        student.parameters.zeroGradients()
+        guard input.count > 0 else { return LossTerms() }
+        guard let teacherImages = input.teacherImages else { preconditionFailure("DistillationStep: the input has no teacher view") }
+        let n = input.count, classes = student.classes
+        let out = student.forward(input.images, shape: NCHW(n, 3, input.edge, input.edge), training: true)
+        let t = teacher.outputs(teacherImages, shape: NCHW(n, 3, input.teacherEdge, input.teacherEdge))
+        var grad = [Float](repeating: 0, count: n * classes)
+        var mapGrad = [Float](repeating: 0, count: out.featureMap.count)
+        let terms = objective.evaluate(studentLogits: out.logits!.data, teacherLogits: t.logits!.data, n: n, classes: classes,
+                                       studentMap: out.featureMap.data, studentMapShape: out.featureMap.nchw,
+                                       teacherMap: t.featureMap.data, teacherMapShape: t.featureMap.nchw,
+                                       labels: input.labels, gradLogits: &grad, gradMap: &mapGrad)
+        grad.withUnsafeBufferPointer { g in
+            mapGrad.withUnsafeBufferPointer { student.backward(gradLogits: g.baseAddress!, gradFeatureMap: $0.baseAddress!, gradPooled: nil) }
+        }
+        return terms
+    }
+}
+
+/// The global view of a step after the reduction.
+public struct GlobalStep: Sendable {
+    /// Loss terms averaged over the global batch.
+    public var terms: LossTerms
+    /// Tiles in the global batch that were trained on.
+    public var count: Int
+    /// Corrupt tiles skipped on all ranks.
+    public var skipped: Int
+    /// A stop signal seen on any rank (this rank's own, else SIGTERM's number for another rank's).
+    public var stopSignal: Int32?
+    /// Why the step was not applied: a non-finite loss or gradient (the same on every rank), else nil.
+    public var divergence: String?
+    /// Seconds this rank spent in the reduction (including waiting for the slowest rank).
+    public var reduceSeconds: Double = 0
+}
+
+/// One data-parallel training step of `objective` on one rank of `group`.
+///
+/// Each rank computes the gradient of the mean loss over its own tiles; `reduce` weights it by the rank's share
+/// of the global batch and sums over ranks in place (bucket by bucket), so every rank ends with the gradient of
+/// the mean over the whole global batch, whatever the number of ranks and however unevenly it was split.
+public final class DataParallelStep {
+    public let objective: any StepObjective
+    public let group: any ProcessGroup
+    /// Largest all-reduce message, in floats (the gradient buffer is reduced in buckets of this size).
+    public var bucketElements = 1 << 22
+
+    /// The trained model.
+    public var model: any Module { objective.model }
+
+    public init(objective: any StepObjective, group: any ProcessGroup) {
+        self.objective = objective; self.group = group
+    }
+
+    /// Forward, backward, reduction and (unless the step diverged or no rank had a tile) the clipped optimizer
+    /// update with learning rate `lr`, then BatchNorm buffers from rank 0. `skipped` counts this rank's corrupt tiles.
+    @discardableResult
+    public func step(_ input: StepInput, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0) throws -> GlobalStep {
+        let local = objective.localGradients(input)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var global = try reduce(local, count: input.count, skipped: skipped)
+        global.reduceSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        // A NaN can also hide behind a finite loss (in the gradient only): neither may reach the weights. The
+        // loss and the gradient are the same on every rank after the reduction, so every rank decides alike.
+        let g = model.parameters.gradients!.pointer
+        if !global.terms.total.isFinite {
+            global.divergence = "the loss became \(global.terms.total)"
+        } else if global.count > 0 && !GradientOps.allFinite(g, count: model.parameterCount) {
+            global.divergence = "the gradient became non-finite (loss \(global.terms.total))"
+        }
+        guard global.divergence == nil, global.count > 0 else { return global }
+        if let clipGradNorm { GradientOps.clipNorm(g, count: model.parameterCount, maxNorm: clipGradNorm) }
+        optimizer.update(values: model.parameters.values.pointer, gradients: g, lr: lr)
+        try broadcastBuffers()
+        return global
+    }
+
+    /// Averages the loss terms and the gradient over the global batch. On one process this changes nothing
+    /// (bit for bit). Also tells every rank whether any rank received a stop signal.
+    public func reduce(_ local: LossTerms, count: Int, skipped: Int) throws -> GlobalStep {
+        let n = Double(count)
+        let mySignal = StopSignals.pending
+        guard group.size > 1 else {
+            return GlobalStep(terms: local, count: count, skipped: skipped, stopSignal: mySignal)
+        }
+        var stats: [Double] = [n, Double(local.total) * n, Double(local.kd) * n, Double(local.pixel) * n,
+                               Double(local.crossEntropy) * n, Double(skipped), mySignal == nil ? 0 : 1]
+        try stats.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
+        let total = stats[0]
+        func mean(_ i: Int) -> Float { total > 0 ? Float(stats[i] / total) : 0 }
+        if total > 0 {
+            let g = model.parameters.gradients!
+            if count > 0 && n != total { GradientOps.scale(g.pointer, count: model.parameterCount, by: Float(n / total)) }
+            try group.allReduceSum(UnsafeMutableBufferPointer(start: g.pointer, count: model.parameterCount), bucketElements: bucketElements)
+        }
+        return GlobalStep(terms: .init(kd: mean(2), pixel: mean(3), crossEntropy: mean(4), total: mean(1)), count: Int(total),
+                          skipped: Int(stats[5]), stopSignal: stats[6] > 0 ? (mySignal ?? SIGTERM) : nil)
+    }
+
+    /// Buffers (BatchNorm running statistics) follow rank 0's, as PyTorch DDP's broadcast_buffers does.
+    public func broadcastBuffers() throws {
+        guard group.size > 1, model.buffers.layout.count > 0 else { return }
+        try group.broadcast(UnsafeMutableRawBufferPointer(start: model.buffers.values.pointer, count: model.buffers.layout.count * 4), root: 0)
+    }
+
+    /// Copies rank 0's weights, buffers, counters and `optimizer`'s state to every rank.
+    public func broadcastState(optimizer: Optimizer?) throws {
+        try Self.broadcastState(of: model, optimizer: optimizer, group: group)
+    }
+
+    /// Copies rank 0's weights, buffers, counters and `optimizer`'s state of any `Module` to every rank of `group`.
+    public static func broadcastState(of model: any Module, optimizer: Optimizer?, group: any ProcessGroup) throws {
+        guard group.size > 1 else { return }
+        func send(_ p: UnsafeMutablePointer<Float>, _ count: Int) throws {
+            guard count > 0 else { return }
+            try group.broadcast(UnsafeMutableRawBufferPointer(start: p, count: count * MemoryLayout<Float>.stride), root: 0)
+        }
+        try send(model.parameters.values.pointer, model.parameterCount)
+        try send(model.buffers.values.pointer, model.buffers.layout.count)
+        var counters = model.counters
+        if let optimizer {
+            try send(optimizer.first.pointer, optimizer.first.count)
+            try send(optimizer.second.pointer, optimizer.second.count)
+            counters.append(Int64(optimizer.step))
+        }
+        if !counters.isEmpty { try counters.withUnsafeMutableBytes { try group.broadcast($0, root: 0) } }
+        if let optimizer { optimizer.step = Int(counters.removeLast()) }
+        model.counters = counters
+    }
+}
