@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on one machine: set up, build, check the machine, pack a dataset into shards, train
-# a teacher at 224 px, distill a 56 px student from it without labels, evaluate both, and print the cost
-# table. Training runs as RANKS MPI ranks (default 2, or 1 on a 1-core machine): on small machines several
+# a teacher at 224 px, distill a 56 px student from it without labels, evaluate both, apply the student to
+# unlabeled tiles from its weights file alone, and print the cost table. Training runs as RANKS MPI ranks (default 2, or 1 on a 1-core machine): on small machines several
 # ranks with one thread each are faster than one process with several threads (docs/benchmarks.md).
 #
 # Usage: cluster/quickstart.sh [DATA_ROOT]
@@ -59,6 +59,11 @@ bash cluster/mpirun-local.sh "$ranks" "$bin" distill --config configs/student-lu
 echo "== evaluate on the validation shards"
 "$bin" evaluate --run "$work/teacher"
 "$bin" evaluate --run "$work/student"
+echo "== apply the student to new, unlabeled tiles with its weights file alone (it describes its classes, normalisation and input size)"
+rm -rf "$work/shards/new"
+"$bin" pack "$source/val" -o "$work/shards/new" --unlabeled "${magnification[@]}"
+"$bin" predict --weights "$work/student/best.safetensors" --shards "$work/shards/new" -o "$work/student/new-tiles.csv"
+head -3 "$work/student/new-tiles.csv"
 echo "== model cost: the paper's teacher at 224 px and students at 112, 56, 28, 14 px"
 "$bin" cost
 echo "== done: runs in $work/teacher and $work/student (metrics.csv, eval.json, predictions.csv, best.safetensors)"

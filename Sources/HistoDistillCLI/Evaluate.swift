@@ -82,10 +82,10 @@ struct Evaluate: ParsableCommand {
             json["weights"] = trained.weights.path
             json["shards"] = path
             json["shard_set"] = dataset.identity.description
-            let folder = source.run?.url ?? trained.weights.deletingLastPathComponent()
-            let jsonURL = URL(fileURLWithPath: output ?? folder.appendingPathComponent("eval.json").path)
+            let beside = RunDirectory(trained.weights.deletingLastPathComponent())
+            let jsonURL = output.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).evaluation
             try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]).write(to: jsonURL)
-            let csvURL = URL(fileURLWithPath: predictions ?? folder.appendingPathComponent("predictions.csv").path)
+            let csvURL = predictions.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).predictions
             try p.csv(classes: classes).write(to: csvURL, atomically: true, encoding: .utf8)
             print(String(format: "%d tiles: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples, report.accuracy,
                          report.balancedAccuracy, report.macroAUC.map { String(format: "%.4f", $0) } ?? "n/a"))

@@ -18,6 +18,15 @@ public struct Predictions: Sendable {
     public var labeledCount = 0
     /// Dataset index of each row.
     public var samples: [Int] = []
+    /// Pooled feature vectors, one row per tile (`Inference.features` only).
+    public var features: [[Float]] = []
+
+    mutating func append(_ b: LoadedBatch, labels: [Int32], dataset: ShardDataset) {
+        self.labels += labels
+        ids += b.ids
+        samples += b.samples
+        slides += b.samples.map(dataset.slide)
+    }
 
     /// The predictions as CSV: tile id, slide, label (the name `labelNames` gives the label, empty when
     /// unlabeled), predicted class, and one probability column `p_NAME` per class of the model (`classes`).
@@ -64,24 +73,26 @@ public struct InferenceSettings: Sendable {
     }
 }
 
-/// Runs `model` in eval mode over the tiles of `dataset` (all of them, or the dataset indices in `range`).
+extension InferenceSettings {
+    /// The model's class index for dataset label `label` (-1 stays -1; a class the model does not know is -1).
+    func mapped(_ label: Int32) -> Int32 {
+        guard label >= 0, let map = labelMap else { return label }
+        return Int(label) < map.count ? map[Int(label)] : -1
+    }
+}
+
+/// Runs a model in eval mode over the tiles of a dataset (all of them, or the dataset indices in `range`):
+/// class probabilities (`run`) or pooled feature vectors (`features`, for any model, truncated ones included).
 public enum Inference {
-    public static func run(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, range: Range<Int>? = nil) throws -> Predictions {
+    /// Calls `body` with each batch (in dataset order, without augmentation) and the model's outputs for it.
+    static func forEachBatch(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, range: Range<Int>?,
+                             _ body: (LoadedBatch, ImageModelOutput) throws -> Void) throws {
         let range = range ?? 0..<dataset.count
-        let config = settings
-        let transform = PairedTransform(augment: .none, factor: config.inputFactor, mean: config.mean, std: config.std)
-        let batch = max(1, min(config.batchSize, dataset.count))
+        let transform = PairedTransform(augment: .none, factor: settings.inputFactor, mean: settings.mean, std: settings.std)
+        let batch = max(1, min(settings.batchSize, dataset.count))
         let maker = try BatchMaker(dataset: dataset, transform: transform, seed: 0, globalBatch: batch, rank: 0, worldSize: 1,
-                                   withLowResolution: config.inputFactor > 1, policy: config.onCorrupt, shuffle: false,
-                                   workers: config.workers)
-        let classes = model.classes
-        guard classes > 0 else { throw TrainingError("the model has no classifier (a truncated feature extractor cannot classify)") }
-        func mapped(_ label: Int32) -> Int32 {
-            guard label >= 0, let map = settings.labelMap else { return label }
-            return Int(label) < map.count ? map[Int(label)] : -1
-        }
-        var out = Predictions()
-        var lossSum = 0.0, labeled = 0
+                                   withLowResolution: settings.inputFactor > 1, policy: settings.onCorrupt, shuffle: false,
+                                   workers: settings.workers)
         // Dataset order, built once (the batch size only matters for EpochPlan's step view, unused here).
         let plan = EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: batch, shuffle: false)
         var start = range.lowerBound
@@ -90,12 +101,23 @@ public enum Inference {
             let b = try maker.makeBatchAt(plan: plan, range: start..<(start + n))
             start += n
             guard b.count > 0 else { continue }   // every tile of this batch was corrupt and skipped
-            let (input, edge) = b.modelView(inputFactor: config.inputFactor)
+            let (input, edge) = b.modelView(inputFactor: settings.inputFactor)
             let result = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(b.count, 3, edge, edge), training: false) }
-            let logits = result.logits!
-            let labels = b.labels.map(mapped)
+            try body(b, result)
+        }
+    }
+
+    /// Softmax probabilities over the model's classes for every tile, with labels mapped by `settings.labelMap`.
+    /// Throws `TrainingError` for a model without a classifier.
+    public static func run(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, range: Range<Int>? = nil) throws -> Predictions {
+        let classes = model.classes
+        guard classes > 0 else { throw TrainingError("the model has no classifier (a truncated feature extractor cannot classify)") }
+        var out = Predictions()
+        var lossSum = 0.0, labeled = 0
+        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range) { b, result in
+            let labels = b.labels.map(settings.mapped)
             var probs = [Float](repeating: 0, count: b.count * classes)
-            Softmax.forward(output: &probs, input: logits.data, rows: b.count, cols: classes)
+            Softmax.forward(output: &probs, input: result.logits!.data, rows: b.count, cols: classes)
             for i in 0..<b.count {
                 out.probabilities.append((0..<classes).map { Double(probs[i * classes + $0]) })
                 if labels[i] >= 0 {
@@ -103,13 +125,22 @@ public enum Inference {
                     labeled += 1
                 }
             }
-            out.labels += labels
-            out.ids += b.ids
-            out.samples += b.samples
-            out.slides += b.samples.map(dataset.slide)
+            out.append(b, labels: labels, dataset: dataset)
         }
         out.meanLoss = labeled > 0 ? lossSum / Double(labeled) : 0
         out.labeledCount = labeled
+        return out
+    }
+
+    /// The globally average-pooled last feature map of every tile, (tiles, featureDimension) row by row in
+    /// `Predictions.features` (probabilities stay empty): the patch features of HistoTransfer, for any model.
+    public static func features(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, range: Range<Int>? = nil) throws -> Predictions {
+        var out = Predictions()
+        let d = model.featureDimension
+        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range) { b, result in
+            for i in 0..<b.count { out.features.append(Array(UnsafeBufferPointer(start: result.pooled.data + i * d, count: d))) }
+            out.append(b, labels: b.labels.map(settings.mapped), dataset: dataset)
+        }
         return out
     }
 }
@@ -136,7 +167,7 @@ extension Inference {
         for t in 0..<n where rows[t * width + classes] > 0 {
             let e = dataset.entry(t)
             out.probabilities.append(Array(rows[(t * width)..<(t * width + classes)]))
-            out.labels.append(e.label < 0 ? e.label : settings.labelMap.map { Int(e.label) < $0.count ? $0[Int(e.label)] : -1 } ?? e.label)
+            out.labels.append(settings.mapped(e.label))
             out.ids.append(e.id)
             out.samples.append(t)
             out.slides.append(dataset.slide(t))

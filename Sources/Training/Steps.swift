@@ -160,25 +160,39 @@ public struct GlobalStep: Sendable {
 /// of the global batch and sums over ranks in place (bucket by bucket), so every rank ends with the gradient of
 /// the mean over the whole global batch, whatever the number of ranks and however unevenly it was split.
 public final class DataParallelStep {
-    public let objective: any StepObjective
+    /// The objective `step(_:)` runs on tiles; nil for a step whose local gradients are computed by the caller
+    /// (a MIL bag step, which feeds `finish`).
+    public let objective: (any StepObjective)?
     public let group: any ProcessGroup
     /// Largest all-reduce message, in floats (the gradient buffer is reduced in buckets of this size).
     public var bucketElements = 1 << 22
 
     /// The trained model.
-    public var model: any Module { objective.model }
+    public let model: any Module
 
     public init(objective: any StepObjective, group: any ProcessGroup) {
-        self.objective = objective; self.group = group
+        self.objective = objective; self.model = objective.model; self.group = group
+    }
+
+    /// A step of any `Module` whose caller computes the local gradients itself and then calls `finish`.
+    public init(model: any Module, group: any ProcessGroup) {
+        self.objective = nil; self.model = model; self.group = group
     }
 
     /// Forward, backward, reduction and (unless the step diverged or no rank had a tile) the clipped optimizer
     /// update with learning rate `lr`, then BatchNorm buffers from rank 0. `skipped` counts this rank's corrupt tiles.
     @discardableResult
     public func step(_ input: StepInput, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0) throws -> GlobalStep {
+        guard let objective else { preconditionFailure("DataParallelStep.step: built without an objective; call finish") }
         let local = objective.localGradients(input)
+        return try finish(local, count: input.count, optimizer: optimizer, lr: lr, clipGradNorm: clipGradNorm, skipped: skipped)
+    }
+
+    /// Everything after this rank's forward and backward (its mean-loss gradient over `count` samples in
+    /// `model.parameters.gradients`): the reduction, the non-finite check, clipping, the update, the buffer broadcast.
+    public func finish(_ local: LossTerms, count: Int, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0) throws -> GlobalStep {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        var global = try reduce(local, count: input.count, skipped: skipped)
+        var global = try reduce(local, count: count, skipped: skipped)
         global.reduceSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         // A NaN can also hide behind a finite loss (in the gradient only): neither may reach the weights. The
         // loss and the gradient are the same on every rank after the reduction, so every rank decides alike.

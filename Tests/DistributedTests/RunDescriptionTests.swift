@@ -169,7 +169,15 @@ struct RunDescriptionTests {
         head.parameters.zeroGradients()
         let grad: [Float] = [0.3, -0.3]
         grad.withUnsafeBufferPointer { head.backward(gradBagLogits: $0.baseAddress!, gradPatchLogits: nil) }
-        optimizer.update(values: head.parameters.values.pointer, gradients: head.parameters.gradients!.pointer, lr: 0.01)
+        // The data-parallel step's update path works for the head as for the ResNets.
+        let stepper = DataParallelStep(model: head, group: SingleProcessGroup())
+        let before = head.parameters.values.array
+        let applied = try stepper.finish(LossTerms(total: 0.5), count: 1, optimizer: optimizer, lr: 0.01)
+        #expect(applied.divergence == nil && head.parameters.values.array != before && optimizer.step == 1)
+        let updated = head.parameters.values.array
+        head.parameters.gradients!.pointer[3] = .nan
+        let refused = try stepper.finish(LossTerms(total: 0.5), count: 1, optimizer: optimizer, lr: 0.01)
+        #expect(refused.divergence?.contains("non-finite") == true && head.parameters.values.array == updated && optimizer.step == 1)
         let store = CheckpointStore(directory: dir)
         let state = CheckpointState(step: 1, cursor: DataCursor(), seed: 0, worldSize: 1, config: "{}", writer: "test")
         let saved = try store.save(model: head, optimizer: optimizer, state: state)
@@ -185,6 +193,26 @@ struct RunDescriptionTests {
         let wide = AttentionMIL<Float>(featureDimension: 16, classes: 2)
         let e = #expect(throws: CheckpointError.self) { _ = try store.load(saved, model: wide, optimizer: Optimizer(.adam(), count: wide.parameterCount)) }
         #expect(e?.message.contains("mlp.0.weight") == true, "\(String(describing: e))")
+    }
+
+    @Test("a truncated ResNet (no classifier) gives pooled patch features through the inference path; classifying with it is a clear error")
+    func truncatedFeatures() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-features-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try classShards(dir, name: "s", classes: ["a", "b"], count: 3)
+        let dataset = try ShardDataset(directory: shards)
+        let model = ResNet(ResNetConfig.paper(classes: 2, planes: [32, 64], blocks: [1, 1]).truncated(after: 1), seed: 2)
+        let settings = InferenceSettings(inputFactor: 2, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25], batchSize: 4)
+        let p = try Inference.features(model: model, dataset: dataset, settings: settings)
+        #expect(p.features.count == 6 && p.features.allSatisfy { $0.count == 32 } && p.labels == [0, 0, 0, 1, 1, 1])
+        // The same numbers as a forward of the first tile on its own.
+        let one = try BatchMaker(dataset: dataset, transform: PairedTransform(augment: .none, factor: 2, mean: settings.mean, std: settings.std),
+                                 seed: 0, globalBatch: 1, rank: 0, worldSize: 1, withLowResolution: true, shuffle: false)
+            .makeBatchAt(plan: EpochPlan(count: 6, seed: 0, epoch: 0, globalBatch: 1, shuffle: false), range: 0..<1)
+        let pooled = one.lr.withUnsafeBufferPointer { Array(UnsafeBufferPointer(start: model.forward($0.baseAddress!, shape: NCHW(1, 3, 16, 16), training: false).pooled.data, count: 32)) }
+        #expect(zip(pooled, p.features[0]).allSatisfy { abs($0 - $1) <= 1e-5 * max(1, abs($0)) })
+        let e = #expect(throws: TrainingError.self) { _ = try Inference.run(model: model, dataset: dataset, settings: settings) }
+        #expect(e?.message.contains("no classifier") == true)
     }
 
     @Test("cost --measure --distill times the distillation settings it is given")
