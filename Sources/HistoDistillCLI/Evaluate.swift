@@ -66,9 +66,15 @@ struct Evaluate: ParsableCommand {
                 }
                 let dataset: ShardDataset
                 do { dataset = try ShardDataset(directory: URL(fileURLWithPath: path)) } catch let e as ShardError { throw CLIError(e.message) }
-                do { return (trained, dataset, path, try trained.labelMap(for: dataset.classes, source: path)) } catch let e as TrainingError {
-                    throw CLIError(e.message)
+                let map: [Int32]
+                do { map = try trained.labelMap(for: dataset.classes, source: path) } catch let e as TrainingError { throw CLIError(e.message) }
+                // Check where the results go before the whole inference runs.
+                let beside = RunDirectory(trained.weights.deletingLastPathComponent())
+                for file in [output.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).evaluation,
+                             predictions.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).predictions] {
+                    try checkWritable(file)
                 }
+                return (trained, dataset, path, map)
             }
             let settings = InferenceSettings(trained.metadata, batchSize: batchSize, labelMap: labelMap)
             let p = try Inference.run(model: trained.model, dataset: dataset, settings: settings, group: group)
@@ -124,6 +130,7 @@ struct Predict: ParsableCommand {
             let (trained, dataset) = try group.collectively { () throws -> (TrainedModel, ShardDataset) in
                 let dataset: ShardDataset
                 do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards)) } catch let e as ShardError { throw CLIError(e.message) }
+                try checkWritable(URL(fileURLWithPath: output))
                 return (try source.load(), dataset)
             }
             let settings = InferenceSettings(trained.metadata, batchSize: batchSize)
@@ -133,6 +140,17 @@ struct Predict: ParsableCommand {
             print("wrote probabilities of \(p.ids.count) tiles over \(trained.classNames.joined(separator: ", ")) to \(output)")
             return 0
         }
+    }
+}
+
+/// Creates `file`'s folder if needed and checks that the file can be written there, before any long work.
+func checkWritable(_ file: URL) throws {
+    let folder = file.deletingLastPathComponent()
+    do { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) } catch {
+        throw CLIError("\(folder.path): cannot be created for \(file.lastPathComponent)", hint: "choose an output path in a writable directory")
+    }
+    guard access(folder.path, W_OK) == 0 else {
+        throw CLIError("\(folder.path) is not writable: \(file.lastPathComponent) cannot be written there", hint: "choose an output path in a writable directory")
     }
 }
 

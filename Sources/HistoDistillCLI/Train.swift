@@ -130,7 +130,15 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
         print("paused after step \(step) (--stop-after): checkpoint written in \(trainer.store.directory.path); continue with --resume")
     case .finished:
         if let last = trainer.history.last {
-            print("done: step \(last.step), loss \(last.loss)" + (last.valAccuracy.map { ", val accuracy \($0)" } ?? "") + "; run directory \(cfg.output)")
+            var line = String(format: "done: step %d, loss %.4f", last.step, last.loss)
+            if trainer.val != nil {
+                line += ", last val accuracy " + (last.valAccuracy.map { String(format: "%.4f", $0) } ?? "n/a (no labeled validation tile)")
+                if let best = trainer.bestAccuracy {
+                    line += String(format: "; best val accuracy %.4f", best) + (trainer.bestStep.map { " (step \($0))" } ?? "")
+                        + " kept in \(trainer.runDirectory.bestWeights.path)"
+                }
+            }
+            print(line + "; run directory \(trainer.runDirectory.url.path)")
         } else {
             print("nothing to do: the run in \(cfg.output) already reached its last step")
         }

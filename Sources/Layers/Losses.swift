@@ -184,10 +184,13 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
 
     /// Computes every enabled term and writes the gradient of the weighted total with respect to the student's
     /// logits (n, classes) and feature map into `gradLogits` and `gradMap` (both overwritten).
+    /// `crossEntropyScale` multiplies the cross-entropy term and its gradient (a data-parallel step uses it so that
+    /// CE averages over the labeled tiles of the whole global batch, whatever each rank holds).
     public func evaluate(
         studentLogits: UnsafePointer<Float>, teacherLogits: UnsafePointer<Float>, n: Int, classes: Int,
         studentMap: UnsafePointer<Float>, studentMapShape: NCHW, teacherMap: UnsafePointer<Float>, teacherMapShape: NCHW,
-        labels: UnsafePointer<Int32>?, gradLogits: UnsafeMutablePointer<Float>, gradMap: UnsafeMutablePointer<Float>
+        labels: UnsafePointer<Int32>?, gradLogits: UnsafeMutablePointer<Float>, gradMap: UnsafeMutablePointer<Float>,
+        crossEntropyScale: Float = 1
     ) -> Terms {
         zeroFill(gradLogits, n * classes)
         zeroFill(gradMap, studentMapShape.count)
@@ -201,7 +204,8 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
         }
         if crossEntropyWeight != 0, let labels {
             terms.crossEntropy = CrossEntropy.forwardBackward(logits: studentLogits, labels: labels, n: n, classes: classes,
-                                                              gradLogits: scratch, scale: crossEntropyWeight)
+                                                              gradLogits: scratch, scale: crossEntropyWeight * crossEntropyScale)
+            if crossEntropyScale != 1 { terms.crossEntropy *= crossEntropyScale }
             accumulate(gradLogits, scratch, count: n * classes)
         }
         if pixelWeight != 0 {

@@ -55,12 +55,9 @@ public final class ShardDataset: @unchecked Sendable {
     /// shard's file name, classes and index entries (offsets, sizes, content checksums, labels, ids), so a
     /// repacked, added, removed or edited shard gives another digest and a copied or moved one the same.
     public var identity: ShardSetIdentity {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        func mix(_ v: UInt64) {
-            var x = v
-            for _ in 0..<8 { h = (h ^ (x & 0xff)) &* 0x100_0000_01b3; x >>= 8 }
-        }
-        func mix(_ s: String) { for b in s.utf8 { mix(UInt64(b)) }; mix(UInt64(0xff)) }
+        var f = FNV1a64()
+        func mix(_ v: UInt64) { f.add(v) }
+        func mix(_ s: String) { f.add(s) }
         for (i, r) in readers.enumerated() {
             mix(r.url.lastPathComponent)
             mix(unlabeledShards.contains(i) ? 1 : 0)
@@ -69,8 +66,11 @@ public final class ShardDataset: @unchecked Sendable {
                 mix(e.offset); mix(UInt64(e.compressedSize) << 32 | UInt64(e.crc)); mix(UInt64(UInt32(bitPattern: e.label))); mix(e.id)
             }
         }
-        return ShardSetIdentity(digest: String(format: "%016llx", h), tiles: count, shards: readers.count)
+        return ShardSetIdentity(digest: f.hex, tiles: count, shards: readers.count)
     }
+
+    /// True when at least one tile carries a label.
+    public var hasLabels: Bool { addresses.indices.contains { entry($0).label >= 0 } }
 
     /// Edge of the first tile in pixels (tiles of a training set share one size).
     public var tileSize: Int { Int(readers[0].entries.first?.width ?? 0) }
@@ -169,4 +169,30 @@ public struct ShardSetIdentity: Codable, Hashable, Sendable, CustomStringConvert
     public var shards: Int
     public init(digest: String, tiles: Int, shards: Int) { self.digest = digest; self.tiles = tiles; self.shards = shards }
     public var description: String { "\(digest) (\(tiles) tiles in \(shards) shards)" }
+}
+
+/// The 64-bit FNV-1a hash, for identities of data and weights files (not a cryptographic digest).
+public struct FNV1a64: Sendable {
+    public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    public init() {}
+    /// Adds the 8 little-endian bytes of `v`.
+    public mutating func add(_ v: UInt64) {
+        var x = v
+        for _ in 0..<8 { value = (value ^ (x & 0xff)) &* 0x100_0000_01b3; x >>= 8 }
+    }
+    /// Adds the UTF-8 bytes of `s` and a terminator.
+    public mutating func add(_ s: String) { add(bytes: Array(s.utf8)); add(bytes: [0xff]) }
+    /// Adds raw bytes.
+    public mutating func add<C: Collection>(bytes: C) where C.Element == UInt8 {
+        for b in bytes { value = (value ^ UInt64(b)) &* 0x100_0000_01b3 }
+    }
+    /// 16 hex digits.
+    public var hex: String { String(format: "%016llx", value) }
+    /// The digest of a file's bytes.
+    public static func file(_ url: URL) throws -> String {
+        let data = try Data(contentsOf: url, options: .alwaysMapped)
+        var f = FNV1a64()
+        data.withUnsafeBytes { f.add(bytes: $0) }
+        return f.hex
+    }
 }

@@ -26,10 +26,15 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     public var writer: String
     /// Best validation metric so far, if any.
     public var bestMetric: Double?
+    /// The training shard set (train and unlabeled) this run trains on; nil in checkpoints of older versions.
+    public var trainShards: ShardSetIdentity?
+    /// Digest of the teacher's weights file (distillation); nil otherwise and in older checkpoints.
+    public var teacherWeights: String?
 
-    public init(step: Int, cursor: DataCursor, seed: UInt64, worldSize: Int, config: String, writer: String, bestMetric: Double? = nil) {
+    public init(step: Int, cursor: DataCursor, seed: UInt64, worldSize: Int, config: String, writer: String, bestMetric: Double? = nil,
+                trainShards: ShardSetIdentity? = nil, teacherWeights: String? = nil) {
         self.step = step; self.cursor = cursor; self.seed = seed; self.worldSize = worldSize; self.config = config
-        self.writer = writer; self.bestMetric = bestMetric
+        self.writer = writer; self.bestMetric = bestMetric; self.trainShards = trainShards; self.teacherWeights = teacherWeights
     }
 }
 
@@ -63,22 +68,35 @@ public final class CheckpointStore {
     @discardableResult
     public func save(model: any Module, optimizer: Optimizer, state: CheckpointState, metadata: [String: String] = [:]) throws -> URL {
         let fm = FileManager.default
+        guard GradientOps.allFinite(model.parameters.values.pointer, count: model.parameterCount),
+              GradientOps.allFinite(model.buffers.values.pointer, count: model.buffers.layout.count),
+              GradientOps.allFinite(optimizer.first.pointer, count: optimizer.first.count),
+              GradientOps.allFinite(optimizer.second.pointer, count: optimizer.second.count) else {
+            throw CheckpointError("step \(state.step): the weights or the optimizer state are not finite (NaN or infinity), so no checkpoint was written; \(intactText()). Hint: lower optimizer.lr or set train.clip_grad_norm.")
+        }
         try fm.createDirectory(at: directory, withIntermediateDirectories: true)
-        for stale in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where stale.contains(".tmp-") {
+        // Only this process's own leftovers: a run directory has one writer (RunLock), which cleans older ones.
+        for stale in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where stale.hasSuffix(".tmp-\(getpid())") {
             try? fm.removeItem(at: directory.appendingPathComponent(stale))
         }
         let final = directory.appendingPathComponent(Self.name(step: state.step))
         let temporary = directory.appendingPathComponent(Self.name(step: state.step) + ".tmp-\(getpid())")
-        try fm.createDirectory(at: temporary, withIntermediateDirectories: true)
-        try writeSynced(try SafeTensorsFile(tensors: model.stateDict(), metadata: metadata.merging(["architecture": model.architectureDescription]) { _, new in new }).serialized(),
-                        to: temporary.appendingPathComponent("model.safetensors"))
-        try writeSynced(try optimizerFile(optimizer).serialized(), to: temporary.appendingPathComponent("optimizer.safetensors"))
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeSynced(try encoder.encode(state), to: temporary.appendingPathComponent("state.json"))
-        try syncDirectory(temporary)
-        if fm.fileExists(atPath: final.path) { try fm.removeItem(at: final) }
-        try fm.moveItem(at: temporary, to: final)
+        do {
+            try fm.createDirectory(at: temporary, withIntermediateDirectories: true)
+            try writeSynced(try SafeTensorsFile(tensors: model.stateDict(), metadata: metadata.merging(["architecture": model.architectureDescription]) { _, new in new }).serialized(),
+                            to: temporary.appendingPathComponent("model.safetensors"))
+            try writeSynced(try optimizerFile(optimizer).serialized(), to: temporary.appendingPathComponent("optimizer.safetensors"))
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try writeSynced(try encoder.encode(state), to: temporary.appendingPathComponent("state.json"))
+            try syncDirectory(temporary)
+            if fm.fileExists(atPath: final.path) { try fm.removeItem(at: final) }
+            try fm.moveItem(at: temporary, to: final)
+        } catch {
+            try? fm.removeItem(at: temporary)
+            let reason = (error as? CheckpointError)?.message ?? Self.reason(error)
+            throw CheckpointError("step \(state.step): writing the checkpoint \(final.path) failed (\(reason)); the partial copy was removed and \(intactText()). Hint: free disk space or fix the permissions, then resume with --resume.")
+        }
         try syncDirectory(directory)
         // Move `latest` atomically.
         let latestTemporary = directory.appendingPathComponent("latest.tmp-\(getpid())")
@@ -107,6 +125,15 @@ public final class CheckpointStore {
             return match
         }
         return complete.last
+    }
+
+    /// The state.json of `checkpoint`, without loading any weights.
+    public func state(of checkpoint: URL) throws -> CheckpointState {
+        do {
+            return try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: checkpoint.appendingPathComponent("state.json")))
+        } catch {
+            throw CheckpointError("\(checkpoint.path)/state.json: unreadable (\(error)). Hint: remove this checkpoint to resume from the one before.")
+        }
     }
 
     /// Loads `checkpoint` into `model` and `optimizer`, which must have the architecture and optimizer it was
@@ -155,14 +182,55 @@ public final class CheckpointStore {
         return SafeTensorsFile(tensors: tensors, metadata: ["step": "\(o.step)", "kind": optimizerKindText(o.kind)])
     }
 
-    private func writeSynced(_ data: Data, to url: URL) throws {
-        guard FileManager.default.createFile(atPath: url.path, contents: nil) else {
-            throw CheckpointError("\(url.path): cannot be created. Hint: check that the run directory is writable and the disk not full.")
+    /// "the newest intact checkpoint is step-N (DIR)" or "no checkpoint has been written yet".
+    public func intactText() -> String {
+        newest().map { "the newest intact checkpoint is \($0.lastPathComponent) in \(directory.path)" } ?? "no checkpoint has been written yet"
+    }
+
+    /// A file-system error as one line (errno's text where there is one, not the Foundation error dump).
+    static func reason(_ error: Error) -> String {
+        let ns = error as NSError
+        if let underlying = ns.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
+            return String(cString: strerror(Int32(underlying.code)))
         }
-        let h = try FileHandle(forWritingTo: url)
-        defer { try? h.close() }
-        try h.write(contentsOf: data)
-        try h.synchronize()
+        if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
+        if ns.domain == NSCocoaErrorDomain && ns.code == NSFileWriteOutOfSpaceError { return "no space left on the device" }
+        if ns.domain == NSCocoaErrorDomain && ns.code == NSFileWriteNoPermissionError { return "permission denied" }
+        return ns.localizedDescription
+    }
+
+    /// Writes `data` to `url` and fsyncs it; throws naming the file and errno's reason.
+    static func writeSynced(_ data: Data, to url: URL) throws {
+        let fd = open(url.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw CheckpointError("\(url.lastPathComponent): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var offset = 0
+        try data.withUnsafeBytes { raw in
+            while offset < raw.count {
+                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw CheckpointError("\(url.lastPathComponent): \(String(cString: strerror(errno)))")
+                }
+                offset += n
+            }
+        }
+        guard fsync(fd) == 0 else { throw CheckpointError("\(url.lastPathComponent): \(String(cString: strerror(errno)))") }
+    }
+
+    private func writeSynced(_ data: Data, to url: URL) throws { try Self.writeSynced(data, to: url) }
+
+    /// Writes `data` to `url` atomically: a `.tmp-PID` file beside it, fsynced, renamed over it (a crash leaves
+    /// the old file or the new one, and at worst a temporary that the run's next start removes).
+    public static func writeAtomically(_ data: Data, to url: URL) throws {
+        let temporary = url.deletingLastPathComponent().appendingPathComponent(url.lastPathComponent + ".tmp-\(getpid())")
+        do {
+            try writeSynced(data, to: temporary)
+            guard rename(temporary.path, url.path) == 0 else { throw CheckpointError("\(url.lastPathComponent): \(String(cString: strerror(errno)))") }
+        } catch {
+            unlink(temporary.path)
+            throw CheckpointError("\(url.path): cannot be written (\((error as? CheckpointError)?.message ?? reason(error))). Hint: free disk space or fix the permissions.")
+        }
     }
 
     private func syncDirectory(_ url: URL) throws {

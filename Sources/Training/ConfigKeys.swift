@@ -87,6 +87,29 @@ extension ConfigValueType where T: RawRepresentable & CaseIterable, T.RawValue =
     }
 }
 
+/// What `--resume` accepts for a key whose value differs from the checkpoint's config.
+public enum ResumeRule: Sendable {
+    /// It shapes the model, the data, the sample order or the objective: a changed value is refused.
+    case mustMatch
+    /// It may change (schedule length, learning rate, augmentation, bookkeeping); the run says it is no longer
+    /// bit-exact with an uninterrupted one.
+    case mayChange
+    /// A path whose target is compared by identity (shard set digest, teacher weights digest), so a moved
+    /// directory still resumes and a different one is refused.
+    case byIdentity
+}
+
+extension ResumeRule {
+    /// For the reference table.
+    var text: String {
+        switch self {
+        case .mustMatch: return "must match"
+        case .mayChange: return "may change"
+        case .byIdentity: return "same data (moved is fine)"
+        }
+    }
+}
+
 /// One config key: where it lives, its type, its default and what it does.
 public struct ConfigKey: @unchecked Sendable {
     /// Section and key name ("train", "epochs").
@@ -97,6 +120,8 @@ public struct ConfigKey: @unchecked Sendable {
     public let defaultText: String
     /// One line on what it does.
     public let doc: String
+    /// What `--resume` does when it differs from the checkpoint's.
+    public let resume: ResumeRule
     /// Sets the field from a parsed YAML value (NSNull clears an optional key); throws naming the key.
     let read: (inout RunConfig, Any, String) throws -> Void
     /// The field as YAML, nil when unset.
@@ -106,8 +131,9 @@ public struct ConfigKey: @unchecked Sendable {
     public var path: String { "\(section).\(name)" }
 
     static func key<T>(_ section: String, _ name: String, _ keyPath: WritableKeyPath<RunConfig, T>, _ type: ConfigValueType<T>,
-                       default defaultText: String? = nil, _ doc: String) -> ConfigKey {
+                       default defaultText: String? = nil, resume: ResumeRule = .mustMatch, _ doc: String) -> ConfigKey {
         ConfigKey(section: section, name: name, type: type.name, defaultText: defaultText ?? type.yaml(RunConfig()[keyPath: keyPath]), doc: doc,
+                  resume: resume,
                   read: { c, v, source in
                       guard let x = type.parse(v) else { throw typeError(section, name, type.name, v, source) }
                       c[keyPath: keyPath] = x
@@ -116,8 +142,8 @@ public struct ConfigKey: @unchecked Sendable {
     }
 
     static func key<T>(_ section: String, _ name: String, _ keyPath: WritableKeyPath<RunConfig, T?>, _ type: ConfigValueType<T>,
-                       default defaultText: String = "unset", _ doc: String) -> ConfigKey {
-        ConfigKey(section: section, name: name, type: type.name, defaultText: defaultText, doc: doc,
+                       default defaultText: String = "unset", resume: ResumeRule = .mustMatch, _ doc: String) -> ConfigKey {
+        ConfigKey(section: section, name: name, type: type.name, defaultText: defaultText, doc: doc, resume: resume,
                   read: { c, v, source in
                       if v is NSNull { c[keyPath: keyPath] = nil; return }
                       guard let x = type.parse(v) else { throw typeError(section, name, type.name, v, source) }
@@ -142,50 +168,52 @@ public struct ConfigKey: @unchecked Sendable {
 
     /// Every key, in the order config.yaml is written.
     public static let table: [ConfigKey] = [
-        key("run", "name", \.name, .string, "run name (also the default output directory's)"),
-        key("run", "output", \.output, .string, default: "runs/NAME", "run directory: config.yaml, run.json, metrics, best.safetensors, checkpoints/"),
+        key("run", "name", \.name, .string, resume: .mayChange, "run name (also the default output directory's)"),
+        key("run", "output", \.output, .string, default: "runs/NAME", resume: .mayChange, "run directory: config.yaml, run.json, metrics, best.safetensors, checkpoints/"),
         key("run", "seed", \.seed, .uint64, "seed of the initial weights, the sample order and the augmentation"),
-        key("data", "train", \.trainShards, .string, default: "required", "directory of training shards (`histodistill pack`)"),
-        key("data", "val", \.valShards, .string, "directory of validation shards (validated at each epoch end)"),
-        key("data", "unlabeled", \.unlabeledShards, .paths, default: "none",
+        key("data", "train", \.trainShards, .string, default: "required", resume: .byIdentity, "directory of training shards (`histodistill pack`)"),
+        key("data", "val", \.valShards, .string, resume: .mayChange, "directory of validation shards (validated at each epoch end)"),
+        key("data", "unlabeled", \.unlabeledShards, .paths, default: "none", resume: .byIdentity,
             "distillation only: extra shard directories whose tiles are used without labels"),
         key("data", "input_factor", \.inputFactor, .int, "the model sees tiles area-downsampled by 1, 2, 4, 8 or 16"),
         key("data", "mean", \.mean, .floats, "per-channel normalisation mean (from `histodistill stats`)"),
         key("data", "std", \.std, .floats, "per-channel normalisation std (from `histodistill stats`)"),
-        key("data", "workers", \.workers, .int, "tile decoding threads per rank"),
-        key("data", "on_corrupt", \.onCorrupt, .choice, "a corrupt tile stops the run, or is skipped with a warning"),
-        key("augment", "horizontal_flip", \.augment.horizontalFlip, .bool, "random horizontal flips"),
-        key("augment", "vertical_flip", \.augment.verticalFlip, .bool, "random vertical flips"),
-        key("augment", "rotate90", \.augment.rotate90, .bool, "random rotations by multiples of 90 degrees"),
-        key("augment", "brightness", \.augment.brightness, .float, "brightness jitter (torchvision ColorJitter range)"),
-        key("augment", "contrast", \.augment.contrast, .float, "contrast jitter (torchvision ColorJitter range)"),
-        key("augment", "saturation", \.augment.saturation, .float, "saturation jitter (torchvision ColorJitter range)"),
-        key("augment", "hue", \.augment.hue, .float, "hue jitter, at most 0.5 (torchvision ColorJitter range)"),
+        key("data", "workers", \.workers, .int, resume: .mayChange, "tile decoding threads per rank"),
+        key("data", "on_corrupt", \.onCorrupt, .choice, resume: .mayChange, "a corrupt tile stops the run, or is skipped with a warning"),
+        key("augment", "horizontal_flip", \.augment.horizontalFlip, .bool, resume: .mayChange, "random horizontal flips"),
+        key("augment", "vertical_flip", \.augment.verticalFlip, .bool, resume: .mayChange, "random vertical flips"),
+        key("augment", "rotate90", \.augment.rotate90, .bool, resume: .mayChange, "random rotations by multiples of 90 degrees"),
+        key("augment", "brightness", \.augment.brightness, .float, resume: .mayChange, "brightness jitter (torchvision ColorJitter range)"),
+        key("augment", "contrast", \.augment.contrast, .float, resume: .mayChange, "contrast jitter (torchvision ColorJitter range)"),
+        key("augment", "saturation", \.augment.saturation, .float, resume: .mayChange, "saturation jitter (torchvision ColorJitter range)"),
+        key("augment", "hue", \.augment.hue, .float, resume: .mayChange, "hue jitter, at most 0.5 (torchvision ColorJitter range)"),
         key("model", "architecture", \.architecture, .choice, "network: the paper's ResNet-GN or torchvision's"),
         key("model", "classes", \.classes, .int, default: "0", "classifier outputs; 0 takes the training shards' class count"),
         key("model", "planes", \.planes, .ints, default: "the architecture's", "channels per stage"),
         key("model", "blocks", \.blocks, .ints, default: "the architecture's", "BasicBlocks per stage"),
         key("model", "groups", \.groups, .int, "GroupNorm groups (resnet-gn)"),
         key("optimizer", "name", \.optimizer, .choice, "torch.optim semantics"),
-        key("optimizer", "lr", \.lr, .double, "base learning rate"),
+        key("optimizer", "lr", \.lr, .double, resume: .mayChange, "base learning rate"),
         key("optimizer", "weight_decay", \.weightDecay, .float, "L2 (adam, sgd) or decoupled (adamw) weight decay"),
         key("optimizer", "momentum", \.momentum, .float, "sgd momentum"),
         key("optimizer", "nesterov", \.nesterov, .bool, "sgd Nesterov momentum"),
-        key("schedule", "name", \.schedule, .choice, "learning-rate schedule"),
-        key("schedule", "gamma", \.gamma, .double, "decay per epoch (exponential) or per step_epochs (step)"),
-        key("schedule", "step_epochs", \.stepEpochs, .int, "epochs between decays (step)"),
-        key("schedule", "warmup_steps", \.warmupSteps, .int, "linear warm-up steps (cosine)"),
-        key("schedule", "min_lr", \.minLR, .double, "final learning rate (cosine)"),
-        key("train", "epochs", \.epochs, .int, "passes over the training shards"),
-        key("train", "max_steps", \.maxSteps, .int, "stop after this many global steps"),
+        key("schedule", "name", \.schedule, .choice, resume: .mayChange, "learning-rate schedule"),
+        key("schedule", "gamma", \.gamma, .double, resume: .mayChange, "decay per epoch (exponential) or per step_epochs (step)"),
+        key("schedule", "step_epochs", \.stepEpochs, .int, resume: .mayChange, "epochs between decays (step)"),
+        key("schedule", "warmup_steps", \.warmupSteps, .int, resume: .mayChange, "linear warm-up steps (cosine)"),
+        key("schedule", "min_lr", \.minLR, .double, resume: .mayChange, "final learning rate (cosine)"),
+        key("train", "epochs", \.epochs, .int, resume: .mayChange, "passes over the training shards"),
+        key("train", "max_steps", \.maxSteps, .int, resume: .mayChange, "stop after this many global steps"),
         key("train", "batch_size", \.batchSize, .int, "global batch, split over the ranks"),
-        key("train", "checkpoint_every", \.checkpointEvery, .int, "steps between checkpoints (also at each epoch end)"),
-        key("train", "val_every", \.valEvery, .int, default: "epoch ends only", "validate every this many steps as well"),
-        key("train", "keep", \.keep, .int, "complete checkpoints kept"),
-        key("train", "clip_grad_norm", \.clipGradNorm, .float, "clip the global gradient norm (torch.nn.utils.clip_grad_norm_)"),
-        key("train", "threads", \.threads, .int, default: "cores per rank", "compute threads per rank"),
-        key("distill", "teacher_run", \.teacherRun, .string, default: "required", "the teacher's run directory"),
-        key("distill", "teacher_weights", \.teacherWeights, .string, default: "the teacher run's best weights", "teacher weights file"),
+        key("train", "checkpoint_every", \.checkpointEvery, .int, resume: .mayChange, "steps between checkpoints (also at each epoch end)"),
+        key("train", "val_every", \.valEvery, .int, default: "epoch ends only", resume: .mayChange, "validate every this many steps as well"),
+        key("train", "keep", \.keep, .int, resume: .mayChange, "complete checkpoints kept"),
+        key("train", "clip_grad_norm", \.clipGradNorm, .float, resume: .mayChange, "clip the global gradient norm (torch.nn.utils.clip_grad_norm_)"),
+        key("train", "threads", \.threads, .int, default: "cores per rank", resume: .mayChange, "compute threads per rank"),
+        key("train", "divergence_factor", \.divergenceFactor, .float, resume: .mayChange,
+            "stop when a step's loss exceeds this many times the lowest running median of the last 100 losses, floored at 0.1 (0 disables)"),
+        key("distill", "teacher_run", \.teacherRun, .string, default: "required", resume: .byIdentity, "the teacher's run directory"),
+        key("distill", "teacher_weights", \.teacherWeights, .string, default: "the teacher run's best weights", resume: .byIdentity, "teacher weights file"),
         key("distill", "kd_weight", \.objective.kdWeight, .float, "weight of KL(teacher || student) at the temperature, times T^2"),
         key("distill", "temperature", \.objective.temperature, .float, "softmax temperature T of the KD term"),
         key("distill", "pixel_weight", \.objective.pixelWeight, .float, "weight of the pixel loss between the last feature maps"),
@@ -194,13 +222,27 @@ public struct ConfigKey: @unchecked Sendable {
         key("distill", "ce_weight", \.objective.crossEntropyWeight, .float, "weight of cross-entropy on labeled tiles"),
     ]
 
+    /// The keys whose values differ between `stored` (a checkpoint's config) and `current`, as
+    /// "section.key: old -> new", split by what `--resume` does with them (`.byIdentity` keys are not compared
+    /// here: their targets are compared by identity).
+    public static func differences(stored: RunConfig, current: RunConfig) -> (refused: [String], changed: [String]) {
+        var refused: [String] = [], changed: [String] = []
+        for k in table where k.resume != .byIdentity {
+            let old = k.write(stored) ?? "unset", new = k.write(current) ?? "unset"
+            guard old != new else { continue }
+            let line = "\(k.path): \(old) -> \(new)"
+            if k.resume == .mustMatch { refused.append(line) } else { changed.append(line) }
+        }
+        return (refused, changed)
+    }
+
     /// The reference of every key as Markdown tables, one per section (configs/README.md holds this text).
     public static var markdownReference: String {
         var s = ""
         for section in sections {
-            s += "\n### `\(section)`\(section == "distill" ? " (only for `histodistill distill`)" : "")\n\n| key | type | default | what it does |\n|---|---|---|---|\n"
+            s += "\n### `\(section)`\(section == "distill" ? " (only for `histodistill distill`)" : "")\n\n| key | type | default | what it does | on --resume |\n|---|---|---|---|---|\n"
             for k in table where k.section == section {
-                s += "| `\(k.name)` | \(k.type) | \(k.defaultText) | \(k.doc) |\n"
+                s += "| `\(k.name)` | \(k.type) | \(k.defaultText) | \(k.doc) | \(k.resume.text) |\n"
             }
         }
         return s

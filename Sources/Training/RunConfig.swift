@@ -58,6 +58,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var keep = 3
     public var clipGradNorm: Float?
     public var threads: Int?
+    /// A step whose loss exceeds this many times the running median of recent losses stops the run (0: never).
+    public var divergenceFactor: Float = 1000
     // distill (present only for `histodistill distill`)
     /// Run directory of the teacher (its config.yaml and best weights).
     public var teacherRun: String?
@@ -150,6 +152,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if let maxSteps, maxSteps < 1 { throw bad("train.max_steps", "must be at least 1") }
         if let valEvery, valEvery < 1 { throw bad("train.val_every", "must be at least 1 (leave it out to validate at each epoch end)") }
         if let threads, threads < 1 { throw bad("train.threads", "must be at least 1") }
+        if !(divergenceFactor >= 0) { throw bad("train.divergence_factor", "must be 0 (off) or positive, got \(divergenceFactor)") }
     }
 
     /// The effective configuration as YAML, every key of `ConfigKey.table` that has a value, in table order

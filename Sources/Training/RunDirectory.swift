@@ -3,6 +3,9 @@
 // (architecture, class names, normalisation, input size and factor, microns per pixel, training data identity,
 // program version), stored as run.json and in every weights file's safetensors metadata.
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Layers
 import SafeTensors
 import TileShards
@@ -143,6 +146,17 @@ public struct RunDirectory: Sendable {
         try (header + relativized(c).yaml).write(to: config, atomically: true, encoding: .utf8)
     }
 
+    /// Removes what interrupted writes of an earlier process left (`*.tmp-*` files and directories in the run
+    /// directory and in checkpoints/). Call it only while holding the `RunLock`, so no live writer owns them.
+    public func removeStaleTemporaries() {
+        let fm = FileManager.default
+        for dir in [url, checkpoints] {
+            for name in (try? fm.contentsOfDirectory(atPath: dir.path)) ?? [] where name.contains(".tmp-") {
+                try? fm.removeItem(at: dir.appendingPathComponent(name))
+            }
+        }
+    }
+
     /// `c` with every path relative to this directory.
     public func relativized(_ c: RunConfig) -> RunConfig {
         c.mappingPaths(relativePath)
@@ -158,4 +172,37 @@ public struct RunDirectory: Sendable {
         let parts = Array(repeating: "..", count: base.count - common) + target[common...]
         return parts.isEmpty ? "." : parts.joined(separator: "/")
     }
+}
+
+/// An exclusive lock on a run directory (`RUN/.lock`, a POSIX record lock, so it also holds across NFS clients
+/// that support them), held by the process that trains the run. The file records the holder's host and pid;
+/// a lock whose holder died is released by the kernel and simply taken over.
+public final class RunLock {
+    public let url: URL
+    private let fd: Int32
+
+    /// Takes the lock or throws `TrainingError` naming the process that holds it.
+    public init(_ run: RunDirectory) throws {
+        url = run.url.appendingPathComponent(".lock")
+        try FileManager.default.createDirectory(at: run.url, withIntermediateDirectories: true)
+        fd = open(url.path, O_RDWR | O_CREAT, 0o644)
+        guard fd >= 0 else {
+            throw TrainingError("\(url.path): cannot be created (\(String(cString: strerror(errno)))). Hint: check that the run directory is writable.")
+        }
+        var lock = flock()
+        lock.l_type = Int16(F_WRLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        guard fcntl(fd, F_SETLK, &lock) == 0 else {
+            let holder = (try? String(contentsOf: url, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            close(fd)
+            throw TrainingError("\(run.url.path) is in use by another histodistill process (\(holder.isEmpty ? "holder unknown" : holder)). Hint: wait for that run to end or stop it; two processes must never train one run directory (use another run.output).")
+        }
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, 255)
+        let text = "pid \(getpid()) on host \(String(cString: host)), since \(ISO8601DateFormatter().string(from: Date()))\n"
+        ftruncate(fd, 0)
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+    }
+
+    deinit { close(fd) }   // closing the descriptor releases the lock
 }

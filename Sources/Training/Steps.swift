@@ -24,6 +24,10 @@ public struct StepInput {
     /// Class index per tile, -1 for unlabeled (count).
     public var labels: UnsafePointer<Int32>
     public var count: Int
+    /// Multiplies terms averaged over labeled tiles (cross-entropy): global tiles x local labeled over local tiles x
+    /// global labeled, so that after the tile-weighted reduction they average over the global batch's labeled
+    /// tiles. 1 on one process; set by `DataParallelStep.step`.
+    public var labeledScale: Float = 1
 
     public init(images: UnsafePointer<Float>, edge: Int, teacherImages: UnsafePointer<Float>?, teacherEdge: Int,
                 labels: UnsafePointer<Int32>, count: Int) {
@@ -55,6 +59,8 @@ public protocol StepObjective: AnyObject {
     var model: any Module { get }
     /// True when the objective reports KD and pixel terms (distillation).
     var isDistillation: Bool { get }
+    /// True when a term averages over the labeled tiles only (so ranks need the global labeled count).
+    var hasLabeledTerms: Bool { get }
     func localGradients(_ input: StepInput) -> LossTerms
 }
 
@@ -63,6 +69,7 @@ public final class SupervisedStep: StepObjective {
     public let network: any ImageModel
     public var model: any Module { network }
     public var isDistillation: Bool { false }
+    public var hasLabeledTerms: Bool { true }
 
     public init(model: any ImageModel) {
         precondition(model.classes > 0, "SupervisedStep: the model has no classifier")
@@ -76,7 +83,9 @@ public final class SupervisedStep: StepObjective {
         let out = network.forward(input.images, shape: NCHW(input.count, 3, input.edge, input.edge), training: true)
         var grad = [Float](repeating: 0, count: input.count * classes)
         var terms = LossTerms()
-        terms.total = CrossEntropy.forwardBackward(logits: out.logits!.data, labels: input.labels, n: input.count, classes: classes, gradLogits: &grad)
+        terms.total = CrossEntropy.forwardBackward(logits: out.logits!.data, labels: input.labels, n: input.count, classes: classes,
+                                                   gradLogits: &grad, scale: input.labeledScale)
+        if input.labeledScale != 1 { terms.total *= input.labeledScale }
         // A non-finite loss is caught after the reduction, on every rank alike; backward is harmless.
         grad.withUnsafeBufferPointer { network.backward(gradLogits: $0.baseAddress!, gradFeatureMap: nil, gradPooled: nil) }
         return terms
@@ -104,6 +113,37 @@ public final class FrozenTeacher: TeacherSource {
     }
 }
 
+/// A teacher whose run normalised tiles with other statistics than the student's: it maps the student's
+/// normalised full-resolution tiles back to [0, 1] and normalises them with the teacher's own mean and std, so the
+/// teacher always sees tiles prepared as in its own training.
+public final class RenormalizingTeacher: TeacherSource {
+    public let base: any TeacherSource
+    /// Per channel: x_teacher = x_student * scale + shift.
+    let scale: [Float], shift: [Float]
+    private var scratch: [Float] = []
+
+    /// `from`: the student run's (mean, std); `to`: the teacher run's.
+    public init(_ base: any TeacherSource, from: (mean: [Float], std: [Float]), to: (mean: [Float], std: [Float])) {
+        self.base = base
+        scale = (0..<3).map { from.std[$0] / to.std[$0] }
+        shift = (0..<3).map { (from.mean[$0] - to.mean[$0]) / to.std[$0] }
+    }
+    public var classes: Int { base.classes }
+    public func outputs(_ images: UnsafePointer<Float>, shape: NCHW) -> ImageModelOutput {
+        if scratch.count < shape.count { scratch = [Float](repeating: 0, count: shape.count) }
+        let plane = shape.h * shape.w
+        scratch.withUnsafeMutableBufferPointer { out in
+            for n in 0..<shape.n {
+                for c in 0..<shape.c {
+                    let base = (n * shape.c + c) * plane, a = scale[c], b = shift[c]
+                    for i in 0..<plane { out[base + i] = images[base + i] * a + b }
+                }
+            }
+        }
+        return scratch.withUnsafeBufferPointer { base.outputs($0.baseAddress!, shape: shape) }
+    }
+}
+
 /// Resolution-based distillation (DiPalma et al. 2021): the student sees the low-resolution view, the teacher the
 /// full-resolution one; `objective` weighs KD(T), the pixel loss to the teacher's resized map and cross-entropy.
 public final class DistillationStep: StepObjective {
@@ -112,6 +152,7 @@ public final class DistillationStep: StepObjective {
     public let objective: DistillationObjective
     public var model: any Module { student }
     public var isDistillation: Bool { true }
+    public var hasLabeledTerms: Bool { objective.crossEntropyWeight != 0 }
 
     public init(student: any ImageModel, teacher: any TeacherSource, objective: DistillationObjective) {
         precondition(student.classes == teacher.classes, "DistillationStep: student has \(student.classes) classes, teacher \(teacher.classes)")
@@ -130,7 +171,7 @@ public final class DistillationStep: StepObjective {
         let terms = objective.evaluate(studentLogits: out.logits!.data, teacherLogits: t.logits!.data, n: n, classes: classes,
                                        studentMap: out.featureMap.data, studentMapShape: out.featureMap.nchw,
                                        teacherMap: t.featureMap.data, teacherMapShape: t.featureMap.nchw,
-                                       labels: input.labels, gradLogits: &grad, gradMap: &mapGrad)
+                                       labels: input.labels, gradLogits: &grad, gradMap: &mapGrad, crossEntropyScale: input.labeledScale)
         grad.withUnsafeBufferPointer { g in
             mapGrad.withUnsafeBufferPointer { student.backward(gradLogits: g.baseAddress!, gradFeatureMap: $0.baseAddress!, gradPooled: nil) }
         }
@@ -184,6 +225,14 @@ public final class DataParallelStep {
     @discardableResult
     public func step(_ input: StepInput, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0) throws -> GlobalStep {
         guard let objective else { preconditionFailure("DataParallelStep.step: built without an objective; call finish") }
+        var input = input
+        if group.size > 1 && objective.hasLabeledTerms {
+            var labeled = 0
+            for i in 0..<input.count where input.labels[i] >= 0 { labeled += 1 }
+            var counts: [Double] = [Double(input.count), Double(labeled)]
+            try counts.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
+            input.labeledScale = counts[1] > 0 && labeled > 0 ? Float(counts[0] * Double(labeled) / (Double(input.count) * counts[1])) : 0
+        }
         let local = objective.localGradients(input)
         return try finish(local, count: input.count, optimizer: optimizer, lr: lr, clipGradNorm: clipGradNorm, skipped: skipped)
     }
@@ -205,6 +254,11 @@ public final class DataParallelStep {
         guard global.divergence == nil, global.count > 0 else { return global }
         if let clipGradNorm { GradientOps.clipNorm(g, count: model.parameterCount, maxNorm: clipGradNorm) }
         optimizer.update(values: model.parameters.values.pointer, gradients: g, lr: lr)
+        // A finite gradient times a huge learning rate can still overflow the weights (identical on every rank).
+        if !GradientOps.allFinite(model.parameters.values.pointer, count: model.parameterCount) {
+            global.divergence = "the weights became non-finite after the update (learning rate \(lr))"
+            return global
+        }
         try broadcastBuffers()
         return global
     }

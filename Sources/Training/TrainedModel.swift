@@ -13,6 +13,8 @@ public struct TrainedModel {
     public let metadata: RunMetadata
     /// The weights file it was loaded from.
     public let weights: URL
+    /// Digest of that file's bytes (`FNV1a64`): what a distillation checkpoint records of its teacher.
+    public let digest: String
 
     /// Loads a trained model from `weights`, or from `run`'s preferred weights (best, else newest checkpoint).
     ///
@@ -42,7 +44,11 @@ public struct TrainedModel {
         guard problems.isEmpty else { throw TrainingError("\(chosen.path): the described model is invalid: \(problems.joined(separator: "; "))") }
         let model = ResNet(metadata.model, initialize: false)
         do { try model.load(file, source: chosen.path) } catch let e as WeightsError { throw TrainingError(e.message) }
-        return TrainedModel(model: model, metadata: metadata, weights: chosen)
+        guard GradientOps.allFinite(model.parameters.values.pointer, count: model.parameterCount),
+              GradientOps.allFinite(model.buffers.values.pointer, count: model.buffers.layout.count) else {
+            throw TrainingError("\(chosen.path) holds non-finite weights (NaN or infinity): the run that wrote it diverged. Hint: use an earlier checkpoint of that run, or retrain with a lower optimizer.lr.")
+        }
+        return TrainedModel(model: model, metadata: metadata, weights: chosen, digest: try FNV1a64.file(chosen))
     }
 
     /// A description rebuilt from an older run's config.yaml and the classifier's shape.

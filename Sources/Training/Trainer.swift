@@ -105,6 +105,10 @@ public final class SupervisedTrainer {
     let writer: String
     /// Losses of every step run by this process (for tests and reports); identical on every rank.
     public private(set) var history: [StepMetrics] = []
+    /// The best validation accuracy so far (the weights in best.safetensors), and the step it was reached at in
+    /// this process (nil when it came from before a resume).
+    public private(set) var bestAccuracy: Double?
+    public private(set) var bestStep: Int?
     /// Progress lines (rate and ETA) go here; nil for silence. Only the coordinator calls it.
     public var progress: ((String) -> Void)?
     /// When true, every rank appends the dataset index of each tile it trains on to
@@ -112,6 +116,10 @@ public final class SupervisedTrainer {
     public var traceSamples = false
     /// The step: this objective's forward/backward, the all-reduce, the update, the state broadcast.
     public let stepper: DataParallelStep
+    /// The teacher weights' digest (distillation), recorded in checkpoints.
+    let teacherDigest: String?
+    /// The coordinator's lock on the run directory, held while it trains.
+    var lock: RunLock?
 
     /// Opens the data, builds the model and optimizer (and the teacher). Under several ranks, first checks that
     /// every rank runs the same program version and config.
@@ -130,7 +138,7 @@ public final class SupervisedTrainer {
         }
         train = try open(config.trainShards, config.unlabeledShards.isEmpty ? "train" : "train/unlabeled", unlabeled: config.unlabeledShards)
         val = try config.valShards.map { try open($0, "val") }
-        if let val, val.classes != train.classes {
+        if let val, val.classes != train.classes, val.hasLabels {
             throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
         }
         let classes = config.classes > 0 ? config.classes : train.classes.count
@@ -163,11 +171,23 @@ public final class SupervisedTrainer {
             if trained.metadata.classes.count == train.classes.count && trained.metadata.classes != train.classes {
                 throw TrainingError("the teacher in \(teacherRun) was trained on classes \(trained.metadata.classes), data.train has \(train.classes). Hint: distill on shards packed with the teacher's class folders.")
             }
+            guard config.inputFactor > 1 else {
+                throw TrainingError("data.input_factor is 1: a distilled student must see tiles downsampled 2, 4, 8 or 16x")
+            }
+            if let size = trained.metadata.tileSize, size != train.tileSize {
+                throw TrainingError("the teacher in \(teacherRun) was trained on \(size) px tiles, data.train holds \(train.tileSize) px tiles. Hint: distill on shards packed at the teacher's tile size (and magnification).")
+            }
             teacher = trained.model
-            stepper = DataParallelStep(objective: DistillationStep(student: network, teacher: FrozenTeacher(trained.model), objective: config.objective),
-                                       group: group)
+            teacherDigest = trained.digest
+            // The teacher sees the tiles as its own run prepared them (its mean and std), whatever the student's are.
+            var source: any TeacherSource = FrozenTeacher(trained.model)
+            if trained.metadata.mean != config.mean || trained.metadata.std != config.std {
+                source = RenormalizingTeacher(source, from: (config.mean, config.std), to: (trained.metadata.mean, trained.metadata.std))
+            }
+            stepper = DataParallelStep(objective: DistillationStep(student: network, teacher: source, objective: config.objective), group: group)
         } else {
             teacher = nil
+            teacherDigest = nil
             stepper = DataParallelStep(objective: SupervisedStep(model: network), group: group)
         }
         store = runDirectory.checkpointStore(keep: config.keep)
@@ -176,6 +196,27 @@ public final class SupervisedTrainer {
                                tileSize: train.tileSize, tileMicronsPerPixel: train.micronsPerPixel, trainShards: train.identity,
                                trainShardsPath: runDirectory.relativePath(config.trainShards), objective: config.isDistillation ? "distillation" : "supervised",
                                teacherRun: config.teacherRun.map(runDirectory.relativePath), program: writer)
+    }
+
+    /// Refuses a resume that would silently turn into another run: changed keys that shape the model, the data,
+    /// the sample order or the objective; another training shard set; another teacher.
+    func checkResume(_ state: CheckpointState, checkpoint: URL) throws {
+        let hint = "Hint: resume with the run's own config (\(runDirectory.config.path)), or start a new run with another run.output."
+        guard state.seed == config.seed else {
+            throw TrainingError("\(checkpoint.path): written by a run with seed \(state.seed), this config has \(config.seed). \(hint)")
+        }
+        if let stored = try? RunConfig.parse(state.config, source: checkpoint.path) {
+            let refused = ConfigKey.differences(stored: stored, current: config).refused
+            if !refused.isEmpty {
+                throw TrainingError("cannot resume \(runDirectory.url.path) with changed settings that alter the model, the data, the sample order or the objective: \(refused.joined(separator: "; ")) (checkpoint -> now). \(hint)")
+            }
+        }
+        if let trained = state.trainShards, trained != metadata.trainShards {
+            throw TrainingError("cannot resume: the checkpoint was trained on the shard set \(trained), but data.train (\(config.trainShards)) now holds \(metadata.trainShards.map { "\($0)" } ?? "another set"). \(hint)")
+        }
+        if let before = state.teacherWeights, before != teacherDigest {
+            throw TrainingError("cannot resume: the checkpoint was distilled from teacher weights \(before), distill.teacher_run (\(config.teacherRun ?? "-")) now gives \(teacherDigest ?? "none"). \(hint)")
+        }
     }
 
     /// Where the coordinator starts: the checkpoint it loaded, if any.
@@ -194,40 +235,52 @@ public final class SupervisedTrainer {
         // The coordinator owns the run directory and decides the starting point; every rank then takes its
         // weights, optimizer state and running statistics, so all ranks start identical.
         let start = try group.onCoordinator { () throws -> StartPoint in
-            try fm.createDirectory(at: runDirectory.url, withIntermediateDirectories: true)
+            // One writer per run directory, taken before anything in it is touched.
+            lock = try RunLock(runDirectory)
+            runDirectory.removeStaleTemporaries()
             var start = StartPoint(state: nil, checkpoint: nil)
             if resume, let latest = store.newest() {
-                let state = try store.load(latest, model: model, optimizer: optimizer)
-                guard state.seed == config.seed else {
-                    throw TrainingError("\(latest.path): written by a run with seed \(state.seed), this config has \(config.seed). Hint: resume with the run's own config.yaml.")
-                }
-                start = StartPoint(state: state, checkpoint: latest.lastPathComponent)
+                let state = try store.state(of: latest)
+                try checkResume(state, checkpoint: latest)
+                start = StartPoint(state: try store.load(latest, model: model, optimizer: optimizer), checkpoint: latest.lastPathComponent)
             } else if !resume && !store.completeCheckpoints().isEmpty {
                 throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
             }
             // Only a run that is going ahead (re)writes its description: a refused resume leaves the old one intact.
             try runDirectory.write(config: config, metadata: metadata)
+            // On resume, metrics lines after the checkpoint's step belong to steps that will run again.
+            if let state = start.state { try MetricsLog.truncate(run: runDirectory, after: state.step) }
             return start
         }
         try stepper.broadcastState(optimizer: optimizer)
         var step = start.state?.step ?? 0
         var cursor = start.state?.cursor ?? DataCursor()
         var best = start.state?.bestMetric
+        bestAccuracy = best
         if let name = start.checkpoint, let state = start.state {
             let ranks = state.worldSize == group.size ? "" : " (written by \(state.worldSize) ranks, continuing on \(group.size))"
             progress?("resuming from \(name) (epoch \(cursor.epoch), step \(step))\(ranks)")
-        }
-        if teacher != nil && config.inputFactor == 1 {
-            throw TrainingError("data.input_factor is 1: a distilled student must see tiles downsampled 2, 4, 8 or 16x")
+            if let stored = try? RunConfig.parse(state.config, source: "checkpoint"), group.isCoordinator {
+                let changed = ConfigKey.differences(stored: stored, current: config).changed
+                if !changed.isEmpty {
+                    progress?("note: continuing with changed settings (\(changed.joined(separator: "; "))): the continuation is no longer bit-exact with an uninterrupted run")
+                }
+            }
         }
         let transform = PairedTransform(augment: config.augment, factor: config.inputFactor, mean: config.mean, std: config.std)
-        let loader: BatchLoader
-        do {
-            loader = try BatchLoader(dataset: train, transform: transform, seed: config.seed, globalBatch: config.batchSize, rank: group.rank,
-                                     worldSize: group.size, cursor: cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
-                                     workers: config.workers)
-        } catch let e as ShardError {
-            throw TrainingError("data.train (\(config.trainShards)): \(e.message)")
+        // Every rank meets the same data problems: one message from the coordinator, no abort.
+        let loader = try group.collectively { () throws -> BatchLoader in
+            let steps = train.count / config.batchSize
+            guard cursor.samplesConsumed == 0 || cursor.nextStep(globalBatch: config.batchSize) < steps else {
+                throw TrainingError("data.train (\(config.trainShards)) holds \(train.count) tiles (\(steps) steps of \(config.batchSize)), but the checkpoint is at step \(cursor.nextStep(globalBatch: config.batchSize)) of epoch \(cursor.epoch). Hint: resume with the shards the run was trained on.")
+            }
+            do {
+                return try BatchLoader(dataset: train, transform: transform, seed: config.seed, globalBatch: config.batchSize, rank: group.rank,
+                                       worldSize: group.size, cursor: cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
+                                       workers: config.workers)
+            } catch let e as ShardError {
+                throw TrainingError("data.train (\(config.trainShards)): \(e.message)")
+            }
         }
         let stepsPerEpoch = loader.stepsPerEpoch
         let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
@@ -238,6 +291,7 @@ public final class SupervisedTrainer {
         let begin = Date()
         let startStep = step
         let stopAt = min(totalSteps, stopAfter ?? totalSteps)
+        var recentLosses: [Float] = [], lowestMedian: Float?
         while step < stopAt {
             let t0 = Date()
             let batch = try loader.next()
@@ -253,8 +307,21 @@ public final class SupervisedTrainer {
             let global = try batch.withStepInput(inputFactor: config.inputFactor) { input in
                 try stepper.step(input, optimizer: optimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm, skipped: batch.skipped.count)
             }
-            if let divergence = global.divergence {
-                let message = "\(divergence) at step \(step + 1) (epoch \(batch.epoch)). The last good checkpoint is kept in \(store.directory.path). Hint: lower optimizer.lr, set train.clip_grad_norm, or check the teacher's weights."
+            var divergence = global.divergence
+            // The divergence guard: the loss against the lowest running median (last 100 steps, from the first step on) seen so far, floored
+            // at 0.1 so that a well-fitted run's small losses do not make ordinary noise look like an explosion.
+            if divergence == nil, config.divergenceFactor > 0, let baseline = lowestMedian,
+               global.terms.total > config.divergenceFactor * max(baseline, 0.1) {
+                divergence = "the loss exploded to \(global.terms.total), over \(config.divergenceFactor) times the lowest running median \(baseline) (train.divergence_factor)"
+            }
+            recentLosses.append(global.terms.total)
+            if recentLosses.count > 100 { recentLosses.removeFirst() }
+            if !recentLosses.isEmpty {
+                let median = recentLosses.sorted()[recentLosses.count / 2]
+                lowestMedian = min(lowestMedian ?? median, median)
+            }
+            if let divergence {
+                let message = "\(divergence) at step \(step + 1) (epoch \(batch.epoch)); \(store.intactText()). Hint: lower optimizer.lr, set train.clip_grad_norm, or check the teacher's weights."
                 if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
                 throw TrainingError(message)
             }
@@ -268,16 +335,18 @@ public final class SupervisedTrainer {
                                 waitMs: waited * 1000, allreduceMs: global.reduceSeconds * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
             let epochEnded = cursor.epoch != batch.epoch
             let validateNow = epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true
-            if validateNow, let val {
-                let (acc, vloss) = try validate(val)
-                m.valAccuracy = acc; m.valLoss = vloss
+            if validateNow, let val, let result = try validate(val) {
+                let acc = result.0
+                m.valAccuracy = acc; m.valLoss = result.1
                 if best == nil || acc > best! {
                     best = acc
+                    bestStep = step
                     if group.isCoordinator {
                         try model.saveWeights(to: runDirectory.bestWeights, metadata: metadata.safetensorsMetadata.merging(["step": "\(step)", "val_accuracy": "\(acc)"]) { $1 })
                     }
                 }
             }
+            bestAccuracy = best
             history.append(m)
             try log?.append(m)
             let stopping = global.stopSignal != nil
@@ -285,7 +354,8 @@ public final class SupervisedTrainer {
                 if group.isCoordinator {
                     try store.save(model: model, optimizer: optimizer,
                                    state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
-                                                          writer: writer, bestMetric: best), metadata: metadata.safetensorsMetadata)
+                                                          writer: writer, bestMetric: best, trainShards: metadata.trainShards,
+                                                          teacherWeights: teacherDigest), metadata: metadata.safetensorsMetadata)
                 }
                 // Nobody leaves before the checkpoint exists (a preempted job must find it on restart).
                 if stopping || step == stopAt { try group.barrier() }
@@ -301,8 +371,8 @@ public final class SupervisedTrainer {
     }
 
     /// Accuracy and mean cross-entropy on `dataset` (eval mode, no augmentation), each rank evaluating a
-    /// contiguous share of the tiles and the counts summed over ranks.
-    public func validate(_ dataset: ShardDataset) throws -> (Double, Double) {
+    /// contiguous share of the tiles and the counts summed over ranks; nil when no tile has a label.
+    public func validate(_ dataset: ShardDataset) throws -> (Double, Double)? {
         let share = (dataset.count * group.rank / group.size)..<(dataset.count * (group.rank + 1) / group.size)
         let p = try Inference.run(model: model, dataset: dataset, settings: InferenceSettings(config), range: share)
         var correct = 0
@@ -311,7 +381,7 @@ public final class SupervisedTrainer {
         }
         var sums: [Double] = [Double(correct), p.meanLoss * Double(p.labeledCount), Double(p.labeledCount)]
         try sums.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
-        return sums[2] > 0 ? (sums[0] / sums[2], sums[1] / sums[2]) : (0, 0)
+        return sums[2] > 0 ? (sums[0] / sums[2], sums[1] / sums[2]) : nil
     }
 
     private func traceHandle() throws -> FileHandle {
@@ -348,6 +418,21 @@ final class MetricsLog {
     }
 
     deinit { try? jsonl.close(); try? csv.close() }
+
+    /// Drops the lines of steps after `step` from metrics.jsonl and metrics.csv (a resumed run logs them again).
+    static func truncate(run: RunDirectory, after step: Int) throws {
+        func keep(_ url: URL, header: Bool, stepOf: (Substring) -> Int?) throws {
+            guard let text = try? String(contentsOf: url, encoding: .utf8) else { return }
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: true)
+            let kept = lines.enumerated().filter { i, line in (header && i == 0) || (stepOf(line).map { $0 <= step } ?? false) }.map(\.element)
+            guard kept.count != lines.count else { return }
+            try CheckpointStore.writeAtomically(Data((kept.joined(separator: "\n") + (kept.isEmpty ? "" : "\n")).utf8), to: url)
+        }
+        try keep(run.metricsJSONL, header: false) { line in
+            (try? JSONDecoder().decode(StepMetrics.self, from: Data(line.utf8)))?.step
+        }
+        try keep(run.metricsCSV, header: true) { line in line.split(separator: ",").first.flatMap { Int($0) } }
+    }
 
     func append(_ m: StepMetrics) throws {
         try jsonl.write(contentsOf: JSONEncoder().encode(m) + Data("\n".utf8))

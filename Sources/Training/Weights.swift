@@ -33,7 +33,7 @@ extension Module {
         var meta = metadata
         meta["architecture"] = architectureDescription
         let data = try SafeTensorsFile(tensors: stateDict(), metadata: meta).serialized()
-        try data.write(to: url, options: .atomic)
+        try CheckpointStore.writeAtomically(data, to: url)
     }
 
     /// Loads a state_dict. Keys may carry DataParallel's "module." prefix. With `strict`, every key of the

@@ -315,6 +315,60 @@ struct DataParallelTests {
         }
     }
 
+    @Test("distillation with labeled and unlabeled tiles and ce_weight > 0: every loss term is the same on 1 and 2 ranks")
+    func labeledTermsAcrossRanks() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpce-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let unlabeled = try classShards(dir, name: "unlabeled", classes: ["a", "b"], count: 5, unlabeled: true)
+        let teacher = try dataParallelConfig(dir, shards: shards, batch: 4)
+        let t = try run([try histodistillBinary(), "train", "--config", teacher.path, "--set", "train.max_steps=3", "--set", "data.input_factor=1"])
+        #expect(t.status == 0, "\(t.stderr)")
+        func student(_ name: String) throws -> URL {
+            let url = dir.appendingPathComponent("\(name).yaml")
+            try """
+            run: {output: \(dir.appendingPathComponent(name).path), seed: 8}
+            data: {train: \(shards.path), unlabeled: \(unlabeled.path), input_factor: 2}
+            model: {planes: [32, 32], blocks: [1, 1]}
+            optimizer: {name: adam, lr: 0.001}
+            train: {max_steps: 4, batch_size: 6, checkpoint_every: 100}
+            distill: {teacher_run: \(dir.appendingPathComponent("run").path), ce_weight: 0.5, temperature: 2}
+            """.write(to: url, atomically: true, encoding: .utf8)
+            return url
+        }
+        let one = try run([try histodistillBinary(), "distill", "--config", try student("one").path])
+        #expect(one.status == 0, "\(one.stderr)")
+        let two = try mpirun(2, ["distill", "--config", try student("two").path])
+        #expect(two.status == 0, "\(two.stderr)")
+        func metrics(_ name: String) throws -> [StepMetrics] {
+            try String(contentsOf: dir.appendingPathComponent("\(name)/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+                .map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)) }
+        }
+        let a = try metrics("one"), b = try metrics("two")
+        #expect(a.count == 4 && b.count == 4)
+        func close(_ x: Float?, _ y: Float?) -> Bool {
+            guard let x, let y else { return false }
+            return abs(x - y) <= 2e-5 * max(1, abs(x))
+        }
+        for (m, n) in zip(a, b) {
+            #expect(close(m.ceLoss, n.ceLoss) && close(m.kdLoss, n.kdLoss) && close(m.pixelLoss, n.pixelLoss) && close(m.loss, n.loss),
+                    "step \(m.step): 1 rank ce \(m.ceLoss ?? -1) kd \(m.kdLoss ?? -1) pixel \(m.pixelLoss ?? -1) total \(m.loss); 2 ranks ce \(n.ceLoss ?? -1) kd \(n.kdLoss ?? -1) pixel \(n.pixelLoss ?? -1) total \(n.loss)")
+        }
+        #expect(a.contains { ($0.ceLoss ?? 0) > 0 }, "labeled tiles contribute")
+    }
+
+    @Test("a start-up error every rank meets (a global batch larger than the data) is reported once with exit 1, without MPI_Abort")
+    func sharedStartupError() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpstartup-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = try dataParallelConfig(dir, shards: shards, batch: 4)
+        let m = try mpirun(2, ["train", "--config", config.path, "--set", "train.batch_size=1000"], timeout: 60)
+        #expect(m.status == 1, "\(m.stderr)")
+        #expect(m.stderr.components(separatedBy: "fewer than one global batch").count - 1 == 1, "\(m.stderr)")
+        #expect(!m.stderr.contains("MPI_ABORT") && !m.stderr.contains("MPI_Abort"), "\(m.stderr)")
+    }
+
     @Test("ranks started with different configs are refused at start-up, naming the rank")
     func mismatchedRanks() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpmismatch-\(UUID().uuidString)")

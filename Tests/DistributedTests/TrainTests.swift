@@ -93,7 +93,7 @@ struct TrainTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)
         let run = dir.appendingPathComponent("run")
-        // A teacher, and a copy of its weights whose classifier holds infinities (as a diverged teacher would).
+        // A teacher, and a copy of its weights whose classifier is finite but so large that its logits overflow.
         let teacherDir = dir.appendingPathComponent("teacher")
         let teacherConfig = try RunConfig.parse("""
         run: {output: \(teacherDir.path), seed: 1}
@@ -107,7 +107,7 @@ struct TrainTests {
             .appendingPathComponent("model.safetensors"))
         let brokenWeights = dir.appendingPathComponent("diverged.safetensors")
         let tensors = teacher.stateDict().map { t in
-            t.name == "fc.weight" ? SafeTensor(name: t.name, shape: t.shape, floats: t.floats.map { _ in Float.infinity }) : t
+            t.name == "fc.weight" ? SafeTensor(name: t.name, shape: t.shape, floats: t.floats.map { _ in Float.greatestFiniteMagnitude / 4 }) : t
         }
         try SafeTensorsFile(tensors: tensors, metadata: [:]).serialized().write(to: brokenWeights)
         func student(_ weights: String?) throws -> RunConfig {
@@ -121,11 +121,24 @@ struct TrainTests {
         }
         let config = try student(nil)
         try SupervisedTrainer(config: config, writer: "test").run(resume: false, stopAfter: 2)
-        // Resumed with the diverged teacher: the KD loss of step 3 is not finite.
-        let trainer = try SupervisedTrainer(config: try student(brokenWeights.path), writer: "test")
+        // Resumed with a learning rate that overflows the weights at step 3: stopped, naming the step and what is kept.
+        let trainer = try SupervisedTrainer(config: try RunConfig.parse(config.yaml, source: "x", overrides: ["optimizer.lr=1e38"]), writer: "test")
         let e = #expect(throws: TrainingError.self) { try trainer.run(resume: true) }
-        #expect(e?.message.contains("the loss became") == true && e?.message.contains("at step 3") == true, "\(String(describing: e))")
-        #expect(e?.message.contains("last good checkpoint") == true)
+        #expect(e?.message.contains("non-finite") == true && e?.message.contains("at step 3") == true, "\(String(describing: e))")
+        #expect(e?.message.contains("the newest intact checkpoint is step-000000002") == true, "\(String(describing: e))")
+        // A fresh run whose teacher's logits overflow: the KD loss of step 1 is not finite, and nothing was written.
+        let fresh = try SupervisedTrainer(config: try RunConfig.parse(try student(brokenWeights.path).yaml, source: "x",
+                                                                      overrides: ["run.output=\(dir.appendingPathComponent("fresh").path)"]), writer: "test")
+        let f = #expect(throws: TrainingError.self) { try fresh.run(resume: false) }
+        #expect(f?.message.contains("the loss became") == true && f?.message.contains("at step 1") == true
+                && f?.message.contains("no checkpoint has been written yet") == true, "\(String(describing: f))")
+        // A teacher whose weights are not finite at all is refused before any step, naming the file.
+        let infinite = dir.appendingPathComponent("infinite.safetensors")
+        try SafeTensorsFile(tensors: teacher.stateDict().map { t in
+            t.name == "fc.weight" ? SafeTensor(name: t.name, shape: t.shape, floats: t.floats.map { _ in Float.infinity }) : t
+        }, metadata: [:]).serialized().write(to: infinite)
+        let refused = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: try student(infinite.path), writer: "test") }
+        #expect(refused?.message.contains("infinite.safetensors holds non-finite weights") == true, "\(String(describing: refused))")
         #expect(trainer.history.isEmpty)
         // The newest checkpoint is still step 2, and it loads.
         let store = CheckpointStore(directory: run.appendingPathComponent("checkpoints"))
