@@ -23,20 +23,30 @@ func shardFiles(_ paths: [String]) throws -> [URL] {
     return urls
 }
 
-/// A progress line with rate and ETA, on standard error, only when it is a terminal.
-struct ProgressLine {
-    let label: String
-    let start = Date()
-    let isTerminal = isatty(2) != 0
+/// Progress of a long loop on standard error: a live line on a terminal; elsewhere (a SLURM log, a pipe) a
+/// timestamped line every `every` seconds and at the end, never one line per item.
+final class ProgressLine {
+    let label: String, every: TimeInterval
+    private let start = Date()
+    private var last = Date.distantPast
+    private let terminal = isatty(2) != 0
 
-    func update(_ done: Int, _ total: Int) {
-        guard isTerminal, total > 0 else { return }
-        let elapsed = Date().timeIntervalSince(start)
-        let rate = Double(done) / max(elapsed, 1e-9)
+    init(label: String, every: TimeInterval = 10) { self.label = label; self.every = every }
+
+    func update(_ done: Int, _ total: Int, unit: String = "") {
+        guard total > 0 else { return }
+        let now = Date()
+        guard terminal || now.timeIntervalSince(last) >= every || done == total else { return }
+        last = now
+        let elapsed = now.timeIntervalSince(start), rate = Double(done) / max(elapsed, 1e-9)
         let eta = rate > 0 ? Double(total - done) / rate : 0
-        let line = String(format: "\r%@ %d/%d (%.0f%%), %.0f/s, ETA %.0fs   ", label, done, total, 100 * Double(done) / Double(total), rate, eta)
-        FileHandle.standardError.write(Data(line.utf8))
-        if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+        let units = unit.isEmpty ? "" : " \(unit)"
+        let line = String(format: "%@ %d/%d%@ (%.0f%%), %.0f/s, ETA %.0fs", label, done, total, units, 100 * Double(done) / Double(total), rate, eta)
+        if terminal {
+            FileHandle.standardError.write(Data("\r\(line)   \(done == total ? "\n" : "")".utf8))
+        } else {
+            FileHandle.standardError.write(Data("\(ISO8601DateFormatter().string(from: now)) \(line)\n".utf8))
+        }
     }
 }
 

@@ -161,7 +161,7 @@ public struct ConfigKey: @unchecked Sendable {
     }
 
     /// Sections in file order.
-    public static let sections = ["run", "data", "augment", "model", "optimizer", "schedule", "train", "distill"]
+    public static let sections = ["run", "data", "augment", "model", "optimizer", "schedule", "train", "distill", "mil"]
 
     /// Key names of `section`, in table order.
     static func keys(of section: String) -> [String] { table.filter { $0.section == section }.map(\.name) }
@@ -171,7 +171,7 @@ public struct ConfigKey: @unchecked Sendable {
         key("run", "name", \.name, .string, resume: .mayChange, "run name (also the default output directory's)"),
         key("run", "output", \.output, .string, default: "runs/NAME", resume: .mayChange, "run directory: config.yaml, run.json, metrics, best.safetensors, checkpoints/"),
         key("run", "seed", \.seed, .uint64, "seed of the initial weights, the sample order and the augmentation"),
-        key("data", "train", \.trainShards, .string, default: "required", resume: .byIdentity, "directory of training shards (`histodistill pack`)"),
+        key("data", "train", \.trainShards, .string, default: "required", resume: .byIdentity, "directory of training shards (`histodistill pack`); for `histodistill mil`, of feature files (`histodistill extract`)"),
         key("data", "val", \.valShards, .string, resume: .mayChange, "directory of validation shards (validated at each epoch end)"),
         key("data", "unlabeled", \.unlabeledShards, .paths, default: "none", resume: .byIdentity,
             "distillation only: extra shard directories whose tiles are used without labels"),
@@ -220,6 +220,11 @@ public struct ConfigKey: @unchecked Sendable {
         key("distill", "pixel_resize", \.objective.pixelResize, .choice, "how the teacher's map is resized to the student's"),
         key("distill", "pixel_norm", \.objective.pixelNorm, .choice, "L1 or L2 pixel loss"),
         key("distill", "ce_weight", \.objective.crossEntropyWeight, .float, "weight of cross-entropy on labeled tiles"),
+        key("mil", "beta", \.milBeta, .float, "weight of the patch classifier's loss (each patch labeled with its slide's label) next to the bag loss"),
+        key("mil", "hidden", \.milHidden, .ints, "widths of the MLP over each patch feature (HistoTransfer: 256, 64)"),
+        key("mil", "attention", \.milAttention, .int, "width of the attention layer (tanh) before the one-unit score"),
+        key("mil", "folds", \.milFolds, .int, "cross-validation: split data.train's slides into this many class-stratified folds (0: no split)"),
+        key("mil", "fold", \.milFold, .int, "the fold validated on (0..<folds); the others are trained on"),
     ]
 
     /// The keys whose values differ between `stored` (a checkpoint's config) and `current`, as
@@ -240,7 +245,8 @@ public struct ConfigKey: @unchecked Sendable {
     public static var markdownReference: String {
         var s = ""
         for section in sections {
-            s += "\n### `\(section)`\(section == "distill" ? " (only for `histodistill distill`)" : "")\n\n| key | type | default | what it does | on --resume |\n|---|---|---|---|---|\n"
+            let only = section == "distill" ? " (only for `histodistill distill`)" : section == "mil" ? " (only for `histodistill mil`)" : ""
+            s += "\n### `\(section)`\(only)\n\n| key | type | default | what it does | on --resume |\n|---|---|---|---|---|\n"
             for k in table where k.section == section {
                 s += "| `\(k.name)` | \(k.type) | \(k.defaultText) | \(k.doc) | \(k.resume.text) |\n"
             }

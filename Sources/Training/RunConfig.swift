@@ -66,6 +66,19 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// Teacher weights file (default: the teacher run's best.safetensors).
     public var teacherWeights: String?
     public var objective = DistillationObjective()
+    // mil (only for `histodistill mil`)
+    /// Weight of the patch classifier's loss (every patch labeled with its slide's label) next to the bag loss.
+    public var milBeta: Float = 0.5
+    /// Widths of the MIL head's MLP and attention layer.
+    public var milHidden: [Int] = [256, 64]
+    public var milAttention = 32
+    /// Cross-validation: split data.train's slides into this many class-stratified folds (0: no split) and
+    /// validate on fold `milFold`.
+    public var milFolds = 0
+    public var milFold = 0
+
+    /// True when the config has a mil section (an attention-MIL run over feature sets).
+    public var hasMILSection = false
 
     /// True when the config describes a distillation run.
     public var isDistillation: Bool { teacherRun != nil }
@@ -125,6 +138,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             try key.read(&c, v, source)
         }
         if tree["run"]?["output"] == nil || tree["run"]?["output"] is NSNull { c.output = "runs/\(c.name)" }
+        c.hasMILSection = tree["mil"] != nil
         if tree["distill"] != nil && c.teacherRun == nil {
             throw ConfigError("\(source): distill.teacher_run is required in a distill section (the teacher's run directory)")
         }
@@ -152,6 +166,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if let maxSteps, maxSteps < 1 { throw bad("train.max_steps", "must be at least 1") }
         if let valEvery, valEvery < 1 { throw bad("train.val_every", "must be at least 1 (leave it out to validate at each epoch end)") }
         if let threads, threads < 1 { throw bad("train.threads", "must be at least 1") }
+        if milHidden.count != 2 || milHidden.contains(where: { $0 < 1 }) || milAttention < 1 { throw bad("mil.hidden/attention", "need two positive widths and a positive attention width") }
+        if milFolds == 1 || milFolds < 0 || (milFolds > 1 && !(0..<milFolds).contains(milFold)) { throw bad("mil.folds/fold", "need folds 0 (no split) or at least 2, and fold in 0..<folds") }
+        if milFolds > 1 && valShards != nil { throw bad("mil.folds", "and data.val exclude each other: cross-validation validates on a fold of data.train") }
+        if !(milBeta >= 0) { throw bad("mil.beta", "must be 0 or positive, got \(milBeta)") }
         if !(divergenceFactor >= 0) { throw bad("train.divergence_factor", "must be 0 (off) or positive, got \(divergenceFactor)") }
     }
 
@@ -159,7 +177,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// (saved in the run directory and in checkpoints; parses back to an equal config).
     public var yaml: String {
         var s = ""
-        for section in ConfigKey.sections where section != "distill" || isDistillation {
+        for section in ConfigKey.sections where (section != "distill" || isDistillation) && section != "mil" || (section == "mil" && hasMILSection) {
             s += "\(section):\n"
             for key in ConfigKey.table where key.section == section {
                 if let v = key.write(self) { s += "  \(key.name): \(v)\n" }

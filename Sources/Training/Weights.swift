@@ -37,8 +37,10 @@ extension Module {
     }
 
     /// Loads a state_dict. Keys may carry DataParallel's "module." prefix. With `strict`, every key of the
-    /// model must be present and no other key may be; shapes must match exactly. `source` names the file in errors.
-    public func load(_ file: SafeTensorsFile, source: String, strict: Bool = true) throws {
+    /// model must be present and no other key may be (other keys are allowed with `allowUnexpected`, e.g. a
+    /// classifier or later stages a truncated backbone does not have); shapes must match exactly. `source` names
+    /// the file in errors.
+    public func load(_ file: SafeTensorsFile, source: String, strict: Bool = true, allowUnexpected: Bool = false) throws {
         var byName: [String: SafeTensor] = [:]
         for t in file.tensors {
             let name = t.name.hasPrefix("module.") ? String(t.name.dropFirst(7)) : t.name
@@ -46,7 +48,7 @@ extension Module {
         }
         let expected = Set(stateEntries.map(\.name))
         let missing = stateEntries.map(\.name).filter { byName[$0] == nil }
-        let unexpected = byName.keys.filter { !expected.contains($0) }.sorted()
+        let unexpected = allowUnexpected ? [] : byName.keys.filter { !expected.contains($0) }.sorted()
         if strict && (!missing.isEmpty || !unexpected.isEmpty) {
             var parts: [String] = []
             if !missing.isEmpty { parts.append("missing keys \(missing.prefix(5).joined(separator: ", "))\(missing.count > 5 ? " (+\(missing.count - 5) more)" : "")") }

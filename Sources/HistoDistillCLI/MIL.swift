@@ -1,0 +1,180 @@
+// `histodistill mil train|evaluate|predict`: attention-MIL slide classification over feature sets (HistoTransfer).
+import ArgumentParser
+import Distributed
+import Foundation
+import Layers
+import TensorCore
+import Training
+
+struct MIL: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mil",
+        abstract: "Attention-MIL slide classification over patch features (`histodistill extract`): train, evaluate, predict.",
+        subcommands: [MILTrain.self, MILEvaluate.self, MILPredict.self])
+}
+
+struct MILTrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train an attention-MIL head on a feature set (data.train, data.val: directories written by `histodistill extract`).",
+        discussion: """
+            Same config language, run directory, checkpoints, --resume and mpirun data parallelism (over slides) as \\
+            `train`; the mil section sets beta (patch-loss weight), hidden and attention widths; train.batch_size is \\
+            slides per step (HistoTransfer: 1). See configs/mil-glas.yaml.
+            """)
+
+    @Option(help: "YAML config (run, data, optimizer, schedule, train and mil sections).")
+    var config: String
+
+    @OptionGroup var options: TrainingOptions
+
+    func run() throws {
+        StopSignals.install()
+        try runOnRanks { group, launch in
+            let cfg = try group.collectively { () throws -> RunConfig in
+                do { return try RunConfig.load(URL(fileURLWithPath: config), overrides: options.overrides) } catch let e as ConfigError {
+                    throw CLIError(e.message)
+                }
+            }
+            BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
+            let trainer = try group.collectively { () throws -> MILTrainer in
+                do { return try MILTrainer(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {
+                    throw CLIError(e.message)
+                }
+            }
+            let terminal = isatty(2) != 0
+            if group.isCoordinator {
+                trainer.progress = { FileHandle.standardError.write(Data((terminal ? "\r\($0)   " : "\($0)\n").utf8)) }
+            }
+            let outcome: RunOutcome
+            do { outcome = try trainer.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {
+                throw CLIError(e.message)
+            } catch let e as CheckpointError {
+                throw CLIError(e.message)
+            }
+            guard group.isCoordinator else { return outcome.exitStatus }
+            if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+            if let last = trainer.history.last {
+                print(String(format: "done: step %d, loss %.4f", last.step, last.loss)
+                      + (trainer.bestAccuracy.map { String(format: ", best val slide accuracy %.4f kept in %@", $0, trainer.runDirectory.bestWeights.path) } ?? "")
+                      + "; run directory \(trainer.runDirectory.url.path)")
+            }
+            return outcome.exitStatus
+        }
+    }
+}
+
+/// A MIL head from a run (best weights, else newest checkpoint) or a weights file, and a feature set it fits.
+struct MILInputs: ParsableArguments {
+    @Option(name: .customLong("run"), help: "MIL run directory written by `histodistill mil train`.")
+    var runDirectory: String?
+
+    @Option(help: "MIL weights file (default: the run's best.safetensors, else its newest checkpoint).")
+    var weights: String?
+
+    @Option(help: "Feature set directory (`histodistill extract`).")
+    var features: String
+
+    func validate() throws {
+        if runDirectory == nil && weights == nil { throw ValidationError("give --run RUN_DIRECTORY or --weights FILE.safetensors") }
+    }
+
+    func load() throws -> (AttentionMIL<Float>, FeatureSet, URL) {
+        let run = runDirectory.map { RunDirectory(path: $0) }
+        guard let url = weights.map({ URL(fileURLWithPath: $0) }) ?? run?.preferredWeights() else {
+            throw CLIError("\(runDirectory ?? "?"): holds no best.safetensors and no checkpoint", hint: "train first with `histodistill mil train`, or pass --weights")
+        }
+        do {
+            let (head, description) = try MILDescription.load(url)
+            let set = try FeatureSet(directory: URL(fileURLWithPath: features))
+            let a = description.features, b = set.metadata
+            guard a.featureDimension == b.featureDimension, a.classes == b.classes, a.weightsDigest == b.weightsDigest,
+                  a.truncateAfter == b.truncateAfter, a.inputFactor == b.inputFactor else {
+                throw CLIError("\(features) was extracted with another backbone or classes than the head was trained on: head \(a.backbone) (weights \(a.weightsDigest), cut after \(a.truncateAfter.map(String.init) ?? "all stages"), factor \(a.inputFactor), classes \(a.classes)); features \(b.backbone) (weights \(b.weightsDigest), cut after \(b.truncateAfter.map(String.init) ?? "all stages"), factor \(b.inputFactor), classes \(b.classes))",
+                               hint: "extract with the backbone and options recorded in the MIL run (RUN/features.json)")
+            }
+            return (head, set, url)
+        } catch let e as TrainingError { throw CLIError(e.message) }
+    }
+}
+
+/// Writes per-slide probabilities and per-patch attention as CSV.
+func writeSlideOutputs(_ p: [SlidePrediction], classes: [String], slidesCSV: URL, attentionCSV: URL?) throws {
+    var s = "slide,label,predicted," + classes.map { "p_\($0)" }.joined(separator: ",") + "\n"
+    for r in p {
+        let predicted = r.probabilities.indices.max { r.probabilities[$0] < r.probabilities[$1] }.map { classes[$0] } ?? ""
+        let label = r.label >= 0 && Int(r.label) < classes.count ? classes[Int(r.label)] : ""
+        s += "\(r.slide),\(label),\(predicted)," + r.probabilities.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
+    }
+    try s.write(to: slidesCSV, atomically: true, encoding: .utf8)
+    guard let attentionCSV else { return }
+    var a = "slide,x,y,attention\n"
+    for r in p { for i in r.attention.indices { a += "\(r.slide),\(r.x[i]),\(r.y[i]),\(String(format: "%.6g", r.attention[i]))\n" } }
+    try a.write(to: attentionCSV, atomically: true, encoding: .utf8)
+}
+
+struct MILEvaluate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "evaluate",
+        abstract: "Slide-level accuracy, balanced accuracy, AUC and confusion matrix of a MIL head; per-slide probabilities and per-patch attention as CSV.")
+
+    @OptionGroup var inputs: MILInputs
+
+    @Option(name: .shortAndLong, help: "Metrics JSON (default: RUN/eval.json, or eval.json beside --weights).")
+    var output: String?
+
+    @Option(help: "Per-slide probabilities CSV (default: slides.csv beside the metrics).")
+    var slides: String?
+
+    @Option(help: "Per-patch attention CSV: slide, x, y, attention (default: attention.csv beside the metrics).")
+    var attention: String?
+
+    func run() throws {
+        let (head, set, weights) = try inputs.load()
+        let folder = inputs.runDirectory.map { URL(fileURLWithPath: $0) } ?? weights.deletingLastPathComponent()
+        let json = output.map { URL(fileURLWithPath: $0) } ?? folder.appendingPathComponent("eval.json")
+        let slidesURL = slides.map { URL(fileURLWithPath: $0) } ?? json.deletingLastPathComponent().appendingPathComponent("slides.csv")
+        let attentionURL = attention.map { URL(fileURLWithPath: $0) } ?? json.deletingLastPathComponent().appendingPathComponent("attention.csv")
+        for f in [json, slidesURL, attentionURL] { try checkWritable(f) }
+        let p = MILTrainer.predict(head, set)
+        let labeled = p.filter { $0.label >= 0 }
+        guard !labeled.isEmpty else { throw CLIError("\(inputs.features): no slide has a label", hint: "use `histodistill mil predict` for unlabeled slides") }
+        let classes = set.metadata.classes
+        let report = ClassificationReport.compute(probabilities: labeled.map(\.probabilities), labels: labeled.map { Int($0.label) }, classes: classes.count)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        var object = try JSONSerialization.jsonObject(with: encoder.encode(report)) as! [String: Any]
+        object["classes"] = classes
+        object["weights"] = weights.path
+        object["features"] = inputs.features
+        object["level"] = "slide"
+        try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]).write(to: json)
+        try writeSlideOutputs(p, classes: classes, slidesCSV: slidesURL, attentionCSV: attentionURL)
+        print(String(format: "%d slides: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples, report.accuracy,
+                     report.balancedAccuracy, report.macroAUC.map { String(format: "%.4f", $0) } ?? "n/a"))
+        print("confusion (rows true, columns predicted): \(report.confusion)")
+        print("wrote \(json.path), \(slidesURL.path) and \(attentionURL.path)")
+    }
+}
+
+struct MILPredict: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "predict", abstract: "Per-slide probabilities (and per-patch attention) of a MIL head over any feature set, as CSV.")
+
+    @OptionGroup var inputs: MILInputs
+
+    @Option(name: .shortAndLong, help: "Per-slide probabilities CSV.")
+    var output: String
+
+    @Option(help: "Also write per-patch attention (slide, x, y, attention) to this CSV.")
+    var attention: String?
+
+    func run() throws {
+        let (head, set, _) = try inputs.load()
+        let out = URL(fileURLWithPath: output), att = attention.map { URL(fileURLWithPath: $0) }
+        for f in [out] + (att.map { [$0] } ?? []) { try checkWritable(f) }
+        let p = MILTrainer.predict(head, set)
+        try writeSlideOutputs(p, classes: set.metadata.classes, slidesCSV: out, attentionCSV: att)
+        print("wrote probabilities of \(p.count) slides to \(output)")
+    }
+}

@@ -1,0 +1,252 @@
+// Attention-MIL slide classification over feature sets (HistoTransfer; Ilse et al. 2018): each step takes a
+// global batch of slides, every rank its share; loss = bag cross-entropy + beta x patch cross-entropy (every patch
+// labeled with its slide's label); Adam (or the configured optimizer) on the flat parameters; the same run
+// directory, checkpoints, resume rules, metrics and data-parallel step as `train`.
+import Foundation
+import Layers
+import TensorCore
+import SafeTensors
+import TileShards
+
+/// One slide's outputs: bag probabilities and the attention of each of its patches.
+public struct SlidePrediction: Sendable {
+    public var slide: String
+    public var label: Int32
+    public var probabilities: [Double]
+    public var attention: [Double]
+    public var x: [Int32], y: [Int32]
+}
+
+/// The MIL head's forward (and backward) on one bag, returning the bag loss terms.
+public enum MILBag {
+    /// Forward of `bag`; with `train`, backward of (bag CE + beta x patch CE) / `slides` added into the head's
+    /// gradients. Returns (bag CE, patch CE, probabilities, attention); the losses are 0 for an unlabeled slide.
+    @discardableResult
+    public static func run(_ head: AttentionMIL<Float>, _ bag: SlideBag, beta: Float, train: Bool, slides: Int = 1)
+        -> (bag: Float, patch: Float, probabilities: [Float], attention: [Float]) {
+        let n = bag.count, c = head.classes
+        var logits = [Float](repeating: 0, count: c), attention = [Float](repeating: 0, count: n), patch = [Float](repeating: 0, count: n * c)
+        bag.features.withUnsafeBufferPointer { head.forward(bag: $0.baseAddress!, count: n, bagLogits: &logits, attention: &attention, patchLogits: &patch) }
+        var probabilities = [Float](repeating: 0, count: c)
+        Softmax.forward(output: &probabilities, input: logits, rows: 1, cols: c)
+        guard bag.label >= 0 else { return (0, 0, probabilities, attention) }
+        var gBag = [Float](repeating: 0, count: c), gPatch = [Float](repeating: 0, count: n * c)
+        let scale = 1 / Float(slides)
+        let bagLoss = [bag.label].withUnsafeBufferPointer {
+            CrossEntropy.forwardBackward(logits: logits, labels: $0.baseAddress!, n: 1, classes: c, gradLogits: &gBag, scale: scale)
+        }
+        let patchLabels = [Int32](repeating: bag.label, count: n)
+        let patchLoss = beta == 0 ? 0 : patchLabels.withUnsafeBufferPointer {
+            CrossEntropy.forwardBackward(logits: patch, labels: $0.baseAddress!, n: n, classes: c, gradLogits: &gPatch, scale: beta * scale)
+        }
+        if train {
+            gBag.withUnsafeBufferPointer { b in gPatch.withUnsafeBufferPointer { p in
+                head.backward(gradBagLogits: b.baseAddress!, gradPatchLogits: beta == 0 ? nil : p.baseAddress!)
+            } }
+        }
+        return (bagLoss, patchLoss, probabilities, attention)
+    }
+}
+
+/// Trains an attention-MIL head on a feature set, alone or as one rank of a data-parallel job.
+public final class MILTrainer {
+    public let config: RunConfig
+    public let head: AttentionMIL<Float>
+    public let optimizer: Optimizer
+    public let train: FeatureSet
+    public let val: FeatureSet?
+    public let runDirectory: RunDirectory
+    public let store: CheckpointStore
+    public let group: any ProcessGroup
+    public let stepper: DataParallelStep
+    let writer: String
+    let identity: ShardSetIdentity
+    var lock: RunLock?
+    public private(set) var history: [StepMetrics] = []
+    public private(set) var bestAccuracy: Double?
+    public var progress: ((String) -> Void)?
+
+    public init(config: RunConfig, writer: String, group: any ProcessGroup = SingleProcessGroup()) throws {
+        self.config = config; self.writer = writer; self.group = group
+        try group.requireIdentical(config.yaml, what: "config")
+        func open(_ path: String, _ key: String) throws -> FeatureSet {
+            do { return try FeatureSet(directory: URL(fileURLWithPath: path)) } catch let e as TrainingError {
+                throw TrainingError("data.\(key): \(e.message)")
+            }
+        }
+        let all = try open(config.trainShards, "train")
+        if config.milFolds > 1 {
+            let (t, v) = all.crossValidationSplit(folds: config.milFolds, fold: config.milFold, seed: config.seed)
+            train = t; val = v
+        } else {
+            train = all
+            val = try config.valShards.map { try open($0, "val") }
+        }
+        if let val, val.metadata.featureDimension != train.metadata.featureDimension || val.metadata.classes != train.metadata.classes {
+            throw TrainingError("data.val holds features of length \(val.metadata.featureDimension) for classes \(val.metadata.classes), data.train of length \(train.metadata.featureDimension) for \(train.metadata.classes). Hint: extract both splits with the same backbone from shards with the same classes.")
+        }
+        guard train.slides.contains(where: { $0.label >= 0 }) else {
+            throw TrainingError("data.train (\(config.trainShards)): no slide has a label. Hint: pack the tiles under class folders named after the slide labels.")
+        }
+        let classes = train.metadata.classes.count
+        head = AttentionMIL<Float>(featureDimension: train.metadata.featureDimension, classes: classes, hidden1: config.milHidden[0],
+                                   hidden2: config.milHidden[1], attentionWidth: config.milAttention, seed: config.seed)
+        optimizer = Optimizer(config.optimizerKind, count: head.parameterCount)
+        stepper = DataParallelStep(model: head, group: group)
+        runDirectory = RunDirectory(path: config.output)
+        store = runDirectory.checkpointStore(keep: config.keep)
+        // The identity of the training bags: the digest of the source shards and of the backbone weights.
+        var f = FNV1a64()
+        f.add(train.metadata.sourceShards.digest); f.add(train.metadata.weightsDigest); f.add(train.metadata.backbone)
+        identity = ShardSetIdentity(digest: f.hex, tiles: train.slides.reduce(0) { $0 + $1.count }, shards: train.slides.count)
+    }
+
+    /// Trains to the end of the schedule (or `stopAfter` steps), resuming from the newest checkpoint when asked.
+    @discardableResult
+    public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
+        let start = try group.onCoordinator { () throws -> CheckpointState? in
+            lock = try RunLock(runDirectory)
+            runDirectory.removeStaleTemporaries()
+            var state: CheckpointState?
+            if resume, let latest = store.newest() {
+                let s = try store.state(of: latest)
+                if let stored = try? RunConfig.parse(s.config, source: latest.path) {
+                    let refused = ConfigKey.differences(stored: stored, current: config).refused
+                    guard refused.isEmpty else {
+                        throw TrainingError("cannot resume \(runDirectory.url.path) with changed settings: \(refused.joined(separator: "; ")) (checkpoint -> now). Hint: resume with the run's own config, or start a new run.")
+                    }
+                }
+                if let before = s.trainShards, before != identity {
+                    throw TrainingError("cannot resume: the checkpoint was trained on feature set \(before), data.train now holds \(identity). Hint: resume with the same features, or start a new run.")
+                }
+                state = try store.load(latest, model: head, optimizer: optimizer)
+            } else if !resume && !store.completeCheckpoints().isEmpty {
+                throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
+            }
+            try FileManager.default.createDirectory(at: runDirectory.url, withIntermediateDirectories: true)
+            try "# Effective config of this MIL run, written by histodistill. Relative paths are relative to this directory.\n"
+                .appending(runDirectory.relativized(config).yaml).write(to: runDirectory.config, atomically: true, encoding: .utf8)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(train.metadata).write(to: runDirectory.url.appendingPathComponent("features.json"), options: .atomic)
+            if let state { try MetricsLog.truncate(run: runDirectory, after: state.step) }
+            return state
+        }
+        try DataParallelStep.broadcastState(of: head, optimizer: optimizer, group: group)
+        var step = start?.step ?? 0
+        var cursor = start?.cursor ?? DataCursor()
+        var best = start?.bestMetric
+        bestAccuracy = best
+        let slides = train.slides.count
+        let batch = min(config.batchSize, slides)
+        let stepsPerEpoch = slides / batch
+        let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
+        let stopAt = min(totalSteps, stopAfter ?? totalSteps)
+        let schedule = config.lrSchedule(stepsPerEpoch: stepsPerEpoch)
+        let metricsLog = group.isCoordinator ? try MetricsLog(run: runDirectory) : nil
+        let begin = Date(), startStep = step
+        while step < stopAt {
+            let t0 = Date()
+            let plan = EpochPlan(count: slides, seed: config.seed, epoch: cursor.epoch, globalBatch: batch)
+            let mine = plan.samples(step: cursor.nextStep(globalBatch: batch), rank: group.rank, worldSize: group.size)
+            head.parameters.zeroGradients()
+            var bagLoss: Float = 0, patchLoss: Float = 0
+            var labeled = 0
+            let labeledMine = mine.filter { train.slides[$0].label >= 0 }.count
+            for s in mine where train.slides[s].label >= 0 {
+                let r = MILBag.run(head, train.slides[s], beta: config.milBeta, train: true, slides: labeledMine)
+                bagLoss += r.bag; patchLoss += r.patch; labeled += 1
+            }
+            let n = Float(max(labeled, 1))
+            let local = LossTerms(kd: 0, pixel: patchLoss / n, crossEntropy: bagLoss / n, total: (bagLoss + config.milBeta * patchLoss) / n)
+            let lr = schedule.rate(base: config.lr, step: step, epoch: cursor.epoch)
+            let global = try stepper.finish(local, count: labeled, optimizer: optimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm)
+            if let divergence = global.divergence {
+                let message = "\(divergence) at step \(step + 1) (epoch \(cursor.epoch)); \(store.intactText()). Hint: lower optimizer.lr."
+                if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
+                throw TrainingError(message)
+            }
+            step += 1
+            let epoch = cursor.epoch
+            cursor = cursor.advanced(globalBatch: batch, steps: stepsPerEpoch)
+            var m = StepMetrics(step: step, epoch: epoch, loss: global.terms.total, pixelLoss: global.terms.pixel, ceLoss: global.terms.crossEntropy,
+                                lr: lr, imagesPerSecond: Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: 0,
+                                allreduceMs: global.reduceSeconds * 1000, ranks: group.size)
+            let epochEnded = cursor.epoch != epoch
+            if (epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true), let val {
+                let p = predict(val)
+                let report = ClassificationReport.compute(probabilities: p.filter { $0.label >= 0 }.map(\.probabilities),
+                                                          labels: p.filter { $0.label >= 0 }.map { Int($0.label) }, classes: head.classes)
+                if report.samples > 0 {
+                    m.valAccuracy = report.accuracy
+                    m.valLoss = p.filter { $0.label >= 0 }.map { -Foundation.log(max($0.probabilities[Int($0.label)], 1e-30)) }.reduce(0, +) / Double(report.samples)
+                    if best == nil || report.accuracy > best! {
+                        best = report.accuracy
+                        if group.isCoordinator {
+                            try head.saveWeights(to: runDirectory.bestWeights, metadata: ["step": "\(step)", "val_accuracy": "\(report.accuracy)",
+                                                                                          "histodistill.mil": featuresMetadataText])
+                        }
+                    }
+                }
+            }
+            bestAccuracy = best
+            history.append(m)
+            try metricsLog?.append(m)
+            let stopping = global.stopSignal != nil
+            if step % config.checkpointEvery == 0 || step == totalSteps || step == stopAt || epochEnded || stopping {
+                if group.isCoordinator {
+                    try store.save(model: head, optimizer: optimizer,
+                                   state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
+                                                          writer: writer, bestMetric: best, trainShards: identity),
+                                   metadata: ["histodistill.mil": featuresMetadataText])
+                }
+                if stopping || step == stopAt { try group.barrier() }
+            }
+            let rate = Double(step - startStep) / max(Date().timeIntervalSince(begin), 1e-9)
+            progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e ETA %.0fs%@", step, totalSteps, epoch, m.loss, lr,
+                             Double(totalSteps - step) / max(rate, 1e-9), m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
+            if let signal = global.stopSignal, step < totalSteps { return .interrupted(signal: signal, step: step) }
+        }
+        return step >= totalSteps ? .finished : .paused(step: step)
+    }
+
+    /// The feature set's description and the head's widths, stored in the MIL weights files.
+    var featuresMetadataText: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let d = MILDescription(features: train.metadata, hidden: [head.hidden1, head.hidden2], attention: head.attentionWidth)
+        return String(decoding: (try? encoder.encode(d)) ?? Data(), as: UTF8.self)
+    }
+
+    /// Every slide's probabilities and attention under the current head (eval mode: the head has no dropout).
+    public func predict(_ set: FeatureSet) -> [SlidePrediction] { MILTrainer.predict(head, set) }
+
+    public static func predict(_ head: AttentionMIL<Float>, _ set: FeatureSet) -> [SlidePrediction] {
+        set.slides.map { bag in
+            let r = MILBag.run(head, bag, beta: 0, train: false)
+            return SlidePrediction(slide: bag.name, label: bag.label, probabilities: r.probabilities.map(Double.init),
+                                   attention: r.attention.map(Double.init), x: bag.x, y: bag.y)
+        }
+    }
+}
+
+/// What a MIL weights file needs to be applied: the feature set it was trained on (its backbone, classes and
+/// feature length) and the head's widths (safetensors metadata key `histodistill.mil`).
+public struct MILDescription: Codable, Sendable {
+    public var features: FeatureSetMetadata
+    public var hidden: [Int]
+    public var attention: Int
+
+    /// Loads a MIL head from a weights file written by `histodistill mil train`.
+    public static func load(_ url: URL) throws -> (AttentionMIL<Float>, MILDescription) {
+        let file: SafeTensorsFile
+        do { file = try SafeTensorsFile(contentsOf: url) } catch let e as SafeTensorsError { throw TrainingError(e.message) }
+        guard let text = file.metadata["histodistill.mil"], let d = try? JSONDecoder().decode(MILDescription.self, from: Data(text.utf8)) else {
+            throw TrainingError("\(url.path) is not an attention-MIL weights file written by `histodistill mil train` (no 'histodistill.mil' metadata).")
+        }
+        let head = AttentionMIL<Float>(featureDimension: d.features.featureDimension, classes: d.features.classes.count, hidden1: d.hidden[0],
+                                       hidden2: d.hidden[1], attentionWidth: d.attention)
+        do { try head.load(file, source: url.path) } catch let e as WeightsError { throw TrainingError(e.message) }
+        return (head, d)
+    }
+}

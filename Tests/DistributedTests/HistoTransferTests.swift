@@ -1,0 +1,186 @@
+// HistoTransfer: patch features (extract), attention-MIL over bags (mil train/evaluate), and their bad inputs.
+import Foundation
+import Testing
+@testable import HistoDistillCLI
+@testable import Layers
+import SafeTensors
+import TensorCore
+@testable import TileShards
+@testable import Training
+
+/// `count` synthetic 96x64 "slides" per class, packed on a 32 px grid (6 tiles per slide, tissue everywhere).
+func slideShards(_ dir: URL, classes: [String] = ["benign", "malignant"], count: Int = 3) throws -> URL {
+    let input = dir.appendingPathComponent("slides")
+    for (k, cls) in classes.enumerated() {
+        let folder = input.appendingPathComponent(cls)
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        for i in 0..<count {
+            var g = SplitMix64(seed: UInt64(1000 * k + i))
+            let px = (0..<(96 * 64 * 3)).map { j -> UInt8 in
+                let noise = UInt8(truncatingIfNeeded: g.next() % 60)
+                return j % 3 == 1 ? 60 &+ noise : UInt8(120 + 60 * k) &+ noise   // saturated (tissue), class in R and B
+            }
+            try ImageCodec.writePNG(RGBImage(width: 96, height: 64, pixels: px), to: folder.appendingPathComponent("\(cls)-\(i).png"))
+        }
+    }
+    var options = PackOptions(output: dir.appendingPathComponent("tiles"))
+    options.grid = GridSpec(tileSize: 32, minTissueFraction: 0)
+    _ = try Packer.pack(try PackPlan.imageFolder(input), options: options)
+    return dir.appendingPathComponent("tiles")
+}
+
+@Suite("HistoTransfer", .serialized)
+struct HistoTransferTests {
+    func tempDir(_ name: String) -> URL {
+        FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-\(name)-\(UUID().uuidString)")
+    }
+
+    @Test("extract: feature vectors equal the truncated backbone's pooled output; 2 ranks write the same vectors as 1")
+    func extractMatchesModel() throws {
+        let dir = tempDir("extract")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tiles = try slideShards(dir)
+        let model = ResNet(.paper(classes: 2, planes: [32, 64], blocks: [1, 1]), seed: 7)
+        let meta = RunMetadata(model: model.config, classes: ["benign", "malignant"], mean: [0.5, 0.4, 0.6], std: [0.2, 0.25, 0.3],
+                               inputFactor: 1, tileSize: 32, tileMicronsPerPixel: nil, trainShards: nil, trainShardsPath: nil,
+                               objective: "supervised", teacherRun: nil, program: "test")
+        let weights = dir.appendingPathComponent("w.safetensors")
+        try model.saveWeights(to: weights, metadata: meta.safetensorsMetadata)
+        let bin = try histodistillBinary()
+        let one = try run([bin, "extract", "--weights", weights.path, "--truncate-after", "1", "--shards", tiles.path, "-o", dir.appendingPathComponent("f1").path])
+        #expect(one.status == 0 && one.stdout.contains("36 feature vectors of length 32 for 6 slides"), "\(one.stdout) \(one.stderr)")
+        let two = try mpirun(2, ["extract", "--weights", weights.path, "--truncate-after", "1", "--shards", tiles.path, "-o", dir.appendingPathComponent("f2").path])
+        #expect(two.status == 0, "\(two.stderr)")
+        let a = try FeatureSet(directory: dir.appendingPathComponent("f1")), b = try FeatureSet(directory: dir.appendingPathComponent("f2"))
+        #expect(a.slides.map(\.name) == b.slides.map(\.name) && a.slides.count == 6)
+        #expect(a.slides == b.slides, "2 ranks hold the same vectors, slides, positions and ids as 1")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("f2").path).count == 2, "one file per rank")
+        #expect(a.metadata.truncateAfter == 1 && a.metadata.featureDimension == 32 && a.metadata.classes == ["benign", "malignant"])
+        #expect(a.slides.allSatisfy { $0.count == 6 } && a.slides.filter { $0.label == 1 }.count == 3)
+        // The first tile's vector is the truncated model's pooled output on that tile, prepared as the weights describe.
+        let truncated = ResNet(model.config.truncated(after: 1), initialize: false)
+        try truncated.load(try SafeTensorsFile(contentsOf: weights), source: "w", allowUnexpected: true)
+        let dataset = try ShardDataset(directory: tiles)
+        let settings = InferenceSettings(meta)
+        let direct = try Inference.features(model: truncated, dataset: dataset, settings: settings, range: 0..<1).features[0]
+        let first = a.slides.first { $0.tileIDs.contains(dataset.entry(0).id) }!
+        let k = first.tileIDs.firstIndex(of: dataset.entry(0).id)!
+        // (Batched and single-tile GEMMs may differ in the last bits.)
+        #expect(zip(Array(first.features[(k * 32)..<((k + 1) * 32)]), direct).allSatisfy { abs($0 - $1) <= 1e-5 * max(1, abs($1)) })
+        #expect(first.x[k] == dataset.entry(0).x && first.y[k] == dataset.entry(0).y)
+    }
+
+    @Test("a torchvision-format ResNet-18 state_dict with a 1000-class fc loads as a backbone (fc ignored, said once); weights that do not fit are named")
+    func torchvisionBackbone() throws {
+        let dir = tempDir("tv")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tiles = try slideShards(dir, count: 1)
+        let tv = ResNet(.resnet18(classes: 1000), seed: 3)
+        let weights = dir.appendingPathComponent("resnet18.safetensors")
+        try SafeTensorsFile(tensors: tv.stateDict()).serialized().write(to: weights)   // no histodistill metadata, as PyTorch writes it
+        let bin = try histodistillBinary()
+        let r = try run([bin, "extract", "--weights", weights.path, "--model", "resnet18", "--truncate-after", "2", "--shards", tiles.path,
+                         "-o", dir.appendingPathComponent("f").path])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.components(separatedBy: "1000-class classifier fc").count == 2, "said once: \(r.stderr)")
+        let set = try FeatureSet(directory: dir.appendingPathComponent("f"))
+        #expect(set.metadata.featureDimension == 128 && set.metadata.mean == Backbone.imageNetMean)
+        let noModel = try run([bin, "extract", "--weights", weights.path, "--shards", tiles.path, "-o", dir.appendingPathComponent("g").path])
+        #expect(noModel.status != 0 && noModel.stderr.contains("--model"), "\(noModel.stderr)")
+        let wrong = try run([bin, "extract", "--weights", weights.path, "--model", "resnet-gn", "--shards", tiles.path, "-o", dir.appendingPathComponent("h").path])
+        #expect(wrong.status != 0 && wrong.stderr.contains("conv1.weight") && !wrong.stderr.contains("Fatal error"), "\(wrong.stderr)")
+    }
+
+    @Test("attention-MIL learns a bag task decided by one patch type: slide AUC 1.0, attention on the deciding patches")
+    func milSyntheticBags() throws {
+        let dir = tempDir("milsyn")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let d = 8
+        var g = SeededGenerator(seed: 11)
+        func bag(_ name: String, positive: Bool) -> SlideBag {
+            let n = 12, deciding = positive ? Int.random(in: 1...3, using: &g) : 0
+            var f: [Float] = []
+            for i in 0..<n {
+                for j in 0..<d { f.append(Float.random(in: -1..<1, using: &g) + (i < deciding && j == 0 ? 3 : 0)) }
+            }
+            return SlideBag(name: name, label: positive ? 1 : 0, features: f, x: (0..<n).map { Int32($0 * 32) }, y: Array(repeating: 0, count: n),
+                            tileIDs: (0..<n).map { UInt64($0) })
+        }
+        let meta = FeatureSetMetadata(classes: ["negative", "positive"], featureDimension: d, backbone: "synthetic", truncateAfter: nil, inputFactor: 1,
+                                      mean: [0, 0, 0], std: [1, 1, 1], sourceShards: ShardSetIdentity(digest: "0", tiles: 0, shards: 0),
+                                      weights: "-", weightsDigest: "0", program: "test")
+        try FeatureSet(metadata: meta, slides: (0..<40).map { bag("train\($0)", positive: $0 % 2 == 0) }).write(to: dir.appendingPathComponent("train"))
+        try FeatureSet(metadata: meta, slides: (0..<20).map { bag("test\($0)", positive: $0 % 2 == 0) }).write(to: dir.appendingPathComponent("test"))
+        let config = try RunConfig.parse("""
+        run: {output: \(dir.appendingPathComponent("run").path), seed: 1}
+        data: {train: \(dir.appendingPathComponent("train").path), val: \(dir.appendingPathComponent("test").path)}
+        optimizer: {name: adam, lr: 0.001}
+        schedule: {name: constant}
+        train: {epochs: 15, batch_size: 1, checkpoint_every: 1000}
+        mil: {beta: 0.5}
+        """, source: "mil.yaml")
+        let trainer = try MILTrainer(config: config, writer: "test")
+        try trainer.run(resume: false)
+        let p = trainer.predict(try FeatureSet(directory: dir.appendingPathComponent("test")))
+        let report = ClassificationReport.compute(probabilities: p.map(\.probabilities), labels: p.map { Int($0.label) }, classes: 2)
+        #expect(report.macroAUC == 1.0, "AUC \(String(describing: report.macroAUC))")
+        // On positive slides most attention sits on the deciding patches (feature 0 shifted).
+        let test = try FeatureSet(directory: dir.appendingPathComponent("test"))
+        for (r, b) in zip(p, test.slides) where b.label == 1 {
+            let deciding = (0..<b.count).filter { b.features[$0 * d] > 1.5 }
+            let mass = deciding.map { r.attention[$0] }.reduce(0, +)
+            #expect(mass > 0.5, "\(r.slide): attention on deciding patches \(mass), \(deciding.count) of \(b.count) patches")
+        }
+        // The CLI writes slide metrics, per-slide probabilities and per-patch attention.
+        let bin = try histodistillBinary()
+        let e = try run([bin, "mil", "evaluate", "--run", dir.appendingPathComponent("run").path, "--features", dir.appendingPathComponent("test").path])
+        #expect(e.status == 0 && e.stdout.contains("20 slides: accuracy"), "\(e.stdout) \(e.stderr)")
+        let attention = try String(contentsOf: dir.appendingPathComponent("run/attention.csv"), encoding: .utf8).split(separator: "\n")
+        #expect(attention.first == "slide,x,y,attention" && attention.count == 1 + 20 * 12)
+        let slides = try String(contentsOf: dir.appendingPathComponent("run/slides.csv"), encoding: .utf8).split(separator: "\n")
+        #expect(slides.first == "slide,label,predicted,p_negative,p_positive" && slides.count == 21)
+    }
+
+    @Test("MIL bad input: mixed feature lengths, features of another backbone, a resume with other settings; cross-validation folds are stratified")
+    func milBadInput() throws {
+        let dir = tempDir("milbad")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func meta(_ d: Int, digest: String = "0") -> FeatureSetMetadata {
+            FeatureSetMetadata(classes: ["a", "b"], featureDimension: d, backbone: "b\(d)", truncateAfter: nil, inputFactor: 1, mean: [0, 0, 0],
+                               std: [1, 1, 1], sourceShards: ShardSetIdentity(digest: "0", tiles: 0, shards: 0), weights: "-", weightsDigest: digest, program: "t")
+        }
+        func bags(_ d: Int, _ n: Int) -> [SlideBag] {
+            (0..<n).map { SlideBag(name: "s\($0)", label: Int32($0 % 2), features: [Float](repeating: Float($0), count: 3 * d), x: [0, 1, 2], y: [0, 0, 0], tileIDs: [1, 2, 3]) }
+        }
+        let mixed = dir.appendingPathComponent("mixed")
+        try FeatureSet(metadata: meta(4), slides: bags(4, 2)).write(to: mixed, part: 0)
+        try FeatureSet(metadata: meta(6), slides: bags(6, 2)).write(to: mixed, part: 1)
+        let e = #expect(throws: TrainingError.self) { _ = try FeatureSet(directory: mixed) }
+        #expect(e?.message.contains("length 6") == true && e?.message.contains("4") == true, "\(String(describing: e))")
+        // Cross-validation: 5 folds of 20 slides (10 per class), each fold 2 + 2, every slide validated exactly once.
+        let set = FeatureSet(metadata: meta(4), slides: bags(4, 20))
+        var seen: [String] = []
+        for k in 0..<5 {
+            let (t, v) = set.crossValidationSplit(folds: 5, fold: k, seed: 3)
+            #expect(v.slides.filter { $0.label == 0 }.count == 2 && v.slides.filter { $0.label == 1 }.count == 2 && t.slides.count == 16)
+            seen += v.slides.map(\.name)
+        }
+        #expect(seen.sorted() == set.slides.map(\.name).sorted())
+        // A head evaluated on features of other weights is refused, naming both.
+        try FeatureSet(metadata: meta(4, digest: "aaaa"), slides: bags(4, 10)).write(to: dir.appendingPathComponent("train"))
+        try FeatureSet(metadata: meta(4, digest: "bbbb"), slides: bags(4, 4)).write(to: dir.appendingPathComponent("other"))
+        let config = try RunConfig.parse("""
+        run: {output: \(dir.appendingPathComponent("run").path)}
+        data: {train: \(dir.appendingPathComponent("train").path)}
+        train: {epochs: 1, batch_size: 2}
+        mil: {folds: 2}
+        """, source: "m.yaml")
+        try MILTrainer(config: config, writer: "t").run(resume: false)
+        let bin = try histodistillBinary()
+        let r = try run([bin, "mil", "evaluate", "--run", dir.appendingPathComponent("run").path, "--features", dir.appendingPathComponent("other").path])
+        #expect(r.status != 0 && r.stderr.contains("aaaa") && r.stderr.contains("bbbb"), "\(r.stderr)")
+        let changed = try RunConfig.parse(config.yaml, source: "x", overrides: ["mil.hidden=[128, 32]"])
+        let f = #expect(throws: TrainingError.self) { try MILTrainer(config: changed, writer: "t").run(resume: true) }
+        #expect(f?.message.contains("mil.hidden: [256, 64] -> [128, 32]") == true, "\(String(describing: f))")
+    }
+}
