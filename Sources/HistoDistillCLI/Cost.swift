@@ -53,8 +53,12 @@ struct Cost: ParsableCommand {
         if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
         if reps < 1 || steps < 1 { throw ValidationError("--reps and --steps must be at least 1") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
-        _ = try parsedResolutions()
+        let sizes = try parsedResolutions()
         _ = try architecture()
+        if distill && !measure { throw ValidationError("--distill times distillation steps: add --measure") }
+        if distill && sizes.dropFirst().contains(where: { $0 >= sizes[0] }) {
+            throw ValidationError("with --distill the first resolution is the teacher's and must be larger than the students' (got \(resolutions))")
+        }
     }
 
     func parsedResolutions() throws -> [Int] {

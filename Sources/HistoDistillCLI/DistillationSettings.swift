@@ -36,9 +36,14 @@ struct DistillationSettings: ParsableArguments {
                 throw CLIError("\(distillConfig): cannot be read", hint: "give a YAML config with a distill section (configs/student-*.yaml)")
             }
             // Only the distill section matters here: the data paths need not exist on this machine.
-            do { o = try RunConfig.parse(text, source: distillConfig, overrides: ["data.train=unused"]).objective } catch let e as ConfigError {
+            let parsed: RunConfig
+            do { parsed = try RunConfig.parse(text, source: distillConfig, overrides: ["data.train=unused"]) } catch let e as ConfigError {
                 throw CLIError(e.message)
             }
+            guard parsed.isDistillation else {
+                throw CLIError("\(distillConfig) has no distill section", hint: "give a student's config (configs/student-*.yaml) or set the flags")
+            }
+            o = parsed.objective
         }
         if let temperature {
             guard temperature > 0 else { throw CLIError("--temperature must be positive, got \(temperature)") }
@@ -49,6 +54,9 @@ struct DistillationSettings: ParsableArguments {
         if let kdWeight { o.kdWeight = kdWeight }
         if let pixelWeight { o.pixelWeight = pixelWeight }
         if let ceWeight { o.crossEntropyWeight = ceWeight }
+        for (flag, v) in [("--kd-weight", o.kdWeight), ("--pixel-weight", o.pixelWeight), ("--ce-weight", o.crossEntropyWeight)] where !(v >= 0) {
+            throw CLIError("\(flag) must be 0 or positive, got \(v)")
+        }
         return o
     }
 }

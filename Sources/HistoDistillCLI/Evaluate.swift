@@ -66,6 +66,9 @@ struct Evaluate: ParsableCommand {
                 }
                 let dataset: ShardDataset
                 do { dataset = try ShardDataset(directory: URL(fileURLWithPath: path)) } catch let e as ShardError { throw CLIError(e.message) }
+                guard dataset.hasLabels else {
+                    throw CLIError("\(path) holds no labeled tile: there is nothing to evaluate against", hint: "use `histodistill predict` for unlabeled tiles")
+                }
                 let map: [Int32]
                 do { map = try trained.labelMap(for: dataset.classes, source: path) } catch let e as TrainingError { throw CLIError(e.message) }
                 // Check where the results go before the whole inference runs.
@@ -90,9 +93,9 @@ struct Evaluate: ParsableCommand {
             json["shard_set"] = dataset.identity.description
             let beside = RunDirectory(trained.weights.deletingLastPathComponent())
             let jsonURL = output.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).evaluation
-            try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]).write(to: jsonURL)
+            try writeOutput(JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]), to: jsonURL)
             let csvURL = predictions.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).predictions
-            try p.csv(classes: classes).write(to: csvURL, atomically: true, encoding: .utf8)
+            try writeOutput(Data(p.csv(classes: classes).utf8), to: csvURL)
             print(String(format: "%d tiles: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples, report.accuracy,
                          report.balancedAccuracy, report.macroAUC.map { String(format: "%.4f", $0) } ?? "n/a"))
             for (i, c) in classes.enumerated() {
@@ -136,15 +139,24 @@ struct Predict: ParsableCommand {
             let settings = InferenceSettings(trained.metadata, batchSize: batchSize)
             let p = try Inference.run(model: trained.model, dataset: dataset, settings: settings, group: group)
             guard group.isCoordinator else { return 0 }
-            try p.csv(classes: trained.classNames, labelNames: dataset.classes).write(to: URL(fileURLWithPath: output), atomically: true, encoding: .utf8)
+            try writeOutput(Data(p.csv(classes: trained.classNames, labelNames: dataset.classes).utf8), to: URL(fileURLWithPath: output))
             print("wrote probabilities of \(p.ids.count) tiles over \(trained.classNames.joined(separator: ", ")) to \(output)")
             return 0
         }
     }
 }
 
+/// Writes an output file atomically; a failure is one line naming the file and the reason.
+func writeOutput(_ data: Data, to url: URL) throws {
+    do { try CheckpointStore.writeAtomically(data, to: url) } catch let e as CheckpointError { throw CLIError(e.message) }
+}
+
 /// Creates `file`'s folder if needed and checks that the file can be written there, before any long work.
 func checkWritable(_ file: URL) throws {
+    var isDirectory: ObjCBool = false
+    if FileManager.default.fileExists(atPath: file.path, isDirectory: &isDirectory), isDirectory.boolValue {
+        throw CLIError("\(file.path) is a directory", hint: "give a file name for the output, e.g. \(file.appendingPathComponent("out.csv").path)")
+    }
     let folder = file.deletingLastPathComponent()
     do { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) } catch {
         throw CLIError("\(folder.path): cannot be created for \(file.lastPathComponent)", hint: "choose an output path in a writable directory")

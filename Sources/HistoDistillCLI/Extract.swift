@@ -90,7 +90,7 @@ struct Extract: ParsableCommand {
                                           inputFactor: backbone.settings.inputFactor, mean: backbone.settings.mean, std: backbone.settings.std,
                                           sourceShards: dataset.identity, weights: backbone.weights.path, weightsDigest: backbone.digest,
                                           program: "histodistill \(histodistillVersion)")
-            try FeatureSet(metadata: meta, slides: bags).write(to: out, part: group.rank)
+            do { try FeatureSet(metadata: meta, slides: bags).write(to: out, part: group.rank) } catch let e as CheckpointError { throw CLIError(e.message) }
             var counts: [Double] = [Double(bags.count), Double(bags.reduce(0) { $0 + $1.count })]
             try counts.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
             if group.isCoordinator {

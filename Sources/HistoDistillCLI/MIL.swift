@@ -106,11 +106,11 @@ func writeSlideOutputs(_ p: [SlidePrediction], classes: [String], slidesCSV: URL
         let label = r.label >= 0 && Int(r.label) < classes.count ? classes[Int(r.label)] : ""
         s += "\(r.slide),\(label),\(predicted)," + r.probabilities.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
     }
-    try s.write(to: slidesCSV, atomically: true, encoding: .utf8)
+    try writeOutput(Data(s.utf8), to: slidesCSV)
     guard let attentionCSV else { return }
     var a = "slide,x,y,attention\n"
     for r in p { for i in r.attention.indices { a += "\(r.slide),\(r.x[i]),\(r.y[i]),\(String(format: "%.6g", r.attention[i]))\n" } }
-    try a.write(to: attentionCSV, atomically: true, encoding: .utf8)
+    try writeOutput(Data(a.utf8), to: attentionCSV)
 }
 
 struct MILEvaluate: ParsableCommand {
@@ -148,7 +148,7 @@ struct MILEvaluate: ParsableCommand {
         object["weights"] = weights.path
         object["features"] = inputs.features
         object["level"] = "slide"
-        try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]).write(to: json)
+        try writeOutput(JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]), to: json)
         try writeSlideOutputs(p, classes: classes, slidesCSV: slidesURL, attentionCSV: attentionURL)
         print(String(format: "%d slides: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples, report.accuracy,
                      report.balancedAccuracy, report.macroAUC.map { String(format: "%.4f", $0) } ?? "n/a"))

@@ -374,6 +374,20 @@ public final class ResNet: ImageModel {
         return h
     }
 
+    /// Each kept stage's output map (n, C_s, h_s, w_s) of the last forward (after the stage's last block), in
+    /// stage order; valid until the next forward. For representation analyses (CKA) and stage features.
+    public func stageOutputs() -> [Tensor<Float>] {
+        var out: [Tensor<Float>] = []
+        var index = -1
+        for stage in stages {
+            index += stage.count
+            guard index < blockRecords.count else { break }
+            let r = blockRecords[index]
+            out.append(Tensor(shape: [r.outShape.n, r.outShape.c, r.outShape.h, r.outShape.w], data: r.output))
+        }
+        return out
+    }
+
     /// Floats of activations the last training step kept (forward arena) and used for gradients.
     public var activationFloats: (forward: Int, backward: Int) { (arena.highWater, gradArena.highWater) }
 }

@@ -68,7 +68,8 @@ public struct ResNetConfig: Hashable, Sendable, Codable, CustomStringConvertible
         if classes < 0 { p.append("classes \(classes) must not be negative") }
         if case .group(let g) = norm {
             if g <= 0 { p.append("groups \(g) must be positive") }
-            for c in planes where g > 0 && c % g != 0 { p.append("GroupNorm(\(g)) cannot split \(c) channels (planes \(planes))") }
+            let bad = planes.filter { g > 0 && $0 % g != 0 }
+            if !bad.isEmpty { p.append("GroupNorm(\(g)) cannot split \(bad.map(String.init).joined(separator: ", ")) channels (planes \(planes)); choose groups that divide every width") }
         }
         return p
     }

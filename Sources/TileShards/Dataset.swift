@@ -41,6 +41,10 @@ public final class ShardDataset: @unchecked Sendable {
     /// Opens every *.shard file in `directory`, and those of `unlabeled` directories as unlabeled tiles.
     public convenience init(directory: URL, unlabeled: [URL] = []) throws {
         func shards(_ directory: URL) throws -> [URL] {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw ShardError("\(directory.path): no such directory. Hint: check the path; make shards with `histodistill pack`.")
+            }
             let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
             let found = names.filter { $0.hasSuffix(".shard") }.sorted().map { directory.appendingPathComponent($0) }
             guard !found.isEmpty else {

@@ -161,6 +161,12 @@ public final class CheckpointStore {
             second.floats.withUnsafeBufferPointer { optimizer.second.pointer.update(from: $0.baseAddress!, count: optimizer.count) }
         }
         optimizer.step = step
+        guard GradientOps.allFinite(model.parameters.values.pointer, count: model.parameterCount),
+              GradientOps.allFinite(model.buffers.values.pointer, count: model.buffers.layout.count),
+              GradientOps.allFinite(optimizer.first.pointer, count: optimizer.count),
+              GradientOps.allFinite(optimizer.second.pointer, count: optimizer.second.count) else {
+            throw CheckpointError("\(path): holds non-finite weights or optimizer state (NaN or infinity). Hint: move this checkpoint directory away to resume from the one before it.")
+        }
         do {
             return try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: checkpoint.appendingPathComponent("state.json")))
         } catch {

@@ -94,6 +94,8 @@ public enum ResumeRule: Sendable {
     /// It may change (schedule length, learning rate, augmentation, bookkeeping); the run says it is no longer
     /// bit-exact with an uninterrupted one.
     case mayChange
+    /// It does not affect what is trained (names, where things are written, validation, bookkeeping, threads).
+    case free
     /// A path whose target is compared by identity (shard set digest, teacher weights digest), so a moved
     /// directory still resumes and a different one is refused.
     case byIdentity
@@ -104,7 +106,8 @@ extension ResumeRule {
     var text: String {
         switch self {
         case .mustMatch: return "must match"
-        case .mayChange: return "may change"
+        case .mayChange: return "may change (noted)"
+        case .free: return "free"
         case .byIdentity: return "same data (moved is fine)"
         }
     }
@@ -168,18 +171,18 @@ public struct ConfigKey: @unchecked Sendable {
 
     /// Every key, in the order config.yaml is written.
     public static let table: [ConfigKey] = [
-        key("run", "name", \.name, .string, resume: .mayChange, "run name (also the default output directory's)"),
-        key("run", "output", \.output, .string, default: "runs/NAME", resume: .mayChange, "run directory: config.yaml, run.json, metrics, best.safetensors, checkpoints/"),
+        key("run", "name", \.name, .string, resume: .free, "run name (also the default output directory's)"),
+        key("run", "output", \.output, .string, default: "runs/NAME", resume: .free, "run directory: config.yaml, run.json, metrics, best.safetensors, checkpoints/"),
         key("run", "seed", \.seed, .uint64, "seed of the initial weights, the sample order and the augmentation"),
         key("data", "train", \.trainShards, .string, default: "required", resume: .byIdentity, "directory of training shards (`histodistill pack`); for `histodistill mil`, of feature files (`histodistill extract`)"),
-        key("data", "val", \.valShards, .string, resume: .mayChange, "directory of validation shards (validated at each epoch end)"),
+        key("data", "val", \.valShards, .string, resume: .free, "directory of validation shards (validated at each epoch end)"),
         key("data", "unlabeled", \.unlabeledShards, .paths, default: "none", resume: .byIdentity,
             "distillation only: extra shard directories whose tiles are used without labels"),
         key("data", "input_factor", \.inputFactor, .int, "the model sees tiles area-downsampled by 1, 2, 4, 8 or 16"),
         key("data", "mean", \.mean, .floats, "per-channel normalisation mean (from `histodistill stats`)"),
         key("data", "std", \.std, .floats, "per-channel normalisation std (from `histodistill stats`)"),
-        key("data", "workers", \.workers, .int, resume: .mayChange, "tile decoding threads per rank"),
-        key("data", "on_corrupt", \.onCorrupt, .choice, resume: .mayChange, "a corrupt tile stops the run, or is skipped with a warning"),
+        key("data", "workers", \.workers, .int, resume: .free, "tile decoding threads per rank"),
+        key("data", "on_corrupt", \.onCorrupt, .choice, resume: .free, "a corrupt tile stops the run, or is skipped with a warning"),
         key("augment", "horizontal_flip", \.augment.horizontalFlip, .bool, resume: .mayChange, "random horizontal flips"),
         key("augment", "vertical_flip", \.augment.verticalFlip, .bool, resume: .mayChange, "random vertical flips"),
         key("augment", "rotate90", \.augment.rotate90, .bool, resume: .mayChange, "random rotations by multiples of 90 degrees"),
@@ -205,11 +208,11 @@ public struct ConfigKey: @unchecked Sendable {
         key("train", "epochs", \.epochs, .int, resume: .mayChange, "passes over the training shards"),
         key("train", "max_steps", \.maxSteps, .int, resume: .mayChange, "stop after this many global steps"),
         key("train", "batch_size", \.batchSize, .int, "global batch, split over the ranks"),
-        key("train", "checkpoint_every", \.checkpointEvery, .int, resume: .mayChange, "steps between checkpoints (also at each epoch end)"),
-        key("train", "val_every", \.valEvery, .int, default: "epoch ends only", resume: .mayChange, "validate every this many steps as well"),
-        key("train", "keep", \.keep, .int, resume: .mayChange, "complete checkpoints kept"),
+        key("train", "checkpoint_every", \.checkpointEvery, .int, resume: .free, "steps between checkpoints (also at each epoch end)"),
+        key("train", "val_every", \.valEvery, .int, default: "epoch ends only", resume: .free, "validate every this many steps as well"),
+        key("train", "keep", \.keep, .int, resume: .free, "complete checkpoints kept"),
         key("train", "clip_grad_norm", \.clipGradNorm, .float, resume: .mayChange, "clip the global gradient norm (torch.nn.utils.clip_grad_norm_)"),
-        key("train", "threads", \.threads, .int, default: "cores per rank", resume: .mayChange, "compute threads per rank"),
+        key("train", "threads", \.threads, .int, default: "cores per rank", resume: .free, "compute threads per rank"),
         key("train", "divergence_factor", \.divergenceFactor, .float, resume: .mayChange,
             "stop when a step's loss exceeds this many times the lowest running median of the last 100 losses, floored at 0.1 (0 disables)"),
         key("distill", "teacher_run", \.teacherRun, .string, default: "required", resume: .byIdentity, "the teacher's run directory"),
@@ -232,7 +235,7 @@ public struct ConfigKey: @unchecked Sendable {
     /// here: their targets are compared by identity).
     public static func differences(stored: RunConfig, current: RunConfig) -> (refused: [String], changed: [String]) {
         var refused: [String] = [], changed: [String] = []
-        for k in table where k.resume != .byIdentity {
+        for k in table where k.resume == .mustMatch || k.resume == .mayChange {
             let old = k.write(stored) ?? "unset", new = k.write(current) ?? "unset"
             guard old != new else { continue }
             let line = "\(k.path): \(old) -> \(new)"

@@ -95,7 +95,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         let config = try parse(text, source: url.path, overrides: overrides)
         let folder = url.deletingLastPathComponent()
-        return RunDirectory.isRunDirectory(folder) ? config.resolvingPaths(against: folder) : config
+        let base = RunDirectory.isRunDirectory(folder) ? folder : URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
+        return config.resolvingPaths(against: base)
     }
 
     /// Parses YAML text; `source` names it in errors. Every key is read, checked and defaulted by `ConfigKey.table`.
@@ -106,6 +107,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw ConfigError("\(source): not valid YAML: \(error)")
         }
         let sections = ConfigKey.sections
+        try rejectDuplicateKeys(text, source: source)
         if let root = loaded {
             guard let top = root as? [String: Any] else { throw ConfigError("\(source): the top level must be a mapping of sections (run, data, model, ...)") }
             for (section, value) in top {
@@ -120,6 +122,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
                 tree[section] = map
             }
         }
+        var overridden: Set<String> = []
         for o in overrides {
             let parts = o.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2 else {
@@ -131,11 +134,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
             let value: Any?
             do { value = try Yams.load(yaml: parts[1]) } catch { throw ConfigError("--set '\(o)': the value is not valid YAML") }
             tree[key.section, default: [:]][key.name] = value ?? NSNull()
+            overridden.insert(key.path)
         }
         var c = RunConfig()
         for key in ConfigKey.table {
             guard let v = tree[key.section]?[key.name] else { continue }
-            try key.read(&c, v, source)
+            try key.read(&c, v, overridden.contains(key.path) ? "--set \(key.path)" : source)
         }
         if tree["run"]?["output"] == nil || tree["run"]?["output"] is NSNull { c.output = "runs/\(c.name)" }
         c.hasMILSection = tree["mil"] != nil
@@ -152,12 +156,36 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return c
     }
 
+    /// A section or key written twice would silently keep only the last one: refuse it, naming both lines.
+    static func rejectDuplicateKeys(_ text: String, source: String) throws {
+        guard let root = try? Yams.compose(yaml: text), let top = root.mapping else { return }
+        func check(_ mapping: Node.Mapping, _ prefix: String) throws {
+            var seen: [String: Int] = [:]
+            for (k, v) in mapping {
+                guard let name = k.string else { continue }
+                let line = k.mark.map { $0.line } ?? 0
+                if let first = seen[name] {
+                    throw ConfigError("\(source): '\(prefix)\(name)' is given twice (lines \(first) and \(line)); only one would be used. Hint: merge them into one.")
+                }
+                seen[name] = line
+                if prefix.isEmpty, let inner = v.mapping { try check(inner, "\(name).") }
+            }
+        }
+        try check(top, "")
+    }
+
     func validate(source: String) throws {
         func bad(_ key: String, _ why: String) -> ConfigError { ConfigError("\(source): \(key) \(why)") }
         if trainShards.isEmpty { throw bad("data.train", "is required: a directory of .shard files (make one with `histodistill pack`)") }
         if ![1, 2, 4, 8, 16].contains(inputFactor) { throw bad("data.input_factor", "must be 1, 2, 4, 8 or 16, got \(inputFactor)") }
         if mean.count != 3 || std.count != 3 || std.contains(where: { $0 <= 0 }) { throw bad("data.mean/std", "need 3 values each, std > 0 (see `histodistill stats`)") }
         if workers < 1 { throw bad("data.workers", "must be at least 1") }
+        if !(0...0.5).contains(augment.hue) { throw bad("augment.hue", "must be in 0...0.5 (torchvision ColorJitter), got \(augment.hue)") }
+        for (k, v) in [("brightness", augment.brightness), ("contrast", augment.contrast), ("saturation", augment.saturation)] where !(v >= 0) {
+            throw bad("augment.\(k)", "must be 0 or positive, got \(v)")
+        }
+        if let planes, planes.isEmpty || planes.count > 4 || planes.contains(where: { $0 < 1 }) { throw bad("model.planes", "must list 1 to 4 positive widths, got \(planes)") }
+        if let blocks, blocks.isEmpty || blocks.contains(where: { $0 < 1 }) { throw bad("model.blocks", "must list positive block counts, got \(blocks)") }
         if classes < 0 { throw bad("model.classes", "must not be negative, got \(classes)") }
         if !(lr > 0) { throw bad("optimizer.lr", "must be positive, got \(lr)") }
         if epochs < 1 { throw bad("train.epochs", "must be at least 1") }

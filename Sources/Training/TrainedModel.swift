@@ -21,10 +21,10 @@ public struct TrainedModel {
     /// The description comes from the weights file's metadata (enough on its own), else from the run's run.json,
     /// else, for a run written before runs described themselves, from its config.yaml (class names unknown).
     /// Throws `TrainingError` naming the file and a fix.
-    public static func load(run: RunDirectory?, weights: URL?) throws -> TrainedModel {
+    public static func load(run: RunDirectory?, weights: URL?, weightsHint: String = "train first, or pass --weights FILE") throws -> TrainedModel {
         guard let chosen = weights ?? run?.preferredWeights() else {
             if let run {
-                throw TrainingError("\(run.url.path): holds no best.safetensors and no complete checkpoint. Hint: train first, or pass --weights FILE.")
+                throw TrainingError("\(run.url.path): holds no best.safetensors and no complete checkpoint. Hint: \(weightsHint).")
             }
             throw TrainingError("no model given. Hint: pass --run RUN_DIRECTORY or --weights FILE.safetensors.")
         }

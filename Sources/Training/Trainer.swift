@@ -141,6 +141,9 @@ public final class SupervisedTrainer {
         if let val, val.classes != train.classes, val.hasLabels {
             throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
         }
+        if !config.isDistillation && !train.hasLabels {
+            throw TrainingError("data.train (\(config.trainShards)) holds no labeled tile: supervised training learns from labels. Hint: pack the training tiles under class folders (or with labels in the manifest), or distill a student from a teacher, which needs no labels.")
+        }
         let classes = config.classes > 0 ? config.classes : train.classes.count
         guard classes >= train.classes.count else {
             throw TrainingError("model.classes \(classes) is fewer than the \(train.classes.count) classes in the shards")
@@ -155,7 +158,8 @@ public final class SupervisedTrainer {
         if let teacherRun = config.teacherRun {
             let trained: TrainedModel
             do {
-                trained = try TrainedModel.load(run: RunDirectory(path: teacherRun), weights: config.teacherWeights.map { URL(fileURLWithPath: $0) })
+                trained = try TrainedModel.load(run: RunDirectory(path: teacherRun), weights: config.teacherWeights.map { URL(fileURLWithPath: $0) },
+                                                weightsHint: "train the teacher first, or set distill.teacher_weights")
             } catch let e as TrainingError {
                 throw TrainingError("distill.teacher_run \(teacherRun): \(e.message)")
             }
@@ -201,7 +205,7 @@ public final class SupervisedTrainer {
     /// Refuses a resume that would silently turn into another run: changed keys that shape the model, the data,
     /// the sample order or the objective; another training shard set; another teacher.
     func checkResume(_ state: CheckpointState, checkpoint: URL) throws {
-        let hint = "Hint: resume with the run's own config (\(runDirectory.config.path)), or start a new run with another run.output."
+        let hint = "Hint: resume with the settings and data the run was trained with (they are in \(runDirectory.config.path)), or start a new run with another run.output."
         guard state.seed == config.seed else {
             throw TrainingError("\(checkpoint.path): written by a run with seed \(state.seed), this config has \(config.seed). \(hint)")
         }

@@ -287,4 +287,68 @@ struct RunLifecycleTests {
         let ok = try run([bin, "evaluate", "--run", dir.appendingPathComponent("run").path, "--output", nested.path])
         #expect(ok.status == 0 && FileManager.default.fileExists(atPath: nested.path), "\(ok.stderr)")
     }
+
+    @Test("user mistakes found by black-box testing each get one clear line")
+    func userMistakes() throws {
+        let dir = tempDir("mistakes")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let out = dir.appendingPathComponent("run")
+        // A checkpoint whose weights were damaged to NaN is not resumed from.
+        try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 6), writer: "t").run(resume: false, stopAfter: 2)
+        let newest = try #require(CheckpointStore(directory: out.appendingPathComponent("checkpoints")).newest())
+        let weights = newest.appendingPathComponent("model.safetensors")
+        let file = try SafeTensorsFile(contentsOf: weights)
+        try SafeTensorsFile(tensors: file.tensors.map { $0.name == "fc.bias" ? SafeTensor(name: $0.name, shape: $0.shape, floats: $0.floats.map { _ in .nan }) : $0 },
+                            metadata: file.metadata).serialized().write(to: weights)
+        let poisoned = #expect(throws: CheckpointError.self) {
+            try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 6), writer: "t").run(resume: true)
+        }
+        #expect(poisoned?.message.contains("non-finite") == true && poisoned?.message.contains(newest.lastPathComponent) == true, "\(String(describing: poisoned))")
+        // Supervised training on shards without labels is refused; so is evaluating them.
+        let unlabeled = try classShards(dir, name: "u", classes: ["a", "b"], count: 3, unlabeled: true)
+        let e = #expect(throws: TrainingError.self) {
+            _ = try SupervisedTrainer(config: try lifecycleConfig(shards: unlabeled, output: dir.appendingPathComponent("u-run")), writer: "t")
+        }
+        #expect(e?.message.contains("no labeled tile") == true, "\(String(describing: e))")
+        let bin = try histodistillBinary()
+        let ev = try run([bin, "evaluate", "--run", dir.appendingPathComponent("run").path, "--shards", unlabeled.path, "--weights",
+                          newest.deletingLastPathComponent().appendingPathComponent("step-000000002/model.safetensors").path])
+        #expect(ev.status != 0 && (ev.stderr.contains("no labeled tile") || ev.stderr.contains("non-finite")), "\(ev.stderr)")
+        // An output path that is a directory; a shard folder that does not exist.
+        let p = try run([bin, "predict", "--run", out.path, "--weights", weights.path, "--shards", shards.path, "-o", dir.path])
+        #expect(p.status != 0 && !p.stderr.contains("NSCocoaErrorDomain"), "\(p.stderr)")
+        let missing = try run([bin, "predict", "--run", out.path, "--shards", dir.appendingPathComponent("nope").path, "-o", dir.appendingPathComponent("p.csv").path])
+        #expect(missing.status != 0 && missing.stderr.contains("no such directory"), "\(missing.stderr)")
+        // Config: a key given twice, a --set value blamed on --set, hue out of range.
+        let twice = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}\ntrain: {epochs: 2}\ntrain: {keep: 1}", source: "c.yaml") }
+        #expect(twice?.message.contains("'train' is given twice") == true, "\(String(describing: twice))")
+        let blamed = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["model.architecture=resnet19"]) }
+        #expect(blamed?.message.hasPrefix("--set model.architecture: model.architecture must be one of") == true, "\(String(describing: blamed))")
+        #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}\naugment: {hue: 0.9}", source: "c.yaml") }
+        // cost: --distill needs --measure and a teacher resolution above the students'; weights are not negative.
+        for args in [["--distill"], ["--measure", "--distill", "--resolutions", "32,64"], ["--measure", "--distill", "--resolutions", "32,16", "--kd-weight=-1"]] {
+            let r = try run([bin, "cost"] + args)
+            #expect(r.status != 0 && !r.stderr.isEmpty, "cost \(args): \(r.stdout) \(r.stderr)")
+        }
+    }
+
+    @Test("resuming with the run's own config.yaml after a run started with relative paths notes nothing but real changes")
+    func resumeWithRunConfig() throws {
+        let dir = tempDir("relative")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try trainingShards(dir)
+        try """
+        run: {output: runs/r}
+        data: {train: shards, val: shards, input_factor: 2}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 2, batch_size: 4}
+        """.write(to: dir.appendingPathComponent("c.yaml"), atomically: true, encoding: .utf8)
+        let bin = try histodistillBinary()
+        let a = try run([bin, "train", "--config", "c.yaml"], in: dir)
+        #expect(a.status == 0, "\(a.stderr)")
+        let b = try run([bin, "train", "--config", "runs/r/config.yaml", "--resume", "--set", "train.max_steps=3"], in: dir)
+        #expect(b.status == 0, "\(b.stderr)")
+        #expect(b.stderr.contains("train.max_steps: 2 -> 3") && !b.stderr.contains("run.output") && !b.stderr.contains("data.val"), "\(b.stderr)")
+    }
 }
