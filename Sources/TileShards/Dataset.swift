@@ -128,6 +128,12 @@ public struct EpochPlan: Sendable {
         self.order = order
     }
 
+    /// A plan over a given order of sample indices (e.g. a subset, unshuffled), for inference over chosen tiles.
+    public init(order: [Int], globalBatch: Int) {
+        precondition(globalBatch > 0, "EpochPlan: global batch must be positive, got \(globalBatch)")
+        seed = 0; epoch = 0; self.globalBatch = globalBatch; self.order = order
+    }
+
     /// Global batches in the epoch (a last partial one is dropped).
     public var steps: Int { order.count / globalBatch }
 

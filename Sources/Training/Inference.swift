@@ -86,15 +86,15 @@ extension InferenceSettings {
 public enum Inference {
     /// Calls `body` with each batch (in dataset order, without augmentation) and the model's outputs for it.
     static func forEachBatch(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, range: Range<Int>?,
-                             _ body: (LoadedBatch, ImageModelOutput) throws -> Void) throws {
-        let range = range ?? 0..<dataset.count
+                             indices: [Int]? = nil, _ body: (LoadedBatch, ImageModelOutput) throws -> Void) throws {
+        let range = indices.map { 0..<$0.count } ?? range ?? 0..<dataset.count
         let transform = PairedTransform(augment: .none, factor: settings.inputFactor, mean: settings.mean, std: settings.std)
         let batch = max(1, min(settings.batchSize, dataset.count))
         let maker = try BatchMaker(dataset: dataset, transform: transform, seed: 0, globalBatch: batch, rank: 0, worldSize: 1,
                                    withLowResolution: settings.inputFactor > 1, policy: settings.onCorrupt, shuffle: false,
                                    workers: settings.workers)
         // Dataset order, built once (the batch size only matters for EpochPlan's step view, unused here).
-        let plan = EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: batch, shuffle: false)
+        let plan = indices.map { EpochPlan(order: $0, globalBatch: batch) } ?? EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: batch, shuffle: false)
         var start = range.lowerBound
         while start < range.upperBound {
             let n = min(batch, range.upperBound - start)

@@ -183,4 +183,58 @@ struct HistoTransferTests {
         let f = #expect(throws: TrainingError.self) { try MILTrainer(config: changed, writer: "t").run(resume: true) }
         #expect(f?.message.contains("mil.hidden: [256, 64] -> [128, 32]") == true, "\(String(describing: f))")
     }
+
+    @Test("linear CKA: the independent NumPy reference values, CKA(X, X) = 1, invariance to orthogonal transforms and isotropic scaling")
+    func ckaValues() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/cka.json")
+        let f = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+        let n = f["n"] as! Int, x = f["x"] as! [Double], y = f["y"] as! [Double], z = f["z"] as! [Double]
+        for (a, b, key) in [(x, y, "cka_xy"), (x, z, "cka_xz"), (y, z, "cka_yz")] {
+            let expected = f[key] as! Double
+            #expect(abs(CKA.linear(a, b, n: n) - expected) < 1e-10, "\(key): \(CKA.linear(a, b, n: n)) vs NumPy \(expected)")
+        }
+        #expect(abs(CKA.linear(x, x, n: n) - 1) < 1e-12)
+        // A random orthogonal 7x7 (Gram-Schmidt) and a scale leave CKA unchanged.
+        var g = SeededGenerator(seed: 5)
+        var q = (0..<49).map { _ in Double.random(in: -1..<1, using: &g) }
+        for i in 0..<7 {
+            for j in 0..<i {
+                let dot = (0..<7).reduce(0.0) { $0 + q[i * 7 + $1] * q[j * 7 + $1] }
+                for k in 0..<7 { q[i * 7 + k] -= dot * q[j * 7 + k] }
+            }
+            let norm = (0..<7).reduce(0.0) { $0 + q[i * 7 + $1] * q[i * 7 + $1] }.squareRoot()
+            for k in 0..<7 { q[i * 7 + k] /= norm }
+        }
+        var rotated = [Double](repeating: 0, count: n * 7)
+        for r in 0..<n { for c in 0..<7 { rotated[r * 7 + c] = 3.5 * (0..<7).reduce(0.0) { $0 + x[r * 7 + $1] * q[c * 7 + $1] } } }
+        #expect(abs(CKA.linear(rotated, y, n: n) - CKA.linear(x, y, n: n)) < 1e-10)
+        #expect(abs(CKA.linear(rotated, x, n: n) - 1) < 1e-10)
+    }
+
+    @Test("cka command: a model against itself has 1 on the diagonal; a teacher against a student at a quarter of the resolution runs on the same tiles")
+    func ckaCommand() throws {
+        let dir = tempDir("ckacli")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tiles = try slideShards(dir)
+        let model = ResNet(.paper(classes: 2, planes: [32, 64], blocks: [1, 1]), seed: 7)
+        func weights(_ name: String, factor: Int) throws -> URL {
+            let meta = RunMetadata(model: model.config, classes: ["benign", "malignant"], mean: [0.5, 0.4, 0.6], std: [0.2, 0.25, 0.3],
+                                   inputFactor: factor, tileSize: 32, tileMicronsPerPixel: nil, trainShards: nil, trainShardsPath: nil,
+                                   objective: "supervised", teacherRun: nil, program: "test")
+            let url = dir.appendingPathComponent(name)
+            try model.saveWeights(to: url, metadata: meta.safetensorsMetadata)
+            return url
+        }
+        let a = try weights("a.safetensors", factor: 1), b = try weights("b.safetensors", factor: 2)
+        let bin = try histodistillBinary()
+        let r = try run([bin, "cka", "--weights-a", a.path, "--weights-b", a.path, "--shards", tiles.path, "--max-tiles", "20", "-o", dir.appendingPathComponent("m.csv").path])
+        #expect(r.status == 0, "\(r.stderr)")
+        let rows = try String(contentsOf: dir.appendingPathComponent("m.csv"), encoding: .utf8).split(separator: "\n").dropFirst().map { $0.split(separator: ",").dropFirst().compactMap { Double($0) } }
+        #expect(rows.count == 2 && rows[0][0] > 0.999999 && rows[1][1] > 0.999999, "\(rows)")
+        #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("m.png").path))
+        let s = try run([bin, "cka", "--weights-a", a.path, "--weights-b", b.path, "--shards", tiles.path, "--max-tiles", "20", "-o", dir.appendingPathComponent("s.csv").path])
+        #expect(s.status == 0 && s.stdout.contains("at factor 1") && s.stdout.contains("at factor 2"), "\(s.stdout) \(s.stderr)")
+        let other = try String(contentsOf: dir.appendingPathComponent("s.csv"), encoding: .utf8).split(separator: "\n").dropFirst().map { $0.split(separator: ",").dropFirst().compactMap { Double($0) } }
+        #expect(other[1][1] < 0.999999, "another resolution gives another representation: \(other)")
+    }
 }
