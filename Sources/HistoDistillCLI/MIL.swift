@@ -4,6 +4,7 @@ import Distributed
 import Foundation
 import Layers
 import TensorCore
+import TileShards
 import Training
 
 struct MIL: ParsableCommand {
@@ -129,6 +130,8 @@ struct MILEvaluate: ParsableCommand {
     @Option(help: "Per-patch attention CSV: slide, x, y, attention (default: attention.csv beside the metrics).")
     var attention: String?
 
+    @OptionGroup var heatmaps: HeatmapOptions
+
     func run() throws {
         let (head, set, weights) = try inputs.load()
         let folder = inputs.runDirectory.map { URL(fileURLWithPath: $0) } ?? weights.deletingLastPathComponent()
@@ -150,6 +153,7 @@ struct MILEvaluate: ParsableCommand {
         object["level"] = "slide"
         try writeOutput(JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]), to: json)
         try writeSlideOutputs(p, classes: classes, slidesCSV: slidesURL, attentionCSV: attentionURL)
+        try heatmaps.write(p, set: set)
         print(String(format: "%d slides: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples, report.accuracy,
                      report.balancedAccuracy, report.macroAUC.map { String(format: "%.4f", $0) } ?? "n/a"))
         print("confusion (rows true, columns predicted): \(report.confusion)")
@@ -169,12 +173,84 @@ struct MILPredict: ParsableCommand {
     @Option(help: "Also write per-patch attention (slide, x, y, attention) to this CSV.")
     var attention: String?
 
+    @OptionGroup var heatmaps: HeatmapOptions
+
     func run() throws {
         let (head, set, _) = try inputs.load()
         let out = URL(fileURLWithPath: output), att = attention.map { URL(fileURLWithPath: $0) }
         for f in [out] + (att.map { [$0] } ?? []) { try checkWritable(f) }
         let p = MILTrainer.predict(head, set)
         try writeSlideOutputs(p, classes: set.metadata.classes, slidesCSV: out, attentionCSV: att)
+        try heatmaps.write(p, set: set)
         print("wrote probabilities of \(p.count) slides to \(output)")
+    }
+}
+
+/// Attention heatmaps: one PNG per slide, the attention over the slide's tile grid (viridis, relative to the
+/// slide's largest) blended over the slide drawn from its own tiles (grey where no tile was kept).
+struct HeatmapOptions: ParsableArguments {
+    @Option(help: "Write one attention heatmap PNG per slide into this directory.")
+    var heatmaps: String?
+
+    @Option(help: "The tile shards the features were extracted from: the heatmaps are drawn over the slides' tiles.")
+    var shards: String?
+
+    @Option(help: "Heatmap pixels per slide pixel: 1/N of the packing resolution.")
+    var downscale = 4
+
+    func write(_ predictions: [SlidePrediction], set: FeatureSet) throws {
+        guard let heatmaps else { return }
+        guard downscale >= 1 else { throw CLIError("--downscale must be at least 1") }
+        let folder = URL(fileURLWithPath: heatmaps)
+        try checkWritable(folder.appendingPathComponent("slide.png"))
+        var tilesBySlide: [String: [Int]] = [:]
+        var dataset: ShardDataset?
+        if let shards {
+            do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards)) } catch let e as ShardError { throw CLIError(e.message) }
+            guard dataset!.identity == set.metadata.sourceShards else {
+                throw CLIError("\(shards) is not the tile shard set these features were extracted from (\(dataset!.identity) vs \(set.metadata.sourceShards))",
+                               hint: "give the shards passed to `histodistill extract`")
+            }
+            for t in 0..<dataset!.count { tilesBySlide[dataset!.slide(t), default: []].append(t) }
+        }
+        let context = TileDecompressor()
+        for r in predictions {
+            var tileSize = 0
+            var background: RGBImage?
+            if let dataset, let tiles = tilesBySlide[r.slide], let first = tiles.first {
+                tileSize = Int(dataset.entry(first).width)
+                let w = (tiles.map { Int(dataset.entry($0).x) }.max()! + tileSize) / downscale
+                let h = (tiles.map { Int(dataset.entry($0).y) }.max()! + tileSize) / downscale
+                var px = [UInt8](repeating: 230, count: max(1, w) * max(1, h) * 3)
+                for t in tiles {
+                    let e = dataset.entry(t), a = dataset.addresses[t]
+                    let rgb: [UInt8]
+                    do { rgb = try dataset.readers[a.shard].tile(a.index, context: context) } catch let e as ShardError { throw CLIError(e.message) }
+                    let s = Int(e.width) / downscale
+                    for yy in 0..<s {
+                        for xx in 0..<s {
+                            let X = Int(e.x) / downscale + xx, Y = Int(e.y) / downscale + yy
+                            guard X < w && Y < h else { continue }
+                            for c in 0..<3 {   // area average of the downscale x downscale block
+                                var sum = 0
+                                for dy in 0..<downscale { for dx in 0..<downscale { sum += Int(rgb[((yy * downscale + dy) * Int(e.width) + xx * downscale + dx) * 3 + c]) } }
+                                px[(Y * w + X) * 3 + c] = UInt8(sum / (downscale * downscale))
+                            }
+                        }
+                    }
+                }
+                background = RGBImage(width: max(1, w), height: max(1, h), pixels: px)
+            }
+            if tileSize == 0 {   // no shards: the grid step of the slide's positions
+                let steps = Set(r.x.map(Int.init) + r.y.map(Int.init)).sorted()
+                tileSize = zip(steps, steps.dropFirst()).map { $1 - $0 }.filter { $0 > 0 }.min() ?? 32
+            }
+            let image = Heatmap.attention(x: r.x, y: r.y, attention: r.attention, tile: tileSize, downscale: downscale, background: background)
+            let name = r.slide.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" }
+            do { try ImageCodec.writePNG(image, to: folder.appendingPathComponent(String(name) + ".png")) } catch {
+                throw CLIError("\(folder.path): cannot write the heatmap of \(r.slide) (\(error))")
+            }
+        }
+        print("wrote \(predictions.count) attention heatmaps to \(folder.path)")
     }
 }

@@ -139,6 +139,17 @@ struct HistoTransferTests {
         #expect(attention.first == "slide,x,y,attention" && attention.count == 1 + 20 * 12)
         let slides = try String(contentsOf: dir.appendingPathComponent("run/slides.csv"), encoding: .utf8).split(separator: "\n")
         #expect(slides.first == "slide,label,predicted,p_negative,p_positive" && slides.count == 21)
+        // One heatmap per slide; the deciding patches are drawn brighter (viridis: higher green) than the others.
+        let maps = dir.appendingPathComponent("maps")
+        let h = try run([bin, "mil", "predict", "--run", dir.appendingPathComponent("run").path, "--features", dir.appendingPathComponent("test").path,
+                         "-o", dir.appendingPathComponent("p.csv").path, "--heatmaps", maps.path, "--downscale", "8"])
+        #expect(h.status == 0, "\(h.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: maps.path).filter { $0.hasSuffix(".png") }.count == 20)
+        let image = try ImageCodec.decode(maps.appendingPathComponent("test0.png"))
+        let bag0 = test.slides[0]
+        let decidingPatch = (0..<bag0.count).first { bag0.features[$0 * d] > 1.5 }!, plainPatch = (0..<bag0.count).first { bag0.features[$0 * d] < 0.5 }!
+        func green(_ patch: Int) -> UInt8 { image.pixels[(Int(bag0.x[patch]) / 8 + 1) * 3 + 1] }
+        #expect(image.width == 12 * 32 / 8 && green(decidingPatch) > green(plainPatch), "green \(green(decidingPatch)) vs \(green(plainPatch))")
     }
 
     @Test("MIL bad input: mixed feature lengths, features of another backbone, a resume with other settings; cross-validation folds are stratified")
