@@ -105,31 +105,17 @@ public final class MILTrainer {
     @discardableResult
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
         let start = try group.onCoordinator { () throws -> CheckpointState? in
-            lock = try RunLock(runDirectory)
-            runDirectory.removeStaleTemporaries()
-            var state: CheckpointState?
-            if resume, let latest = store.newest() {
-                let s = try store.state(of: latest)
-                if let stored = try? RunConfig.parse(s.config, source: latest.path) {
-                    let refused = ConfigKey.differences(stored: stored, current: config).refused
-                    guard refused.isEmpty else {
-                        throw TrainingError("cannot resume \(runDirectory.url.path) with changed settings: \(refused.joined(separator: "; ")) (checkpoint -> now). Hint: resume with the run's own config, or start a new run.")
-                    }
-                }
-                if let before = s.trainShards, before != identity {
-                    throw TrainingError("cannot resume: the checkpoint was trained on feature set \(before), data.train now holds \(identity). Hint: resume with the same features, or start a new run.")
-                }
-                state = try store.load(latest, model: head, optimizer: optimizer)
-            } else if !resume && !store.completeCheckpoints().isEmpty {
-                throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
-            }
-            try FileManager.default.createDirectory(at: runDirectory.url, withIntermediateDirectories: true)
-            try "# Effective config of this MIL run, written by histodistill. Relative paths are relative to this directory.\n"
-                .appending(runDirectory.relativized(config).yaml).write(to: runDirectory.config, atomically: true, encoding: .utf8)
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try encoder.encode(train.metadata).write(to: runDirectory.url.appendingPathComponent("features.json"), options: .atomic)
-            if let state { try MetricsLog.truncate(run: runDirectory, after: state.step) }
+            let (lock, state, _) = try RunStart.begin(runDirectory, store: store, resume: resume, model: head, optimizer: optimizer, check: { s, url in
+                try RunStart.checkConfig(s, checkpoint: url, config: config, identity: ShardSetIdentityLike(value: identity, what: "the feature set"),
+                                         run: runDirectory)
+            }, describe: {
+                try CheckpointStore.writeAtomically(Data(("# Effective config of this MIL run, written by histodistill. Relative paths are relative to this directory.\n"
+                    + runDirectory.relativized(config).yaml).utf8), to: runDirectory.config)
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try CheckpointStore.writeAtomically(try encoder.encode(train.metadata), to: runDirectory.url.appendingPathComponent("features.json"))
+            })
+            self.lock = lock
             return state
         }
         try DataParallelStep.broadcastState(of: head, optimizer: optimizer, group: group)
@@ -193,7 +179,7 @@ public final class MILTrainer {
             history.append(m)
             try metricsLog?.append(m)
             let stopping = global.stopSignal != nil
-            if step % config.checkpointEvery == 0 || step == totalSteps || step == stopAt || epochEnded || stopping {
+            if RunStart.checkpointDue(step: step, config: config, totalSteps: totalSteps, stopAt: stopAt, epochEnded: epochEnded, stopping: stopping) {
                 if group.isCoordinator {
                     try store.save(model: head, optimizer: optimizer,
                                    state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
@@ -206,6 +192,17 @@ public final class MILTrainer {
             progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e ETA %.0fs%@", step, totalSteps, epoch, m.loss, lr,
                              Double(totalSteps - step) / max(rate, 1e-9), m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
             if let signal = global.stopSignal, step < totalSteps { return .interrupted(signal: signal, step: step) }
+        }
+        if step >= totalSteps, let val, group.isCoordinator {
+            // The validation slides under the final head (not the best-on-validation one, which would be biased for
+            // cross-validation), for pooling out-of-fold predictions over folds.
+            var csv = "slide,label,predicted," + train.metadata.classes.map { "p_\($0)" }.joined(separator: ",") + "\n"
+            for r in predict(val) {
+                let c = train.metadata.classes
+                let predicted = r.probabilities.indices.max { r.probabilities[$0] < r.probabilities[$1] }.map { c[$0] } ?? ""
+                csv += "\(r.slide),\(r.label >= 0 ? c[Int(r.label)] : ""),\(predicted)," + r.probabilities.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
+            }
+            try CheckpointStore.writeAtomically(Data(csv.utf8), to: runDirectory.url.appendingPathComponent("val-slides.csv"))
         }
         return step >= totalSteps ? .finished : .paused(step: step)
     }

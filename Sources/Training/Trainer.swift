@@ -205,21 +205,10 @@ public final class SupervisedTrainer {
     /// Refuses a resume that would silently turn into another run: changed keys that shape the model, the data,
     /// the sample order or the objective; another training shard set; another teacher.
     func checkResume(_ state: CheckpointState, checkpoint: URL) throws {
-        let hint = "Hint: resume with the settings and data the run was trained with (they are in \(runDirectory.config.path)), or start a new run with another run.output."
-        guard state.seed == config.seed else {
-            throw TrainingError("\(checkpoint.path): written by a run with seed \(state.seed), this config has \(config.seed). \(hint)")
-        }
-        if let stored = try? RunConfig.parse(state.config, source: checkpoint.path) {
-            let refused = ConfigKey.differences(stored: stored, current: config).refused
-            if !refused.isEmpty {
-                throw TrainingError("cannot resume \(runDirectory.url.path) with changed settings that alter the model, the data, the sample order or the objective: \(refused.joined(separator: "; ")) (checkpoint -> now). \(hint)")
-            }
-        }
-        if let trained = state.trainShards, trained != metadata.trainShards {
-            throw TrainingError("cannot resume: the checkpoint was trained on the shard set \(trained), but data.train (\(config.trainShards)) now holds \(metadata.trainShards.map { "\($0)" } ?? "another set"). \(hint)")
-        }
+        try RunStart.checkConfig(state, checkpoint: checkpoint, config: config,
+                                 identity: metadata.trainShards.map { ShardSetIdentityLike(value: $0, what: "the shard set") }, run: runDirectory)
         if let before = state.teacherWeights, before != teacherDigest {
-            throw TrainingError("cannot resume: the checkpoint was distilled from teacher weights \(before), distill.teacher_run (\(config.teacherRun ?? "-")) now gives \(teacherDigest ?? "none"). \(hint)")
+            throw TrainingError("cannot resume: the checkpoint was distilled from teacher weights \(before), distill.teacher_run (\(config.teacherRun ?? "-")) now gives \(teacherDigest ?? "none"). Hint: resume with the teacher the run was distilled from, or start a new run with another run.output.")
         }
     }
 
@@ -239,22 +228,10 @@ public final class SupervisedTrainer {
         // The coordinator owns the run directory and decides the starting point; every rank then takes its
         // weights, optimizer state and running statistics, so all ranks start identical.
         let start = try group.onCoordinator { () throws -> StartPoint in
-            // One writer per run directory, taken before anything in it is touched.
-            lock = try RunLock(runDirectory)
-            runDirectory.removeStaleTemporaries()
-            var start = StartPoint(state: nil, checkpoint: nil)
-            if resume, let latest = store.newest() {
-                let state = try store.state(of: latest)
-                try checkResume(state, checkpoint: latest)
-                start = StartPoint(state: try store.load(latest, model: model, optimizer: optimizer), checkpoint: latest.lastPathComponent)
-            } else if !resume && !store.completeCheckpoints().isEmpty {
-                throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
-            }
-            // Only a run that is going ahead (re)writes its description: a refused resume leaves the old one intact.
-            try runDirectory.write(config: config, metadata: metadata)
-            // On resume, metrics lines after the checkpoint's step belong to steps that will run again.
-            if let state = start.state { try MetricsLog.truncate(run: runDirectory, after: state.step) }
-            return start
+            let (lock, state, checkpoint) = try RunStart.begin(runDirectory, store: store, resume: resume, model: model, optimizer: optimizer,
+                                                               check: checkResume, describe: { try runDirectory.write(config: config, metadata: metadata) })
+            self.lock = lock
+            return StartPoint(state: state, checkpoint: checkpoint?.lastPathComponent)
         }
         try stepper.broadcastState(optimizer: optimizer)
         var step = start.state?.step ?? 0
@@ -354,7 +331,7 @@ public final class SupervisedTrainer {
             history.append(m)
             try log?.append(m)
             let stopping = global.stopSignal != nil
-            if step % config.checkpointEvery == 0 || step == totalSteps || step == stopAt || epochEnded || stopping {
+            if RunStart.checkpointDue(step: step, config: config, totalSteps: totalSteps, stopAt: stopAt, epochEnded: epochEnded, stopping: stopping) {
                 if group.isCoordinator {
                     try store.save(model: model, optimizer: optimizer,
                                    state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,

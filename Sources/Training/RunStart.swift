@@ -1,0 +1,62 @@
+// How every training command (train, distill, mil train) takes its run directory on the coordinator: one
+// writer, stale temporaries removed, a resume checked before anything is loaded, the run's description
+// rewritten only when it goes ahead, metrics after the checkpoint dropped.
+import Foundation
+import Layers
+import TileShards
+
+/// The coordinator's start of a run.
+enum RunStart {
+    /// Takes `run`'s lock (kept in the returned value), cleans, and resumes from the newest checkpoint of `store`
+    /// into `model` and `optimizer` when `resume` (after `check` accepted its state), or refuses a fresh start over
+    /// existing checkpoints; then calls `describe` (writes config.yaml and the run's description).
+    static func begin(_ run: RunDirectory, store: CheckpointStore, resume: Bool, model: any Module, optimizer: Optimizer,
+                      check: (CheckpointState, URL) throws -> Void, describe: () throws -> Void) throws -> (RunLock, CheckpointState?, URL?) {
+        // One writer per run directory, taken before anything in it is touched.
+        let lock = try RunLock(run)
+        run.removeStaleTemporaries()
+        var state: CheckpointState?, checkpoint: URL?
+        if resume, let latest = store.newest() {
+            try check(try store.state(of: latest), latest)
+            state = try store.load(latest, model: model, optimizer: optimizer)
+            checkpoint = latest
+        } else if !resume && !store.completeCheckpoints().isEmpty {
+            throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
+        }
+        // Only a run that is going ahead (re)writes its description: a refused resume leaves the old one intact.
+        try describe()
+        // On resume, metrics lines after the checkpoint's step belong to steps that will run again.
+        if let state { try MetricsLog.truncate(run: run, after: state.step) }
+        return (lock, state, checkpoint)
+    }
+
+    /// Refuses a resume whose seed or `mustMatch` config keys differ from the checkpoint's, or whose training data
+    /// (`identity`) is another; `hint` ends each message.
+    static func checkConfig(_ state: CheckpointState, checkpoint: URL, config: RunConfig, identity: ShardSetIdentityLike?, run: RunDirectory) throws {
+        let hint = "Hint: resume with the settings and data the run was trained with (they are in \(run.config.path)), or start a new run with another run.output."
+        guard state.seed == config.seed else {
+            throw TrainingError("\(checkpoint.path): written by a run with seed \(state.seed), this config has \(config.seed). \(hint)")
+        }
+        if let stored = try? RunConfig.parse(state.config, source: checkpoint.path) {
+            let refused = ConfigKey.differences(stored: stored, current: config).refused
+            if !refused.isEmpty {
+                throw TrainingError("cannot resume \(run.url.path) with changed settings that alter the model, the data, the sample order or the objective: \(refused.joined(separator: "; ")) (checkpoint -> now). \(hint)")
+            }
+        }
+        if let trained = state.trainShards, let identity, trained != identity.value {
+            throw TrainingError("cannot resume: the checkpoint was trained on \(identity.what) \(trained), but data.train (\(config.trainShards)) now holds \(identity.value). \(hint)")
+        }
+    }
+
+    /// Whether a step ends with a checkpoint: every `checkpoint_every` steps, at the end of the schedule or of this
+    /// call, at each epoch end, and before a stop.
+    static func checkpointDue(step: Int, config: RunConfig, totalSteps: Int, stopAt: Int, epochEnded: Bool, stopping: Bool) -> Bool {
+        step % config.checkpointEvery == 0 || step == totalSteps || step == stopAt || epochEnded || stopping
+    }
+}
+
+/// The training data's identity and what to call it in messages ("the shard set", "the feature set").
+struct ShardSetIdentityLike {
+    let value: ShardSetIdentity
+    let what: String
+}
