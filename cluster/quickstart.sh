@@ -8,7 +8,7 @@
 #   DATA_ROOT holds train/CLASS/* and val/CLASS/* images (default ../shared/data/lc25000-lung). Without it, a
 #   small synthetic dataset is generated instead (NOT histology; it only shows the pipeline working).
 # Environment: TEACHER_EPOCHS (default 2) and STUDENT_EPOCHS (default 2) keep the run short (about 3.5 minutes
-# after the build on 2 cores with LC25000 lung); FULL=1 uses the shipped configs' 10 epochs each (docs/results.md).
+# after the build on 2 AVX-512 cores with LC25000 lung; longer on CPUs without AVX-512, see README); FULL=1 uses the shipped configs' 10 epochs each (docs/results.md).
 # WORK_DIR (default runs/quickstart) receives shards and runs; its runs are replaced on each call.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -97,7 +97,19 @@ struct Pack: ParsableCommand {
     @Option(help: "Worker threads (default: all cores).")
     var threads: Int?
 
+    @Flag(help: "Replace the shards already in the output directory (the new set replaces the old one as a whole).")
+    var overwrite = false
+
+    @Flag(help: "Keep class folders without images as classes (no tile has them).")
+    var allowEmptyClasses = false
+
     func validate() throws {
+        if let m = micronsPerPixel, !(m.isFinite && m > 0 && m <= 100) {
+            throw ValidationError("--microns-per-pixel must be a positive number of microns per pixel up to 100 (0.25 at 40x, 0.5 at 20x), got \(m)")
+        }
+        if let m = magnification, !(m.isFinite && m > 0 && m <= 200) {
+            throw ValidationError("--magnification must be a positive objective power up to 200 (e.g. 10, 20, 40), got \(m)")
+        }
         if shardMB < 1 { throw ValidationError("--shard-mb must be at least 1, got \(shardMB)") }
         if !(1...19).contains(level) { throw ValidationError("--level must be in 1...19, got \(level)") }
         if PixelFilter(rawValue: filter) == nil { throw ValidationError("--filter must be none or planar-delta, got '\(filter)'") }
@@ -114,9 +126,17 @@ struct Pack: ParsableCommand {
             plan = try PackPlan.manifest(URL(fileURLWithPath: input))
             if unlabeled { plan.items = plan.items.map { var i = $0; i.label = -1; return i } }
         } else {
-            plan = try PackPlan.imageFolder(URL(fileURLWithPath: input), unlabeled: unlabeled)
+            plan = try PackPlan.imageFolder(URL(fileURLWithPath: input), unlabeled: unlabeled, allowEmptyClasses: allowEmptyClasses)
         }
-        var options = PackOptions(output: URL(fileURLWithPath: output))
+        // Never mix two shard sets in one directory: a non-empty output is refused, or replaced as a whole.
+        let final = URL(fileURLWithPath: output)
+        let fm = FileManager.default
+        let existing = ((try? fm.contentsOfDirectory(atPath: final.path)) ?? []).filter { $0.hasSuffix(".shard") }
+        if !existing.isEmpty && !overwrite {
+            throw CLIError("\(output) already holds \(existing.count) shard file(s) of another packing", hint: "choose an empty output directory, or pass --overwrite to replace that shard set")
+        }
+        let staging = existing.isEmpty ? final : final.deletingLastPathComponent().appendingPathComponent(".\(final.lastPathComponent).tmp-\(getpid())")
+        var options = PackOptions(output: staging)
         options.targetShardBytes = shardMB << 20
         options.zstdLevel = level
         options.filter = PixelFilter(rawValue: filter)!
@@ -130,7 +150,25 @@ struct Pack: ParsableCommand {
         }
         let progress = ProgressLine(label: "packing")
         let t0 = Date()
-        let report = try Packer.pack(plan, options: options) { progress.update($0, $1) }
+        let report: PackReport
+        do { report = try Packer.pack(plan, options: options) { progress.update($0, $1) } } catch {
+            if staging != final { try? fm.removeItem(at: staging) }
+            throw error
+        }
+        if staging != final {
+            // Replace the old set as a whole: other files of the directory are copied beside the new shards, the old
+            // directory is renamed aside, the new one renamed into place, then the old one removed (a crash between
+            // the two renames leaves both sets, each complete, under their names).
+            for name in try fm.contentsOfDirectory(atPath: final.path) where !name.hasSuffix(".shard") {
+                try fm.copyItem(at: final.appendingPathComponent(name), to: staging.appendingPathComponent(name))
+            }
+            let old = final.deletingLastPathComponent().appendingPathComponent(".\(final.lastPathComponent).old-\(getpid())")
+            guard rename(final.path, old.path) == 0, rename(staging.path, final.path) == 0 else {
+                throw CLIError("\(output): cannot put the new shard set in place (\(String(cString: strerror(errno)))); the new set is in \(staging.path)",
+                               hint: "move it into place by hand, or pack into an empty directory")
+            }
+            try fm.removeItem(at: old)
+        }
         let seconds = Date().timeIntervalSince(t0)
         print("packed \(report.tiles) tiles from \(plan.items.count - report.skipped.count) images of \(plan.classes.count) classes (\(plan.classes.joined(separator: ", "))) into \(report.shards.count) shard(s) in \(output)")
         print(String(format: "input %.1f MB, raw RGB %.1f MB, shards %.1f MB (%.2fx smaller than raw, %.2fx the input), %.1f s, %.0f tiles/s",
@@ -197,13 +235,21 @@ struct Verify: ParsableCommand {
         let urls = try shardFiles(paths)
         var tiles = 0
         let progress = ProgressLine(label: "verifying")
+        var readers: [ShardReader] = []
         for (i, url) in urls.enumerated() {
             let r: ShardReader
             do { r = try ShardReader(url: url) } catch let e as ShardError { throw CLIError(e.message) }
             do { try r.verify() } catch let e as ShardError { throw CLIError(e.message) }
             tiles += r.count
+            readers.append(r)
             progress.update(i + 1, urls.count)
         }
+        // A directory given whole must hold one complete packing.
+        let folders = Set(paths.filter { var d: ObjCBool = false; return FileManager.default.fileExists(atPath: $0, isDirectory: &d) && d.boolValue }
+            .map { URL(fileURLWithPath: $0).standardizedFileURL.path })
+        do {
+            try ShardDataset.checkCompleteSets(readers.filter { folders.contains($0.url.deletingLastPathComponent().standardizedFileURL.path) })
+        } catch let e as ShardError { throw CLIError(e.message) }
         print("ok: \(urls.count) shard(s), \(tiles) tiles, every checksum and index entry valid")
     }
 }

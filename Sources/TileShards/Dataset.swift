@@ -38,6 +38,19 @@ public final class ShardDataset: @unchecked Sendable {
         addresses = a
     }
 
+    /// Refuses a directory whose shards are not one complete packing: every shard of a directory must say the same
+    /// shard count, equal to the files there, with each index once (two packings mixed, or a shard missing).
+    public static func checkCompleteSets(_ readers: [ShardReader]) throws {
+        let byFolder = Dictionary(grouping: readers) { $0.url.deletingLastPathComponent().path }
+        for (folder, group) in byFolder {
+            let counts = Set(group.map(\.metadata.shardCount)), indices = group.map(\.metadata.shardIndex).sorted()
+            guard counts.count == 1, counts.first == group.count, indices == Array(0..<group.count) else {
+                let described = group.map { "\($0.url.lastPathComponent) (\($0.metadata.shardIndex + 1) of \($0.metadata.shardCount))" }.joined(separator: ", ")
+                throw ShardError("\(folder): its shards are not one complete packing: \(described). Hint: repack into an empty directory (pack --overwrite replaces a set), or remove the shards of the other packing.")
+            }
+        }
+    }
+
     /// Opens every *.shard file in `directory`, and those of `unlabeled` directories as unlabeled tiles.
     public convenience init(directory: URL, unlabeled: [URL] = []) throws {
         func shards(_ directory: URL) throws -> [URL] {
@@ -53,6 +66,7 @@ public final class ShardDataset: @unchecked Sendable {
             return found
         }
         try self.init(urls: try shards(directory), unlabeled: try unlabeled.flatMap(shards))
+        try Self.checkCompleteSets(readers)
     }
 
     /// Identifies the tiles of this dataset, whatever directory it is read from: a 64-bit FNV-1a digest over every

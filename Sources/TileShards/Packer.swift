@@ -73,8 +73,9 @@ public struct PackPlan: Sendable {
     public var items: [PackItem]
 
     /// Scans `root/class/file` (classes are the sorted folder names; files sorted by name; hidden files and
-    /// unknown extensions ignored). `unlabeled` packs every tile with label -1 (class names are kept).
-    public static func imageFolder(_ root: URL, unlabeled: Bool = false) throws -> PackPlan {
+    /// unknown extensions ignored). `unlabeled` packs every tile with label -1 (class names are kept). A class
+    /// folder without images is an error naming it (it would become a class no tile has) unless `allowEmptyClasses`.
+    public static func imageFolder(_ root: URL, unlabeled: Bool = false, allowEmptyClasses: Bool = false) throws -> PackPlan {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: root.path, isDirectory: &isDir), isDir.boolValue else {
@@ -92,6 +93,9 @@ public struct PackPlan: Sendable {
             let files = try fm.contentsOfDirectory(atPath: root.appendingPathComponent(cls).path)
                 .filter { !$0.hasPrefix(".") && ImageCodec.extensions.contains(($0 as NSString).pathExtension.lowercased()) }
                 .sorted()
+            if files.isEmpty && !allowEmptyClasses && !unlabeled {
+                throw ShardError("\(root.appendingPathComponent(cls).path): the class folder holds no JPEG, PNG or TIFF image, so class '\(cls)' would have no tile. Hint: remove the folder, or pass --allow-empty-classes to keep the class in the list.")
+            }
             for f in files {
                 items.append(PackItem(relativePath: "\(cls)/\(f)", label: unlabeled ? ShardFormat.unlabeled : Int32(label),
                                       slide: (f as NSString).deletingPathExtension))
