@@ -45,7 +45,7 @@ struct MILTrain: ParsableCommand {
             }
             let terminal = isatty(2) != 0
             if group.isCoordinator {
-                trainer.progress = { FileHandle.standardError.write(Data((terminal ? "\r\($0)   " : "\($0)\n").utf8)) }
+                trainer.progress = progressSink()
             }
             let outcome: RunOutcome
             do { outcome = try trainer.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {

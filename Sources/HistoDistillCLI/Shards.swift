@@ -253,3 +253,25 @@ struct Verify: ParsableCommand {
         print("ok: \(urls.count) shard(s), \(tiles) tiles, every checksum and index entry valid")
     }
 }
+
+/// The sink of a trainer's progress lines on standard error: on a terminal one live line; elsewhere (a SLURM log,
+/// a pipe) step lines timestamped and at most one every `every` seconds (the last step's always), other lines
+/// (notes, resume) as they come.
+func progressSink(every: TimeInterval = 10) -> (String) -> Void {
+    let terminal = isatty(2) != 0
+    nonisolated(unsafe) var last = Date.distantPast
+    return { line in
+        if terminal {
+            FileHandle.standardError.write(Data("\r\(line)   ".utf8))
+            return
+        }
+        let now = Date()
+        let isStep = line.hasPrefix("step ")
+        // "step N/N ..." is the last step: always shown.
+        let parts = line.split(separator: " ", maxSplits: 2)
+        let final = parts.count > 1 && parts[1].split(separator: "/").count == 2 && parts[1].split(separator: "/")[0] == parts[1].split(separator: "/")[1]
+        guard !isStep || final || now.timeIntervalSince(last) >= every else { return }
+        if isStep { last = now }
+        FileHandle.standardError.write(Data("\(ISO8601DateFormatter().string(from: now)) \(line)\n".utf8))
+    }
+}

@@ -109,9 +109,7 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
         if group.size > 1 {
             FileHandle.standardError.write(Data("\(group.size) ranks (\(group.transportName)), \(BLAS.threadCount) compute thread(s) each, global batch \(cfg.batchSize)\n".utf8))
         }
-        trainer.progress = { line in
-            FileHandle.standardError.write(Data((terminal ? "\r\(line)   " : "\(line)\n").utf8))
-        }
+        trainer.progress = progressSink()
     }
     let outcome: RunOutcome
     do { outcome = try trainer.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {

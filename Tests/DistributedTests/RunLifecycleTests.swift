@@ -279,6 +279,10 @@ struct RunLifecycleTests {
         let r = try run([bin, "train", "--config", config.path])
         #expect(r.status == 0, "\(r.stderr)")
         let done = r.stdout.split(separator: "\n").first { $0.hasPrefix("done:") }.map(String.init) ?? ""
+        // Not a terminal: timestamped step lines, at most one every 10 s plus the last, never one per step.
+        let stepLines = r.stderr.split(separator: "\n").filter { $0.contains(" step ") }
+        #expect(stepLines.count >= 2 && stepLines.count <= 3 && stepLines.last?.contains("step 6/6") == true
+                && stepLines.allSatisfy { $0.hasPrefix("20") }, "\(r.stderr)")
         #expect(done.range(of: #"last val accuracy \d\.\d{4}; best val accuracy \d\.\d{4} \(step \d+\) kept in .*best\.safetensors"#, options: .regularExpression) != nil, "\(done)")
         let blocked = dir.appendingPathComponent("c.yaml/sub/eval.json")   // under a file: cannot be created
         let e = try run([bin, "evaluate", "--run", dir.appendingPathComponent("run").path, "--output", blocked.path])
