@@ -38,23 +38,24 @@ struct CKACommand: ParsableCommand {
     func validate() throws {
         if runA == nil && weightsA == nil { throw ValidationError("give model A with --run-a or --weights-a") }
         if runB == nil && weightsB == nil { throw ValidationError("give model B with --run-b or --weights-b") }
-        if maxTiles < 2 { throw ValidationError("--max-tiles must be at least 2") }
+        if maxTiles < 10 { throw ValidationError("--max-tiles must be at least 10 (CKA on a handful of tiles is close to 1 for anything), got \(maxTiles)") }
     }
 
     func run() throws {
         let dataset: ShardDataset
         do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards)) } catch let e as ShardError { throw CLIError(e.message) }
-        func load(_ run: String?, _ weights: String?, _ model: Architecture?) throws -> Backbone {
+        func load(_ run: String?, _ weights: String?, _ model: Architecture?, _ flag: String) throws -> Backbone {
             do {
                 return try Backbone.load(run: run.map { RunDirectory(path: $0) }, weights: weights.map { URL(fileURLWithPath: $0) }, architecture: model,
-                                         truncateAfter: nil, inputFactor: nil, mean: nil, std: nil)
+                                         truncateAfter: nil, inputFactor: nil, mean: nil, std: nil, modelFlag: flag)
             } catch let e as TrainingError { throw CLIError(e.message) }
         }
-        let a = try load(runA, weightsA, modelA), b = try load(runB, weightsB, modelB)
+        let a = try load(runA, weightsA, modelA, "--model-a"), b = try load(runB, weightsB, modelB, "--model-b")
         let csvURL = URL(fileURLWithPath: output)
         let pngURL = URL(fileURLWithPath: png ?? csvURL.deletingPathExtension().appendingPathExtension("png").path)
         try checkWritable(csvURL); try checkWritable(pngURL)
         let n = min(maxTiles, dataset.count)
+        if n < 100 { FileHandle.standardError.write(Data("note: CKA on \(n) tiles is noisy (unrelated representations read high below about 100 tiles)\n".utf8)) }
         let indices = (0..<n).map { $0 * dataset.count / n }
         let ra = try CKA.stageRepresentations(model: a.model, dataset: dataset, settings: a.settings, indices: indices)
         let rb = try CKA.stageRepresentations(model: b.model, dataset: dataset, settings: b.settings, indices: indices)

@@ -139,6 +139,7 @@ struct MILEvaluate: ParsableCommand {
         let slidesURL = slides.map { URL(fileURLWithPath: $0) } ?? json.deletingLastPathComponent().appendingPathComponent("slides.csv")
         let attentionURL = attention.map { URL(fileURLWithPath: $0) } ?? json.deletingLastPathComponent().appendingPathComponent("attention.csv")
         for f in [json, slidesURL, attentionURL] { try checkWritable(f) }
+        let tiles = try heatmaps.prepare(set: set)
         let p = MILTrainer.predict(head, set)
         let labeled = p.filter { $0.label >= 0 }
         guard !labeled.isEmpty else { throw CLIError("\(inputs.features): no slide has a label", hint: "use `histodistill mil predict` for unlabeled slides") }
@@ -153,7 +154,7 @@ struct MILEvaluate: ParsableCommand {
         object["level"] = "slide"
         try writeOutput(JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]), to: json)
         try writeSlideOutputs(p, classes: classes, slidesCSV: slidesURL, attentionCSV: attentionURL)
-        try heatmaps.write(p, set: set)
+        try heatmaps.write(p, set: set, dataset: tiles)
         print(String(format: "%d slides: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples, report.accuracy,
                      report.balancedAccuracy, report.macroAUC.map { String(format: "%.4f", $0) } ?? "n/a"))
         print("confusion (rows true, columns predicted): \(report.confusion)")
@@ -179,9 +180,10 @@ struct MILPredict: ParsableCommand {
         let (head, set, _) = try inputs.load()
         let out = URL(fileURLWithPath: output), att = attention.map { URL(fileURLWithPath: $0) }
         for f in [out] + (att.map { [$0] } ?? []) { try checkWritable(f) }
+        let tiles = try heatmaps.prepare(set: set)
         let p = MILTrainer.predict(head, set)
         try writeSlideOutputs(p, classes: set.metadata.classes, slidesCSV: out, attentionCSV: att)
-        try heatmaps.write(p, set: set)
+        try heatmaps.write(p, set: set, dataset: tiles)
         print("wrote probabilities of \(p.count) slides to \(output)")
     }
 }
@@ -198,20 +200,31 @@ struct HeatmapOptions: ParsableArguments {
     @Option(help: "Heatmap pixels per slide pixel: 1/N of the packing resolution.")
     var downscale = 4
 
-    func write(_ predictions: [SlidePrediction], set: FeatureSet) throws {
+    func validate() throws {
+        if downscale < 1 { throw ValidationError("--downscale must be at least 1, got \(downscale)") }
+        if shards != nil && heatmaps == nil { throw ValidationError("--shards is only used to draw --heatmaps: add --heatmaps DIR") }
+    }
+
+    /// Checks the options against the feature set before anything is written; returns the tile shards (if any).
+    func prepare(set: FeatureSet) throws -> ShardDataset? {
+        guard let heatmaps else { return nil }
+        try checkWritable(URL(fileURLWithPath: heatmaps).appendingPathComponent("slide.png"))
+        guard let shards else { return nil }
+        let dataset: ShardDataset
+        do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards)) } catch let e as ShardError { throw CLIError(e.message) }
+        guard dataset.identity == set.metadata.sourceShards else {
+            throw CLIError("\(shards) is not the tile shard set these features were extracted from (\(dataset.identity) vs \(set.metadata.sourceShards))",
+                           hint: "give the shards passed to `histodistill extract`")
+        }
+        return dataset
+    }
+
+    func write(_ predictions: [SlidePrediction], set: FeatureSet, dataset: ShardDataset?) throws {
         guard let heatmaps else { return }
-        guard downscale >= 1 else { throw CLIError("--downscale must be at least 1") }
         let folder = URL(fileURLWithPath: heatmaps)
-        try checkWritable(folder.appendingPathComponent("slide.png"))
         var tilesBySlide: [String: [Int]] = [:]
-        var dataset: ShardDataset?
-        if let shards {
-            do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards)) } catch let e as ShardError { throw CLIError(e.message) }
-            guard dataset!.identity == set.metadata.sourceShards else {
-                throw CLIError("\(shards) is not the tile shard set these features were extracted from (\(dataset!.identity) vs \(set.metadata.sourceShards))",
-                               hint: "give the shards passed to `histodistill extract`")
-            }
-            for t in 0..<dataset!.count { tilesBySlide[dataset!.slide(t), default: []].append(t) }
+        if let dataset {
+            for t in 0..<dataset.count { tilesBySlide[dataset.slide(t), default: []].append(t) }
         }
         let context = TileDecompressor()
         for r in predictions {

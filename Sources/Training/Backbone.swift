@@ -26,13 +26,22 @@ public struct Backbone {
     /// `architecture`. `inputFactor`, `mean`, `std` override the described (or ImageNet) preparation. Every key the
     /// backbone needs must be in the file with its shape; other keys (fc, later stages) are ignored.
     public static func load(run: RunDirectory?, weights: URL?, architecture: Architecture?, truncateAfter: Int?,
-                            inputFactor: Int?, mean: [Float]?, std: [Float]?, batchSize: Int = 64) throws -> Backbone {
+                            inputFactor: Int?, mean: [Float]?, std: [Float]?, batchSize: Int = 64, modelFlag: String = "--model") throws -> Backbone {
+        if let run, weights == nil {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: run.url.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw TrainingError("\(run.url.path): no such run directory. Hint: check the path.")
+            }
+        }
         guard let chosen = weights ?? run?.preferredWeights() else {
             throw TrainingError(run.map { "\($0.url.path): holds no best.safetensors and no complete checkpoint. Hint: train first, or pass --weights FILE." }
                                 ?? "no model given. Hint: pass --run RUN_DIRECTORY, or --weights FILE.safetensors (with --model for weights not written by histodistill).")
         }
         let file: SafeTensorsFile
         do { file = try SafeTensorsFile(contentsOf: chosen) } catch let e as SafeTensorsError { throw TrainingError(e.message) }
+        if file.metadata["histodistill.mil"] != nil {
+            throw TrainingError("\(chosen.path) is an attention-MIL head (`histodistill mil train`), not a CNN backbone. Hint: give the run or weights of the network the features came from.")
+        }
         var described = RunMetadata(safetensors: file)
         if described == nil, let run { described = try? run.loadMetadata() }
         var config: ResNetConfig
@@ -49,7 +58,7 @@ public struct Backbone {
             config = described.model
             settings = InferenceSettings(described, batchSize: batchSize)
         } else {
-            throw TrainingError("\(chosen.path) does not describe its network (not written by histodistill). Hint: pass --model resnet18, resnet34 or resnet-gn, the architecture the weights belong to.")
+            throw TrainingError("\(chosen.path) does not describe its network (not written by histodistill). Hint: pass \(modelFlag) resnet18, resnet34 or resnet-gn, the architecture the weights belong to.")
         }
         let stages = truncateAfter ?? config.planes.count
         guard stages >= 1 && stages <= config.planes.count else {
@@ -64,6 +73,16 @@ public struct Backbone {
         }
         let used = Set(model.stateEntries.map(\.name))
         let ignored = file.tensors.map { $0.name.hasPrefix("module.") ? String($0.name.dropFirst(7)) : $0.name }.filter { !used.contains($0) }
+        // Only the classifier and stages after the cut may be left out: any other key means another network
+        // (e.g. a resnet34's extra blocks read as a resnet18).
+        let foreign = ignored.filter { name in
+            if name.hasPrefix("fc.") { return false }
+            if name.hasPrefix("layer"), let digit = name.dropFirst(5).first?.wholeNumberValue, digit > stages { return false }
+            return true
+        }
+        guard foreign.isEmpty else {
+            throw TrainingError("\(chosen.path) does not fit \(config.name): it holds \(foreign.prefix(4).joined(separator: ", "))\(foreign.count > 4 ? " (+\(foreign.count - 4) more)" : ""), which \(config.name) has no place for. Hint: check the architecture the weights belong to (\(modelFlag)).")
+        }
         var note: String?
         if !ignored.isEmpty {
             let fc = file["fc.weight"] ?? file["module.fc.weight"]

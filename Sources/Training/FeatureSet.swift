@@ -41,6 +41,13 @@ public struct FeatureSetMetadata: Codable, Equatable, Sendable {
     }
 
     static let key = "histodistill.features"
+
+    /// True when `other` comes from the same backbone, weights, cut, preparation and classes (features that can be
+    /// mixed or compared).
+    public func sameExtraction(as other: FeatureSetMetadata) -> Bool {
+        featureDimension == other.featureDimension && classes == other.classes && backbone == other.backbone && weightsDigest == other.weightsDigest
+            && truncateAfter == other.truncateAfter && inputFactor == other.inputFactor && mean == other.mean && std == other.std
+    }
 }
 
 /// One slide's bag: its label and the feature vector and grid position of each of its tiles.
@@ -88,8 +95,8 @@ public struct FeatureSet: Sendable {
                   let m = try? JSONDecoder().decode(FeatureSetMetadata.self, from: Data(text.utf8)) else {
                 throw TrainingError("\(url.path): not a histodistill feature file (no '\(FeatureSetMetadata.key)' metadata). Hint: make feature sets with `histodistill extract`.")
             }
-            if let meta, meta.featureDimension != m.featureDimension || meta.classes != m.classes || meta.backbone != m.backbone {
-                throw TrainingError("\(url.path): features of length \(m.featureDimension) from '\(m.backbone)' (classes \(m.classes)) do not match \(names[0])'s \(meta.featureDimension) from '\(meta.backbone)' (classes \(meta.classes)). Hint: keep one extraction per directory.")
+            if let meta, !meta.sameExtraction(as: m) {
+                throw TrainingError("\(url.path): features of length \(m.featureDimension) from '\(m.backbone)' (weights \(m.weightsDigest), cut after \(m.truncateAfter.map(String.init) ?? "all stages"), classes \(m.classes)) do not match \(names[0])'s: \(meta.featureDimension) from '\(meta.backbone)' (weights \(meta.weightsDigest), cut after \(meta.truncateAfter.map(String.init) ?? "all stages"), classes \(meta.classes)). Hint: keep one extraction per directory.")
             }
             meta = meta ?? m
             guard let f = file["features"], f.shape.count == 2, f.shape[1] == m.featureDimension,
@@ -112,6 +119,10 @@ public struct FeatureSet: Sendable {
                 bags[k].x.append(xs[t]); bags[k].y.append(ys[t]); bags[k].tileIDs.append(tileIDs[t])
             }
             slides += bags.filter { $0.count > 0 }
+        }
+        var seen = Set<String>()
+        for s in slides where !seen.insert(s.name).inserted {
+            throw TrainingError("\(directory.path): slide '\(s.name)' appears in two feature files. Hint: keep one extraction per directory (extract replaces the files of its output).")
         }
         self.metadata = meta!
         self.slides = slides

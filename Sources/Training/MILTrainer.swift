@@ -82,8 +82,11 @@ public final class MILTrainer {
             train = all
             val = try config.valShards.map { try open($0, "val") }
         }
-        if let val, val.metadata.featureDimension != train.metadata.featureDimension || val.metadata.classes != train.metadata.classes {
-            throw TrainingError("data.val holds features of length \(val.metadata.featureDimension) for classes \(val.metadata.classes), data.train of length \(train.metadata.featureDimension) for \(train.metadata.classes). Hint: extract both splits with the same backbone from shards with the same classes.")
+        if let val, !val.metadata.sameExtraction(as: train.metadata) {
+            throw TrainingError("data.val holds features from '\(val.metadata.backbone)' (weights \(val.metadata.weightsDigest), cut after \(val.metadata.truncateAfter.map(String.init) ?? "all stages"), length \(val.metadata.featureDimension), classes \(val.metadata.classes)), data.train from '\(train.metadata.backbone)' (weights \(train.metadata.weightsDigest), cut after \(train.metadata.truncateAfter.map(String.init) ?? "all stages"), length \(train.metadata.featureDimension), classes \(train.metadata.classes)). Hint: extract both splits with the same backbone and options from shards with the same classes.")
+        }
+        if let val, config.milFolds > 1, val.slides.isEmpty || train.slides.isEmpty {
+            throw TrainingError("mil.folds \(config.milFolds) leaves fold \(config.milFold) empty (\(all.slides.count) slides). Hint: use at most as many folds as the smallest class has slides.")
         }
         guard train.slides.contains(where: { $0.label >= 0 }) else {
             throw TrainingError("data.train (\(config.trainShards)): no slide has a label. Hint: pack the tiles under class folders named after the slide labels.")
@@ -119,6 +122,15 @@ public final class MILTrainer {
             return state
         }
         try DataParallelStep.broadcastState(of: head, optimizer: optimizer, group: group)
+        if let start {
+            progress?("resuming from step \(start.step) (epoch \(start.cursor.epoch))")
+            if let stored = try? RunConfig.parse(start.config, source: "checkpoint") {
+                let changed = ConfigKey.differences(stored: stored, current: config).changed
+                if !changed.isEmpty {
+                    progress?("note: continuing with changed settings (\(changed.joined(separator: "; "))): the continuation is no longer bit-exact with an uninterrupted run")
+                }
+            }
+        }
         var step = start?.step ?? 0
         var cursor = start?.cursor ?? DataCursor()
         var best = start?.bestMetric

@@ -195,7 +195,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if let valEvery, valEvery < 1 { throw bad("train.val_every", "must be at least 1 (leave it out to validate at each epoch end)") }
         if let threads, threads < 1 { throw bad("train.threads", "must be at least 1") }
         if milHidden.count != 2 || milHidden.contains(where: { $0 < 1 }) || milAttention < 1 { throw bad("mil.hidden/attention", "need two positive widths and a positive attention width") }
-        if milFolds == 1 || milFolds < 0 || (milFolds > 1 && !(0..<milFolds).contains(milFold)) { throw bad("mil.folds/fold", "need folds 0 (no split) or at least 2, and fold in 0..<folds") }
+        if milFolds == 1 || milFolds < 0 || (milFolds > 1 && !(0..<milFolds).contains(milFold)) {
+            throw bad("mil.folds/fold", "need folds 0 (no split) or at least 2, and fold in 0..<folds; got folds \(milFolds), fold \(milFold)")
+        }
         if milFolds > 1 && valShards != nil { throw bad("mil.folds", "and data.val exclude each other: cross-validation validates on a fold of data.train") }
         if !(milBeta >= 0) { throw bad("mil.beta", "must be 0 or positive, got \(milBeta)") }
         if !(divergenceFactor >= 0) { throw bad("train.divergence_factor", "must be 0 (off) or positive, got \(divergenceFactor)") }

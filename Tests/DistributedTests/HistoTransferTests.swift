@@ -89,6 +89,11 @@ struct HistoTransferTests {
         #expect(noModel.status != 0 && noModel.stderr.contains("--model"), "\(noModel.stderr)")
         let wrong = try run([bin, "extract", "--weights", weights.path, "--model", "resnet-gn", "--shards", tiles.path, "-o", dir.appendingPathComponent("h").path])
         #expect(wrong.status != 0 && wrong.stderr.contains("conv1.weight") && !wrong.stderr.contains("Fatal error"), "\(wrong.stderr)")
+        // A resnet34 read as a resnet18: its extra blocks are not "later stages", so it is refused, not silently cut.
+        let r34 = dir.appendingPathComponent("resnet34.safetensors")
+        try SafeTensorsFile(tensors: ResNet(.resnet34(classes: 1000), seed: 4).stateDict()).serialized().write(to: r34)
+        let mismatch = try run([bin, "extract", "--weights", r34.path, "--model", "resnet18", "--shards", tiles.path, "-o", dir.appendingPathComponent("i").path])
+        #expect(mismatch.status != 0 && mismatch.stderr.contains("layer1.2") && mismatch.stderr.contains("does not fit resnet18"), "\(mismatch.stderr)")
     }
 
     @Test("attention-MIL learns a bag task decided by one patch type: slide AUC 1.0, attention on the deciding patches")
@@ -190,6 +195,40 @@ struct HistoTransferTests {
         let bin = try histodistillBinary()
         let r = try run([bin, "mil", "evaluate", "--run", dir.appendingPathComponent("run").path, "--features", dir.appendingPathComponent("other").path])
         #expect(r.status != 0 && r.stderr.contains("aaaa") && r.stderr.contains("bbbb"), "\(r.stderr)")
+        // Validation features of another extraction than training's are refused; so is a directory mixing two.
+        let withOtherVal = try RunConfig.parse("""
+        run: {output: \(dir.appendingPathComponent("run2").path)}
+        data: {train: \(dir.appendingPathComponent("train").path), val: \(dir.appendingPathComponent("other").path)}
+        mil: {beta: 0.5}
+        """, source: "m.yaml")
+        let v = #expect(throws: TrainingError.self) { _ = try MILTrainer(config: withOtherVal, writer: "t") }
+        #expect(v?.message.contains("aaaa") == true && v?.message.contains("bbbb") == true, "\(String(describing: v))")
+        let twoExtractions = dir.appendingPathComponent("two")
+        try FeatureSet(metadata: meta(4, digest: "aaaa"), slides: bags(4, 2)).write(to: twoExtractions, part: 0)
+        try FeatureSet(metadata: meta(4, digest: "aaaa"), slides: bags(4, 2)).write(to: twoExtractions, part: 1)
+        let dup = #expect(throws: TrainingError.self) { _ = try FeatureSet(directory: twoExtractions) }
+        #expect(dup?.message.contains("appears in two feature files") == true, "\(String(describing: dup))")
+        // More folds than a class has slides leaves a fold empty: refused.
+        let tooMany = try RunConfig.parse(config.yaml, source: "x", overrides: ["mil.folds=20", "mil.fold=19", "run.output=\(dir.appendingPathComponent("run3").path)"])
+        let empty = #expect(throws: TrainingError.self) { _ = try MILTrainer(config: tooMany, writer: "t") }
+        #expect(empty?.message.contains("empty") == true, "\(String(describing: empty))")
+        // A learning-rate change on resume is noted.
+        let lrChanged = try RunConfig.parse(config.yaml, source: "x", overrides: ["optimizer.lr=0.01", "train.epochs=2"])
+        let resumed = try MILTrainer(config: lrChanged, writer: "t")
+        var notes: [String] = []
+        resumed.progress = { notes.append($0) }
+        try resumed.run(resume: true)
+        #expect(notes.contains { $0.contains("resuming from step") } && notes.contains { $0.contains("optimizer.lr: 0.001 -> 0.01") }, "\(notes)")
+        // Heatmap options are checked before any output is written; a MIL head is not a backbone.
+        let noWrite = dir.appendingPathComponent("nowrite.json")
+        let h = try run([bin, "mil", "evaluate", "--run", dir.appendingPathComponent("run").path, "--features", dir.appendingPathComponent("train").path,
+                         "-o", noWrite.path, "--heatmaps", dir.appendingPathComponent("hm").path, "--shards", dir.path])
+        #expect(h.status != 0 && !FileManager.default.fileExists(atPath: noWrite.path), "\(h.stderr)")
+        let asBackbone = #expect(throws: TrainingError.self) {
+            _ = try Backbone.load(run: RunDirectory(dir.appendingPathComponent("run")), weights: nil, architecture: nil, truncateAfter: nil,
+                                  inputFactor: nil, mean: nil, std: nil)
+        }
+        #expect(asBackbone?.message.contains("is an attention-MIL head") == true, "\(String(describing: asBackbone))")
         let changed = try RunConfig.parse(config.yaml, source: "x", overrides: ["mil.hidden=[128, 32]"])
         let f = #expect(throws: TrainingError.self) { try MILTrainer(config: changed, writer: "t").run(resume: true) }
         #expect(f?.message.contains("mil.hidden: [256, 64] -> [128, 32]") == true, "\(String(describing: f))")
