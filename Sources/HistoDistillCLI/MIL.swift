@@ -267,3 +267,53 @@ struct HeatmapOptions: ParsableArguments {
         print("wrote \(predictions.count) attention heatmaps to \(folder.path)")
     }
 }
+
+struct FineTune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "finetune",
+        abstract: "Top-k fine-tuning (HistoTransfer): train a backbone's last stage(s) with an attention-MIL head on each slide's k most attended tiles.",
+        discussion: """
+            data.train is a tile shard set whose slides carry the labels (e.g. `pack --tile-size`); the finetune section \\
+            names the backbone (a run or weights file), its cut and top_k; the mil section the head; mil.folds/fold \\
+            pick the validation slides. Each epoch rescores every training slide's tiles with the current backbone and \\
+            head. Writes RUN/best-backbone.safetensors (use it with `extract --weights`) and RUN/best.safetensors (the \\
+            head, for `mil evaluate`). Checkpoints hold both; --resume, --stop-after and mpirun work as for `train`.
+            """)
+
+    @Option(help: "YAML config (run, data, optimizer, schedule, train, mil and finetune sections).")
+    var config: String
+
+    @OptionGroup var options: TrainingOptions
+
+    func run() throws {
+        StopSignals.install()
+        try runOnRanks { group, launch in
+            let cfg = try group.collectively { () throws -> RunConfig in
+                do { return try RunConfig.load(URL(fileURLWithPath: config), overrides: options.overrides) } catch let e as ConfigError {
+                    throw CLIError(e.message)
+                }
+            }
+            BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
+            let tuner = try group.collectively { () throws -> TopKFineTuner in
+                do { return try TopKFineTuner(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {
+                    throw CLIError(e.message)
+                }
+            }
+            if group.isCoordinator { tuner.progress = progressSink() }
+            let outcome: RunOutcome
+            do { outcome = try tuner.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {
+                throw CLIError(e.message)
+            } catch let e as CheckpointError {
+                throw CLIError(e.message)
+            }
+            guard group.isCoordinator else { return outcome.exitStatus }
+            if isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
+            if let last = tuner.history.last {
+                print(String(format: "done: step %d, loss %.4f", last.step, last.loss)
+                      + (tuner.bestAccuracy.map { String(format: ", best val slide accuracy %.4f", $0) } ?? "")
+                      + "; backbone in \(tuner.runDirectory.url.appendingPathComponent("best-backbone.safetensors").path), head in \(tuner.runDirectory.bestWeights.path)")
+            }
+            return outcome.exitStatus
+        }
+    }
+}

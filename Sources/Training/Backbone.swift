@@ -60,7 +60,7 @@ public struct Backbone {
         } else {
             throw TrainingError("\(chosen.path) does not describe its network (not written by histodistill). Hint: pass \(modelFlag) resnet18, resnet34 or resnet-gn, the architecture the weights belong to.")
         }
-        let stages = truncateAfter ?? config.planes.count
+        let stages = truncateAfter ?? config.stages
         guard stages >= 1 && stages <= config.planes.count else {
             throw TrainingError("--truncate-after \(stages) is outside 1...\(config.planes.count) for \(config.name)")
         }
@@ -93,8 +93,9 @@ public struct Backbone {
         if let inputFactor { settings.inputFactor = inputFactor }
         if let mean { settings.mean = mean }
         if let std { settings.std = std }
+        // The cut, as recorded with features: the kept stages when fewer than the architecture has, else nil.
         return Backbone(model: model, settings: settings, weights: chosen, digest: try FNV1a64.file(chosen), ignoredNote: note,
-                        truncateAfter: truncateAfter)
+                        truncateAfter: stages < config.planes.count ? stages : nil)
     }
 
     /// The slides of `dataset` this rank of `worldSize` extracts: whole slides, contiguous in dataset order, about

@@ -38,6 +38,20 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     }
 }
 
+/// A further module saved in the same checkpoint as the main model (e.g. the backbone being fine-tuned next to a
+/// MIL head): `NAME.safetensors` and, with an optimizer, `OPTIMIZERFILE.safetensors`, written and loaded together.
+public struct CheckpointPart {
+    public let name: String
+    public let model: any Module
+    public let optimizer: Optimizer?
+    public let optimizerFile: String
+    public let metadata: [String: String]
+
+    public init(name: String, model: any Module, optimizer: Optimizer?, optimizerFile: String? = nil, metadata: [String: String] = [:]) {
+        self.name = name; self.model = model; self.optimizer = optimizer; self.optimizerFile = optimizerFile ?? "\(name)-optimizer"; self.metadata = metadata
+    }
+}
+
 /// A checkpoint directory that cannot be written or does not fit, naming the path and a fix.
 public struct CheckpointError: Error, CustomStringConvertible, Sendable {
     public let message: String
@@ -66,12 +80,14 @@ public final class CheckpointStore {
     /// self-description) and returns its directory. A crash at any point leaves the previous
     /// checkpoints and `latest` untouched (at worst a `.tmp-*` directory that the next save removes).
     @discardableResult
-    public func save(model: any Module, optimizer: Optimizer, state: CheckpointState, metadata: [String: String] = [:]) throws -> URL {
+    public func save(model: any Module, optimizer: Optimizer, state: CheckpointState, metadata: [String: String] = [:],
+                     parts: [CheckpointPart] = []) throws -> URL {
         let fm = FileManager.default
         guard GradientOps.allFinite(model.parameters.values.pointer, count: model.parameterCount),
               GradientOps.allFinite(model.buffers.values.pointer, count: model.buffers.layout.count),
               GradientOps.allFinite(optimizer.first.pointer, count: optimizer.first.count),
-              GradientOps.allFinite(optimizer.second.pointer, count: optimizer.second.count) else {
+              GradientOps.allFinite(optimizer.second.pointer, count: optimizer.second.count),
+              parts.allSatisfy({ GradientOps.allFinite($0.model.parameters.values.pointer, count: $0.model.parameterCount) }) else {
             throw CheckpointError("step \(state.step): the weights or the optimizer state are not finite (NaN or infinity), so no checkpoint was written; \(intactText()). Hint: lower optimizer.lr or set train.clip_grad_norm.")
         }
         try fm.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -86,6 +102,11 @@ public final class CheckpointStore {
             try writeSynced(try SafeTensorsFile(tensors: model.stateDict(), metadata: metadata.merging(["architecture": model.architectureDescription]) { _, new in new }).serialized(),
                             to: temporary.appendingPathComponent("model.safetensors"))
             try writeSynced(try optimizerFile(optimizer).serialized(), to: temporary.appendingPathComponent("optimizer.safetensors"))
+            for part in parts {
+                try writeSynced(try SafeTensorsFile(tensors: part.model.stateDict(), metadata: part.metadata.merging(["architecture": part.model.architectureDescription]) { $1 }).serialized(),
+                                to: temporary.appendingPathComponent("\(part.name).safetensors"))
+                if let o = part.optimizer { try writeSynced(try optimizerFile(o).serialized(), to: temporary.appendingPathComponent("\(part.optimizerFile).safetensors")) }
+            }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try writeSynced(try encoder.encode(state), to: temporary.appendingPathComponent("state.json"))
@@ -138,14 +159,29 @@ public final class CheckpointStore {
 
     /// Loads `checkpoint` into `model` and `optimizer`, which must have the architecture and optimizer it was
     /// written with; returns its state.
-    public func load(_ checkpoint: URL, model: any Module, optimizer: Optimizer) throws -> CheckpointState {
-        let path = checkpoint.path
+    public func load(_ checkpoint: URL, model: any Module, optimizer: Optimizer, parts: [CheckpointPart] = []) throws -> CheckpointState {
+        try loadPart(CheckpointPart(name: "model", model: model, optimizer: optimizer, optimizerFile: "optimizer"), from: checkpoint)
+        for part in parts { try loadPart(part, from: checkpoint) }
         do {
-            try model.loadWeights(from: checkpoint.appendingPathComponent("model.safetensors"))
-        } catch let e as WeightsError {
-            throw CheckpointError("\(path): the checkpoint's weights do not fit this run's model: \(e.message)")
+            return try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: checkpoint.appendingPathComponent("state.json")))
+        } catch {
+            throw CheckpointError("\(checkpoint.path)/state.json: unreadable (\(error)). Hint: remove this checkpoint to resume from the one before.")
         }
-        let opt = try SafeTensorsFile(contentsOf: checkpoint.appendingPathComponent("optimizer.safetensors"))
+    }
+
+    /// Loads one module and its optimizer (if any) of a checkpoint, checking names, shapes, kind and finiteness.
+    func loadPart(_ part: CheckpointPart, from checkpoint: URL) throws {
+        let path = checkpoint.path, model = part.model
+        do {
+            try model.loadWeights(from: checkpoint.appendingPathComponent("\(part.name).safetensors"))
+        } catch let e as WeightsError {
+            throw CheckpointError("\(path): the checkpoint's weights (\(part.name)) do not fit this run's model: \(e.message)")
+        }
+        guard let optimizer = part.optimizer else { return }
+        let opt: SafeTensorsFile
+        do { opt = try SafeTensorsFile(contentsOf: checkpoint.appendingPathComponent("\(part.optimizerFile).safetensors")) } catch let e as SafeTensorsError {
+            throw CheckpointError("\(path): \(e.message)")
+        }
         let savedKind = opt.metadata["kind"].flatMap { try? JSONDecoder().decode(OptimizerKind.self, from: Data($0.utf8)) }
         guard savedKind == optimizer.kind else {
             throw CheckpointError("\(path): written with optimizer \(opt.metadata["kind"] ?? "?"), this run uses \(optimizerKindText(optimizer.kind)). Hint: resume with the run's own config.")
@@ -166,11 +202,6 @@ public final class CheckpointStore {
               GradientOps.allFinite(optimizer.first.pointer, count: optimizer.count),
               GradientOps.allFinite(optimizer.second.pointer, count: optimizer.second.count) else {
             throw CheckpointError("\(path): holds non-finite weights or optimizer state (NaN or infinity). Hint: move this checkpoint directory away to resume from the one before it.")
-        }
-        do {
-            return try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: checkpoint.appendingPathComponent("state.json")))
-        } catch {
-            throw CheckpointError("\(path)/state.json: unreadable (\(error)). Hint: remove this checkpoint to resume from the one before.")
         }
     }
 

@@ -164,7 +164,7 @@ public struct ConfigKey: @unchecked Sendable {
     }
 
     /// Sections in file order.
-    public static let sections = ["run", "data", "augment", "model", "optimizer", "schedule", "train", "distill", "mil"]
+    public static let sections = ["run", "data", "augment", "model", "optimizer", "schedule", "train", "distill", "mil", "finetune"]
 
     /// Key names of `section`, in table order.
     static func keys(of section: String) -> [String] { table.filter { $0.section == section }.map(\.name) }
@@ -228,6 +228,11 @@ public struct ConfigKey: @unchecked Sendable {
         key("mil", "attention", \.milAttention, .int, "width of the attention layer (tanh) before the one-unit score"),
         key("mil", "folds", \.milFolds, .int, "cross-validation: split data.train's slides into this many class-stratified folds (0: no split)"),
         key("mil", "fold", \.milFold, .int, "the fold validated on (0..<folds); the others are trained on"),
+        key("finetune", "backbone_run", \.finetuneBackboneRun, .string, resume: .byIdentity, "run directory of the backbone to fine-tune"),
+        key("finetune", "backbone_weights", \.finetuneBackboneWeights, .string, default: "the run's best weights", resume: .byIdentity, "backbone weights file"),
+        key("finetune", "truncate_after", \.finetuneTruncateAfter, .int, "keep the backbone's stages 1..K (HistoTransfer's truncation)"),
+        key("finetune", "top_k", \.finetuneTopK, .int, "patches per slide kept each epoch by the current attention (HistoTransfer's top-k)"),
+        key("finetune", "train_stages", \.finetuneTrainStages, .int, "how many of the kept stages, counted from the last, are trained with the head"),
     ]
 
     /// The keys whose values differ between `stored` (a checkpoint's config) and `current`, as
@@ -248,7 +253,8 @@ public struct ConfigKey: @unchecked Sendable {
     public static var markdownReference: String {
         var s = ""
         for section in sections {
-            let only = section == "distill" ? " (only for `histodistill distill`)" : section == "mil" ? " (only for `histodistill mil`)" : ""
+            let only = section == "distill" ? " (only for `histodistill distill`)" : section == "mil" ? " (only for `histodistill mil` and `finetune`)"
+                : section == "finetune" ? " (only for `histodistill finetune`)" : ""
             s += "\n### `\(section)`\(only)\n\n| key | type | default | what it does | on --resume |\n|---|---|---|---|---|\n"
             for k in table where k.section == section {
                 s += "| `\(k.name)` | \(k.type) | \(k.defaultText) | \(k.doc) | \(k.resume.text) |\n"

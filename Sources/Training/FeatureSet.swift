@@ -132,16 +132,23 @@ public struct FeatureSet: Sendable {
     /// round-robin into the folds, so every fold holds about the same share of every class (stratified k-fold).
     /// Unlabeled slides stay in training.
     public func crossValidationSplit(folds: Int, fold: Int, seed: UInt64) -> (FeatureSet, FeatureSet) {
-        var foldOf = [Int](repeating: -1, count: slides.count)
-        for c in 0..<metadata.classes.count {
-            var members = slides.indices.filter { slides[$0].label == Int32(c) }
+        let foldOf = Self.stratifiedFolds(labels: slides.map(\.label), classes: metadata.classes.count, folds: folds, seed: seed)
+        let train = slides.indices.filter { foldOf[$0] != fold }.map { slides[$0] }
+        let val = slides.indices.filter { foldOf[$0] == fold }.map { slides[$0] }
+        return (FeatureSet(metadata: metadata, slides: train), FeatureSet(metadata: metadata, slides: val))
+    }
+
+    /// The fold of each item (-1 for unlabeled ones): each class's items are shuffled with `seed` and dealt
+    /// round-robin into `folds` folds (stratified k-fold).
+    public static func stratifiedFolds(labels: [Int32], classes: Int, folds: Int, seed: UInt64) -> [Int] {
+        var foldOf = [Int](repeating: -1, count: labels.count)
+        for c in 0..<classes {
+            var members = labels.indices.filter { labels[$0] == Int32(c) }
             var g = SplitMix64.stream(seed, 0xF01D, UInt64(c))
             for i in stride(from: members.count - 1, to: 0, by: -1) { members.swapAt(i, Int(g.next() % UInt64(i + 1))) }
             for (k, s) in members.enumerated() { foldOf[s] = k % folds }
         }
-        let train = slides.indices.filter { foldOf[$0] != fold }.map { slides[$0] }
-        let val = slides.indices.filter { foldOf[$0] == fold }.map { slides[$0] }
-        return (FeatureSet(metadata: metadata, slides: train), FeatureSet(metadata: metadata, slides: val))
+        return foldOf
     }
 
     /// Removes the feature files of `directory` (before a new extraction writes there).

@@ -24,9 +24,20 @@ public enum MILBag {
     @discardableResult
     public static func run(_ head: AttentionMIL<Float>, _ bag: SlideBag, beta: Float, train: Bool, slides: Int = 1)
         -> (bag: Float, patch: Float, probabilities: [Float], attention: [Float]) {
-        let n = bag.count, c = head.classes
+        bag.features.withUnsafeBufferPointer {
+            run(head, features: $0.baseAddress!, count: bag.count, label: bag.label, beta: beta, train: train, slides: slides, gradFeatures: nil)
+        }
+    }
+
+    /// The same on `count` feature vectors at `features`; with `gradFeatures`, the gradient with respect to the
+    /// features is added there (for fine-tuning the network that produced them).
+    public static func run(_ head: AttentionMIL<Float>, features: UnsafePointer<Float>, count n: Int, label: Int32, beta: Float, train: Bool,
+                           slides: Int = 1, gradFeatures: UnsafeMutablePointer<Float>?)
+        -> (bag: Float, patch: Float, probabilities: [Float], attention: [Float]) {
+        let c = head.classes
+        let bag = (label: label, count: n)
         var logits = [Float](repeating: 0, count: c), attention = [Float](repeating: 0, count: n), patch = [Float](repeating: 0, count: n * c)
-        bag.features.withUnsafeBufferPointer { head.forward(bag: $0.baseAddress!, count: n, bagLogits: &logits, attention: &attention, patchLogits: &patch) }
+        head.forward(bag: features, count: n, bagLogits: &logits, attention: &attention, patchLogits: &patch)
         var probabilities = [Float](repeating: 0, count: c)
         Softmax.forward(output: &probabilities, input: logits, rows: 1, cols: c)
         guard bag.label >= 0 else { return (0, 0, probabilities, attention) }
@@ -41,7 +52,7 @@ public enum MILBag {
         }
         if train {
             gBag.withUnsafeBufferPointer { b in gPatch.withUnsafeBufferPointer { p in
-                head.backward(gradBagLogits: b.baseAddress!, gradPatchLogits: beta == 0 ? nil : p.baseAddress!)
+                head.backward(gradBagLogits: b.baseAddress!, gradPatchLogits: beta == 0 ? nil : p.baseAddress!, gradBag: gradFeatures)
             } }
         }
         return (bagLoss, patchLoss, probabilities, attention)

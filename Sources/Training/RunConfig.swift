@@ -76,9 +76,19 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// validate on fold `milFold`.
     public var milFolds = 0
     public var milFold = 0
+    // finetune (only for `histodistill finetune`)
+    /// The backbone: a run directory and/or a weights file, cut after this stage.
+    public var finetuneBackboneRun: String?
+    public var finetuneBackboneWeights: String?
+    public var finetuneTruncateAfter = 4
+    /// Patches per slide kept by attention each epoch, and how many of the backbone's last stages are trained.
+    public var finetuneTopK = 16
+    public var finetuneTrainStages = 1
 
     /// True when the config has a mil section (an attention-MIL run over feature sets).
     public var hasMILSection = false
+    /// True when the config has a finetune section (top-k fine-tuning of a backbone with a MIL head).
+    public var hasFinetuneSection = false
 
     /// True when the config describes a distillation run.
     public var isDistillation: Bool { teacherRun != nil }
@@ -143,6 +153,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if tree["run"]?["output"] == nil || tree["run"]?["output"] is NSNull { c.output = "runs/\(c.name)" }
         c.hasMILSection = tree["mil"] != nil
+        c.hasFinetuneSection = tree["finetune"] != nil
         if tree["distill"] != nil && c.teacherRun == nil {
             throw ConfigError("\(source): distill.teacher_run is required in a distill section (the teacher's run directory)")
         }
@@ -198,6 +209,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if milFolds == 1 || milFolds < 0 || (milFolds > 1 && !(0..<milFolds).contains(milFold)) {
             throw bad("mil.folds/fold", "need folds 0 (no split) or at least 2, and fold in 0..<folds; got folds \(milFolds), fold \(milFold)")
         }
+        if !(1...4).contains(finetuneTruncateAfter) || finetuneTopK < 1 || finetuneTrainStages < 1 || finetuneTrainStages > finetuneTruncateAfter {
+            throw bad("finetune.truncate_after/top_k/train_stages", "need truncate_after 1-4, top_k >= 1 and train_stages in 1...truncate_after; got \(finetuneTruncateAfter), \(finetuneTopK), \(finetuneTrainStages)")
+        }
         if milFolds > 1 && valShards != nil { throw bad("mil.folds", "and data.val exclude each other: cross-validation validates on a fold of data.train") }
         if !(milBeta >= 0) { throw bad("mil.beta", "must be 0 or positive, got \(milBeta)") }
         if !(divergenceFactor >= 0) { throw bad("train.divergence_factor", "must be 0 (off) or positive, got \(divergenceFactor)") }
@@ -207,7 +221,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// (saved in the run directory and in checkpoints; parses back to an equal config).
     public var yaml: String {
         var s = ""
-        for section in ConfigKey.sections where (section != "distill" || isDistillation) && section != "mil" || (section == "mil" && hasMILSection) {
+        for section in ConfigKey.sections where (section != "distill" || isDistillation) && section != "mil" && section != "finetune"
+            || (section == "mil" && hasMILSection) || (section == "finetune" && hasFinetuneSection) {
             s += "\(section):\n"
             for key in ConfigKey.table where key.section == section {
                 if let v = key.write(self) { s += "  \(key.name): \(v)\n" }
@@ -226,6 +241,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         c.unlabeledShards = unlabeledShards.map(transform)
         c.teacherRun = teacherRun.map(transform)
         c.teacherWeights = teacherWeights.map(transform)
+        c.finetuneBackboneRun = finetuneBackboneRun.map(transform)
+        c.finetuneBackboneWeights = finetuneBackboneWeights.map(transform)
         return c
     }
 

@@ -10,7 +10,7 @@ enum RunStart {
     /// Takes `run`'s lock (kept in the returned value), cleans, and resumes from the newest checkpoint of `store`
     /// into `model` and `optimizer` when `resume` (after `check` accepted its state), or refuses a fresh start over
     /// existing checkpoints; then calls `describe` (writes config.yaml and the run's description).
-    static func begin(_ run: RunDirectory, store: CheckpointStore, resume: Bool, model: any Module, optimizer: Optimizer,
+    static func begin(_ run: RunDirectory, store: CheckpointStore, resume: Bool, model: any Module, optimizer: Optimizer, parts: [CheckpointPart] = [],
                       check: (CheckpointState, URL) throws -> Void, describe: () throws -> Void) throws -> (RunLock, CheckpointState?, URL?) {
         // One writer per run directory, taken before anything in it is touched.
         let lock = try RunLock(run)
@@ -18,7 +18,7 @@ enum RunStart {
         var state: CheckpointState?, checkpoint: URL?
         if resume, let latest = store.newest() {
             try check(try store.state(of: latest), latest)
-            state = try store.load(latest, model: model, optimizer: optimizer)
+            state = try store.load(latest, model: model, optimizer: optimizer, parts: parts)
             checkpoint = latest
         } else if !resume && !store.completeCheckpoints().isEmpty {
             throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")

@@ -287,4 +287,52 @@ struct HistoTransferTests {
         let other = try String(contentsOf: dir.appendingPathComponent("s.csv"), encoding: .utf8).split(separator: "\n").dropFirst().map { $0.split(separator: ",").dropFirst().compactMap { Double($0) } }
         #expect(other[1][1] < 0.999999, "another resolution gives another representation: \(other)")
     }
+
+    @Test("top-k fine-tuning trains only the backbone's last stage with the head, resumes at an epoch boundary bit for bit, and its outputs chain into extract and mil evaluate")
+    func topKFineTuning() throws {
+        let dir = tempDir("finetune")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tiles = try slideShards(dir)
+        let model = ResNet(.paper(classes: 2, planes: [32, 64], blocks: [1, 1]), seed: 7)
+        let meta = RunMetadata(model: model.config, classes: ["benign", "malignant"], mean: [0.5, 0.4, 0.6], std: [0.2, 0.25, 0.3],
+                               inputFactor: 1, tileSize: 32, tileMicronsPerPixel: nil, trainShards: nil, trainShardsPath: nil,
+                               objective: "supervised", teacherRun: nil, program: "test")
+        let weights = dir.appendingPathComponent("backbone.safetensors")
+        try model.saveWeights(to: weights, metadata: meta.safetensorsMetadata)
+        func config(_ name: String, topK: Int = 3) throws -> RunConfig {
+            try RunConfig.parse("""
+            run: {output: \(dir.appendingPathComponent(name).path), seed: 2}
+            data: {train: \(tiles.path)}
+            optimizer: {name: adam, lr: 0.001}
+            schedule: {name: constant}
+            train: {epochs: 2, batch_size: 1, checkpoint_every: 100}
+            mil: {beta: 0.5}
+            finetune: {backbone_weights: \(weights.path), truncate_after: 2, top_k: \(topK), train_stages: 1}
+            """, source: "ft.yaml")
+        }
+        let straight = try TopKFineTuner(config: try config("a"), writer: "t")
+        let before = straight.backbone.model.parameters.values.array
+        #expect(try straight.run(resume: false) == .finished && straight.history.count == 12)
+        let after = straight.backbone.model.parameters.values.array
+        let offset = straight.trainOffset
+        #expect(offset > 0 && Array(after[..<offset]) == Array(before[..<offset]), "the stem and stage 1 stay frozen")
+        #expect(Array(after[offset...]) != Array(before[offset...]), "stage 2 is trained")
+        // Stopped at the end of epoch 0 and resumed: the same losses as without the stop.
+        let first = try TopKFineTuner(config: try config("b"), writer: "t")
+        #expect(try first.run(resume: false, stopAfter: 6) == .paused(step: 6))
+        let resumed = try TopKFineTuner(config: try config("b"), writer: "t")
+        #expect(try resumed.run(resume: true) == .finished)
+        #expect((first.history + resumed.history).map(\.loss) == straight.history.map(\.loss))
+        #expect(resumed.backbone.model.parameters.values.array == after)
+        // The fine-tuned backbone extracts features that the fine-tuned head evaluates.
+        let bin = try histodistillBinary()
+        let feat = dir.appendingPathComponent("feat")
+        let x = try run([bin, "extract", "--weights", dir.appendingPathComponent("a/best-backbone.safetensors").path, "--shards", tiles.path, "-o", feat.path])
+        #expect(x.status == 0, "\(x.stderr)")
+        let e = try run([bin, "mil", "evaluate", "--weights", dir.appendingPathComponent("a/best.safetensors").path, "--features", feat.path])
+        #expect(e.status == 0 && e.stdout.contains("6 slides: accuracy"), "\(e.stdout) \(e.stderr)")
+        // top_k above a slide's tile count is refused, naming the slide.
+        let big = #expect(throws: TrainingError.self) { _ = try TopKFineTuner(config: try config("c", topK: 7), writer: "t") }
+        #expect(big?.message.contains("has 6 tiles") == true, "\(String(describing: big))")
+    }
 }
