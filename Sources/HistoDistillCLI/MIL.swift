@@ -30,38 +30,51 @@ struct MILTrain: ParsableCommand {
     @OptionGroup var options: TrainingOptions
 
     func run() throws {
-        StopSignals.install()
-        try runOnRanks { group, launch in
-            let cfg = try group.collectively { () throws -> RunConfig in
-                do { return try RunConfig.load(URL(fileURLWithPath: config), overrides: options.overrides) } catch let e as ConfigError {
-                    throw CLIError(e.message)
-                }
-            }
-            BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
-            let trainer = try group.collectively { () throws -> MILTrainer in
-                do { return try MILTrainer(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {
-                    throw CLIError(e.message)
-                }
-            }
-            let terminal = isatty(2) != 0
-            if group.isCoordinator {
-                trainer.progress = progressSink()
-            }
-            let outcome: RunOutcome
-            do { outcome = try trainer.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {
-                throw CLIError(e.message)
-            } catch let e as CheckpointError {
-                throw CLIError(e.message)
-            }
-            guard group.isCoordinator else { return outcome.exitStatus }
-            if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
-            if let last = trainer.history.last {
-                print(String(format: "done: step %d, loss %.4f", last.step, last.loss)
-                      + (trainer.bestAccuracy.map { String(format: ", best val slide accuracy %.4f kept in %@", $0, trainer.runDirectory.bestWeights.path) } ?? "")
-                      + "; run directory \(trainer.runDirectory.url.path)")
-            }
-            return outcome.exitStatus
+        try runTrainerCommand(config: config, options: options, make: { try MILTrainer(config: $0, writer: $1, group: $2) }) { trainer in
+            guard let last = trainer.history.last else { return nil }
+            return String(format: "done: step %d, loss %.4f", last.step, last.loss)
+                + (trainer.bestAccuracy.map { String(format: ", best val slide accuracy %.4f kept in %@", $0, trainer.runDirectory.bestWeights.path) } ?? "")
+                + "; run directory \(trainer.runDirectory.url.path)"
         }
+    }
+}
+
+/// What the trainer commands (`mil train`, `finetune`) run.
+protocol CommandTrainer: AnyObject {
+    var progress: ((String) -> Void)? { get set }
+    func run(resume: Bool, stopAfter: Int?) throws -> RunOutcome
+}
+
+extension MILTrainer: CommandTrainer {}
+extension TopKFineTuner: CommandTrainer {}
+
+/// A trainer command alone or under mpirun: load the config on every rank together, set the threads, build the
+/// trainer (`make(config, writer, group)`) together, progress on the coordinator, errors as one line, then the
+/// coordinator prints `done(trainer)`.
+func runTrainerCommand<T: CommandTrainer>(config: String, options: TrainingOptions, make: (RunConfig, String, any ProcessGroup) throws -> T,
+                                          done: (T) -> String?) throws {
+    StopSignals.install()
+    try runOnRanks { group, launch in
+        let cfg = try group.collectively { () throws -> RunConfig in
+            do { return try RunConfig.load(URL(fileURLWithPath: config), overrides: options.overrides) } catch let e as ConfigError {
+                throw CLIError(e.message)
+            }
+        }
+        BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
+        let trainer = try group.collectively { () throws -> T in
+            do { return try make(cfg, "histodistill \(histodistillVersion)", group) } catch let e as TrainingError { throw CLIError(e.message) }
+        }
+        if group.isCoordinator { trainer.progress = progressSink() }
+        let outcome: RunOutcome
+        do { outcome = try trainer.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {
+            throw CLIError(e.message)
+        } catch let e as CheckpointError {
+            throw CLIError(e.message)
+        }
+        guard group.isCoordinator else { return outcome.exitStatus }
+        if isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
+        if let line = done(trainer) { print(line) }
+        return outcome.exitStatus
     }
 }
 
@@ -89,9 +102,8 @@ struct MILInputs: ParsableArguments {
             let (head, description) = try MILDescription.load(url)
             let set = try FeatureSet(directory: URL(fileURLWithPath: features))
             let a = description.features, b = set.metadata
-            guard a.featureDimension == b.featureDimension, a.classes == b.classes, a.weightsDigest == b.weightsDigest,
-                  a.truncateAfter == b.truncateAfter, a.inputFactor == b.inputFactor else {
-                throw CLIError("\(features) was extracted with another backbone or classes than the head was trained on: head \(a.backbone) (weights \(a.weightsDigest), cut after \(a.truncateAfter.map(String.init) ?? "all stages"), factor \(a.inputFactor), classes \(a.classes)); features \(b.backbone) (weights \(b.weightsDigest), cut after \(b.truncateAfter.map(String.init) ?? "all stages"), factor \(b.inputFactor), classes \(b.classes))",
+            guard a.sameExtraction(as: b) else {
+                throw CLIError("\(features) was extracted with another backbone or classes than the head was trained on: head \(a.summary); features \(b.summary)",
                                hint: "extract with the backbone and options recorded in the MIL run (RUN/features.json)")
             }
             return (head, set, url)
@@ -101,17 +113,8 @@ struct MILInputs: ParsableArguments {
 
 /// Writes per-slide probabilities and per-patch attention as CSV.
 func writeSlideOutputs(_ p: [SlidePrediction], classes: [String], slidesCSV: URL, attentionCSV: URL?) throws {
-    var s = "slide,label,predicted," + classes.map { "p_\($0)" }.joined(separator: ",") + "\n"
-    for r in p {
-        let predicted = r.probabilities.indices.max { r.probabilities[$0] < r.probabilities[$1] }.map { classes[$0] } ?? ""
-        let label = r.label >= 0 && Int(r.label) < classes.count ? classes[Int(r.label)] : ""
-        s += "\(r.slide),\(label),\(predicted)," + r.probabilities.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
-    }
-    try writeOutput(Data(s.utf8), to: slidesCSV)
-    guard let attentionCSV else { return }
-    var a = "slide,x,y,attention\n"
-    for r in p { for i in r.attention.indices { a += "\(r.slide),\(r.x[i]),\(r.y[i]),\(String(format: "%.6g", r.attention[i]))\n" } }
-    try writeOutput(Data(a.utf8), to: attentionCSV)
+    try writeOutput(Data(SlidePrediction.slidesCSV(p, classes: classes).utf8), to: slidesCSV)
+    if let attentionCSV { try writeOutput(Data(SlidePrediction.attentionCSV(p).utf8), to: attentionCSV) }
 }
 
 struct MILEvaluate: ParsableCommand {
@@ -222,10 +225,7 @@ struct HeatmapOptions: ParsableArguments {
     func write(_ predictions: [SlidePrediction], set: FeatureSet, dataset: ShardDataset?) throws {
         guard let heatmaps else { return }
         let folder = URL(fileURLWithPath: heatmaps)
-        var tilesBySlide: [String: [Int]] = [:]
-        if let dataset {
-            for t in 0..<dataset.count { tilesBySlide[dataset.slide(t), default: []].append(t) }
-        }
+        let tilesBySlide = Dictionary(uniqueKeysWithValues: (dataset?.slideTiles ?? []).map { ($0.name, $0.tiles) })
         let context = TileDecompressor()
         for r in predictions {
             var tileSize = 0
@@ -286,34 +286,11 @@ struct FineTune: ParsableCommand {
     @OptionGroup var options: TrainingOptions
 
     func run() throws {
-        StopSignals.install()
-        try runOnRanks { group, launch in
-            let cfg = try group.collectively { () throws -> RunConfig in
-                do { return try RunConfig.load(URL(fileURLWithPath: config), overrides: options.overrides) } catch let e as ConfigError {
-                    throw CLIError(e.message)
-                }
-            }
-            BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
-            let tuner = try group.collectively { () throws -> TopKFineTuner in
-                do { return try TopKFineTuner(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {
-                    throw CLIError(e.message)
-                }
-            }
-            if group.isCoordinator { tuner.progress = progressSink() }
-            let outcome: RunOutcome
-            do { outcome = try tuner.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {
-                throw CLIError(e.message)
-            } catch let e as CheckpointError {
-                throw CLIError(e.message)
-            }
-            guard group.isCoordinator else { return outcome.exitStatus }
-            if isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
-            if let last = tuner.history.last {
-                print(String(format: "done: step %d, loss %.4f", last.step, last.loss)
-                      + (tuner.bestAccuracy.map { String(format: ", best val slide accuracy %.4f", $0) } ?? "")
-                      + "; backbone in \(tuner.runDirectory.url.appendingPathComponent("best-backbone.safetensors").path), head in \(tuner.runDirectory.bestWeights.path)")
-            }
-            return outcome.exitStatus
+        try runTrainerCommand(config: config, options: options, make: { try TopKFineTuner(config: $0, writer: $1, group: $2) }) { tuner in
+            guard let last = tuner.history.last else { return nil }
+            return String(format: "done: step %d, loss %.4f", last.step, last.loss)
+                + (tuner.bestAccuracy.map { String(format: ", best val slide accuracy %.4f", $0) } ?? "")
+                + "; backbone in \(tuner.runDirectory.bestBackbone.path), head in \(tuner.runDirectory.bestWeights.path)"
         }
     }
 }

@@ -87,6 +87,17 @@ public final class ShardDataset: @unchecked Sendable {
         return ShardSetIdentity(digest: f.hex, tiles: count, shards: readers.count)
     }
 
+    /// Every slide's tiles (dataset indices, in dataset order), slides in order of first appearance.
+    public var slideTiles: [(name: String, tiles: [Int])] {
+        var order: [String] = [], tiles: [String: [Int]] = [:]
+        for t in 0..<count {
+            let name = slide(t)
+            if tiles[name] == nil { order.append(name) }
+            tiles[name, default: []].append(t)
+        }
+        return order.map { ($0, tiles[$0]!) }
+    }
+
     /// True when at least one tile carries a label.
     public var hasLabels: Bool { addresses.indices.contains { entry($0).label >= 0 } }
 
@@ -213,8 +224,10 @@ public struct FNV1a64: Sendable {
     /// 16 hex digits.
     public var hex: String { String(format: "%016llx", value) }
     /// The digest of a file's bytes.
-    public static func file(_ url: URL) throws -> String {
-        let data = try Data(contentsOf: url, options: .alwaysMapped)
+    public static func file(_ url: URL) throws -> String { digest(try Data(contentsOf: url, options: .alwaysMapped)) }
+
+    /// The digest of `data`.
+    public static func digest(_ data: Data) -> String {
         var f = FNV1a64()
         data.withUnsafeBytes { f.add(bytes: $0) }
         return f.hex

@@ -38,7 +38,14 @@ public struct Backbone {
                                 ?? "no model given. Hint: pass --run RUN_DIRECTORY, or --weights FILE.safetensors (with --model for weights not written by histodistill).")
         }
         let file: SafeTensorsFile
-        do { file = try SafeTensorsFile(contentsOf: chosen) } catch let e as SafeTensorsError { throw TrainingError(e.message) }
+        // One read: the bytes give both the tensors and the digest that feature sets record.
+        let bytes: Data
+        do {
+            bytes = try Data(contentsOf: chosen, options: .alwaysMapped)
+            file = try SafeTensorsFile(data: bytes, source: chosen.path)
+        } catch let e as SafeTensorsError { throw TrainingError(e.message) } catch {
+            throw TrainingError("\(chosen.path): cannot be read (\(CheckpointStore.reason(error))). Hint: check the path.")
+        }
         if file.metadata["histodistill.mil"] != nil {
             throw TrainingError("\(chosen.path) is an attention-MIL head (`histodistill mil train`), not a CNN backbone. Hint: give the run or weights of the network the features came from.")
         }
@@ -94,25 +101,19 @@ public struct Backbone {
         if let mean { settings.mean = mean }
         if let std { settings.std = std }
         // The cut, as recorded with features: the kept stages when fewer than the architecture has, else nil.
-        return Backbone(model: model, settings: settings, weights: chosen, digest: try FNV1a64.file(chosen), ignoredNote: note,
+        return Backbone(model: model, settings: settings, weights: chosen, digest: FNV1a64.digest(bytes), ignoredNote: note,
                         truncateAfter: stages < config.planes.count ? stages : nil)
     }
 
     /// The slides of `dataset` this rank of `worldSize` extracts: whole slides, contiguous in dataset order, about
     /// an equal number of tiles per rank. Returns the tile index ranges (contiguous runs) of those slides.
     public static func share(of dataset: ShardDataset, rank: Int, worldSize: Int) -> [Range<Int>] {
-        var order: [String] = [], tiles: [String: [Int]] = [:]
-        for t in 0..<dataset.count {
-            let name = dataset.slide(t)
-            if tiles[name] == nil { order.append(name) }
-            tiles[name, default: []].append(t)
-        }
         var mine: [Int] = [], start = 0
         let n = dataset.count
-        for name in order {
+        for (_, tiles) in dataset.slideTiles {
             let owner = min(worldSize - 1, start * worldSize / max(n, 1))
-            if owner == rank { mine += tiles[name]! }
-            start += tiles[name]!.count
+            if owner == rank { mine += tiles }
+            start += tiles.count
         }
         mine.sort()
         var runs: [Range<Int>] = []

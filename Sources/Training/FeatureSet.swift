@@ -44,6 +44,11 @@ public struct FeatureSetMetadata: Codable, Equatable, Sendable {
 
     /// True when `other` comes from the same backbone, weights, cut, preparation and classes (features that can be
     /// mixed or compared).
+    /// "'resnet-gn: ...' (weights 0123..., cut after 3, factor 1, length 128, classes [...])", for messages.
+    public var summary: String {
+        "'\(backbone)' (weights \(weightsDigest), cut after \(truncateAfter.map(String.init) ?? "all stages"), factor \(inputFactor), length \(featureDimension), classes \(classes))"
+    }
+
     public func sameExtraction(as other: FeatureSetMetadata) -> Bool {
         featureDimension == other.featureDimension && classes == other.classes && backbone == other.backbone && weightsDigest == other.weightsDigest
             && truncateAfter == other.truncateAfter && inputFactor == other.inputFactor && mean == other.mean && std == other.std
@@ -96,7 +101,7 @@ public struct FeatureSet: Sendable {
                 throw TrainingError("\(url.path): not a histodistill feature file (no '\(FeatureSetMetadata.key)' metadata). Hint: make feature sets with `histodistill extract`.")
             }
             if let meta, !meta.sameExtraction(as: m) {
-                throw TrainingError("\(url.path): features of length \(m.featureDimension) from '\(m.backbone)' (weights \(m.weightsDigest), cut after \(m.truncateAfter.map(String.init) ?? "all stages"), classes \(m.classes)) do not match \(names[0])'s: \(meta.featureDimension) from '\(meta.backbone)' (weights \(meta.weightsDigest), cut after \(meta.truncateAfter.map(String.init) ?? "all stages"), classes \(meta.classes)). Hint: keep one extraction per directory.")
+                throw TrainingError("\(url.path): features from \(m.summary) do not match \(names[0])'s from \(meta.summary). Hint: keep one extraction per directory.")
             }
             meta = meta ?? m
             guard let f = file["features"], f.shape.count == 2, f.shape[1] == m.featureDimension,
@@ -132,10 +137,23 @@ public struct FeatureSet: Sendable {
     /// round-robin into the folds, so every fold holds about the same share of every class (stratified k-fold).
     /// Unlabeled slides stay in training.
     public func crossValidationSplit(folds: Int, fold: Int, seed: UInt64) -> (FeatureSet, FeatureSet) {
-        let foldOf = Self.stratifiedFolds(labels: slides.map(\.label), classes: metadata.classes.count, folds: folds, seed: seed)
-        let train = slides.indices.filter { foldOf[$0] != fold }.map { slides[$0] }
-        let val = slides.indices.filter { foldOf[$0] == fold }.map { slides[$0] }
-        return (FeatureSet(metadata: metadata, slides: train), FeatureSet(metadata: metadata, slides: val))
+        let (train, val) = Self.foldIndices(labels: slides.map(\.label), classes: metadata.classes.count, folds: folds, fold: fold, seed: seed)
+        return (FeatureSet(metadata: metadata, slides: train.map { slides[$0] }), FeatureSet(metadata: metadata, slides: val.map { slides[$0] }))
+    }
+
+    /// (training, validation) item indices of fold `fold` (see `stratifiedFolds`; unlabeled items train).
+    public static func foldIndices(labels: [Int32], classes: Int, folds: Int, fold: Int, seed: UInt64) -> (train: [Int], val: [Int]) {
+        let foldOf = stratifiedFolds(labels: labels, classes: classes, folds: folds, seed: seed)
+        return (labels.indices.filter { foldOf[$0] != fold }, labels.indices.filter { foldOf[$0] == fold })
+    }
+
+    /// `foldIndices` for a run's `mil.folds`/`mil.fold`, refusing a split that leaves either side empty.
+    public static func foldIndices(labels: [Int32], classes: Int, config: RunConfig) throws -> (train: [Int], val: [Int]) {
+        let split = foldIndices(labels: labels, classes: classes, folds: config.milFolds, fold: config.milFold, seed: config.seed)
+        guard !split.train.isEmpty && !split.val.isEmpty else {
+            throw TrainingError("mil.folds \(config.milFolds) leaves fold \(config.milFold) empty (\(labels.count) slides). Hint: use at most as many folds as the smallest class has slides.")
+        }
+        return split
     }
 
     /// The fold of each item (-1 for unlabeled ones): each class's items are shuffled with `seed` and dealt

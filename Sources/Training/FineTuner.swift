@@ -40,28 +40,22 @@ public final class TopKFineTuner {
         self.config = config; self.writer = writer; self.group = group
         try group.requireIdentical(config.yaml, what: "config")
         func slides(of dataset: ShardDataset, key: String) throws -> [TileSlide] {
-            var order: [String] = [], bySlide: [String: TileSlide] = [:]
-            for t in 0..<dataset.count {
-                let name = dataset.slide(t), label = dataset.entry(t).label
-                if bySlide[name] == nil { order.append(name); bySlide[name] = TileSlide(name: name, label: label, tiles: []) }
-                guard bySlide[name]!.label == label else {
+            try dataset.slideTiles.map { name, tiles in
+                let label = dataset.entry(tiles[0]).label
+                guard tiles.allSatisfy({ dataset.entry($0).label == label }) else {
                     throw TrainingError("data.\(key): slide '\(name)' has tiles of two labels. Hint: pack each slide under one class folder.")
                 }
-                bySlide[name]!.tiles.append(t)
+                return TileSlide(name: name, label: label, tiles: tiles)
             }
-            return order.map { bySlide[$0]! }
         }
         do { dataset = try ShardDataset(directory: URL(fileURLWithPath: config.trainShards)) } catch let e as ShardError {
             throw TrainingError("data.train (\(config.trainShards)): \(e.message)")
         }
         let all = try slides(of: dataset, key: "train")
         if config.milFolds > 1 {
-            let fold = FeatureSet.stratifiedFolds(labels: all.map(\.label), classes: dataset.classes.count, folds: config.milFolds, seed: config.seed)
-            trainSlides = all.indices.filter { fold[$0] != config.milFold }.map { all[$0] }
-            valSlides = all.indices.filter { fold[$0] == config.milFold }.map { all[$0] }
-            guard !valSlides.isEmpty && !trainSlides.isEmpty else {
-                throw TrainingError("mil.folds \(config.milFolds) leaves fold \(config.milFold) empty (\(all.count) slides). Hint: use at most as many folds as the smallest class has slides.")
-            }
+            let split = try FeatureSet.foldIndices(labels: all.map(\.label), classes: dataset.classes.count, config: config)
+            trainSlides = split.train.map { all[$0] }
+            valSlides = split.val.map { all[$0] }
         } else if let val = config.valShards {
             let v: ShardDataset
             do { v = try ShardDataset(directory: URL(fileURLWithPath: val)) } catch let e as ShardError { throw TrainingError("data.val (\(val)): \(e.message)") }
@@ -122,7 +116,7 @@ public final class TopKFineTuner {
         let parts = [CheckpointPart(name: "backbone", model: backbone.model, optimizer: backboneOptimizer)]
         let start = try group.onCoordinator { () throws -> CheckpointState? in
             let (lock, state, _) = try RunStart.begin(runDirectory, store: store, resume: resume, model: head, optimizer: headOptimizer, parts: parts, check: { s, url in
-                try RunStart.checkConfig(s, checkpoint: url, config: config, identity: ShardSetIdentityLike(value: identity, what: "the tiles and backbone"),
+                try RunStart.checkConfig(s, checkpoint: url, config: config, identity: TrainingDataIdentity(value: identity, what: "the tiles and backbone"),
                                          run: runDirectory)
             }, describe: {
                 try CheckpointStore.writeAtomically(Data(("# Effective config of this fine-tuning run, written by histodistill. Relative paths are relative to this directory.\n"
@@ -221,14 +215,13 @@ public final class TopKFineTuner {
         if step >= totalSteps && valSlides.isEmpty && group.isCoordinator { try saveBest(step: step, accuracy: nil) }
         if step >= totalSteps && !valSlides.isEmpty && group.isCoordinator {
             // The validation slides under the final weights (for pooling out-of-fold predictions over folds).
-            let c = dataset.classes
-            var csv = "slide,label,predicted," + c.map { "p_\($0)" }.joined(separator: ",") + "\n"
-            for slide in valSlides {
-                let p = try score(slide).probabilities
-                let predicted = p.indices.max { p[$0] < p[$1] }.map { c[$0] } ?? ""
-                csv += "\(slide.name),\(slide.label >= 0 ? c[Int(slide.label)] : ""),\(predicted)," + p.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
+            let predictions = try valSlides.map { slide in
+                let s = try score(slide)
+                return SlidePrediction(slide: slide.name, label: slide.label, probabilities: s.probabilities.map(Double.init),
+                                       attention: s.attention.map(Double.init), x: slide.tiles.map { dataset.entry($0).x }, y: slide.tiles.map { dataset.entry($0).y })
             }
-            try CheckpointStore.writeAtomically(Data(csv.utf8), to: runDirectory.url.appendingPathComponent("val-slides.csv"))
+            try CheckpointStore.writeAtomically(Data(SlidePrediction.slidesCSV(predictions, classes: dataset.classes).utf8),
+                                                to: runDirectory.url.appendingPathComponent("val-slides.csv"))
         }
         return step >= totalSteps ? .finished : .paused(step: step)
     }
@@ -236,7 +229,7 @@ public final class TopKFineTuner {
     /// best-backbone.safetensors (self-described: `extract --weights` reads it) and best.safetensors (the head,
     /// describing features extracted with that backbone file).
     func saveBest(step: Int, accuracy: Double?) throws {
-        let backboneURL = runDirectory.url.appendingPathComponent("best-backbone.safetensors")
+        let backboneURL = runDirectory.bestBackbone
         let meta = RunMetadata(model: backbone.model.config, classes: [], mean: backbone.settings.mean, std: backbone.settings.std,
                                inputFactor: backbone.settings.inputFactor, tileSize: dataset.tileSize, tileMicronsPerPixel: dataset.micronsPerPixel,
                                trainShards: dataset.identity, trainShardsPath: runDirectory.relativePath(config.trainShards),

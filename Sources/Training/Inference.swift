@@ -132,23 +132,14 @@ public enum Inference {
         return out
     }
 
-    /// `features` for the tiles at `indices` (in that order).
-    public static func features(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, indices: [Int]) throws -> Predictions {
-        var out = Predictions()
-        let d = model.featureDimension
-        try forEachBatch(model: model, dataset: dataset, settings: settings, range: nil, indices: indices) { b, result in
-            for i in 0..<b.count { out.features.append(Array(UnsafeBufferPointer(start: result.pooled.data + i * d, count: d))) }
-            out.append(b, labels: b.labels.map(settings.mapped), dataset: dataset)
-        }
-        return out
-    }
-
     /// The globally average-pooled last feature map of every tile, (tiles, featureDimension) row by row in
     /// `Predictions.features` (probabilities stay empty): the patch features of HistoTransfer, for any model.
-    public static func features(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, range: Range<Int>? = nil) throws -> Predictions {
+    /// Over `range` of the dataset, or the tiles at `indices` in that order, or all tiles.
+    public static func features(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, range: Range<Int>? = nil,
+                                indices: [Int]? = nil) throws -> Predictions {
         var out = Predictions()
         let d = model.featureDimension
-        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range) { b, result in
+        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range, indices: indices) { b, result in
             for i in 0..<b.count { out.features.append(Array(UnsafeBufferPointer(start: result.pooled.data + i * d, count: d))) }
             out.append(b, labels: b.labels.map(settings.mapped), dataset: dataset)
         }

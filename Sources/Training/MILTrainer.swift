@@ -15,6 +15,28 @@ public struct SlidePrediction: Sendable {
     public var probabilities: [Double]
     public var attention: [Double]
     public var x: [Int32], y: [Int32]
+
+    public init(slide: String, label: Int32, probabilities: [Double], attention: [Double], x: [Int32], y: [Int32]) {
+        self.slide = slide; self.label = label; self.probabilities = probabilities; self.attention = attention; self.x = x; self.y = y
+    }
+
+    /// Per-slide CSV: slide, label (class name, empty when unlabeled), predicted class, p_CLASS for each class.
+    public static func slidesCSV(_ predictions: [SlidePrediction], classes: [String]) -> String {
+        var s = "slide,label,predicted," + classes.map { "p_\($0)" }.joined(separator: ",") + "\n"
+        for r in predictions {
+            let predicted = r.probabilities.indices.max { r.probabilities[$0] < r.probabilities[$1] }.map { classes[$0] } ?? ""
+            let label = r.label >= 0 && Int(r.label) < classes.count ? classes[Int(r.label)] : ""
+            s += "\(r.slide),\(label),\(predicted)," + r.probabilities.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
+        }
+        return s
+    }
+
+    /// Per-patch attention CSV: slide, x, y, attention.
+    public static func attentionCSV(_ predictions: [SlidePrediction]) -> String {
+        var a = "slide,x,y,attention\n"
+        for r in predictions { for i in r.attention.indices { a += "\(r.slide),\(r.x[i]),\(r.y[i]),\(String(format: "%.6g", r.attention[i]))\n" } }
+        return a
+    }
 }
 
 /// The MIL head's forward (and backward) on one bag, returning the bag loss terms.
@@ -87,17 +109,15 @@ public final class MILTrainer {
         }
         let all = try open(config.trainShards, "train")
         if config.milFolds > 1 {
-            let (t, v) = all.crossValidationSplit(folds: config.milFolds, fold: config.milFold, seed: config.seed)
-            train = t; val = v
+            let split = try FeatureSet.foldIndices(labels: all.slides.map(\.label), classes: all.metadata.classes.count, config: config)
+            train = FeatureSet(metadata: all.metadata, slides: split.train.map { all.slides[$0] })
+            val = FeatureSet(metadata: all.metadata, slides: split.val.map { all.slides[$0] })
         } else {
             train = all
             val = try config.valShards.map { try open($0, "val") }
         }
         if let val, !val.metadata.sameExtraction(as: train.metadata) {
-            throw TrainingError("data.val holds features from '\(val.metadata.backbone)' (weights \(val.metadata.weightsDigest), cut after \(val.metadata.truncateAfter.map(String.init) ?? "all stages"), length \(val.metadata.featureDimension), classes \(val.metadata.classes)), data.train from '\(train.metadata.backbone)' (weights \(train.metadata.weightsDigest), cut after \(train.metadata.truncateAfter.map(String.init) ?? "all stages"), length \(train.metadata.featureDimension), classes \(train.metadata.classes)). Hint: extract both splits with the same backbone and options from shards with the same classes.")
-        }
-        if let val, config.milFolds > 1, val.slides.isEmpty || train.slides.isEmpty {
-            throw TrainingError("mil.folds \(config.milFolds) leaves fold \(config.milFold) empty (\(all.slides.count) slides). Hint: use at most as many folds as the smallest class has slides.")
+            throw TrainingError("data.val holds features from \(val.metadata.summary), data.train from \(train.metadata.summary). Hint: extract both splits with the same backbone and options from shards with the same classes.")
         }
         guard train.slides.contains(where: { $0.label >= 0 }) else {
             throw TrainingError("data.train (\(config.trainShards)): no slide has a label. Hint: pack the tiles under class folders named after the slide labels.")
@@ -120,7 +140,7 @@ public final class MILTrainer {
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
         let start = try group.onCoordinator { () throws -> CheckpointState? in
             let (lock, state, _) = try RunStart.begin(runDirectory, store: store, resume: resume, model: head, optimizer: optimizer, check: { s, url in
-                try RunStart.checkConfig(s, checkpoint: url, config: config, identity: ShardSetIdentityLike(value: identity, what: "the feature set"),
+                try RunStart.checkConfig(s, checkpoint: url, config: config, identity: TrainingDataIdentity(value: identity, what: "the feature set"),
                                          run: runDirectory)
             }, describe: {
                 try CheckpointStore.writeAtomically(Data(("# Effective config of this MIL run, written by histodistill. Relative paths are relative to this directory.\n"
@@ -219,12 +239,7 @@ public final class MILTrainer {
         if step >= totalSteps, let val, group.isCoordinator {
             // The validation slides under the final head (not the best-on-validation one, which would be biased for
             // cross-validation), for pooling out-of-fold predictions over folds.
-            var csv = "slide,label,predicted," + train.metadata.classes.map { "p_\($0)" }.joined(separator: ",") + "\n"
-            for r in predict(val) {
-                let c = train.metadata.classes
-                let predicted = r.probabilities.indices.max { r.probabilities[$0] < r.probabilities[$1] }.map { c[$0] } ?? ""
-                csv += "\(r.slide),\(r.label >= 0 ? c[Int(r.label)] : ""),\(predicted)," + r.probabilities.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
-            }
+            let csv = SlidePrediction.slidesCSV(predict(val), classes: train.metadata.classes)
             try CheckpointStore.writeAtomically(Data(csv.utf8), to: runDirectory.url.appendingPathComponent("val-slides.csv"))
         }
         return step >= totalSteps ? .finished : .paused(step: step)

@@ -100,6 +100,8 @@ public struct RunDirectory: Sendable {
     public var config: URL { url.appendingPathComponent("config.yaml") }
     public var metadata: URL { url.appendingPathComponent("run.json") }
     public var bestWeights: URL { url.appendingPathComponent("best.safetensors") }
+    /// The fine-tuned backbone a `finetune` run keeps next to its head.
+    public var bestBackbone: URL { url.appendingPathComponent("best-backbone.safetensors") }
     public var checkpoints: URL { url.appendingPathComponent("checkpoints") }
     public var metricsJSONL: URL { url.appendingPathComponent("metrics.jsonl") }
     public var metricsCSV: URL { url.appendingPathComponent("metrics.csv") }

@@ -32,7 +32,7 @@ enum RunStart {
 
     /// Refuses a resume whose seed or `mustMatch` config keys differ from the checkpoint's, or whose training data
     /// (`identity`) is another; `hint` ends each message.
-    static func checkConfig(_ state: CheckpointState, checkpoint: URL, config: RunConfig, identity: ShardSetIdentityLike?, run: RunDirectory) throws {
+    static func checkConfig(_ state: CheckpointState, checkpoint: URL, config: RunConfig, identity: TrainingDataIdentity?, run: RunDirectory) throws {
         let hint = "Hint: resume with the settings and data the run was trained with (they are in \(run.config.path)), or start a new run with another run.output."
         guard state.seed == config.seed else {
             throw TrainingError("\(checkpoint.path): written by a run with seed \(state.seed), this config has \(config.seed). \(hint)")
@@ -56,7 +56,7 @@ enum RunStart {
 }
 
 /// The training data's identity and what to call it in messages ("the shard set", "the feature set").
-struct ShardSetIdentityLike {
+struct TrainingDataIdentity {
     let value: ShardSetIdentity
     let what: String
 }

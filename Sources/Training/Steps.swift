@@ -57,8 +57,6 @@ extension LoadedBatch {
 public protocol StepObjective: AnyObject {
     /// The trained model.
     var model: any Module { get }
-    /// True when the objective reports KD and pixel terms (distillation).
-    var isDistillation: Bool { get }
     /// True when a term averages over the labeled tiles only (so ranks need the global labeled count).
     var hasLabeledTerms: Bool { get }
     func localGradients(_ input: StepInput) -> LossTerms
@@ -68,7 +66,6 @@ public protocol StepObjective: AnyObject {
 public final class SupervisedStep: StepObjective {
     public let network: any ImageModel
     public var model: any Module { network }
-    public var isDistillation: Bool { false }
     public var hasLabeledTerms: Bool { true }
 
     public init(model: any ImageModel) {
@@ -151,7 +148,6 @@ public final class DistillationStep: StepObjective {
     public let teacher: any TeacherSource
     public let objective: DistillationObjective
     public var model: any Module { student }
-    public var isDistillation: Bool { true }
     public var hasLabeledTerms: Bool { objective.crossEntropyWeight != 0 }
 
     public init(student: any ImageModel, teacher: any TeacherSource, objective: DistillationObjective) {

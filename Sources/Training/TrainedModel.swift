@@ -29,8 +29,15 @@ public struct TrainedModel {
             throw TrainingError("no model given. Hint: pass --run RUN_DIRECTORY or --weights FILE.safetensors.")
         }
         let file: SafeTensorsFile
-        do { file = try SafeTensorsFile(contentsOf: chosen) } catch let e as SafeTensorsError {
+        // One read: the bytes give both the tensors and the digest a distillation checkpoint records.
+        let bytes: Data
+        do {
+            bytes = try Data(contentsOf: chosen, options: .alwaysMapped)
+            file = try SafeTensorsFile(data: bytes, source: chosen.path)
+        } catch let e as SafeTensorsError {
             throw TrainingError("\(e.message) Hint: give a .safetensors file written by histodistill (RUN/best.safetensors).")
+        } catch {
+            throw TrainingError("\(chosen.path): cannot be read (\(CheckpointStore.reason(error))). Hint: check the path.")
         }
         var metadata = RunMetadata(safetensors: file)
         if metadata == nil, let run {
@@ -48,7 +55,7 @@ public struct TrainedModel {
               GradientOps.allFinite(model.buffers.values.pointer, count: model.buffers.layout.count) else {
             throw TrainingError("\(chosen.path) holds non-finite weights (NaN or infinity): the run that wrote it diverged. Hint: use an earlier checkpoint of that run, or retrain with a lower optimizer.lr.")
         }
-        return TrainedModel(model: model, metadata: metadata, weights: chosen, digest: try FNV1a64.file(chosen))
+        return TrainedModel(model: model, metadata: metadata, weights: chosen, digest: FNV1a64.digest(bytes))
     }
 
     /// A description rebuilt from an older run's config.yaml and the classifier's shape.

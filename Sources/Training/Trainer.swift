@@ -206,7 +206,7 @@ public final class SupervisedTrainer {
     /// the sample order or the objective; another training shard set; another teacher.
     func checkResume(_ state: CheckpointState, checkpoint: URL) throws {
         try RunStart.checkConfig(state, checkpoint: checkpoint, config: config,
-                                 identity: metadata.trainShards.map { ShardSetIdentityLike(value: $0, what: "the shard set") }, run: runDirectory)
+                                 identity: metadata.trainShards.map { TrainingDataIdentity(value: $0, what: "the shard set") }, run: runDirectory)
         if let before = state.teacherWeights, before != teacherDigest {
             throw TrainingError("cannot resume: the checkpoint was distilled from teacher weights \(before), distill.teacher_run (\(config.teacherRun ?? "-")) now gives \(teacherDigest ?? "none"). Hint: resume with the teacher the run was distilled from, or start a new run with another run.output.")
         }
