@@ -29,6 +29,18 @@ func slideShards(_ dir: URL, classes: [String] = ["benign", "malignant"], count:
     return dir.appendingPathComponent("tiles")
 }
 
+/// Saves `model` to `dir/name` as a weights file that describes itself (classes benign/malignant, fixed
+/// normalisation, input factor `factor`, 32 px tiles); returns the file and its description.
+@discardableResult
+func describedWeights(_ model: ResNet, _ dir: URL, _ name: String, factor: Int = 1) throws -> (URL, RunMetadata) {
+    let meta = RunMetadata(model: model.config, classes: ["benign", "malignant"], mean: [0.5, 0.4, 0.6], std: [0.2, 0.25, 0.3],
+                           inputFactor: factor, tileSize: 32, tileMicronsPerPixel: nil, trainShards: nil, trainShardsPath: nil,
+                           objective: "supervised", teacherRun: nil, program: "test")
+    let url = dir.appendingPathComponent(name)
+    try model.saveWeights(to: url, metadata: meta.safetensorsMetadata)
+    return (url, meta)
+}
+
 @Suite("HistoTransfer", .serialized)
 struct HistoTransferTests {
     func tempDir(_ name: String) -> URL {
@@ -41,11 +53,7 @@ struct HistoTransferTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let tiles = try slideShards(dir)
         let model = ResNet(.paper(classes: 2, planes: [32, 64], blocks: [1, 1]), seed: 7)
-        let meta = RunMetadata(model: model.config, classes: ["benign", "malignant"], mean: [0.5, 0.4, 0.6], std: [0.2, 0.25, 0.3],
-                               inputFactor: 1, tileSize: 32, tileMicronsPerPixel: nil, trainShards: nil, trainShardsPath: nil,
-                               objective: "supervised", teacherRun: nil, program: "test")
-        let weights = dir.appendingPathComponent("w.safetensors")
-        try model.saveWeights(to: weights, metadata: meta.safetensorsMetadata)
+        let (weights, meta) = try describedWeights(model, dir, "w.safetensors")
         let bin = try histodistillBinary()
         let one = try run([bin, "extract", "--weights", weights.path, "--truncate-after", "1", "--shards", tiles.path, "-o", dir.appendingPathComponent("f1").path])
         #expect(one.status == 0 && one.stdout.contains("36 feature vectors of length 32 for 6 slides"), "\(one.stdout) \(one.stderr)")
@@ -267,14 +275,7 @@ struct HistoTransferTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let tiles = try slideShards(dir)
         let model = ResNet(.paper(classes: 2, planes: [32, 64], blocks: [1, 1]), seed: 7)
-        func weights(_ name: String, factor: Int) throws -> URL {
-            let meta = RunMetadata(model: model.config, classes: ["benign", "malignant"], mean: [0.5, 0.4, 0.6], std: [0.2, 0.25, 0.3],
-                                   inputFactor: factor, tileSize: 32, tileMicronsPerPixel: nil, trainShards: nil, trainShardsPath: nil,
-                                   objective: "supervised", teacherRun: nil, program: "test")
-            let url = dir.appendingPathComponent(name)
-            try model.saveWeights(to: url, metadata: meta.safetensorsMetadata)
-            return url
-        }
+        func weights(_ name: String, factor: Int) throws -> URL { try describedWeights(model, dir, name, factor: factor).0 }
         let a = try weights("a.safetensors", factor: 1), b = try weights("b.safetensors", factor: 2)
         let bin = try histodistillBinary()
         let r = try run([bin, "cka", "--weights-a", a.path, "--weights-b", a.path, "--shards", tiles.path, "--max-tiles", "20", "-o", dir.appendingPathComponent("m.csv").path])
@@ -294,11 +295,7 @@ struct HistoTransferTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let tiles = try slideShards(dir)
         let model = ResNet(.paper(classes: 2, planes: [32, 64], blocks: [1, 1]), seed: 7)
-        let meta = RunMetadata(model: model.config, classes: ["benign", "malignant"], mean: [0.5, 0.4, 0.6], std: [0.2, 0.25, 0.3],
-                               inputFactor: 1, tileSize: 32, tileMicronsPerPixel: nil, trainShards: nil, trainShardsPath: nil,
-                               objective: "supervised", teacherRun: nil, program: "test")
-        let weights = dir.appendingPathComponent("backbone.safetensors")
-        try model.saveWeights(to: weights, metadata: meta.safetensorsMetadata)
+        let (weights, _) = try describedWeights(model, dir, "backbone.safetensors")
         func config(_ name: String, topK: Int = 3) throws -> RunConfig {
             try RunConfig.parse("""
             run: {output: \(dir.appendingPathComponent(name).path), seed: 2}
