@@ -15,7 +15,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
-        // System libraries, found through pkg-config (Debian: libopenblas-dev, libzstd-dev, libopenmpi-dev).
+        // System libraries, found through pkg-config (Debian: libopenblas-dev, libzstd-dev, libopenmpi-dev, libopenslide-dev).
         .systemLibrary(
             name: "COpenBLAS", pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"]), .brew(["openblas"])]),
@@ -25,14 +25,18 @@ let package = Package(
         .systemLibrary(
             name: "CMPI", pkgConfig: "ompi-c",
             providers: [.apt(["libopenmpi-dev", "openmpi-bin"]), .brew(["open-mpi"])]),
+        .systemLibrary(
+            name: "COpenSlide", pkgConfig: "openslide",
+            providers: [.apt(["libopenslide-dev"]), .brew(["openslide"])]),
 
         // Image codecs (libjpeg-turbo, libpng, libtiff) behind error codes: C because libjpeg reports errors by longjmp.
         .target(
             name: "CImageCodecs",
             linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png16"), .linkedLibrary("tiff")]),
 
-        // Tile shards: format, writer, reader, image folders. The only module that uses zstd and image codecs.
-        .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "TensorCore"]),
+        // Tile shards: format, writer, reader, image folders, whole-slide images. The only module that uses zstd,
+        // image codecs and OpenSlide.
+        .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "COpenSlide", "TensorCore"]),
 
         // C kernels: the direct convolution's AVX-512 micro-kernels (runtime check), and branch-free elementwise,
         // pooling and optimizer loops built for AVX-512 / AVX2 / baseline (picked at load time).

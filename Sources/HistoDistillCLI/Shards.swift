@@ -33,7 +33,7 @@ final class ProgressLine {
 
     init(label: String, every: TimeInterval = 10) { self.label = label; self.every = every }
 
-    func update(_ done: Int, _ total: Int, unit: String = "") {
+    func update(_ done: Int, _ total: Int, unit: String = "", extra: String = "") {
         guard total > 0 else { return }
         let now = Date()
         guard terminal || now.timeIntervalSince(last) >= every || done == total else { return }
@@ -41,7 +41,8 @@ final class ProgressLine {
         let elapsed = now.timeIntervalSince(start), rate = Double(done) / max(elapsed, 1e-9)
         let eta = rate > 0 ? Double(total - done) / rate : 0
         let units = unit.isEmpty ? "" : " \(unit)"
-        let line = String(format: "%@ %d/%d%@ (%.0f%%), %.0f/s, ETA %.0fs", label, done, total, units, 100 * Double(done) / Double(total), rate, eta)
+        let line = String(format: "%@ %d/%d%@ (%.0f%%)%@, %.1f/s, ETA %.0fs", label, done, total, units, 100 * Double(done) / Double(total),
+                          extra.isEmpty ? "" : ", " + extra, rate, eta)
         if terminal {
             FileHandle.standardError.write(Data("\r\(line)   \(done == total ? "\n" : "")".utf8))
         } else {
@@ -52,19 +53,32 @@ final class ProgressLine {
 
 struct Pack: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Pack images into zstd tile shards: an image folder (ROOT/CLASS/IMAGE) or a CSV manifest (path,label,slide); JPEG, PNG, TIFF.",
-        discussion: "Tiles are whole images, or with --tile-size grid tiles of large images that pass a tissue filter (slide id and coordinates kept).")
+        abstract: "Pack images and whole-slide images into zstd tile shards: an image folder (ROOT/CLASS/IMAGE, ROOT/CLASS/SLIDE/IMAGE, ROOT/CLASS/SLIDE.svs) or a CSV manifest (path,label,slide).",
+        discussion: """
+        Images (JPEG, PNG, TIFF) are whole tiles, or with --tile-size grid tiles that pass a tissue filter (slide id \
+        and coordinates kept). Whole-slide images (any format OpenSlide reads: SVS, NDPI, MRXS, SCN, BIF, pyramidal \
+        TIFF) are cut on a grid of --tile-size pixels at --tile-mpp or --tile-magnification (default: level 0), read \
+        from the pyramid level closest above that scale and area-averaged to it; tissue is found on a thumbnail \
+        (Otsu on HSV saturation, not below --tissue-saturation) so background is never read; tile x/y are level-0 \
+        pixels. See docs/data.md.
+        """)
 
-    @Argument(help: "ImageFolder root (one sub-folder per class) or a .csv manifest with lines path,label,slide.")
+    @Argument(help: "ImageFolder root (one sub-folder per class) or a .csv manifest with columns path,label,slide.")
     var input: String
 
-    @Option(help: "Cut each image into square tiles of this size on a grid.")
+    @Option(help: "Cut each image, and every whole-slide image, into square tiles of this many pixels on a grid.")
     var tileSize: Int?
+
+    @Option(help: "Whole-slide images: tile at this many microns per pixel (e.g. 0.5, about 20x).")
+    var tileMpp: Double?
+
+    @Option(help: "Whole-slide images: tile at this objective magnification (e.g. 20): downsample = the slide's objective power / this, or 10/this µm/px when the slide gives no power.")
+    var tileMagnification: Double?
 
     @Option(help: "Grid step in pixels (default: the tile size).")
     var stride: Int?
 
-    @Option(help: "HSV saturation above which a pixel counts as tissue.")
+    @Option(help: "HSV saturation above which a pixel counts as tissue (for slides: the floor under Otsu's threshold).")
     var tissueSaturation: Float = 0.07
 
     @Option(help: "Keep grid tiles with at least this fraction of tissue pixels (0 keeps all).")
@@ -88,7 +102,7 @@ struct Pack: ParsableCommand {
     @Flag(help: "Skip unreadable images, listing them at the end, instead of stopping at the first.")
     var skipBad = false
 
-    @Option(help: "Source resolution in microns per pixel, recorded in the metadata.")
+    @Option(help: "Images: their resolution in microns per pixel, recorded in the metadata. Slides: the level-0 resolution of slides whose file records none.")
     var micronsPerPixel: Double?
 
     @Option(help: "Source objective magnification (e.g. 10), recorded in the metadata.")
@@ -118,6 +132,14 @@ struct Pack: ParsableCommand {
         if let stride, stride < 1 { throw ValidationError("--stride must be at least 1, got \(stride)") }
         if stride != nil && tileSize == nil { throw ValidationError("--stride needs --tile-size") }
         if !(0...1).contains(minTissue) { throw ValidationError("--min-tissue must be in 0...1, got \(minTissue)") }
+        if let m = tileMpp, !(m.isFinite && m > 0 && m <= 100) {
+            throw ValidationError("--tile-mpp must be a positive number of microns per pixel up to 100 (0.5 is about 20x), got \(m)")
+        }
+        if let m = tileMagnification, !(m.isFinite && m > 0 && m <= 200) {
+            throw ValidationError("--tile-magnification must be a positive objective power up to 200 (e.g. 5, 10, 20), got \(m)")
+        }
+        if tileMpp != nil && tileMagnification != nil { throw ValidationError("give --tile-mpp or --tile-magnification, not both") }
+        if (tileMpp != nil || tileMagnification != nil) && tileSize == nil { throw ValidationError("--tile-mpp and --tile-magnification need --tile-size") }
     }
 
     func run() throws {
@@ -148,10 +170,13 @@ struct Pack: ParsableCommand {
         if let tileSize {
             options.grid = GridSpec(tileSize: tileSize, stride: stride, saturationThreshold: tissueSaturation, minTissueFraction: minTissue)
         }
+        if let tileMpp { options.slideScale = .micronsPerPixel(tileMpp) }
+        if let tileMagnification { options.slideScale = .magnification(tileMagnification) }
         let progress = ProgressLine(label: "packing")
         let t0 = Date()
         let report: PackReport
-        do { report = try Packer.pack(plan, options: options) { progress.update($0, $1) } } catch {
+        let unit = plan.items.contains(where: \.isSlide) ? "files" : "images"
+        do { report = try Packer.pack(plan, options: options) { progress.update($0, $1, unit: unit, extra: "\($2) tiles") } } catch {
             if staging != final { try? fm.removeItem(at: staging) }
             throw error
         }
@@ -170,14 +195,29 @@ struct Pack: ParsableCommand {
             try fm.removeItem(at: old)
         }
         let seconds = Date().timeIntervalSince(t0)
-        print("packed \(report.tiles) tiles from \(plan.items.count - report.skipped.count) images of \(plan.classes.count) classes (\(plan.classes.joined(separator: ", "))) into \(report.shards.count) shard(s) in \(output)")
+        let slides = plan.items.filter(\.isSlide).count
+        let files = slides > 0 ? "\(plan.items.count - slides) image(s) and \(report.slides.count) whole-slide image(s)" : "\(plan.items.count - report.skipped.count) images"
+        print("packed \(report.tiles) tiles from \(files) of \(plan.classes.count) classes (\(plan.classes.joined(separator: ", "))) into \(report.shards.count) shard(s) in \(output)")
         print(String(format: "input %.1f MB, raw RGB %.1f MB, shards %.1f MB (%.2fx smaller than raw, %.2fx the input), %.1f s, %.0f tiles/s",
                      Double(report.inputBytes) / 1e6, Double(report.rawBytes) / 1e6, Double(report.outputBytes) / 1e6,
                      Double(report.rawBytes) / Double(max(report.outputBytes, 1)), Double(report.outputBytes) / Double(max(report.inputBytes, 1)),
                      seconds, Double(report.tiles) / max(seconds, 1e-9)))
+        if let mpp = report.micronsPerPixel { print(String(format: "tiles at %.4g µm/px", mpp)) }
+        for id in report.slides.keys.sorted() {
+            let r = report.slides[id]!
+            print(String(format: "  slide %@: %@, level 0 %dx%d at %.4g µm/px, read from level %d, %d of %d grid tiles kept (tissue threshold %.3f)",
+                         id, r.properties.vendor, r.properties.levels[0].width, r.properties.levels[0].height, r.micronsPerPixel,
+                         r.readLevel, r.keptTiles, r.gridTiles, r.tissueThreshold))
+        }
+        for note in report.notes { print("note: " + note) }
         if !report.skipped.isEmpty {
-            print("skipped \(report.skipped.count) unreadable image(s):")
+            print("skipped \(report.skipped.count) unreadable file(s):")
             for s in report.skipped { print("  " + s) }
+        }
+        if !plan.notPacked.isEmpty {
+            print("not packed: \(plan.notPacked.count) file(s) under \(input):")
+            for (path, reason) in plan.notPacked.prefix(20) { print("  \(path): \(reason)") }
+            if plan.notPacked.count > 20 { print("  ... and \(plan.notPacked.count - 20) more") }
         }
     }
 }
@@ -196,6 +236,8 @@ struct Inspect: ParsableCommand {
         var perClass: [String: Int] = [:], perSlide: [String: Int] = [:], sizes: [String: Int] = [:]
         var tiles = 0, compressed = 0, raw = 0, fileBytes = 0
         var classes: [String]?
+        var slideRecords: [String: SlideTilingRecord] = [:]
+        var tissue: [Float] = []
         for url in urls {
             let r = try ShardReader(url: url)
             if let classes, classes != r.metadata.classes {
@@ -204,6 +246,8 @@ struct Inspect: ParsableCommand {
             }
             classes = r.metadata.classes
             fileBytes += r.fileSize
+            slideRecords.merge(r.metadata.slideProperties ?? [:]) { a, _ in a }
+            tissue += (r.metadata.tileTissue ?? []).compactMap { $0 }
             for e in r.entries {
                 tiles += 1
                 compressed += Int(e.compressedSize)
@@ -221,6 +265,24 @@ struct Inspect: ParsableCommand {
         print("tile sizes: " + sizes.sorted { $0.value > $1.value }.map { "\($0.key) x\($0.value)" }.joined(separator: ", "))
         print("slides: \(perSlide.count)" + (perSlide.count > 0 ? "; most tiles: " + perSlide.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
             .prefix(slides).map { "\($0.key) (\($0.value))" }.joined(separator: ", ") : ""))
+        if !tissue.isEmpty {
+            let sorted = tissue.sorted()
+            print(String(format: "tissue per tile: %d measured, min %.2f, median %.2f, mean %.2f", sorted.count, sorted[0], sorted[sorted.count / 2],
+                         sorted.reduce(0, +) / Float(sorted.count)))
+        }
+        if !slideRecords.isEmpty {
+            print("whole-slide images: \(slideRecords.count)")
+            for (id, r) in slideRecords.sorted(by: { $0.key < $1.key }).prefix(slides) {
+                let p = r.properties
+                let levels = p.levels.map { "\($0.width)x\($0.height)" + ($0.downsample == 1 ? "" : String(format: " (/%.4g)", $0.downsample)) }.joined(separator: ", ")
+                let mpp = p.micronsPerPixelX.map { String(format: "%.4g µm/px", $0) } ?? String(format: "no µm/px in the file (%.4g given)", r.micronsPerPixel)
+                let power = p.objectivePower.map { String(format: ", %gx objective", $0) } ?? ""
+                print("  \(id): \(p.vendor), \(mpp)\(power); levels \(levels)")
+                print(String(format: "    tiled at %.4g µm/px from level %d (%.1f level-0 px per tile), %d of %d grid tiles kept, tissue threshold %.3f",
+                             r.tileMicronsPerPixel, r.readLevel, r.level0TileExtent, r.keptTiles, r.gridTiles, r.tissueThreshold))
+            }
+            if slideRecords.count > slides { print("  ... and \(slideRecords.count - slides) more (--slides N lists more)") }
+        }
     }
 }
 

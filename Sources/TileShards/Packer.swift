@@ -3,13 +3,16 @@
 import Dispatch
 import Foundation
 
-/// One input image and its label.
+/// One input file (an image, or a whole-slide image) and its label.
 public struct PackItem: Sendable, Equatable {
     /// Path relative to the root.
     public var relativePath: String
     public var label: Int32
-    /// Slide id (an ImageFolder's tiles are their own slides: the file name without extension).
+    /// Slide id: a whole-slide image's file name without extension, a slide folder's name, or for a flat
+    /// ImageFolder's images `CLASS/NAME` (each image its own slide, unique per class).
     public var slide: String
+    /// A whole-slide image read through OpenSlide and cut on a grid at a physical scale.
+    public var isSlide: Bool = false
 }
 
 /// Cutting large images into tiles on a grid, keeping tiles that hold enough tissue.
@@ -47,19 +50,20 @@ public struct GridSpec: Sendable, Equatable {
         return Float(tissue) / Float(tileSize * tileSize)
     }
 
-    /// The grid tiles of `image` that pass the tissue filter: (x, y, RGB pixels).
-    public func tiles(of image: RGBImage) -> [(Int, Int, [UInt8])] {
+    /// The grid tiles of `image` that pass the tissue filter: (x, y, RGB pixels, tissue fraction).
+    public func tiles(of image: RGBImage) -> [(Int, Int, [UInt8], Float)] {
         guard image.width >= tileSize && image.height >= tileSize else { return [] }
-        var out: [(Int, Int, [UInt8])] = []
+        var out: [(Int, Int, [UInt8], Float)] = []
         for y in Swift.stride(from: 0, through: image.height - tileSize, by: self.stride) {
             for x in Swift.stride(from: 0, through: image.width - tileSize, by: self.stride) {
-                if minTissueFraction > 0 && tissueFraction(image, x: x, y: y) < minTissueFraction { continue }
+                let tissue = tissueFraction(image, x: x, y: y)
+                if minTissueFraction > 0 && tissue < minTissueFraction { continue }
                 var px = [UInt8](repeating: 0, count: tileSize * tileSize * 3)
                 for row in 0..<tileSize {
                     let src = ((y + row) * image.width + x) * 3
                     px.replaceSubrange((row * tileSize * 3)..<((row + 1) * tileSize * 3), with: image.pixels[src..<(src + tileSize * 3)])
                 }
-                out.append((x, y, px))
+                out.append((x, y, px, tissue))
             }
         }
         return out
@@ -72,39 +76,93 @@ public struct PackPlan: Sendable {
     public var classes: [String]
     public var items: [PackItem]
 
-    /// Scans `root/class/file` (classes are the sorted folder names; files sorted by name; hidden files and
-    /// unknown extensions ignored). `unlabeled` packs every tile with label -1 (class names are kept). A class
-    /// folder without images is an error naming it (it would become a class no tile has) unless `allowEmptyClasses`.
+    /// Files under the root that are not packed, with the reason (shown by `pack`).
+    public var notPacked: [(path: String, reason: String)] = []
+
+    public init(root: URL, classes: [String], items: [PackItem], notPacked: [(path: String, reason: String)] = []) {
+        self.root = root; self.classes = classes; self.items = items; self.notPacked = notPacked
+    }
+
+    /// Scans an ImageFolder. Classes are the sorted folder names below `root`. In each class folder: an image
+    /// (JPEG, PNG, TIFF) is one tile and its own slide (`CLASS/NAME`); a whole-slide image (SVS, NDPI, MRXS, SCN,
+    /// BIF, pyramidal TIFF, ...) is a slide named by its file; a sub-folder is a slide named by the folder, holding
+    /// images at any depth (`ROOT/CLASS/SLIDE/.../tile.png`). Everything sorted by name; hidden files skipped;
+    /// other files listed in `notPacked`. `unlabeled` packs every tile with label -1 (class names are kept). A
+    /// class folder without images is an error naming it unless `allowEmptyClasses`; one slide id under two classes
+    /// is an error naming both.
     public static func imageFolder(_ root: URL, unlabeled: Bool = false, allowEmptyClasses: Bool = false) throws -> PackPlan {
         let fm = FileManager.default
-        var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: root.path, isDirectory: &isDir), isDir.boolValue else {
+        func isDirectory(_ url: URL) -> Bool {
+            var d: ObjCBool = false
+            return fm.fileExists(atPath: url.path, isDirectory: &d) && d.boolValue
+        }
+        guard isDirectory(root) else {
             throw ShardError("\(root.path): no such directory. Hint: give an ImageFolder root holding one sub-folder per class.")
         }
-        let classes = try fm.contentsOfDirectory(atPath: root.path).filter { name in
-            var d: ObjCBool = false
-            return !name.hasPrefix(".") && fm.fileExists(atPath: root.appendingPathComponent(name).path, isDirectory: &d) && d.boolValue
-        }.sorted()
+        let classes = try fm.contentsOfDirectory(atPath: root.path)
+            .filter { !$0.hasPrefix(".") && isDirectory(root.appendingPathComponent($0)) }.sorted()
         guard !classes.isEmpty else {
-            throw ShardError("\(root.path): has no class sub-folders. Hint: the layout is ROOT/CLASS/IMAGE (JPEG, PNG or TIFF).")
+            throw ShardError("\(root.path): has no class sub-folders. Hint: the layout is ROOT/CLASS/IMAGE, ROOT/CLASS/SLIDE/IMAGE or ROOT/CLASS/SLIDE.svs.")
         }
         var items: [PackItem] = []
+        var notPacked: [(path: String, reason: String)] = []
+        var slideClass: [String: String] = [:]
+        let known = "JPEG, PNG, TIFF or whole-slide image"
         for (label, cls) in classes.enumerated() {
-            let files = try fm.contentsOfDirectory(atPath: root.appendingPathComponent(cls).path)
-                .filter { !$0.hasPrefix(".") && ImageCodec.extensions.contains(($0 as NSString).pathExtension.lowercased()) }
-                .sorted()
-            if files.isEmpty && !allowEmptyClasses && !unlabeled {
-                throw ShardError("\(root.appendingPathComponent(cls).path): the class folder holds no JPEG, PNG or TIFF image, so class '\(cls)' would have no tile. Hint: remove the folder, or pass --allow-empty-classes to keep the class in the list.")
+            let l = unlabeled ? ShardFormat.unlabeled : Int32(label)
+            let classURL = root.appendingPathComponent(cls)
+            var count = 0
+            func claim(_ slide: String, _ path: String) throws {
+                if let other = slideClass[slide], other != cls {
+                    throw ShardError("\(root.path): slide '\(slide)' is in class '\(other)' and in class '\(cls)' (\(path)). Hint: a slide has one label; rename or move one of them.")
+                }
+                slideClass[slide] = cls
             }
-            for f in files {
-                items.append(PackItem(relativePath: "\(cls)/\(f)", label: unlabeled ? ShardFormat.unlabeled : Int32(label),
-                                      slide: (f as NSString).deletingPathExtension))
+            for name in try fm.contentsOfDirectory(atPath: classURL.path).sorted() where !name.hasPrefix(".") {
+                let url = classURL.appendingPathComponent(name), rel = "\(cls)/\(name)"
+                let stem = (name as NSString).deletingPathExtension
+                if isDirectory(url) {
+                    // A slide folder: its images at any depth are tiles of slide `name`.
+                    guard let walker = fm.enumerator(atPath: url.path) else { continue }
+                    var inside: [String] = []
+                    while let sub = walker.nextObject() as? String {
+                        let last = (sub as NSString).lastPathComponent
+                        if last.hasPrefix(".") { if isDirectory(url.appendingPathComponent(sub)) { walker.skipDescendants() }; continue }
+                        if isDirectory(url.appendingPathComponent(sub)) { continue }
+                        inside.append(sub)
+                    }
+                    for sub in inside.sorted() {
+                        let path = "\(rel)/\(sub)"
+                        if ImageCodec.extensions.contains((sub as NSString).pathExtension.lowercased()) {
+                            try claim(name, path)
+                            items.append(PackItem(relativePath: path, label: l, slide: name,
+                                                  isSlide: WholeSlide.isWholeSlide(url.appendingPathComponent(sub))))
+                            count += 1
+                        } else if WholeSlide.extensions.contains((sub as NSString).pathExtension.lowercased()) {
+                            notPacked.append((path, "a whole-slide image inside slide folder '\(name)': put slides directly in the class folder"))
+                        } else {
+                            notPacked.append((path, "not a \(known)"))
+                        }
+                    }
+                } else if WholeSlide.isWholeSlide(url) {
+                    try claim(stem, rel)
+                    items.append(PackItem(relativePath: rel, label: l, slide: stem, isSlide: true))
+                    count += 1
+                } else if ImageCodec.extensions.contains((name as NSString).pathExtension.lowercased()) {
+                    items.append(PackItem(relativePath: rel, label: l, slide: "\(cls)/\(stem)"))
+                    count += 1
+                } else {
+                    notPacked.append((rel, "not a \(known)"))
+                }
+            }
+            if count == 0 && !allowEmptyClasses && !unlabeled {
+                throw ShardError("\(classURL.path): the class folder holds no \(known), so class '\(cls)' would have no tile. Hint: remove the folder, or pass --allow-empty-classes to keep the class in the list.")
             }
         }
         guard !items.isEmpty else {
-            throw ShardError("\(root.path): the class folders hold no JPEG, PNG or TIFF files.")
+            throw ShardError("\(root.path): the class folders hold no \(known) (\(notPacked.count) other file(s)).")
         }
-        return PackPlan(root: root, classes: classes, items: items)
+        return PackPlan(root: root, classes: classes, items: items, notPacked: notPacked)
     }
 
     /// Reads a CSV manifest `path,label,slide` (a header line is optional; paths relative to the manifest's
@@ -152,11 +210,16 @@ public struct PackOptions: Sendable {
     public var filter = PixelFilter.planarDelta
     public var skipBad = false
     public var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// Images: their resolution, recorded in the metadata. Whole-slide images: the level-0 resolution of slides
+    /// whose file does not record one (a slide's own value wins).
     public var micronsPerPixel: Double?
     public var magnification: Double?
     public var createdBy = "histodistill"
-    /// Cut every image into grid tiles (nil: each image is one tile).
+    /// Cut every image into grid tiles (nil: each image is one tile). Required for whole-slide images, whose grid
+    /// is in pixels at `slideScale`; its saturation threshold is then the floor under Otsu's.
     public var grid: GridSpec?
+    /// The scale whole-slide images are tiled at.
+    public var slideScale = SlideScale.native
 
     public init(output: URL) { self.output = output }
 }
@@ -170,103 +233,219 @@ public struct PackReport: Sendable {
     public var rawBytes: Int
     /// Paths and reasons of images skipped with `skipBad`.
     public var skipped: [String]
+    /// How each whole-slide image was tiled, by slide id.
+    public var slides: [String: SlideTilingRecord] = [:]
+    /// µm/px recorded in the metadata (the option for images; the tiles' scale for slides, when they agree).
+    public var micronsPerPixel: Double?
+    /// Notes for the user (e.g. slides packed at different scales).
+    public var notes: [String] = []
+}
+
+/// Bytes of the file at `url`, following symbolic links (0 when unknown).
+func fileSize(_ url: URL) -> Int {
+    (try? FileManager.default.attributesOfItem(atPath: url.resolvingSymlinksInPath().path)[.size] as? Int) ?? 0
 }
 
 /// Packs a plan into shards.
 public enum Packer {
-    /// Decodes and compresses in parallel batches of items, writes frames in plan order, starts a new shard
-    /// when the current one passes `targetShardBytes`. The same input gives byte-identical shards.
-    public static func pack(_ plan: PackPlan, options: PackOptions, progress: ((Int, Int) -> Void)? = nil) throws -> PackReport {
+    /// Decodes and compresses in parallel (images in batches, a slide's tiles in chunks), writes frames in plan
+    /// order, starts a new shard when the current one passes `targetShardBytes`. The same input gives
+    /// byte-identical shards. `progress` gets (files done, files, tiles written).
+    public static func pack(_ plan: PackPlan, options: PackOptions, progress: ((Int, Int, Int) -> Void)? = nil) throws -> PackReport {
+        if options.grid == nil, let slide = plan.items.first(where: \.isSlide) {
+            throw ShardError("\(plan.url(of: slide).path): a whole-slide image is cut into tiles on a grid. Hint: pass --tile-size (e.g. 256) and a scale (--tile-mpp 0.5 or --tile-magnification 20).")
+        }
+        // Every slide's scale is checked before any tile is read (no µm/px, or a finer scale than scanned, stops the
+        // pack naming the file); slides OpenSlide cannot open are reported when their turn comes.
+        for item in plan.items where item.isSlide {
+            guard let slide = try? WholeSlide(url: plan.url(of: item)) else { continue }
+            _ = try slide.scale(options.slideScale, fallbackMicronsPerPixel: options.micronsPerPixel)
+        }
         try FileManager.default.createDirectory(at: options.output, withIntermediateDirectories: true)
         let threads = max(1, options.threads)
-        let batch = threads * 16
-        var report = PackReport(shards: [], tiles: 0, inputBytes: 0, outputBytes: 0, rawBytes: 0, skipped: [])
-        var writers: [ShardWriter] = []
-        var current: ShardWriter?
-        func newWriter() throws -> ShardWriter {
-            let name = String(format: "%@-%05d.shard", options.prefix, writers.count)
-            let w = try ShardWriter(url: options.output.appendingPathComponent(name))
-            writers.append(w)
-            return w
-        }
+        var out = Output(options: options)
         let compressors = (0..<threads).map { _ in TileCompressor(level: options.zstdLevel, filter: options.filter) }
         var start = 0
-        var nextId: UInt64 = 0
         do {
             while start < plan.items.count {
-                let end = min(start + batch, plan.items.count)
-                let slice = Array(plan.items[start..<end])
-                nonisolated(unsafe) var results = [Result<([(TileRecord, [UInt8])], Int), ShardError>?](repeating: nil, count: slice.count)
-                results.withUnsafeMutableBufferPointer { out in
-                    nonisolated(unsafe) let out = out
-                    DispatchQueue.concurrentPerform(iterations: threads) { t in
-                        for k in stride(from: t, to: slice.count, by: threads) {
-                            let item = slice[k]
-                            let url = plan.url(of: item)
-                            do {
-                                let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? 0
-                                let image = try ImageCodec.decode(url)
-                                var tiles: [(TileRecord, [UInt8])] = []
-                                if let grid = options.grid {
-                                    for (x, y, px) in grid.tiles(of: image) {
-                                        let tile = TileRecord(pixels: px, width: grid.tileSize, height: grid.tileSize, label: item.label,
-                                                              slide: item.slide, x: Int32(x), y: Int32(y), source: item.relativePath, id: 0)
-                                        tiles.append((tile, try compressors[t].compress(tile)))
-                                    }
-                                } else {
-                                    guard image.width <= 65535 && image.height <= 65535 else {
-                                        throw ShardError("\(url.path): \(image.width)x\(image.height) is too large for one tile; cut it on a grid with --tile-size")
-                                    }
-                                    let tile = TileRecord(pixels: image.pixels, width: image.width, height: image.height, label: item.label,
-                                                          slide: item.slide, source: item.relativePath, id: 0)
-                                    tiles.append((tile, try compressors[t].compress(tile)))
-                                }
-                                out[k] = .success((tiles, size))
-                            } catch let e as ShardError {
-                                out[k] = .failure(e)
-                            } catch {
-                                out[k] = .failure(ShardError("\(url.path): \(error)"))
-                            }
-                        }
+                if plan.items[start].isSlide {
+                    try packSlide(plan.items[start], plan: plan, options: options, compressors: compressors, into: &out) { tiles in
+                        progress?(start, plan.items.count, tiles)
                     }
+                    start += 1
+                } else {
+                    var end = start
+                    while end < plan.items.count && end < start + threads * 16 && !plan.items[end].isSlide { end += 1 }
+                    try packImages(Array(plan.items[start..<end]), plan: plan, options: options, compressors: compressors, into: &out)
+                    start = end
                 }
-                for r in results {
-                    switch r! {
-                    case .failure(let e):
-                        if options.skipBad { report.skipped.append(e.message); continue }
-                        throw ShardError(e.message + " Hint: fix or remove the file, or pass --skip-bad to skip unreadable images.")
-                    case .success(let (tiles, size)):
-                        report.inputBytes += size
-                        for (t, frame) in tiles {
-                            var tile = t
-                            tile.id = nextId
-                            nextId += 1
-                            if current == nil || current!.bytesWritten >= UInt64(options.targetShardBytes) {
-                                current = try newWriter()
-                            }
-                            try current!.append(frame: frame, tile: tile)
-                            report.tiles += 1
-                            report.rawBytes += tile.pixels.count
-                        }
-                    }
-                }
-                start = end
-                progress?(start, plan.items.count)
+                progress?(start, plan.items.count, out.report.tiles)
             }
+            try out.finish(plan: plan)
+        } catch {
+            for w in out.writers { w.abandon() }
+            throw error
+        }
+        return out.report
+    }
+
+    /// The writers and report of a pack in progress: frames go in order, new shards as they fill.
+    struct Output {
+        let options: PackOptions
+        var writers: [ShardWriter] = []
+        var report = PackReport(shards: [], tiles: 0, inputBytes: 0, outputBytes: 0, rawBytes: 0, skipped: [])
+        var nextId: UInt64 = 0
+        var tileScales: [Double] = []
+
+        init(options: PackOptions) { self.options = options }
+
+        mutating func write(_ tile: TileRecord, frame: [UInt8]) throws {
+            var tile = tile
+            tile.id = nextId
+            nextId += 1
+            if writers.isEmpty || writers.last!.bytesWritten >= UInt64(options.targetShardBytes) {
+                let name = String(format: "%@-%05d.shard", options.prefix, writers.count)
+                writers.append(try ShardWriter(url: options.output.appendingPathComponent(name)))
+            }
+            try writers.last!.append(frame: frame, tile: tile)
+            report.tiles += 1
+            report.rawBytes += tile.pixels.count
+        }
+
+        mutating func skip(_ message: String) throws {
+            if options.skipBad { report.skipped.append(message); return }
+            throw ShardError(message + " Hint: fix or remove the file, or pass --skip-bad to skip unreadable files.")
+        }
+
+        mutating func finish(plan: PackPlan) throws {
             guard !writers.isEmpty else {
-                throw ShardError("\(plan.root.path): no tile could be packed (\(report.skipped.count) image(s) skipped\(options.grid != nil ? "; with --tile-size, lower --min-tissue or check the images are larger than a tile" : "")).")
+                throw ShardError("\(plan.root.path): no tile could be packed (\(report.skipped.count) file(s) skipped\(options.grid != nil ? "; with --tile-size, lower --min-tissue or check the images are larger than a tile" : "")).")
             }
+            // The metadata's µm/px: the option for images; for slides the tiles' scale when every slide agrees (2%).
+            var mpp = options.micronsPerPixel
+            if let first = report.slides.values.map(\.tileMicronsPerPixel).min(), let last = report.slides.values.map(\.tileMicronsPerPixel).max() {
+                if last <= first * 1.02 && (report.slides.count == plan.items.count || mpp.map { abs($0 - first) <= 0.02 * first } ?? true) {
+                    mpp = first
+                } else {
+                    mpp = nil
+                    report.notes.append(String(format: "the slides' tiles are at %.4g to %.4g µm/px, so no single µm/px is recorded; pass --tile-mpp or --tile-magnification to tile every slide at one scale", first, last))
+                }
+            }
+            report.micronsPerPixel = mpp
+            let magnification: Double? = { if case .magnification(let m) = options.slideScale, !report.slides.isEmpty { return m }; return options.magnification }()
             for (i, w) in writers.enumerated() {
                 try w.finish(classes: plan.classes, filter: options.filter, zstdLevel: options.zstdLevel,
-                             micronsPerPixel: options.micronsPerPixel, magnification: options.magnification,
-                             shardIndex: i, shardCount: writers.count, createdBy: options.createdBy)
+                             micronsPerPixel: mpp, magnification: magnification,
+                             shardIndex: i, shardCount: writers.count, createdBy: options.createdBy, slideRecords: report.slides)
                 report.outputBytes += Int((try? FileManager.default.attributesOfItem(atPath: w.url.path)[.size] as? Int) ?? 0)
                 report.shards.append(w.url)
             }
-        } catch {
-            for w in writers { w.abandon() }
-            throw error
         }
-        return report
+    }
+
+    /// Decodes and compresses `items` (images) in parallel, then writes them in order.
+    static func packImages(_ items: [PackItem], plan: PackPlan, options: PackOptions, compressors: [TileCompressor], into out: inout Output) throws {
+        let threads = compressors.count
+        nonisolated(unsafe) var results = [Result<([(TileRecord, [UInt8])], Int), ShardError>?](repeating: nil, count: items.count)
+        results.withUnsafeMutableBufferPointer { res in
+            nonisolated(unsafe) let res = res
+            DispatchQueue.concurrentPerform(iterations: threads) { t in
+                for k in stride(from: t, to: items.count, by: threads) {
+                    let item = items[k]
+                    let url = plan.url(of: item)
+                    do {
+                        let size = fileSize(url)
+                        let image = try ImageCodec.decode(url)
+                        var tiles: [(TileRecord, [UInt8])] = []
+                        if let grid = options.grid {
+                            for (x, y, px, tissue) in grid.tiles(of: image) {
+                                let tile = TileRecord(pixels: px, width: grid.tileSize, height: grid.tileSize, label: item.label,
+                                                      slide: item.slide, x: Int32(x), y: Int32(y), source: item.relativePath, id: 0, tissue: tissue)
+                                tiles.append((tile, try compressors[t].compress(tile)))
+                            }
+                        } else {
+                            guard image.width <= 65535 && image.height <= 65535 else {
+                                throw ShardError("\(url.path): \(image.width)x\(image.height) is too large for one tile; cut it on a grid with --tile-size")
+                            }
+                            let tile = TileRecord(pixels: image.pixels, width: image.width, height: image.height, label: item.label,
+                                                  slide: item.slide, source: item.relativePath, id: 0)
+                            tiles.append((tile, try compressors[t].compress(tile)))
+                        }
+                        res[k] = .success((tiles, size))
+                    } catch let e as ShardError {
+                        res[k] = .failure(e)
+                    } catch {
+                        res[k] = .failure(ShardError("\(url.path): \(error)"))
+                    }
+                }
+            }
+        }
+        for r in results {
+            switch r! {
+            case .failure(let e): try out.skip(e.message)
+            case .success(let (tiles, size)):
+                out.report.inputBytes += size
+                for (tile, frame) in tiles { try out.write(tile, frame: frame) }
+            }
+        }
+    }
+
+    /// Tiles one whole-slide image: plans its grid and tissue mask, then reads, resamples and compresses the kept
+    /// tiles in parallel chunks and writes them in grid order (row by row). A slide that fails to open or plan is
+    /// skipped whole under `skipBad`; one that fails part-way keeps the tiles already written and says how many.
+    static func packSlide(_ item: PackItem, plan: PackPlan, options: PackOptions, compressors: [TileCompressor],
+                          into out: inout Output, chunkDone: (Int) -> Void) throws {
+        let url = plan.url(of: item)
+        let grid = options.grid!
+        let slideGrid: SlideGrid
+        do {
+            let slide = try WholeSlide(url: url)
+            slideGrid = try slide.grid(tileSize: grid.tileSize, stride: grid.stride, scale: options.slideScale,
+                                       fallbackMicronsPerPixel: options.micronsPerPixel, saturationFloor: grid.saturationThreshold)
+        } catch let e as ShardError {
+            return try out.skip(e.message)
+        }
+        out.report.inputBytes += fileSize(url)
+        let kept = slideGrid.tiles.filter { $0.tissue >= grid.minTissueFraction }
+        var record = slideGrid.record
+        let threads = compressors.count, chunk = threads * 8
+        var written = 0
+        for start in stride(from: 0, to: kept.count, by: chunk) {
+            let part = Array(kept[start..<min(start + chunk, kept.count)])
+            nonisolated(unsafe) var results = [Result<(TileRecord, [UInt8]), ShardError>?](repeating: nil, count: part.count)
+            results.withUnsafeMutableBufferPointer { res in
+                nonisolated(unsafe) let res = res
+                DispatchQueue.concurrentPerform(iterations: threads) { t in
+                    for k in stride(from: t, to: part.count, by: threads) {
+                        let p = part[k]
+                        do {
+                            let image = try slideGrid.slide.readScaled(x: p.x, y: p.y, extent: slideGrid.record.level0TileExtent, size: grid.tileSize)
+                            let tile = TileRecord(pixels: image.pixels, width: grid.tileSize, height: grid.tileSize, label: item.label,
+                                                  slide: item.slide, x: Int32(clamping: p.x), y: Int32(clamping: p.y), source: item.relativePath,
+                                                  id: 0, tissue: p.tissue)
+                            res[k] = .success((tile, try compressors[t].compress(tile)))
+                        } catch let e as ShardError {
+                            res[k] = .failure(e)
+                        } catch {
+                            res[k] = .failure(ShardError("\(url.path): \(error)"))
+                        }
+                    }
+                }
+            }
+            for r in results {
+                switch r! {
+                case .failure(let e):
+                    record.keptTiles = written
+                    if written > 0 { out.report.slides[item.slide] = record }
+                    return try out.skip(e.message + " (\(written) of \(kept.count) tiles of this slide were packed before the error)")
+                case .success(let (tile, frame)):
+                    try out.write(tile, frame: frame)
+                    written += 1
+                }
+            }
+            chunkDone(out.report.tiles)
+        }
+        record.keptTiles = written
+        out.report.slides[item.slide] = record
     }
 }

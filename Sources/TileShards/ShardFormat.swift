@@ -75,9 +75,15 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
     public var shardIndex: Int
     public var shardCount: Int
     public var createdBy: String
+    /// Whole-slide images: each slide's OpenSlide properties and how it was tiled, by slide id (nil for images).
+    public var slideProperties: [String: SlideTilingRecord]?
+    /// The tissue fraction of every tile in index order (nil entries: not measured, e.g. whole images), nil when no
+    /// tile has one.
+    public var tileTissue: [Float?]?
 
     enum CodingKeys: String, CodingKey {
         case format, version, classes, slides, sources, filter
+        case slideProperties = "slide_properties", tileTissue = "tile_tissue"
         case tileSize = "tile_size", zstdLevel = "zstd_level", micronsPerPixel = "microns_per_pixel"
         case magnification, shardIndex = "shard_index", shardCount = "shard_count", createdBy = "created_by"
     }

@@ -12,11 +12,13 @@ public struct TileRecord: Sendable {
     public var x: Int32, y: Int32
     public var source: String
     public var id: UInt64
+    /// Fraction of the tile that is tissue, where measured (grid tiles of images, slide tiles).
+    public var tissue: Float?
 
     public init(pixels: [UInt8], width: Int, height: Int, label: Int32, slide: String, x: Int32 = 0, y: Int32 = 0,
-                source: String, id: UInt64) {
+                source: String, id: UInt64, tissue: Float? = nil) {
         self.pixels = pixels; self.width = width; self.height = height; self.label = label; self.slide = slide
-        self.x = x; self.y = y; self.source = source; self.id = id
+        self.x = x; self.y = y; self.source = source; self.id = id; self.tissue = tissue
     }
 }
 
@@ -74,6 +76,7 @@ public final class ShardWriter {
     private var slides: [String] = [], slideIndex: [String: UInt32] = [:]
     private var sources: [String] = [], sourceIndex: [String: UInt32] = [:]
     private var sizes = Set<[Int]>()
+    private var tissue: [Float?] = []
 
     /// Starts `url` (written as `url.tmp` until `finish`).
     public init(url: URL) throws {
@@ -106,6 +109,7 @@ public final class ShardWriter {
                                  width: UInt16(tile.width), height: UInt16(tile.height), label: tile.label, slide: slide,
                                  x: tile.x, y: tile.y, source: source, id: tile.id))
         sizes.insert([tile.width, tile.height])
+        tissue.append(tile.tissue.map { ($0 * 10000).rounded() / 10000 })
         offset += UInt64(frame.count)
     }
 
@@ -118,16 +122,20 @@ public final class ShardWriter {
     }
 
     /// Writes index, metadata and footer, fsyncs, and renames the file into place.
+    /// `slideRecords` are kept for the slides this shard holds.
     public func finish(classes: [String], filter: PixelFilter, zstdLevel: Int, micronsPerPixel: Double?, magnification: Double?,
-                       shardIndex: Int, shardCount: Int, createdBy: String) throws {
+                       shardIndex: Int, shardCount: Int, createdBy: String, slideRecords: [String: SlideTilingRecord] = [:]) throws {
         var index: [UInt8] = []
         index.reserveCapacity(entries.count * ShardFormat.indexEntrySize)
         for e in entries { e.write(to: &index) }
         var tileSize: Int?
         if sizes.count == 1, let s = sizes.first, s[0] == s[1] { tileSize = s[0] }
-        let meta = ShardMetadata(classes: classes, slides: slides, sources: sources, tileSize: tileSize, filter: filter,
+        var meta = ShardMetadata(classes: classes, slides: slides, sources: sources, tileSize: tileSize, filter: filter,
                                  zstdLevel: zstdLevel, micronsPerPixel: micronsPerPixel, magnification: magnification,
                                  shardIndex: shardIndex, shardCount: shardCount, createdBy: createdBy)
+        let records = slideRecords.filter { slideIndex[$0.key] != nil }
+        meta.slideProperties = records.isEmpty ? nil : records
+        meta.tileTissue = tissue.contains { $0 != nil } ? tissue : nil
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let metaBytes = Array(try encoder.encode(meta))

@@ -1,0 +1,2 @@
+// OpenSlide (Debian: libopenslide-dev), found through pkg-config.
+#include <openslide.h>
