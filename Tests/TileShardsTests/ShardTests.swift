@@ -234,6 +234,37 @@ struct PackInputTests {
         #expect(e?.message.contains("line 2") == true)
     }
 
+    @Test("ImageFolder layouts: ROOT/CLASS/SLIDE/.../tile packs every tile under its slide; flat slide ids are unique per class; other files are listed, not dropped silently")
+    func folderLayouts() throws {
+        let dir = try TemporaryDirectory()
+        let fm = FileManager.default
+        // Nested: 2 classes, 2 slides each, 2 tiles per slide, one slide with a sub-folder level.
+        for (c, cls) in ["aca", "n"].enumerated() {
+            for s in 0..<2 {
+                let slide = dir.url.appendingPathComponent("nested/\(cls)/\(cls)-slide\(s)" + (s == 1 ? "/region-a" : ""))
+                try fm.createDirectory(at: slide, withIntermediateDirectories: true)
+                for t in 0..<2 { try ImageCodec.writePNG(syntheticImage(width: 8, height: 8, seed: c * 10 + s * 2 + t), to: slide.appendingPathComponent("t\(t).png")) }
+            }
+        }
+        try Data("notes".utf8).write(to: dir.url.appendingPathComponent("nested/aca/aca-slide0/readme.txt"))
+        let nested = try PackPlan.imageFolder(dir.url.appendingPathComponent("nested"))
+        #expect(nested.items.count == 8, "all 8 tiles, not only those directly in the class folders")
+        #expect(nested.items.map(\.slide) == ["aca-slide0", "aca-slide0", "aca-slide1", "aca-slide1", "n-slide0", "n-slide0", "n-slide1", "n-slide1"])
+        #expect(nested.items[2].relativePath == "aca/aca-slide1/region-a/t0.png")
+        #expect(nested.notPacked.map(\.path) == ["aca/aca-slide0/readme.txt"])
+        // Flat: the same file name in two classes is two slides.
+        for cls in ["aca", "n"] {
+            try fm.createDirectory(at: dir.url.appendingPathComponent("flat/\(cls)"), withIntermediateDirectories: true)
+            try ImageCodec.writePNG(syntheticImage(width: 8, height: 8, seed: 1), to: dir.url.appendingPathComponent("flat/\(cls)/t0.png"))
+        }
+        #expect(try PackPlan.imageFolder(dir.url.appendingPathComponent("flat")).items.map(\.slide) == ["aca/t0", "n/t0"])
+        // One slide folder name under two classes is refused, naming both.
+        try fm.createDirectory(at: dir.url.appendingPathComponent("nested/n/aca-slide0"), withIntermediateDirectories: true)
+        try ImageCodec.writePNG(syntheticImage(width: 8, height: 8, seed: 3), to: dir.url.appendingPathComponent("nested/n/aca-slide0/t9.png"))
+        let e = #expect(throws: ShardError.self) { try PackPlan.imageFolder(dir.url.appendingPathComponent("nested")) }
+        #expect(e?.message.contains("'aca-slide0' is in class 'aca' and in class 'n'") == true)
+    }
+
     @Test("grid tiling keeps tissue tiles with their coordinates and drops background")
     func grid() throws {
         let dir = try TemporaryDirectory()
@@ -250,7 +281,8 @@ struct PackInputTests {
         #expect(r.count == 2 * 3, "the 2x3 tissue tiles of the left half")
         #expect(Set(r.entries.map { $0.x }) == [0, 16])
         #expect(Set(r.entries.map { $0.y }) == [0, 16, 32])
-        #expect(r.metadata.slides == ["slide7"] && r.metadata.tileSize == 16)
+        #expect(r.metadata.slides == ["malignant/slide7"] && r.metadata.tileSize == 16)
+        #expect(r.metadata.tileTissue == Array(repeating: Float(1), count: 6), "every kept tile is all tissue, and says so")
         let e = r.entries.firstIndex { $0.x == 16 && $0.y == 32 }!
         let tile = try r.tile(e)
         #expect(tile[0] == 200 && tile[1] == 90 && tile[2] == 160)
