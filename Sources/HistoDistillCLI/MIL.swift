@@ -93,7 +93,9 @@ struct MILInputs: ParsableArguments {
         if runDirectory == nil && weights == nil { throw ValidationError("give --run RUN_DIRECTORY or --weights FILE.safetensors") }
     }
 
-    func load() throws -> (AttentionMIL<Float>, FeatureSet, URL) {
+    /// The head, the feature set and the weights file. The features must come from the backbone the head was
+    /// trained on; `sameClasses` (evaluate) also requires the same class list.
+    func load(sameClasses: Bool) throws -> (AttentionMIL<Float>, FeatureSet, URL, MILDescription) {
         let run = runDirectory.map { RunDirectory(path: $0) }
         guard let url = weights.map({ URL(fileURLWithPath: $0) }) ?? run?.preferredWeights() else {
             throw CLIError("\(runDirectory ?? "?"): holds no best.safetensors and no checkpoint", hint: "train first with `histodistill mil train`, or pass --weights")
@@ -102,18 +104,22 @@ struct MILInputs: ParsableArguments {
             let (head, description) = try MILDescription.load(url)
             let set = try FeatureSet(directory: URL(fileURLWithPath: features))
             let a = description.features, b = set.metadata
-            guard a.sameExtraction(as: b) else {
-                throw CLIError("\(features) was extracted with another backbone or classes than the head was trained on: head \(a.summary); features \(b.summary)",
+            guard a.sameBackbone(as: b) else {
+                throw CLIError("\(features) was extracted with another backbone than the head was trained on: head \(a.summary); features \(b.summary)",
                                hint: "extract with the backbone and options recorded in the MIL run (RUN/features.json)")
             }
-            return (head, set, url)
+            guard !sameClasses || a.classes == b.classes else {
+                throw CLIError("\(features) holds slides of classes \(b.classes), the head was trained on \(a.classes)",
+                               hint: "evaluate on slides of the head's classes; `histodistill mil predict` applies the head to slides of any classes")
+            }
+            return (head, set, url, description)
         } catch let e as TrainingError { throw CLIError(e.message) }
     }
 }
 
 /// Writes per-slide probabilities and per-patch attention as CSV.
-func writeSlideOutputs(_ p: [SlidePrediction], classes: [String], slidesCSV: URL, attentionCSV: URL?) throws {
-    try writeOutput(Data(SlidePrediction.slidesCSV(p, classes: classes).utf8), to: slidesCSV)
+func writeSlideOutputs(_ p: [SlidePrediction], classes: [String], labelClasses: [String]? = nil, slidesCSV: URL, attentionCSV: URL?) throws {
+    try writeOutput(Data(SlidePrediction.slidesCSV(p, classes: classes, labelClasses: labelClasses).utf8), to: slidesCSV)
     if let attentionCSV { try writeOutput(Data(SlidePrediction.attentionCSV(p).utf8), to: attentionCSV) }
 }
 
@@ -136,7 +142,7 @@ struct MILEvaluate: ParsableCommand {
     @OptionGroup var heatmaps: HeatmapOptions
 
     func run() throws {
-        let (head, set, weights) = try inputs.load()
+        let (head, set, weights, _) = try inputs.load(sameClasses: true)
         let folder = inputs.runDirectory.map { URL(fileURLWithPath: $0) } ?? weights.deletingLastPathComponent()
         let json = output.map { URL(fileURLWithPath: $0) } ?? folder.appendingPathComponent("eval.json")
         let slidesURL = slides.map { URL(fileURLWithPath: $0) } ?? json.deletingLastPathComponent().appendingPathComponent("slides.csv")
@@ -180,19 +186,20 @@ struct MILPredict: ParsableCommand {
     @OptionGroup var heatmaps: HeatmapOptions
 
     func run() throws {
-        let (head, set, _) = try inputs.load()
+        let (head, set, _, description) = try inputs.load(sameClasses: false)
         let out = URL(fileURLWithPath: output), att = attention.map { URL(fileURLWithPath: $0) }
         for f in [out] + (att.map { [$0] } ?? []) { try checkWritable(f) }
         let tiles = try heatmaps.prepare(set: set)
         let p = MILTrainer.predict(head, set)
-        try writeSlideOutputs(p, classes: set.metadata.classes, slidesCSV: out, attentionCSV: att)
+        try writeSlideOutputs(p, classes: description.features.classes, labelClasses: set.metadata.classes, slidesCSV: out, attentionCSV: att)
         try heatmaps.write(p, set: set, dataset: tiles)
         print("wrote probabilities of \(p.count) slides to \(output)")
     }
 }
 
 /// Attention heatmaps: one PNG per slide, the attention over the slide's tile grid (viridis, relative to the
-/// slide's largest) blended over the slide drawn from its own tiles (grey where no tile was kept).
+/// slide's largest) blended over the slide: a whole-slide image's own thumbnail when its file is still where it was
+/// packed from, else the slide drawn from its own tiles (grey where no tile was kept).
 struct HeatmapOptions: ParsableArguments {
     @Option(help: "Write one attention heatmap PNG per slide into this directory.")
     var heatmaps: String?
@@ -226,39 +233,55 @@ struct HeatmapOptions: ParsableArguments {
         guard let heatmaps else { return }
         let folder = URL(fileURLWithPath: heatmaps)
         let tilesBySlide = Dictionary(uniqueKeysWithValues: (dataset?.slideTiles ?? []).map { ($0.name, $0.tiles) })
+        let records = dataset?.slideRecords ?? [:]
         let context = TileDecompressor()
         for r in predictions {
+            // Drawing units are tile pixels: slide tiles' level-0 positions are divided by their downsample.
+            let record = records[r.slide]
             var tileSize = 0
+            var scale = 1.0
             var background: RGBImage?
             if let dataset, let tiles = tilesBySlide[r.slide], let first = tiles.first {
                 tileSize = Int(dataset.entry(first).width)
-                let w = (tiles.map { Int(dataset.entry($0).x) }.max()! + tileSize) / downscale
-                let h = (tiles.map { Int(dataset.entry($0).y) }.max()! + tileSize) / downscale
-                var px = [UInt8](repeating: 230, count: max(1, w) * max(1, h) * 3)
-                for t in tiles {
-                    let e = dataset.entry(t), a = dataset.addresses[t]
-                    let rgb: [UInt8]
-                    do { rgb = try dataset.readers[a.shard].tile(a.index, context: context) } catch let e as ShardError { throw CLIError(e.message) }
-                    let s = Int(e.width) / downscale
-                    for yy in 0..<s {
-                        for xx in 0..<s {
-                            let X = Int(e.x) / downscale + xx, Y = Int(e.y) / downscale + yy
-                            guard X < w && Y < h else { continue }
-                            for c in 0..<3 {   // area average of the downscale x downscale block
-                                var sum = 0
-                                for dy in 0..<downscale { for dx in 0..<downscale { sum += Int(rgb[((yy * downscale + dy) * Int(e.width) + xx * downscale + dx) * 3 + c]) } }
-                                px[(Y * w + X) * 3 + c] = UInt8(sum / (downscale * downscale))
+                if let record { scale = record.level0TileExtent / Double(tileSize) }
+                func at(_ v: Int32) -> Int { Int((Double(v) / scale).rounded()) }
+                // A whole slide is drawn whole; an image's extent is that of its tiles.
+                let w = max(record.map { Int((Double($0.properties.levels[0].width) / scale).rounded(.up)) } ?? 0,
+                            tiles.map { at(dataset.entry($0).x) }.max()! + tileSize) / downscale
+                let h = max(record.map { Int((Double($0.properties.levels[0].height) / scale).rounded(.up)) } ?? 0,
+                            tiles.map { at(dataset.entry($0).y) }.max()! + tileSize) / downscale
+                if let record, let path = record.path, let slide = try? WholeSlide(url: URL(fileURLWithPath: path)) {
+                    // The slide itself (glass and all) at the heatmap's scale.
+                    background = try? slide.thumbnail(width: max(1, w), height: max(1, h), perPixel: scale * Double(downscale))
+                }
+                if background == nil {
+                    var px = [UInt8](repeating: 230, count: max(1, w) * max(1, h) * 3)
+                    for t in tiles {
+                        let e = dataset.entry(t), a = dataset.addresses[t]
+                        let rgb: [UInt8]
+                        do { rgb = try dataset.readers[a.shard].tile(a.index, context: context) } catch let e as ShardError { throw CLIError(e.message) }
+                        let s = Int(e.width) / downscale
+                        for yy in 0..<s {
+                            for xx in 0..<s {
+                                let X = at(e.x) / downscale + xx, Y = at(e.y) / downscale + yy
+                                guard X < w && Y < h else { continue }
+                                for c in 0..<3 {   // area average of the downscale x downscale block
+                                    var sum = 0
+                                    for dy in 0..<downscale { for dx in 0..<downscale { sum += Int(rgb[((yy * downscale + dy) * Int(e.width) + xx * downscale + dx) * 3 + c]) } }
+                                    px[(Y * w + X) * 3 + c] = UInt8(sum / (downscale * downscale))
+                                }
                             }
                         }
                     }
+                    background = RGBImage(width: max(1, w), height: max(1, h), pixels: px)
                 }
-                background = RGBImage(width: max(1, w), height: max(1, h), pixels: px)
             }
             if tileSize == 0 {   // no shards: the grid step of the slide's positions
                 let steps = Set(r.x.map(Int.init) + r.y.map(Int.init)).sorted()
                 tileSize = zip(steps, steps.dropFirst()).map { $1 - $0 }.filter { $0 > 0 }.min() ?? 32
             }
-            let image = Heatmap.attention(x: r.x, y: r.y, attention: r.attention, tile: tileSize, downscale: downscale, background: background)
+            let xs = r.x.map { Int32((Double($0) / scale).rounded()) }, ys = r.y.map { Int32((Double($0) / scale).rounded()) }
+            let image = Heatmap.attention(x: xs, y: ys, attention: r.attention, tile: tileSize, downscale: downscale, background: background)
             let name = r.slide.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" }
             do { try ImageCodec.writePNG(image, to: folder.appendingPathComponent(String(name) + ".png")) } catch {
                 throw CLIError("\(folder.path): cannot write the heatmap of \(r.slide) (\(error))")

@@ -88,6 +88,11 @@ public final class ShardDataset: @unchecked Sendable {
     }
 
     /// Every slide's tiles (dataset indices, in dataset order), slides in order of first appearance.
+    /// How the whole-slide images among the shards were tiled, by slide id (empty for image shards).
+    public var slideRecords: [String: SlideTilingRecord] {
+        readers.reduce(into: [:]) { all, r in all.merge(r.metadata.slideProperties ?? [:]) { a, _ in a } }
+    }
+
     public var slideTiles: [(name: String, tiles: [Int])] {
         var order: [String] = [], tiles: [String: [Int]] = [:]
         for t in 0..<count {

@@ -27,6 +27,8 @@ public struct SlideProperties: Codable, Equatable, Sendable {
 
 /// How one slide was tiled, kept per slide in shard metadata beside its properties.
 public struct SlideTilingRecord: Codable, Equatable, Sendable {
+    /// Absolute path of the slide file when it was packed (heatmaps draw on it when it is still there).
+    public var path: String?
     public var properties: SlideProperties
     /// Level-0 µm/px used (the file's, or `--microns-per-pixel` for a slide without one).
     public var micronsPerPixel: Double
@@ -42,7 +44,7 @@ public struct SlideTilingRecord: Codable, Equatable, Sendable {
     public var gridTiles: Int, keptTiles: Int
 
     enum CodingKeys: String, CodingKey {
-        case properties, micronsPerPixel = "mpp", tileMicronsPerPixel = "tile_mpp", readLevel = "read_level"
+        case path, properties, micronsPerPixel = "mpp", tileMicronsPerPixel = "tile_mpp", readLevel = "read_level"
         case level0TileExtent = "level0_tile_extent", tissueThreshold = "tissue_threshold", gridTiles = "grid_tiles", keptTiles = "kept_tiles"
     }
 }
@@ -290,7 +292,7 @@ extension WholeSlide {
             }
             gy += step
         }
-        let record = SlideTilingRecord(properties: props, micronsPerPixel: mpp0, tileMicronsPerPixel: mpp0 * d,
+        let record = SlideTilingRecord(path: url.resolvingSymlinksInPath().path, properties: props, micronsPerPixel: mpp0, tileMicronsPerPixel: mpp0 * d,
                                        readLevel: level(forDownsample: d), level0TileExtent: extent, tissueThreshold: Double(threshold),
                                        gridTiles: tiles.count, keptTiles: 0)
         return SlideGrid(slide: self, record: record, tiles: tiles.map { (x: $0.0, y: $0.1, tissue: $0.2) })

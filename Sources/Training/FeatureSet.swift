@@ -50,7 +50,13 @@ public struct FeatureSetMetadata: Codable, Equatable, Sendable {
     }
 
     public func sameExtraction(as other: FeatureSetMetadata) -> Bool {
-        featureDimension == other.featureDimension && classes == other.classes && backbone == other.backbone && weightsDigest == other.weightsDigest
+        classes == other.classes && sameBackbone(as: other)
+    }
+
+    /// True when the vectors come from the same backbone, weights, cut, input factor and normalisation (whatever
+    /// the slides' classes): a head trained on one applies to the other.
+    public func sameBackbone(as other: FeatureSetMetadata) -> Bool {
+        featureDimension == other.featureDimension && backbone == other.backbone && weightsDigest == other.weightsDigest
             && truncateAfter == other.truncateAfter && inputFactor == other.inputFactor && mean == other.mean && std == other.std
     }
 }

@@ -21,11 +21,14 @@ public struct SlidePrediction: Sendable {
     }
 
     /// Per-slide CSV: slide, label (class name, empty when unlabeled), predicted class, p_CLASS for each class.
-    public static func slidesCSV(_ predictions: [SlidePrediction], classes: [String]) -> String {
+    /// `classes` name the probabilities (the head's classes), `labelClasses` the slides' labels (the feature set's
+    /// classes; the same list unless predicting slides of other classes).
+    public static func slidesCSV(_ predictions: [SlidePrediction], classes: [String], labelClasses: [String]? = nil) -> String {
+        let labelClasses = labelClasses ?? classes
         var s = "slide,label,predicted," + classes.map { "p_\($0)" }.joined(separator: ",") + "\n"
         for r in predictions {
             let predicted = r.probabilities.indices.max { r.probabilities[$0] < r.probabilities[$1] }.map { classes[$0] } ?? ""
-            let label = r.label >= 0 && Int(r.label) < classes.count ? classes[Int(r.label)] : ""
+            let label = r.label >= 0 && Int(r.label) < labelClasses.count ? labelClasses[Int(r.label)] : ""
             s += "\(r.slide),\(label),\(predicted)," + r.probabilities.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
         }
         return s

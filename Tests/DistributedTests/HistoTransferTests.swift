@@ -289,6 +289,59 @@ struct HistoTransferTests {
         #expect(other[1][1] < 0.999999, "another resolution gives another representation: \(other)")
     }
 
+    @Test("slides in, slide answers and heatmaps out: a whole-slide image packed at 2 µm/px, its features, a MIL head's prediction for it (classes of its own) and a heatmap covering the whole slide")
+    func wholeSlideToHeatmap() throws {
+        let wsi = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("shared/data/wsi/CMU-1-Small-Region.svs")
+        guard FileManager.default.fileExists(atPath: wsi.path) else {
+            print("skipping: \(wsi.path) is absent (real whole-slide images live in ../shared/data/wsi)")
+            return
+        }
+        let dir = tempDir("wsi-mil")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let bin = try histodistillBinary()
+        let skin = dir.appendingPathComponent("wsi/skin")
+        try FileManager.default.createDirectory(at: skin, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(at: skin.appendingPathComponent("CMU-1.svs"), withDestinationURL: wsi)
+        let wsiTiles = dir.appendingPathComponent("wsi-tiles")
+        let p = try run([bin, "pack", skin.deletingLastPathComponent().path, "-o", wsiTiles.path, "--tile-size", "64", "--tile-mpp", "1.996"])
+        #expect(p.status == 0 && p.stdout.contains("1 whole-slide image(s)") && p.stdout.contains("tiles at 1.996 µm/px"), "\(p.stdout) \(p.stderr)")
+        let i = try run([bin, "inspect", wsiTiles.path])
+        #expect(i.stdout.contains("CMU-1: aperio, 0.499 µm/px, 20x objective; levels 2220x2967") && i.stdout.contains("tiled at 1.996 µm/px from level 0"), "\(i.stdout)")
+        // A head trained on synthetic benign/malignant slides with the same backbone.
+        let tiles = try slideShards(dir)
+        let (weights, _) = try describedWeights(ResNet(.paper(classes: 2, planes: [32, 64], blocks: [1, 1]), seed: 7), dir, "backbone.safetensors")
+        for (shards, out) in [(tiles, "feat"), (wsiTiles, "wsi-feat")] {
+            let x = try run([bin, "extract", "--weights", weights.path, "--shards", shards.path, "-o", dir.appendingPathComponent(out).path])
+            #expect(x.status == 0, "\(x.stderr)")
+        }
+        let config = try RunConfig.parse("""
+        run: {output: \(dir.appendingPathComponent("mil").path), seed: 1}
+        data: {train: \(dir.appendingPathComponent("feat").path)}
+        optimizer: {name: adam, lr: 0.001}
+        schedule: {name: constant}
+        train: {epochs: 2, batch_size: 1, checkpoint_every: 1000}
+        mil: {beta: 0.5}
+        """, source: "mil.yaml")
+        try MILTrainer(config: config, writer: "test").run(resume: false)
+        let maps = dir.appendingPathComponent("maps"), csv = dir.appendingPathComponent("slides.csv")
+        let m = try run([bin, "mil", "predict", "--run", dir.appendingPathComponent("mil").path, "--features", dir.appendingPathComponent("wsi-feat").path,
+                         "-o", csv.path, "--heatmaps", maps.path, "--shards", wsiTiles.path, "--downscale", "2"])
+        #expect(m.status == 0, "\(m.stderr)")
+        let rows = try String(contentsOf: csv, encoding: .utf8).split(separator: "\n")
+        #expect(rows.first == "slide,label,predicted,p_benign,p_malignant" && rows.count == 2 && rows[1].hasPrefix("CMU-1,skin,"), "\(rows) \(m.stdout)")
+        // The heatmap covers the whole slide: 2220x2967 level-0 px at 4x (1.996 / 0.499), then 1/2.
+        let image = try ImageCodec.decode(maps.appendingPathComponent("CMU-1.png"))
+        // (A kept edge tile may reach up to one tile beyond.)
+        #expect((555 / 2...(555 + 64) / 2).contains(image.width) && (742 / 2...(742 + 64) / 2).contains(image.height), "\(image.width)x\(image.height)")
+        // Glass far from any tile is drawn from the slide itself (near white), not the grey of a missing tile.
+        let corner = Array(image.pixels[((5 * image.width) + 5) * 3 ..< ((5 * image.width) + 6) * 3])
+        #expect(corner.allSatisfy { $0 > 215 } && corner != [230, 230, 230], "\(corner)")
+        // evaluate needs slides of the head's classes, and says so.
+        let e = try run([bin, "mil", "evaluate", "--run", dir.appendingPathComponent("mil").path, "--features", dir.appendingPathComponent("wsi-feat").path])
+        #expect(e.status != 0 && e.stderr.contains("classes [\"skin\"]") && e.stderr.contains("mil predict"), "\(e.stderr)")
+    }
+
     @Test("top-k fine-tuning trains only the backbone's last stage with the head, resumes at an epoch boundary bit for bit, and its outputs chain into extract and mil evaluate")
     func topKFineTuning() throws {
         let dir = tempDir("finetune")
