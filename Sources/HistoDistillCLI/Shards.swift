@@ -117,6 +117,9 @@ struct Pack: ParsableCommand {
     @Flag(help: "Keep class folders without images as classes (no tile has them).")
     var allowEmptyClasses = false
 
+    @Flag(help: "Turn images as their EXIF/TIFF orientation tag says. Default: pixels in stored order, as PyTorch's and Pillow's loaders read them.")
+    var applyOrientation = false
+
     func validate() throws {
         if let m = micronsPerPixel, !(m.isFinite && m > 0 && m <= 100) {
             throw ValidationError("--microns-per-pixel must be a positive number of microns per pixel up to 100 (0.25 at 40x, 0.5 at 20x), got \(m)")
@@ -170,6 +173,7 @@ struct Pack: ParsableCommand {
         if let tileSize {
             options.grid = GridSpec(tileSize: tileSize, stride: stride, saturationThreshold: tissueSaturation, minTissueFraction: minTissue)
         }
+        options.applyOrientation = applyOrientation
         if let tileMpp { options.slideScale = .micronsPerPixel(tileMpp) }
         if let tileMagnification { options.slideScale = .magnification(tileMagnification) }
         let progress = ProgressLine(label: "packing")
@@ -210,6 +214,11 @@ struct Pack: ParsableCommand {
                          r.readLevel, r.keptTiles, r.gridTiles, r.tissueThreshold))
         }
         for note in report.notes { print("note: " + note) }
+        if report.alphaImages > 0 { print("\(report.alphaImages) image(s) had an alpha channel: transparent pixels were composited over white") }
+        if report.orientedImages > 0 {
+            print(applyOrientation ? "\(report.orientedImages) image(s) were turned as their orientation tag says"
+                  : "\(report.orientedImages) image(s) have an orientation tag; read in stored order, as PyTorch's loaders do (--apply-orientation turns them)")
+        }
         if !report.skipped.isEmpty {
             print("skipped \(report.skipped.count) unreadable file(s):")
             for s in report.skipped { print("  " + s) }

@@ -19,8 +19,25 @@ public enum ImageCodec {
     /// File extensions `decode` understands.
     public static let extensions: Set<String> = ["jpg", "jpeg", "png", "tif", "tiff"]
 
-    /// Decodes the image at `url` by its content (JPEG and PNG magic) or extension (TIFF).
-    public static func decode(_ url: URL) throws -> RGBImage {
+    /// Decodes the image at `url` to the pixels the file holds (see `decodeFile`), orientation not applied.
+    public static func decode(_ url: URL) throws -> RGBImage { try decodeFile(url).image }
+
+    /// A decoded file: its pixels in stored order, whether it had an alpha channel (composited over white), and
+    /// its EXIF/TIFF orientation tag (1 to 8; 1 when absent).
+    public struct Decoded: Sendable {
+        public var image: RGBImage
+        public var hadAlpha: Bool
+        public var orientation: Int
+    }
+
+    /// Decodes the image at `url` by its content (JPEG and PNG magic) or extension (TIFF), as Pillow's
+    /// `Image.open(path).convert("RGB")` gives it, with one rule for alpha: every format's transparent and
+    /// half-transparent pixels are composited over white (out = C * A / 255 + 255 - A, as for slides). 16-bit
+    /// samples keep their high byte (Pillow's rule for 16-bit RGB, used for 16-bit grey too, which Pillow clips);
+    /// PNG gamma chunks are ignored (as Pillow and torchvision do); CMYK/YCCK JPEGs convert as Pillow converts;
+    /// a truncated or damaged JPEG (any libjpeg warning) is an error. EXIF orientation is reported, not applied
+    /// (Pillow's and torchvision's loaders ignore it too); `oriented(_:_:)` applies it.
+    public static func decodeFile(_ url: URL) throws -> Decoded {
         let ext = url.pathExtension.lowercased()
         var image = hd_image()
         var err = [CChar](repeating: 0, count: 512)
@@ -53,8 +70,37 @@ public enum ImageCodec {
         }
         defer { hd_image_free(&image) }
         let count = Int(image.width) * Int(image.height) * 3
-        return RGBImage(width: Int(image.width), height: Int(image.height),
-                        pixels: Array(UnsafeBufferPointer(start: image.pixels, count: count)))
+        return Decoded(image: RGBImage(width: Int(image.width), height: Int(image.height),
+                                       pixels: Array(UnsafeBufferPointer(start: image.pixels, count: count))),
+                       hadAlpha: image.had_alpha != 0, orientation: Int(image.orientation))
+    }
+
+    /// `image` displayed as its EXIF orientation says (Pillow's `ImageOps.exif_transpose`): 2 mirror, 3 rotate
+    /// 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise.
+    public static func oriented(_ image: RGBImage, _ orientation: Int) -> RGBImage {
+        guard (2...8).contains(orientation) else { return image }
+        let w = image.width, h = image.height
+        let swap = orientation >= 5
+        let ow = swap ? h : w, oh = swap ? w : h
+        var out = [UInt8](repeating: 0, count: w * h * 3)
+        for y in 0..<oh {
+            for x in 0..<ow {
+                // The source pixel (sx, sy) shown at (x, y).
+                let (sx, sy): (Int, Int)
+                switch orientation {
+                case 2: (sx, sy) = (w - 1 - x, y)
+                case 3: (sx, sy) = (w - 1 - x, h - 1 - y)
+                case 4: (sx, sy) = (x, h - 1 - y)
+                case 5: (sx, sy) = (y, x)
+                case 6: (sx, sy) = (y, h - 1 - x)
+                case 7: (sx, sy) = (w - 1 - y, h - 1 - x)
+                default: (sx, sy) = (w - 1 - y, x)
+                }
+                let d = (y * ow + x) * 3, s = (sy * w + sx) * 3
+                out[d] = image.pixels[s]; out[d + 1] = image.pixels[s + 1]; out[d + 2] = image.pixels[s + 2]
+            }
+        }
+        return RGBImage(width: ow, height: oh, pixels: out)
     }
 
     /// Writes `image` as a PNG file.

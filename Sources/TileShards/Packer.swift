@@ -220,6 +220,8 @@ public struct PackOptions: Sendable {
     public var grid: GridSpec?
     /// The scale whole-slide images are tiled at.
     public var slideScale = SlideScale.native
+    /// Turn images as their EXIF/TIFF orientation tag says (off: stored order, as PyTorch's and Pillow's loaders).
+    public var applyOrientation = false
 
     public init(output: URL) { self.output = output }
 }
@@ -239,6 +241,10 @@ public struct PackReport: Sendable {
     public var micronsPerPixel: Double?
     /// Notes for the user (e.g. slides packed at different scales).
     public var notes: [String] = []
+    /// Images that had an alpha channel (composited over white).
+    public var alphaImages = 0
+    /// Images whose orientation tag is not 1 (turned when `applyOrientation`, else read as stored).
+    public var orientedImages = 0
 }
 
 /// Bytes of the file at `url`, following symbolic links (0 when unknown).
@@ -346,7 +352,7 @@ public enum Packer {
     /// Decodes and compresses `items` (images) in parallel, then writes them in order.
     static func packImages(_ items: [PackItem], plan: PackPlan, options: PackOptions, compressors: [TileCompressor], into out: inout Output) throws {
         let threads = compressors.count
-        nonisolated(unsafe) var results = [Result<([(TileRecord, [UInt8])], Int), ShardError>?](repeating: nil, count: items.count)
+        nonisolated(unsafe) var results = [Result<([(TileRecord, [UInt8])], Int, ImageCodec.Decoded), ShardError>?](repeating: nil, count: items.count)
         results.withUnsafeMutableBufferPointer { res in
             nonisolated(unsafe) let res = res
             DispatchQueue.concurrentPerform(iterations: threads) { t in
@@ -355,7 +361,10 @@ public enum Packer {
                     let url = plan.url(of: item)
                     do {
                         let size = fileSize(url)
-                        let image = try ImageCodec.decode(url)
+                        var decoded = try ImageCodec.decodeFile(url)
+                        if options.applyOrientation { decoded.image = ImageCodec.oriented(decoded.image, decoded.orientation) }
+                        let image = decoded.image
+                        decoded.image = RGBImage(width: 0, height: 0, pixels: [])
                         var tiles: [(TileRecord, [UInt8])] = []
                         if let grid = options.grid {
                             for (x, y, px, tissue) in grid.tiles(of: image) {
@@ -371,7 +380,7 @@ public enum Packer {
                                                   slide: item.slide, source: item.relativePath, id: 0)
                             tiles.append((tile, try compressors[t].compress(tile)))
                         }
-                        res[k] = .success((tiles, size))
+                        res[k] = .success((tiles, size, decoded))
                     } catch let e as ShardError {
                         res[k] = .failure(e)
                     } catch {
@@ -383,8 +392,10 @@ public enum Packer {
         for r in results {
             switch r! {
             case .failure(let e): try out.skip(e.message)
-            case .success(let (tiles, size)):
+            case .success(let (tiles, size, decoded)):
                 out.report.inputBytes += size
+                if decoded.hadAlpha { out.report.alphaImages += 1 }
+                if decoded.orientation != 1 { out.report.orientedImages += 1 }
                 for (tile, frame) in tiles { try out.write(tile, frame: frame) }
             }
         }
