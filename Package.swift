@@ -13,6 +13,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/yaslab/CSV.swift", from: "2.5.2"),
     ],
     targets: [
         // System libraries, found through pkg-config (Debian: libopenblas-dev, libzstd-dev, libopenmpi-dev, libopenslide-dev).
@@ -36,7 +37,8 @@ let package = Package(
 
         // Tile shards: format, writer, reader, image folders, whole-slide images. The only module that uses zstd,
         // image codecs and OpenSlide.
-        .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "COpenSlide", "TensorCore"]),
+        // CSV files (manifests in, predictions out) through yaslab/CSV.swift.
+        .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "COpenSlide", "TensorCore", .product(name: "CSV", package: "CSV.swift")]),
 
         // C kernels: the direct convolution's AVX-512 micro-kernels (runtime check), and branch-free elementwise,
         // pooling and optimizer loops built for AVX-512 / AVX2 / baseline (picked at load time).

@@ -60,8 +60,8 @@ struct CKACommand: ParsableCommand {
         let ra = try CKA.stageRepresentations(model: a.model, dataset: dataset, settings: a.settings, indices: indices)
         let rb = try CKA.stageRepresentations(model: b.model, dataset: dataset, settings: b.settings, indices: indices)
         let m = CKA.matrix(ra, rb, n: n)
-        var csv = "stage," + (1...m[0].count).map { "b_stage\($0)" }.joined(separator: ",") + "\n"
-        for (i, row) in m.enumerated() { csv += "a_stage\(i + 1)," + row.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n" }
+        let csv = CSVTable.text(header: ["stage"] + (1...m[0].count).map { "b_stage\($0)" },
+                                rows: m.enumerated().map { i, row in ["a_stage\(i + 1)"] + row.map { String(format: "%.6f", $0) } })
         try writeOutput(Data(csv.utf8), to: csvURL)
         do { try ImageCodec.writePNG(Heatmap.image(m.map { $0.map(Optional.init) }, cell: 48, range: 0...1), to: pngURL) } catch {
             throw CLIError("\(pngURL.path): cannot be written (\(error))")

@@ -13,6 +13,8 @@ public struct PackItem: Sendable, Equatable {
     public var slide: String
     /// A whole-slide image read through OpenSlide and cut on a grid at a physical scale.
     public var isSlide: Bool = false
+    /// Level-0 µm/px from a manifest's mpp column, for a slide whose file records none.
+    public var micronsPerPixel: Double?
 }
 
 /// Cutting large images into tiles on a grid, keeping tiles that hold enough tissue.
@@ -165,32 +167,72 @@ public struct PackPlan: Sendable {
         return PackPlan(root: root, classes: classes, items: items, notPacked: notPacked)
     }
 
-    /// Reads a CSV manifest `path,label,slide` (a header line is optional; paths relative to the manifest's
-    /// folder or absolute; an empty label means unlabeled; an empty slide means the file name). Classes are the
-    /// sorted distinct labels.
+    /// Column names a manifest header may use (case-insensitive), by the field they fill.
+    public static let manifestColumns: [(field: String, names: [String])] = [
+        ("path", ["path", "file", "filename", "file_name", "image", "image_path", "filepath", "slide_path"]),
+        ("label", ["label", "class", "target", "category", "diagnosis"]),
+        ("slide", ["slide", "slide_id", "case_id", "patient", "patient_id"]),
+        ("mpp", ["mpp", "microns_per_pixel"]),
+    ]
+
+    /// Reads a CSV manifest (RFC 4180 through CSVTable: quoted fields, CRLF, BOM, `#` comment lines). With a
+    /// header (a first record naming columns: path, label, slide, mpp or their usual aliases, in any order; other
+    /// columns ignored) fields are taken by name; without one, records are path,label,slide. Paths are relative to
+    /// the manifest's folder or absolute; an empty label means unlabeled; an empty slide means the file name without
+    /// extension; mpp (µm/px) applies to whole-slide images whose file records none. Classes are the sorted distinct
+    /// labels. Throws naming the file and record.
     public static func manifest(_ url: URL) throws -> PackPlan {
-        let text: String
-        do { text = try String(contentsOf: url, encoding: .utf8) } catch {
-            throw ShardError("\(url.path): cannot be read (\(error.localizedDescription)). Hint: give a CSV file with lines path,label,slide.")
-        }
-        var rows: [(String, String, String, Int)] = []
-        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-            if line.isEmpty || line.hasPrefix("#") { continue }
-            let fields = line.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
-            if n == 0 && fields.first?.lowercased() == "path" { continue }
-            guard fields.count >= 1 && fields.count <= 3 && !fields[0].isEmpty else {
-                throw ShardError("\(url.path): line \(n + 1) is not path,label,slide: '\(line)'. Hint: one image per line, commas between fields, no commas in paths.")
+        let records = try CSVTable.read(url)
+        guard let first = records.first else { throw ShardError("\(url.path): the manifest lists no images. Hint: one record per image or slide: path,label,slide.") }
+        let names = first.fields.map { $0.lowercased() }
+        var column: [String: Int] = [:]
+        for (field, aliases) in manifestColumns { if let i = names.firstIndex(where: aliases.contains) { column[field] = i } }
+        let root = url.deletingLastPathComponent()
+        var body = records
+        if column.isEmpty {
+            // No header: path,label,slide by position. A first record whose path does not exist but whose next one
+            // does is a header with names this reader does not know.
+            column = ["path": 0, "label": 1, "slide": 2]
+            func exists(_ p: String) -> Bool { FileManager.default.fileExists(atPath: p.hasPrefix("/") ? p : root.appendingPathComponent(p).path) }
+            if records.count > 1, !exists(first.fields[0]), exists(records[1].fields[0]) {
+                throw ShardError("\(url.path): record 1 (\(first.fields.joined(separator: ","))) looks like a header with column names this reader does not know. Hint: name the columns path,label,slide (also accepted: \(manifestColumns.map { "\($0.field): \($0.names.dropFirst().joined(separator: "/"))" }.joined(separator: "; "))).")
             }
-            rows.append((fields[0], fields.count > 1 ? fields[1] : "", fields.count > 2 ? fields[2] : "", n + 1))
+        } else {
+            guard column["path"] != nil else {
+                throw ShardError("\(url.path): the header (\(first.fields.joined(separator: ","))) has no path column. Hint: name the image column path (or file, filename, image).")
+            }
+            body.removeFirst()
+        }
+        var rows: [(path: String, label: String, slide: String, mpp: Double?, number: Int)] = []
+        for (n, fields) in body {
+            func field(_ name: String) -> String { column[name].flatMap { $0 < fields.count ? fields[$0] : nil } ?? "" }
+            let path = field("path")
+            guard !path.isEmpty else {
+                throw ShardError("\(url.path): record \(n) has no path: '\(fields.joined(separator: ","))'. Hint: one image per record, path first (or in the path column).")
+            }
+            var mpp: Double?
+            if !field("mpp").isEmpty {
+                guard let m = Double(field("mpp")), m.isFinite, m > 0, m <= 100 else {
+                    throw ShardError("\(url.path): record \(n) has mpp '\(field("mpp"))'; it must be microns per pixel in (0, 100] (0.25 at 40x, 0.5 at 20x).")
+                }
+                mpp = m
+            }
+            rows.append((path, field("label"), field("slide"), mpp, n))
         }
         guard !rows.isEmpty else { throw ShardError("\(url.path): the manifest lists no images.") }
-        let classes = Array(Set(rows.map(\.1).filter { !$0.isEmpty })).sorted()
-        let root = url.deletingLastPathComponent()
-        let items = rows.map { path, label, slide, _ -> PackItem in
-            let stem = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
-            return PackItem(relativePath: path, label: label.isEmpty ? ShardFormat.unlabeled : Int32(classes.firstIndex(of: label)!),
-                            slide: slide.isEmpty ? stem : slide)
+        let classes = Array(Set(rows.map(\.label).filter { !$0.isEmpty })).sorted()
+        var slideLabel: [String: (String, Int)] = [:]
+        var items: [PackItem] = []
+        for r in rows {
+            let stem = ((r.path as NSString).lastPathComponent as NSString).deletingPathExtension
+            let slide = r.slide.isEmpty ? stem : r.slide
+            if let (other, line) = slideLabel[slide], other != r.label, !other.isEmpty, !r.label.isEmpty {
+                throw ShardError("\(url.path): slide '\(slide)' has label '\(other)' in record \(line) and '\(r.label)' in record \(r.number). Hint: a slide has one label.")
+            }
+            if !r.label.isEmpty { slideLabel[slide] = (r.label, r.number) }
+            let file = r.path.hasPrefix("/") ? URL(fileURLWithPath: r.path) : root.appendingPathComponent(r.path)
+            items.append(PackItem(relativePath: r.path, label: r.label.isEmpty ? ShardFormat.unlabeled : Int32(classes.firstIndex(of: r.label)!),
+                                  slide: slide, isSlide: WholeSlide.isWholeSlide(file), micronsPerPixel: r.mpp))
         }
         return PackPlan(root: root, classes: classes, items: items)
     }
@@ -265,7 +307,7 @@ public enum Packer {
         // pack naming the file); slides OpenSlide cannot open are reported when their turn comes.
         for item in plan.items where item.isSlide {
             guard let slide = try? WholeSlide(url: plan.url(of: item)) else { continue }
-            _ = try slide.scale(options.slideScale, fallbackMicronsPerPixel: options.micronsPerPixel)
+            _ = try slide.scale(options.slideScale, fallbackMicronsPerPixel: item.micronsPerPixel ?? options.micronsPerPixel)
         }
         try FileManager.default.createDirectory(at: options.output, withIntermediateDirectories: true)
         let threads = max(1, options.threads)
@@ -412,7 +454,7 @@ public enum Packer {
         do {
             let slide = try WholeSlide(url: url)
             slideGrid = try slide.grid(tileSize: grid.tileSize, stride: grid.stride, scale: options.slideScale,
-                                       fallbackMicronsPerPixel: options.micronsPerPixel, saturationFloor: grid.saturationThreshold)
+                                       fallbackMicronsPerPixel: item.micronsPerPixel ?? options.micronsPerPixel, saturationFloor: grid.saturationThreshold)
         } catch let e as ShardError {
             return try out.skip(e.message)
         }

@@ -32,14 +32,13 @@ public struct Predictions: Sendable {
     /// unlabeled), predicted class, and one probability column `p_NAME` per class of the model (`classes`).
     public func csv(classes: [String], labelNames: [String]? = nil) -> String {
         let names = labelNames ?? classes
-        var s = "tile_id,slide,label,predicted," + classes.map { "p_\($0)" }.joined(separator: ",") + "\n"
-        for i in ids.indices {
+        let rows = ids.indices.map { i -> [String] in
             let label = labels[i] >= 0 && Int(labels[i]) < names.count ? names[Int(labels[i])] : ""
             let p = probabilities[i]
             let predicted = p.indices.max { p[$0] < p[$1] }.map { classes[$0] } ?? ""
-            s += "\(ids[i]),\(slides[i]),\(label),\(predicted)," + p.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
+            return ["\(ids[i])", slides[i], label, predicted] + p.map { String(format: "%.6f", $0) }
         }
-        return s
+        return CSVTable.text(header: ["tile_id", "slide", "label", "predicted"] + classes.map { "p_\($0)" }, rows: rows)
     }
 }
 

@@ -25,20 +25,18 @@ public struct SlidePrediction: Sendable {
     /// classes; the same list unless predicting slides of other classes).
     public static func slidesCSV(_ predictions: [SlidePrediction], classes: [String], labelClasses: [String]? = nil) -> String {
         let labelClasses = labelClasses ?? classes
-        var s = "slide,label,predicted," + classes.map { "p_\($0)" }.joined(separator: ",") + "\n"
-        for r in predictions {
+        let rows = predictions.map { r -> [String] in
             let predicted = r.probabilities.indices.max { r.probabilities[$0] < r.probabilities[$1] }.map { classes[$0] } ?? ""
             let label = r.label >= 0 && Int(r.label) < labelClasses.count ? labelClasses[Int(r.label)] : ""
-            s += "\(r.slide),\(label),\(predicted)," + r.probabilities.map { String(format: "%.6f", $0) }.joined(separator: ",") + "\n"
+            return [r.slide, label, predicted] + r.probabilities.map { String(format: "%.6f", $0) }
         }
-        return s
+        return CSVTable.text(header: ["slide", "label", "predicted"] + classes.map { "p_\($0)" }, rows: rows)
     }
 
     /// Per-patch attention CSV: slide, x, y, attention.
     public static func attentionCSV(_ predictions: [SlidePrediction]) -> String {
-        var a = "slide,x,y,attention\n"
-        for r in predictions { for i in r.attention.indices { a += "\(r.slide),\(r.x[i]),\(r.y[i]),\(String(format: "%.6g", r.attention[i]))\n" } }
-        return a
+        let rows = predictions.flatMap { r in r.attention.indices.map { i in [r.slide, "\(r.x[i])", "\(r.y[i])", String(format: "%.6g", r.attention[i])] } }
+        return CSVTable.text(header: ["slide", "x", "y", "attention"], rows: rows)
     }
 }
 

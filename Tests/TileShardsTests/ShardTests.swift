@@ -229,9 +229,33 @@ struct PackInputTests {
         #expect(r.count == 4 && r.entries[2].label == -1)
         #expect(try r.tile(0) == images["tumor/t0.png"]!.pixels)
 
-        try "path,label\ntumor/t0.png,tumor,S1,extra\n".write(to: csv, atomically: true, encoding: .utf8)
+        try ",tumor,S1\n".write(to: csv, atomically: true, encoding: .utf8)
         let e = #expect(throws: ShardError.self) { try PackPlan.manifest(csv) }
-        #expect(e?.message.contains("line 2") == true)
+        #expect(e?.message.contains("record 1 has no path") == true)
+    }
+
+    @Test("CSV manifest as spreadsheets write it: BOM, CRLF, comment lines before a header, columns by name in any order, quoted commas; an unknown header is named, not packed as data")
+    func manifestFormats() throws {
+        let dir = try TemporaryDirectory()
+        _ = try makeImageFolder(dir.url)
+        let csv = dir.url.appendingPathComponent("m.csv")
+        let text = "\u{FEFF}# exported from the LIMS\r\n# second comment\r\nslide_id,File,Class,notes\r\nS1,tumor/t0.png,\"tumor, grade 2\",\"free text, with commas\"\r\nS2,benign/t1.png,benign,\r\n"
+        try Data(text.utf8).write(to: csv)
+        let plan = try PackPlan.manifest(csv)
+        #expect(plan.classes == ["benign", "tumor, grade 2"])
+        #expect(plan.items.map(\.relativePath) == ["tumor/t0.png", "benign/t1.png"] && plan.items.map(\.slide) == ["S1", "S2"])
+        #expect(plan.items.map(\.label) == [1, 0])
+        // The class name with a comma survives into predictions-style CSV output, read back field for field.
+        let out = dir.url.appendingPathComponent("p.csv")
+        try CSVTable.text(header: ["slide", "label"], rows: plan.items.map { [$0.slide, plan.classes[Int($0.label)]] }).write(to: out, atomically: true, encoding: .utf8)
+        #expect(try CSVTable.read(out).map(\.fields) == [["slide", "label"], ["S1", "tumor, grade 2"], ["S2", "benign"]])
+        // A header of unknown names is refused, naming it; a slide with two labels is refused.
+        try "image_name,diagnosis_code\ntumor/t0.png,tumor\n".write(to: csv, atomically: true, encoding: .utf8)
+        let e = #expect(throws: ShardError.self) { try PackPlan.manifest(csv) }
+        #expect(e?.message.contains("looks like a header") == true && e?.message.contains("path,label,slide") == true)
+        try "path,label,slide\ntumor/t0.png,tumor,S1\nbenign/t1.png,benign,S1\n".write(to: csv, atomically: true, encoding: .utf8)
+        let two = #expect(throws: ShardError.self) { try PackPlan.manifest(csv) }
+        #expect(two?.message.contains("slide 'S1' has label 'tumor' in record 2 and 'benign' in record 3") == true)
     }
 
     @Test("ImageFolder layouts: ROOT/CLASS/SLIDE/.../tile packs every tile under its slide; flat slide ids are unique per class; other files are listed, not dropped silently")
