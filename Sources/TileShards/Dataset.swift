@@ -35,6 +35,14 @@ public final class ShardDataset: @unchecked Sendable {
         var a: [TileAddress] = []
         for (s, r) in readers.enumerated() { for i in 0..<r.count { a.append(TileAddress(shard: s, index: i)) } }
         guard !a.isEmpty else { throw ShardError("\(readers[0].url.deletingLastPathComponent().path): the shards hold no tiles.") }
+        // Models see square tiles of one size: a set of mixed sizes is refused here, naming a tile that differs.
+        let first = readers[a[0].shard].entries[a[0].index]
+        for r in readers {
+            if let i = r.entries.firstIndex(where: { $0.width != first.width || $0.height != first.height || $0.width != $0.height }) {
+                let e = r.entries[i]
+                throw ShardError("\(r.url.path): tile \(i) (from \(r.metadata.sources[Int(e.source)])) is \(e.width)x\(e.height), but training and inference need square tiles of one size (the first is \(first.width)x\(first.height)). Hint: pack with --tile-size N to cut every image into NxN tiles.")
+            }
+        }
         addresses = a
     }
 

@@ -109,7 +109,7 @@ public struct BatchMaker: @unchecked Sendable {
                             let address = dataset.addresses[sample]
                             do {
                                 try rgb.withUnsafeMutableBufferPointer {
-                                    try dataset.readers[address.shard].readTile(address.index, into: $0.baseAddress!, context: ctx)
+                                    try dataset.readers[address.shard].readTile(address.index, into: $0.baseAddress!, capacity: $0.count, context: ctx)
                                 }
                             } catch {
                                 ep[j] = "\(error)"

@@ -48,9 +48,12 @@ public final class ShardReader: @unchecked Sendable {
             }
             let indexOffset: UInt64 = base.le(f), count: UInt64 = base.le(f + 8)
             let metaOffset: UInt64 = base.le(f + 16), metaLength: UInt64 = base.le(f + 24)
+            // Every sum is checked for overflow: a damaged footer must give an error, not a trap.
             let indexBytes = count.multipliedReportingOverflow(by: UInt64(ShardFormat.indexEntrySize))
-            guard !indexBytes.overflow, indexOffset >= UInt64(ShardFormat.headerSize),
-                  indexOffset + indexBytes.partialValue == metaOffset, metaOffset + metaLength == UInt64(f) else {
+            let indexEnd = indexOffset.addingReportingOverflow(indexBytes.partialValue)
+            let metaEnd = metaOffset.addingReportingOverflow(metaLength)
+            guard !indexBytes.overflow, !indexEnd.overflow, !metaEnd.overflow, indexOffset >= UInt64(ShardFormat.headerSize),
+                  indexEnd.partialValue == metaOffset, metaEnd.partialValue == UInt64(f) else {
                 throw ShardError("\(path): index (\(count) tiles at \(indexOffset)) and metadata (at \(metaOffset), \(metaLength) bytes) do not fit the file. \(hint)")
             }
             guard CRC32.checksum(base + Int(indexOffset), count: Int(indexBytes.partialValue)) == base.le(f + 32) as UInt32 else {
@@ -65,6 +68,12 @@ public final class ShardReader: @unchecked Sendable {
             } catch {
                 throw ShardError("\(path): metadata is not valid shard JSON (\(error)). \(hint)")
             }
+            guard meta.format == "histodistill-shard", meta.version == Int(ShardFormat.version) else {
+                throw ShardError("\(path): metadata says format '\(meta.format)' version \(meta.version); this histodistill reads 'histodistill-shard' version \(ShardFormat.version). Hint: repack with this version of histodistill.")
+            }
+            guard meta.tileTissue.map({ $0.count == Int(count) }) ?? true else {
+                throw ShardError("\(path): metadata lists tissue fractions for \(meta.tileTissue!.count) tiles, the index holds \(count). \(hint)")
+            }
             var entries: [TileEntry] = []
             entries.reserveCapacity(Int(count))
             var expected = UInt64(ShardFormat.headerSize)
@@ -77,6 +86,9 @@ public final class ShardReader: @unchecked Sendable {
                     throw ShardError("\(path): tile \(i) refers to a class, slide or source missing from the metadata. \(hint)")
                 }
                 expected += UInt64(e.compressedSize)
+                guard expected <= indexOffset else {
+                    throw ShardError("\(path): tile \(i)'s frame (\(e.compressedSize) bytes at \(e.offset)) runs past the index at \(indexOffset). \(hint)")
+                }
                 entries.append(e)
             }
             guard expected == indexOffset else {
@@ -91,36 +103,54 @@ public final class ShardReader: @unchecked Sendable {
     /// Number of tiles.
     public var count: Int { entries.count }
 
-    /// Decompresses tile `i` into `rgb` (width * height * 3 bytes), checking its CRC-32, the zstd content
-    /// checksum and the size. `context` (zstd state and filter scratch) is reused across calls by one thread.
-    public func readTile(_ i: Int, into rgb: UnsafeMutablePointer<UInt8>, context: TileDecompressor) throws {
-        precondition(i >= 0 && i < entries.count, "ShardReader.readTile: tile \(i) out of 0..<\(entries.count) in \(url.path)")
+    /// Checks tile `i`'s frame before anything is allocated for it: its CRC-32, and that the zstd frame header
+    /// declares the payload the index says (width x height x 3 bytes). Throws naming the tile.
+    public func checkFrame(_ i: Int) throws {
         let e = entries[i]
         try data.withUnsafeBytes { raw in
             let frame = raw.baseAddress! + Int(e.offset)
             guard CRC32.checksum(frame, count: Int(e.compressedSize)) == e.crc else {
                 throw ShardError("\(url.path): tile \(i) (id \(e.id), from \(metadata.sources[Int(e.source)])) is corrupt: frame checksum mismatch. Hint: repack this shard, or train with --on-corrupt skip.")
             }
-            try context.decompress(frame: frame, size: Int(e.compressedSize), width: Int(e.width), height: Int(e.height),
+            let content = ZSTD_getFrameContentSize(frame, Int(e.compressedSize))
+            guard content == UInt64(e.pixelBytes) else {
+                throw ShardError("\(url.path): tile \(i) (id \(e.id)) is corrupt: frame says \(Int64(bitPattern: content)) bytes, index says \(e.width)x\(e.height) RGB. Hint: repack this shard.")
+            }
+        }
+    }
+
+    /// Decompresses tile `i` into `rgb`, which holds `capacity` bytes, checking its CRC-32, the zstd content
+    /// checksum and the size; a tile larger than `capacity` is an error naming it (never a write past the buffer).
+    /// `context` (zstd state and filter scratch) is reused across calls by one thread.
+    public func readTile(_ i: Int, into rgb: UnsafeMutablePointer<UInt8>, capacity: Int, context: TileDecompressor) throws {
+        precondition(i >= 0 && i < entries.count, "ShardReader.readTile: tile \(i) out of 0..<\(entries.count) in \(url.path)")
+        let e = entries[i]
+        guard e.pixelBytes <= capacity else {
+            throw ShardError("\(url.path): tile \(i) (id \(e.id), from \(metadata.sources[Int(e.source)])) is \(e.width)x\(e.height), larger than the \(capacity / 3) pixels expected. Hint: pack images of different sizes with --tile-size so that every tile has one size.")
+        }
+        try checkFrame(i)
+        try data.withUnsafeBytes { raw in
+            try context.decompress(frame: raw.baseAddress! + Int(e.offset), size: Int(e.compressedSize), width: Int(e.width), height: Int(e.height),
                                    filter: metadata.filter, into: rgb, what: "\(url.path): tile \(i) (id \(e.id))")
         }
     }
 
-    /// The tile's pixels as a new array.
+    /// The tile's pixels as a new array (allocated only after the frame is checked).
     public func tile(_ i: Int, context: TileDecompressor = TileDecompressor()) throws -> [UInt8] {
+        try checkFrame(i)
         var out = [UInt8](repeating: 0, count: entries[i].pixelBytes)
-        try out.withUnsafeMutableBufferPointer { try readTile(i, into: $0.baseAddress!, context: context) }
+        try out.withUnsafeMutableBufferPointer { try readTile(i, into: $0.baseAddress!, capacity: $0.count, context: context) }
         return out
     }
 
-    /// Reads every tile; throws on the first problem, naming the tile.
+    /// Reads every tile; throws on the first problem, naming the tile. Memory grows only as far as checked frames need.
     public func verify(progress: ((Int) -> Void)? = nil) throws {
         let ctx = TileDecompressor()
-        let maxBytes = entries.map(\.pixelBytes).max() ?? 0
-        let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: max(maxBytes, 1))
-        defer { buffer.deallocate() }
+        var buffer = [UInt8]()
         for i in 0..<entries.count {
-            try readTile(i, into: buffer, context: ctx)
+            try checkFrame(i)
+            if buffer.count < entries[i].pixelBytes { buffer = [UInt8](repeating: 0, count: entries[i].pixelBytes) }
+            try buffer.withUnsafeMutableBufferPointer { try readTile(i, into: $0.baseAddress!, capacity: $0.count, context: ctx) }
             progress?(i)
         }
     }
