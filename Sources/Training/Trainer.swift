@@ -120,6 +120,33 @@ public final class SupervisedTrainer {
     let teacherDigest: String?
     /// The coordinator's lock on the run directory, held while it trains.
     var lock: RunLock?
+    /// Warnings found while opening the data (shard sets at different µm/px), shown when the run starts.
+    public let notes: [String]
+
+    /// The µm/px each part of `d` records: "data.train" for labeled shards, "data.unlabeled" for unlabeled ones.
+    static func scales(_ d: ShardDataset, name: String = "data.train") -> [(String, Double)] {
+        var out: [(String, Double)] = []
+        for (i, r) in d.readers.enumerated() {
+            guard let m = r.metadata.micronsPerPixel else { continue }
+            let what = d.unlabeledShards.contains(i) ? "data.unlabeled" : name
+            if !out.contains(where: { $0.0 == what && abs($0.1 - m) <= 0.02 * m }) { out.append((what, m)) }
+        }
+        return out
+    }
+
+    /// A warning for every two parts of the data (training, unlabeled, validation shards) recorded at µm/px more
+    /// than 2% apart: a model trained at one scale and validated or distilled at another.
+    static func scaleWarnings(train: ShardDataset, val: ShardDataset?) -> [String] {
+        let all = scales(train) + (val.map { scales($0, name: "data.val") } ?? [])
+        var notes: [String] = []
+        for i in all.indices {
+            for j in all.indices where j > i && abs(all[i].1 - all[j].1) > 0.02 * all[i].1 {
+                notes.append(String(format: "%@ tiles are at %.4g µm/px, %@ tiles at %.4g µm/px: the model sees them at different scales. Hint: pack every set at one scale (--magnification, or --tile-mpp for slides).",
+                                    all[i].0, all[i].1, all[j].0, all[j].1))
+            }
+        }
+        return notes
+    }
 
     /// Opens the data, builds the model and optimizer (and the teacher). Under several ranks, first checks that
     /// every rank runs the same program version and config.
@@ -141,6 +168,7 @@ public final class SupervisedTrainer {
         if let val, val.classes != train.classes, val.hasLabels {
             throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
         }
+        notes = Self.scaleWarnings(train: train, val: val)
         if !config.isDistillation && !train.hasLabels {
             throw TrainingError("data.train (\(config.trainShards)) holds no labeled tile: supervised training learns from labels. Hint: pack the training tiles under class folders (or with labels in the manifest), or distill a student from a teacher, which needs no labels.")
         }
@@ -177,6 +205,11 @@ public final class SupervisedTrainer {
             }
             guard config.inputFactor > 1 else {
                 throw TrainingError("data.input_factor is 1: a distilled student must see tiles downsampled 2, 4, 8 or 16x")
+            }
+            if let teacherScale = trained.metadata.tileMicronsPerPixel {
+                for (what, scale) in Self.scales(train) where abs(scale - teacherScale) > 0.02 * teacherScale {
+                    throw TrainingError(String(format: "the teacher in %@ was trained on tiles at %.4g µm/px, %@ holds tiles at %.4g µm/px: the teacher would see the tissue at another scale than it learned. Hint: distill on shards packed at %.4g µm/px (pack --magnification, or --tile-mpp for slides).", teacherRun, teacherScale, what, scale, teacherScale))
+                }
             }
             if let size = trained.metadata.tileSize, size != train.tileSize {
                 throw TrainingError("the teacher in \(teacherRun) was trained on \(size) px tiles, data.train holds \(train.tileSize) px tiles. Hint: distill on shards packed at the teacher's tile size (and magnification).")
@@ -225,6 +258,7 @@ public final class SupervisedTrainer {
     @discardableResult
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
         let fm = FileManager.default
+        for note in notes { progress?("warning: " + note) }
         // The coordinator owns the run directory and decides the starting point; every rank then takes its
         // weights, optimizer state and running statistics, so all ranks start identical.
         let start = try group.onCoordinator { () throws -> StartPoint in

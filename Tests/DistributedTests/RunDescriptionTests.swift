@@ -11,7 +11,7 @@ import TensorCore
 @testable import Training
 
 /// Packs `count` synthetic 32x32 tiles per class (class k shows in the red channel) into `dir/NAME`.
-func classShards(_ dir: URL, name: String, classes: [String], count: Int = 6, unlabeled: Bool = false) throws -> URL {
+func classShards(_ dir: URL, name: String, classes: [String], count: Int = 6, unlabeled: Bool = false, micronsPerPixel: Double? = nil) throws -> URL {
     let input = dir.appendingPathComponent("in-\(name)")
     for (k, cls) in classes.enumerated() {
         let folder = input.appendingPathComponent(cls)
@@ -26,7 +26,9 @@ func classShards(_ dir: URL, name: String, classes: [String], count: Int = 6, un
         }
     }
     let out = dir.appendingPathComponent(name)
-    _ = try Packer.pack(try PackPlan.imageFolder(input, unlabeled: unlabeled), options: PackOptions(output: out))
+    var options = PackOptions(output: out)
+    options.micronsPerPixel = micronsPerPixel
+    _ = try Packer.pack(try PackPlan.imageFolder(input, unlabeled: unlabeled), options: options)
     return out
 }
 
@@ -47,6 +49,38 @@ struct RunDescriptionTests {
         let r = try run([try histodistillBinary(), "train", "--config", "teacher.yaml"], in: project)
         #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
         return (project, project.appendingPathComponent("runs/teacher"))
+    }
+
+    @Test("shard sets at different µm/px: a warning naming both for training vs validation; distilling from a teacher trained at another scale is refused")
+    func scaleMismatch() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-scale-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let fine = try classShards(dir, name: "fine", classes: ["a", "b"], micronsPerPixel: 0.5)
+        let coarse = try classShards(dir, name: "coarse", classes: ["a", "b"], micronsPerPixel: 1.0)
+        func config(_ yaml: String) throws -> RunConfig { try RunConfig.parse(yaml, source: "t.yaml") }
+        let mixed = try SupervisedTrainer(config: try config("""
+        run: {output: \(dir.appendingPathComponent("mixed").path)}
+        data: {train: \(fine.path), val: \(coarse.path)}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 1, batch_size: 4}
+        """), writer: "t")
+        #expect(mixed.notes.count == 1 && mixed.notes[0].contains("data.train tiles are at 0.5 µm/px, data.val tiles at 1 µm/px"), "\(mixed.notes)")
+        _ = try mixed.run(resume: false)
+        let same = try SupervisedTrainer(config: try config("""
+        run: {output: \(dir.appendingPathComponent("same").path)}
+        data: {train: \(fine.path), val: \(fine.path)}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        """), writer: "t")
+        #expect(same.notes.isEmpty)
+        let e = #expect(throws: TrainingError.self) {
+            try SupervisedTrainer(config: try config("""
+            run: {output: \(dir.appendingPathComponent("student").path)}
+            data: {train: \(coarse.path), input_factor: 2}
+            model: {planes: [32, 32], blocks: [1, 1]}
+            distill: {teacher_run: \(dir.appendingPathComponent("mixed").path)}
+            """), writer: "t")
+        }
+        #expect(e?.message.contains("trained on tiles at 0.5 µm/px, data.train holds tiles at 1 µm/px") == true, "\(e?.message ?? "")")
     }
 
     @Test("a run describes itself: run.json and best.safetensors carry classes, normalisation, input size and factor, shard identity, version; config.yaml paths are relative")
