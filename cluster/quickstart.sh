@@ -73,7 +73,7 @@ if [ -d "$glas" ]; then
     rm -rf "$work/shards/glas" "$work/features" "$work/mil"
     "$bin" pack "$glas" -o "$work/shards/glas" --tile-size 128
     "$bin" extract --run "$work/teacher" --truncate-after 3 --shards "$work/shards/glas" -o "$work/features/glas"
-    "$bin" mil train --config configs/mil-glas.yaml --set "data.train=$work/features/glas" --set "run.output=$work/mil" --set train.epochs=20
+    "$bin" mil train --config configs/mil-glas.yaml --set "data.train=$work/features/glas" --set "run.output=$work/mil"
     "$bin" mil predict --run "$work/mil" --features "$work/features/glas" -o "$work/mil/glas-slides.csv" \
         --heatmaps "$work/mil/heatmaps" --shards "$work/shards/glas" --downscale 2
     echo "   held-out fold (slide, label, predicted, probabilities):"

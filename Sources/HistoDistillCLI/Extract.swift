@@ -44,9 +44,13 @@ struct Extract: ParsableCommand {
     @Option(help: "Tiles per forward pass.")
     var batchSize = 64
 
+    @Option(help: "Only tiles whose tissue fraction (recorded by pack for grid and slide tiles) is at least this.")
+    var minTissue: Float = 0
+
     func validate() throws {
         if let truncateAfter, !(1...4).contains(truncateAfter) { throw ValidationError("--truncate-after must be 1, 2, 3 or 4, got \(truncateAfter)") }
         if let inputFactor, ![1, 2, 4, 8, 16].contains(inputFactor) { throw ValidationError("--input-factor must be 1, 2, 4, 8 or 16, got \(inputFactor)") }
+        if !(0...1).contains(minTissue) { throw ValidationError("--min-tissue must be in 0...1, got \(minTissue)") }
         _ = try triple(mean, "--mean"); _ = try triple(std, "--std")
     }
 
@@ -61,7 +65,7 @@ struct Extract: ParsableCommand {
         try runOnRanks { group, _ in
             let (backbone, dataset) = try group.collectively { () throws -> (Backbone, ShardDataset) in
                 let dataset: ShardDataset
-                do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards)) } catch let e as ShardError { throw CLIError(e.message) }
+                do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards), minTissue: minTissue) } catch let e as ShardError { throw CLIError(e.message) }
                 do {
                     let b = try Backbone.load(run: source.run, weights: source.weights.map { URL(fileURLWithPath: $0) }, architecture: model,
                                               truncateAfter: truncateAfter, inputFactor: inputFactor, mean: try triple(mean, "--mean"),

@@ -22,7 +22,9 @@ public final class ShardDataset: @unchecked Sendable {
 
     /// Opens and validates every shard; the labeled ones must share one class list. Tiles of `unlabeled`
     /// shards read as unlabeled whatever they were packed with (for distillation on extra unlabeled tiles).
-    public init(urls: [URL], unlabeled: [URL] = []) throws {
+    /// `minTissue` keeps only tiles whose recorded tissue fraction (`tile_tissue`, written by `pack` for grid and
+    /// slide tiles) is at least this; tiles without one are kept.
+    public init(urls: [URL], unlabeled: [URL] = [], minTissue: Float = 0) throws {
         guard !urls.isEmpty || !unlabeled.isEmpty else { throw ShardError("no shard files given. Hint: pack a dataset with `histodistill pack`.") }
         let labeledURLs = urls.sorted { $0.path < $1.path }, unlabeledURLs = unlabeled.sorted { $0.path < $1.path }
         readers = try (labeledURLs + unlabeledURLs).map { try ShardReader(url: $0) }
@@ -33,8 +35,13 @@ public final class ShardDataset: @unchecked Sendable {
             throw ShardError("\(r.url.path): classes \(r.metadata.classes) differ from \(reference.url.path)'s \(classes). Hint: combine shard sets packed with the same classes.")
         }
         var a: [TileAddress] = []
-        for (s, r) in readers.enumerated() { for i in 0..<r.count { a.append(TileAddress(shard: s, index: i)) } }
-        guard !a.isEmpty else { throw ShardError("\(readers[0].url.deletingLastPathComponent().path): the shards hold no tiles.") }
+        for (s, r) in readers.enumerated() {
+            let tissue = r.metadata.tileTissue
+            for i in 0..<r.count where minTissue <= 0 || (tissue?[i] ?? 1) >= minTissue { a.append(TileAddress(shard: s, index: i)) }
+        }
+        guard !a.isEmpty else {
+            throw ShardError("\(readers[0].url.deletingLastPathComponent().path): the shards hold no tiles\(minTissue > 0 ? " with at least \(minTissue) tissue (lower data.min_tissue)" : "").")
+        }
         // Models see square tiles of one size: a set of mixed sizes is refused here, naming a tile that differs.
         let first = readers[a[0].shard].entries[a[0].index]
         for r in readers {
@@ -60,7 +67,7 @@ public final class ShardDataset: @unchecked Sendable {
     }
 
     /// Opens every *.shard file in `directory`, and those of `unlabeled` directories as unlabeled tiles.
-    public convenience init(directory: URL, unlabeled: [URL] = []) throws {
+    public convenience init(directory: URL, unlabeled: [URL] = [], minTissue: Float = 0) throws {
         func shards(_ directory: URL) throws -> [URL] {
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -73,7 +80,7 @@ public final class ShardDataset: @unchecked Sendable {
             }
             return found
         }
-        try self.init(urls: try shards(directory), unlabeled: try unlabeled.flatMap(shards))
+        try self.init(urls: try shards(directory), unlabeled: try unlabeled.flatMap(shards), minTissue: minTissue)
         try Self.checkCompleteSets(readers)
     }
 

@@ -183,6 +183,7 @@ public struct ConfigKey: @unchecked Sendable {
         key("data", "std", \.std, .floats, "per-channel normalisation std (from `histodistill stats`)"),
         key("data", "workers", \.workers, .int, resume: .free, "tile decoding threads per rank"),
         key("data", "on_corrupt", \.onCorrupt, .choice, resume: .free, "a corrupt tile stops the run, or is skipped with a warning"),
+        key("data", "min_tissue", \.minTissue, .float, "keep only tiles whose tissue fraction (recorded by `pack` for grid and slide tiles) is at least this; 0 keeps all"),
         key("augment", "horizontal_flip", \.augment.horizontalFlip, .bool, resume: .mayChange, "random horizontal flips"),
         key("augment", "vertical_flip", \.augment.verticalFlip, .bool, resume: .mayChange, "random vertical flips"),
         key("augment", "rotate90", \.augment.rotate90, .bool, resume: .mayChange, "random rotations by multiples of 90 degrees"),

@@ -48,7 +48,7 @@ public final class TopKFineTuner {
                 return TileSlide(name: name, label: label, tiles: tiles)
             }
         }
-        do { dataset = try ShardDataset(directory: URL(fileURLWithPath: config.trainShards)) } catch let e as ShardError {
+        do { dataset = try ShardDataset(directory: URL(fileURLWithPath: config.trainShards), minTissue: config.minTissue) } catch let e as ShardError {
             throw TrainingError("data.train (\(config.trainShards)): \(e.message)")
         }
         let all = try slides(of: dataset, key: "train")
@@ -58,7 +58,7 @@ public final class TopKFineTuner {
             valSlides = split.val.map { all[$0] }
         } else if let val = config.valShards {
             let v: ShardDataset
-            do { v = try ShardDataset(directory: URL(fileURLWithPath: val)) } catch let e as ShardError { throw TrainingError("data.val (\(val)): \(e.message)") }
+            do { v = try ShardDataset(directory: URL(fileURLWithPath: val), minTissue: config.minTissue) } catch let e as ShardError { throw TrainingError("data.val (\(val)): \(e.message)") }
             guard v.identity == dataset.identity else {
                 throw TrainingError("data.val must be the same tile shard set as data.train for fine-tuning (validation slides are chosen with mil.folds). Hint: use mil.folds and mil.fold.")
             }

@@ -29,6 +29,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var std: [Float] = [1, 1, 1]
     public var workers = 1
     public var onCorrupt = CorruptTilePolicy.stop
+    /// Keep only tiles with at least this tissue fraction (as recorded by `pack`); 0 keeps every tile.
+    public var minTissue: Float = 0
     // augment
     public var augment = AugmentOptions()
     // model
@@ -188,6 +190,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     func validate(source: String) throws {
         func bad(_ key: String, _ why: String) -> ConfigError { ConfigError("\(source): \(key) \(why)") }
         if trainShards.isEmpty { throw bad("data.train", "is required: a directory of .shard files (make one with `histodistill pack`)") }
+        if !(0...1).contains(minTissue) { throw bad("data.min_tissue", "must be a fraction in 0...1, got \(minTissue)") }
         if ![1, 2, 4, 8, 16].contains(inputFactor) { throw bad("data.input_factor", "must be 1, 2, 4, 8 or 16, got \(inputFactor)") }
         if mean.count != 3 || std.count != 3 || std.contains(where: { $0 <= 0 }) { throw bad("data.mean/std", "need 3 values each, std > 0 (see `histodistill stats`)") }
         if workers < 1 { throw bad("data.workers", "must be at least 1") }

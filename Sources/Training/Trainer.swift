@@ -158,7 +158,7 @@ public final class SupervisedTrainer {
         try group.requireIdentical(config.yaml, what: "config")
         func open(_ path: String, _ key: String, unlabeled: [String] = []) throws -> ShardDataset {
             do {
-                return try ShardDataset(directory: URL(fileURLWithPath: path), unlabeled: unlabeled.map { URL(fileURLWithPath: $0) })
+                return try ShardDataset(directory: URL(fileURLWithPath: path), unlabeled: unlabeled.map { URL(fileURLWithPath: $0) }, minTissue: config.minTissue)
             } catch let e as ShardError {
                 throw TrainingError("data.\(key) (\(([path] + unlabeled).joined(separator: ", "))): \(e.message)")
             }

@@ -307,6 +307,14 @@ struct PackInputTests {
         #expect(Set(r.entries.map { $0.y }) == [0, 16, 32])
         #expect(r.metadata.slides == ["malignant/slide7"] && r.metadata.tileSize == 16)
         #expect(r.metadata.tileTissue == Array(repeating: Float(1), count: 6), "every kept tile is all tissue, and says so")
+        // Packed without the filter, the fractions are kept and filter a dataset later (data.min_tissue, extract --min-tissue).
+        var all = PackOptions(output: dir.url.appendingPathComponent("all"))
+        all.grid = GridSpec(tileSize: 16, stride: 16, minTissueFraction: 0)
+        _ = try Packer.pack(try PackPlan.imageFolder(dir.url.appendingPathComponent("in")), options: all)
+        #expect(try ShardDataset(directory: all.output).count == 12)
+        let filtered = try ShardDataset(directory: all.output, minTissue: 0.5)
+        #expect(filtered.count == 6 && (0..<6).allSatisfy { filtered.entry($0).x < 32 })
+        #expect(throws: ShardError.self) { try ShardDataset(directory: all.output, minTissue: 1.01) }
         let e = r.entries.firstIndex { $0.x == 16 && $0.y == 32 }!
         let tile = try r.tile(e)
         #expect(tile[0] == 200 && tile[1] == 90 && tile[2] == 160)
