@@ -95,7 +95,12 @@ if [ -d "$glas" ]; then
 else
     echo "== $glas not found: the slide-level part (extract, mil, heatmaps) is skipped"
 fi
+echo "== one HTML report of the runs (curves, confusion, ROC, PR, calibration, 95% bootstrap intervals; open it in a browser)"
+report_runs=("$work/teacher" "$work/student")
+if [ -f "$work/mil/val-slides.csv" ]; then report_runs+=("$work/mil"); fi
+"$bin" report "${report_runs[@]}" -o "$work/report.html"
 echo "== model cost: the paper's teacher at 224 px and students at 112, 56, 28, 14 px"
 "$bin" cost
 echo "== done: runs in $work/teacher and $work/student (metrics.csv, eval.json, predictions.csv, best.safetensors);"
-echo "   slide-level answers in $work/mil (val-slides.csv, glas-slides.csv, wsi-slides.csv) and heatmaps in $work/mil/heatmaps, $work/mil/wsi-heatmaps"
+echo "   slide-level answers in $work/mil (val-slides.csv, glas-slides.csv, wsi-slides.csv) and heatmaps in $work/mil/heatmaps, $work/mil/wsi-heatmaps;"
+echo "   the report: $work/report.html"

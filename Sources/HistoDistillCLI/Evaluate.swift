@@ -51,6 +51,13 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Tiles per forward pass.")
     var batchSize = 64
 
+    @Option(help: "Class-balanced bootstrap resamples for the 95% intervals in the metrics JSON (0: none).")
+    var bootstrap = 10_000
+
+    func validate() throws {
+        if bootstrap < 0 { throw ValidationError("--bootstrap must be 0 or more, got \(bootstrap)") }
+    }
+
     func run() throws {
         try runOnRanks { group, _ in
             let (trained, dataset, path, labelMap) = try group.collectively { () throws -> (TrainedModel, ShardDataset, String, [Int32]) in
@@ -79,7 +86,9 @@ struct Evaluate: ParsableCommand {
                 }
                 return (trained, dataset, path, map)
             }
-            let settings = InferenceSettings(trained.metadata, batchSize: batchSize, labelMap: labelMap)
+            var settings = InferenceSettings(trained.metadata, batchSize: batchSize, labelMap: labelMap)
+            let progress = ProgressLine(label: "evaluate")
+            if group.isCoordinator { settings.progress = { progress.update($0, $1, unit: "tiles") } }
             let p = try Inference.run(model: trained.model, dataset: dataset, settings: settings, group: group)
             guard group.isCoordinator else { return 0 }
             let classes = trained.classNames
@@ -91,6 +100,13 @@ struct Evaluate: ParsableCommand {
             json["weights"] = trained.weights.path
             json["shards"] = path
             json["shard_set"] = dataset.identity.description
+            if bootstrap > 0 {
+                let labels = p.labels.map(Int.init)
+                let intervals = Bootstrap.intervals(probabilities: p.probabilities, labels: labels, classes: classes.count, iterations: bootstrap)
+                json["bootstrap"] = try JSONSerialization.jsonObject(with: encoder.encode(intervals))
+                print(String(format: "95%% class-balanced bootstrap intervals (%d resamples): accuracy %.4f-%.4f, balanced accuracy %.4f-%.4f", bootstrap,
+                             intervals.accuracy.lower, intervals.accuracy.upper, intervals.balancedAccuracy.lower, intervals.balancedAccuracy.upper))
+            }
             let beside = RunDirectory(trained.weights.deletingLastPathComponent())
             let jsonURL = output.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).evaluation
             try writeOutput(JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]), to: jsonURL)
@@ -136,7 +152,9 @@ struct Predict: ParsableCommand {
                 try checkWritable(URL(fileURLWithPath: output))
                 return (try source.load(), dataset)
             }
-            let settings = InferenceSettings(trained.metadata, batchSize: batchSize)
+            var settings = InferenceSettings(trained.metadata, batchSize: batchSize)
+            let progress = ProgressLine(label: "predict")
+            if group.isCoordinator { settings.progress = { progress.update($0, $1, unit: "tiles") } }
             let p = try Inference.run(model: trained.model, dataset: dataset, settings: settings, group: group)
             guard group.isCoordinator else { return 0 }
             try writeOutput(Data(p.csv(classes: trained.classNames, labelNames: dataset.classes).utf8), to: URL(fileURLWithPath: output))

@@ -10,5 +10,5 @@ struct HistoDistill: ParsableCommand {
         commandName: "histodistill",
         abstract: "Resolution-based self-supervised knowledge distillation for histology tiles on CPU clusters.",
         version: histodistillVersion,
-        subcommands: [Doctor.self, Synth.self, Pack.self, Train.self, Distill.self, Evaluate.self, Predict.self, Inspect.self, Verify.self, Stats.self, Export.self, Cost.self, ConfigKeys.self, Extract.self, MIL.self, FineTune.self, CKACommand.self, BenchStep.self, BenchPipeline.self, CheckpointWriter.self])
+        subcommands: [Doctor.self, Synth.self, Pack.self, Train.self, Distill.self, Evaluate.self, Predict.self, Report.self, Inspect.self, Verify.self, Stats.self, Export.self, Cost.self, ConfigKeys.self, Extract.self, MIL.self, FineTune.self, CKACommand.self, BenchStep.self, BenchPipeline.self, CheckpointWriter.self])
 }

@@ -141,6 +141,13 @@ struct MILEvaluate: ParsableCommand {
 
     @OptionGroup var heatmaps: HeatmapOptions
 
+    @Option(help: "Class-balanced bootstrap resamples for the 95% intervals in the metrics JSON (0: none).")
+    var bootstrap = 10_000
+
+    func validate() throws {
+        if bootstrap < 0 { throw ValidationError("--bootstrap must be 0 or more, got \(bootstrap)") }
+    }
+
     func run() throws {
         let (head, set, weights, _) = try inputs.load(sameClasses: true)
         let folder = inputs.runDirectory.map { URL(fileURLWithPath: $0) } ?? weights.deletingLastPathComponent()
@@ -161,6 +168,14 @@ struct MILEvaluate: ParsableCommand {
         object["weights"] = weights.path
         object["features"] = inputs.features
         object["level"] = "slide"
+        if bootstrap > 0 {
+            let intervals = Bootstrap.intervals(probabilities: labeled.map(\.probabilities), labels: labeled.map { Int($0.label) },
+                                                classes: classes.count, iterations: bootstrap)
+            object["bootstrap"] = try JSONSerialization.jsonObject(with: encoder.encode(intervals))
+            print(String(format: "95%% class-balanced bootstrap intervals (%d resamples): accuracy %.4f-%.4f, macro AUC %@", bootstrap,
+                         intervals.accuracy.lower, intervals.accuracy.upper,
+                         intervals.macroAUC.map { String(format: "%.4f-%.4f", $0.lower, $0.upper) } ?? "n/a"))
+        }
         try writeOutput(JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]), to: json)
         try writeSlideOutputs(p, classes: classes, slidesCSV: slidesURL, attentionCSV: attentionURL)
         try heatmaps.write(p, set: set, dataset: tiles)

@@ -23,15 +23,25 @@ func shardFiles(_ paths: [String]) throws -> [URL] {
     return urls
 }
 
+/// Seconds between progress lines in a log file (not a terminal): HISTODISTILL_PROGRESS_SECONDS, default 10.
+let progressInterval: TimeInterval = {
+    guard let text = ProcessInfo.processInfo.environment["HISTODISTILL_PROGRESS_SECONDS"] else { return 10 }
+    guard let v = TimeInterval(text), v >= 0, v.isFinite else {
+        FileHandle.standardError.write(Data("warning: HISTODISTILL_PROGRESS_SECONDS='\(text)' is not a number of seconds >= 0; using 10\n".utf8))
+        return 10
+    }
+    return v
+}()
+
 /// Progress of a long loop on standard error: a live line on a terminal; elsewhere (a SLURM log, a pipe) a
 /// timestamped line every `every` seconds and at the end, never one line per item.
-final class ProgressLine {
+final class ProgressLine: @unchecked Sendable {
     let label: String, every: TimeInterval
     private let start = Date()
     private var last = Date.distantPast
     private let terminal = isatty(2) != 0
 
-    init(label: String, every: TimeInterval = 10) { self.label = label; self.every = every }
+    init(label: String, every: TimeInterval = progressInterval) { self.label = label; self.every = every }
 
     func update(_ done: Int, _ total: Int, unit: String = "", extra: String = "") {
         guard total > 0 else { return }
@@ -328,7 +338,7 @@ struct Verify: ParsableCommand {
 /// The sink of a trainer's progress lines on standard error: on a terminal one live line; elsewhere (a SLURM log,
 /// a pipe) step lines timestamped and at most one every `every` seconds (the last step's always), other lines
 /// (notes, resume) as they come.
-func progressSink(every: TimeInterval = 10) -> (String) -> Void {
+func progressSink(every: TimeInterval = progressInterval) -> (String) -> Void {
     let terminal = isatty(2) != 0
     nonisolated(unsafe) var last = Date.distantPast
     return { line in

@@ -52,6 +52,8 @@ public struct InferenceSettings: Sendable {
     public var onCorrupt: CorruptTilePolicy
     /// Dataset class index -> model class index (-1: a class the model does not know); nil: the identity.
     public var labelMap: [Int32]?
+    /// Called after each batch with (tiles done, tiles in the range) of this process.
+    public var progress: (@Sendable (Int, Int) -> Void)?
 
     public init(inputFactor: Int, mean: [Float], std: [Float], batchSize: Int = 64, workers: Int = 1, onCorrupt: CorruptTilePolicy = .stop,
                 labelMap: [Int32]? = nil) {
@@ -103,6 +105,7 @@ public enum Inference {
             let (input, edge) = b.modelView(inputFactor: settings.inputFactor)
             let result = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(b.count, 3, edge, edge), training: false) }
             try body(b, result)
+            settings.progress?(start - range.lowerBound, range.count)
         }
     }
 

@@ -26,9 +26,11 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     public var ranks: Int
     public var valAccuracy: Double?
     public var valLoss: Double?
+    /// Wall-clock time the line was written, seconds since 1970 (nil in lines of versions before it).
+    public var time: Double?
 
     enum CodingKeys: String, CodingKey {
-        case step, epoch, loss, kdLoss = "kd_loss", pixelLoss = "pixel_loss", ceLoss = "ce_loss", lr
+        case time, step, epoch, loss, kdLoss = "kd_loss", pixelLoss = "pixel_loss", ceLoss = "ce_loss", lr
         case imagesPerSecond = "images_per_second", skippedTiles = "skipped_tiles", waitMs = "wait_ms", allreduceMs = "allreduce_ms", ranks
         case valAccuracy = "val_accuracy", valLoss = "val_loss"
     }
@@ -53,6 +55,7 @@ public struct StepMetrics: Codable, Equatable, Sendable {
                   allreduceMs: try c.decodeIfPresent(Double.self, forKey: .allreduceMs) ?? 0,
                   ranks: try c.decodeIfPresent(Int.self, forKey: .ranks) ?? 1,
                   valAccuracy: try c.decodeIfPresent(Double.self, forKey: .valAccuracy), valLoss: try c.decodeIfPresent(Double.self, forKey: .valLoss))
+        time = try c.decodeIfPresent(Double.self, forKey: .time)
     }
 
     /// The CSV header matching `csvRow`.
@@ -449,8 +452,13 @@ final class MetricsLog {
         try keep(run.metricsCSV, header: true) { line in line.split(separator: ",").first.flatMap { Int($0) } }
     }
 
+    /// Appends `m` with the wall-clock time, keys in one (sorted) order on every line.
     func append(_ m: StepMetrics) throws {
-        try jsonl.write(contentsOf: JSONEncoder().encode(m) + Data("\n".utf8))
+        var m = m
+        if m.time == nil { m.time = (Date().timeIntervalSince1970 * 1000).rounded() / 1000 }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        try jsonl.write(contentsOf: encoder.encode(m) + Data("\n".utf8))
         try csv.write(contentsOf: Data((m.csvRow + "\n").utf8))
     }
 

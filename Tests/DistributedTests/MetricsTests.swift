@@ -35,3 +35,73 @@ struct MetricsTests {
         #expect(r.samples == 2 && r.accuracy == 1 && r.auc[0] == nil && r.macroAUC == nil)
     }
 }
+
+@Suite("Report statistics")
+struct ReportStatisticsTests {
+    static let metrics = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/metrics.json")
+    static let report = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/report.json")
+
+    func inputs() throws -> ([[Double]], [Int]) {
+        let fixture = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: Self.metrics)) as? [String: Any])
+        return ((fixture["probabilities"] as! [[Any]]).map { $0.map { ($0 as! NSNumber).doubleValue } },
+                (fixture["labels"] as! [Any]).map { ($0 as! NSNumber).intValue })
+    }
+    func reference() throws -> [String: Any] { try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: Self.report)) as? [String: Any]) }
+    func doubles(_ v: Any?) -> [Double] { (v as! [Any]).map { ($0 as! NSNumber).doubleValue } }
+    func interval(_ v: Any?) -> Interval? {
+        guard let d = v as? [String: Any] else { return nil }
+        return Interval(lower: (d["lower"] as! NSNumber).doubleValue, upper: (d["upper"] as! NSNumber).doubleValue)
+    }
+    func close(_ a: Interval?, _ b: Interval?) -> Bool {
+        guard let a, let b else { return a == nil && b == nil }
+        return abs(a.lower - b.lower) < 1e-9 && abs(a.upper - b.upper) < 1e-9
+    }
+
+    @Test("class-balanced bootstrap intervals equal the Python reference (same draws, scikit-learn's metrics), and are reproducible")
+    func bootstrapIntervals() throws {
+        let (p, y) = try inputs()
+        let ref = try #require(try reference()["bootstrap"] as? [String: Any])
+        let b = Bootstrap.intervals(probabilities: p, labels: y, classes: 3, iterations: 500, seed: 7)
+        #expect(close(b.accuracy, interval(ref["accuracy"])), "\(b.accuracy) vs \(ref["accuracy"]!)")
+        #expect(close(b.balancedAccuracy, interval(ref["balanced_accuracy"])))
+        #expect(close(b.macroAUC, interval(ref["macro_auc"])))
+        for (name, mine) in [("precision", b.precision), ("recall", b.recall), ("f1", b.f1), ("auc", b.auc)] {
+            let theirs = (ref[name] as! [Any]).map(interval)
+            #expect(zip(mine, theirs).allSatisfy { close($0, $1) }, "\(name): \(mine) vs \(theirs)")
+        }
+        let point = ClassificationReport.compute(probabilities: p, labels: y, classes: 3)
+        #expect(b.accuracy.lower < point.accuracy + 0.05 && b.accuracy.upper > point.accuracy - 0.05 && b.accuracy.lower < b.accuracy.upper)
+        #expect(Bootstrap.intervals(probabilities: p, labels: y, classes: 3, iterations: 500, seed: 7) == b)
+        #expect(Bootstrap.intervals(probabilities: p, labels: y, classes: 3, iterations: 500, seed: 8) != b)
+    }
+
+    @Test("ROC and precision-recall curves and average precision equal scikit-learn's; reliability bins and ECE equal NumPy's")
+    func curves() throws {
+        let (p, y) = try inputs()
+        let ref = try reference()
+        func close(_ a: [Double], _ b: [Double]) -> Bool { a.count == b.count && zip(a, b).allSatisfy { abs($0 - $1) < 1e-12 } }
+        for c in 0..<3 {
+            let scores = p.map { $0[c] }, positive = y.map { $0 == c }
+            let roc = Curves.roc(scores: scores, positive: positive)
+            let r = (ref["roc"] as! [[String: Any]])[c]
+            #expect(close(roc.fpr, doubles(r["fpr"])) && close(roc.tpr, doubles(r["tpr"])) && close(Array(roc.thresholds.dropFirst()), doubles(r["thresholds"])), "class \(c) ROC")
+            let pr = Curves.precisionRecall(scores: scores, positive: positive)
+            let q = (ref["pr"] as! [[String: Any]])[c]
+            #expect(close(pr.precision, doubles(q["precision"])) && close(pr.recall, doubles(q["recall"])) && close(pr.thresholds, doubles(q["thresholds"])),
+                    "class \(c) PR: \(pr.precision.count) vs \(doubles(q["precision"]).count)")
+            #expect(abs(pr.averagePrecision - (q["average_precision"] as! NSNumber).doubleValue) < 1e-12)
+        }
+        let rel = Curves.reliability(probabilities: p, labels: y)
+        let bins = ref["reliability"] as! [Any]
+        #expect(rel.bins.count == 15)
+        for (mine, theirs) in zip(rel.bins, bins) {
+            if let t = theirs as? [String: Any], let m = mine {
+                #expect(abs(m.confidence - (t["confidence"] as! NSNumber).doubleValue) < 1e-12 && abs(m.accuracy - (t["accuracy"] as! NSNumber).doubleValue) < 1e-12
+                        && m.count == (t["count"] as! NSNumber).intValue)
+            } else {
+                #expect(mine == nil && theirs is NSNull)
+            }
+        }
+        #expect(abs(rel.ece - (ref["ece"] as! NSNumber).doubleValue) < 1e-12)
+    }
+}

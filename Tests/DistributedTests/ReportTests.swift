@@ -1,0 +1,70 @@
+// `histodistill report`: a self-contained, well-formed HTML page with the run's curves and bootstrap intervals;
+// `evaluate` writes the intervals into eval.json; metrics.jsonl lines carry their wall-clock time in one key order.
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import Testing
+@testable import HistoDistillCLI
+@testable import Training
+
+/// Collects element names while checking that a document is well-formed XML.
+final class ElementCounter: NSObject, XMLParserDelegate {
+    var counts: [String: Int] = [:]
+    func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?, attributes: [String: String] = [:]) {
+        counts[name, default: 0] += 1
+    }
+}
+
+@Suite("Reports", .serialized)
+struct ReportTests {
+    @Test("report of two runs: one self-contained well-formed HTML file (no scripts, no http references) with curves, confusion, ROC, PR, reliability and 95% intervals; eval.json holds the intervals")
+    func htmlReport() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-report-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try classShards(dir, name: "shards", classes: ["a", "b", "c"])
+        let bin = try histodistillBinary()
+        for name in ["small", "wider"] {
+            try """
+            run: {output: \(dir.appendingPathComponent(name).path)}
+            data: {train: \(shards.path), val: \(shards.path)}
+            model: {planes: [\(name == "small" ? 32 : 64), 32], blocks: [1, 1]}
+            train: {epochs: 2, batch_size: 6}
+            """.write(to: dir.appendingPathComponent("\(name).yaml"), atomically: true, encoding: .utf8)
+            let t = try run([bin, "train", "--config", dir.appendingPathComponent("\(name).yaml").path])
+            #expect(t.status == 0, "\(t.stderr)")
+            let e = try run([bin, "evaluate", "--run", dir.appendingPathComponent(name).path, "--bootstrap", "300"])
+            #expect(e.status == 0 && e.stdout.contains("95% class-balanced bootstrap intervals (300 resamples)"), "\(e.stdout) \(e.stderr)")
+        }
+        let eval = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("small/eval.json"))) as? [String: Any])
+        let b = try #require(eval["bootstrap"] as? [String: Any])
+        #expect((b["iterations"] as? Int) == 300 && (b["accuracy"] as? [String: Any])?["lower"] != nil && (b["recall"] as? [Any])?.count == 3)
+        // metrics.jsonl: wall-clock time on every line, keys in one order.
+        let lines = try String(contentsOf: dir.appendingPathComponent("small/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 6 && lines.allSatisfy { $0.hasPrefix("{\"allreduce_ms\":") && $0.contains("\"time\":") })
+        let times = try lines.map { try #require(try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)).time) }
+        #expect(times == times.sorted() && abs(times[0] - Date().timeIntervalSince1970) < 600)
+
+        let html = dir.appendingPathComponent("report.html")
+        let r = try run([bin, "report", dir.appendingPathComponent("small").path, dir.appendingPathComponent("wider").path, "-o", html.path, "--bootstrap", "200"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let text = try String(contentsOf: html, encoding: .utf8)
+        #expect(!text.contains("http") && !text.contains("<script") && !text.contains("src=\"/") && !text.contains("href="), "self-contained")
+        let counter = ElementCounter()
+        let parser = XMLParser(data: Data(text.replacingOccurrences(of: "<!DOCTYPE html>", with: "").utf8))
+        parser.delegate = counter
+        #expect(parser.parse(), "well-formed: \(parser.parserError.map { "\($0)" } ?? "")")
+        #expect((counter.counts["svg"] ?? 0) >= 2 * 7 + 1, "per run 4 training charts, confusion, ROC, PR, reliability; one comparison chart: \(counter.counts["svg"] ?? 0)")
+        #expect(text.contains("Runs side by side") && text.contains("Accuracy against multiply-adds") && text.contains("ECE"))
+        // The table's accuracy is the evaluated one, with its interval.
+        let accuracy = try #require(eval["accuracy"] as? Double)
+        #expect(text.contains(String(format: "%.2f", 100 * accuracy)))
+        #expect(text.contains("200 resamples"))
+        // A run without predictions is named with the command that makes them.
+        try FileManager.default.removeItem(at: dir.appendingPathComponent("wider/predictions.csv"))
+        let n = try run([bin, "report", dir.appendingPathComponent("wider").path, "-o", html.path, "--bootstrap", "0"])
+        #expect(n.status == 0 && n.stdout.contains("histodistill evaluate --run"), "\(n.stdout)")
+        let missing = try run([bin, "report", dir.appendingPathComponent("nothing").path, "-o", html.path])
+        #expect(missing.status != 0 && missing.stderr.contains("not a run directory"), "\(missing.stderr)")
+    }
+}
