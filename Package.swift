@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/yaslab/CSV.swift", from: "2.5.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // System libraries, found through pkg-config (Debian: libopenblas-dev, libzstd-dev, libopenmpi-dev, libopenslide-dev).
@@ -54,7 +55,10 @@ let package = Package(
         .target(name: "Distributed", dependencies: ["CMPI", "Training"]),
 
         // Configs, optimizers, schedules, weights I/O, the trainer, checkpoints, the process-group protocol.
-        .target(name: "Training", dependencies: ["Layers", "CKernels", "SafeTensors", "TileShards", .product(name: "Yams", package: "Yams")]),
+        // TensorBoard event files: Event protobufs generated from TensorBoard/event.proto (committed event.pb.swift).
+        .target(name: "Training", dependencies: ["Layers", "CKernels", "SafeTensors", "TileShards", .product(name: "Yams", package: "Yams"),
+                                                 .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                exclude: ["TensorBoard/event.proto"]),
 
         // safetensors read/write (weights, checkpoints, test fixtures).
         .target(name: "SafeTensors"),

@@ -413,9 +413,12 @@ public final class SupervisedTrainer {
 final class MetricsLog {
     let jsonl: FileHandle
     let csv: FileHandle
+    /// The same scalars for TensorBoard (`tensorboard --logdir runs/`).
+    let tensorboard: TensorBoardWriter
 
     init(run: RunDirectory) throws {
         let directory = run.url
+        tensorboard = try TensorBoardWriter(directory: directory)
         jsonl = try Self.appendHandle(run.metricsJSONL)
         let csvURL = run.metricsCSV
         // A run resumed by a version with other columns: keep the old file under another name, start a new one.
@@ -436,6 +439,20 @@ final class MetricsLog {
     }
 
     deinit { try? jsonl.close(); try? csv.close() }
+
+    /// The TensorBoard tags of a metrics line: train/... for every step, val/... at validations.
+    static func scalars(_ m: StepMetrics) -> [(String, Float)] {
+        var out: [(String, Float)] = [("train/loss", m.loss)]
+        if let v = m.kdLoss { out.append(("train/kd_loss", v)) }
+        if let v = m.pixelLoss { out.append(("train/pixel_loss", v)) }
+        if let v = m.ceLoss { out.append(("train/ce_loss", v)) }
+        out += [("train/lr", Float(m.lr)), ("train/images_per_second", Float(m.imagesPerSecond)), ("train/wait_ms", Float(m.waitMs)),
+                ("train/allreduce_ms", Float(m.allreduceMs))]
+        if m.skippedTiles > 0 { out.append(("train/skipped_tiles", Float(m.skippedTiles))) }
+        if let v = m.valAccuracy { out.append(("val/accuracy", Float(v))) }
+        if let v = m.valLoss { out.append(("val/loss", Float(v))) }
+        return out
+    }
 
     /// Drops the lines of steps after `step` from metrics.jsonl and metrics.csv (a resumed run logs them again).
     static func truncate(run: RunDirectory, after step: Int) throws {
@@ -459,6 +476,7 @@ final class MetricsLog {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         try jsonl.write(contentsOf: encoder.encode(m) + Data("\n".utf8))
+        try tensorboard.add(step: m.step, scalars: Self.scalars(m), wallTime: m.time ?? Date().timeIntervalSince1970)
         try csv.write(contentsOf: Data((m.csvRow + "\n").utf8))
     }
 

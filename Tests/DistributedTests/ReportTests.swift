@@ -18,6 +18,29 @@ final class ElementCounter: NSObject, XMLParserDelegate {
 
 @Suite("Reports", .serialized)
 struct ReportTests {
+    @Test("TensorBoard event files: CRC-32C's check value; the writer's bytes equal the file TensorBoard's own writer made (read back by TensorBoard when it was made); records parse back")
+    func tensorBoardEvents() throws {
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/tensorboard")
+        let expected = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: fixtures.appendingPathComponent("expected.json"))) as? [String: Any])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-tb-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let writer = try TensorBoardWriter(directory: dir, wallTime: 1_764_460_800.0, name: "events.out.tfevents.test")
+        for record in expected["records"] as! [[Any]] {
+            let values = (record[2] as! [[Any]]).map { ($0[0] as! String, ($0[1] as! NSNumber).floatValue) }
+            try writer.add(step: (record[1] as! NSNumber).intValue, scalars: values, wallTime: (record[0] as! NSNumber).doubleValue)
+        }
+        let mine = try Data(contentsOf: writer.url), theirs = try Data(contentsOf: fixtures.appendingPathComponent("events.out.tfevents.fixture"))
+        #expect(mine == theirs, "\(mine.count) bytes vs TensorBoard's \(theirs.count)")
+        let scalars = try TensorBoardWriter.scalars(in: writer.url)
+        #expect(scalars.filter { $0.tag == "train/loss" }.map(\.step) == [1, 2, 3] && scalars.filter { $0.tag == "train/loss" }.map(\.value) == [1.25, 0.875, 0.625])
+        // A damaged record is an error, not garbage.
+        var damaged = theirs
+        damaged[damaged.count - 6] ^= 0xFF
+        #expect(throws: TrainingError.self) { try TFRecord.records(damaged) }
+    }
+
     @Test("report of two runs: one self-contained well-formed HTML file (no scripts, no http references) with curves, confusion, ROC, PR, reliability and 95% intervals; eval.json holds the intervals")
     func htmlReport() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-report-\(UUID().uuidString)")
@@ -42,8 +65,15 @@ struct ReportTests {
         // metrics.jsonl: wall-clock time on every line, keys in one order.
         let lines = try String(contentsOf: dir.appendingPathComponent("small/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
         #expect(lines.count == 6 && lines.allSatisfy { $0.hasPrefix("{\"allreduce_ms\":") && $0.contains("\"time\":") })
-        let times = try lines.map { try #require(try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)).time) }
+        let steps = try lines.map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)) }
+        let times = try steps.map { try #require($0.time) }
         #expect(times == times.sorted() && abs(times[0] - Date().timeIntervalSince1970) < 600)
+        // TensorBoard: the run's event file holds the same losses, and its validations.
+        let events = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("small").path).filter { $0.hasPrefix("events.out.tfevents.") }
+        #expect(events.count == 1)
+        let scalars = try TensorBoardWriter.scalars(in: dir.appendingPathComponent("small/\(events[0])"))
+        #expect(scalars.filter { $0.tag == "train/loss" }.map(\.value) == steps.map(\.loss))
+        #expect(scalars.filter { $0.tag == "val/accuracy" }.count == steps.filter { $0.valAccuracy != nil }.count)
 
         let html = dir.appendingPathComponent("report.html")
         let r = try run([bin, "report", dir.appendingPathComponent("small").path, dir.appendingPathComponent("wider").path, "-o", html.path, "--bootstrap", "200"])
