@@ -1,5 +1,6 @@
 // A parallel-for for elementwise kernels, im2col and col2im that uses the same cores as OpenBLAS.
 import Dispatch
+import Foundation
 import Synchronization
 
 /// Splits loops over the engine's thread width.
@@ -16,6 +17,32 @@ public enum Parallel {
     public static func setWidth(_ width: Int) {
         precondition(width >= 1, "Parallel.setWidth: width must be >= 1, got \(width)")
         widthStorage.store(width, ordering: .relaxed)
+    }
+
+    private static let session = NSRecursiveLock()
+
+    /// Runs `body` with the thread width set to `width` (OpenBLAS single-threaded, as `BLAS.setThreadCount`),
+    /// restoring the previous width after. Calls from different threads run one at a time, so code that varies the
+    /// width (kernel tests at 1, 2, 3 threads) never changes it under code that needs it fixed for bit-exact results
+    /// (a training run and its resume), when both go through here.
+    public static func withWidth<T>(_ width: Int, _ body: () throws -> T) rethrows -> T {
+        let saved = beginExclusiveWidth()
+        defer { endExclusiveWidth(restoring: saved) }
+        BLAS.setThreadCount(width)
+        return try body()
+    }
+
+    /// Starts a stretch of code that owns the width (see `withWidth`): waits for other owners, returns the width to
+    /// restore. Pair with `endExclusiveWidth(restoring:)` (in a `defer`).
+    public static func beginExclusiveWidth() -> Int {
+        session.lock()
+        return width
+    }
+
+    /// Ends a stretch started by `beginExclusiveWidth`, restoring `saved` (OpenBLAS single-threaded).
+    public static func endExclusiveWidth(restoring saved: Int) {
+        BLAS.setThreadCount(saved)
+        session.unlock()
     }
 
     /// Runs `body(worker)` for worker in 0..<workers, concurrently when workers > 1.

@@ -344,6 +344,9 @@ struct HistoTransferTests {
 
     @Test("top-k fine-tuning trains only the backbone's last stage with the head, resumes at an epoch boundary bit for bit, and its outputs chain into extract and mil evaluate")
     func topKFineTuning() throws {
+        // Bit-exact comparisons need one thread width for the whole test (kernel tests vary it in parallel).
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
         let dir = tempDir("finetune")
         defer { try? FileManager.default.removeItem(at: dir) }
         let tiles = try slideShards(dir)

@@ -42,6 +42,9 @@ func tinyConfig(shards: URL, output: URL, maxSteps: Int) throws -> RunConfig {
 struct TrainTests {
     @Test("stop at step 5, resume: every later loss equals the uninterrupted run's, bit for bit")
     func resumeEquivalence() throws {
+        // Bit-exact comparisons need one thread width for the whole test (kernel tests vary it in parallel).
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-train-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)
@@ -230,6 +233,9 @@ struct TrainTests {
 struct DistillTests {
     @Test("distill a 2x-downsampled student from a trained teacher; resume is bit-exact; a mismatched teacher is refused")
     func distill() throws {
+        // Bit-exact comparisons need one thread width for the whole test (kernel tests vary it in parallel).
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-distill-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)

@@ -46,8 +46,8 @@ struct DirectConvTests {
                             input: x.pointer, weight: w.pointer, shape: s, workspace: ws, algorithm: algorithm)
             return [y.array, dx.array, dw.array, db.array]
         }
-        let saved = BLAS.threadCount
-        defer { BLAS.setThreadCount(saved) }
+        let saved = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: saved) }
         BLAS.setThreadCount(1)
         let reference = run(.im2colGEMM)
         for threads in [1, 2, 3] {

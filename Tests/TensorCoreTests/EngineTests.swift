@@ -53,8 +53,8 @@ struct EngineTests {
 
     @Test("parallel-for covers every index exactly once for any width", arguments: [1, 2, 3, 8])
     func parallelCoverage(_ width: Int) {
-        let saved = Parallel.width
-        defer { Parallel.setWidth(saved) }
+        let saved = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: saved) }
         Parallel.setWidth(width)
         for count in [0, 1, 5, 97, 1000] {
             let hits = Buffer<Float>(count: count)
@@ -65,8 +65,8 @@ struct EngineTests {
 
     @Test("BLAS facade sets OpenBLAS and the parallel-for width together")
     func blasThreads() {
-        let saved = BLAS.threadCount
-        defer { BLAS.setThreadCount(saved) }
+        let saved = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: saved) }
         BLAS.setThreadCount(1)
         #expect(BLAS.threadCount == 1 && Parallel.width == 1)
         #expect(BLAS.version.split(separator: ".").count == 3, "version parsed from \(BLAS.configuration)")
@@ -101,8 +101,8 @@ struct EngineTests {
         let x = Buffer<Float>(rng.values(s.inputCount).map(Float.init)), w = Buffer<Float>(rng.values(s.weightCount).map(Float.init))
         let dy = Buffer<Float>(rng.values(s.outputCount).map(Float.init))
         var results: [[Float]] = []
-        let saved = BLAS.threadCount
-        defer { BLAS.setThreadCount(saved) }
+        let saved = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: saved) }
         for (threads, columns) in [(1, 1), (1, 200), (2, 100_000), (2, 1), (3, 50), (8, 30)] {
             BLAS.setThreadCount(threads)
             let y = Buffer<Float>(count: s.outputCount), dx = Buffer<Float>(count: s.inputCount), dw = Buffer<Float>(count: s.weightCount)

@@ -50,8 +50,8 @@ struct FloatKernelTests {
             let id = UnsafeMutablePointer<Int32>.allocate(capacity: out), idf = UnsafeMutablePointer<Int32>.allocate(capacity: out)
             defer { id.deallocate(); idf.deallocate() }
             MaxPool2d.forward(output: yd.pointer, indices: id, input: xd.pointer, shape: shape)
-            let saved = BLAS.threadCount
-            defer { BLAS.setThreadCount(saved) }
+            let saved = Parallel.beginExclusiveWidth()
+            defer { Parallel.endExclusiveWidth(restoring: saved) }
             for threads in [1, 2, 3] {
                 BLAS.setThreadCount(threads)
                 let yf = Buffer<Float>(count: out), xf = Buffer<Float>(x.map(Float.init))
@@ -91,8 +91,8 @@ struct FloatKernelTests {
         ReLU.backward(gradInput: dxd.pointer, gradOutput: dyd.pointer, output: yd.pointer, count: n)
         let maskd = Buffer<Double>(dy)
         ReLU.maskGradient(maskd.pointer, output: yd.pointer, count: n)
-        let saved = BLAS.threadCount
-        defer { BLAS.setThreadCount(saved) }
+        let saved = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: saved) }
         for threads in [1, 2, 3] {
             BLAS.setThreadCount(threads)
             let xf = Buffer<Float>(x.map(Float.init)), yf = Buffer<Float>(count: n)
