@@ -200,7 +200,7 @@ for t in options.threads {
     var totalFlops = 0.0, totalTime = 0.0
     for (i, cc) in cases.enumerated() {
         let s = cc.shape, bf = buffers[i]
-        let (x, w, y, dy, dw) = (bf.x, bf.w, bf.y, bf.dy, bf.dw)
+        let (x, w, y, dw) = (bf.x, bf.w, bf.y, bf.dw)
         let tf = median(Array(fwd[i].dropFirst())), tb = median(Array(bwd[i].dropFirst()))
         if options.gemmOnly {
             // im2col alone over the whole batch in tiles of 1024 columns (what one forward pass writes).

@@ -260,7 +260,6 @@ public final class SupervisedTrainer {
     /// `StopSignals.install`) on any rank ends it at the next step boundary, with a checkpoint.
     @discardableResult
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
-        let fm = FileManager.default
         for note in notes { progress?("warning: " + note) }
         // The coordinator owns the run directory and decides the starting point; every rank then takes its
         // weights, optimizer state and running statistics, so all ranks start identical.
@@ -481,7 +480,7 @@ final class MetricsLog {
     }
 
     static func appendHandle(_ url: URL) throws -> FileHandle {
-        if !FileManager.default.fileExists(atPath: url.path) { FileManager.default.createFile(atPath: url.path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: url.path) { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
         let h = try FileHandle(forWritingTo: url)
         try h.seekToEnd()
         return h

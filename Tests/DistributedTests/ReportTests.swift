@@ -41,6 +41,29 @@ struct ReportTests {
         #expect(throws: TrainingError.self) { try TFRecord.records(damaged) }
     }
 
+    @Test("progress in a log file (not a terminal): timestamped lines at HISTODISTILL_PROGRESS_SECONDS, the first and last always, never one per item")
+    func progressInterval() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-progress-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try classShards(dir, name: "warm", classes: ["a", "b"], count: 20)   // 40 images in dir/in-warm
+        let bin = try histodistillBinary()
+        func packLines(_ seconds: String, _ out: String) throws -> [Substring] {
+            let r = try run([bin, "pack", dir.appendingPathComponent("in-warm").path, "-o", dir.appendingPathComponent(out).path, "--threads", "1"],
+                            environment: ["HISTODISTILL_PROGRESS_SECONDS": seconds])
+            #expect(r.status == 0, "\(r.stderr)")
+            return r.stderr.split(separator: "\n").filter { $0.contains(" packing ") }
+        }
+        // 40 images in batches of 16: updates after 16, 32 and 40.
+        let every = try packLines("0", "a")
+        #expect(every.count == 3 && every.allSatisfy { $0.first?.isNumber == true && $0.contains("T") && $0.contains("Z packing ") }, "\(every)")
+        #expect(every.last?.contains("40/40 images (100%)") == true)
+        let rare = try packLines("3600", "b")
+        #expect(rare.count == 2 && rare[0].contains("16/40") && rare[1].contains("40/40"), "the first and the final line only: \(rare)")
+        let bad = try run([bin, "pack", dir.appendingPathComponent("in-warm").path, "-o", dir.appendingPathComponent("c").path],
+                          environment: ["HISTODISTILL_PROGRESS_SECONDS": "soon"])
+        #expect(bad.status == 0 && bad.stderr.contains("HISTODISTILL_PROGRESS_SECONDS='soon' is not a number"), "\(bad.stderr)")
+    }
+
     @Test("report of two runs: one self-contained well-formed HTML file (no scripts, no http references) with curves, confusion, ROC, PR, reliability and 95% intervals; eval.json holds the intervals")
     func htmlReport() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-report-\(UUID().uuidString)")

@@ -1,5 +1,5 @@
-// Every decoding path gives the pixels the file holds, checked against Pillow (Fixtures/images.json, made by
-// Fixtures/make_image_fixtures.py from the small files in Fixtures/images).
+// Every decoding path gives the pixels the file holds, checked against Pillow (Tests/Fixtures/images.json, made by
+// Tests/Fixtures/make_image_fixtures.py from the small files in Tests/Fixtures/images).
 import Foundation
 import Testing
 @testable import TileShards
@@ -15,7 +15,7 @@ struct ImageFixture: Decodable {
 
     var image: RGBImage { RGBImage(width: width!, height: height!, pixels: pixels!) }
 
-    static let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+    static let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures")
     static func all() throws -> [String: ImageFixture] {
         try JSONDecoder().decode([String: ImageFixture].self, from: Data(contentsOf: folder.appendingPathComponent("images.json")))
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Makes the small images of tricky decoding cases in images/ and the pixels Pillow gives for them in
-images.json (run from this folder: python3 make_image_fixtures.py; needs Pillow and NumPy; Pillow 13.0.0 made the
+images.json (run from this folder, Tests/Fixtures: python3 make_image_fixtures.py; needs Pillow and NumPy; Pillow 13.0.0 made the
 committed files). The Swift tests decode the same files and compare.
 
 Reference rule per case (what `histodistill pack` promises, docs/data.md):
