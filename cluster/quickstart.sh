@@ -18,7 +18,7 @@ work=${WORK_DIR:-runs/quickstart}
 bash cluster/setup.sh
 swift build -c release
 bin=$(swift build -c release --show-bin-path)/histodistill
-unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
+# OpenBLAS kernels: histodistill picks the best family this CPU and library allow (a user's OPENBLAS_CORETYPE is kept).
 ranks=${RANKS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
 if [ "${FULL:-0}" = 1 ]; then epochs_t=(); epochs_s=(); else
     epochs_t=(--set "train.epochs=${TEACHER_EPOCHS:-2}"); epochs_s=(--set "train.epochs=${STUDENT_EPOCHS:-2}"); fi

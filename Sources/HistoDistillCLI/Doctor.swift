@@ -43,8 +43,10 @@ struct Doctor: ParsableCommand {
         BLAS.setThreadCount(threadCount)
         let cpu = CPUCapabilities.current
         let forced = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"]
-        let advice = KernelAdvice.check(cpuBest: cpu.bestOpenBLASCore, inUse: BLAS.coreName, forcedCoreType: forced,
-                                        forcedL2: ProcessInfo.processInfo.environment["OPENBLAS_L2_SIZE"])
+        let env = ProcessInfo.processInfo.environment
+        let advice = env[KernelSelection.autoVariable] == "failed" ? KernelAdvice.current()
+            : KernelAdvice.check(cpuBest: cpu.bestOpenBLASCore, inUse: BLAS.coreName, forcedCoreType: env[KernelSelection.autoVariable] == "1" ? nil : forced,
+                                 forcedL2: env["OPENBLAS_L2_SIZE"])
 
         var check: CollectiveCheck?
         if group.size > 1 {
@@ -55,7 +57,7 @@ struct Doctor: ParsableCommand {
         var report: [(String, String)] = [
             ("histodistill", histodistillVersion),
             ("OpenBLAS", "\(BLAS.version) (\(BLAS.configuration))"),
-            ("OpenBLAS kernels in use", BLAS.coreName),
+            ("OpenBLAS kernels in use", KernelSelection.explanation(loaded: BLAS.coreName, env: ProcessInfo.processInfo.environment)),
             ("compute threads", "\(BLAS.threadCount) per rank (OpenBLAS itself single-threaded)"),
             ("zstd", String(cString: ZSTD_versionString())),
             ("MPI library", MPIProcessGroup.libraryVersion),

@@ -1,5 +1,7 @@
 // The `histodistill` command line: the root command and its subcommands.
 import ArgumentParser
+import Foundation
+import TensorCore
 
 /// The program's version, reported by `--version` and written into run directories.
 let histodistillVersion = "0.1.0"
@@ -9,6 +11,33 @@ struct HistoDistill: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "histodistill",
         abstract: "Resolution-based self-supervised knowledge distillation for histology tiles on CPU clusters.",
+        discussion: "OpenBLAS kernels: when the loaded OpenBLAS would use an older kernel family than this CPU supports (and OPENBLAS_CORETYPE is not set), histodistill restarts itself once with the best family the library has, checks its GEMM against a reference, and falls back when it is wrong; `histodistill doctor` says what was chosen. HISTODISTILL_AUTO_CORETYPE=0 turns this off.",
         version: histodistillVersion,
         subcommands: [Doctor.self, Synth.self, Pack.self, Train.self, Distill.self, Evaluate.self, Predict.self, Report.self, Inspect.self, Verify.self, Stats.self, Export.self, Cost.self, ConfigKeys.self, Extract.self, MIL.self, FineTune.self, CKACommand.self, BenchStep.self, BenchPipeline.self, CheckpointWriter.self])
+
+    /// Chooses OpenBLAS's kernels (restarting the process when needed), then runs the command.
+    static func main() {
+        KernelStartup.run()
+        self.main(nil)
+    }
+}
+
+/// Applies `KernelSelection`'s start-up decision: a restart replaces this process (same pid, arguments and other
+/// environment; before MPI starts, so every rank under mpirun does the same).
+enum KernelStartup {
+    static func run() {
+        let env = ProcessInfo.processInfo.environment
+        var action = KernelSelection.decide(cpuBest: CPUCapabilities.current.bestOpenBLASCore, loaded: BLAS.coreName, env: env)
+        if action == .keep && env[KernelSelection.autoVariable] == "1" && !KernelSelection.gemmSelfCheck() {
+            action = .restart(["OPENBLAS_CORETYPE": nil, KernelSelection.autoVariable: "failed",
+                               KernelSelection.reasonVariable: "the GEMM self-check failed with \(BLAS.coreName) kernels"])
+        }
+        guard case .restart(let variables) = action else { return }
+        for (name, value) in variables {
+            if let value { setenv(name, value, 1) } else { unsetenv(name) }
+        }
+        var argv: [UnsafeMutablePointer<CChar>?] = CommandLine.arguments.map { strdup($0) } + [nil]
+        execv("/proc/self/exe", &argv)
+        FileHandle.standardError.write(Data("warning: could not restart to choose OpenBLAS kernels (\(String(cString: strerror(errno)))); running with \(BLAS.coreName) kernels\n".utf8))
+    }
 }

@@ -78,6 +78,9 @@ public enum KernelAdvice {
     /// Warnings for this process: the CPU, the kernels OpenBLAS chose, and the environment.
     public static func current() -> [String] {
         let env = ProcessInfo.processInfo.environment
+        if env[KernelSelection.autoVariable] == "failed" {
+            return ["OpenBLAS runs \(BLAS.coreName) kernels: histodistill's choice of \(CPUCapabilities.current.bestOpenBLASCore)-class kernels was given up (\(env[KernelSelection.reasonVariable] ?? "unknown reason")); float32 GEMMs may run at half speed. Fix: install an OpenBLAS that knows this CPU (a newer release), or see `histodistill doctor`."]
+        }
         return check(cpuBest: CPUCapabilities.current.bestOpenBLASCore, inUse: BLAS.coreName,
                      forcedCoreType: env["OPENBLAS_CORETYPE"], forcedL2: env["OPENBLAS_L2_SIZE"])
     }

@@ -2,6 +2,7 @@
 import Foundation
 import Testing
 import TileShards
+import TensorCore
 
 @Suite("Command line")
 struct CommandLineTests {
@@ -70,5 +71,20 @@ struct ShardCommandTests {
     func packMissing() throws {
         let r = try run([try histodistillBinary(), "pack", "/nonexistent/folder", "-o", "/tmp/x"])
         #expect(r.status != 0 && r.stderr.contains("/nonexistent/folder") && !r.stderr.contains("Fatal error"), "\(r.stderr)")
+    }
+
+    @Test("OpenBLAS kernels: an older family (simulated) makes the program restart itself with the CPU's best, which doctor explains; a family the library lacks ends in OpenBLAS's own choice, said once")
+    func kernelRestart() throws {
+        let bin = try histodistillBinary()
+        let best = CPUCapabilities.current.bestOpenBLASCore
+        guard KernelSelection.candidates(best: best).count > 0 else { print("skipping: no AVX2 on this CPU"); return }
+        let r = try run([bin, "doctor"], environment: [KernelSelection.simulateVariable: "Prescott"])
+        #expect(r.status == 0 && r.stdout.contains("chosen by histodistill: OpenBLAS picked Prescott") && r.stdout.contains("self-check passed"), "\(r.stdout) \(r.stderr)")
+        #expect(!r.stdout.contains("warning:"), "no warning when all is well: \(r.stdout)")
+        let gaveUp = try run([bin, "doctor"], environment: ["OPENBLAS_CORETYPE": "NoSuchCore", KernelSelection.autoVariable: "1",
+                                                            KernelSelection.triedVariable: KernelSelection.candidates(best: best).joined(separator: ",")])
+        #expect(gaveUp.status == 0 && gaveUp.stdout.contains("OpenBLAS's own choice: histodistill's choice was given up"), "\(gaveUp.stdout) \(gaveUp.stderr)")
+        let user = try run([bin, "doctor"], environment: ["OPENBLAS_CORETYPE": "Prescott"])
+        #expect(user.stdout.contains("as OPENBLAS_CORETYPE=Prescott in the environment asks") && user.stdout.contains("warning: OpenBLAS is using Prescott"), "\(user.stdout)")
     }
 }
