@@ -57,7 +57,8 @@ struct Doctor: ParsableCommand {
         var report: [(String, String)] = [
             ("histodistill", histodistillVersion),
             ("OpenBLAS", "\(BLAS.version) (\(BLAS.configuration))"),
-            ("OpenBLAS kernels in use", KernelSelection.explanation(loaded: BLAS.coreName, env: ProcessInfo.processInfo.environment)),
+            ("OpenBLAS kernels in use", BLAS.coreName),
+            ("OpenBLAS kernel choice", KernelSelection.explanation(env: env)),
             ("compute threads", "\(BLAS.threadCount) per rank (OpenBLAS itself single-threaded)"),
             ("zstd", String(cString: ZSTD_versionString())),
             ("MPI library", MPIProcessGroup.libraryVersion),

@@ -66,16 +66,16 @@ public enum KernelSelection {
         return .restart(["OPENBLAS_CORETYPE": first, autoVariable: "1", triedVariable: first, originalVariable: effective])
     }
 
-    /// A one-line account of the kernels in use and why, for `doctor`.
-    public static func explanation(loaded: String, env: [String: String]) -> String {
+    /// Why the kernels in use are in use, in one line, for `doctor`.
+    public static func explanation(env: [String: String]) -> String {
         switch env[autoVariable] {
         case "1":
-            return "\(loaded), chosen by histodistill: OpenBLAS picked \(env[originalVariable] ?? "an older family") for this CPU, which supports \(CPUCapabilities.current.bestOpenBLASCore); the GEMM self-check passed"
+            return "chosen by histodistill: OpenBLAS picked \(env[originalVariable] ?? "an older family") for this CPU, which supports \(CPUCapabilities.current.bestOpenBLASCore); the GEMM self-check passed"
         case "failed":
-            return "\(loaded), OpenBLAS's own choice: histodistill's choice was given up (\(env[reasonVariable] ?? "unknown reason"))"
+            return "OpenBLAS's own choice: histodistill's choice was given up (\(env[reasonVariable] ?? "unknown reason"))"
         default:
-            if let forced = env["OPENBLAS_CORETYPE"] { return "\(loaded), as OPENBLAS_CORETYPE=\(forced) in the environment asks" }
-            return "\(loaded), OpenBLAS's own choice for this CPU"
+            if let forced = env["OPENBLAS_CORETYPE"] { return "as OPENBLAS_CORETYPE=\(forced) in the environment asks" }
+            return "OpenBLAS's own choice for this CPU"
         }
     }
 
