@@ -4,15 +4,18 @@ import TensorCore
 
 /// Mean cross-entropy over labeled rows.
 public enum CrossEntropy {
-    /// Returns mean(-log softmax(logits)[label]) over rows whose label is >= 0 (negative = unlabeled, ignored),
-    /// and writes d(loss * scale)/d(logits) into `gradLogits` (overwritten; zero rows for unlabeled).
+    /// Returns mean(-Σ_j q_j log softmax(logits)_j) over rows whose label is >= 0 (negative = unlabeled, ignored),
+    /// with q = (1 - ε) one-hot(label) + ε / classes (ε = `labelSmoothing`; 0 is plain cross-entropy), as
+    /// `torch.nn.CrossEntropyLoss(label_smoothing=ε)`, and writes d(loss * scale)/d(logits) = (softmax - q) * scale / n
+    /// into `gradLogits` (overwritten; zero rows for unlabeled).
     /// - Parameters:
     ///   - logits: (n, classes).
     ///   - labels: n class indices in 0..<classes, or -1.
     public static func forwardBackward(
         logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>, n: Int, classes: Int,
-        gradLogits: UnsafeMutablePointer<Float>?, scale: Float = 1
+        gradLogits: UnsafeMutablePointer<Float>?, scale: Float = 1, labelSmoothing: Float = 0
     ) -> Float {
+        precondition(labelSmoothing >= 0 && labelSmoothing <= 1, "CrossEntropy: label smoothing \(labelSmoothing) is not in 0...1")
         var labeled = 0
         for i in 0..<n where labels[i] >= 0 {
             precondition(Int(labels[i]) < classes, "CrossEntropy: label \(labels[i]) of row \(i) is not below \(classes) classes")
@@ -23,14 +26,21 @@ public enum CrossEntropy {
         var total: Double = 0
         let logp = UnsafeMutablePointer<Float>.allocate(capacity: classes)
         defer { logp.deallocate() }
+        let uniform = labelSmoothing / Float(classes)
         for i in 0..<n where labels[i] >= 0 {
             LogSoftmax.forward(output: logp, input: logits + i * classes, rows: 1, cols: classes)
             let y = Int(labels[i])
-            total -= Double(logp[y])
+            if labelSmoothing == 0 {
+                total -= Double(logp[y])
+            } else {
+                var sum = 0.0
+                for j in 0..<classes { sum += Double(logp[j]) }
+                total -= Double(1 - labelSmoothing) * Double(logp[y]) + Double(uniform) * sum
+            }
             if let gradLogits {
                 let g = gradLogits + i * classes, k = scale / Float(labeled)
-                for j in 0..<classes { g[j] = Float.exp(logp[j]) * k }
-                g[y] -= k
+                for j in 0..<classes { g[j] = (Float.exp(logp[j]) - uniform) * k }
+                g[y] -= (1 - labelSmoothing) * k
             }
         }
         return Float(total / Double(labeled))
@@ -161,6 +171,8 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
     public var pixelNorm: PixelNorm
     /// Weight of the cross-entropy term on labeled tiles (0 disables it).
     public var crossEntropyWeight: Float
+    /// Label smoothing ε of the cross-entropy term (0: none).
+    public var labelSmoothing: Float = 0
 
     /// The paper's defaults: KD with T = 4 plus an L2 pixel term on the max-pooled teacher map, no labels.
     public init(kdWeight: Float = 1, temperature: Float = 4, pixelWeight: Float = 1, pixelResize: PixelResize = .maxpool,
@@ -204,7 +216,8 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
         }
         if crossEntropyWeight != 0, let labels {
             terms.crossEntropy = CrossEntropy.forwardBackward(logits: studentLogits, labels: labels, n: n, classes: classes,
-                                                              gradLogits: scratch, scale: crossEntropyWeight * crossEntropyScale)
+                                                              gradLogits: scratch, scale: crossEntropyWeight * crossEntropyScale,
+                                                              labelSmoothing: labelSmoothing)
             if crossEntropyScale != 1 { terms.crossEntropy *= crossEntropyScale }
             accumulate(gradLogits, scratch, count: n * classes)
         }

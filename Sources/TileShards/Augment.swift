@@ -1,6 +1,7 @@
 // Paired augmentation for distillation: the same flips, 90-degree rotation and colour jitter (torchvision
 // ColorJitter semantics) on the high-resolution tile, then the low-resolution tile by area downsampling of the
 // augmented one, then per-channel normalisation. Images are float CHW in [0, 1] until normalised.
+import Foundation
 import TensorCore
 
 /// Random augmentations and their ranges (torchvision ColorJitter: factors drawn from [max(0, 1 - x), 1 + x],
@@ -13,11 +14,14 @@ public struct AugmentOptions: Codable, Hashable, Sendable {
     public var contrast: Float
     public var saturation: Float
     public var hue: Float
+    /// HED stain jitter θ: each stain s' = α s + β, α ~ U(1 - θ, 1 + θ), β ~ U(-θ, θ) per channel (0: off).
+    public var hedJitter: Float = 0
 
     public init(horizontalFlip: Bool = true, verticalFlip: Bool = true, rotate90: Bool = true, brightness: Float = 0,
-                contrast: Float = 0, saturation: Float = 0, hue: Float = 0) {
+                contrast: Float = 0, saturation: Float = 0, hue: Float = 0, hedJitter: Float = 0) {
         self.horizontalFlip = horizontalFlip; self.verticalFlip = verticalFlip; self.rotate90 = rotate90
         self.brightness = brightness; self.contrast = contrast; self.saturation = saturation; self.hue = hue
+        self.hedJitter = hedJitter
     }
 
     /// No augmentation (evaluation).
@@ -96,6 +100,48 @@ public enum ColorOps {
     }
 }
 
+/// Colour deconvolution into haematoxylin, eosin and DAB (Ruifrok & Johnston 2001) as scikit-image's `rgb2hed` and
+/// `hed2rgb` compute it (RGB clamped to at least 1e-6, optical density divided by -log(1e-6), negative stains set to
+/// 0; back: exp of the stains times the stain vectors, clipped to [0, 1]), and the HED stain jitter of Tellez et al.
+/// 2018 on top of it.
+public enum HEDOps {
+    /// Rows: the RGB optical density of haematoxylin, eosin, DAB (skimage.color.rgb_from_hed).
+    static let rgbFromHED: [Double] = [0.65, 0.70, 0.29, 0.07, 0.99, 0.11, 0.27, 0.57, 0.78]
+    /// Its inverse (skimage.color.hed_from_rgb).
+    static let hedFromRGB: [Double] = {
+        let m = rgbFromHED
+        let det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6]) + m[2] * (m[3] * m[7] - m[4] * m[6])
+        return [(m[4] * m[8] - m[5] * m[7]) / det, (m[2] * m[7] - m[1] * m[8]) / det, (m[1] * m[5] - m[2] * m[4]) / det,
+                (m[5] * m[6] - m[3] * m[8]) / det, (m[0] * m[8] - m[2] * m[6]) / det, (m[2] * m[3] - m[0] * m[5]) / det,
+                (m[3] * m[7] - m[4] * m[6]) / det, (m[1] * m[6] - m[0] * m[7]) / det, (m[0] * m[4] - m[1] * m[3]) / det]
+    }()
+    static let logAdjust = Foundation.log(1e-6)
+
+    /// rgb2hed of one pixel in [0, 1].
+    public static func toHED(_ rgb: (Float, Float, Float)) -> (Float, Float, Float) {
+        let l = [rgb.0, rgb.1, rgb.2].map { Foundation.log(Double(max($0, 1e-6))) / logAdjust }
+        let m = hedFromRGB
+        func s(_ j: Int) -> Float { Float(max(0, l[0] * m[j] + l[1] * m[3 + j] + l[2] * m[6 + j])) }
+        return (s(0), s(1), s(2))
+    }
+
+    /// hed2rgb of one pixel.
+    public static func toRGB(_ hed: (Float, Float, Float)) -> (Float, Float, Float) {
+        let h = [Double(hed.0), Double(hed.1), Double(hed.2)], m = rgbFromHED
+        func c(_ j: Int) -> Float { Float(min(1, max(0, Foundation.exp((h[0] * m[j] + h[1] * m[3 + j] + h[2] * m[6 + j]) * logAdjust)))) }
+        return (c(0), c(1), c(2))
+    }
+
+    /// Every pixel of a float CHW image in [0, 1]: stains s' = alpha[k] * s + beta[k], back to RGB (in place).
+    public static func jitter(_ x: UnsafeMutablePointer<Float>, plane: Int, alpha: [Float], beta: [Float]) {
+        for i in 0..<plane {
+            let s = toHED((x[i], x[plane + i], x[2 * plane + i]))
+            let r = toRGB((s.0 * alpha[0] + beta[0], s.1 * alpha[1] + beta[1], s.2 * alpha[2] + beta[2]))
+            x[i] = r.0; x[plane + i] = r.1; x[2 * plane + i] = r.2
+        }
+    }
+}
+
 /// The random choices for one sample, drawn once and applied to the HR tile (the LR tile inherits them).
 public struct AugmentDraw: Equatable, Sendable {
     public var hflip = false, vflip = false
@@ -103,6 +149,8 @@ public struct AugmentDraw: Equatable, Sendable {
     /// Order of the colour adjustments: 0 brightness, 1 contrast, 2 saturation, 3 hue.
     public var order = [0, 1, 2, 3]
     public var brightness: Float?, contrast: Float?, saturation: Float?, hue: Float?
+    /// HED jitter factors and offsets per stain (nil: off).
+    public var hedAlpha: [Float]?, hedBeta: [Float]?
 
     public init() {}
 
@@ -118,6 +166,11 @@ public struct AugmentDraw: Equatable, Sendable {
         if options.contrast > 0 { contrast = g.uniform(max(0, 1 - options.contrast), 1 + options.contrast) }
         if options.saturation > 0 { saturation = g.uniform(max(0, 1 - options.saturation), 1 + options.saturation) }
         if options.hue > 0 { hue = g.uniform(-options.hue, options.hue) }
+        if options.hedJitter > 0 {   // drawn last: runs without it draw the same colour jitter as before
+            let t = options.hedJitter
+            hedAlpha = (0..<3).map { _ in g.uniform(1 - t, 1 + t) }
+            hedBeta = (0..<3).map { _ in g.uniform(-t, t) }
+        }
     }
 
     /// Applies the colour adjustments in `order` to a float CHW image.
@@ -130,6 +183,7 @@ public struct AugmentDraw: Equatable, Sendable {
             default: if let h = hue { ColorOps.hue(x, plane: plane, shift: h) }
             }
         }
+        if let a = hedAlpha, let b = hedBeta { HEDOps.jitter(x, plane: plane, alpha: a, beta: b) }
     }
 }
 

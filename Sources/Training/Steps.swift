@@ -67,10 +67,13 @@ public final class SupervisedStep: StepObjective {
     public let network: any ImageModel
     public var model: any Module { network }
     public var hasLabeledTerms: Bool { true }
+    /// Label smoothing ε (torch.nn.CrossEntropyLoss's `label_smoothing`).
+    public let labelSmoothing: Float
 
-    public init(model: any ImageModel) {
+    public init(model: any ImageModel, labelSmoothing: Float = 0) {
         precondition(model.classes > 0, "SupervisedStep: the model has no classifier")
         network = model
+        self.labelSmoothing = labelSmoothing
     }
 
     public func localGradients(_ input: StepInput) -> LossTerms {
@@ -81,7 +84,7 @@ public final class SupervisedStep: StepObjective {
         var grad = [Float](repeating: 0, count: input.count * classes)
         var terms = LossTerms()
         terms.total = CrossEntropy.forwardBackward(logits: out.logits!.data, labels: input.labels, n: input.count, classes: classes,
-                                                   gradLogits: &grad, scale: input.labeledScale)
+                                                   gradLogits: &grad, scale: input.labeledScale, labelSmoothing: labelSmoothing)
         if input.labeledScale != 1 { terms.total *= input.labeledScale }
         // A non-finite loss is caught after the reduction, on every rank alike; backward is harmless.
         grad.withUnsafeBufferPointer { network.backward(gradLogits: $0.baseAddress!, gradFeatureMap: nil, gradPooled: nil) }

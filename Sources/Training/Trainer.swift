@@ -224,11 +224,13 @@ public final class SupervisedTrainer {
             if trained.metadata.mean != config.mean || trained.metadata.std != config.std {
                 source = RenormalizingTeacher(source, from: (config.mean, config.std), to: (trained.metadata.mean, trained.metadata.std))
             }
-            stepper = DataParallelStep(objective: DistillationStep(student: network, teacher: source, objective: config.objective), group: group)
+            var objective = config.objective
+            objective.labelSmoothing = config.labelSmoothing
+            stepper = DataParallelStep(objective: DistillationStep(student: network, teacher: source, objective: objective), group: group)
         } else {
             teacher = nil
             teacherDigest = nil
-            stepper = DataParallelStep(objective: SupervisedStep(model: network), group: group)
+            stepper = DataParallelStep(objective: SupervisedStep(model: network, labelSmoothing: config.labelSmoothing), group: group)
         }
         store = runDirectory.checkpointStore(keep: config.keep)
         let classNames = train.classes.count == classes ? train.classes : train.classes + (train.classes.count..<classes).map { "class\($0)" }

@@ -1,4 +1,5 @@
 // The weighted distillation objective: terms, total and gradients are the weighted sums of the parts.
+import Foundation
 import Testing
 @testable import Layers
 @testable import TensorCore
@@ -25,5 +26,36 @@ struct ObjectiveTests {
         let kdGrad = ModelFixtures.floats("kd.kl.grad"), pxGrad = ModelFixtures.floats("kd.px.maxpool+bicubic.l1.grad")
         for i in 0..<20 { #expect(abs(gl[i] - (0.7 * kdGrad[i] + 0.5 * ce[i])) < 1e-6) }
         for i in 0..<gm.count { #expect(abs(gm[i] - 2 * pxGrad[i]) < 1e-6) }
+    }
+}
+
+@Suite("Label smoothing")
+struct LabelSmoothingTests {
+    @Test("cross-entropy with label smoothing ε: loss and gradient equal torch.nn.CrossEntropyLoss(label_smoothing=ε)'s definition, computed in Double; ε = 0 is plain cross-entropy; unlabeled rows ignored")
+    func smoothedCrossEntropy() {
+        let n = 5, c = 4
+        var g = SplitMix64(seed: 77)
+        let logits = (0..<(n * c)).map { _ in g.uniform(-3, 3) }
+        let labels: [Int32] = [2, -1, 0, 3, 1]
+        for eps in [Float(0), 0.1, 0.3] {
+            var grad = [Float](repeating: 9, count: n * c)
+            let loss = CrossEntropy.forwardBackward(logits: logits, labels: labels, n: n, classes: c, gradLogits: &grad, scale: 2, labelSmoothing: eps)
+            var expected = 0.0
+            var expectedGrad = [Double](repeating: 0, count: n * c)
+            let labeled = labels.filter { $0 >= 0 }.count
+            for i in 0..<n where labels[i] >= 0 {
+                let row = (0..<c).map { Double(logits[i * c + $0]) }
+                let m = row.max()!, z = row.map { exp($0 - m) }.reduce(0, +)
+                let logp = row.map { $0 - m - log(z) }
+                for j in 0..<c {
+                    let q = (j == Int(labels[i]) ? 1 - Double(eps) : 0) + Double(eps) / Double(c)
+                    expected -= q * logp[j] / Double(labeled)
+                    expectedGrad[i * c + j] = 2 * (exp(logp[j]) - q) / Double(labeled)
+                }
+            }
+            #expect(abs(Double(loss) - expected) < 1e-5, "ε \(eps): \(loss) vs \(expected)")
+            #expect(zip(grad, expectedGrad).allSatisfy { abs(Double($0) - $1) < 1e-6 }, "ε \(eps) gradient")
+            #expect(grad[c..<(2 * c)].allSatisfy { $0 == 0 }, "the unlabeled row has no gradient")
+        }
     }
 }

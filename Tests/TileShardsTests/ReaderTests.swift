@@ -281,3 +281,47 @@ struct BicubicLRTests {
         #expect(lr.allSatisfy { abs($0 - 128.0 / 255) < 1e-5 })
     }
 }
+
+@Suite("HED stain jitter")
+struct HEDTests {
+    nonisolated(unsafe) static let fixture: [String: Any] = {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/hed.json")
+        return (try? JSONSerialization.jsonObject(with: Data(contentsOf: url))) as? [String: Any] ?? [:]
+    }()
+    static func rows(_ key: String) -> [[Float]] { (fixture[key] as! [[Any]]).map { $0.map { ($0 as! NSNumber).floatValue } } }
+
+    @Test("rgb2hed and hed2rgb equal scikit-image's; RGB -> HED -> RGB round-trips H&E colours; the jitter equals skimage's hed2rgb(alpha * hed + beta)")
+    func againstScikitImage() {
+        let rgb = Self.rows("rgb"), hed = Self.rows("hed"), back = Self.rows("back"), jittered = Self.rows("jittered")
+        let alpha = (Self.fixture["alpha"] as! [Any]).map { ($0 as! NSNumber).floatValue }, beta = (Self.fixture["beta"] as! [Any]).map { ($0 as! NSNumber).floatValue }
+        for (i, c) in rgb.enumerated() {
+            let h = HEDOps.toHED((c[0], c[1], c[2]))
+            #expect(abs(h.0 - hed[i][0]) < 1e-5 && abs(h.1 - hed[i][1]) < 1e-5 && abs(h.2 - hed[i][2]) < 1e-5, "\(c): \(h) vs \(hed[i])")
+            let r = HEDOps.toRGB(h)
+            #expect(abs(r.0 - back[i][0]) < 1e-5 && abs(r.1 - back[i][1]) < 1e-5 && abs(r.2 - back[i][2]) < 1e-5, "\(c) back: \(r) vs \(back[i])")
+        }
+        // H&E colours (every stain positive) come back as they were.
+        for c in rgb.prefix(4) + [rgb[7]] {
+            let r = HEDOps.toRGB(HEDOps.toHED((c[0], c[1], c[2])))
+            #expect(abs(r.0 - c[0]) < 1e-5 && abs(r.1 - c[1]) < 1e-5 && abs(r.2 - c[2]) < 1e-5)
+        }
+        // The jitter over a CHW image of the fixture's colours.
+        let n = rgb.count
+        var chw = [Float](repeating: 0, count: 3 * n)
+        for (i, c) in rgb.enumerated() { chw[i] = c[0]; chw[n + i] = c[1]; chw[2 * n + i] = c[2] }
+        chw.withUnsafeMutableBufferPointer { HEDOps.jitter($0.baseAddress!, plane: n, alpha: alpha, beta: beta) }
+        for i in 0..<n {
+            #expect(abs(chw[i] - jittered[i][0]) < 1e-5 && abs(chw[n + i] - jittered[i][1]) < 1e-5 && abs(chw[2 * n + i] - jittered[i][2]) < 1e-5,
+                    "pixel \(i): \([chw[i], chw[n + i], chw[2 * n + i]]) vs \(jittered[i])")
+        }
+    }
+
+    @Test("the jitter is drawn after the colour jitter: draws without it are unchanged; with it, factors within 1 ± θ and offsets within ± θ")
+    func draws() {
+        var a = SplitMix64(seed: 5), b = SplitMix64(seed: 5)
+        let plain = AugmentDraw(AugmentOptions(brightness: 0.2, hue: 0.05), square: true, using: &a)
+        let stained = AugmentDraw(AugmentOptions(brightness: 0.2, hue: 0.05, hedJitter: 0.05), square: true, using: &b)
+        #expect(plain.brightness == stained.brightness && plain.hue == stained.hue && plain.order == stained.order && plain.hedAlpha == nil)
+        #expect(stained.hedAlpha!.allSatisfy { abs($0 - 1) <= 0.05 } && stained.hedBeta!.allSatisfy { abs($0) <= 0.05 })
+    }
+}
