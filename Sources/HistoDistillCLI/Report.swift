@@ -23,6 +23,8 @@ struct RunSummary {
     var labels: [Int]
     var report: ClassificationReport?
     var intervals: BootstrapIntervals?
+    /// The reliability diagram and expected calibration error of the predictions (nil without labeled ones).
+    var reliability: (bins: [Curves.Bin?], ece: Double)?
     /// Multiply-adds per tile of the model at its input size (nil for MIL heads).
     var macs: Int?
     var heatmaps: [URL]
@@ -42,7 +44,7 @@ struct RunSummary {
         }
         var summary = RunSummary(url: url, name: url.lastPathComponent, metadata: metadata, config: config, steps: steps, level: "tile",
                                  predictionsFile: nil, classes: metadata?.classes ?? [], probabilities: [], labels: [], report: nil,
-                                 intervals: nil, macs: nil, heatmaps: [])
+                                 intervals: nil, reliability: nil, macs: nil, heatmaps: [])
         if let m = metadata, let size = m.inputSize {
             summary.macs = ResNet(m.model, seed: 0).macs(resolution: size)
         }
@@ -64,6 +66,7 @@ struct RunSummary {
             if !summary.labels.isEmpty {
                 let k = summary.classes.count
                 summary.report = ClassificationReport.compute(probabilities: summary.probabilities, labels: summary.labels, classes: k)
+                summary.reliability = Curves.reliability(probabilities: summary.probabilities, labels: summary.labels)
                 if iterations > 0 {
                     summary.intervals = Bootstrap.intervals(probabilities: summary.probabilities, labels: summary.labels, classes: k,
                                                             iterations: iterations, seed: seed)
@@ -90,7 +93,7 @@ enum SVG {
         if v == 0 { return "0" }
         let a = abs(v)
         if a >= 1e4 || a < 1e-3 { return String(format: "%.1e", v) }
-        return String(format: a >= 100 ? "%.0f" : a >= 1 ? "%.3g" : "%.3g", v)
+        return String(format: a >= 100 ? "%.0f" : "%.3g", v)
     }
 
     /// "Nice" tick values covering lo...hi.
@@ -206,7 +209,7 @@ enum ReportPage {
             h += "<td>\(rep?.samples ?? 0)</td><td>\(rep.map { pct($0.accuracy) } ?? "–")</td><td>\(ci(r.intervals?.accuracy))</td>"
             h += "<td>\(rep.map { pct($0.balancedAccuracy) } ?? "–")</td><td>\(ci(r.intervals?.balancedAccuracy))</td>"
             h += "<td>\(rep?.macroAUC.map { String(format: "%.4f", $0) } ?? "–")</td>"
-            h += "<td>\(r.report == nil ? "–" : String(format: "%.4f", Curves.reliability(probabilities: r.probabilities, labels: r.labels).ece))</td></tr>"
+            h += "<td>\(r.reliability.map { String(format: "%.4f", $0.ece) } ?? "–")</td></tr>"
         }
         h += "</table>"
         let points = runs.compactMap { r -> (String, [(Double, Double)])? in
@@ -257,7 +260,7 @@ enum ReportPage {
             h += SVG.chart([("images/s", r.steps.map { (Double($0.step), $0.imagesPerSecond) })], x: "step", y: "images per second")
             h += "</div>"
         }
-        guard let rep = r.report else {
+        guard let rep = r.report, let rel = r.reliability else {
             return h + "<p class=\"note\">No labeled predictions in this run directory: run <code>histodistill evaluate --run \(SVG.escape(r.url.path))</code> (or <code>mil evaluate</code>) first.</p>"
         }
         // Metrics with intervals.
@@ -288,7 +291,6 @@ enum ReportPage {
         h += "<div><h3>ROC, one class vs rest (macro AUC \(rep.macroAUC.map { String(format: "%.3f", $0) } ?? "–"))</h3>"
         h += SVG.chart(roc, x: "false positive rate", y: "true positive rate", width: 360, height: 300, yRange: 0...1, xRange: 0...1, diagonal: true) + "</div>"
         h += "<div><h3>Precision-recall</h3>" + SVG.chart(pr, x: "recall", y: "precision", width: 360, height: 300, yRange: 0...1, xRange: 0...1) + "</div>"
-        let rel = Curves.reliability(probabilities: r.probabilities, labels: r.labels)
         let bins = rel.bins.compactMap { $0 }
         h += "<div><h3>Reliability (ECE \(String(format: "%.4f", rel.ece)), 15 bins)</h3>"
         h += SVG.chart([("accuracy per confidence bin", bins.map { ($0.confidence, $0.accuracy) })], x: "confidence (top probability)", y: "accuracy",

@@ -81,8 +81,13 @@ public enum KernelSelection {
 
     /// GEMM self-check: a 67 x 45 x 53 SGEMM with transposes (C = A Bᵀ, as the convolutions call it) against a
     /// Double reference; true when every element is within 1e-4 relative to the largest. Catches kernels that compute
-    /// wrong results on a CPU they were not built for.
-    public static func gemmSelfCheck() -> Bool {
+    /// wrong results on a CPU they were not built for. `multiply` is the GEMM under test (row-major, Float.gemm's
+    /// arguments); the loaded OpenBLAS by default.
+    public static func gemmSelfCheck(
+        multiply: (Bool, Bool, Int, Int, Int, Float, UnsafePointer<Float>, Int, UnsafePointer<Float>, Int, Float, UnsafeMutablePointer<Float>, Int) -> Void = {
+            Float.gemm(transA: $0, transB: $1, m: $2, n: $3, k: $4, alpha: $5, a: $6, lda: $7, b: $8, ldb: $9, beta: $10, c: $11, ldc: $12)
+        }
+    ) -> Bool {
         let m = 67, n = 45, k = 53
         var g = SplitMix64(seed: 0x5E1F)
         let a = (0..<(m * k)).map { _ in g.uniform(-1, 1) }, b = (0..<(n * k)).map { _ in g.uniform(-1, 1) }
@@ -90,8 +95,7 @@ public enum KernelSelection {
         a.withUnsafeBufferPointer { ap in
             b.withUnsafeBufferPointer { bp in
                 c.withUnsafeMutableBufferPointer { cp in
-                    Float.gemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: k,
-                               b: bp.baseAddress!, ldb: k, beta: 0, c: cp.baseAddress!, ldc: n)
+                    multiply(false, true, m, n, k, 1, ap.baseAddress!, k, bp.baseAddress!, k, 0, cp.baseAddress!, n)
                 }
             }
         }

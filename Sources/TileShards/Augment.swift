@@ -118,17 +118,20 @@ public enum HEDOps {
     static let logAdjust = Foundation.log(1e-6)
 
     /// rgb2hed of one pixel in [0, 1].
+    @inline(__always)
     public static func toHED(_ rgb: (Float, Float, Float)) -> (Float, Float, Float) {
-        let l = [rgb.0, rgb.1, rgb.2].map { Foundation.log(Double(max($0, 1e-6))) / logAdjust }
+        let l0 = Foundation.log(Double(max(rgb.0, 1e-6))) / logAdjust, l1 = Foundation.log(Double(max(rgb.1, 1e-6))) / logAdjust
+        let l2 = Foundation.log(Double(max(rgb.2, 1e-6))) / logAdjust
         let m = hedFromRGB
-        func s(_ j: Int) -> Float { Float(max(0, l[0] * m[j] + l[1] * m[3 + j] + l[2] * m[6 + j])) }
+        @inline(__always) func s(_ j: Int) -> Float { Float(max(0, l0 * m[j] + l1 * m[3 + j] + l2 * m[6 + j])) }
         return (s(0), s(1), s(2))
     }
 
     /// hed2rgb of one pixel.
+    @inline(__always)
     public static func toRGB(_ hed: (Float, Float, Float)) -> (Float, Float, Float) {
-        let h = [Double(hed.0), Double(hed.1), Double(hed.2)], m = rgbFromHED
-        func c(_ j: Int) -> Float { Float(min(1, max(0, Foundation.exp((h[0] * m[j] + h[1] * m[3 + j] + h[2] * m[6 + j]) * logAdjust)))) }
+        let h0 = Double(hed.0), h1 = Double(hed.1), h2 = Double(hed.2), m = rgbFromHED
+        @inline(__always) func c(_ j: Int) -> Float { Float(min(1, max(0, Foundation.exp((h0 * m[j] + h1 * m[3 + j] + h2 * m[6 + j]) * logAdjust)))) }
         return (c(0), c(1), c(2))
     }
 

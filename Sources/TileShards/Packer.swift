@@ -385,60 +385,68 @@ public enum Packer {
                 try w.finish(classes: plan.classes, filter: options.filter, zstdLevel: options.zstdLevel,
                              micronsPerPixel: mpp, magnification: magnification,
                              shardIndex: i, shardCount: writers.count, createdBy: options.createdBy, slideRecords: report.slides)
-                report.outputBytes += Int((try? FileManager.default.attributesOfItem(atPath: w.url.path)[.size] as? Int) ?? 0)
+                report.outputBytes += fileSize(w.url)
                 report.shards.append(w.url)
             }
         }
     }
 
-    /// Decodes and compresses `items` (images) in parallel, then writes them in order.
-    static func packImages(_ items: [PackItem], plan: PackPlan, options: PackOptions, compressors: [TileCompressor], into out: inout Output) throws {
-        let threads = compressors.count
-        nonisolated(unsafe) var results = [Result<([(TileRecord, [UInt8])], Int, ImageCodec.Decoded), ShardError>?](repeating: nil, count: items.count)
+    /// `body(k, worker)` for k in 0..<count on `threads` workers (worker w takes k = w, w + threads, ...), each result
+    /// or its error (any other error becomes a ShardError naming `what(k)`) kept at k, for writing in order.
+    static func inParallel<T>(_ count: Int, threads: Int, what: (Int) -> String,
+                              _ body: (Int, Int) throws -> T) -> [Result<T, ShardError>] {
+        nonisolated(unsafe) var results = [Result<T, ShardError>?](repeating: nil, count: count)
         results.withUnsafeMutableBufferPointer { res in
             nonisolated(unsafe) let res = res
-            DispatchQueue.concurrentPerform(iterations: threads) { t in
-                for k in stride(from: t, to: items.count, by: threads) {
-                    let item = items[k]
-                    let url = plan.url(of: item)
-                    do {
-                        let size = fileSize(url)
-                        var decoded = try ImageCodec.decodeFile(url)
-                        if options.applyOrientation { decoded.image = ImageCodec.oriented(decoded.image, decoded.orientation) }
-                        let image = decoded.image
-                        decoded.image = RGBImage(width: 0, height: 0, pixels: [])
-                        var tiles: [(TileRecord, [UInt8])] = []
-                        if let grid = options.grid {
-                            for (x, y, px, tissue) in grid.tiles(of: image) {
-                                let tile = TileRecord(pixels: px, width: grid.tileSize, height: grid.tileSize, label: item.label,
-                                                      slide: item.slide, x: Int32(x), y: Int32(y), source: item.relativePath, id: 0, tissue: tissue)
-                                tiles.append((tile, try compressors[t].compress(tile)))
+            withoutActuallyEscaping(body) { body in
+                withoutActuallyEscaping(what) { what in
+                    nonisolated(unsafe) let body = body, what = what
+                    DispatchQueue.concurrentPerform(iterations: threads) { t in
+                        for k in stride(from: t, to: count, by: threads) {
+                            do { res[k] = .success(try body(k, t)) } catch let e as ShardError { res[k] = .failure(e) } catch {
+                                res[k] = .failure(ShardError("\(what(k)): \(error)"))
                             }
-                        } else {
-                            guard image.width <= 65535 && image.height <= 65535 else {
-                                throw ShardError("\(url.path): \(image.width)x\(image.height) is too large for one tile; cut it on a grid with --tile-size")
-                            }
-                            let tile = TileRecord(pixels: image.pixels, width: image.width, height: image.height, label: item.label,
-                                                  slide: item.slide, source: item.relativePath, id: 0)
-                            tiles.append((tile, try compressors[t].compress(tile)))
                         }
-                        res[k] = .success((tiles, size, decoded))
-                    } catch let e as ShardError {
-                        res[k] = .failure(e)
-                    } catch {
-                        res[k] = .failure(ShardError("\(url.path): \(error)"))
                     }
                 }
             }
         }
+        return results.map { $0! }
+    }
+
+    /// Decodes and compresses `items` (images) in parallel, then writes them in order.
+    static func packImages(_ items: [PackItem], plan: PackPlan, options: PackOptions, compressors: [TileCompressor], into out: inout Output) throws {
+        let results = inParallel(items.count, threads: compressors.count, what: { plan.url(of: items[$0]).path }) { k, t in
+            let item = items[k]
+            let url = plan.url(of: item)
+            let size = fileSize(url)
+            let decoded = try ImageCodec.decodeFile(url)
+            let image = options.applyOrientation ? ImageCodec.oriented(decoded.image, decoded.orientation) : decoded.image
+            var tiles: [(TileRecord, [UInt8])] = []
+            if let grid = options.grid {
+                for (x, y, px, tissue) in grid.tiles(of: image) {
+                    let tile = TileRecord(pixels: px, width: grid.tileSize, height: grid.tileSize, label: item.label,
+                                          slide: item.slide, x: Int32(x), y: Int32(y), source: item.relativePath, id: 0, tissue: tissue)
+                    tiles.append((tile, try compressors[t].compress(tile)))
+                }
+            } else {
+                guard image.width <= 65535 && image.height <= 65535 else {
+                    throw ShardError("\(url.path): \(image.width)x\(image.height) is too large for one tile; cut it on a grid with --tile-size")
+                }
+                let tile = TileRecord(pixels: image.pixels, width: image.width, height: image.height, label: item.label,
+                                      slide: item.slide, source: item.relativePath, id: 0)
+                tiles.append((tile, try compressors[t].compress(tile)))
+            }
+            return (tiles: tiles, size: size, hadAlpha: decoded.hadAlpha, orientation: decoded.orientation)
+        }
         for r in results {
-            switch r! {
+            switch r {
             case .failure(let e): try out.skip(e.message)
-            case .success(let (tiles, size, decoded)):
-                out.report.inputBytes += size
-                if decoded.hadAlpha { out.report.alphaImages += 1 }
-                if decoded.orientation != 1 { out.report.orientedImages += 1 }
-                for (tile, frame) in tiles { try out.write(tile, frame: frame) }
+            case .success(let done):
+                out.report.inputBytes += done.size
+                if done.hadAlpha { out.report.alphaImages += 1 }
+                if done.orientation != 1 { out.report.orientedImages += 1 }
+                for (tile, frame) in done.tiles { try out.write(tile, frame: frame) }
             }
         }
     }
@@ -465,28 +473,16 @@ public enum Packer {
         var written = 0
         for start in stride(from: 0, to: kept.count, by: chunk) {
             let part = Array(kept[start..<min(start + chunk, kept.count)])
-            nonisolated(unsafe) var results = [Result<(TileRecord, [UInt8]), ShardError>?](repeating: nil, count: part.count)
-            results.withUnsafeMutableBufferPointer { res in
-                nonisolated(unsafe) let res = res
-                DispatchQueue.concurrentPerform(iterations: threads) { t in
-                    for k in stride(from: t, to: part.count, by: threads) {
-                        let p = part[k]
-                        do {
-                            let image = try slideGrid.slide.readScaled(x: p.x, y: p.y, extent: slideGrid.record.level0TileExtent, size: grid.tileSize)
-                            let tile = TileRecord(pixels: image.pixels, width: grid.tileSize, height: grid.tileSize, label: item.label,
-                                                  slide: item.slide, x: Int32(clamping: p.x), y: Int32(clamping: p.y), source: item.relativePath,
-                                                  id: 0, tissue: p.tissue)
-                            res[k] = .success((tile, try compressors[t].compress(tile)))
-                        } catch let e as ShardError {
-                            res[k] = .failure(e)
-                        } catch {
-                            res[k] = .failure(ShardError("\(url.path): \(error)"))
-                        }
-                    }
-                }
+            let results = inParallel(part.count, threads: threads, what: { _ in url.path }) { k, t in
+                let p = part[k]
+                let image = try slideGrid.slide.readScaled(x: p.x, y: p.y, extent: slideGrid.record.level0TileExtent, size: grid.tileSize)
+                let tile = TileRecord(pixels: image.pixels, width: grid.tileSize, height: grid.tileSize, label: item.label,
+                                      slide: item.slide, x: Int32(clamping: p.x), y: Int32(clamping: p.y), source: item.relativePath,
+                                      id: 0, tissue: p.tissue)
+                return (tile, try compressors[t].compress(tile))
             }
             for r in results {
-                switch r! {
+                switch r {
                 case .failure(let e):
                     record.keptTiles = written
                     if written > 0 { out.report.slides[item.slide] = record }

@@ -2,6 +2,7 @@
 import Foundation
 import Testing
 @testable import Training
+import TileShards
 
 @Suite("Metrics")
 struct MetricsTests {
@@ -103,5 +104,26 @@ struct ReportStatisticsTests {
             }
         }
         #expect(abs(rel.ece - (ref["ece"] as! NSNumber).doubleValue) < 1e-12)
+    }
+}
+
+@Suite("CSV outputs")
+struct CSVOutputTests {
+    @Test("predictions.csv and slides.csv keep class and slide names with commas and quotes as one field each")
+    func commasSurvive() throws {
+        var p = Predictions()
+        p.ids = [7]; p.slides = ["case 1, block \"A\""]; p.labels = [1]; p.probabilities = [[0.25, 0.75]]
+        let classes = ["benign", "tumor, grade 2"]
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-csv-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tiles = dir.appendingPathComponent("predictions.csv")
+        try p.csv(classes: classes).write(to: tiles, atomically: true, encoding: .utf8)
+        #expect(try CSVTable.read(tiles).map(\.fields) == [["tile_id", "slide", "label", "predicted", "p_benign", "p_tumor, grade 2"],
+                                                           ["7", "case 1, block \"A\"", "tumor, grade 2", "tumor, grade 2", "0.250000", "0.750000"]])
+        let slides = dir.appendingPathComponent("slides.csv")
+        let s = SlidePrediction(slide: "case 1, block \"A\"", label: 0, probabilities: [0.9, 0.1], attention: [1], x: [0], y: [0])
+        try SlidePrediction.slidesCSV([s], classes: classes).write(to: slides, atomically: true, encoding: .utf8)
+        #expect(try CSVTable.read(slides).map(\.fields)[1] == ["case 1, block \"A\"", "benign", "benign", "0.900000", "0.100000"])
     }
 }

@@ -38,8 +38,17 @@ struct KernelSelectionTests {
                 == .restart(["OPENBLAS_CORETYPE": "Haswell", auto: "1", tried: "Haswell", KernelSelection.originalVariable: "Prescott"]))
     }
 
-    @Test("the GEMM self-check passes with the kernels in use")
+    @Test("the GEMM self-check passes with the kernels in use and fails with a GEMM that computes wrong results")
     func selfCheck() {
         #expect(KernelSelection.gemmSelfCheck())
+        // B read untransposed: a wrong product of the right shape.
+        #expect(!KernelSelection.gemmSelfCheck { ta, _, m, n, k, al, a, lda, b, _, be, c, ldc in
+            Float.gemm(transA: ta, transB: false, m: m, n: n, k: k, alpha: al, a: a, lda: lda, b: b, ldb: n, beta: be, c: c, ldc: ldc)
+        })
+        // One element off by 1%.
+        #expect(!KernelSelection.gemmSelfCheck { ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc in
+            Float.gemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: al, a: a, lda: lda, b: b, ldb: ldb, beta: be, c: c, ldc: ldc)
+            c[7] += 0.01 * max(1, abs(c[7]))
+        })
     }
 }

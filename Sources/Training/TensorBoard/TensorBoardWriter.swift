@@ -87,7 +87,8 @@ public final class TensorBoardWriter {
 
     deinit { try? handle.close() }
 
-    /// One event at `step` holding every scalar (tag, value), flushed to disk.
+    /// One event at `step` holding every scalar (tag, value), written through to the file (no fsync: this runs every
+    /// training step, like the metrics.jsonl line beside it).
     public func add(step: Int, scalars: [(String, Float)], wallTime: Double = Date().timeIntervalSince1970) throws {
         var event = Tensorboard_Event()
         event.wallTime = wallTime
@@ -105,7 +106,6 @@ public final class TensorBoardWriter {
 
     private func write(_ event: Tensorboard_Event) throws {
         try handle.write(contentsOf: TFRecord.frame(try event.serializedData()))
-        try handle.synchronize()
     }
 
     /// The scalars of an event file, as (tag, step, value), in file order.
