@@ -104,7 +104,7 @@ struct Export: ParsableCommand {
             }
             let rgb = try dataset.readers[a.shard].tile(a.index)
             var g = SplitMix64.stream(seed, UInt64(t))
-            let draw = AugmentDraw(options, square: w == h, using: &g)
+            let draw = AugmentDraw(options, square: w == h, width: w, height: h, using: &g)
             var hr = [Float](repeating: 0, count: 3 * w * h), lr = [Float](repeating: 0, count: 3 * (w / factor) * (h / factor))
             rgb.withUnsafeBufferPointer { transform.apply(rgb: $0.baseAddress!, width: w, height: h, draw: draw, hr: &hr, lr: &lr) }
             // HR on the left, LR repeated factor x factor on the right.

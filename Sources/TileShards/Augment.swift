@@ -16,12 +16,26 @@ public struct AugmentOptions: Codable, Hashable, Sendable {
     public var hue: Float
     /// HED stain jitter θ: each stain s' = α s + β, α ~ U(1 - θ, 1 + θ), β ~ U(-θ, θ) per channel (0: off).
     public var hedJitter: Float = 0
+    /// Random resized crop: the smallest share of the tile's area a crop keeps (torchvision RandomResizedCrop
+    /// scale = (this, 1), ratio = (3/4, 4/3)), resized back to the tile's size; 1: off.
+    public var cropScale: Float = 1
+    /// Gaussian blur: the probability a tile is blurred (0: off) and the largest σ in pixels (σ ~ U(0.1, this),
+    /// torchvision GaussianBlur's sigma range).
+    public var blurProbability: Float = 0
+    public var blurSigma: Float = 1
 
     public init(horizontalFlip: Bool = true, verticalFlip: Bool = true, rotate90: Bool = true, brightness: Float = 0,
-                contrast: Float = 0, saturation: Float = 0, hue: Float = 0, hedJitter: Float = 0) {
+                contrast: Float = 0, saturation: Float = 0, hue: Float = 0, hedJitter: Float = 0, cropScale: Float = 1,
+                blurProbability: Float = 0, blurSigma: Float = 1) {
         self.horizontalFlip = horizontalFlip; self.verticalFlip = verticalFlip; self.rotate90 = rotate90
         self.brightness = brightness; self.contrast = contrast; self.saturation = saturation; self.hue = hue
-        self.hedJitter = hedJitter
+        self.hedJitter = hedJitter; self.cropScale = cropScale; self.blurProbability = blurProbability; self.blurSigma = blurSigma
+    }
+
+    /// The blur kernel's size for `blurSigma`: 2 ceil(3 σ) + 1 (odd), at most `2 edge - 1` so that reflect
+    /// padding fits a tile of `edge` pixels.
+    public func blurKernelSize(edge: Int) -> Int {
+        min(2 * Int((3 * blurSigma).rounded(.up)) + 1, max(1, 2 * edge - 1))
     }
 
     /// No augmentation (evaluation).
@@ -154,11 +168,17 @@ public struct AugmentDraw: Equatable, Sendable {
     public var brightness: Float?, contrast: Float?, saturation: Float?, hue: Float?
     /// HED jitter factors and offsets per stain (nil: off).
     public var hedAlpha: [Float]?, hedBeta: [Float]?
+    /// The random resized crop's box in the (flipped and rotated) tile, or nil.
+    public var crop: CropBox?
+    /// The Gaussian blur's σ in pixels and kernel size, or nil when this tile is not blurred.
+    public var blurSigma: Float?
+    public var blurKernel = 0
 
     public init() {}
 
-    /// Draws the parameters for `options` from `g` (square tiles allow 90-degree rotations).
-    public init(_ options: AugmentOptions, square: Bool, using g: inout SplitMix64) {
+    /// Draws the parameters for `options` from `g` (square tiles allow 90-degree rotations); the crop and the
+    /// blur need the tile's `width` and `height`.
+    public init(_ options: AugmentOptions, square: Bool, width: Int = 0, height: Int = 0, using g: inout SplitMix64) {
         if options.horizontalFlip { hflip = g.next() & 1 == 1 }
         if options.verticalFlip { vflip = g.next() & 1 == 1 }
         if options.rotate90 { rotations = square ? Int(g.next() % 4) : 0 }
@@ -173,6 +193,17 @@ public struct AugmentDraw: Equatable, Sendable {
             let t = options.hedJitter
             hedAlpha = (0..<3).map { _ in g.uniform(1 - t, 1 + t) }
             hedBeta = (0..<3).map { _ in g.uniform(-t, t) }
+        }
+        // Drawn after everything above, so runs without them draw the same as before.
+        if options.cropScale < 1 && width > 0 && height > 0 {
+            crop = CropBox.random(width: width, height: height, scale: (options.cropScale, 1), ratio: (3.0 / 4, 4.0 / 3), using: &g)
+        }
+        if options.blurProbability > 0 && width > 0 {
+            let u: Float = g.uniform(0, 1), sigma: Float = g.uniform(0.1, max(0.1, options.blurSigma))
+            if u < options.blurProbability {
+                blurSigma = sigma
+                blurKernel = options.blurKernelSize(edge: min(width, height))
+            }
         }
     }
 
@@ -246,7 +277,9 @@ public struct PairedTransform: Sendable {
                 }
             }
         }
+        if let box = draw.crop { box.resize(hr, width: width, height: height) }
         draw.applyColor(hr, plane: plane)
+        if let sigma = draw.blurSigma { GaussianBlur.apply(hr, width: width, height: height, kernelSize: draw.blurKernel, sigma: sigma) }
         if let lr {
             if let b = bicubicSize {
                 BicubicResize.forward(output: lr, input: hr, shape: NCHW(1, 3, height, width), outH: b, outW: b)
@@ -286,6 +319,108 @@ public enum AreaDownsample {
                         for dx in 0..<f { s += row[dx] }
                     }
                     dst[oy * ow + ox] = s * inv
+                }
+            }
+        }
+    }
+}
+
+/// A crop box (top-left corner and size, in pixels) of torchvision's `RandomResizedCrop`.
+public struct CropBox: Equatable, Sendable {
+    public var top: Int, left: Int, height: Int, width: Int
+
+    public init(top: Int, left: Int, height: Int, width: Int) {
+        self.top = top; self.left = left; self.height = height; self.width = width
+    }
+
+    /// torchvision's `RandomResizedCrop.get_params`: up to 10 tries of an area share in `scale` and a log-uniform
+    /// aspect ratio in `ratio` that fit the image, else the central crop clamped to the ratio range.
+    public static func random(width: Int, height: Int, scale: (Float, Float), ratio: (Float, Float), using g: inout SplitMix64) -> CropBox {
+        let area = Float(width * height)
+        let logRatio = (Foundation.log(ratio.0), Foundation.log(ratio.1))
+        for _ in 0..<10 {
+            let target = area * g.uniform(scale.0, scale.1)
+            let aspect = Foundation.exp(g.uniform(logRatio.0, logRatio.1))
+            let w = Int((target * aspect).squareRoot().rounded()), h = Int((target / aspect).squareRoot().rounded())
+            if w > 0 && w <= width && h > 0 && h <= height {
+                let top = Int(g.next() % UInt64(height - h + 1)), left = Int(g.next() % UInt64(width - w + 1))
+                return CropBox(top: top, left: left, height: h, width: w)
+            }
+        }
+        let inRatio = Float(width) / Float(height)
+        var w = width, h = height
+        if inRatio < ratio.0 { h = Int((Float(w) / ratio.0).rounded()) } else if inRatio > ratio.1 { w = Int((Float(h) * ratio.1).rounded()) }
+        return CropBox(top: (height - h) / 2, left: (width - w) / 2, height: h, width: w)
+    }
+
+    /// Replaces a float CHW image (3, height, width) by this box of it resized to height x width, bilinear with
+    /// align_corners=False (torch.nn.functional.interpolate; the box is never larger than the image, so this is
+    /// an enlargement and antialiasing changes nothing).
+    public func resize(_ x: UnsafeMutablePointer<Float>, width outW: Int, height outH: Int) {
+        let plane = outW * outH
+        let source = [Float](UnsafeBufferPointer(start: x, count: 3 * plane))
+        // Source index and weight per output column and row (torch's area_pixel_compute_source_index, linear).
+        func taps(_ out: Int, _ inSize: Int, _ offset: Int) -> [(Int, Int, Float)] {
+            let scale = Float(inSize) / Float(out)
+            return (0..<out).map { d in
+                let src = max(0, (Float(d) + 0.5) * scale - 0.5)
+                let i0 = min(Int(src), inSize - 1), i1 = min(i0 + 1, inSize - 1)
+                return (offset + i0, offset + i1, src - Float(i0))
+            }
+        }
+        let xs = taps(outW, width, left), ys = taps(outH, height, top)
+        source.withUnsafeBufferPointer { s in
+            for c in 0..<3 {
+                let src = s.baseAddress! + c * plane, dst = x + c * plane
+                for (oy, (y0, y1, ly)) in ys.enumerated() {
+                    let r0 = src + y0 * outW, r1 = src + y1 * outW
+                    for (ox, (x0, x1, lx)) in xs.enumerated() {
+                        let top = r0[x0] + lx * (r0[x1] - r0[x0]), bottom = r1[x0] + lx * (r1[x1] - r1[x0])
+                        dst[oy * outW + ox] = top + ly * (bottom - top)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// torchvision's `gaussian_blur` on a float CHW image (in place): a normalised Gaussian of `kernelSize` taps
+/// (x = -k/2 ... k/2, weight exp(-x²/2σ²)), reflect padding, applied along rows then columns.
+public enum GaussianBlur {
+    public static func kernel(size: Int, sigma: Float) -> [Float] {
+        let half = Float(size - 1) / 2
+        let pdf = (0..<size).map { Foundation.exp(-0.5 * ((Float($0) - half) / sigma) * ((Float($0) - half) / sigma)) }
+        let sum = pdf.reduce(0, +)
+        return pdf.map { $0 / sum }
+    }
+
+    /// Reflect padding's source index (torch "reflect": the edge pixel is not repeated).
+    @inline(__always) static func reflect(_ i: Int, _ n: Int) -> Int {
+        guard n > 1 else { return 0 }
+        var i = i
+        while i < 0 || i >= n { i = i < 0 ? -i : 2 * (n - 1) - i }
+        return i
+    }
+
+    public static func apply(_ x: UnsafeMutablePointer<Float>, width: Int, height: Int, kernelSize: Int, sigma: Float) {
+        let k = kernel(size: kernelSize, sigma: sigma), r = kernelSize / 2, plane = width * height
+        var row = [Float](repeating: 0, count: max(width, height) + 2 * r)
+        for c in 0..<3 {
+            let p = x + c * plane
+            for y in 0..<height {
+                for i in 0..<(width + 2 * r) { row[i] = p[y * width + reflect(i - r, width)] }
+                for xx in 0..<width {
+                    var s: Float = 0
+                    for t in 0..<kernelSize { s += k[t] * row[xx + t] }
+                    p[y * width + xx] = s
+                }
+            }
+            for xx in 0..<width {
+                for i in 0..<(height + 2 * r) { row[i] = p[reflect(i - r, height) * width + xx] }
+                for y in 0..<height {
+                    var s: Float = 0
+                    for t in 0..<kernelSize { s += k[t] * row[y + t] }
+                    p[y * width + xx] = s
                 }
             }
         }

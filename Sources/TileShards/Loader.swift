@@ -116,7 +116,7 @@ public struct BatchMaker: @unchecked Sendable {
                                 continue
                             }
                             var g = SplitMix64.stream(seed, 0xA06, UInt64(plan.epoch), UInt64(positions[j]))
-                            let draw = AugmentDraw(transform.augment, square: true, using: &g)
+                            let draw = AugmentDraw(transform.augment, square: true, width: s, height: s, using: &g)
                             rgb.withUnsafeBufferPointer {
                                 transform.apply(rgb: $0.baseAddress!, width: s, height: s, draw: draw, hr: hrp + j * hrSize,
                                                 lr: lrp.map { $0 + j * lrSize })

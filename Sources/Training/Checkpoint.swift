@@ -30,11 +30,14 @@ public struct CheckpointState: Codable, Equatable, Sendable {
     public var trainShards: ShardSetIdentity?
     /// Digest of the teacher's weights file (distillation); nil otherwise and in older checkpoints.
     public var teacherWeights: String?
+    /// Updates of the weights' moving average (`train.ema_decay`) so far; nil without one and in older checkpoints.
+    public var emaUpdates: Int?
 
     public init(step: Int, cursor: DataCursor, seed: UInt64, worldSize: Int, config: String, writer: String, bestMetric: Double? = nil,
-                trainShards: ShardSetIdentity? = nil, teacherWeights: String? = nil) {
+                trainShards: ShardSetIdentity? = nil, teacherWeights: String? = nil, emaUpdates: Int? = nil) {
         self.step = step; self.cursor = cursor; self.seed = seed; self.worldSize = worldSize; self.config = config
         self.writer = writer; self.bestMetric = bestMetric; self.trainShards = trainShards; self.teacherWeights = teacherWeights
+        self.emaUpdates = emaUpdates
     }
 }
 

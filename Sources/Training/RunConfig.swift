@@ -56,6 +56,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var batchSize = 32
     /// Cross-entropy label smoothing ε (0: none).
     public var labelSmoothing: Float = 0
+    /// Decay of the exponential moving average of the weights kept as the evaluated model (0: none).
+    public var emaDecay: Float = 0
     public var checkpointEvery = 100
     /// Validate every this many steps (and at each epoch end); nil: at each epoch end only.
     public var valEvery: Int?
@@ -193,12 +195,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
         func bad(_ key: String, _ why: String) -> ConfigError { ConfigError("\(source): \(key) \(why)") }
         if trainShards.isEmpty { throw bad("data.train", "is required: a directory of .shard files (make one with `histodistill pack`)") }
         if !(0...1).contains(labelSmoothing) { throw bad("train.label_smoothing", "must be in 0...1 (0.1 is usual), got \(labelSmoothing)") }
+        if !(emaDecay >= 0 && emaDecay < 1) { throw bad("train.ema_decay", "must be in [0, 1) (0 off; 0.999 averages over about 1,000 steps), got \(emaDecay)") }
         if !(0...1).contains(minTissue) { throw bad("data.min_tissue", "must be a fraction in 0...1, got \(minTissue)") }
         if ![1, 2, 4, 8, 16].contains(inputFactor) { throw bad("data.input_factor", "must be 1, 2, 4, 8 or 16, got \(inputFactor)") }
         if mean.count != 3 || std.count != 3 || std.contains(where: { $0 <= 0 }) { throw bad("data.mean/std", "need 3 values each, std > 0 (see `histodistill stats`)") }
         if workers < 1 { throw bad("data.workers", "must be at least 1") }
         if !(0...0.5).contains(augment.hue) { throw bad("augment.hue", "must be in 0...0.5 (torchvision ColorJitter), got \(augment.hue)") }
         if !(0...0.5).contains(augment.hedJitter) { throw bad("augment.hed_jitter", "must be in 0...0.5 (0.02-0.05 is usual), got \(augment.hedJitter)") }
+        if !(augment.cropScale > 0 && augment.cropScale <= 1) { throw bad("augment.crop_scale", "must be in (0, 1] (1 off; 0.5 keeps at least half the tile's area), got \(augment.cropScale)") }
+        if !(0...1).contains(augment.blurProbability) { throw bad("augment.blur_probability", "must be in 0...1 (0 off), got \(augment.blurProbability)") }
+        if !(augment.blurSigma >= 0.1 && augment.blurSigma <= 16) { throw bad("augment.blur_sigma", "must be in 0.1...16 pixels (1-2 is usual), got \(augment.blurSigma)") }
         for (k, v) in [("brightness", augment.brightness), ("contrast", augment.contrast), ("saturation", augment.saturation)] where !(v >= 0) {
             throw bad("augment.\(k)", "must be 0 or positive, got \(v)")
         }

@@ -118,10 +118,13 @@ public struct RunDirectory: Sendable {
     public func checkpointStore(keep: Int = 3) -> CheckpointStore { CheckpointStore(directory: checkpoints, keep: keep) }
 
     /// The weights a trained run is used with: best.safetensors (best validation accuracy), else the newest
-    /// complete checkpoint's model (a run trained without validation); nil when it has neither.
+    /// complete checkpoint's moving average (`ema.safetensors`, runs with `train.ema_decay`) or model (a run
+    /// trained without validation); nil when it has neither.
     public func preferredWeights() -> URL? {
         if FileManager.default.fileExists(atPath: bestWeights.path) { return bestWeights }
-        return checkpointStore().newest()?.appendingPathComponent("model.safetensors")
+        guard let newest = checkpointStore().newest() else { return nil }
+        let ema = newest.appendingPathComponent("ema.safetensors")
+        return FileManager.default.fileExists(atPath: ema.path) ? ema : newest.appendingPathComponent("model.safetensors")
     }
 
     /// The run's config with its paths resolved (see the path rule).

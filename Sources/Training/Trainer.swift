@@ -125,6 +125,12 @@ public final class SupervisedTrainer {
     var lock: RunLock?
     /// Warnings found while opening the data (shard sets at different µm/px), shown when the run starts.
     public let notes: [String]
+    /// The moving average of the weights (`train.ema_decay`), or nil.
+    public let ema: WeightEMA?
+    /// The model validated and kept as best.safetensors: the moving average when there is one, else the model.
+    public var evaluatedModel: any ImageModel { ema?.model ?? model }
+    /// The moving average as a further part of every checkpoint.
+    var checkpointParts: [CheckpointPart] { ema.map { [CheckpointPart(name: "ema", model: $0.model, optimizer: nil)] } ?? [] }
 
     /// The µm/px each part of `d` records: "data.train" for labeled shards, "data.unlabeled" for unlabeled ones.
     static func scales(_ d: ShardDataset, name: String = "data.train") -> [(String, Double)] {
@@ -184,6 +190,7 @@ public final class SupervisedTrainer {
         guard problems.isEmpty else { throw TrainingError("model: " + problems.joined(separator: "; ")) }
         let network = ResNet(mc, seed: config.seed)
         model = network
+        ema = config.emaDecay > 0 ? WeightEMA(decay: config.emaDecay, shadow: ResNet(mc, seed: config.seed), source: network) : nil
         optimizer = Optimizer(config.optimizerKind, count: model.parameterCount)
         runDirectory = RunDirectory(path: config.output)
         if let teacherRun = config.teacherRun {
@@ -267,11 +274,16 @@ public final class SupervisedTrainer {
         // weights, optimizer state and running statistics, so all ranks start identical.
         let start = try group.onCoordinator { () throws -> StartPoint in
             let (lock, state, checkpoint) = try RunStart.begin(runDirectory, store: store, resume: resume, model: model, optimizer: optimizer,
-                                                               check: checkResume, describe: { try runDirectory.write(config: config, metadata: metadata) })
+                                                               parts: checkpointParts, check: checkResume, describe: { try runDirectory.write(config: config, metadata: metadata) })
             self.lock = lock
             return StartPoint(state: state, checkpoint: checkpoint?.lastPathComponent)
         }
         try stepper.broadcastState(optimizer: optimizer)
+        if let ema {
+            try DataParallelStep.broadcastState(of: ema.model, optimizer: nil, group: group)
+            // A checkpoint written before the average was kept: it starts again from the weights (first update copies).
+            ema.updates = start.state.map { $0.emaUpdates ?? 0 } ?? 0
+        }
         var step = start.state?.step ?? 0
         var cursor = start.state?.cursor ?? DataCursor()
         var best = start.state?.bestMetric
@@ -344,6 +356,7 @@ public final class SupervisedTrainer {
                 if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
                 throw TrainingError(message)
             }
+            if global.count > 0 { ema?.update(from: model) }
             step += 1
             cursor = cursor.advanced(globalBatch: config.batchSize, steps: stepsPerEpoch)
             let distilling = teacher != nil
@@ -361,7 +374,9 @@ public final class SupervisedTrainer {
                     best = acc
                     bestStep = step
                     if group.isCoordinator {
-                        try model.saveWeights(to: runDirectory.bestWeights, metadata: metadata.safetensorsMetadata.merging(["step": "\(step)", "val_accuracy": "\(acc)"]) { $1 })
+                        var extra = ["step": "\(step)", "val_accuracy": "\(acc)"]
+                        if let ema { extra["ema_decay"] = "\(ema.decay)"; extra["ema_updates"] = "\(ema.updates)" }
+                        try evaluatedModel.saveWeights(to: runDirectory.bestWeights, metadata: metadata.safetensorsMetadata.merging(extra) { $1 })
                     }
                 }
             }
@@ -374,7 +389,8 @@ public final class SupervisedTrainer {
                     try store.save(model: model, optimizer: optimizer,
                                    state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
                                                           writer: writer, bestMetric: best, trainShards: metadata.trainShards,
-                                                          teacherWeights: teacherDigest), metadata: metadata.safetensorsMetadata)
+                                                          teacherWeights: teacherDigest, emaUpdates: ema?.updates), metadata: metadata.safetensorsMetadata,
+                                   parts: checkpointParts)
                 }
                 // Nobody leaves before the checkpoint exists (a preempted job must find it on restart).
                 if stopping || step == stopAt { try group.barrier() }
@@ -393,7 +409,7 @@ public final class SupervisedTrainer {
     /// contiguous share of the tiles and the counts summed over ranks; nil when no tile has a label.
     public func validate(_ dataset: ShardDataset) throws -> (Double, Double)? {
         let share = (dataset.count * group.rank / group.size)..<(dataset.count * (group.rank + 1) / group.size)
-        let p = try Inference.run(model: model, dataset: dataset, settings: InferenceSettings(config), range: share)
+        let p = try Inference.run(model: evaluatedModel, dataset: dataset, settings: InferenceSettings(config), range: share)
         var correct = 0
         for (probs, label) in zip(p.probabilities, p.labels) where label >= 0 {
             if probs.indices.max(by: { probs[$0] < probs[$1] }) == Int(label) { correct += 1 }

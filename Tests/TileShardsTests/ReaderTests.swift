@@ -325,3 +325,93 @@ struct HEDTests {
         #expect(stained.hedAlpha!.allSatisfy { abs($0 - 1) <= 0.05 } && stained.hedBeta!.allSatisfy { abs($0) <= 0.05 })
     }
 }
+
+@Suite("Random resized crop and Gaussian blur")
+struct CropBlurTests {
+    nonisolated(unsafe) static let fixture: [String: Any] = {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/crop_blur.json")
+        return (try? JSONSerialization.jsonObject(with: Data(contentsOf: url))) as? [String: Any] ?? [:]
+    }()
+    static func floats(_ v: Any?) -> [Float] { (v as! [Any]).map { ($0 as! NSNumber).floatValue } }
+    static func cases(_ key: String) -> [[String: Any]] { fixture[key] as! [[String: Any]] }
+
+    @Test("the crop resized back equals torchvision's resized_crop (bilinear, antialias) for every box, on a 16 x 12 image")
+    func cropAgainstTorchvision() {
+        let image = Self.floats(Self.fixture["image"]), w = 16, h = 12
+        #expect(Self.cases("crops").count == 5)
+        for c in Self.cases("crops") {
+            let b = (c["box"] as! [Any]).map { ($0 as! NSNumber).intValue }, want = Self.floats(c["out"])
+            var x = image
+            x.withUnsafeMutableBufferPointer { CropBox(top: b[0], left: b[1], height: b[2], width: b[3]).resize($0.baseAddress!, width: w, height: h) }
+            let worst = zip(x, want).map { abs($0 - $1) }.max()!
+            #expect(worst < 1e-5, "box \(b): largest difference \(worst)")
+        }
+    }
+
+    @Test("the blur equals torchvision's gaussian_blur (reflect padding) for kernels 3 to 13 and sigmas 0.5 to 2")
+    func blurAgainstTorchvision() {
+        let image = Self.floats(Self.fixture["image"])
+        #expect(Self.cases("blurs").count == 4)
+        for c in Self.cases("blurs") {
+            let k = (c["kernel"] as! NSNumber).intValue, sigma = (c["sigma"] as! NSNumber).floatValue, want = Self.floats(c["out"])
+            var x = image
+            x.withUnsafeMutableBufferPointer { GaussianBlur.apply($0.baseAddress!, width: 16, height: 12, kernelSize: k, sigma: sigma) }
+            let worst = zip(x, want).map { abs($0 - $1) }.max()!
+            #expect(worst < 1e-5, "kernel \(k), sigma \(sigma): largest difference \(worst)")
+        }
+    }
+
+    @Test("crop boxes follow RandomResizedCrop.get_params: area share in scale, ratio in (3/4, 4/3), inside the tile; the central fallback")
+    func cropBoxes() {
+        var g = SplitMix64(seed: 11)
+        var smallest: Float = 1
+        for _ in 0..<2000 {
+            let b = CropBox.random(width: 224, height: 224, scale: (0.3, 1), ratio: (3.0 / 4, 4.0 / 3), using: &g)
+            let share = Float(b.width * b.height) / Float(224 * 224), ratio = Float(b.width) / Float(b.height)
+            smallest = min(smallest, share)
+            #expect(b.top >= 0 && b.left >= 0 && b.top + b.height <= 224 && b.left + b.width <= 224)
+            #expect(share >= 0.3 - 0.01 && share <= 1, "share \(share)")
+            #expect(ratio >= 0.75 * 0.98 && ratio <= 4.0 / 3 * 1.02, "ratio \(ratio)")
+        }
+        #expect(smallest < 0.35, "small crops are drawn too")
+        // A 100 x 10 strip cannot hold a crop of ratio at most 4/3 with 99.9% of its area: the central fallback,
+        // clamped to the largest ratio (torchvision: h = 10, w = round(10 * 4/3)).
+        let fallback = CropBox.random(width: 100, height: 10, scale: (0.999, 1), ratio: (3.0 / 4, 4.0 / 3), using: &g)
+        #expect(fallback == CropBox(top: 0, left: 43, height: 10, width: 13))
+    }
+
+    @Test("crop and blur are drawn after every other choice (runs without them draw as before) and the student's view is made from the cropped, blurred tile")
+    func pairedViews() {
+        let plainOptions = AugmentOptions(brightness: 0.2, hue: 0.05, hedJitter: 0.02)
+        var withBoth = plainOptions
+        withBoth.cropScale = 0.4; withBoth.blurProbability = 1; withBoth.blurSigma = 1.5
+        var a = SplitMix64(seed: 9), b = SplitMix64(seed: 9)
+        let plain = AugmentDraw(plainOptions, square: true, width: 32, height: 32, using: &a)
+        let both = AugmentDraw(withBoth, square: true, width: 32, height: 32, using: &b)
+        #expect(plain.crop == nil && plain.blurSigma == nil)
+        #expect(plain.hflip == both.hflip && plain.rotations == both.rotations && plain.brightness == both.brightness && plain.hedAlpha == both.hedAlpha)
+        #expect(both.crop != nil && both.blurSigma.map { $0 >= 0.1 && $0 <= 1.5 } == true && both.blurKernel == 11)
+        // The views: LR is the area average of the final HR (mean 0, std 1 keeps values comparable).
+        var g = SplitMix64(seed: 4)
+        let rgb = (0..<(32 * 32 * 3)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+        let t = PairedTransform(augment: withBoth, factor: 4)
+        var hr = [Float](repeating: 0, count: 3 * 32 * 32), lr = [Float](repeating: 0, count: 3 * 8 * 8)
+        rgb.withUnsafeBufferPointer { t.apply(rgb: $0.baseAddress!, width: 32, height: 32, draw: both, hr: &hr, lr: &lr) }
+        var expected = [Float](repeating: 0, count: 3 * 8 * 8)
+        hr.withUnsafeBufferPointer { AreaDownsample.apply($0.baseAddress!, width: 32, height: 32, factor: 4, into: &expected) }
+        #expect(zip(lr, expected).map { abs($0 - $1) }.max()! < 1e-6)
+        // ...and the crop and the blur changed the tile: without them the same draw gives another HR.
+        var bare = both
+        bare.crop = nil; bare.blurSigma = nil
+        var hr2 = hr
+        rgb.withUnsafeBufferPointer { t.apply(rgb: $0.baseAddress!, width: 32, height: 32, draw: bare, hr: &hr2, lr: nil) }
+        #expect(zip(hr, hr2).map { abs($0 - $1) }.max()! > 0.05)
+        // A blur smooths: neighbouring pixels differ less than in the unblurred tile.
+        func roughness(_ x: [Float]) -> Float { (1..<(32 * 32)).map { abs(x[$0] - x[$0 - 1]) }.reduce(0, +) }
+        var blurOnly = bare
+        blurOnly.blurSigma = 1.5; blurOnly.blurKernel = 11
+        var hr3 = hr
+        rgb.withUnsafeBufferPointer { t.apply(rgb: $0.baseAddress!, width: 32, height: 32, draw: blurOnly, hr: &hr3, lr: nil) }
+        #expect(roughness(hr3) < 0.5 * roughness(hr2))
+    }
+}
