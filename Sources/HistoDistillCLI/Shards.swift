@@ -338,12 +338,14 @@ struct Verify: ParsableCommand {
 /// The sink of a trainer's progress lines on standard error: on a terminal one live line; elsewhere (a SLURM log,
 /// a pipe) step lines timestamped and at most one every `every` seconds (the last step's always), other lines
 /// (notes, resume) as they come.
-func progressSink(every: TimeInterval = progressInterval) -> (String) -> Void {
+/// `label` (a student's name when several train in one pass) starts every line.
+func progressSink(every: TimeInterval = progressInterval, label: String? = nil) -> (String) -> Void {
     let terminal = isatty(2) != 0
     nonisolated(unsafe) var last = Date.distantPast
+    let prefix = label.map { "\($0): " } ?? ""
     return { line in
         if terminal {
-            FileHandle.standardError.write(Data("\r\(line)   ".utf8))
+            FileHandle.standardError.write(Data("\r\(prefix)\(line)   ".utf8))
             return
         }
         let now = Date()
@@ -353,6 +355,6 @@ func progressSink(every: TimeInterval = progressInterval) -> (String) -> Void {
         let final = parts.count > 1 && parts[1].split(separator: "/").count == 2 && parts[1].split(separator: "/")[0] == parts[1].split(separator: "/")[1]
         guard !isStep || final || now.timeIntervalSince(last) >= every else { return }
         if isStep { last = now }
-        FileHandle.standardError.write(Data("\(ISO8601DateFormatter().string(from: now)) \(line)\n".utf8))
+        FileHandle.standardError.write(Data("\(ISO8601DateFormatter().string(from: now)) \(prefix)\(line)\n".utf8))
     }
 }

@@ -52,16 +52,29 @@ struct Distill: ParsableCommand {
             The config's distill section names the teacher's run directory; the student sees tiles downsampled by \
             data.input_factor, the teacher the same augmented tiles at full resolution. Loss: kd_weight * KL(T) + \
             pixel_weight * L1/L2(student map, teacher map resized by maxpool, bicubic or both) + ce_weight * CE. \
+            Several --config files distill several students (e.g. 56 and 28 px) from the same teacher in one pass: \
+            the tiles are read and augmented once and the teacher runs once per batch; each student gets its own \
+            run directory, identical to its own separate run. Their configs must share the data, seed, batch, \
+            epochs, augmentation and teacher. \
             Runs unchanged as one process or under mpirun/srun; SIGTERM or SIGUSR1 checkpoints and exits with 75.
             """)
 
-    @Option(help: "YAML experiment config with a distill section.")
-    var config: String
+    @Option(parsing: .upToNextOption, help: "YAML experiment config with a distill section; several (--config A B, or --config repeated) distill several students in one pass.")
+    var config: [String]
 
     @OptionGroup var options: TrainingOptions
 
+    func validate() throws {
+        guard !config.isEmpty else { throw ValidationError("give at least one --config") }
+    }
+
     func run() throws {
-        try runTraining(config: config, options: options, distillation: true)
+        if config.count == 1 {
+            try runTraining(config: config[0], options: options, distillation: true)
+        } else {
+            StopSignals.install()
+            try runOnRanks { group, launch in try distillSeveral(configs: config, options: options, group: group, launch: launch) }
+        }
     }
 }
 
@@ -79,13 +92,61 @@ func runTraining(config: String, options: TrainingOptions, distillation: Bool) t
     }
 }
 
-private func train(config: String, options: TrainingOptions, distillation: Bool, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {
-    let cfg = try group.collectively { () throws -> RunConfig in
-        let cfg: RunConfig
-        let overrides = options.overrides + (options.onCorrupt.map { ["data.on_corrupt=\($0.rawValue)"] } ?? [])
-        do { cfg = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides) } catch let e as ConfigError {
+/// Loads `config` with the command line's overrides.
+private func loadRunConfig(_ config: String, options: TrainingOptions) throws -> RunConfig {
+    let overrides = options.overrides + (options.onCorrupt.map { ["data.on_corrupt=\($0.rawValue)"] } ?? [])
+    do { return try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides) } catch let e as ConfigError {
+        throw CLIError(e.message)
+    }
+}
+
+/// `distill` with several configs: the students of one teacher in one pass (`MultiStudentDistiller`).
+private func distillSeveral(configs: [String], options: TrainingOptions, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {
+    let cfgs = try group.collectively { () throws -> [RunConfig] in
+        if let s = options.stopAfter, s < 1 { throw CLIError("--stop-after must be at least 1, got \(s)") }
+        return try configs.map { path in
+            let c = try loadRunConfig(path, options: options)
+            if !c.isDistillation { throw CLIError("\(path) has no distill section", hint: "every config of a multi-student pass distills: add distill.teacher_run") }
+            return c
+        }
+    }
+    BLAS.setThreadCount(cfgs[0].threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
+    if group.isCoordinator {
+        for w in KernelAdvice.current() { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+    }
+    let pass = try group.collectively { () throws -> MultiStudentDistiller in
+        do {
+            return try MultiStudentDistiller(configs: Array(zip(cfgs, configs)).map { ($0, $1) }, writer: "histodistill \(histodistillVersion)", group: group)
+        } catch let e as TrainingError {
             throw CLIError(e.message)
         }
+    }
+    for s in pass.students {
+        s.traceSamples = options.traceSamples
+        if group.isCoordinator { s.progress = progressSink(label: s.config.name) }
+    }
+    if group.isCoordinator {
+        let views = pass.students.map { "\($0.config.name) (\($0.config.inputFactor)x)" }.joined(separator: ", ")
+        FileHandle.standardError.write(Data("distilling \(pass.students.count) students in one pass: \(views); \(group.size) rank(s), global batch \(cfgs[0].batchSize)\n".utf8))
+    }
+    let outcomes: [RunOutcome]
+    do { outcomes = try pass.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {
+        throw CLIError(e.message)
+    } catch let e as CheckpointError {
+        throw CLIError(e.message)
+    } catch let e as ShardError {
+        throw CLIError(e.message)
+    }
+    guard group.isCoordinator else { return outcomes.first?.exitStatus ?? 0 }
+    if isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
+    for (trainer, outcome) in zip(pass.students, outcomes) { report(trainer, outcome, config: trainer.config) }
+    print("teacher forwards: \(pass.teacher.forwards) for \(pass.students.count) students")
+    return outcomes.first?.exitStatus ?? 0
+}
+
+private func train(config: String, options: TrainingOptions, distillation: Bool, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {
+    let cfg = try group.collectively { () throws -> RunConfig in
+        let cfg = try loadRunConfig(config, options: options)
         if cfg.isDistillation != distillation {
             throw CLIError(distillation ? "\(config) has no distill section" : "\(config) has a distill section",
                            hint: distillation ? "add distill.teacher_run, or use `histodistill train`" : "use `histodistill distill` for it")
@@ -121,6 +182,12 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
     }
     guard group.isCoordinator else { return outcome.exitStatus }
     if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+    report(trainer, outcome, config: cfg)
+    return outcome.exitStatus
+}
+
+/// The line a finished, paused or stopped run ends with.
+private func report(_ trainer: SupervisedTrainer, _ outcome: RunOutcome, config cfg: RunConfig) {
     switch outcome {
     case .interrupted(let signal, let step):
         print("stopped by \(StopSignals.name(signal)) after step \(step): checkpoint written in \(trainer.store.directory.path); continue with --resume")
@@ -141,7 +208,6 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
             print("nothing to do: the run in \(cfg.output) already reached its last step")
         }
     }
-    return outcome.exitStatus
 }
 
 extension RunOutcome {

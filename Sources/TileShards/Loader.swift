@@ -30,11 +30,15 @@ public struct LoadedBatch: Sendable {
     public var size: Int, lowSize: Int
     /// Corrupt tiles skipped while making this batch (file and tile of each).
     public var skipped: [String]
+    /// Further views downsampled by other factors (factor -> (count, 3, size/factor, size/factor)), made like `lr`
+    /// from the same augmented tiles: several students of one teacher in one pass.
+    public var extraViews: [Int: [Float]] = [:]
 
     /// The tiles a model that sees `inputFactor`-times downsampled tiles takes: the LR tiles and their edge when
     /// the factor is above 1, else the HR tiles. The one place that choice is made.
     public func modelView(inputFactor: Int) -> (tiles: [Float], edge: Int) {
-        inputFactor > 1 ? (lr, lowSize) : (hr, size)
+        if let view = extraViews[inputFactor] { return (view, size / inputFactor) }
+        return inputFactor > 1 ? (lr, lowSize) : (hr, size)
     }
 }
 
@@ -50,11 +54,13 @@ public struct BatchMaker: @unchecked Sendable {
     public let shuffle: Bool
     public let tileSize: Int
     public let workers: Int
+    /// Factors of the further area-downsampled views (`LoadedBatch.extraViews`).
+    public let extraFactors: [Int]
 
     /// Checks that the data fits: square tiles of one size, divisible by the LR factor, and a global batch of
     /// at least one tile per rank (an uneven split is fine: the trainer weights each rank by its tile count).
     public init(dataset: ShardDataset, transform: PairedTransform, seed: UInt64, globalBatch: Int, rank: Int, worldSize: Int,
-                withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true, workers: Int = 1) throws {
+                withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true, workers: Int = 1, extraFactors: [Int] = []) throws {
         guard globalBatch >= worldSize, worldSize > 0 else {
             throw ShardError("global batch \(globalBatch) gives no tile to some of the \(worldSize) ranks. Hint: raise train.batch_size to at least the number of ranks.")
         }
@@ -73,9 +79,13 @@ public struct BatchMaker: @unchecked Sendable {
         guard transform.bicubicSize != nil || tileSize % transform.factor == 0 else {
             throw ShardError("tile size \(tileSize) is not divisible by the downsampling factor \(transform.factor).")
         }
+        for f in extraFactors where ![2, 4, 8, 16].contains(f) || tileSize % f != 0 {
+            throw ShardError("tile size \(tileSize) is not divisible by the downsampling factor \(f) (2, 4, 8 or 16).")
+        }
         self.dataset = dataset; self.transform = transform; self.seed = seed; self.globalBatch = globalBatch
         self.rank = rank; self.worldSize = worldSize; self.withLowResolution = withLowResolution; self.policy = policy
         self.shuffle = shuffle; self.tileSize = tileSize; self.workers = max(1, workers)
+        self.extraFactors = Array(Set(extraFactors.filter { $0 != (withLowResolution ? transform.factor : 1) })).sorted()
     }
 
     /// A batch of the samples at `range` of `plan.order` (all of them, whatever the rank): for evaluation.
@@ -95,11 +105,16 @@ public struct BatchMaker: @unchecked Sendable {
         var lr = [Float](repeating: 0, count: withLowResolution ? n * 3 * ls * ls : 0)
         var errors = [String?](repeating: nil, count: n)
         let hrSize = 3 * s * s, lrSize = 3 * ls * ls
+        // Extra views: one buffer per factor, filled by the same workers with the main views.
+        let extraSizes = extraFactors.map { 3 * (s / $0) * (s / $0) }
+        let extra = extraSizes.map { UnsafeMutableBufferPointer<Float>.allocate(capacity: n * $0) }
+        defer { for b in extra { b.deallocate() } }
         hr.withUnsafeMutableBufferPointer { hrb in
             lr.withUnsafeMutableBufferPointer { lrb in
                 errors.withUnsafeMutableBufferPointer { eb in
                     // An empty array may still have a base address: only hand out an LR pointer when LR is wanted.
                     nonisolated(unsafe) let hrp = hrb.baseAddress!, lrp = withLowResolution ? lrb.baseAddress : nil, ep = eb.baseAddress!
+                    nonisolated(unsafe) let extraBase = extra.map { $0.baseAddress! }
                     let w = min(workers, n)
                     DispatchQueue.concurrentPerform(iterations: w) { k in
                         let ctx = TileDecompressor()
@@ -119,7 +134,8 @@ public struct BatchMaker: @unchecked Sendable {
                             let draw = AugmentDraw(transform.augment, square: true, width: s, height: s, using: &g)
                             rgb.withUnsafeBufferPointer {
                                 transform.apply(rgb: $0.baseAddress!, width: s, height: s, draw: draw, hr: hrp + j * hrSize,
-                                                lr: lrp.map { $0 + j * lrSize })
+                                                lr: lrp.map { $0 + j * lrSize },
+                                                extra: extraFactors.indices.map { (extraFactors[$0], extraBase[$0] + j * extraSizes[$0]) })
                             }
                         }
                     }
@@ -145,6 +161,12 @@ public struct BatchMaker: @unchecked Sendable {
                 batch.hr += hr[(j * hrSize)..<((j + 1) * hrSize)]
                 if withLowResolution { batch.lr += lr[(j * lrSize)..<((j + 1) * lrSize)] }
             }
+        }
+        for (i, f) in extraFactors.enumerated() {
+            var view: [Float] = []
+            view.reserveCapacity(keep.count * extraSizes[i])
+            for j in keep { view += UnsafeBufferPointer(rebasing: extra[i][(j * extraSizes[i])..<((j + 1) * extraSizes[i])]) }
+            batch.extraViews[f] = view
         }
         for j in keep {
             let e = dataset.entry(plan.order[positions[j]])
@@ -203,10 +225,10 @@ public final class BatchLoader: @unchecked Sendable {
     /// the global batch at least the world size.
     public init(dataset: ShardDataset, transform: PairedTransform, seed: UInt64, globalBatch: Int, rank: Int, worldSize: Int,
                 cursor: DataCursor, withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true,
-                workers: Int = 1, depth: Int = 2) throws {
+                workers: Int = 1, depth: Int = 2, extraFactors: [Int] = []) throws {
         let maker = try BatchMaker(dataset: dataset, transform: transform, seed: seed, globalBatch: globalBatch, rank: rank,
                                    worldSize: worldSize, withLowResolution: withLowResolution, policy: policy, shuffle: shuffle,
-                                   workers: workers)
+                                   workers: workers, extraFactors: extraFactors)
         let channel = BatchChannel(depth: depth)
         self.maker = maker
         self.channel = channel

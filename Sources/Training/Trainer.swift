@@ -159,7 +159,9 @@ public final class SupervisedTrainer {
 
     /// Opens the data, builds the model and optimizer (and the teacher). Under several ranks, first checks that
     /// every rank runs the same program version and config.
-    public init(config: RunConfig, writer: String, group: any ProcessGroup = SingleProcessGroup()) throws {
+    /// `teachers`: shared by the students of one pass (`MultiStudentDistiller`): the teacher is loaded once and
+    /// its forward runs once per batch.
+    public init(config: RunConfig, writer: String, group: any ProcessGroup = SingleProcessGroup(), teachers: TeacherRegistry? = nil) throws {
         self.config = config
         self.writer = writer
         self.group = group
@@ -195,11 +197,16 @@ public final class SupervisedTrainer {
         runDirectory = RunDirectory(path: config.output)
         if let teacherRun = config.teacherRun {
             let trained: TrainedModel
-            do {
-                trained = try TrainedModel.load(run: RunDirectory(path: teacherRun), weights: config.teacherWeights.map { URL(fileURLWithPath: $0) },
-                                                weightsHint: "train the teacher first, or set distill.teacher_weights")
-            } catch let e as TrainingError {
-                throw TrainingError("distill.teacher_run \(teacherRun): \(e.message)")
+            let registryKey = "\(teacherRun)\n\(config.teacherWeights ?? "")"
+            if let shared = teachers?.loaded[registryKey] {
+                trained = shared.model
+            } else {
+                do {
+                    trained = try TrainedModel.load(run: RunDirectory(path: teacherRun), weights: config.teacherWeights.map { URL(fileURLWithPath: $0) },
+                                                    weightsHint: "train the teacher first, or set distill.teacher_weights")
+                } catch let e as TrainingError {
+                    throw TrainingError("distill.teacher_run \(teacherRun): \(e.message)")
+                }
             }
             guard trained.metadata.inputFactor == 1 else {
                 throw TrainingError("distill.teacher_run \(teacherRun) trained on tiles downsampled \(trained.metadata.inputFactor)x; the teacher must see full-resolution tiles (input_factor 1)")
@@ -221,6 +228,9 @@ public final class SupervisedTrainer {
                     throw TrainingError(String(format: "the teacher in %@ was trained on tiles at %.4g µm/px, %@ holds tiles at %.4g µm/px: the teacher would see the tissue at another scale than it learned. Hint: distill on shards packed at %.4g µm/px (pack --magnification, or --tile-mpp for slides).", teacherRun, teacherScale, what, scale, teacherScale))
                 }
             }
+            if config.objective.pixelWeight != 0 && network.featureDimension != trained.model.featureDimension {
+                throw TrainingError("distill.pixel_weight \(config.objective.pixelWeight) compares the last feature maps, but the student's has \(network.featureDimension) channels and the teacher's (\(teacherRun)) \(trained.model.featureDimension). Hint: make model.planes end with \(trained.model.featureDimension), or set distill.pixel_weight to 0.")
+            }
             if let size = trained.metadata.tileSize, size != train.tileSize {
                 throw TrainingError("the teacher in \(teacherRun) was trained on \(size) px tiles, data.train holds \(train.tileSize) px tiles. Hint: distill on shards packed at the teacher's tile size (and magnification).")
             }
@@ -230,6 +240,12 @@ public final class SupervisedTrainer {
             var source: any TeacherSource = FrozenTeacher(trained.model)
             if trained.metadata.mean != config.mean || trained.metadata.std != config.std {
                 source = RenormalizingTeacher(source, from: (config.mean, config.std), to: (trained.metadata.mean, trained.metadata.std))
+            }
+            if let teachers {
+                // Students of one pass share data.mean/std (checked), so they share the prepared teacher too.
+                let shared = teachers.loaded[registryKey] ?? (trained, SharedTeacher(source))
+                teachers.loaded[registryKey] = shared
+                source = shared.source
             }
             var objective = config.objective
             objective.labelSmoothing = config.labelSmoothing
@@ -269,6 +285,41 @@ public final class SupervisedTrainer {
     /// `StopSignals.install`) on any rank ends it at the next step boundary, with a checkpoint.
     @discardableResult
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
+        var loop = try begin(resume: resume, stopAfter: stopAfter)
+        let loader = try makeLoader(loop)
+        while loop.step < loop.stopAt {
+            let t0 = Date()
+            let batch = try loader.next()
+            if let outcome = try trainStep(batch, loop: &loop, started: t0, waited: Date().timeIntervalSince(t0)) { return outcome }
+        }
+        return loop.outcome
+    }
+
+    /// Where a run stands between steps: its position, schedule, best metric, divergence guard and logs.
+    public struct Loop {
+        public internal(set) var step: Int
+        public internal(set) var cursor: DataCursor
+        var best: Double?
+        public let stepsPerEpoch: Int
+        public let totalSteps: Int
+        public let stopAt: Int
+        let startStep: Int
+        let begin = Date()
+        let schedule: LRSchedule
+        let log: MetricsLog?
+        let trace: FileHandle?
+        var recentLosses: [Float] = [], lowestMedian: Float?
+
+        /// How the run ended when it left the loop at `stopAt`.
+        public var outcome: RunOutcome { step >= totalSteps ? .finished : .paused(step: step) }
+    }
+
+    /// The steps of one epoch of `train` at the configured global batch.
+    public var stepsPerEpoch: Int { train.count / config.batchSize }
+
+    /// Takes the run directory (coordinator), resumes or starts, and gives every rank the same state: the start
+    /// of `run`, and of a run driven step by step (`trainStep`, several students in one pass).
+    public func begin(resume: Bool, stopAfter: Int? = nil) throws -> Loop {
         for note in notes { progress?("warning: " + note) }
         // The coordinator owns the run directory and decides the starting point; every rank then takes its
         // weights, optimizer state and running statistics, so all ranks start identical.
@@ -284,10 +335,9 @@ public final class SupervisedTrainer {
             // A checkpoint written before the average was kept: it starts again from the weights (first update copies).
             ema.updates = start.state.map { $0.emaUpdates ?? 0 } ?? 0
         }
-        var step = start.state?.step ?? 0
-        var cursor = start.state?.cursor ?? DataCursor()
-        var best = start.state?.bestMetric
-        bestAccuracy = best
+        let step = start.state?.step ?? 0
+        let cursor = start.state?.cursor ?? DataCursor()
+        bestAccuracy = start.state?.bestMetric
         if let name = start.checkpoint, let state = start.state {
             let ranks = state.worldSize == group.size ? "" : " (written by \(state.worldSize) ranks, continuing on \(group.size))"
             progress?("resuming from \(name) (epoch \(cursor.epoch), step \(step))\(ranks)")
@@ -298,111 +348,118 @@ public final class SupervisedTrainer {
                 }
             }
         }
-        let transform = PairedTransform(augment: config.augment, factor: config.inputFactor, mean: config.mean, std: config.std)
         // Every rank meets the same data problems: one message from the coordinator, no abort.
-        let loader = try group.collectively { () throws -> BatchLoader in
-            let steps = train.count / config.batchSize
+        try group.collectively { () throws -> Void in
+            let steps = stepsPerEpoch
             guard cursor.samplesConsumed == 0 || cursor.nextStep(globalBatch: config.batchSize) < steps else {
                 throw TrainingError("data.train (\(config.trainShards)) holds \(train.count) tiles (\(steps) steps of \(config.batchSize)), but the checkpoint is at step \(cursor.nextStep(globalBatch: config.batchSize)) of epoch \(cursor.epoch). Hint: resume with the shards the run was trained on.")
             }
+        }
+        let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
+        return Loop(step: step, cursor: cursor, best: bestAccuracy, stepsPerEpoch: stepsPerEpoch, totalSteps: totalSteps,
+                    stopAt: min(totalSteps, stopAfter ?? totalSteps), startStep: step, schedule: config.lrSchedule(stepsPerEpoch: stepsPerEpoch),
+                    log: group.isCoordinator ? try MetricsLog(run: runDirectory) : nil, trace: traceSamples ? try traceHandle() : nil)
+    }
+
+    /// This rank's data stream from `loop`'s cursor on; `extraFactors` adds views downsampled by other factors
+    /// (several students in one pass).
+    public func makeLoader(_ loop: Loop, extraFactors: [Int] = []) throws -> BatchLoader {
+        let transform = PairedTransform(augment: config.augment, factor: config.inputFactor, mean: config.mean, std: config.std)
+        return try group.collectively { () throws -> BatchLoader in
             do {
                 return try BatchLoader(dataset: train, transform: transform, seed: config.seed, globalBatch: config.batchSize, rank: group.rank,
-                                       worldSize: group.size, cursor: cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
-                                       workers: config.workers)
+                                       worldSize: group.size, cursor: loop.cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
+                                       workers: config.workers, extraFactors: extraFactors)
             } catch let e as ShardError {
                 throw TrainingError("data.train (\(config.trainShards)): \(e.message)")
             }
         }
-        let stepsPerEpoch = loader.stepsPerEpoch
-        let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
-        let schedule = config.lrSchedule(stepsPerEpoch: stepsPerEpoch)
-        let log = group.isCoordinator ? try MetricsLog(run: runDirectory) : nil
-        let trace = traceSamples ? try traceHandle() : nil
-        defer { try? trace?.close() }
-        let begin = Date()
-        let startStep = step
-        let stopAt = min(totalSteps, stopAfter ?? totalSteps)
-        var recentLosses: [Float] = [], lowestMedian: Float?
-        while step < stopAt {
-            let t0 = Date()
-            let batch = try loader.next()
-            let waited = Date().timeIntervalSince(t0)
-            for skipped in batch.skipped {
-                let who = group.size > 1 ? "rank \(group.rank) of \(group.size): " : ""
-                FileHandle.standardError.write(Data("warning: \(who)skipped a corrupt tile (data.on_corrupt: skip): \(skipped)\n".utf8))
-            }
-            if let trace {
-                try trace.write(contentsOf: Data(batch.samples.map { "\(batch.epoch)\t\(batch.step)\t\($0)\n" }.joined().utf8))
-            }
-            let lr = schedule.rate(base: config.lr, step: step, epoch: batch.epoch)
-            let global = try batch.withStepInput(inputFactor: config.inputFactor) { input in
-                try stepper.step(input, optimizer: optimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm, skipped: batch.skipped.count)
-            }
-            var divergence = global.divergence
-            // The divergence guard: the loss against the lowest running median (last 100 steps, from the first step on) seen so far, floored
-            // at 0.1 so that a well-fitted run's small losses do not make ordinary noise look like an explosion.
-            if divergence == nil, config.divergenceFactor > 0, let baseline = lowestMedian,
-               global.terms.total > config.divergenceFactor * max(baseline, 0.1) {
-                divergence = "the loss exploded to \(global.terms.total), over \(config.divergenceFactor) times the lowest running median \(baseline) (train.divergence_factor)"
-            }
-            recentLosses.append(global.terms.total)
-            if recentLosses.count > 100 { recentLosses.removeFirst() }
-            if !recentLosses.isEmpty {
-                let median = recentLosses.sorted()[recentLosses.count / 2]
-                lowestMedian = min(lowestMedian ?? median, median)
-            }
-            if let divergence {
-                let message = "\(divergence) at step \(step + 1) (epoch \(batch.epoch)); \(store.intactText()). Hint: lower optimizer.lr, set train.clip_grad_norm, or check the teacher's weights."
-                if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
-                throw TrainingError(message)
-            }
-            if global.count > 0 { ema?.update(from: model) }
-            step += 1
-            cursor = cursor.advanced(globalBatch: config.batchSize, steps: stepsPerEpoch)
-            let distilling = teacher != nil
-            var m = StepMetrics(step: step, epoch: batch.epoch, loss: global.terms.total,
-                                kdLoss: distilling ? global.terms.kd : nil, pixelLoss: distilling ? global.terms.pixel : nil,
-                                ceLoss: distilling && config.objective.crossEntropyWeight != 0 ? global.terms.crossEntropy : nil, lr: lr,
-                                imagesPerSecond: Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: global.skipped,
-                                waitMs: waited * 1000, allreduceMs: global.reduceSeconds * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
-            let epochEnded = cursor.epoch != batch.epoch
-            let validateNow = epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true
-            if validateNow, let val, let result = try validate(val) {
-                let acc = result.0
-                m.valAccuracy = acc; m.valLoss = result.1
-                if best == nil || acc > best! {
-                    best = acc
-                    bestStep = step
-                    if group.isCoordinator {
-                        var extra = ["step": "\(step)", "val_accuracy": "\(acc)"]
-                        if let ema { extra["ema_decay"] = "\(ema.decay)"; extra["ema_updates"] = "\(ema.updates)" }
-                        try evaluatedModel.saveWeights(to: runDirectory.bestWeights, metadata: metadata.safetensorsMetadata.merging(extra) { $1 })
-                    }
-                }
-            }
-            bestAccuracy = best
-            history.append(m)
-            try log?.append(m)
-            let stopping = global.stopSignal != nil
-            if RunStart.checkpointDue(step: step, config: config, totalSteps: totalSteps, stopAt: stopAt, epochEnded: epochEnded, stopping: stopping) {
-                if group.isCoordinator {
-                    try store.save(model: model, optimizer: optimizer,
-                                   state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
-                                                          writer: writer, bestMetric: best, trainShards: metadata.trainShards,
-                                                          teacherWeights: teacherDigest, emaUpdates: ema?.updates), metadata: metadata.safetensorsMetadata,
-                                   parts: checkpointParts)
-                }
-                // Nobody leaves before the checkpoint exists (a preempted job must find it on restart).
-                if stopping || step == stopAt { try group.barrier() }
-            }
-            let elapsed = Date().timeIntervalSince(begin)
-            let rate = Double(step - startStep) / max(elapsed, 1e-9)
-            progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e %.1f img/s ETA %.0fs%@", step, totalSteps, batch.epoch, m.loss, lr,
-                             rate * Double(config.batchSize), Double(totalSteps - step) / max(rate, 1e-9),
-                             m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
-            if let signal = global.stopSignal, step < totalSteps { return .interrupted(signal: signal, step: step) }
+    }
+
+    /// One global step on `batch` (this rank's share): forward, backward, reduction, update, average, metrics,
+    /// validation and checkpoint when due. Returns the outcome when a stop signal ends the run here, else nil.
+    /// `started`: when the step began waiting for its batch; `waited`: seconds it waited.
+    public func trainStep(_ batch: LoadedBatch, loop: inout Loop, started t0: Date, waited: TimeInterval) throws -> RunOutcome? {
+        for skipped in batch.skipped {
+            let who = group.size > 1 ? "rank \(group.rank) of \(group.size): " : ""
+            FileHandle.standardError.write(Data("warning: \(who)skipped a corrupt tile (data.on_corrupt: skip): \(skipped)\n".utf8))
         }
-        return step >= totalSteps ? .finished : .paused(step: step)
+        if let trace = loop.trace {
+            try trace.write(contentsOf: Data(batch.samples.map { "\(batch.epoch)\t\(batch.step)\t\($0)\n" }.joined().utf8))
+        }
+        let lr = loop.schedule.rate(base: config.lr, step: loop.step, epoch: batch.epoch)
+        let global = try batch.withStepInput(inputFactor: config.inputFactor) { input in
+            try stepper.step(input, optimizer: optimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm, skipped: batch.skipped.count)
+        }
+        var divergence = global.divergence
+        // The divergence guard: the loss against the lowest running median (last 100 steps, from the first step on) seen so far, floored
+        // at 0.1 so that a well-fitted run's small losses do not make ordinary noise look like an explosion.
+        if divergence == nil, config.divergenceFactor > 0, let baseline = loop.lowestMedian,
+           global.terms.total > config.divergenceFactor * max(baseline, 0.1) {
+            divergence = "the loss exploded to \(global.terms.total), over \(config.divergenceFactor) times the lowest running median \(baseline) (train.divergence_factor)"
+        }
+        loop.recentLosses.append(global.terms.total)
+        if loop.recentLosses.count > 100 { loop.recentLosses.removeFirst() }
+        if !loop.recentLosses.isEmpty {
+            let median = loop.recentLosses.sorted()[loop.recentLosses.count / 2]
+            loop.lowestMedian = min(loop.lowestMedian ?? median, median)
+        }
+        if let divergence {
+            let message = "\(divergence) at step \(loop.step + 1) (epoch \(batch.epoch)); \(store.intactText()). Hint: lower optimizer.lr, set train.clip_grad_norm, or check the teacher's weights."
+            if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
+            throw TrainingError(message)
+        }
+        if global.count > 0 { ema?.update(from: model) }
+        loop.step += 1
+        loop.cursor = loop.cursor.advanced(globalBatch: config.batchSize, steps: loop.stepsPerEpoch)
+        let step = loop.step, totalSteps = loop.totalSteps
+        let distilling = teacher != nil
+        var m = StepMetrics(step: step, epoch: batch.epoch, loss: global.terms.total,
+                            kdLoss: distilling ? global.terms.kd : nil, pixelLoss: distilling ? global.terms.pixel : nil,
+                            ceLoss: distilling && config.objective.crossEntropyWeight != 0 ? global.terms.crossEntropy : nil, lr: lr,
+                            imagesPerSecond: Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: global.skipped,
+                            waitMs: waited * 1000, allreduceMs: global.reduceSeconds * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
+        let epochEnded = loop.cursor.epoch != batch.epoch
+        let validateNow = epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true
+        if validateNow, let val, let result = try validate(val) {
+            let acc = result.0
+            m.valAccuracy = acc; m.valLoss = result.1
+            if loop.best == nil || acc > loop.best! {
+                loop.best = acc
+                bestStep = step
+                if group.isCoordinator {
+                    var extra = ["step": "\(step)", "val_accuracy": "\(acc)"]
+                    if let ema { extra["ema_decay"] = "\(ema.decay)"; extra["ema_updates"] = "\(ema.updates)" }
+                    try evaluatedModel.saveWeights(to: runDirectory.bestWeights, metadata: metadata.safetensorsMetadata.merging(extra) { $1 })
+                }
+            }
+        }
+        bestAccuracy = loop.best
+        history.append(m)
+        try loop.log?.append(m)
+        let stopping = global.stopSignal != nil
+        if RunStart.checkpointDue(step: step, config: config, totalSteps: totalSteps, stopAt: loop.stopAt, epochEnded: epochEnded, stopping: stopping) {
+            try checkpoint(loop)
+            // Nobody leaves before the checkpoint exists (a preempted job must find it on restart).
+            if stopping || step == loop.stopAt { try group.barrier() }
+        }
+        let elapsed = Date().timeIntervalSince(loop.begin)
+        let rate = Double(step - loop.startStep) / max(elapsed, 1e-9)
+        progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e %.1f img/s ETA %.0fs%@", step, totalSteps, batch.epoch, m.loss, lr,
+                         rate * Double(config.batchSize), Double(totalSteps - step) / max(rate, 1e-9),
+                         m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
+        if let signal = global.stopSignal, step < totalSteps { return .interrupted(signal: signal, step: step) }
+        return nil
+    }
+
+    /// Writes a checkpoint of `loop`'s step (the coordinator writes; the other ranks return).
+    public func checkpoint(_ loop: Loop) throws {
+        guard group.isCoordinator else { return }
+        try store.save(model: model, optimizer: optimizer,
+                       state: CheckpointState(step: loop.step, cursor: loop.cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
+                                              writer: writer, bestMetric: loop.best, trainShards: metadata.trainShards,
+                                              teacherWeights: teacherDigest, emaUpdates: ema?.updates), metadata: metadata.safetensorsMetadata,
+                       parts: checkpointParts)
     }
 
     /// Accuracy and mean cross-entropy on `dataset` (eval mode, no augmentation), each rank evaluating a

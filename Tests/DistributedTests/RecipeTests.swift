@@ -102,3 +102,83 @@ struct EMATests {
         #expect(try RunConfig.parse("data: {train: x}\ntrain: {ema_decay: 0.999}", source: "c.yaml").emaDecay == 0.999)
     }
 }
+
+@Suite("Several students in one pass")
+struct MultiStudentTests {
+    @Test("students at 2x and 4x distilled in one pass equal their separate runs bit for bit, with one teacher forward per batch; resume; refusals")
+    func onePass() throws {
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-multi-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let teacherDir = dir.appendingPathComponent("teacher")
+        try SupervisedTrainer(config: try RunConfig.parse("""
+        run: {output: \(teacherDir.path), seed: 1}
+        data: {train: \(shards.path), val: \(shards.path)}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 6, batch_size: 4}
+        """, source: "teacher.yaml"), writer: "test").run(resume: false)
+        // Two students that differ in everything a student may: view, model width, optimizer, objective, average.
+        func student(_ factor: Int, _ out: String, seed: Int = 2) throws -> RunConfig {
+            try RunConfig.parse("""
+            run: {name: s\(factor), output: \(dir.appendingPathComponent(out).path), seed: \(seed)}
+            data: {train: \(shards.path), val: \(shards.path), input_factor: \(factor)}
+            augment: {brightness: 0.2, crop_scale: 0.6, blur_probability: 0.5, blur_sigma: 1}
+            model: {planes: [\(factor == 2 ? 64 : 32), 32], blocks: [1, 1]}
+            optimizer: {name: \(factor == 2 ? "adam" : "adamw"), lr: \(factor == 2 ? 0.002 : 0.001)}
+            train: {epochs: 2, max_steps: 8, batch_size: 4, checkpoint_every: 3\(factor == 4 ? ", ema_decay: 0.8" : "")}
+            distill: {teacher_run: \(teacherDir.path), kd_weight: 1, temperature: \(factor == 2 ? 4 : 2), pixel_weight: 0.5, pixel_resize: maxpool+bicubic}
+            """, source: "s\(factor).yaml")
+        }
+        var separate: [SupervisedTrainer] = []
+        for f in [2, 4] {
+            let t = try SupervisedTrainer(config: try student(f, "alone-\(f)"), writer: "test")
+            try t.run(resume: false)
+            separate.append(t)
+        }
+        func weights(_ t: SupervisedTrainer) throws -> Data {
+            try Data(contentsOf: t.store.completeCheckpoints().last!.appendingPathComponent("model.safetensors"))
+        }
+        let pass = try MultiStudentDistiller(configs: [(try student(2, "pass-2"), "s2.yaml"), (try student(4, "pass-4"), "s4.yaml")], writer: "test")
+        let outcomes = try pass.run(resume: false)
+        #expect(outcomes == [.finished, .finished])
+        #expect(pass.teacher.forwards == 8, "one teacher forward per batch, not per student: \(pass.teacher.forwards)")
+        for (a, b) in zip(separate, pass.students) {
+            #expect(a.history.map(\.loss) == b.history.map(\.loss), "\(a.config.name): \(a.history.map(\.loss)) vs \(b.history.map(\.loss))")
+            #expect(a.history.map(\.valAccuracy) == b.history.map(\.valAccuracy))
+            #expect(try weights(a) == weights(b))
+        }
+        #expect(Set(separate[0].history.map(\.loss)) != Set(separate[1].history.map(\.loss)), "the students differ")
+        // Stopped after 3 steps and resumed as a pass: still the separate runs' losses.
+        let first = try MultiStudentDistiller(configs: [(try student(2, "resumed-2"), "s2.yaml"), (try student(4, "resumed-4"), "s4.yaml")], writer: "test")
+        #expect(try first.run(resume: false, stopAfter: 3) == [.paused(step: 3), .paused(step: 3)])
+        let second = try MultiStudentDistiller(configs: [(try student(2, "resumed-2"), "s2.yaml"), (try student(4, "resumed-4"), "s4.yaml")], writer: "test")
+        try second.run(resume: true)
+        for (i, a) in separate.enumerated() {
+            #expect(first.students[i].history.map(\.loss) + second.students[i].history.map(\.loss) == a.history.map(\.loss))
+        }
+        // Students whose checkpoints are at different steps cannot continue together.
+        try SupervisedTrainer(config: try student(2, "apart-2"), writer: "test").run(resume: false, stopAfter: 3)
+        try SupervisedTrainer(config: try student(4, "apart-4"), writer: "test").run(resume: false, stopAfter: 6)
+        let apart = try MultiStudentDistiller(configs: [(try student(2, "apart-2"), "s2.yaml"), (try student(4, "apart-4"), "s4.yaml")], writer: "test")
+        let e1 = #expect(throws: TrainingError.self) { try apart.run(resume: true) }
+        #expect(e1?.message.contains("different steps") == true && e1?.message.contains("step 3") == true && e1?.message.contains("step 6") == true, "\(String(describing: e1))")
+        // Configs that disagree on the data stream, or share a run directory, are refused naming the key or path.
+        let e2 = #expect(throws: TrainingError.self) {
+            _ = try MultiStudentDistiller(configs: [(try student(2, "x-2"), "s2.yaml"), (try student(4, "x-4", seed: 5), "s4.yaml")], writer: "test")
+        }
+        #expect(e2?.message.contains("run.seed") == true && e2?.message.contains("s4.yaml") == true, "\(String(describing: e2))")
+        let e3 = #expect(throws: TrainingError.self) {
+            _ = try MultiStudentDistiller(configs: [(try student(2, "same"), "s2.yaml"), (try student(4, "same"), "s4.yaml")], writer: "test")
+        }
+        #expect(e3?.message.contains("both write to") == true, "\(String(describing: e3))")
+        // A student whose last feature map has other channels than the teacher's cannot take the pixel loss: an error, not a trap.
+        var wide = try student(2, "wide")
+        wide.planes = [32, 64]
+        let e4 = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: wide, writer: "test") }
+        #expect(e4?.message.contains("distill.pixel_weight") == true && e4?.message.contains("64") == true && e4?.message.contains("32") == true, "\(String(describing: e4))")
+        wide.objective.pixelWeight = 0
+        _ = try SupervisedTrainer(config: wide, writer: "test")
+    }
+}
