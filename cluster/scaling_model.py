@@ -48,7 +48,20 @@ def main():
     ap.add_argument("--check", help="JSON with shared-memory measurements to compare the model with: "
                                     '{"bandwidth_gbs": ..., "latency_us": ..., "runs": [{"ranks": p, "cores_per_rank": c, '
                                     '"rank_images_per_second": r, "measured_images_per_second": m, "global_batch": B}]}')
+    ap.add_argument("--network", action="append", default=[], metavar="LABEL=GBITS,EFFICIENCY,LATENCY_US",
+                    help="a network to predict for, instead of the typical ones: line rate in Gbit/s, the share of it an "
+                         "all-reduce reaches, latency per message (e.g. 'TCP 10G, calibrated=10,0.97,30'; repeatable)")
     a = ap.parse_args()
+    networks = NETWORKS
+    if a.network:
+        networks = {}
+        for spec in a.network:
+            label, _, values = spec.rpartition("=")
+            try:
+                gbit, eff, lat = (float(v) for v in values.split(","))
+            except ValueError:
+                ap.error(f"--network {spec!r}: expected LABEL=GBITS,EFFICIENCY,LATENCY_US, e.g. 'TCP 10G=10,0.97,30'")
+            networks[label or f"{gbit:g} Gbit/s"] = (gbit * 1e9 / 8 * eff, lat * 1e-6)
     grad = a.gradient_mb * 1e6
     buckets = max(1, math.ceil(a.gradient_mb / a.bucket_mb))
     r = a.rank_images_per_second
@@ -59,7 +72,7 @@ def main():
         print(f"### {title}\n")
         print("| network | " + " | ".join(f"{p} ranks" for p in RANKS) + " |")
         print("|---|" + "---|" * len(RANKS))
-        for name, (bw, lat) in NETWORKS.items():
+        for name, (bw, lat) in networks.items():
             cells = []
             for p in RANKS:
                 b = per_rank(p)
