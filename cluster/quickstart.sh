@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on one machine: set up, build, check the machine, pack a dataset into shards, train
-# a teacher at 224 px, distill a 56 px student from it without labels, evaluate both, apply the student to
+# a teacher at 224 px, distill 56 px and 28 px students from it in one pass without labels, evaluate all three, apply the student to
 # unlabeled tiles from its weights file alone; then slides in, slide-level answers and heatmaps out (GlaS images as
 # slides through patch features and attention-MIL, and real whole-slide images through OpenSlide); and print the cost table. Training runs as RANKS MPI ranks (default 2, or 1 on a 1-core machine): on small machines several
 # ranks with one thread each are faster than one process with several threads (docs/benchmarks.md).
@@ -51,20 +51,23 @@ echo "== normalisation statistics (1,000-tile sample)"
 "$bin" bench-pipeline "$work/shards/train" --workers "$(nproc)" --steps 5
 
 data_flags=(--set "data.train=$work/shards/train" --set "data.val=$work/shards/val")
-rm -rf "$work/teacher" "$work/student"
+student=$work/student-lung-56-distill student28=$work/student-lung-28-distill
+rm -rf "$work/teacher" "$work/student" "$student" "$student28"
 echo "== train the teacher at 224 px (configs/teacher-lung-224.yaml), $ranks rank(s)"
 bash cluster/mpirun-local.sh "$ranks" "$bin" train --config configs/teacher-lung-224.yaml "${data_flags[@]}" "${epochs_t[@]}" --set "run.output=$work/teacher"
-echo "== distill a 56 px student from it, without labels, $ranks rank(s) (configs/student-lung-56-distill.yaml)"
-bash cluster/mpirun-local.sh "$ranks" "$bin" distill --config configs/student-lung-56-distill.yaml "${data_flags[@]}" "${epochs_s[@]}" \
-    --set "run.output=$work/student" --set "distill.teacher_run=$work/teacher"
+echo "== distill 56 px and 28 px students from it in one pass (one teacher forward per batch), without labels, $ranks rank(s)"
+echo "   (configs/student-lung-56-distill.yaml and configs/student-lung-28-distill.yaml; each run goes to $work/<run.name>)"
+bash cluster/mpirun-local.sh "$ranks" "$bin" distill --config configs/student-lung-56-distill.yaml configs/student-lung-28-distill.yaml \
+    --runs-dir "$work" "${data_flags[@]}" "${epochs_s[@]}" --set "distill.teacher_run=$work/teacher"
 echo "== evaluate on the validation shards"
 "$bin" evaluate --run "$work/teacher"
-"$bin" evaluate --run "$work/student"
+"$bin" evaluate --run "$student"
+"$bin" evaluate --run "$student28"
 echo "== apply the student to new, unlabeled tiles with its weights file alone (it describes its classes, normalisation and input size)"
 rm -rf "$work/shards/new"
 "$bin" pack "$source/val" -o "$work/shards/new" --unlabeled "${magnification[@]}"
-"$bin" predict --weights "$work/student/best.safetensors" --shards "$work/shards/new" -o "$work/student/new-tiles.csv"
-head -3 "$work/student/new-tiles.csv"
+"$bin" predict --weights "$student/best.safetensors" --shards "$work/shards/new" -o "$student/new-tiles.csv"
+head -3 "$student/new-tiles.csv"
 glas=${GLAS_ROOT:-../shared/data/glas/train}
 wsi=${WSI_ROOT:-../shared/data/wsi}
 if [ -d "$glas" ]; then
@@ -96,11 +99,11 @@ else
     echo "== $glas not found: the slide-level part (extract, mil, heatmaps) is skipped"
 fi
 echo "== one HTML report of the runs (curves, confusion, ROC, PR, calibration, 95% bootstrap intervals; open it in a browser)"
-report_runs=("$work/teacher" "$work/student")
+report_runs=("$work/teacher" "$student" "$student28")
 if [ -f "$work/mil/val-slides.csv" ]; then report_runs+=("$work/mil"); fi
 "$bin" report "${report_runs[@]}" -o "$work/report.html"
 echo "== model cost: the paper's teacher at 224 px and students at 112, 56, 28, 14 px"
 "$bin" cost
-echo "== done: runs in $work/teacher and $work/student (metrics.csv, eval.json, predictions.csv, best.safetensors);"
+echo "== done: runs in $work/teacher, $student and $student28 (metrics.csv, eval.json, predictions.csv, best.safetensors);"
 echo "   slide-level answers in $work/mil (val-slides.csv, glas-slides.csv, wsi-slides.csv) and heatmaps in $work/mil/heatmaps, $work/mil/wsi-heatmaps;"
 echo "   the report: $work/report.html"

@@ -22,6 +22,11 @@ struct TrainingOptions: ParsableArguments {
 
     @Flag(help: "Every rank appends the dataset index of each tile it trains on to RUN/trace/rank-R-of-W.tsv (debugging).")
     var traceSamples = false
+
+    /// `distill --runs-dir`: each run goes to DIR/<run.name>.
+    var runsDir: String?
+
+    enum CodingKeys: String, CodingKey { case overrides, resume, stopAfter, onCorrupt, traceSamples }
 }
 
 struct Train: ParsableCommand {
@@ -64,11 +69,16 @@ struct Distill: ParsableCommand {
 
     @OptionGroup var options: TrainingOptions
 
+    @Option(help: "Write each student's run to DIR/<run.name> instead of its run.output (one --set run.output cannot name several runs).")
+    var runsDir: String?
+
     func validate() throws {
         guard !config.isEmpty else { throw ValidationError("give at least one --config") }
     }
 
     func run() throws {
+        var options = options
+        options.runsDir = runsDir
         if config.count == 1 {
             try runTraining(config: config[0], options: options, distillation: true)
         } else {
@@ -95,7 +105,11 @@ func runTraining(config: String, options: TrainingOptions, distillation: Bool) t
 /// Loads `config` with the command line's overrides.
 private func loadRunConfig(_ config: String, options: TrainingOptions) throws -> RunConfig {
     let overrides = options.overrides + (options.onCorrupt.map { ["data.on_corrupt=\($0.rawValue)"] } ?? [])
-    do { return try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides) } catch let e as ConfigError {
+    do {
+        var c = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)
+        if let dir = options.runsDir { c.output = URL(fileURLWithPath: dir).appendingPathComponent(c.name).path }
+        return c
+    } catch let e as ConfigError {
         throw CLIError(e.message)
     }
 }

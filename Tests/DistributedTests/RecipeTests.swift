@@ -182,3 +182,46 @@ struct MultiStudentTests {
         _ = try SupervisedTrainer(config: wide, writer: "test")
     }
 }
+
+@Suite("Several students in one pass: command line")
+struct MultiStudentCommandTests {
+    @Test("distill --config A B --runs-dir DIR: one run directory per student, one teacher forward per batch; configs that disagree: one clear line")
+    func command() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-multicli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let teacherDir = dir.appendingPathComponent("teacher")
+        try SupervisedTrainer(config: try RunConfig.parse("""
+        run: {output: \(teacherDir.path), seed: 1}
+        data: {train: \(shards.path), val: \(shards.path)}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 4, batch_size: 4}
+        """, source: "teacher.yaml"), writer: "test").run(resume: false)
+        func write(_ name: String, factor: Int, seed: Int = 2) throws -> String {
+            let url = dir.appendingPathComponent("\(name).yaml")
+            try """
+            run: {name: \(name), seed: \(seed)}
+            data: {train: \(shards.path), val: \(shards.path), input_factor: \(factor)}
+            model: {planes: [32, 32], blocks: [1, 1]}
+            train: {max_steps: 3, batch_size: 4}
+            distill: {teacher_run: \(teacherDir.path)}
+            """.write(to: url, atomically: true, encoding: .utf8)
+            return url.path
+        }
+        let bin = try histodistillBinary()
+        let a = try write("s2", factor: 2), b = try write("s4", factor: 4)
+        let runs = dir.appendingPathComponent("runs")
+        let r = try run([bin, "distill", "--config", a, b, "--runs-dir", runs.path, "--set", "train.threads=1"])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout.contains("teacher forwards: 3 for 2 students"), "stdout: \(r.stdout)")
+        for name in ["s2", "s4"] {
+            #expect(FileManager.default.fileExists(atPath: runs.appendingPathComponent("\(name)/best.safetensors").path), "\(name)")
+            let config = try String(contentsOf: runs.appendingPathComponent("\(name)/config.yaml"), encoding: .utf8)
+            #expect(config.contains("input_factor: \(name == "s2" ? 2 : 4)"))
+        }
+        let c = try write("s8", factor: 4, seed: 9)
+        let bad = try run([bin, "distill", "--config", a, c, "--runs-dir", dir.appendingPathComponent("runs2").path])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("run.seed") && bad.stderr.contains(c) && !bad.stderr.contains("Fatal error"), "stderr: \(bad.stderr)")
+    }
+}
