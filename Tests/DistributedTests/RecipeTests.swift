@@ -103,6 +103,18 @@ struct EMATests {
     }
 }
 
+/// A teacher (two stages of 32 planes, full resolution) trained for `steps` steps on `shards`, in `dir/teacher`.
+func tinyTeacher(shards: URL, in dir: URL, steps: Int) throws -> URL {
+    let teacherDir = dir.appendingPathComponent("teacher")
+    try SupervisedTrainer(config: try RunConfig.parse("""
+    run: {output: \(teacherDir.path), seed: 1}
+    data: {train: \(shards.path), val: \(shards.path)}
+    model: {planes: [32, 32], blocks: [1, 1]}
+    train: {max_steps: \(steps), batch_size: 4}
+    """, source: "teacher.yaml"), writer: "test").run(resume: false)
+    return teacherDir
+}
+
 @Suite("Several students in one pass")
 struct MultiStudentTests {
     @Test("students at 2x and 4x distilled in one pass equal their separate runs bit for bit, with one teacher forward per batch; resume; refusals")
@@ -112,13 +124,7 @@ struct MultiStudentTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-multi-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)
-        let teacherDir = dir.appendingPathComponent("teacher")
-        try SupervisedTrainer(config: try RunConfig.parse("""
-        run: {output: \(teacherDir.path), seed: 1}
-        data: {train: \(shards.path), val: \(shards.path)}
-        model: {planes: [32, 32], blocks: [1, 1]}
-        train: {max_steps: 6, batch_size: 4}
-        """, source: "teacher.yaml"), writer: "test").run(resume: false)
+        let teacherDir = try tinyTeacher(shards: shards, in: dir, steps: 6)
         // Two students that differ in everything a student may: view, model width, optimizer, objective, average.
         func student(_ factor: Int, _ out: String, seed: Int = 2) throws -> RunConfig {
             try RunConfig.parse("""
@@ -190,13 +196,7 @@ struct MultiStudentCommandTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-multicli-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)
-        let teacherDir = dir.appendingPathComponent("teacher")
-        try SupervisedTrainer(config: try RunConfig.parse("""
-        run: {output: \(teacherDir.path), seed: 1}
-        data: {train: \(shards.path), val: \(shards.path)}
-        model: {planes: [32, 32], blocks: [1, 1]}
-        train: {max_steps: 4, batch_size: 4}
-        """, source: "teacher.yaml"), writer: "test").run(resume: false)
+        let teacherDir = try tinyTeacher(shards: shards, in: dir, steps: 4)
         func write(_ name: String, factor: Int, seed: Int = 2) throws -> String {
             let url = dir.appendingPathComponent("\(name).yaml")
             try """
