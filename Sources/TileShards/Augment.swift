@@ -244,8 +244,10 @@ public struct PairedTransform: Sendable {
     /// rgb (h, w, 3) uint8 -> hr (3, h', w') and, when `lr` is given, lr (3, h'/factor, w'/factor), both normalised.
     /// h' x w' is h x w, or w x h after an odd number of rotations (only square tiles rotate).
     /// `extra`: further views area-downsampled by other factors, made like `lr` (several students in one pass).
+    /// `normalizeHighResolution` false leaves `hr` in [0, 1] (a scratch when only the low-resolution view is wanted).
     public func apply(rgb: UnsafePointer<UInt8>, width: Int, height: Int, draw: AugmentDraw,
-                      hr: UnsafeMutablePointer<Float>, lr: UnsafeMutablePointer<Float>?, extra: [(Int, UnsafeMutablePointer<Float>)] = []) {
+                      hr: UnsafeMutablePointer<Float>, lr: UnsafeMutablePointer<Float>?, extra: [(Int, UnsafeMutablePointer<Float>)] = [],
+                      normalizeHighResolution: Bool = true) {
         let plane = width * height
         // uint8 HWC -> float CHW in [0, 1]; the flips and rotation become one source-index formula per case.
         let n = width   // rotations only happen for square tiles
@@ -294,7 +296,7 @@ public struct PairedTransform: Sendable {
             AreaDownsample.apply(hr, width: width, height: height, factor: f, into: view)
             normalize(view, plane: (width / f) * (height / f))
         }
-        normalize(hr, plane: plane)
+        if normalizeHighResolution { normalize(hr, plane: plane) }
     }
 
     /// Float(v) / 255 for every byte value.

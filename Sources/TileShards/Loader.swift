@@ -56,6 +56,9 @@ public struct BatchMaker: @unchecked Sendable {
     public let workers: Int
     /// Factors of the further area-downsampled views (`LoadedBatch.extraViews`).
     public let extraFactors: [Int]
+    /// False: batches carry no full-resolution tiles (`hr` empty) when the low-resolution view is made, as
+    /// inference of a student needs only that view (the full-resolution tile is then a per-thread scratch).
+    public var keepHighResolution = true
 
     /// Checks that the data fits: square tiles of one size, divisible by the LR factor, and a global batch of
     /// at least one tile per rank (an uneven split is fine: the trainer weights each rank by its tile count).
@@ -101,7 +104,8 @@ public struct BatchMaker: @unchecked Sendable {
 
     func makeBatch(plan: EpochPlan, positions: [Int], step: Int) throws -> LoadedBatch {
         let n = positions.count, s = tileSize, ls = transform.lowSize(for: tileSize)
-        var hr = [Float](repeating: 0, count: n * 3 * s * s)
+        let scratchHR = withLowResolution && !keepHighResolution
+        var hr = [Float](repeating: 0, count: scratchHR ? 0 : n * 3 * s * s)
         var lr = [Float](repeating: 0, count: withLowResolution ? n * 3 * ls * ls : 0)
         var errors = [String?](repeating: nil, count: n)
         let hrSize = 3 * s * s, lrSize = 3 * ls * ls
@@ -113,12 +117,13 @@ public struct BatchMaker: @unchecked Sendable {
             lr.withUnsafeMutableBufferPointer { lrb in
                 errors.withUnsafeMutableBufferPointer { eb in
                     // An empty array may still have a base address: only hand out an LR pointer when LR is wanted.
-                    nonisolated(unsafe) let hrp = hrb.baseAddress!, lrp = withLowResolution ? lrb.baseAddress : nil, ep = eb.baseAddress!
+                    nonisolated(unsafe) let hrp = hrb.baseAddress, lrp = withLowResolution ? lrb.baseAddress : nil, ep = eb.baseAddress!
                     nonisolated(unsafe) let extraBase = extra.map { $0.baseAddress! }
                     let w = min(workers, n)
                     DispatchQueue.concurrentPerform(iterations: w) { k in
                         let ctx = TileDecompressor()
                         var rgb = [UInt8](repeating: 0, count: s * s * 3)
+                        var scratch = [Float](repeating: 0, count: scratchHR ? hrSize : 0)
                         for j in stride(from: k, to: n, by: w) {
                             let sample = plan.order[positions[j]]
                             let address = dataset.addresses[sample]
@@ -132,10 +137,14 @@ public struct BatchMaker: @unchecked Sendable {
                             }
                             var g = SplitMix64.stream(seed, 0xA06, UInt64(plan.epoch), UInt64(positions[j]))
                             let draw = AugmentDraw(transform.augment, square: true, width: s, height: s, using: &g)
-                            rgb.withUnsafeBufferPointer {
-                                transform.apply(rgb: $0.baseAddress!, width: s, height: s, draw: draw, hr: hrp + j * hrSize,
-                                                lr: lrp.map { $0 + j * lrSize },
-                                                extra: extraFactors.indices.map { (extraFactors[$0], extraBase[$0] + j * extraSizes[$0]) })
+                            rgb.withUnsafeBufferPointer { px in
+                                scratch.withUnsafeMutableBufferPointer { sb in
+                                    transform.apply(rgb: px.baseAddress!, width: s, height: s, draw: draw,
+                                                    hr: scratchHR ? sb.baseAddress! : hrp! + j * hrSize,
+                                                    lr: lrp.map { $0 + j * lrSize },
+                                                    extra: extraFactors.indices.map { (extraFactors[$0], extraBase[$0] + j * extraSizes[$0]) },
+                                                    normalizeHighResolution: !scratchHR)
+                                }
                             }
                         }
                     }
@@ -158,7 +167,7 @@ public struct BatchMaker: @unchecked Sendable {
             batch.hr = hr; batch.lr = lr
         } else {
             for j in keep {
-                batch.hr += hr[(j * hrSize)..<((j + 1) * hrSize)]
+                if !scratchHR { batch.hr += hr[(j * hrSize)..<((j + 1) * hrSize)] }
                 if withLowResolution { batch.lr += lr[(j * lrSize)..<((j + 1) * lrSize)] }
             }
         }

@@ -1,5 +1,6 @@
 // Running a model over a whole shard set in order (no augmentation): probabilities, labels, ids and slides,
 // for validation, `evaluate` and `predict`.
+import Dispatch
 import Foundation
 import Layers
 import TensorCore
@@ -82,6 +83,12 @@ extension InferenceSettings {
     }
 }
 
+/// A batch made on the prefetch thread: `result` is set before `ready` is signalled.
+final class PrefetchedBatch: @unchecked Sendable {
+    var result: Result<LoadedBatch, Error>?
+    let ready = DispatchSemaphore(value: 0)
+}
+
 /// Runs a model in eval mode over the tiles of a dataset (all of them, or the dataset indices in `range`):
 /// class probabilities (`run`) or pooled feature vectors (`features`, for any model, truncated ones included).
 public enum Inference {
@@ -91,22 +98,37 @@ public enum Inference {
         let range = indices.map { 0..<$0.count } ?? range ?? 0..<dataset.count
         let transform = PairedTransform(augment: .none, factor: settings.inputFactor, mean: settings.mean, std: settings.std)
         let batch = max(1, min(settings.batchSize, dataset.count))
-        let maker = try BatchMaker(dataset: dataset, transform: transform, seed: 0, globalBatch: batch, rank: 0, worldSize: 1,
+        var maker = try BatchMaker(dataset: dataset, transform: transform, seed: 0, globalBatch: batch, rank: 0, worldSize: 1,
                                    withLowResolution: settings.inputFactor > 1, policy: settings.onCorrupt, shuffle: false,
                                    workers: settings.workers)
+        maker.keepHighResolution = false   // the model sees one view only
         // Dataset order, built once (the batch size only matters for EpochPlan's step view, unused here).
         let plan = indices.map { EpochPlan(order: $0, globalBatch: batch) } ?? EpochPlan(count: dataset.count, seed: 0, epoch: 0, globalBatch: batch, shuffle: false)
-        var start = range.lowerBound
-        while start < range.upperBound {
-            let n = min(batch, range.upperBound - start)
-            let b = try maker.makeBatchAt(plan: plan, range: start..<(start + n))
-            start += n
-            guard b.count > 0 else { continue }   // every tile of this batch was corrupt and skipped
-            let (input, edge) = b.modelView(inputFactor: settings.inputFactor)
-            let result = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(b.count, 3, edge, edge), training: false) }
-            try body(b, result)
-            settings.progress?(start - range.lowerBound, range.count)
+        let ranges = stride(from: range.lowerBound, to: range.upperBound, by: batch).map { $0..<min($0 + batch, range.upperBound) }
+        // The next batch is read and prepared on another thread while the model runs on this one.
+        let queue = DispatchQueue(label: "histodistill-inference-prefetch")
+        func prefetch(_ r: Range<Int>) -> PrefetchedBatch {
+            let p = PrefetchedBatch()
+            queue.async { [maker] in
+                p.result = Result { try maker.makeBatchAt(plan: plan, range: r) }
+                p.ready.signal()
+            }
+            return p
         }
+        var next = ranges.first.map(prefetch)
+        for (k, r) in ranges.enumerated() {
+            guard let current = next else { break }
+            current.ready.wait()
+            next = k + 1 < ranges.count ? prefetch(ranges[k + 1]) : nil
+            let b = try current.result!.get()
+            if b.count > 0 {   // else every tile of this batch was corrupt and skipped
+                let (input, edge) = b.modelView(inputFactor: settings.inputFactor)
+                let result = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(b.count, 3, edge, edge), training: false) }
+                try body(b, result)
+            }
+            settings.progress?(r.upperBound - range.lowerBound, range.count)
+        }
+        // A batch still being made when `body` threw finishes on its own; nothing waits for it.
     }
 
     /// Softmax probabilities over the model's classes for every tile, with labels mapped by `settings.labelMap`.

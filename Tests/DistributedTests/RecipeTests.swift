@@ -225,3 +225,37 @@ struct MultiStudentCommandTests {
         #expect(bad.stderr.contains("run.seed") && bad.stderr.contains(c) && !bad.stderr.contains("Fatal error"), "stderr: \(bad.stderr)")
     }
 }
+
+@Suite("Inference pipeline")
+struct InferencePipelineTests {
+    @Test("inference of a student's view prefetches batches in order and skips the full-resolution tiles: the same probabilities as one batch made with them")
+    func prefetchedLowResolution() throws {
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-infer-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let dataset = try ShardDataset(directory: try trainingShards(dir))
+        var mc = ResNetConfig.paper(classes: 2)
+        mc.planes = [32, 32]; mc.blocks = [1, 1]; mc.stages = 2
+        let model = ResNet(mc, seed: 4)
+        let mean: [Float] = [0.4, 0.4, 0.4], std: [Float] = [0.25, 0.25, 0.25]
+        // 24 tiles in batches of 5: four full batches and a partial one, two decoding threads.
+        let p = try Inference.run(model: model, dataset: dataset, settings: InferenceSettings(inputFactor: 4, mean: mean, std: std, batchSize: 5, workers: 2))
+        #expect(p.samples == Array(0..<24))
+        // The reference: one batch of every tile, full-resolution tiles kept, then the model.
+        let maker = try BatchMaker(dataset: dataset, transform: PairedTransform(augment: .none, factor: 4, mean: mean, std: std), seed: 0,
+                                   globalBatch: 24, rank: 0, worldSize: 1, withLowResolution: true, shuffle: false)
+        let all = try maker.makeBatchAt(plan: EpochPlan(count: 24, seed: 0, epoch: 0, globalBatch: 24, shuffle: false), range: 0..<24)
+        #expect(all.hr.count == 24 * 3 * 32 * 32 && all.lr.count == 24 * 3 * 8 * 8)
+        var scratchless = maker
+        scratchless.keepHighResolution = false
+        let lean = try scratchless.makeBatchAt(plan: EpochPlan(count: 24, seed: 0, epoch: 0, globalBatch: 24, shuffle: false), range: 0..<24)
+        #expect(lean.hr.isEmpty && lean.lr == all.lr, "the view is the same without keeping the full-resolution tiles")
+        let out = all.lr.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(24, 3, 8, 8), training: false) }
+        var probs = [Float](repeating: 0, count: 48)
+        Softmax.forward(output: &probs, input: out.logits!.data, rows: 24, cols: 2)
+        for t in 0..<24 {
+            #expect(abs(p.probabilities[t][0] - Double(probs[2 * t])) < 1e-6 && abs(p.probabilities[t][1] - Double(probs[2 * t + 1])) < 1e-6, "tile \(t)")
+        }
+    }
+}
