@@ -115,19 +115,18 @@ public final class TopKFineTuner {
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
         let parts = [CheckpointPart(name: "backbone", model: backbone.model, optimizer: backboneOptimizer)]
         let start = try group.onCoordinator { () throws -> CheckpointState? in
-            let (lock, state, _) = try RunStart.begin(runDirectory, store: store, resume: resume, model: head, optimizer: headOptimizer, parts: parts, check: { s, url in
-                try RunStart.checkConfig(s, checkpoint: url, config: config, identity: TrainingDataIdentity(value: identity, what: "the tiles and backbone"),
-                                         run: runDirectory)
-            }, describe: {
-                try CheckpointStore.writeAtomically(Data(("# Effective config of this fine-tuning run, written by histodistill. Relative paths are relative to this directory.\n"
-                    + runDirectory.relativized(config).yaml).utf8), to: runDirectory.config)
-            })
+            let (lock, state) = try RunStart.beginSlideRun(runDirectory, store: store, resume: resume, model: head, optimizer: headOptimizer, parts: parts,
+                                                           config: config, identity: TrainingDataIdentity(value: identity, what: "the tiles and backbone"),
+                                                           kind: "fine-tuning")
             self.lock = lock
             return state
         }
         try DataParallelStep.broadcastState(of: head, optimizer: headOptimizer, group: group)
         try DataParallelStep.broadcastState(of: backbone.model, optimizer: backboneOptimizer, group: group)
-        if let start { progress?("resuming from step \(start.step) (epoch \(start.cursor.epoch))") }
+        if let start {
+            progress?("resuming from step \(start.step) (epoch \(start.cursor.epoch))")
+            if group.isCoordinator, let note = RunStart.changedSettingsNote(start, config: config) { progress?(note) }
+        }
         var step = start?.step ?? 0, cursor = start?.cursor ?? DataCursor()
         var best = start?.bestMetric
         bestAccuracy = best

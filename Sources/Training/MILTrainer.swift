@@ -140,28 +140,19 @@ public final class MILTrainer {
     @discardableResult
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
         let start = try group.onCoordinator { () throws -> CheckpointState? in
-            let (lock, state, _) = try RunStart.begin(runDirectory, store: store, resume: resume, model: head, optimizer: optimizer, check: { s, url in
-                try RunStart.checkConfig(s, checkpoint: url, config: config, identity: TrainingDataIdentity(value: identity, what: "the feature set"),
-                                         run: runDirectory)
-            }, describe: {
-                try CheckpointStore.writeAtomically(Data(("# Effective config of this MIL run, written by histodistill. Relative paths are relative to this directory.\n"
-                    + runDirectory.relativized(config).yaml).utf8), to: runDirectory.config)
+            let (lock, state) = try RunStart.beginSlideRun(runDirectory, store: store, resume: resume, model: head, optimizer: optimizer, config: config,
+                                                           identity: TrainingDataIdentity(value: identity, what: "the feature set"), kind: "MIL") {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
                 try CheckpointStore.writeAtomically(try encoder.encode(train.metadata), to: runDirectory.url.appendingPathComponent("features.json"))
-            })
+            }
             self.lock = lock
             return state
         }
         try DataParallelStep.broadcastState(of: head, optimizer: optimizer, group: group)
         if let start {
             progress?("resuming from step \(start.step) (epoch \(start.cursor.epoch))")
-            if let stored = try? RunConfig.parse(start.config, source: "checkpoint") {
-                let changed = ConfigKey.differences(stored: stored, current: config).changed
-                if !changed.isEmpty {
-                    progress?("note: continuing with changed settings (\(changed.joined(separator: "; "))): the continuation is no longer bit-exact with an uninterrupted run")
-                }
-            }
+            if let note = RunStart.changedSettingsNote(start, config: config) { progress?(note) }
         }
         var step = start?.step ?? 0
         var cursor = start?.cursor ?? DataCursor()

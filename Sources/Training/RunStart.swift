@@ -48,6 +48,30 @@ enum RunStart {
         }
     }
 
+    /// The coordinator's start of a run over slides (`mil train`, `finetune`): `begin` with the resume checked
+    /// against the config and `identity` (its training data), the effective config written with a header naming
+    /// `kind`, then `more` (further description files).
+    static func beginSlideRun(_ run: RunDirectory, store: CheckpointStore, resume: Bool, model: any Module, optimizer: Optimizer,
+                              parts: [CheckpointPart] = [], config: RunConfig, identity: TrainingDataIdentity, kind: String,
+                              more: () throws -> Void = {}) throws -> (RunLock, CheckpointState?) {
+        let (lock, state, _) = try begin(run, store: store, resume: resume, model: model, optimizer: optimizer, parts: parts, check: { s, url in
+            try checkConfig(s, checkpoint: url, config: config, identity: identity, run: run)
+        }, describe: {
+            try CheckpointStore.writeAtomically(Data(("# Effective config of this \(kind) run, written by histodistill. Relative paths are relative to this directory.\n"
+                + run.relativized(config).yaml).utf8), to: run.config)
+            try more()
+        })
+        return (lock, state)
+    }
+
+    /// The note a resume with changed "may change" settings prints (nil when nothing changed).
+    static func changedSettingsNote(_ state: CheckpointState, config: RunConfig) -> String? {
+        guard let stored = try? RunConfig.parse(state.config, source: "checkpoint") else { return nil }
+        let changed = ConfigKey.differences(stored: stored, current: config).changed
+        return changed.isEmpty ? nil
+            : "note: continuing with changed settings (\(changed.joined(separator: "; "))): the continuation is no longer bit-exact with an uninterrupted run"
+    }
+
     /// Whether a step ends with a checkpoint: every `checkpoint_every` steps, at the end of the schedule or of this
     /// call, at each epoch end, and before a stop.
     static func checkpointDue(step: Int, config: RunConfig, totalSteps: Int, stopAt: Int, epochEnded: Bool, stopping: Bool) -> Bool {

@@ -341,12 +341,7 @@ public final class SupervisedTrainer {
         if let name = start.checkpoint, let state = start.state {
             let ranks = state.worldSize == group.size ? "" : " (written by \(state.worldSize) ranks, continuing on \(group.size))"
             progress?("resuming from \(name) (epoch \(cursor.epoch), step \(step))\(ranks)")
-            if let stored = try? RunConfig.parse(state.config, source: "checkpoint"), group.isCoordinator {
-                let changed = ConfigKey.differences(stored: stored, current: config).changed
-                if !changed.isEmpty {
-                    progress?("note: continuing with changed settings (\(changed.joined(separator: "; "))): the continuation is no longer bit-exact with an uninterrupted run")
-                }
-            }
+            if group.isCoordinator, let note = RunStart.changedSettingsNote(state, config: config) { progress?(note) }
         }
         // Every rank meets the same data problems: one message from the coordinator, no abort.
         try group.collectively { () throws -> Void in
