@@ -60,6 +60,9 @@ struct Export: ParsableCommand {
     @Flag(help: "Apply training augmentation (flips, rotation, colour jitter 0.2/0.2/0.2/0.05).")
     var augment = false
 
+    @Option(help: "Apply this training config's augmentation (crop, blur, stain jitter... as a run draws them) and its input factor instead.")
+    var config: String?
+
     @Option(help: "Seed for sampling and augmentation.")
     var seed: UInt64 = 0
 
@@ -94,7 +97,14 @@ struct Export: ParsableCommand {
         chosen = Array(chosen.prefix(limit))
         let out = URL(fileURLWithPath: output)
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
-        let options = augment ? AugmentOptions(brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05) : .none
+        var options = augment ? AugmentOptions(brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05) : .none
+        var factor = factor
+        if let config {
+            let c: RunConfig
+            do { c = try RunConfig.load(URL(fileURLWithPath: config)) } catch let e as ConfigError { throw CLIError(e.message) }
+            options = c.augment
+            if c.inputFactor > 1 { factor = c.inputFactor }
+        }
         let transform = PairedTransform(augment: options, factor: factor)
         for t in chosen {
             let a = dataset.addresses[t], e = dataset.entry(t)
