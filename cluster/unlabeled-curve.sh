@@ -19,7 +19,7 @@ log() { echo "$(date -u +%H:%M:%S) $*"; }
 # Manifests: a class-stratified LABELLED share of the training files, and the rest shuffled (pools are prefixes).
 python3 - "$lung/train" "$work" "$labelled" "$seed" <<'PY'
 import csv, os, random, sys
-root, out, share, seed = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+root, out, share, seed = os.path.abspath(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)
 labelled, rest = [], []
 for cls in sorted(os.listdir(root)):
