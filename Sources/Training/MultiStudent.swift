@@ -95,8 +95,8 @@ public final class MultiStudentDistiller {
         var loops = try students.map { try $0.begin(resume: resume, stopAfter: stopAfter) }
         let positions = loops.map(\.step)
         guard Set(positions).count == 1, Set(loops.map(\.totalSteps)).count == 1 else {
-            let where_ = zip(students, positions).map { "\($0.runDirectory.url.path) at step \($1)" }.joined(separator: ", ")
-            throw TrainingError("the students' checkpoints are at different steps (\(where_)), so they cannot continue in one pass. Hint: resume each with its own `histodistill distill --config`, or start the pass afresh in new run directories.")
+            let standing = zip(students, positions).map { "\($0.runDirectory.url.path) at step \($1)" }.joined(separator: ", ")
+            throw TrainingError("the students' checkpoints are at different steps (\(standing)), so they cannot continue in one pass. Hint: resume each with its own `histodistill distill --config`, or start the pass afresh in new run directories.")
         }
         let loader = try students[0].makeLoader(loops[0], extraFactors: students.dropFirst().map(\.config.inputFactor))
         while loops[0].step < loops[0].stopAt {
