@@ -114,6 +114,26 @@ private func loadRunConfig(_ config: String, options: TrainingOptions) throws ->
     }
 }
 
+/// A training run's failures the user can act on (training, checkpoint and shard errors) as one clear line each.
+private func asUserErrors<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as TrainingError {
+        throw CLIError(e.message)
+    } catch let e as CheckpointError {
+        throw CLIError(e.message)
+    } catch let e as ShardError {
+        throw CLIError(e.message)
+    }
+}
+
+/// Compute threads per rank (`train.threads`, else the launch's share of the cores) and, on the coordinator, the
+/// kernel warnings.
+private func setUpCompute(threads: Int?, group: any ProcessGroup, launch: LaunchEnvironment) {
+    BLAS.setThreadCount(threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
+    if group.isCoordinator {
+        for w in KernelAdvice.current() { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+    }
+}
+
 /// `distill` with several configs: the students of one teacher in one pass (`MultiStudentDistiller`).
 private func distillSeveral(configs: [String], options: TrainingOptions, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {
     let cfgs = try group.collectively { () throws -> [RunConfig] in
@@ -124,10 +144,7 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
             return c
         }
     }
-    BLAS.setThreadCount(cfgs[0].threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
-    if group.isCoordinator {
-        for w in KernelAdvice.current() { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
-    }
+    setUpCompute(threads: cfgs[0].threads, group: group, launch: launch)
     let pass = try group.collectively { () throws -> MultiStudentDistiller in
         do {
             return try MultiStudentDistiller(configs: Array(zip(cfgs, configs)).map { ($0, $1) }, writer: "histodistill \(histodistillVersion)", group: group)
@@ -143,14 +160,7 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
         let views = pass.students.map { "\($0.config.name) (\($0.config.inputFactor)x)" }.joined(separator: ", ")
         FileHandle.standardError.write(Data("distilling \(pass.students.count) students in one pass: \(views); \(group.size) rank(s), global batch \(cfgs[0].batchSize)\n".utf8))
     }
-    let outcomes: [RunOutcome]
-    do { outcomes = try pass.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {
-        throw CLIError(e.message)
-    } catch let e as CheckpointError {
-        throw CLIError(e.message)
-    } catch let e as ShardError {
-        throw CLIError(e.message)
-    }
+    let outcomes = try asUserErrors { try pass.run(resume: options.resume, stopAfter: options.stopAfter) }
     guard group.isCoordinator else { return outcomes.first?.exitStatus ?? 0 }
     if isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
     for (trainer, outcome) in zip(pass.students, outcomes) { report(trainer, outcome, config: trainer.config) }
@@ -168,11 +178,7 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
         if let s = options.stopAfter, s < 1 { throw CLIError("--stop-after must be at least 1, got \(s)") }
         return cfg
     }
-    let cores = ProcessInfo.processInfo.activeProcessorCount
-    BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: cores))
-    if group.isCoordinator {
-        for w in KernelAdvice.current() { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
-    }
+    setUpCompute(threads: cfg.threads, group: group, launch: launch)
     let trainer = try group.collectively { () throws -> SupervisedTrainer in
         do { return try SupervisedTrainer(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {
             throw CLIError(e.message)
@@ -186,14 +192,7 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
         }
         trainer.progress = progressSink()
     }
-    let outcome: RunOutcome
-    do { outcome = try trainer.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {
-        throw CLIError(e.message)
-    } catch let e as CheckpointError {
-        throw CLIError(e.message)
-    } catch let e as ShardError {
-        throw CLIError(e.message)
-    }
+    let outcome = try asUserErrors { try trainer.run(resume: options.resume, stopAfter: options.stopAfter) }
     guard group.isCoordinator else { return outcome.exitStatus }
     if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
     report(trainer, outcome, config: cfg)

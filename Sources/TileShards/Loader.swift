@@ -172,10 +172,7 @@ public struct BatchMaker: @unchecked Sendable {
             }
         }
         for (i, f) in extraFactors.enumerated() {
-            var view: [Float] = []
-            view.reserveCapacity(keep.count * extraSizes[i])
-            for j in keep { view += UnsafeBufferPointer(rebasing: extra[i][(j * extraSizes[i])..<((j + 1) * extraSizes[i])]) }
-            batch.extraViews[f] = view
+            batch.extraViews[f] = keep.flatMap { j in UnsafeBufferPointer(rebasing: extra[i][(j * extraSizes[i])..<((j + 1) * extraSizes[i])]) }
         }
         for j in keep {
             let e = dataset.entry(plan.order[positions[j]])

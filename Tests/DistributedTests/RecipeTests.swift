@@ -259,3 +259,27 @@ struct InferencePipelineTests {
         }
     }
 }
+
+@Suite("Export with a config's augmentation")
+struct ExportConfigTests {
+    @Test("export --config takes the config's input factor and augmentation: crop and blur change the tile, a bad config is one clear line")
+    func exportWithConfig() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-export-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = dir.appendingPathComponent("aug.yaml")
+        try "data: {train: \(shards.path), input_factor: 2}\naugment: {crop_scale: 0.4, blur_probability: 1, blur_sigma: 2}\n"
+            .write(to: config, atomically: true, encoding: .utf8)
+        let bin = try histodistillBinary()
+        let plain = try run([bin, "export", shards.path, "-o", dir.appendingPathComponent("plain").path, "--ids", "0", "--factor", "2"])
+        let augmented = try run([bin, "export", shards.path, "-o", dir.appendingPathComponent("aug").path, "--ids", "0", "--config", config.path])
+        #expect(plain.status == 0 && augmented.status == 0, "\(plain.stderr) \(augmented.stderr)")
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("aug").path)
+        #expect(names.count == 1 && names[0].hasSuffix("-x2.png"), "\(names)")
+        let a = try ImageCodec.decodeFile(dir.appendingPathComponent("plain/\(names[0])")).image
+        let b = try ImageCodec.decodeFile(dir.appendingPathComponent("aug/\(names[0])")).image
+        #expect(a.pixels.count == b.pixels.count && a.pixels != b.pixels, "the config's crop and blur change the exported tile")
+        let bad = try run([bin, "export", shards.path, "-o", dir.appendingPathComponent("bad").path, "--ids", "0", "--config", "/nonexistent.yaml"])
+        #expect(bad.status != 0 && bad.stderr.contains("/nonexistent.yaml") && !bad.stderr.contains("Fatal error"), "\(bad.stderr)")
+    }
+}
