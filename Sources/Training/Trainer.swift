@@ -157,6 +157,19 @@ public final class SupervisedTrainer {
         return notes
     }
 
+    /// A warning when `train.ema_decay` averages over more steps than the run has: after `steps` updates the first
+    /// step's weights still hold `decay^(steps-1)` of the average (AveragedModel's first update copies), so an
+    /// average kept from a short run mostly remembers the untrained network. Warns above 10%, suggesting the
+    /// decay that leaves 1%.
+    static func emaHorizonWarning(decay: Double, steps: Int) -> String? {
+        guard decay > 0, steps > 1 else { return nil }
+        let share = pow(decay, Double(steps - 1))
+        guard share > 0.1 else { return nil }
+        let suggested = (pow(0.01, 1 / Double(steps - 1)) * 1000).rounded(.down) / 1000
+        return String(format: "train.ema_decay %g averages over about %.0f steps (1 / (1 - decay)), but the run has %d optimizer steps: at its end the first step's weights still make up %.0f%% of the kept average. Hint: set train.ema_decay to %g or lower for a run this long, or 0 to keep the weights themselves.",
+                      decay, 1 / (1 - decay), steps, 100 * share, suggested)
+    }
+
     /// Opens the data, builds the model and optimizer (and the teacher). Under several ranks, first checks that
     /// every rank runs the same program version and config.
     /// `teachers`: shared by the students of one pass (`MultiStudentDistiller`): the teacher is loaded once and
@@ -180,6 +193,7 @@ public final class SupervisedTrainer {
             throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
         }
         notes = Self.scaleWarnings(train: train, val: val)
+            + [Self.emaHorizonWarning(decay: Double(config.emaDecay), steps: min(config.maxSteps ?? Int.max, config.epochs * (train.count / config.batchSize)))].compactMap { $0 }
         if !config.isDistillation && !train.hasLabels {
             throw TrainingError("data.train (\(config.trainShards)) holds no labeled tile: supervised training learns from labels. Hint: pack the training tiles under class folders (or with labels in the manifest), or distill a student from a teacher, which needs no labels.")
         }

@@ -91,6 +91,22 @@ struct EMATests {
         #expect(resumed.runDirectory.preferredWeights()?.lastPathComponent == "ema.safetensors")
     }
 
+    @Test("train.ema_decay longer than the run is warned about with the share of the first weights and a decay that fits")
+    func horizonWarning() throws {
+        // 0.998^277 = 0.574; 0.01^(1/277) = 0.98351 (2 epochs of 139 steps, the quick start's teacher).
+        let short = try #require(SupervisedTrainer.emaHorizonWarning(decay: 0.998, steps: 278))
+        #expect(short.contains("train.ema_decay 0.998") && short.contains("278 optimizer steps") && short.contains("57%") && short.contains("0.983"))
+        #expect(SupervisedTrainer.emaHorizonWarning(decay: 0.998, steps: 1390) == nil, "0.998^1389 = 6%: long enough")
+        #expect(SupervisedTrainer.emaHorizonWarning(decay: 0, steps: 10) == nil)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-ema-warn-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var c = try tinyConfig(shards: try trainingShards(dir), output: dir.appendingPathComponent("run"), maxSteps: 5)
+        c.emaDecay = 0.9
+        #expect(try SupervisedTrainer(config: c, writer: "test").notes.contains { $0.contains("train.ema_decay 0.9 ") && $0.contains("66%") })
+        c.emaDecay = 0.3
+        #expect(try SupervisedTrainer(config: c, writer: "test").notes.allSatisfy { !$0.contains("ema_decay") })
+    }
+
     @Test("train.ema_decay outside [0, 1) is refused naming the key")
     func badDecay() throws {
         for bad in ["1", "-0.1", "1.5"] {

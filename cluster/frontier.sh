@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The accuracy-vs-compute frontier and the headline numbers with seeds (issue 18, items 2 and 4; docs/results.md):
+# for one seed, a teacher at 224 px trained with the recipe options (configs/README.md), students at 112, 56, 28
+# and 14 px distilled from it without labels in ONE pass (one teacher forward per batch), and the same four
+# resolutions trained from scratch with labels. Every run is then evaluated on the lung validation split.
+# Run it once per seed, then `cluster/frontier.sh summary` for the table over seeds, and `cluster/frontier.sh speed`
+# for tiles/s of every resolution (predict over the training shards; speed does not depend on the seed).
+#
+# Usage: cluster/frontier.sh SEED | summary | speed
+#   environment: WORK=runs/frontier, SHARDS=<dir with train/ and val/> (packed from LUNG when absent),
+#                LUNG=../shared/data/lc25000-lung, EPOCHS=10 (teacher and students), STUDENT_EPOCHS=$EPOCHS
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:?usage: cluster/frontier.sh SEED | summary | speed}
+work=${WORK:-runs/frontier}
+lung=${LUNG:-../shared/data/lc25000-lung}
+shards=${SHARDS:-$work/shards}
+epochs=${EPOCHS:-10} student_epochs=${STUDENT_EPOCHS:-${EPOCHS:-10}}
+bin=$(swift build -c release --show-bin-path)/histodistill
+log() { echo "$(date -u +%H:%M:%S) $*"; }
+sizes=(112 56 28 14)
+
+# The teacher recipe (docs/results.md, "Teacher at 224 px: shipped config vs the recipe options").
+recipe=(--set schedule.name=cosine --set schedule.warmup_steps=139 --set schedule.min_lr=0.00001
+        --set train.ema_decay=0.998 --set augment.crop_scale=0.7 --set augment.hed_jitter=0.03
+        --set train.label_smoothing=0.1 --set augment.blur_probability=0.2 --set augment.blur_sigma=1.0)
+
+accuracy() { # run directory -> "last best kept" validation accuracies (metrics.jsonl, eval.json)
+    python3 - "$1" <<'PY'
+import json, sys
+run = sys.argv[1]
+val = [l for l in map(json.loads, open(run + "/metrics.jsonl")) if l.get("val_accuracy") is not None]
+kept = json.load(open(run + "/eval.json"))["accuracy"]
+print(f"{val[-1]['val_accuracy']:.4f}\t{max(l['val_accuracy'] for l in val):.4f}\t{kept:.4f}")
+PY
+}
+
+case $what in
+summary)
+    python3 - "$work" <<'PY'
+import glob, os, statistics as st, sys
+work = sys.argv[1]
+rows = {}
+for f in sorted(glob.glob(os.path.join(work, "seed-*", "summary.tsv"))):
+    for line in open(f).read().splitlines()[1:]:
+        run, last, best, kept = line.split("\t")
+        rows.setdefault(run, []).append((float(last), float(best), float(kept)))
+def fmt(xs):
+    xs = [100 * x for x in xs]
+    return f"{st.mean(xs):.2f} ± {st.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+print("run\tseeds\tlast epoch (%)\tkept weights (%)\tper seed, kept")
+for run, v in rows.items():
+    print(f"{run}\t{len(v)}\t{fmt([x[0] for x in v])}\t{fmt([x[2] for x in v])}\t"
+          + ", ".join(f"{100 * x[2]:.2f}" for x in v))
+PY
+    exit 0 ;;
+speed)
+    # Multiply-adds per tile from `cost`, tiles/s as the median of 3 `predict` passes over the training shards.
+    "$bin" cost --classes 3 --resolutions 224,112,56,28,14 | tee "$work/cost.md"
+    printf "px\tmacs_millions\ttiles_per_s\n" > "$work/speed.tsv"
+    for s in 224 "${sizes[@]}"; do
+        run=$work/seed-0/distilled/student-$s
+        [ "$s" = 224 ] && run=$work/seed-0/teacher
+        rates=()
+        for rep in 1 2 3; do
+            rates+=("$("$bin" predict --run "$run" --shards "$shards/train" -o "$work/speed-predictions.csv" --workers 1 2>&1 |
+                     sed -n 's/.* \([0-9.]*\) tiles\/s.*/\1/p')")
+        done
+        macs=$(sed -n "s/^| $s px | \([0-9.]*\) M .*/\1/p" "$work/cost.md")
+        median=$(printf "%s\n" "${rates[@]}" | sort -g | sed -n 2p)
+        log "$s px: ${rates[*]} tiles/s (median $median), $macs M multiply-adds per tile"
+        printf "%s\t%s\t%s\n" "$s" "$macs" "$median" >> "$work/speed.tsv"
+    done
+    rm -f "$work/speed-predictions.csv"
+    exit 0 ;;
+esac
+
+seed=$what
+out=$work/seed-$seed
+mkdir -p "$out"
+if [ ! -d "$shards/train" ]; then
+    log "packing $lung into $shards"
+    "$bin" pack "$lung/train" -o "$shards/train" --magnification 10 > /dev/null
+    "$bin" pack "$lung/val" -o "$shards/val" --magnification 10 > /dev/null
+fi
+data=(--set "data.train=$shards/train" --set "data.val=$shards/val" --set "run.seed=$seed")
+
+log "seed $seed: teacher at 224 px, recipe, $epochs epochs"
+[ -f "$out/teacher/best.safetensors" ] || "$bin" train --config configs/teacher-lung-224.yaml "${data[@]}" "${recipe[@]}" \
+    --set "train.epochs=$epochs" --set "run.output=$out/teacher" 2>> "$out/log" | tail -1
+
+# Student and from-scratch configs at each size: the shipped 28 px ones with another name and input factor.
+configs=()
+for s in "${sizes[@]}"; do
+    sed -e "s/^  name: student-lung-28-distill/  name: student-$s/" -e "s/^  input_factor: 8/  input_factor: $((224 / s))/" \
+        configs/student-lung-28-distill.yaml > "$out/student-$s.yaml"
+    configs+=("$out/student-$s.yaml")
+done
+log "seed $seed: students at ${sizes[*]} px distilled in one pass, $student_epochs epochs"
+[ -f "$out/distilled/student-14/best.safetensors" ] || "$bin" distill --config "${configs[@]}" --runs-dir "$out/distilled" \
+    "${data[@]}" --set "train.epochs=$student_epochs" --set "distill.teacher_run=$out/teacher" 2>> "$out/log" | grep -v "^teacher forwards" || true
+for s in "${sizes[@]}"; do
+    log "seed $seed: from scratch at $s px, $student_epochs epochs"
+    [ -f "$out/scratch-$s/best.safetensors" ] || "$bin" train --config configs/baseline-lung-28.yaml "${data[@]}" \
+        --set "data.input_factor=$((224 / s))" --set "train.epochs=$student_epochs" --set "run.output=$out/scratch-$s" 2>> "$out/log" | tail -1
+done
+
+printf "run\tlast\tbest\tkept\n" > "$out/summary.tsv"
+for run in teacher distilled/student-112 distilled/student-56 distilled/student-28 distilled/student-14 \
+           scratch-112 scratch-56 scratch-28 scratch-14; do
+    [ -f "$out/$run/eval.json" ] || "$bin" evaluate --run "$out/$run" > /dev/null 2>> "$out/log"
+    printf "%s\t%s\n" "$run" "$(accuracy "$out/$run")" >> "$out/summary.tsv"
+done
+column -t "$out/summary.tsv"

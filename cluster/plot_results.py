@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Charts for docs/results.md from the runs' summary files (matplotlib; SVG).
+
+    frontier   accuracy against multiply-adds per tile and measured tiles/s, distilled vs from scratch, mean and
+               standard deviation over seeds (cluster/frontier.sh: WORK/seed-*/summary.tsv and WORK/speed.tsv)
+    curve      accuracy against the number of unlabeled tiles added to the labelled ones, students at 28 and 14 px
+               against the from-scratch students (cluster/unlabeled-curve.sh: WORK/seed-*/summary.tsv)
+
+Usage: python3 cluster/plot_results.py frontier runs/frontier docs/figures/frontier.svg
+       python3 cluster/plot_results.py curve runs/curve docs/figures/unlabeled-curve.svg
+"""
+import csv
+import glob
+import os
+import statistics
+import sys
+
+import matplotlib
+
+matplotlib.use("svg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+plt.rcParams["svg.hashsalt"] = "histodistill"  # the same SVG for the same numbers
+plt.rcParams["svg.fonttype"] = "none"
+
+
+def read_seeds(work, column):
+    """{run: [value per seed]} for one column of every WORK/seed-*/summary.tsv (accuracies in %)."""
+    runs = {}
+    paths = sorted(glob.glob(os.path.join(work, "seed-*", "summary.tsv")))
+    if not paths:
+        sys.exit(f"plot_results: no {work}/seed-*/summary.tsv; run the experiment's script first")
+    for path in paths:
+        with open(path) as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                runs.setdefault(row["run"], []).append(100 * float(row[column]))
+    return runs, len(paths)
+
+
+def mean_sd(values):
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def frontier(work, out):
+    acc, seeds = read_seeds(work, "kept")
+    speed_path = os.path.join(work, "speed.tsv")
+    if not os.path.exists(speed_path):
+        sys.exit(f"plot_results: no {speed_path}; run `cluster/frontier.sh speed` first")
+    with open(speed_path) as f:
+        speed = {int(r["px"]): (float(r["macs_millions"]), float(r["tiles_per_s"])) for r in csv.DictReader(f, delimiter="\t")}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, index, label in ((axes[0], 0, "multiply-adds per tile (millions, log scale)"),
+                             (axes[1], 1, "tiles/s, predict, 2 threads (log scale)")):
+        for kind, marker, name in (("distilled/student-", "o", "distilled (no labels)"), ("scratch-", "s", "from scratch (labels)")):
+            points = [(px, *mean_sd(acc[f"{kind}{px}"])) for px in (112, 56, 28, 14) if f"{kind}{px}" in acc]
+            xs = [speed[px][index] for px, _, _ in points]
+            ax.errorbar(xs, [m for _, m, _ in points], yerr=[s for _, _, s in points], marker=marker, capsize=3, label=name)
+            for x, (px, m, _) in zip(xs, points):
+                ax.annotate(f"{px} px", (x, m), textcoords="offset points", xytext=(4, -12), fontsize=8)
+        if "teacher" in acc:
+            m, s = mean_sd(acc["teacher"])
+            ax.errorbar([speed[224][index]], [m], yerr=[s], marker="*", markersize=12, color="black", capsize=3, label="teacher, 224 px")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"lung val accuracy, kept weights (%), mean ± sd of {seeds} seed(s)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Accuracy against compute: students distilled from the 224 px teacher vs trained from scratch")
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def curve(work, out):
+    acc, seeds = read_seeds(work, "val_accuracy_last")
+    # Unlabeled tiles added to the labelled ones, read from the packed shard sets (the manifests of seed 0).
+    def rows(name):
+        path = os.path.join(work, "seed-0", f"{name}.csv")
+        with open(path) as f:
+            return sum(1 for _ in f) - 1
+    pools = {"0": 0, "25": rows("pool-25"), "50": rows("pool-50"), "100": rows("pool-100")}
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for px, color in (("28", "C0"), ("14", "C1")):
+        points = [(n, *mean_sd(acc[f"distilled-{p}/student-{px}"])) for p, n in pools.items() if f"distilled-{p}/student-{px}" in acc]
+        ax.errorbar([n for n, _, _ in points], [m for _, m, _ in points], yerr=[s for _, _, s in points], marker="o",
+                    capsize=3, color=color, label=f"{px} px distilled, in-domain pool")
+        if f"distilled-colon/student-{px}" in acc:
+            m, s = mean_sd(acc[f"distilled-colon/student-{px}"])
+            colon = len(glob.glob(os.path.join(os.environ.get("COLON", "../shared/data/lc25000-colon"), "train", "*", "*")))
+            ax.errorbar([colon], [m], yerr=[s], marker="x", color=color, linestyle="none",
+                        label=f"{px} px distilled, colon tiles (out of domain)")
+        if f"scratch-{px}" in acc:
+            m, _ = mean_sd(acc[f"scratch-{px}"])
+            ax.axhline(m, color=color, linestyle="--", linewidth=1, label=f"{px} px from scratch, labelled tiles only")
+    ax.set_xlabel("unlabeled tiles added to the labelled ones")
+    ax.set_ylabel(f"lung val accuracy at the last step (%), {seeds} seed(s)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] not in ("frontier", "curve"):
+        sys.exit(__doc__)
+    os.makedirs(os.path.dirname(sys.argv[3]) or ".", exist_ok=True)
+    {"frontier": frontier, "curve": curve}[sys.argv[1]](sys.argv[2], sys.argv[3])
+    print(f"wrote {sys.argv[3]}")
