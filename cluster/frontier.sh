@@ -8,7 +8,8 @@
 #
 # Usage: cluster/frontier.sh SEED | summary | speed
 #   environment: WORK=runs/frontier, SHARDS=<dir with train/ and val/> (packed from LUNG when absent),
-#                LUNG=../shared/data/lc25000-lung, EPOCHS=10 (teacher and students), STUDENT_EPOCHS=$EPOCHS
+#                LUNG=../shared/data/lc25000-lung, EPOCHS=10 (teacher and students), STUDENT_EPOCHS=$EPOCHS,
+#                SIZES="112 56 28 14" (the students' input sizes; the pass's cost is mostly the teacher and the largest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?usage: cluster/frontier.sh SEED | summary | speed}
@@ -18,7 +19,7 @@ shards=${SHARDS:-$work/shards}
 epochs=${EPOCHS:-10} student_epochs=${STUDENT_EPOCHS:-${EPOCHS:-10}}
 bin=$(swift build -c release --show-bin-path)/histodistill
 log() { echo "$(date -u +%H:%M:%S) $*"; }
-sizes=(112 56 28 14)
+read -r -a sizes <<< "${SIZES:-112 56 28 14}"
 
 # The teacher recipe (docs/results.md, "Teacher at 224 px: shipped config vs the recipe options").
 recipe=(--set schedule.name=cosine --set schedule.warmup_steps=139 --set schedule.min_lr=0.00001
@@ -37,21 +38,30 @@ PY
 
 case $what in
 summary)
+    # A markdown table over the seeds: kept weights (the best validation, evaluated) and the last epoch, with the
+    # multiply-adds and tiles/s of `cluster/frontier.sh speed` when it has run.
     python3 - "$work" <<'PY'
-import glob, os, statistics as st, sys
+import csv, glob, os, statistics as st, sys
 work = sys.argv[1]
-rows = {}
+rows, seeds = {}, {}
 for f in sorted(glob.glob(os.path.join(work, "seed-*", "summary.tsv"))):
-    for line in open(f).read().splitlines()[1:]:
-        run, last, best, kept = line.split("\t")
-        rows.setdefault(run, []).append((float(last), float(best), float(kept)))
+    seed = f.split(os.sep)[-2].split("-")[1]
+    for r in csv.DictReader(open(f), delimiter="\t"):
+        rows.setdefault(r["run"], []).append((float(r["last"]), float(r["kept"])))
+        seeds.setdefault(r["run"], []).append(seed)
+speed = {}
+if os.path.exists(os.path.join(work, "speed.tsv")):
+    speed = {int(r["px"]): r for r in csv.DictReader(open(os.path.join(work, "speed.tsv")), delimiter="\t")}
 def fmt(xs):
     xs = [100 * x for x in xs]
     return f"{st.mean(xs):.2f} ± {st.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
-print("run\tseeds\tlast epoch (%)\tkept weights (%)\tper seed, kept")
+print("| run | px | seeds | kept weights, % (mean ± sd) | per seed | last epoch, % | M multiply-adds per tile | tiles/s |")
+print("|---|---|---|---|---|---|---|---|")
 for run, v in rows.items():
-    print(f"{run}\t{len(v)}\t{fmt([x[0] for x in v])}\t{fmt([x[2] for x in v])}\t"
-          + ", ".join(f"{100 * x[2]:.2f}" for x in v))
+    px = 224 if run == "teacher" else int(run.rsplit("-", 1)[1])
+    sp = speed.get(px, {})
+    print(f"| {run} | {px} | {','.join(seeds[run])} | {fmt([x[1] for x in v])} | " + ", ".join(f"{100 * x[1]:.2f}" for x in v)
+          + f" | {fmt([x[0] for x in v])} | {sp.get('macs_millions', '-')} | {sp.get('tiles_per_s', '-')} |")
 PY
     exit 0 ;;
 speed)
@@ -97,7 +107,7 @@ for s in "${sizes[@]}"; do
     configs+=("$out/student-$s.yaml")
 done
 log "seed $seed: students at ${sizes[*]} px distilled in one pass, $student_epochs epochs"
-[ -f "$out/distilled/student-14/best.safetensors" ] || "$bin" distill --config "${configs[@]}" --runs-dir "$out/distilled" \
+[ -f "$out/distilled/student-${sizes[-1]}/best.safetensors" ] || "$bin" distill --config "${configs[@]}" --runs-dir "$out/distilled" \
     "${data[@]}" --set "train.epochs=$student_epochs" --set "distill.teacher_run=$out/teacher" 2>> "$out/log" | grep -v "^teacher forwards" || true
 for s in "${sizes[@]}"; do
     log "seed $seed: from scratch at $s px, $student_epochs epochs"
@@ -106,8 +116,10 @@ for s in "${sizes[@]}"; do
 done
 
 printf "run\tlast\tbest\tkept\n" > "$out/summary.tsv"
-for run in teacher distilled/student-112 distilled/student-56 distilled/student-28 distilled/student-14 \
-           scratch-112 scratch-56 scratch-28 scratch-14; do
+runs=(teacher)
+for s in "${sizes[@]}"; do runs+=("distilled/student-$s"); done
+for s in "${sizes[@]}"; do runs+=("scratch-$s"); done
+for run in "${runs[@]}"; do
     [ -f "$out/$run/eval.json" ] || "$bin" evaluate --run "$out/$run" > /dev/null 2>> "$out/log"
     printf "%s\t%s\n" "$run" "$(accuracy "$out/$run")" >> "$out/summary.tsv"
 done

@@ -63,9 +63,9 @@ def frontier(work, out):
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel(f"lung val accuracy, kept weights (%), mean ± sd of {seeds} seed(s)")
+    axes[0].set_ylabel(f"lung val accuracy (%), up to {seeds} seeds")
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Accuracy against compute: students distilled from the 224 px teacher vs trained from scratch")
+    fig.suptitle("Accuracy against compute, kept weights, mean ± sd over seeds (112 px: one seed)")
     fig.tight_layout()
     fig.savefig(out)
 
