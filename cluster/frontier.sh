@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The accuracy-vs-compute frontier and the headline numbers with seeds (issue 18, items 2 and 4; docs/results.md):
-# for one seed, a teacher at 224 px trained with the recipe options (configs/README.md), students at 112, 56, 28
+# for one seed, a teacher at 224 px trained with the shipped config (its recipe: configs/README.md), students at 112, 56, 28
 # and 14 px distilled from it without labels in ONE pass (one teacher forward per batch), and the same four
 # resolutions trained from scratch with labels. Every run is then evaluated on the lung validation split.
 # Run it once per seed, then `cluster/frontier.sh summary` for the table over seeds, and `cluster/frontier.sh speed`
@@ -21,10 +21,6 @@ bin=$(swift build -c release --show-bin-path)/histodistill
 log() { echo "$(date -u +%H:%M:%S) $*"; }
 read -r -a sizes <<< "${SIZES:-112 56 28 14}"
 
-# The teacher recipe (docs/results.md, "Teacher at 224 px: shipped config vs the recipe options").
-recipe=(--set schedule.name=cosine --set schedule.warmup_steps=139 --set schedule.min_lr=0.00001
-        --set train.ema_decay=0.998 --set augment.crop_scale=0.7 --set augment.hed_jitter=0.03
-        --set train.label_smoothing=0.1 --set augment.blur_probability=0.2 --set augment.blur_sigma=1.0)
 
 accuracy() { # run directory -> "last best kept" validation accuracies (metrics.jsonl, eval.json)
     python3 - "$1" <<'PY'
@@ -96,7 +92,7 @@ fi
 data=(--set "data.train=$shards/train" --set "data.val=$shards/val" --set "run.seed=$seed")
 
 log "seed $seed: teacher at 224 px, recipe, $epochs epochs"
-[ -f "$out/teacher/best.safetensors" ] || "$bin" train --config configs/teacher-lung-224.yaml "${data[@]}" "${recipe[@]}" \
+[ -f "$out/teacher/best.safetensors" ] || "$bin" train --config configs/teacher-lung-224.yaml "${data[@]}" \
     --set "train.epochs=$epochs" --set "run.output=$out/teacher" 2>> "$out/log" | tail -1
 
 # Student and from-scratch configs at each size: the shipped 28 px ones with another name and input factor.

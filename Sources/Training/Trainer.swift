@@ -193,7 +193,7 @@ public final class SupervisedTrainer {
             throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
         }
         notes = Self.scaleWarnings(train: train, val: val)
-            + [Self.emaHorizonWarning(decay: Double(config.emaDecay), steps: min(config.maxSteps ?? Int.max, config.epochs * (train.count / config.batchSize)))].compactMap { $0 }
+            + [Self.emaHorizonWarning(decay: Double(config.emaDecay), steps: Self.totalSteps(config, tiles: train.count))].compactMap { $0 }
         if !config.isDistillation && !train.hasLabels {
             throw TrainingError("data.train (\(config.trainShards)) holds no labeled tile: supervised training learns from labels. Hint: pack the training tiles under class folders (or with labels in the manifest), or distill a student from a teacher, which needs no labels.")
         }
@@ -331,6 +331,12 @@ public final class SupervisedTrainer {
     /// The steps of one epoch of `train` at the configured global batch.
     public var stepsPerEpoch: Int { train.count / config.batchSize }
 
+    /// The optimizer steps of a whole run over `tiles` training tiles: `train.epochs` epochs of the global batch,
+    /// cut at `train.max_steps`.
+    static func totalSteps(_ config: RunConfig, tiles: Int) -> Int {
+        min(config.maxSteps ?? Int.max, config.epochs * (tiles / config.batchSize))
+    }
+
     /// Takes the run directory (coordinator), resumes or starts, and gives every rank the same state: the start
     /// of `run`, and of a run driven step by step (`trainStep`, several students in one pass).
     public func begin(resume: Bool, stopAfter: Int? = nil) throws -> Loop {
@@ -364,7 +370,7 @@ public final class SupervisedTrainer {
                 throw TrainingError("data.train (\(config.trainShards)) holds \(train.count) tiles (\(steps) steps of \(config.batchSize)), but the checkpoint is at step \(cursor.nextStep(globalBatch: config.batchSize)) of epoch \(cursor.epoch). Hint: resume with the shards the run was trained on.")
             }
         }
-        let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
+        let totalSteps = Self.totalSteps(config, tiles: train.count)
         return Loop(step: step, cursor: cursor, best: bestAccuracy, stepsPerEpoch: stepsPerEpoch, totalSteps: totalSteps,
                     stopAt: min(totalSteps, stopAfter ?? totalSteps), startStep: step, schedule: config.lrSchedule(stepsPerEpoch: stepsPerEpoch),
                     log: group.isCoordinator ? try MetricsLog(run: runDirectory) : nil, trace: traceSamples ? try traceHandle() : nil)
