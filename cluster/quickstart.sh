@@ -23,7 +23,7 @@ ranks=${RANKS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
 if [ "${FULL:-0}" = 1 ]; then epochs_t=(); epochs_s=(); else
     # A short teacher run: the shipped config's one-epoch warm-up and 500-step weight average are sized for 10
     # epochs; a tenth of an epoch of warm-up and a 50-step average fit 2 (the run warns when the average is too long).
-    epochs_t=(--set "train.epochs=${TEACHER_EPOCHS:-2}" --set schedule.warmup_steps=14 --set train.ema_decay=0.98)
+    epochs_t=(--set "train.epochs=${TEACHER_EPOCHS:-2}" --set schedule.warmup_epochs=0.1 --set train.ema_decay=0.98)
     epochs_s=(--set "train.epochs=${STUDENT_EPOCHS:-2}"); fi
 
 echo "== histodistill doctor"

@@ -44,10 +44,10 @@ done
 data=(--set "data.train=$work/shards/labelled" --set "data.val=$work/shards/val" --set "run.seed=$seed")
 
 log "teacher on the labelled part ($teacher_epochs epochs)"
-# The shipped recipe with its warm-up (one epoch) and weight average sized for the labelled part's steps per epoch.
+# The shipped recipe (its warm-up is one epoch) with the weight average sized for the labelled part's steps per epoch.
 per_epoch=$(( $(wc -l < "$work/labelled.csv") - 1 )); per_epoch=$(( per_epoch / 32 > 0 ? per_epoch / 32 : 1 ))
 [ -f "$work/teacher/best.safetensors" ] || "$bin" train --config configs/teacher-lung-224.yaml "${data[@]}" \
-    --set "train.epochs=$teacher_epochs" --set "run.output=$work/teacher" --set "schedule.warmup_steps=$per_epoch" \
+    --set "train.epochs=$teacher_epochs" --set "run.output=$work/teacher" \
     --set "train.ema_decay=$(python3 -c "print(round(1 - 5 / ($teacher_epochs * $per_epoch), 4))")" 2>> "$work/log" | tail -1
 
 # Student configs at 28 and 14 px (the shipped 28 px config; the 14 px one differs in its name and input factor).

@@ -49,6 +49,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var gamma = 1.0
     public var stepEpochs = 10
     public var warmupSteps = 0
+    /// Linear warm-up in epochs (timm's `warmup_epochs`), rounded to steps; the alternative to `warmupSteps`.
+    public var warmupEpochs = 0.0
     public var minLR = 0.0
     // train
     public var epochs = 1
@@ -58,6 +60,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var labelSmoothing: Float = 0
     /// Decay of the exponential moving average of the weights kept as the evaluated model (0: none).
     public var emaDecay: Float = 0
+    /// Ramp the average's decay up from 0 as timm's `ModelEmaV3(use_warmup=True)` does, so a short run's average
+    /// does not keep the untrained network (see `WeightEMA.decay(update:)`).
+    public var emaWarmup = false
     public var checkpointEvery = 100
     /// Validate every this many steps (and at each epoch end); nil: at each epoch end only.
     public var valEvery: Int?
@@ -196,6 +201,15 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if trainShards.isEmpty { throw bad("data.train", "is required: a directory of .shard files (make one with `histodistill pack`)") }
         if !(0...1).contains(labelSmoothing) { throw bad("train.label_smoothing", "must be in 0...1 (0.1 is usual), got \(labelSmoothing)") }
         if !(emaDecay >= 0 && emaDecay < 1) { throw bad("train.ema_decay", "must be in [0, 1) (0 off; 0.999 averages over about 1,000 steps), got \(emaDecay)") }
+        if emaWarmup && emaDecay == 0 { throw bad("train.ema_warmup", "has no effect without an average. Hint: set train.ema_decay (0.999 is usual) or remove train.ema_warmup.") }
+        if warmupSteps < 0 { throw bad("schedule.warmup_steps", "must be 0 or more, got \(warmupSteps)") }
+        if !(warmupEpochs >= 0) { throw bad("schedule.warmup_epochs", "must be 0 or more, got \(warmupEpochs)") }
+        if warmupSteps > 0 && warmupEpochs > 0 {
+            throw bad("schedule.warmup_steps", "and schedule.warmup_epochs are both set (\(warmupSteps) steps, \(warmupEpochs) epochs); only one can size the warm-up. Hint: set the other to 0 (for example --set schedule.warmup_epochs=0 to count the warm-up in steps).")
+        }
+        if (warmupSteps > 0 || warmupEpochs > 0) && schedule != .cosine {
+            throw bad(warmupSteps > 0 ? "schedule.warmup_steps" : "schedule.warmup_epochs", "applies to the cosine schedule only, but schedule.name is \(schedule.rawValue). Hint: set schedule.name: cosine, or remove the warm-up.")
+        }
         if !(0...1).contains(minTissue) { throw bad("data.min_tissue", "must be a fraction in 0...1, got \(minTissue)") }
         if ![1, 2, 4, 8, 16].contains(inputFactor) { throw bad("data.input_factor", "must be 1, 2, 4, 8 or 16, got \(inputFactor)") }
         if mean.count != 3 || std.count != 3 || std.contains(where: { $0 <= 0 }) { throw bad("data.mean/std", "need 3 values each, std > 0 (see `histodistill stats`)") }
@@ -288,12 +302,18 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// The warm-up in optimizer steps: `schedule.warmup_steps`, or `schedule.warmup_epochs` times the steps per
+    /// epoch, rounded to the nearest step.
+    public func warmupSteps(stepsPerEpoch: Int) -> Int {
+        warmupSteps > 0 ? warmupSteps : Int((warmupEpochs * Double(stepsPerEpoch)).rounded())
+    }
+
     /// The learning-rate schedule for `stepsPerEpoch` steps per epoch.
     public func lrSchedule(stepsPerEpoch: Int) -> LRSchedule {
         switch schedule {
         case .exponential: return .exponential(gamma: gamma)
         case .step: return .step(stepEpochs: stepEpochs, gamma: gamma)
-        case .cosine: return .cosine(warmupSteps: warmupSteps, totalSteps: maxSteps ?? epochs * stepsPerEpoch, minLR: minLR)
+        case .cosine: return .cosine(warmupSteps: warmupSteps(stepsPerEpoch: stepsPerEpoch), totalSteps: maxSteps ?? epochs * stepsPerEpoch, minLR: minLR)
         case .constant: return .constant
         }
     }

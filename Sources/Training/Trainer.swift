@@ -158,15 +158,15 @@ public final class SupervisedTrainer {
     }
 
     /// A warning when `train.ema_decay` averages over more steps than the run has: after `steps` updates the first
-    /// step's weights still hold `decay^(steps-1)` of the average (AveragedModel's first update copies), so an
-    /// average kept from a short run mostly remembers the untrained network. Warns above 10%, suggesting the
-    /// decay that leaves 1%.
-    static func emaHorizonWarning(decay: Double, steps: Int) -> String? {
+    /// step's weights still hold `decay^(steps-1)` of the average (AveragedModel's first update copies; with
+    /// `train.ema_warmup`, the product of the ramped decays), so an average kept from a short run mostly remembers
+    /// the untrained network. Warns above 10%, suggesting the decay that leaves 1% and the warm-up.
+    static func emaHorizonWarning(decay: Double, warmup: Bool = false, steps: Int) -> String? {
         guard decay > 0, steps > 1 else { return nil }
-        let share = pow(decay, Double(steps - 1))
+        let share = WeightEMA.firstWeightsShare(updates: steps, decay: Float(decay), warmup: warmup)
         guard share > 0.1 else { return nil }
         let suggested = (pow(0.01, 1 / Double(steps - 1)) * 1000).rounded(.down) / 1000
-        return String(format: "train.ema_decay %g averages over about %.0f steps (1 / (1 - decay)), but the run has %d optimizer steps: at its end the first step's weights still make up %.0f%% of the kept average. Hint: set train.ema_decay to %g or lower for a run this long, or 0 to keep the weights themselves.",
+        return String(format: "train.ema_decay %g averages over about %.0f steps (1 / (1 - decay)), but the run has %d optimizer steps: at its end the first step's weights still make up %.0f%% of the kept average. Hint: set train.ema_decay to %g or lower for a run this long, or train.ema_warmup: true (the decay ramps up with the steps), or 0 to keep the weights themselves.",
                       decay, 1 / (1 - decay), steps, 100 * share, suggested)
     }
 
@@ -193,7 +193,7 @@ public final class SupervisedTrainer {
             throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
         }
         notes = Self.scaleWarnings(train: train, val: val)
-            + [Self.emaHorizonWarning(decay: Double(config.emaDecay), steps: Self.totalSteps(config, tiles: train.count))].compactMap { $0 }
+            + [Self.emaHorizonWarning(decay: Double(config.emaDecay), warmup: config.emaWarmup, steps: Self.totalSteps(config, tiles: train.count))].compactMap { $0 }
         if !config.isDistillation && !train.hasLabels {
             throw TrainingError("data.train (\(config.trainShards)) holds no labeled tile: supervised training learns from labels. Hint: pack the training tiles under class folders (or with labels in the manifest), or distill a student from a teacher, which needs no labels.")
         }
@@ -206,7 +206,7 @@ public final class SupervisedTrainer {
         guard problems.isEmpty else { throw TrainingError("model: " + problems.joined(separator: "; ")) }
         let network = ResNet(mc, seed: config.seed)
         model = network
-        ema = config.emaDecay > 0 ? WeightEMA(decay: config.emaDecay, shadow: ResNet(mc, seed: config.seed), source: network) : nil
+        ema = config.emaDecay > 0 ? WeightEMA(decay: config.emaDecay, warmup: config.emaWarmup, shadow: ResNet(mc, seed: config.seed), source: network) : nil
         optimizer = Optimizer(config.optimizerKind, count: model.parameterCount)
         runDirectory = RunDirectory(path: config.output)
         if let teacherRun = config.teacherRun {
@@ -444,7 +444,7 @@ public final class SupervisedTrainer {
                 bestStep = step
                 if group.isCoordinator {
                     var extra = ["step": "\(step)", "val_accuracy": "\(acc)"]
-                    if let ema { extra["ema_decay"] = "\(ema.decay)"; extra["ema_updates"] = "\(ema.updates)" }
+                    if let ema { extra["ema_decay"] = "\(ema.decay)"; extra["ema_updates"] = "\(ema.updates)"; if ema.warmup { extra["ema_warmup"] = "true" } }
                     try evaluatedModel.saveWeights(to: runDirectory.bestWeights, metadata: metadata.safetensorsMetadata.merging(extra) { $1 })
                 }
             }

@@ -107,6 +107,65 @@ struct EMATests {
         #expect(try SupervisedTrainer(config: c, writer: "test").notes.allSatisfy { !$0.contains("ema_decay") })
     }
 
+    @Test("train.ema_warmup: the decay ramps up as timm ModelEmaV3 (1 - (1 + n)^(-2/3), capped at ema_decay), through the trainer's checkpoints; short runs are no longer warned about")
+    func warmup() throws {
+        // 2^(-2/3) = 0.629961, 3^(-2/3) = 0.480750, 1001^(-2/3) = 0.0099933 (by hand).
+        #expect(WeightEMA.decay(update: 0, decay: 0.999, warmup: true) == 0, "the first update copies")
+        #expect(abs(WeightEMA.decay(update: 1, decay: 0.999, warmup: true) - 0.370039) < 1e-5)
+        #expect(abs(WeightEMA.decay(update: 2, decay: 0.999, warmup: true) - 0.519250) < 1e-5)
+        #expect(abs(WeightEMA.decay(update: 1000, decay: 0.999, warmup: true) - 0.990007) < 1e-5)
+        #expect(WeightEMA.decay(update: 2, decay: 0.5, warmup: true) == 0.5, "capped at ema_decay")
+        #expect(WeightEMA.decay(update: 2, decay: 0.999, warmup: false) == 0.999)
+        // 278 steps with warm-up: the first weights' share is tiny; without it 57% (see horizonWarning).
+        #expect(WeightEMA.firstWeightsShare(updates: 278, decay: 0.998, warmup: true) < 1e-6)
+        #expect(SupervisedTrainer.emaHorizonWarning(decay: 0.998, warmup: true, steps: 278) == nil)
+
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-ema-warmup-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var c = try tinyConfig(shards: try trainingShards(dir), output: dir.appendingPathComponent("run"), maxSteps: 4)
+        c.emaDecay = 0.45; c.emaWarmup = true; c.checkpointEvery = 1; c.keep = 10; c.valEvery = 4
+        let trainer = try SupervisedTrainer(config: c, writer: "test")
+        try trainer.run(resume: false)
+        let checkpoints = trainer.store.completeCheckpoints()
+        #expect(checkpoints.count == 4)
+        let decays = [0, 0.370039, 0.45, 0.45]   // update 2 would be 0.519, capped at 0.45
+        var average: [String: [Double]] = [:]
+        for (t, checkpoint) in checkpoints.enumerated() {
+            for (name, v) in try Self.weights(checkpoint.appendingPathComponent("model.safetensors")) {
+                let x = v.map(Double.init)
+                average[name] = t == 0 ? x : zip(average[name]!, x).map { decays[t] * $0 + (1 - decays[t]) * $1 }
+            }
+            let ema = try Self.weights(checkpoint.appendingPathComponent("ema.safetensors"))
+            let worst = ema.map { name, v in zip(v, average[name]!).map { abs(Double($0) - $1) }.max() ?? 0 }.max()!
+            #expect(worst < 1e-5, "step \(t + 1): largest difference from the ramped hand average \(worst)")
+        }
+        #expect(try SafeTensorsFile(contentsOf: trainer.runDirectory.bestWeights).metadata["ema_warmup"] == "true")
+    }
+
+    @Test("schedule.warmup_epochs sizes the warm-up from the steps per epoch; refused beside warmup_steps, with a schedule that has no warm-up, and ema_warmup without an average")
+    func warmupEpochs() throws {
+        let c = try RunConfig.parse("data: {train: x}\nschedule: {name: cosine, warmup_epochs: 0.1}\ntrain: {epochs: 2}", source: "c.yaml")
+        #expect(c.warmupSteps(stepsPerEpoch: 139) == 14, "0.1 x 139 = 13.9, rounded")
+        #expect(c.lrSchedule(stepsPerEpoch: 139) == .cosine(warmupSteps: 14, totalSteps: 278, minLR: 0))
+        let one = try RunConfig.parse("data: {train: x}\nschedule: {name: cosine, warmup_epochs: 1}", source: "c.yaml")
+        #expect(one.warmupSteps(stepsPerEpoch: 36) == 36 && one.warmupSteps(stepsPerEpoch: 139) == 139)
+        let steps = try RunConfig.parse("data: {train: x}\nschedule: {name: cosine, warmup_steps: 7}", source: "c.yaml")
+        #expect(steps.warmupSteps(stepsPerEpoch: 139) == 7)
+        for (yaml, key) in [("schedule: {name: cosine, warmup_steps: 5, warmup_epochs: 1}", "warmup_epochs are both set"),
+                            ("schedule: {name: exponential, warmup_epochs: 1}", "schedule.warmup_epochs applies to the cosine schedule only"),
+                            ("schedule: {name: cosine, warmup_epochs: -1}", "schedule.warmup_epochs must be 0 or more"),
+                            ("train: {ema_warmup: true}", "train.ema_warmup has no effect without an average")] {
+            do {
+                _ = try RunConfig.parse("data: {train: x}\n" + yaml, source: "c.yaml")
+                Issue.record("accepted: \(yaml)")
+            } catch let e as ConfigError {
+                #expect(e.message.contains(key) && e.message.contains("c.yaml"), "\(yaml): \(e.message)")
+            }
+        }
+    }
+
     @Test("train.ema_decay outside [0, 1) is refused naming the key")
     func badDecay() throws {
         for bad in ["1", "-0.1", "1.5"] {
