@@ -21,17 +21,6 @@ bin=$(swift build -c release --show-bin-path)/histodistill
 log() { echo "$(date -u +%H:%M:%S) $*"; }
 read -r -a sizes <<< "${SIZES:-112 56 28 14}"
 
-
-accuracy() { # run directory -> "last best kept" validation accuracies (metrics.jsonl, eval.json)
-    python3 - "$1" <<'PY'
-import json, sys
-run = sys.argv[1]
-val = [l for l in map(json.loads, open(run + "/metrics.jsonl")) if l.get("val_accuracy") is not None]
-kept = json.load(open(run + "/eval.json"))["accuracy"]
-print(f"{val[-1]['val_accuracy']:.4f}\t{max(l['val_accuracy'] for l in val):.4f}\t{kept:.4f}")
-PY
-}
-
 case $what in
 summary)
     # A markdown table over the seeds: kept weights (the best validation, evaluated) and the last epoch, with the
@@ -117,6 +106,6 @@ for s in "${sizes[@]}"; do runs+=("distilled/student-$s"); done
 for s in "${sizes[@]}"; do runs+=("scratch-$s"); done
 for run in "${runs[@]}"; do
     [ -f "$out/$run/eval.json" ] || "$bin" evaluate --run "$out/$run" > /dev/null 2>> "$out/log"
-    printf "%s\t%s\n" "$run" "$(accuracy "$out/$run")" >> "$out/summary.tsv"
+    python3 cluster/run_accuracy.py "$out/$run" "$run" >> "$out/summary.tsv"
 done
 column -t "$out/summary.tsv"
