@@ -287,6 +287,9 @@ public struct PackReport: Sendable {
     public var alphaImages = 0
     /// Images whose orientation tag is not 1 (turned when `applyOrientation`, else read as stored).
     public var orientedImages = 0
+    /// Images and slides cut on a grid that kept no tile (none reached the tissue threshold, or the image is smaller
+    /// than a tile), by path relative to the input: their slides have no tiles, hence no bag, in this shard set.
+    public var emptySlides: [String] = []
 }
 
 /// Bytes of the file at `url`, following symbolic links (0 when unknown).
@@ -369,6 +372,11 @@ public enum Packer {
             guard !writers.isEmpty else {
                 throw ShardError("\(plan.root.path): no tile could be packed (\(report.skipped.count) file(s) skipped\(options.grid != nil ? "; with --tile-size, lower --min-tissue or check the images are larger than a tile" : "")).")
             }
+            if let grid = options.grid, !report.emptySlides.isEmpty {
+                let shown = report.emptySlides.prefix(10).joined(separator: ", ") + (report.emptySlides.count > 10 ? ", ..." : "")
+                report.notes.append(String(format: "%d image(s) kept no tile (no %d px tile had at least %g%% tissue, or the image is smaller than a tile): %@. These slides have no tiles in this set, so extract, mil and finetune will not see them. Hint: lower --min-tissue (0 keeps every tile), or check these images.",
+                                           report.emptySlides.count, grid.tileSize, Double(grid.minTissueFraction) * 100, shown))
+            }
             // The metadata's µm/px: the option for images; for slides the tiles' scale when every slide agrees (2%).
             var mpp = options.micronsPerPixel
             if let first = report.slides.values.map(\.tileMicronsPerPixel).min(), let last = report.slides.values.map(\.tileMicronsPerPixel).max() {
@@ -439,10 +447,11 @@ public enum Packer {
             }
             return (tiles: tiles, size: size, hadAlpha: decoded.hadAlpha, orientation: decoded.orientation)
         }
-        for r in results {
+        for (k, r) in results.enumerated() {
             switch r {
             case .failure(let e): try out.skip(e.message)
             case .success(let done):
+                if options.grid != nil && done.tiles.isEmpty { out.report.emptySlides.append(items[k].relativePath) }
                 out.report.inputBytes += done.size
                 if done.hadAlpha { out.report.alphaImages += 1 }
                 if done.orientation != 1 { out.report.orientedImages += 1 }
@@ -496,5 +505,6 @@ public enum Packer {
         }
         record.keptTiles = written
         out.report.slides[item.slide] = record
+        if written == 0 { out.report.emptySlides.append(item.relativePath) }
     }
 }

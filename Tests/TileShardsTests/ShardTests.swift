@@ -289,6 +289,30 @@ struct PackInputTests {
         #expect(e?.message.contains("'aca-slide0' is in class 'aca' and in class 'n'") == true)
     }
 
+    @Test("an image that keeps no tissue tile is named in the pack's notes with a hint, not dropped silently")
+    func emptySlide() throws {
+        let dir = try TemporaryDirectory()
+        var tissue = [UInt8](repeating: 0, count: 32 * 32 * 3)
+        for i in stride(from: 0, to: tissue.count, by: 3) { tissue[i] = 200; tissue[i + 1] = 90; tissue[i + 2] = 160 }
+        for (cls, name, px) in [("malignant", "slide1", tissue), ("benign", "glass", [UInt8](repeating: 250, count: 32 * 32 * 3)),
+                                ("benign", "slide2", tissue)] {
+            try FileManager.default.createDirectory(at: dir.url.appendingPathComponent("in/\(cls)"), withIntermediateDirectories: true)
+            try ImageCodec.writePNG(RGBImage(width: 32, height: 32, pixels: px), to: dir.url.appendingPathComponent("in/\(cls)/\(name).png"))
+        }
+        var options = PackOptions(output: dir.url.appendingPathComponent("out"))
+        options.grid = GridSpec(tileSize: 16, minTissueFraction: 0.25)
+        let report = try Packer.pack(try PackPlan.imageFolder(dir.url.appendingPathComponent("in")), options: options)
+        #expect(report.tiles == 8, "the two tissue images' 4 tiles each")
+        #expect(report.emptySlides == ["benign/glass.png"])
+        let note = try #require(report.notes.first { $0.contains("kept no tile") })
+        #expect(note.contains("1 image(s)") && note.contains("benign/glass.png") && note.contains("25%") && note.contains("--min-tissue"))
+        // Without the tissue filter the glass image keeps its tiles and nothing is said.
+        options.grid = GridSpec(tileSize: 16, minTissueFraction: 0)
+        options.output = dir.url.appendingPathComponent("all")
+        let all = try Packer.pack(try PackPlan.imageFolder(dir.url.appendingPathComponent("in")), options: options)
+        #expect(all.tiles == 12 && all.emptySlides.isEmpty && !all.notes.contains { $0.contains("kept no tile") })
+    }
+
     @Test("grid tiling keeps tissue tiles with their coordinates and drops background")
     func grid() throws {
         let dir = try TemporaryDirectory()
