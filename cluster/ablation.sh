@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Which of the recipe's options carry its gain (issue 18, item 1; docs/results.md): a model trained from scratch with
 # labels at PX px, once with the whole recipe of configs/teacher-lung-224.yaml, once without each option in turn
-# (leave one out), and once with none of them (the paper's settings, configs/baseline-lung-28.yaml at PX px). Every run
+# (leave one out; the values are read from that config), and once with none of them (the paper's settings, configs/baseline-lung-28.yaml at PX px). Every run
 # is evaluated on the lung validation split. Run it once per seed, then `cluster/ablation.sh summary` for the table.
 #
 # Usage: cluster/ablation.sh SEED | summary
@@ -17,34 +17,33 @@ epochs=${EPOCHS:-10}
 bin=$(swift build -c release --show-bin-path)/histodistill
 log() { echo "$(date -u +%H:%M:%S) $*"; }
 
-# The recipe's options, one --set list each (the values of configs/teacher-lung-224.yaml).
+# The recipe's options: the keys each one sets; their values are read from the teacher config, the recipe as shipped.
+recipe=configs/teacher-lung-224.yaml
 declare -A option=(
-    [schedule]="schedule.name=cosine schedule.warmup_epochs=1 schedule.min_lr=0.00001"
-    [ema]="train.ema_decay=0.998"
-    [crop]="augment.crop_scale=0.7"
-    [hed]="augment.hed_jitter=0.03"
-    [blur]="augment.blur_probability=0.2 augment.blur_sigma=1.0"
-    [smoothing]="train.label_smoothing=0.1"
+    [schedule]="schedule.name schedule.warmup_epochs schedule.min_lr"
+    [ema]="train.ema_decay"
+    [crop]="augment.crop_scale"
+    [hed]="augment.hed_jitter"
+    [blur]="augment.blur_probability augment.blur_sigma"
+    [smoothing]="train.label_smoothing"
 )
+value() { # section.key -> its value in $recipe (a two-level YAML mapping, one key per line)
+    awk -v s="${1%%.*}" -v k="${1#*.}:" '/^[A-Za-z_]+:/ { sec = substr($1, 1, length($1) - 1) } sec == s && $1 == k { print $2; exit }' "$recipe"
+}
 names=(schedule ema crop hed blur smoothing)
 
 if [ "$what" = summary ]; then
     python3 - "$work" <<'PY'
-import csv, glob, os, statistics as st, sys
-work = sys.argv[1]
-rows = {}
-for f in sorted(glob.glob(os.path.join(work, "seed-*", "summary.tsv"))):
-    for r in csv.DictReader(open(f), delimiter="\t"):
-        rows.setdefault(r["variant"], []).append((f.split(os.sep)[-2][5:], float(r["kept"]), float(r["last"])))
-def fmt(xs):
-    xs = [100 * x for x in xs]
-    return f"{st.mean(xs):.2f} ± {st.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
-full = st.mean(x[1] for x in rows.get("recipe", [("", 0, 0)]))
+import statistics, sys
+sys.path.insert(0, "cluster")
+from run_accuracy import mean_sd, over_seeds
+rows = over_seeds(sys.argv[1])
+full = statistics.mean(x[2] for x in rows["recipe"]) if "recipe" in rows else 0
 print("| variant | seeds | kept weights, % (mean ± sd) | per seed | last epoch, % | kept vs the whole recipe, points |")
 print("|---|---|---|---|---|---|")
 for name, v in rows.items():
-    print(f"| {name} | {','.join(x[0] for x in v)} | {fmt([x[1] for x in v])} | " + ", ".join(f"{100 * x[1]:.2f}" for x in v)
-          + f" | {fmt([x[2] for x in v])} | {100 * (st.mean(x[1] for x in v) - full):+.2f} |")
+    print(f"| {name} | {','.join(x[0] for x in v)} | {mean_sd([x[2] for x in v])} | " + ", ".join(f"{100 * x[2]:.2f}" for x in v)
+          + f" | {mean_sd([x[1] for x in v])} | {100 * (statistics.mean(x[2] for x in v) - full):+.2f} |")
 PY
     exit 0
 fi
@@ -55,7 +54,7 @@ mkdir -p "$out"
 common=(--set "data.train=$shards/train" --set "data.val=$shards/val" --set "data.input_factor=$((224 / px))"
         --set "run.seed=$seed" --set "train.epochs=$epochs")
 [ -n "${THREADS:-}" ] && common+=(--set "train.threads=$THREADS")
-sets() { for n in "$@"; do for kv in ${option[$n]}; do printf -- "--set\n%s\n" "$kv"; done; done; }
+sets() { for n in "$@"; do for k in ${option[$n]}; do v=$(value "$k"); printf -- "--set\n%s=%s\n" "$k" "${v:?$k not found in $recipe}"; done; done; }
 
 variants=(recipe)
 for n in "${names[@]}"; do variants+=("without-$n"); done

@@ -26,27 +26,20 @@ summary)
     # A markdown table over the seeds: kept weights (the best validation, evaluated) and the last epoch, with the
     # multiply-adds and tiles/s of `cluster/frontier.sh speed` when it has run.
     python3 - "$work" <<'PY'
-import csv, glob, os, statistics as st, sys
+import csv, os, sys
+sys.path.insert(0, "cluster")
+from run_accuracy import mean_sd, over_seeds
 work = sys.argv[1]
-rows, seeds = {}, {}
-for f in sorted(glob.glob(os.path.join(work, "seed-*", "summary.tsv"))):
-    seed = f.split(os.sep)[-2].split("-")[1]
-    for r in csv.DictReader(open(f), delimiter="\t"):
-        rows.setdefault(r["run"], []).append((float(r["last"]), float(r["kept"])))
-        seeds.setdefault(r["run"], []).append(seed)
 speed = {}
 if os.path.exists(os.path.join(work, "speed.tsv")):
     speed = {int(r["px"]): r for r in csv.DictReader(open(os.path.join(work, "speed.tsv")), delimiter="\t")}
-def fmt(xs):
-    xs = [100 * x for x in xs]
-    return f"{st.mean(xs):.2f} ± {st.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
 print("| run | px | seeds | kept weights, % (mean ± sd) | per seed | last epoch, % | M multiply-adds per tile | tiles/s |")
 print("|---|---|---|---|---|---|---|---|")
-for run, v in rows.items():
+for run, v in over_seeds(work).items():
     px = 224 if run == "teacher" else int(run.rsplit("-", 1)[1])
     sp = speed.get(px, {})
-    print(f"| {run} | {px} | {','.join(seeds[run])} | {fmt([x[1] for x in v])} | " + ", ".join(f"{100 * x[1]:.2f}" for x in v)
-          + f" | {fmt([x[0] for x in v])} | {sp.get('macs_millions', '-')} | {sp.get('tiles_per_s', '-')} |")
+    print(f"| {run} | {px} | {','.join(x[0] for x in v)} | {mean_sd([x[2] for x in v])} | " + ", ".join(f"{100 * x[2]:.2f}" for x in v)
+          + f" | {mean_sd([x[1] for x in v])} | {sp.get('macs_millions', '-')} | {sp.get('tiles_per_s', '-')} |")
 PY
     exit 0 ;;
 speed)
