@@ -105,7 +105,11 @@ struct RunLifecycleTests {
         let shards = try trainingShards(dir)
         let out = dir.appendingPathComponent("run")
         let config = dir.appendingPathComponent("c.yaml")
-        try (try lifecycleConfig(shards: shards, output: out, maxSteps: 100000)).yaml.write(to: config, atomically: true, encoding: .utf8)
+        // Bounded by neither steps nor epochs (3 epochs of this data is 18 steps, which a loaded machine can finish
+        // before the second process starts): the first run holds the lock until it is killed.
+        let unbounded = try RunConfig.parse(try lifecycleConfig(shards: shards, output: out, maxSteps: 100000).yaml, source: "x",
+                                            overrides: ["train.epochs=100000"])
+        try unbounded.yaml.write(to: config, atomically: true, encoding: .utf8)
         // Leftovers of a dead process: removed when a run takes the directory.
         try FileManager.default.createDirectory(at: out.appendingPathComponent("checkpoints/step-000000007.tmp-999999"), withIntermediateDirectories: true)
         try Data([1, 2, 3]).write(to: out.appendingPathComponent("best.safetensors.tmp-999999"))
@@ -115,13 +119,15 @@ struct RunLifecycleTests {
         #expect(!FileManager.default.fileExists(atPath: out.appendingPathComponent("best.safetensors.tmp-999999").path))
         #expect(!FileManager.default.fileExists(atPath: out.appendingPathComponent("checkpoints/step-000000007.tmp-999999").path))
         let second = try run([bin, "train", "--config", config.path, "--resume"], timeout: 30)
+        let running = first.process.isRunning
+        kill(first.process.processIdentifier, SIGKILL)
+        let ended = first.finish(timeout: 10)
+        #expect(running, "the first run ended before it was killed: status \(ended.status): \(ended.stderr)")
         #expect(second.status != 0 && second.stderr.contains("in use by another histodistill process")
                 && second.stderr.contains("pid \(first.process.processIdentifier)"), "\(second.stderr)")
-        kill(first.process.processIdentifier, SIGKILL)
-        _ = first.finish(timeout: 10)
         // The holder died: its lock is gone with it and the run resumes.
-        let third = try run([bin, "train", "--config", config.path, "--resume", "--stop-after", "1000"], timeout: 120)
-        #expect(third.status == 0 || third.stdout.contains("paused"), "\(third.stderr)")
+        let third = try run([bin, "train", "--config", config.path, "--resume", "--stop-after", "2"], timeout: 120)
+        #expect(third.status == 0 && third.stdout.contains("paused after step"), "\(third.stdout) \(third.stderr)")
     }
 
     @Test("no checkpoint or best weights with non-finite values; the divergence message names what was kept; evaluate refuses NaN weights")
