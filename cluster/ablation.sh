@@ -14,7 +14,7 @@ px=${PX:-28}
 work=${WORK:-runs/ablation}/px-$px
 shards=${SHARDS:-runs/quickstart/shards}
 epochs=${EPOCHS:-10}
-bin=$(swift build -c release --show-bin-path)/histodistill
+bin=${HISTODISTILL:-$(swift build -c release --show-bin-path)/histodistill}   # HISTODISTILL: another binary (a copy, while you rebuild)
 log() { echo "$(date -u +%H:%M:%S) $*"; }
 
 # The recipe's options: the keys each one sets; their values are read from the teacher config, the recipe as shipped.

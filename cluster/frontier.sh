@@ -9,7 +9,8 @@
 # Usage: cluster/frontier.sh SEED | summary | speed
 #   environment: WORK=runs/frontier, SHARDS=<dir with train/ and val/> (packed from LUNG when absent),
 #                LUNG=../shared/data/lc25000-lung, EPOCHS=10 (teacher and students), STUDENT_EPOCHS=$EPOCHS,
-#                SIZES="112 56 28 14" (the students' input sizes; the pass's cost is mostly the teacher and the largest)
+#                SIZES="112 56 28 14" (the students' input sizes; the pass's cost is mostly the teacher and the largest),
+#                STUDENT_SET="key=value ..." (extra --set overrides for the students and the from-scratch runs alike)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?usage: cluster/frontier.sh SEED | summary | speed}
@@ -17,9 +18,11 @@ work=${WORK:-runs/frontier}
 lung=${LUNG:-../shared/data/lc25000-lung}
 shards=${SHARDS:-$work/shards}
 epochs=${EPOCHS:-10} student_epochs=${STUDENT_EPOCHS:-${EPOCHS:-10}}
-bin=$(swift build -c release --show-bin-path)/histodistill
+bin=${HISTODISTILL:-$(swift build -c release --show-bin-path)/histodistill}   # HISTODISTILL: another binary (a copy, while you rebuild)
 log() { echo "$(date -u +%H:%M:%S) $*"; }
 read -r -a sizes <<< "${SIZES:-112 56 28 14}"
+student_set=()
+for kv in ${STUDENT_SET:-}; do student_set+=(--set "$kv"); done
 
 case $what in
 summary)
@@ -86,11 +89,11 @@ for s in "${sizes[@]}"; do
 done
 log "seed $seed: students at ${sizes[*]} px distilled in one pass, $student_epochs epochs"
 [ -f "$out/distilled/student-${sizes[-1]}/best.safetensors" ] || "$bin" distill --config "${configs[@]}" --runs-dir "$out/distilled" \
-    "${data[@]}" --set "train.epochs=$student_epochs" --set "distill.teacher_run=$out/teacher" 2>> "$out/log" | grep -v "^teacher forwards" || true
+    "${data[@]}" --set "train.epochs=$student_epochs" --set "distill.teacher_run=$out/teacher" "${student_set[@]}" 2>> "$out/log" | grep -v "^teacher forwards" || true
 for s in "${sizes[@]}"; do
     log "seed $seed: from scratch at $s px, $student_epochs epochs"
     [ -f "$out/scratch-$s/best.safetensors" ] || "$bin" train --config configs/baseline-lung-28.yaml "${data[@]}" \
-        --set "data.input_factor=$((224 / s))" --set "train.epochs=$student_epochs" --set "run.output=$out/scratch-$s" 2>> "$out/log" | tail -1
+        --set "data.input_factor=$((224 / s))" --set "train.epochs=$student_epochs" --set "run.output=$out/scratch-$s" "${student_set[@]}" 2>> "$out/log" | tail -1
 done
 
 printf "run\tlast\tbest\tkept\n" > "$out/summary.tsv"

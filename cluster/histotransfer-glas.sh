@@ -14,7 +14,7 @@ data=../shared/data
 epochs=${EPOCHS:-10}; teacher_epochs=${TEACHER_EPOCHS:-20}; mil_epochs=${MIL_EPOCHS:-40}; folds=${FOLDS:-5}
 ranks=${RANKS:-$(( $(nproc) >= 2 ? 2 : 1 ))}
 swift build -c release
-bin=$(swift build -c release --show-bin-path)/histodistill
+bin=${HISTODISTILL:-$(swift build -c release --show-bin-path)/histodistill}   # HISTODISTILL: another binary (a copy, while you rebuild)
 mkdir -p "$work"
 run() { echo "+ $*" >&2; "$@"; }
 

@@ -12,7 +12,7 @@ seed=${1:-0}
 labelled=${LABELLED:-0.1} steps=${STEPS:-400} teacher_epochs=${TEACHER_EPOCHS:-30}
 work=${WORK:-runs/curve}/seed-$seed
 lung=${LUNG:-../shared/data/lc25000-lung} colon=${COLON:-../shared/data/lc25000-colon}
-bin=$(swift build -c release --show-bin-path)/histodistill
+bin=${HISTODISTILL:-$(swift build -c release --show-bin-path)/histodistill}   # HISTODISTILL: another binary (a copy, while you rebuild)
 mkdir -p "$work"
 log() { echo "$(date -u +%H:%M:%S) $*"; }
 

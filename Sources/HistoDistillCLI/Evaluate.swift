@@ -29,6 +29,13 @@ struct ModelSource: ParsableArguments {
     }
 }
 
+extension TestTimeAugmentation: ExpressibleByArgument {}
+
+/// Help for `--tta`, shared by evaluate and predict.
+let testTimeAugmentationHelp = ArgumentHelp(
+    "Test-time augmentation: average the class probabilities over the tile's flips (4 forward passes) or its eight flips and quarter turns (dihedral, 8 passes).",
+    valueName: "none|flips|dihedral")
+
 struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Accuracy, balanced accuracy, per-class precision/recall/F1, one-vs-rest AUC and the confusion matrix of a trained model.",
@@ -53,6 +60,9 @@ struct Evaluate: ParsableCommand {
 
     @Option(help: "Class-balanced bootstrap resamples for the 95% intervals in the metrics JSON (0: none).")
     var bootstrap = 10_000
+
+    @Option(help: testTimeAugmentationHelp)
+    var tta = TestTimeAugmentation.none
 
     func validate() throws {
         if bootstrap < 0 { throw ValidationError("--bootstrap must be 0 or more, got \(bootstrap)") }
@@ -87,6 +97,7 @@ struct Evaluate: ParsableCommand {
                 return (trained, dataset, path, map)
             }
             var settings = InferenceSettings(trained.metadata, batchSize: batchSize, labelMap: labelMap)
+            settings.testTimeAugmentation = tta
             let progress = ProgressLine(label: "evaluate")
             if group.isCoordinator { settings.progress = { progress.update($0, $1, unit: "tiles") } }
             let p = try Inference.run(model: trained.model, dataset: dataset, settings: settings, group: group)
@@ -100,6 +111,7 @@ struct Evaluate: ParsableCommand {
             json["weights"] = trained.weights.path
             json["shards"] = path
             json["shard_set"] = dataset.identity.description
+            json["test_time_augmentation"] = tta.rawValue
             if bootstrap > 0 {
                 let labels = p.labels.map(Int.init)
                 let intervals = Bootstrap.intervals(probabilities: p.probabilities, labels: labels, classes: classes.count, iterations: bootstrap)
@@ -112,7 +124,8 @@ struct Evaluate: ParsableCommand {
             try writeOutput(JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]), to: jsonURL)
             let csvURL = predictions.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).predictions
             try writeOutput(Data(p.csv(classes: classes).utf8), to: csvURL)
-            print(String(format: "%d tiles: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples, report.accuracy,
+            print(String(format: "%d tiles%@: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples,
+                         tta == .none ? "" : " (test-time augmentation: \(tta.rawValue), \(tta.views.count) views)", report.accuracy,
                          report.balancedAccuracy, report.macroAUC.map { String(format: "%.4f", $0) } ?? "n/a"))
             for (i, c) in classes.enumerated() {
                 print(String(format: "  %@: precision %.4f recall %.4f F1 %.4f AUC %@ (n=%d)", c, report.precision[i], report.recall[i],
@@ -147,6 +160,9 @@ struct Predict: ParsableCommand {
     @Option(help: "Tile decoding threads beside the forward pass (a background loader).")
     var workers = 1
 
+    @Option(help: testTimeAugmentationHelp)
+    var tta = TestTimeAugmentation.none
+
     func validate() throws {
         guard workers >= 1, batchSize >= 1 else { throw ValidationError("--workers and --batch-size must be at least 1") }
     }
@@ -160,6 +176,7 @@ struct Predict: ParsableCommand {
                 return (try source.load(), dataset)
             }
             var settings = InferenceSettings(trained.metadata, batchSize: batchSize, workers: workers)
+            settings.testTimeAugmentation = tta
             let progress = ProgressLine(label: "predict")
             if group.isCoordinator { settings.progress = { progress.update($0, $1, unit: "tiles") } }
             let started = Date()

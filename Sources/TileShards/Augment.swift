@@ -221,6 +221,66 @@ public struct AugmentDraw: Equatable, Sendable {
     }
 }
 
+/// A flip and rotation of an image, as the augmentation draws them: out(y, x) = in(source(y, x)) with the
+/// horizontal and vertical flips applied to the output coordinates, then `rotations` quarter turns of
+/// out(y, x) = in(x, n - 1 - y) (only square images rotate). The eight combinations of `hflip` and 0-3
+/// rotations are the symmetries of the square (the dihedral group D4), the views of test-time augmentation.
+public struct SquareSymmetry: Equatable, Hashable, Sendable, CustomStringConvertible {
+    public var hflip: Bool, vflip: Bool
+    /// Quarter turns, 0-3.
+    public var rotations: Int
+
+    public init(hflip: Bool = false, vflip: Bool = false, rotations: Int = 0) {
+        self.hflip = hflip; self.vflip = vflip; self.rotations = rotations & 3
+    }
+
+    public static let identity = SquareSymmetry()
+    public var isIdentity: Bool { self == .identity }
+
+    /// The symmetries test-time augmentation averages over: the identity and the three flips
+    /// (horizontal, vertical, both = a half turn), or all eight symmetries of the square.
+    public static let flips = [identity, SquareSymmetry(hflip: true), SquareSymmetry(vflip: true), SquareSymmetry(hflip: true, vflip: true)]
+    public static let dihedral = (0..<4).flatMap { k in [SquareSymmetry(rotations: k), SquareSymmetry(hflip: true, rotations: k)] }
+
+    public var description: String {
+        let parts = [hflip ? "hflip" : nil, vflip ? "vflip" : nil, rotations > 0 ? "rot\(90 * rotations)" : nil].compactMap { $0 }
+        return parts.isEmpty ? "identity" : parts.joined(separator: "+")
+    }
+
+    /// The source pixel index (y * width + x in the input) of output pixel (y, x).
+    public func source(y: Int, x: Int, width: Int, height: Int) -> Int {
+        let n = width   // rotations only happen for square images
+        let fx = hflip ? width - 1 - x : x
+        let fy = vflip ? height - 1 - y : y
+        switch rotations {
+        case 0: return fy * width + fx
+        case 1: return fx * width + (n - 1 - fy)
+        case 2: return (n - 1 - fy) * width + (n - 1 - fx)
+        default: return (n - 1 - fx) * width + fy
+        }
+    }
+
+    /// Output row `y`: its first pixel's source index and the source step from one pixel to the next.
+    @inline(__always)
+    func row(_ y: Int, width: Int, height: Int) -> (start: Int, step: Int) {
+        let start = source(y: y, x: 0, width: width, height: height)
+        return (start, width > 1 ? source(y: y, x: 1, width: width, height: height) - start : 0)
+    }
+
+    /// Applies the symmetry to `images` float CHW images of `channels` x `edge` x `edge` (NCHW, contiguous).
+    public func apply(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, images: Int, channels: Int, edge: Int) {
+        let plane = edge * edge
+        for p in 0..<(images * channels) {
+            let src = input + p * plane, dst = output + p * plane
+            for y in 0..<edge {
+                let (start, step) = row(y, width: edge, height: edge)
+                var s = start
+                for x in 0..<edge { dst[y * edge + x] = src[s]; s += step }
+            }
+        }
+    }
+}
+
 /// Turns a decoded tile into the normalised HR and LR float CHW images the models see.
 public struct PairedTransform: Sendable {
     public var augment: AugmentOptions
@@ -250,25 +310,12 @@ public struct PairedTransform: Sendable {
                       normalizeHighResolution: Bool = true) {
         let plane = width * height
         // uint8 HWC -> float CHW in [0, 1]; the flips and rotation become one source-index formula per case.
-        let n = width   // rotations only happen for square tiles
-        let k = draw.rotations & 3
+        let symmetry = SquareSymmetry(hflip: draw.hflip, vflip: draw.vflip, rotations: draw.rotations)
         Self.unitScale.withUnsafeBufferPointer { scale in
             let u = scale.baseAddress!   // u[v] = Float(v) / 255, exactly as a division gives it
             for y in 0..<height {
-                // Along an output row the source pixel moves by a fixed step: find the row's first source pixel
-                // (x = 0) and that step, from the composition of the flips and k rotations of
-                // out(y, x) = in(x, n - 1 - y).
-                func source(_ x: Int) -> Int {
-                    let fx = draw.hflip ? width - 1 - x : x
-                    let fy = draw.vflip ? height - 1 - y : y
-                    switch k {
-                    case 0: return fy * width + fx
-                    case 1: return fx * width + (n - 1 - fy)
-                    case 2: return (n - 1 - fy) * width + (n - 1 - fx)
-                    default: return (n - 1 - fx) * width + fy
-                    }
-                }
-                let start = source(0), step = width > 1 ? source(1) - start : 0
+                // Along an output row the source pixel moves by a fixed step: the row's first source pixel and that step.
+                let (start, step) = symmetry.row(y, width: width, height: height)
                 let r = hr + y * width, g = r + plane, b = g + plane
                 var s = start * 3
                 let step3 = step * 3

@@ -43,6 +43,27 @@ public struct Predictions: Sendable {
     }
 }
 
+/// Test-time augmentation: each tile's class probabilities are the mean of the softmax over symmetric views of
+/// it (as fastai's `Learner.tta` and timm's flip averaging do), one forward pass per view. The views are the
+/// training augmentation's flips and quarter turns (`SquareSymmetry`); tiles of a rotation- and flip-invariant
+/// tissue class lose nothing by it, and the model's cost grows by the number of views (4 or 8).
+public enum TestTimeAugmentation: String, CaseIterable, Sendable {
+    /// The tile as it is (one forward pass).
+    case none
+    /// The identity and the horizontal, vertical and both flips (4 passes).
+    case flips
+    /// The eight symmetries of the square: four quarter turns, each also mirrored (8 passes).
+    case dihedral
+
+    public var views: [SquareSymmetry] {
+        switch self {
+        case .none: [.identity]
+        case .flips: SquareSymmetry.flips
+        case .dihedral: SquareSymmetry.dihedral
+        }
+    }
+}
+
 /// How tiles are prepared for a model and batched: the model's input factor and normalisation (from its
 /// `RunMetadata`, or a run's config), and the batch size, decoding threads and corrupt-tile policy.
 public struct InferenceSettings: Sendable {
@@ -55,6 +76,8 @@ public struct InferenceSettings: Sendable {
     public var labelMap: [Int32]?
     /// Called after each batch with (tiles done, tiles in the range) of this process.
     public var progress: (@Sendable (Int, Int) -> Void)?
+    /// Views averaged by `Inference.run` (class probabilities); features and training validation use the tile as it is.
+    public var testTimeAugmentation = TestTimeAugmentation.none
 
     public init(inputFactor: Int, mean: [Float], std: [Float], batchSize: Int = 64, workers: Int = 1, onCorrupt: CorruptTilePolicy = .stop,
                 labelMap: [Int32]? = nil) {
@@ -93,8 +116,11 @@ final class PrefetchedBatch: @unchecked Sendable {
 /// class probabilities (`run`) or pooled feature vectors (`features`, for any model, truncated ones included).
 public enum Inference {
     /// Calls `body` with each batch (in dataset order, without augmentation) and the model's outputs for it.
+    /// With several `views`, the model runs once per view of the batch and `body` is called for each, with the
+    /// view's index (the output is only valid inside `body`).
     static func forEachBatch(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, range: Range<Int>?,
-                             indices: [Int]? = nil, _ body: (LoadedBatch, ImageModelOutput) throws -> Void) throws {
+                             indices: [Int]? = nil, views: [SquareSymmetry] = [.identity],
+                             _ body: (LoadedBatch, _ view: Int, ImageModelOutput) throws -> Void) throws {
         let range = indices.map { 0..<$0.count } ?? range ?? 0..<dataset.count
         let transform = PairedTransform(augment: .none, factor: settings.inputFactor, mean: settings.mean, std: settings.std)
         let batch = max(1, min(settings.batchSize, dataset.count))
@@ -116,6 +142,7 @@ public enum Inference {
             return p
         }
         var next = ranges.first.map(prefetch)
+        var turned: [Float] = []
         for (k, r) in ranges.enumerated() {
             guard let current = next else { break }
             current.ready.wait()
@@ -123,8 +150,20 @@ public enum Inference {
             let b = try current.result!.get()
             if b.count > 0 {   // else every tile of this batch was corrupt and skipped
                 let (input, edge) = b.modelView(inputFactor: settings.inputFactor)
-                let result = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(b.count, 3, edge, edge), training: false) }
-                try body(b, result)
+                let shape = NCHW(b.count, 3, edge, edge)
+                for (v, view) in views.enumerated() {
+                    let result: ImageModelOutput
+                    if view.isIdentity {
+                        result = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: shape, training: false) }
+                    } else {
+                        if turned.count < input.count { turned = [Float](repeating: 0, count: input.count) }
+                        input.withUnsafeBufferPointer { x in
+                            turned.withUnsafeMutableBufferPointer { view.apply(x.baseAddress!, into: $0.baseAddress!, images: b.count, channels: 3, edge: edge) }
+                        }
+                        result = turned.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: shape, training: false) }
+                    }
+                    try body(b, v, result)
+                }
             }
             settings.progress?(r.upperBound - range.lowerBound, range.count)
         }
@@ -138,14 +177,20 @@ public enum Inference {
         guard classes > 0 else { throw TrainingError("the model has no classifier (a truncated feature extractor cannot classify)") }
         var out = Predictions()
         var lossSum = 0.0, labeled = 0
-        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range) { b, result in
-            let labels = b.labels.map(settings.mapped)
-            var probs = [Float](repeating: 0, count: b.count * classes)
+        let views = settings.testTimeAugmentation.views
+        var probs: [Float] = [], mean: [Double] = []
+        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range, views: views) { b, view, result in
+            if view == 0 { mean = [Double](repeating: 0, count: b.count * classes) }
+            probs = [Float](repeating: 0, count: b.count * classes)
             Softmax.forward(output: &probs, input: result.logits!.data, rows: b.count, cols: classes)
+            for j in probs.indices { mean[j] += Double(probs[j]) }
+            guard view == views.count - 1 else { return }
+            let labels = b.labels.map(settings.mapped)
             for i in 0..<b.count {
-                out.probabilities.append((0..<classes).map { Double(probs[i * classes + $0]) })
+                let p = (0..<classes).map { mean[i * classes + $0] / Double(views.count) }
+                out.probabilities.append(p)
                 if labels[i] >= 0 {
-                    lossSum -= Double(Float.log(max(probs[i * classes + Int(labels[i])], 1e-30)))
+                    lossSum -= Foundation.log(max(p[Int(labels[i])], 1e-30))
                     labeled += 1
                 }
             }
@@ -163,7 +208,7 @@ public enum Inference {
                                 indices: [Int]? = nil) throws -> Predictions {
         var out = Predictions()
         let d = model.featureDimension
-        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range, indices: indices) { b, result in
+        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range, indices: indices) { b, _, result in
             for i in 0..<b.count { out.features.append(Array(UnsafeBufferPointer(start: result.pooled.data + i * d, count: d))) }
             out.append(b, labels: b.labels.map(settings.mapped), dataset: dataset)
         }

@@ -335,6 +335,51 @@ struct InferencePipelineTests {
     }
 }
 
+extension InferencePipelineTests {
+    @Test("test-time augmentation: each tile's probabilities are the mean softmax over its flips or its 8 symmetries, at the model's own resolution",
+          arguments: [TestTimeAugmentation.flips, .dihedral])
+    func testTimeAugmentation(_ tta: TestTimeAugmentation) throws {
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-tta-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let dataset = try ShardDataset(directory: try trainingShards(dir))
+        var mc = ResNetConfig.paper(classes: 3)
+        mc.planes = [32, 32]; mc.blocks = [1, 1]; mc.stages = 2
+        let model = ResNet(mc, seed: 6)
+        let mean: [Float] = [0.4, 0.4, 0.4], std: [Float] = [0.25, 0.25, 0.25]
+        var settings = InferenceSettings(inputFactor: 2, mean: mean, std: std, batchSize: 5)
+        let plain = try Inference.run(model: model, dataset: dataset, settings: settings)
+        settings.testTimeAugmentation = tta
+        let p = try Inference.run(model: model, dataset: dataset, settings: settings)
+        #expect(p.samples == Array(0..<24) && p.labels == plain.labels)
+        // The reference: every tile's 16 px view in one batch, each symmetry applied, the model, softmax, the mean.
+        let maker = try BatchMaker(dataset: dataset, transform: PairedTransform(augment: .none, factor: 2, mean: mean, std: std), seed: 0,
+                                   globalBatch: 24, rank: 0, worldSize: 1, withLowResolution: true, shuffle: false)
+        let lr = try maker.makeBatchAt(plan: EpochPlan(count: 24, seed: 0, epoch: 0, globalBatch: 24, shuffle: false), range: 0..<24).lr
+        var expected = [Double](repeating: 0, count: 24 * 3)
+        for view in tta.views {
+            var turned = lr
+            lr.withUnsafeBufferPointer { x in turned.withUnsafeMutableBufferPointer { view.apply(x.baseAddress!, into: $0.baseAddress!, images: 24, channels: 3, edge: 16) } }
+            let out = turned.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: NCHW(24, 3, 16, 16), training: false) }
+            var probs = [Float](repeating: 0, count: 24 * 3)
+            Softmax.forward(output: &probs, input: out.logits!.data, rows: 24, cols: 3)
+            for j in probs.indices { expected[j] += Double(probs[j]) / Double(tta.views.count) }
+        }
+        var moved = 0.0
+        for t in 0..<24 {
+            for c in 0..<3 {
+                #expect(abs(p.probabilities[t][c] - expected[t * 3 + c]) < 1e-6, "tile \(t) class \(c)")
+                moved = max(moved, abs(p.probabilities[t][c] - plain.probabilities[t][c]))
+            }
+        }
+        #expect(moved > 1e-4, "an untrained model is not invariant: the views change the probabilities")
+        let labels = p.labels.map(Int.init).filter { $0 >= 0 }
+        let loss = zip(p.probabilities, p.labels).filter { $0.1 >= 0 }.map { -Foundation.log($0.0[Int($0.1)]) }.reduce(0, +) / Double(labels.count)
+        #expect(abs(p.meanLoss - loss) < 1e-9 && p.labeledCount == 24, "the loss is of the averaged probabilities")
+    }
+}
+
 @Suite("Export with a config's augmentation")
 struct ExportConfigTests {
     @Test("export --config takes the config's input factor and augmentation: crop and blur change the tile, a bad config is one clear line")

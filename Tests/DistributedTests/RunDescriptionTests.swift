@@ -166,6 +166,18 @@ struct RunDescriptionTests {
         let report = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("e.json"))) as? [String: Any]
         #expect(report?["classes"] as? [String] == ["a", "b", "c"])
         #expect(report?["support"] as? [Int] == [2, 0, 2], "\(String(describing: report?["support"]))")
+        #expect(report?["test_time_augmentation"] as? String == "none")
+        // Test-time augmentation: recorded in the metrics, said on the summary line; predict takes it too.
+        let tta = try run([bin, "evaluate", "--run", runURL.path, "--shards", subset.path, "--tta", "dihedral", "--bootstrap", "0",
+                           "--output", dir.appendingPathComponent("t.json").path, "--predictions", dir.appendingPathComponent("t.csv").path])
+        #expect(tta.status == 0 && tta.stdout.contains("4 tiles (test-time augmentation: dihedral, 8 views): accuracy"), "\(tta.stdout) \(tta.stderr)")
+        let t = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("t.json"))) as? [String: Any]
+        #expect(t?["test_time_augmentation"] as? String == "dihedral")
+        let p = try run([bin, "predict", "--run", runURL.path, "--shards", subset.path, "--tta", "flips", "-o", dir.appendingPathComponent("p.csv").path])
+        #expect(p.status == 0, "\(p.stderr)")
+        #expect(try String(contentsOf: dir.appendingPathComponent("p.csv"), encoding: .utf8).split(separator: "\n").count == 5)
+        let bad = try run([bin, "evaluate", "--run", runURL.path, "--tta", "rotations"])
+        #expect(bad.status != 0 && bad.stderr.contains("--tta") && bad.stderr.contains("dihedral") && !bad.stderr.contains("Fatal error"), "\(bad.stderr)")
     }
 
     @Test("evaluate --run works from another directory and after the run and its shards are moved")

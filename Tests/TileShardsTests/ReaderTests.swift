@@ -167,6 +167,54 @@ struct AugmentTests {
     }
 }
 
+@Suite("Symmetries of the square")
+struct SquareSymmetryTests {
+    /// One 3 x 3 single-channel image through `s`, as rows.
+    func applied(_ s: SquareSymmetry, _ image: [Float] = (0..<9).map(Float.init)) -> [[Float]] {
+        var out = [Float](repeating: -1, count: 9)
+        image.withUnsafeBufferPointer { x in out.withUnsafeMutableBufferPointer { s.apply(x.baseAddress!, into: $0.baseAddress!, images: 1, channels: 1, edge: 3) } }
+        return [Array(out[0..<3]), Array(out[3..<6]), Array(out[6..<9])]
+    }
+
+    @Test("flips and quarter turns match torch.flip and torch.rot90 by hand; the 8 dihedral views are distinct and closed under composition")
+    func handValues() {
+        // [[0, 1, 2], [3, 4, 5], [6, 7, 8]]: torch.flip(x, [1]), torch.flip(x, [0]) and torch.rot90(x, k) for k = 1, 2, 3.
+        #expect(applied(SquareSymmetry(hflip: true)) == [[2, 1, 0], [5, 4, 3], [8, 7, 6]])
+        #expect(applied(SquareSymmetry(vflip: true)) == [[6, 7, 8], [3, 4, 5], [0, 1, 2]])
+        #expect(applied(SquareSymmetry(rotations: 1)) == [[2, 5, 8], [1, 4, 7], [0, 3, 6]])
+        #expect(applied(SquareSymmetry(rotations: 2)) == [[8, 7, 6], [5, 4, 3], [2, 1, 0]])
+        #expect(applied(SquareSymmetry(rotations: 3)) == [[6, 3, 0], [7, 4, 1], [8, 5, 2]])
+        #expect(applied(.identity) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+        // The group: 8 different images, the flips among them, and any two applied in turn give one of the 8.
+        let images = SquareSymmetry.dihedral.map { applied($0) }
+        #expect(Set(images.map { $0.flatMap { $0 } }).count == 8)
+        #expect(SquareSymmetry.flips.allSatisfy { f in images.contains(applied(f)) })
+        for a in SquareSymmetry.dihedral {
+            for b in SquareSymmetry.dihedral { #expect(images.contains(applied(b, applied(a).flatMap { $0 }))) }
+        }
+        #expect(SquareSymmetry(hflip: true, rotations: 1).description == "hflip+rot90" && SquareSymmetry.identity.description == "identity")
+    }
+
+    @Test("apply moves every channel of every image of a batch the same way, as the augmentation moves a tile's pixels")
+    func batchMatchesAugmentation() {
+        var g = SplitMix64(seed: 5)
+        let rgb = (0..<(8 * 8 * 3)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+        let geo = PairedTransform(augment: .none, factor: 1)
+        var plain = [Float](repeating: 0, count: 3 * 64)
+        rgb.withUnsafeBufferPointer { geo.apply(rgb: $0.baseAddress!, width: 8, height: 8, draw: AugmentDraw(), hr: &plain, lr: nil) }
+        let batch = plain + plain.map { 1 - $0 }   // two images
+        for s in SquareSymmetry.dihedral {
+            var draw = AugmentDraw()
+            draw.hflip = s.hflip; draw.vflip = s.vflip; draw.rotations = s.rotations
+            var augmented = [Float](repeating: 0, count: 3 * 64)
+            rgb.withUnsafeBufferPointer { geo.apply(rgb: $0.baseAddress!, width: 8, height: 8, draw: draw, hr: &augmented, lr: nil) }
+            var out = [Float](repeating: 0, count: batch.count)
+            batch.withUnsafeBufferPointer { x in out.withUnsafeMutableBufferPointer { s.apply(x.baseAddress!, into: $0.baseAddress!, images: 2, channels: 3, edge: 8) } }
+            #expect(Array(out[0..<192]) == augmented && Array(out[192...]) == augmented.map { 1 - $0 }, "\(s)")
+        }
+    }
+}
+
 @Suite("Loader")
 struct LoaderTests {
     @Test("ranks' batches together equal the single-rank batch, in order, tile for tile")
