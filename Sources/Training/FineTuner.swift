@@ -123,27 +123,18 @@ public final class TopKFineTuner {
         }
         try DataParallelStep.broadcastState(of: head, optimizer: headOptimizer, group: group)
         try DataParallelStep.broadcastState(of: backbone.model, optimizer: backboneOptimizer, group: group)
-        if let start {
-            progress?("resuming from step \(start.step) (epoch \(start.cursor.epoch))")
-            if group.isCoordinator, let note = RunStart.changedSettingsNote(start, config: config) { progress?(note) }
-        }
-        var step = start?.step ?? 0, cursor = start?.cursor ?? DataCursor()
-        var best = start?.bestMetric
-        bestAccuracy = best
-        let batch = min(config.batchSize, trainSlides.count), stepsPerEpoch = trainSlides.count / batch
-        let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch), stopAt = min(totalSteps, stopAfter ?? totalSteps)
-        let schedule = config.lrSchedule(stepsPerEpoch: stepsPerEpoch)
-        let metricsLog = group.isCoordinator ? try MetricsLog(run: runDirectory) : nil
+        var loop = try SlideRunLoop(start: start, slides: trainSlides.count, config: config, group: group, store: store, run: runDirectory,
+                                    stopAfter: stopAfter, writer: writer, identity: identity, progress: progress)
+        bestAccuracy = loop.best
         let k = config.finetuneTopK, d = backbone.model.featureDimension
         let transform = PairedTransform(augment: .none, factor: backbone.settings.inputFactor, mean: backbone.settings.mean, std: backbone.settings.std)
         let maker = try BatchMaker(dataset: dataset, transform: transform, seed: 0, globalBatch: k, rank: 0, worldSize: 1,
                                    withLowResolution: backbone.settings.inputFactor > 1, shuffle: false)
         var selection: [[Int]] = [], selectedEpoch = -1
-        while step < stopAt {
-            let t0 = Date()
-            if selectedEpoch != cursor.epoch { selection = try selectTopK(); selectedEpoch = cursor.epoch }
-            let plan = EpochPlan(count: trainSlides.count, seed: config.seed, epoch: cursor.epoch, globalBatch: batch)
-            let mine = plan.samples(step: cursor.nextStep(globalBatch: batch), rank: group.rank, worldSize: group.size).filter { trainSlides[$0].label >= 0 }
+        while loop.running {
+            if selectedEpoch != loop.cursor.epoch { selection = try selectTopK(); selectedEpoch = loop.cursor.epoch }
+            let (slides, lr) = loop.next()
+            let mine = slides.filter { trainSlides[$0].label >= 0 }
             head.parameters.zeroGradients(); backbone.model.parameters.zeroGradients()
             var bagLoss: Float = 0, patchLoss: Float = 0
             for s in mine {
@@ -159,7 +150,6 @@ public final class TopKFineTuner {
             }
             let n = Float(max(mine.count, 1))
             let local = LossTerms(kd: 0, pixel: patchLoss / n, crossEntropy: bagLoss / n, total: (bagLoss + config.milBeta * patchLoss) / n)
-            let lr = schedule.rate(base: config.lr, step: step, epoch: cursor.epoch)
             // The backbone's gradient is reduced like the head's; only its trained stages are updated.
             let reduced = try backboneStep.reduce(local, count: mine.count, skipped: 0)
             let global = try headStep.finish(local, count: mine.count, optimizer: headOptimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm)
@@ -173,46 +163,19 @@ public final class TopKFineTuner {
                     if !GradientOps.allFinite(bp.values.pointer + trainOffset, count: trained) { divergence = "the backbone's weights became non-finite" }
                 }
             }
-            if let divergence {
-                let message = "\(divergence) at step \(step + 1) (epoch \(cursor.epoch)); \(store.intactText()). Hint: lower optimizer.lr."
-                if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
-                throw TrainingError(message)
+            if let divergence { throw loop.diverged(divergence) }
+            let validate = valSlides.isEmpty ? nil : {
+                try self.valSlides.map { SlideScore(probabilities: try self.score($0).probabilities.map(Double.init), label: Int($0.label)) }
             }
-            step += 1
-            let epoch = cursor.epoch
-            cursor = cursor.advanced(globalBatch: batch, steps: stepsPerEpoch)
-            var m = StepMetrics(step: step, epoch: epoch, loss: global.terms.total, pixelLoss: global.terms.pixel, ceLoss: global.terms.crossEntropy,
-                                lr: lr, imagesPerSecond: Double(global.count * k) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: 0,
-                                allreduceMs: global.reduceSeconds * 1000, ranks: group.size)
-            let epochEnded = cursor.epoch != epoch
-            if epochEnded || step == totalSteps, !valSlides.isEmpty {
-                let p = try valSlides.map { try score($0).probabilities }
-                let labels = valSlides.map { Int($0.label) }
-                let report = ClassificationReport.compute(probabilities: p.map { $0.map(Double.init) }, labels: labels, classes: head.classes)
-                m.valAccuracy = report.accuracy
-                if best == nil || report.accuracy > best! {
-                    best = report.accuracy
-                    if group.isCoordinator { try saveBest(step: step, accuracy: report.accuracy) }
-                }
-            }
-            bestAccuracy = best
+            let (m, outcome) = try loop.end(global, lr: lr, imagesPerSlide: k, classes: head.classes, validate: validate,
+                                            saveBest: { step, accuracy in try saveBest(step: step, accuracy: accuracy) },
+                                            checkpoint: { state in try store.save(model: head, optimizer: headOptimizer, state: state, parts: parts) })
+            bestAccuracy = loop.best
             history.append(m)
-            try metricsLog?.append(m)
-            let stopping = global.stopSignal != nil
-            if RunStart.checkpointDue(step: step, config: config, totalSteps: totalSteps, stopAt: stopAt, epochEnded: epochEnded, stopping: stopping) {
-                if group.isCoordinator {
-                    try store.save(model: head, optimizer: headOptimizer,
-                                   state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
-                                                          writer: writer, bestMetric: best, trainShards: identity), parts: parts)
-                }
-                if stopping || step == stopAt { try group.barrier() }
-            }
-            progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e%@", step, totalSteps, epoch, m.loss, lr,
-                             m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
-            if let signal = global.stopSignal, step < totalSteps { return .interrupted(signal: signal, step: step) }
+            if let outcome { return outcome }
         }
-        if step >= totalSteps && valSlides.isEmpty && group.isCoordinator { try saveBest(step: step, accuracy: nil) }
-        if step >= totalSteps && !valSlides.isEmpty && group.isCoordinator {
+        if loop.finished && valSlides.isEmpty && group.isCoordinator { try saveBest(step: loop.step, accuracy: nil) }
+        if loop.finished && !valSlides.isEmpty && group.isCoordinator {
             // The validation slides under the final weights (for pooling out-of-fold predictions over folds).
             let predictions = try valSlides.map { slide in
                 let s = try score(slide)
@@ -222,7 +185,7 @@ public final class TopKFineTuner {
             try CheckpointStore.writeAtomically(Data(SlidePrediction.slidesCSV(predictions, classes: dataset.classes).utf8),
                                                 to: runDirectory.url.appendingPathComponent("val-slides.csv"))
         }
-        return step >= totalSteps ? .finished : .paused(step: step)
+        return loop.outcome
     }
 
     /// best-backbone.safetensors (self-described: `extract --weights` reads it) and best.safetensors (the head,

@@ -150,26 +150,11 @@ public final class MILTrainer {
             return state
         }
         try DataParallelStep.broadcastState(of: head, optimizer: optimizer, group: group)
-        if let start {
-            progress?("resuming from step \(start.step) (epoch \(start.cursor.epoch))")
-            if let note = RunStart.changedSettingsNote(start, config: config) { progress?(note) }
-        }
-        var step = start?.step ?? 0
-        var cursor = start?.cursor ?? DataCursor()
-        var best = start?.bestMetric
-        bestAccuracy = best
-        let slides = train.slides.count
-        let batch = min(config.batchSize, slides)
-        let stepsPerEpoch = slides / batch
-        let totalSteps = min(config.maxSteps ?? Int.max, config.epochs * stepsPerEpoch)
-        let stopAt = min(totalSteps, stopAfter ?? totalSteps)
-        let schedule = config.lrSchedule(stepsPerEpoch: stepsPerEpoch)
-        let metricsLog = group.isCoordinator ? try MetricsLog(run: runDirectory) : nil
-        let begin = Date(), startStep = step
-        while step < stopAt {
-            let t0 = Date()
-            let plan = EpochPlan(count: slides, seed: config.seed, epoch: cursor.epoch, globalBatch: batch)
-            let mine = plan.samples(step: cursor.nextStep(globalBatch: batch), rank: group.rank, worldSize: group.size)
+        var loop = try SlideRunLoop(start: start, slides: train.slides.count, config: config, group: group, store: store, run: runDirectory,
+                                    stopAfter: stopAfter, writer: writer, identity: identity, progress: progress)
+        bestAccuracy = loop.best
+        while loop.running {
+            let (mine, lr) = loop.next()
             head.parameters.zeroGradients()
             var bagLoss: Float = 0, patchLoss: Float = 0
             var labeled = 0
@@ -180,61 +165,28 @@ public final class MILTrainer {
             }
             let n = Float(max(labeled, 1))
             let local = LossTerms(kd: 0, pixel: patchLoss / n, crossEntropy: bagLoss / n, total: (bagLoss + config.milBeta * patchLoss) / n)
-            let lr = schedule.rate(base: config.lr, step: step, epoch: cursor.epoch)
             let global = try stepper.finish(local, count: labeled, optimizer: optimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm)
-            if let divergence = global.divergence {
-                let message = "\(divergence) at step \(step + 1) (epoch \(cursor.epoch)); \(store.intactText()). Hint: lower optimizer.lr."
-                if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
-                throw TrainingError(message)
-            }
-            step += 1
-            let epoch = cursor.epoch
-            cursor = cursor.advanced(globalBatch: batch, steps: stepsPerEpoch)
-            var m = StepMetrics(step: step, epoch: epoch, loss: global.terms.total, pixelLoss: global.terms.pixel, ceLoss: global.terms.crossEntropy,
-                                lr: lr, imagesPerSecond: Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: 0,
-                                allreduceMs: global.reduceSeconds * 1000, ranks: group.size)
-            let epochEnded = cursor.epoch != epoch
-            if (epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true), let val {
-                let p = predict(val)
-                let report = ClassificationReport.compute(probabilities: p.filter { $0.label >= 0 }.map(\.probabilities),
-                                                          labels: p.filter { $0.label >= 0 }.map { Int($0.label) }, classes: head.classes)
-                if report.samples > 0 {
-                    m.valAccuracy = report.accuracy
-                    m.valLoss = p.filter { $0.label >= 0 }.map { -Foundation.log(max($0.probabilities[Int($0.label)], 1e-30)) }.reduce(0, +) / Double(report.samples)
-                    if best == nil || report.accuracy > best! {
-                        best = report.accuracy
-                        if group.isCoordinator {
-                            try head.saveWeights(to: runDirectory.bestWeights, metadata: ["step": "\(step)", "val_accuracy": "\(report.accuracy)",
-                                                                                          "histodistill.mil": featuresMetadataText])
-                        }
-                    }
-                }
-            }
-            bestAccuracy = best
+            if let divergence = global.divergence { throw loop.diverged(divergence) }
+            let validate = val.map { val in {
+                self.predict(val).filter { $0.label >= 0 }.map { SlideScore(probabilities: $0.probabilities, label: Int($0.label)) }
+            } }
+            let (m, outcome) = try loop.end(global, lr: lr, imagesPerSlide: 1, classes: head.classes, validate: validate, saveBest: { step, accuracy in
+                try head.saveWeights(to: runDirectory.bestWeights, metadata: ["step": "\(step)", "val_accuracy": "\(accuracy)",
+                                                                              "histodistill.mil": featuresMetadataText])
+            }, checkpoint: { state in
+                try store.save(model: head, optimizer: optimizer, state: state, metadata: ["histodistill.mil": featuresMetadataText])
+            })
+            bestAccuracy = loop.best
             history.append(m)
-            try metricsLog?.append(m)
-            let stopping = global.stopSignal != nil
-            if RunStart.checkpointDue(step: step, config: config, totalSteps: totalSteps, stopAt: stopAt, epochEnded: epochEnded, stopping: stopping) {
-                if group.isCoordinator {
-                    try store.save(model: head, optimizer: optimizer,
-                                   state: CheckpointState(step: step, cursor: cursor, seed: config.seed, worldSize: group.size, config: config.yaml,
-                                                          writer: writer, bestMetric: best, trainShards: identity),
-                                   metadata: ["histodistill.mil": featuresMetadataText])
-                }
-                if stopping || step == stopAt { try group.barrier() }
-            }
-            let rate = Double(step - startStep) / max(Date().timeIntervalSince(begin), 1e-9)
-            progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e ETA %.0fs%@", step, totalSteps, epoch, m.loss, lr,
-                             Double(totalSteps - step) / max(rate, 1e-9), m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
-            if let signal = global.stopSignal, step < totalSteps { return .interrupted(signal: signal, step: step) }
+            if let outcome { return outcome }
         }
-        if step >= totalSteps, let val, group.isCoordinator {
+        if loop.finished, let val, group.isCoordinator {
             // The validation slides under the final head (not the best-on-validation one, which would be biased for
             // cross-validation), for pooling out-of-fold predictions over folds.
             let csv = SlidePrediction.slidesCSV(predict(val), classes: train.metadata.classes)
             try CheckpointStore.writeAtomically(Data(csv.utf8), to: runDirectory.url.appendingPathComponent("val-slides.csv"))
         }
-        return step >= totalSteps ? .finished : .paused(step: step)
+        return loop.outcome
     }
 
     /// The feature set's description and the head's widths, stored in the MIL weights files.
