@@ -165,6 +165,58 @@ struct HistoTransferTests {
         #expect(image.width == 12 * 32 / 8 && green(decidingPatch) > green(plainPatch), "green \(green(decidingPatch)) vs \(green(plainPatch))")
     }
 
+    @Test("mil train: stopped mid-epoch and resumed equals the uninterrupted run bit for bit; 2 ranks under mpirun give 1 rank's losses and validation")
+    func milResumeAndRanks() throws {
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
+        let dir = tempDir("milrun")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let d = 6
+        var g = SeededGenerator(seed: 5)
+        func bags(_ prefix: String, _ n: Int) -> [SlideBag] {
+            (0..<n).map { i in
+                let count = 3 + i % 4
+                return SlideBag(name: "\(prefix)\(i)", label: Int32(i % 2), features: (0..<(count * d)).map { j in Float.random(in: -1..<1, using: &g) + (j % d == 0 ? Float(i % 2) : 0) },
+                                x: (0..<count).map { Int32($0 * 32) }, y: Array(repeating: 0, count: count), tileIDs: (0..<count).map { UInt64($0) })
+            }
+        }
+        let meta = FeatureSetMetadata(classes: ["a", "b"], featureDimension: d, backbone: "synthetic", truncateAfter: nil, inputFactor: 1,
+                                      mean: [0, 0, 0], std: [1, 1, 1], sourceShards: ShardSetIdentity(digest: "0", tiles: 0, shards: 0),
+                                      weights: "-", weightsDigest: "0", program: "test")
+        try FeatureSet(metadata: meta, slides: bags("t", 16)).write(to: dir.appendingPathComponent("train"))
+        try FeatureSet(metadata: meta, slides: bags("v", 6)).write(to: dir.appendingPathComponent("val"))
+        func config(_ name: String) throws -> RunConfig {
+            try RunConfig.parse("""
+            run: {output: \(dir.appendingPathComponent(name).path), seed: 4}
+            data: {train: \(dir.appendingPathComponent("train").path), val: \(dir.appendingPathComponent("val").path)}
+            optimizer: {name: adam, lr: 0.003}
+            schedule: {name: cosine, warmup_steps: 2}
+            train: {epochs: 3, batch_size: 4, checkpoint_every: 1000}
+            mil: {beta: 0.5}
+            """, source: "mil.yaml")
+        }
+        let straight = try MILTrainer(config: try config("a"), writer: "t")
+        #expect(try straight.run(resume: false) == .finished && straight.history.count == 12)
+        #expect(straight.history.filter { $0.valAccuracy != nil && $0.valLoss != nil }.map(\.step) == [4, 8, 12])
+        let first = try MILTrainer(config: try config("b"), writer: "t")
+        #expect(try first.run(resume: false, stopAfter: 5) == .paused(step: 5))
+        let resumed = try MILTrainer(config: try config("b"), writer: "t")
+        #expect(try resumed.run(resume: true) == .finished)
+        #expect((first.history + resumed.history).map(\.loss) == straight.history.map(\.loss))
+        #expect(resumed.head.parameters.values.array == straight.head.parameters.values.array)
+        #expect(try Data(contentsOf: dir.appendingPathComponent("b/val-slides.csv")) == Data(contentsOf: dir.appendingPathComponent("a/val-slides.csv")))
+        // The same run on 2 ranks: each rank takes half of every global batch, the gradients are summed.
+        let file = dir.appendingPathComponent("c.yaml")
+        try (try config("c")).yaml.write(to: file, atomically: true, encoding: .utf8)
+        let r = try mpirun(2, ["mil", "train", "--config", file.path, "--set", "train.threads=1"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let two = try losses(dir.appendingPathComponent("c"))
+        #expect(two.keys.sorted() == Array(1...12))
+        for m in straight.history { #expect(abs(two[m.step]! - m.loss) <= 1e-5 * max(1, abs(m.loss)), "step \(m.step): \(two[m.step]!) vs \(m.loss)") }
+        let best = { (run: String) in try SafeTensorsFile(contentsOf: dir.appendingPathComponent("\(run)/best.safetensors")).metadata["val_accuracy"] }
+        #expect(try best("c") == best("a") && best("a") != nil)
+    }
+
     @Test("MIL bad input: mixed feature lengths, features of another backbone, a resume with other settings; cross-validation folds are stratified")
     func milBadInput() throws {
         let dir = tempDir("milbad")
