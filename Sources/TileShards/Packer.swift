@@ -374,8 +374,8 @@ public enum Packer {
             }
             if let grid = options.grid, !report.emptySlides.isEmpty {
                 let shown = report.emptySlides.prefix(10).joined(separator: ", ") + (report.emptySlides.count > 10 ? ", ..." : "")
-                report.notes.append(String(format: "%d image(s) kept no tile (no %d px tile had at least %g%% tissue, or the image is smaller than a tile): %@. These slides have no tiles in this set, so extract, mil and finetune will not see them. Hint: lower --min-tissue (0 keeps every tile), or check these images.",
-                                           report.emptySlides.count, grid.tileSize, Double(grid.minTissueFraction) * 100, shown))
+                report.notes.append(String(format: "%d image(s) or slide(s) kept no tile (no %d px tile had at least %g%% tissue, counted as pixels above HSV saturation %g, or the image is smaller than a tile): %@. These slides have no tiles in this set, so extract, mil and finetune will not see them. Hint: lower --min-tissue (0 keeps every tile) or --tissue-saturation, or check these images.",
+                                           report.emptySlides.count, grid.tileSize, Double(grid.minTissueFraction) * 100, Double(grid.saturationThreshold), shown))
             }
             // The metadata's µm/px: the option for images; for slides the tiles' scale when every slide agrees (2%).
             var mpp = options.micronsPerPixel

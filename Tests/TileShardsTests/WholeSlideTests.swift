@@ -130,6 +130,27 @@ struct WholeSlideTests {
         #expect(tissue.compactMap { $0 }.max()! > 0.9, "some tiles are all tissue")
     }
 
+    @Test("a whole slide that keeps no grid tile is named in the report's empty slides; the other slide's tiles are packed")
+    func emptySlide() throws {
+        guard let wsi = sharedWSI() else { return }
+        let dir = try TemporaryDirectory()
+        let cls = dir.url.appendingPathComponent("in/a")
+        try FileManager.default.createDirectory(at: cls, withIntermediateDirectories: true)
+        for file in ["CMU-1-Small-Region.svs", "test3-DAPI-2-(387).ndpi"] {
+            try FileManager.default.createSymbolicLink(at: cls.appendingPathComponent(file), withDestinationURL: wsi.appendingPathComponent(file))
+        }
+        // A saturation floor of 0.6: no pixel of the H&E slide counts as tissue; the fluorescence slide is saturated throughout.
+        var options = PackOptions(output: dir.url.appendingPathComponent("out"))
+        options.grid = GridSpec(tileSize: 256, saturationThreshold: 0.6)
+        let report = try Packer.pack(try PackPlan.imageFolder(cls.deletingLastPathComponent()), options: options)
+        #expect(report.emptySlides == ["a/CMU-1-Small-Region.svs"], "\(report.emptySlides)")
+        #expect(report.notes.contains { $0.contains("1 image(s) or slide(s) kept no tile") && $0.contains("saturation 0.6") && $0.contains("a/CMU-1-Small-Region.svs") },
+                "\(report.notes)")
+        let dataset = try ShardDataset(directory: options.output)
+        let slides = Set((0..<dataset.count).map(dataset.slide))
+        #expect(slides == ["test3-DAPI-2-(387)"] && report.tiles == 304, "\(slides) \(report.tiles)")
+    }
+
     @Test("pack at half resolution: read from level 1 where the pyramid has it, area-averaged from level 0 where not; tissue filter keeps fewer tiles")
     func packDownsampled() throws {
         guard let wsi = sharedWSI() else { return }
