@@ -303,17 +303,22 @@ struct MultiStudentCommandTests {
 
 @Suite("Inference pipeline")
 struct InferencePipelineTests {
+    let mean: [Float] = [0.4, 0.4, 0.4], std: [Float] = [0.25, 0.25, 0.25]
+
+    /// The 24 training tiles packed in `dir` and an untrained two-stage ResNet with `classes` outputs.
+    func fixture(_ dir: URL, classes: Int, seed: UInt64) throws -> (ShardDataset, ResNet) {
+        var mc = ResNetConfig.paper(classes: classes)
+        mc.planes = [32, 32]; mc.blocks = [1, 1]; mc.stages = 2
+        return (try ShardDataset(directory: try trainingShards(dir)), ResNet(mc, seed: seed))
+    }
+
     @Test("inference of a student's view prefetches batches in order and skips the full-resolution tiles: the same probabilities as one batch made with them")
     func prefetchedLowResolution() throws {
         let width = Parallel.beginExclusiveWidth()
         defer { Parallel.endExclusiveWidth(restoring: width) }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-infer-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let dataset = try ShardDataset(directory: try trainingShards(dir))
-        var mc = ResNetConfig.paper(classes: 2)
-        mc.planes = [32, 32]; mc.blocks = [1, 1]; mc.stages = 2
-        let model = ResNet(mc, seed: 4)
-        let mean: [Float] = [0.4, 0.4, 0.4], std: [Float] = [0.25, 0.25, 0.25]
+        let (dataset, model) = try fixture(dir, classes: 2, seed: 4)
         // 24 tiles in batches of 5: four full batches and a partial one, two decoding threads.
         let p = try Inference.run(model: model, dataset: dataset, settings: InferenceSettings(inputFactor: 4, mean: mean, std: std, batchSize: 5, workers: 2))
         #expect(p.samples == Array(0..<24))
@@ -343,11 +348,7 @@ extension InferencePipelineTests {
         defer { Parallel.endExclusiveWidth(restoring: width) }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-tta-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let dataset = try ShardDataset(directory: try trainingShards(dir))
-        var mc = ResNetConfig.paper(classes: 3)
-        mc.planes = [32, 32]; mc.blocks = [1, 1]; mc.stages = 2
-        let model = ResNet(mc, seed: 6)
-        let mean: [Float] = [0.4, 0.4, 0.4], std: [Float] = [0.25, 0.25, 0.25]
+        let (dataset, model) = try fixture(dir, classes: 3, seed: 6)
         var settings = InferenceSettings(inputFactor: 2, mean: mean, std: std, batchSize: 5)
         let plain = try Inference.run(model: model, dataset: dataset, settings: settings)
         settings.testTimeAugmentation = tta
