@@ -270,10 +270,10 @@ public struct SquareSymmetry: Equatable, Hashable, Sendable, CustomStringConvert
     /// Applies the symmetry to `images` float CHW images of `channels` x `edge` x `edge` (NCHW, contiguous).
     public func apply(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, images: Int, channels: Int, edge: Int) {
         let plane = edge * edge
+        let rows = (0..<edge).map { row($0, width: edge, height: edge) }   // the same for every plane
         for p in 0..<(images * channels) {
             let src = input + p * plane, dst = output + p * plane
-            for y in 0..<edge {
-                let (start, step) = row(y, width: edge, height: edge)
+            for (y, (start, step)) in rows.enumerated() {
                 var s = start
                 for x in 0..<edge { dst[y * edge + x] = src[s]; s += step }
             }

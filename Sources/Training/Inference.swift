@@ -43,10 +43,10 @@ public struct Predictions: Sendable {
     }
 }
 
-/// Test-time augmentation: each tile's class probabilities are the mean of the softmax over symmetric views of
-/// it (as fastai's `Learner.tta` and timm's flip averaging do), one forward pass per view. The views are the
-/// training augmentation's flips and quarter turns (`SquareSymmetry`); tiles of a rotation- and flip-invariant
-/// tissue class lose nothing by it, and the model's cost grows by the number of views (4 or 8).
+/// Test-time augmentation: each tile's class probabilities are the mean of the softmax over fixed symmetric views
+/// of it, one forward pass per view, so inference costs 4 or 8 times as much. The views are the training
+/// augmentation's flips and quarter turns (`SquareSymmetry`), applied to the model's own (possibly downsampled)
+/// view of the tile.
 public enum TestTimeAugmentation: String, CaseIterable, Sendable {
     /// The tile as it is (one forward pass).
     case none
@@ -152,16 +152,13 @@ public enum Inference {
                 let (input, edge) = b.modelView(inputFactor: settings.inputFactor)
                 let shape = NCHW(b.count, 3, edge, edge)
                 for (v, view) in views.enumerated() {
-                    let result: ImageModelOutput
-                    if view.isIdentity {
-                        result = input.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: shape, training: false) }
-                    } else {
+                    if !view.isIdentity {
                         if turned.count < input.count { turned = [Float](repeating: 0, count: input.count) }
                         input.withUnsafeBufferPointer { x in
                             turned.withUnsafeMutableBufferPointer { view.apply(x.baseAddress!, into: $0.baseAddress!, images: b.count, channels: 3, edge: edge) }
                         }
-                        result = turned.withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: shape, training: false) }
                     }
+                    let result = (view.isIdentity ? input : turned).withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: shape, training: false) }
                     try body(b, v, result)
                 }
             }
@@ -178,10 +175,10 @@ public enum Inference {
         var out = Predictions()
         var lossSum = 0.0, labeled = 0
         let views = settings.testTimeAugmentation.views
-        var probs: [Float] = [], mean: [Double] = []
+        var mean: [Double] = []   // the batch's probabilities summed over the views so far
         try forEachBatch(model: model, dataset: dataset, settings: settings, range: range, views: views) { b, view, result in
             if view == 0 { mean = [Double](repeating: 0, count: b.count * classes) }
-            probs = [Float](repeating: 0, count: b.count * classes)
+            var probs = [Float](repeating: 0, count: b.count * classes)
             Softmax.forward(output: &probs, input: result.logits!.data, rows: b.count, cols: classes)
             for j in probs.indices { mean[j] += Double(probs[j]) }
             guard view == views.count - 1 else { return }

@@ -41,6 +41,13 @@ func describedWeights(_ model: ResNet, _ dir: URL, _ name: String, factor: Int =
     return (url, meta)
 }
 
+/// The description of a feature set made by hand (no backbone, no source shards).
+func syntheticFeatures(classes: [String], dimension d: Int) -> FeatureSetMetadata {
+    FeatureSetMetadata(classes: classes, featureDimension: d, backbone: "synthetic", truncateAfter: nil, inputFactor: 1, mean: [0, 0, 0],
+                       std: [1, 1, 1], sourceShards: ShardSetIdentity(digest: "0", tiles: 0, shards: 0), weights: "-", weightsDigest: "0",
+                       program: "test")
+}
+
 @Suite("HistoTransfer", .serialized)
 struct HistoTransferTests {
     func tempDir(_ name: String) -> URL {
@@ -119,9 +126,7 @@ struct HistoTransferTests {
             return SlideBag(name: name, label: positive ? 1 : 0, features: f, x: (0..<n).map { Int32($0 * 32) }, y: Array(repeating: 0, count: n),
                             tileIDs: (0..<n).map { UInt64($0) })
         }
-        let meta = FeatureSetMetadata(classes: ["negative", "positive"], featureDimension: d, backbone: "synthetic", truncateAfter: nil, inputFactor: 1,
-                                      mean: [0, 0, 0], std: [1, 1, 1], sourceShards: ShardSetIdentity(digest: "0", tiles: 0, shards: 0),
-                                      weights: "-", weightsDigest: "0", program: "test")
+        let meta = syntheticFeatures(classes: ["negative", "positive"], dimension: d)
         try FeatureSet(metadata: meta, slides: (0..<40).map { bag("train\($0)", positive: $0 % 2 == 0) }).write(to: dir.appendingPathComponent("train"))
         try FeatureSet(metadata: meta, slides: (0..<20).map { bag("test\($0)", positive: $0 % 2 == 0) }).write(to: dir.appendingPathComponent("test"))
         let config = try RunConfig.parse("""
@@ -180,9 +185,7 @@ struct HistoTransferTests {
                                 x: (0..<count).map { Int32($0 * 32) }, y: Array(repeating: 0, count: count), tileIDs: (0..<count).map { UInt64($0) })
             }
         }
-        let meta = FeatureSetMetadata(classes: ["a", "b"], featureDimension: d, backbone: "synthetic", truncateAfter: nil, inputFactor: 1,
-                                      mean: [0, 0, 0], std: [1, 1, 1], sourceShards: ShardSetIdentity(digest: "0", tiles: 0, shards: 0),
-                                      weights: "-", weightsDigest: "0", program: "test")
+        let meta = syntheticFeatures(classes: ["a", "b"], dimension: d)
         try FeatureSet(metadata: meta, slides: bags("t", 16)).write(to: dir.appendingPathComponent("train"))
         try FeatureSet(metadata: meta, slides: bags("v", 6)).write(to: dir.appendingPathComponent("val"))
         func config(_ name: String) throws -> RunConfig {

@@ -139,7 +139,8 @@ struct WholeSlideTests {
         for file in ["CMU-1-Small-Region.svs", "test3-DAPI-2-(387).ndpi"] {
             try FileManager.default.createSymbolicLink(at: cls.appendingPathComponent(file), withDestinationURL: wsi.appendingPathComponent(file))
         }
-        // A saturation floor of 0.6: no pixel of the H&E slide counts as tissue; the fluorescence slide is saturated throughout.
+        // A saturation floor of 0.6: no 256 px tile of the H&E slide keeps 25% tissue (0 of its 108); the fluorescence
+        // slide is saturated throughout (all 304 kept).
         var options = PackOptions(output: dir.url.appendingPathComponent("out"))
         options.grid = GridSpec(tileSize: 256, saturationThreshold: 0.6)
         let report = try Packer.pack(try PackPlan.imageFolder(cls.deletingLastPathComponent()), options: options)
