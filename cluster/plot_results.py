@@ -5,9 +5,11 @@
                standard deviation over seeds (cluster/frontier.sh: WORK/seed-*/summary.tsv and WORK/speed.tsv)
     curve      accuracy against the number of unlabeled tiles added to the labelled ones, students at 28 and 14 px
                against the from-scratch students (cluster/unlabeled-curve.sh: WORK/seed-*/summary.tsv)
+    table      a Markdown table of one column of WORK/seed-*/summary.tsv: mean ± sd over seeds and each seed's value
 
 Usage: python3 cluster/plot_results.py frontier runs/frontier docs/figures/frontier.svg
        python3 cluster/plot_results.py curve runs/curve docs/figures/unlabeled-curve.svg
+       python3 cluster/plot_results.py table runs/curve val_accuracy_last
 """
 import csv
 import glob
@@ -15,13 +17,15 @@ import os
 import statistics
 import sys
 
-import matplotlib
 
-matplotlib.use("svg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-plt.rcParams["svg.hashsalt"] = "histodistill"  # the same SVG for the same numbers
-plt.rcParams["svg.fonttype"] = "none"
+def pyplot():
+    """matplotlib's pyplot set for SVG (imported here so that `table` needs no matplotlib)."""
+    import matplotlib
+    matplotlib.use("svg")
+    import matplotlib.pyplot as plt
+    plt.rcParams["svg.hashsalt"] = "histodistill"  # the same SVG for the same numbers
+    plt.rcParams["svg.fonttype"] = "none"
+    return plt
 
 
 def read_seeds(work, column):
@@ -42,6 +46,7 @@ def mean_sd(values):
 
 
 def frontier(work, out):
+    plt = pyplot()
     acc, seeds = read_seeds(work, "kept")
     speed_path = os.path.join(work, "speed.tsv")
     if not os.path.exists(speed_path):
@@ -71,6 +76,7 @@ def frontier(work, out):
 
 
 def curve(work, out):
+    plt = pyplot()
     acc, seeds = read_seeds(work, "val_accuracy_last")
     # Unlabeled tiles added to the labelled ones, read from the packed shard sets (the manifests of seed 0).
     def rows(name):
@@ -89,8 +95,10 @@ def curve(work, out):
             ax.errorbar([colon], [m], yerr=[s], marker="x", color=color, linestyle="none",
                         label=f"{px} px distilled, colon tiles (out of domain)")
         if f"scratch-{px}" in acc:
-            m, _ = mean_sd(acc[f"scratch-{px}"])
-            ax.axhline(m, color=color, linestyle="--", linewidth=1, label=f"{px} px from scratch, labelled tiles only")
+            m, s = mean_sd(acc[f"scratch-{px}"])
+            ax.axhline(m, color=color, linestyle="--", linewidth=1, label=f"{px} px from scratch, labelled tiles only (± sd shaded)")
+            if s > 0:
+                ax.axhspan(m - s, m + s, color=color, alpha=0.1)
     ax.set_xlabel("unlabeled tiles added to the labelled ones")
     ax.set_ylabel(f"lung val accuracy at the last step (%), {seeds} seed(s)")
     ax.grid(True, alpha=0.3)
@@ -99,9 +107,21 @@ def curve(work, out):
     fig.savefig(out)
 
 
+def table(work, column):
+    acc, seeds = read_seeds(work, column)
+    print(f"| run | seeds | {column}, % (mean ± sd) | per seed |")
+    print("|---|---|---|---|")
+    for run, values in acc.items():
+        m, s = mean_sd(values)
+        print(f"| {run} | {len(values)} | {m:.2f} ± {s:.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] not in ("frontier", "curve"):
+    if len(sys.argv) != 4 or sys.argv[1] not in ("frontier", "curve", "table"):
         sys.exit(__doc__)
+    if sys.argv[1] == "table":
+        table(sys.argv[2], sys.argv[3])
+        sys.exit(0)
     os.makedirs(os.path.dirname(sys.argv[3]) or ".", exist_ok=True)
     {"frontier": frontier, "curve": curve}[sys.argv[1]](sys.argv[2], sys.argv[3])
     print(f"wrote {sys.argv[3]}")

@@ -5,7 +5,8 @@
 # students trained from scratch on the labelled part only. Every student gets the same number of steps, so the
 # pools differ only in how many different tiles they hold. Accuracies on the lung validation split.
 #
-# Usage: cluster/unlabeled-curve.sh [SEED]   (environment: LABELLED=0.1, STEPS=400, TEACHER_EPOCHS=30, WORK=runs/curve)
+# Usage: cluster/unlabeled-curve.sh [SEED]   (environment: LABELLED=0.1, STEPS=400, SCHEDULE=cosine, TEACHER_EPOCHS=30,
+#        WORK=runs/curve)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seed=${1:-0}
@@ -54,21 +55,28 @@ per_epoch=$(( $(wc -l < "$work/labelled.csv") - 1 )); per_epoch=$(( per_epoch / 
 sed 's/^  name: student-lung-28-distill/  name: student-28/' configs/student-lung-28-distill.yaml > "$work/student-28.yaml"
 sed -e 's/^  name: student-lung-28-distill/  name: student-14/' -e 's/^  input_factor: 8/  input_factor: 16/' \
     configs/student-lung-28-distill.yaml > "$work/student-14.yaml"
-# A fixed number of steps at a constant learning rate: an epoch-based decay would decay faster on small pools.
-fixed=(--set "train.max_steps=$steps" --set train.epochs=1000 --set schedule.gamma=1.0 --set "distill.teacher_run=$work/teacher")
+# A fixed number of steps for every student, with a decay counted in those steps so that it is the same on every
+# pool (an epoch-based decay would decay faster on small pools): SCHEDULE=cosine (default; a warm-up of 1/16 of the
+# steps, then down to 1e-5) or SCHEDULE=constant (the first run's constant 1e-3).
+case ${SCHEDULE:-cosine} in
+    cosine) schedule=(--set schedule.name=cosine --set "schedule.warmup_steps=$(( steps / 16 ))" --set schedule.min_lr=0.00001) ;;
+    constant) schedule=(--set schedule.gamma=1.0) ;;
+    *) echo "SCHEDULE must be cosine or constant, got ${SCHEDULE}" >&2; exit 2 ;;
+esac
+fixed=(--set "train.max_steps=$steps" --set train.epochs=1000 "${schedule[@]}")
 for pool in 0 25 50 100 colon; do
     unlabeled=()
     case $pool in 0) ;; colon) unlabeled=(--set "data.unlabeled=[$work/shards/colon]") ;; *) unlabeled=(--set "data.unlabeled=[$work/shards/pool-$pool]") ;; esac
     out=$work/distilled-$pool
     log "students at 28 and 14 px, unlabeled pool: $pool"
     [ -f "$out/student-14/best.safetensors" ] || "$bin" distill --config "$work/student-28.yaml" "$work/student-14.yaml" --runs-dir "$out" \
-        "${data[@]}" "${unlabeled[@]}" "${fixed[@]}" 2>> "$work/log" | grep -v "^teacher forwards" || true
+        "${data[@]}" "${unlabeled[@]}" "${fixed[@]}" --set "distill.teacher_run=$work/teacher" 2>> "$work/log" | grep -v "^teacher forwards" || true
 done
 log "from scratch on the labelled part, with labels"
 for f in 8 16; do
     out=$work/scratch-$((224 / f))
     [ -f "$out/best.safetensors" ] || "$bin" train --config configs/baseline-lung-28.yaml "${data[@]}" --set "data.input_factor=$f" \
-        --set "train.max_steps=$steps" --set train.epochs=1000 --set schedule.gamma=1.0 --set "run.output=$out" 2>> "$work/log" | tail -1
+        "${fixed[@]}" --set "run.output=$out" 2>> "$work/log" | tail -1
 done
 # The table: val accuracy at the last step of every run (not the best of its validations), from metrics.jsonl.
 printf "run\tsteps\tval_accuracy_last\tval_accuracy_best\n" > "$work/summary.tsv"
