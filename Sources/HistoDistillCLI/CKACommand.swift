@@ -55,6 +55,11 @@ struct CKACommand: ParsableCommand {
         let pngURL = URL(fileURLWithPath: png ?? csvURL.deletingPathExtension().appendingPathExtension("png").path)
         try checkWritable(csvURL); try checkWritable(pngURL)
         let n = min(maxTiles, dataset.count)
+        // The same floor as --max-tiles: below it CKA says nothing (and one tile has no variance to compare).
+        guard n >= 10 else {
+            throw CLIError("\(shards) holds \(dataset.count) tile(s); CKA compares representations over at least 10 tiles",
+                           hint: "give a shard set of 100 tiles or more (e.g. a validation split)")
+        }
         if n < 100 { FileHandle.standardError.write(Data("note: CKA on \(n) tiles is noisy (unrelated representations read high below about 100 tiles)\n".utf8)) }
         let indices = (0..<n).map { $0 * dataset.count / n }
         let ra = try CKA.stageRepresentations(model: a.model, dataset: dataset, settings: a.settings, indices: indices)

@@ -1,5 +1,6 @@
 // The error type the CLI turns into one clear line and a non-zero exit.
 import ArgumentParser
+import Foundation
 
 /// A user-facing failure: what went wrong (naming the file, record or key) and a hint for the fix.
 struct CLIError: Error, CustomStringConvertible {
@@ -12,4 +13,24 @@ struct CLIError: Error, CustomStringConvertible {
     }
 
     var description: String { hint.map { "\(message)\nhint: \($0)" } ?? message }
+}
+
+/// `error` as a user would read it: Foundation's file errors (which otherwise print as
+/// `Error Domain=NSCocoaErrorDomain Code=516 ...`) become one line naming the path and the reason, with a hint;
+/// every other error is returned unchanged.
+func userFacing(_ error: Error) -> Error {
+    let ns = error as NSError
+    guard ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain else { return error }
+    let path = (ns.userInfo[NSFilePathErrorKey] as? String) ?? (ns.userInfo[NSURLErrorKey] as? URL)?.path
+    let reason: String
+    switch CocoaError.Code(rawValue: ns.code) {
+    case .fileWriteFileExists: reason = "a file of that name is in the way (a directory was expected, or the name is taken)"
+    case .fileNoSuchFile, .fileReadNoSuchFile: reason = "no such file or directory"
+    case .fileReadNoPermission, .fileWriteNoPermission: reason = "permission denied"
+    case .fileWriteOutOfSpace: reason = "no space left on the device"
+    case .fileWriteVolumeReadOnly: reason = "the file system is read-only"
+    default: reason = describe(error)
+    }
+    return CLIError("\(path ?? "a file"): \(reason)",
+                    hint: "check the path: inputs must exist and be readable; outputs need a writable directory (not a file of the same name)")
 }

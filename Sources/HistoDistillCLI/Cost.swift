@@ -49,8 +49,8 @@ struct Cost: ParsableCommand {
     @OptionGroup var distillation: DistillationSettings
 
     func validate() throws {
-        if classes < 1 { throw ValidationError("--classes must be at least 1, got \(classes)") }
-        if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
+        if !(1...100_000).contains(classes) { throw ValidationError("--classes must be in 1...100000, got \(classes)") }
+        if !(1...4096).contains(batch) { throw ValidationError("--batch must be in 1...4096, got \(batch)") }
         if reps < 1 || steps < 1 { throw ValidationError("--reps and --steps must be at least 1") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
         let sizes = try parsedResolutions()
@@ -63,8 +63,8 @@ struct Cost: ParsableCommand {
 
     func parsedResolutions() throws -> [Int] {
         let values = resolutions.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
-        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) >= 8 }) else {
-            throw ValidationError("--resolutions takes comma-separated sizes of at least 8 px, got '\(resolutions)'")
+        guard !values.isEmpty, values.allSatisfy({ (8...4096).contains($0 ?? 0) }) else {
+            throw ValidationError("--resolutions takes comma-separated sizes of 8 to 4096 px, got '\(resolutions)'")
         }
         return values.map { $0! }
     }
@@ -89,6 +89,21 @@ struct Cost: ParsableCommand {
         print("\(config)")
         print("parameters: \(net.parameterCount.formatted()) (\(String(format: "%.1f", paramMB)) MB; with gradients and Adam moments \(String(format: "%.1f", 4 * paramMB)) MB)")
         print("threads: \(BLAS.threadCount), batch \(batch)\n")
+        // Activations grow with the pixels and the batch: sized from a small probe step, refused before allocating
+        // what the machine cannot hold.
+        let perPixel: Double = {
+            let probe = ResNet(config, seed: 1)
+            let x = Buffer<Float>(count: 3 * 32 * 32)
+            let out = probe.forward(x.pointer, shape: NCHW(1, 3, 32, 32), training: true)
+            let g = Buffer<Float>(count: out.logits?.count ?? 0)
+            probe.backward(gradLogits: out.logits == nil ? nil : g.pointer)
+            return Double((probe.activationFloats.forward + probe.activationFloats.backward) * 4) / Double(32 * 32)
+        }()
+        let memory = Double(ProcessInfo.processInfo.physicalMemory)
+        for r in sizes where perPixel * Double(r * r * batch) > 0.7 * memory {
+            throw CLIError(String(format: "a training step at %d px with batch %d needs about %.0f GB of activations; this machine has %.0f GB", r, batch,
+                                  perPixel * Double(r * r * batch) / 1e9, memory / 1e9), hint: "lower --batch or the resolution")
+        }
         let teacherMACs = Double(net.macs(resolution: sizes[0]))
         var header = "| input | MACs per image | vs \(sizes[0]) px | feature map | activations, training step (MB) |"
         var rule = "|---|---|---|---|---|"

@@ -52,7 +52,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Metrics JSON file (default: RUN/eval.json, or eval.json beside --weights).")
     var output: String?
 
-    @Option(help: "Predictions CSV file (default: RUN/predictions.csv, or predictions.csv beside --weights).")
+    @Option(help: "Predictions CSV file (default: beside --output as NAME.predictions.csv when --output is given, else RUN/predictions.csv, or predictions.csv beside --weights).")
     var predictions: String?
 
     @Option(help: "Tiles per forward pass.")
@@ -66,6 +66,16 @@ struct Evaluate: ParsableCommand {
 
     func validate() throws {
         if bootstrap < 0 { throw ValidationError("--bootstrap must be 0 or more, got \(bootstrap)") }
+    }
+
+    /// Where the metrics and the predictions go: --output and --predictions, else the run's eval.json and
+    /// predictions.csv (or beside --weights). A --output elsewhere takes the predictions with it (NAME.predictions.csv),
+    /// so evaluating on other shards never overwrites the run's own predictions.
+    func outputFiles(_ trained: TrainedModel) -> (metrics: URL, predictions: URL) {
+        let home = source.run ?? RunDirectory(trained.weights.deletingLastPathComponent())
+        let metrics = output.map { URL(fileURLWithPath: $0) } ?? home.evaluation
+        let besideMetrics = output.map { _ in metrics.deletingPathExtension().appendingPathExtension("predictions.csv") }
+        return (metrics, predictions.map { URL(fileURLWithPath: $0) } ?? besideMetrics ?? home.predictions)
     }
 
     func run() throws {
@@ -89,11 +99,8 @@ struct Evaluate: ParsableCommand {
                 let map: [Int32]
                 do { map = try trained.labelMap(for: dataset.classes, source: path) } catch let e as TrainingError { throw CLIError(e.message) }
                 // Check where the results go before the whole inference runs.
-                let beside = RunDirectory(trained.weights.deletingLastPathComponent())
-                for file in [output.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).evaluation,
-                             predictions.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).predictions] {
-                    try checkWritable(file)
-                }
+                let files = outputFiles(trained)
+                for file in [files.metrics, files.predictions] { try checkWritable(file) }
                 return (trained, dataset, path, map)
             }
             var settings = InferenceSettings(trained.metadata, batchSize: batchSize, labelMap: labelMap)
@@ -119,10 +126,8 @@ struct Evaluate: ParsableCommand {
                 print(String(format: "95%% class-balanced bootstrap intervals (%d resamples): accuracy %.4f-%.4f, balanced accuracy %.4f-%.4f", bootstrap,
                              intervals.accuracy.lower, intervals.accuracy.upper, intervals.balancedAccuracy.lower, intervals.balancedAccuracy.upper))
             }
-            let beside = RunDirectory(trained.weights.deletingLastPathComponent())
-            let jsonURL = output.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).evaluation
+            let (jsonURL, csvURL) = outputFiles(trained)
             try writeOutput(JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]), to: jsonURL)
-            let csvURL = predictions.map { URL(fileURLWithPath: $0) } ?? (source.run ?? beside).predictions
             try writeOutput(Data(p.csv(classes: classes).utf8), to: csvURL)
             print(String(format: "%d tiles%@: accuracy %.4f, balanced accuracy %.4f, macro AUC %@", report.samples,
                          tta == .none ? "" : " (test-time augmentation: \(tta.rawValue), \(tta.views.count) views)", report.accuracy,

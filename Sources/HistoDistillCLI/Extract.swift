@@ -74,11 +74,17 @@ struct Extract: ParsableCommand {
                 } catch let e as TrainingError { throw CLIError(e.message) }
             }
             let out = URL(fileURLWithPath: output)
+            // Every rank writes its part into one staging directory; the new set replaces the old one only when all
+            // parts are written, so a failed or interrupted extraction leaves the set in OUTPUT as it was.
+            let staged = StagedOutput(final: out, tag: "extracting", isSetFile: FeatureSet.isFeatureFile)
+            var lock: RunLock?   // one extraction per output directory, held by the coordinator until the swap
+            defer { withExtendedLifetime(lock) {} }
             try group.collectively {
                 if group.isCoordinator {
                     if let note = backbone.ignoredNote { FileHandle.standardError.write(Data("note: \(note)\n".utf8)) }
                     try checkWritable(out.appendingPathComponent("features.safetensors"))
-                    try FeatureSet.removeFiles(in: out)
+                    do { lock = try RunLock(directory: out, hint: "wait for that extraction to end, or extract into another directory") } catch let e as TrainingError { throw CLIError(e.message) }
+                    try staged.prepare()
                 }
             }
             try group.barrier()
@@ -94,10 +100,12 @@ struct Extract: ParsableCommand {
                                           inputFactor: backbone.settings.inputFactor, mean: backbone.settings.mean, std: backbone.settings.std,
                                           sourceShards: dataset.identity, weights: backbone.weights.path, weightsDigest: backbone.digest,
                                           program: "histodistill \(histodistillVersion)")
-            do { try FeatureSet(metadata: meta, slides: bags).write(to: out, part: group.rank) } catch let e as CheckpointError { throw CLIError(e.message) }
+            do { try FeatureSet(metadata: meta, slides: bags).write(to: staged.staging, part: group.rank) } catch let e as CheckpointError { throw CLIError(e.message) }
+            // The sum is also the barrier: every rank's part is written before the coordinator swaps the set in.
             var counts: [Double] = [Double(bags.count), Double(bags.reduce(0) { $0 + $1.count })]
             try counts.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
             if group.isCoordinator {
+                try staged.commit()
                 print("wrote \(Int(counts[1])) feature vectors of length \(backbone.model.featureDimension) for \(Int(counts[0])) slides to \(out.path)")
             }
             return 0

@@ -18,7 +18,15 @@ struct HistoDistill: ParsableCommand {
     /// Chooses OpenBLAS's kernels (restarting the process when needed), then runs the command.
     static func main() {
         KernelStartup.run()
-        self.main(nil)
+        // A write past the file-size limit (ulimit -f, a batch system's limit) fails with EFBIG and is reported,
+        // naming the file, by the code that writes it; by default SIGXFSZ would end the process without a word.
+        signal(SIGXFSZ, SIG_IGN)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: userFacing(error))
+        }
     }
 }
 

@@ -18,6 +18,10 @@ struct Stats: ParsableCommand {
     @Flag(help: "Print JSON.")
     var json = false
 
+    func validate() throws {
+        if let maxTiles, maxTiles < 1 { throw ValidationError("--max-tiles must be at least 1 (leave it out to use every tile), got \(maxTiles)") }
+    }
+
     func run() throws {
         let dataset = try ShardDataset(urls: try shardFiles(paths))
         let s = try ChannelStatistics.compute(dataset, maxTiles: maxTiles)
@@ -73,6 +77,14 @@ struct Export: ParsableCommand {
         if ![1, 2, 4, 8, 16].contains(factor) { throw ValidationError("--factor must be 1, 2, 4, 8 or 16, got \(factor)") }
         if ids == nil && className == nil && slide == nil && sample == nil {
             throw ValidationError("choose tiles with --ids, --class-name, --slide or --sample")
+        }
+        if let sample, sample < 1 { throw ValidationError("--sample must be at least 1, got \(sample)") }
+        if limit < 1 { throw ValidationError("--limit must be at least 1, got \(limit)") }
+        if let ids {
+            let bad = ids.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { UInt64($0) == nil }
+            if !bad.isEmpty || ids.split(separator: ",").isEmpty {
+                throw ValidationError("--ids takes comma-separated tile ids (numbers, as `histodistill inspect` lists them), got '\(ids)'")
+            }
         }
     }
 

@@ -1,7 +1,9 @@
 // `histodistill pack`, `inspect` and `verify`: build shard sets from image folders, describe them, check them.
 import ArgumentParser
+import Distributed
 import Foundation
 import TileShards
+import Training
 
 /// Shard files named by the arguments: files as given, directories expanded to their *.shard files, sorted.
 func shardFiles(_ paths: [String]) throws -> [URL] {
@@ -156,6 +158,12 @@ struct Pack: ParsableCommand {
     }
 
     func run() throws {
+        // pack is one process (its --threads use the cores); under mpirun every rank would write the same set.
+        let launch = LaunchEnvironment.current()
+        if let size = launch.size, size > 1 {
+            throw CLIError("pack runs as one process, but this is one of \(size) ranks started by \(launch.launcher ?? "an MPI launcher"): every rank would write the same shard set into \(output)",
+                           hint: "run pack without mpirun/srun (--threads N uses N cores); train and distill are the commands that run on many ranks")
+        }
         var plan: PackPlan
         if input.lowercased().hasSuffix(".csv") {
             plan = try PackPlan.manifest(URL(fileURLWithPath: input))
@@ -166,12 +174,17 @@ struct Pack: ParsableCommand {
         // Never mix two shard sets in one directory: a non-empty output is refused, or replaced as a whole.
         let final = URL(fileURLWithPath: output)
         let fm = FileManager.default
+        // One packer per output directory (two at once would interleave their shard files); held until the end.
+        let lock: RunLock
+        do { lock = try RunLock(directory: final, hint: "wait for that pack to end, or pack into another directory") } catch let e as TrainingError { throw CLIError(e.message) }
+        defer { withExtendedLifetime(lock) {} }
         let existing = ((try? fm.contentsOfDirectory(atPath: final.path)) ?? []).filter { $0.hasSuffix(".shard") }
         if !existing.isEmpty && !overwrite {
             throw CLIError("\(output) already holds \(existing.count) shard file(s) of another packing", hint: "choose an empty output directory, or pass --overwrite to replace that shard set")
         }
-        let staging = existing.isEmpty ? final : final.deletingLastPathComponent().appendingPathComponent(".\(final.lastPathComponent).tmp-\(getpid())")
-        var options = PackOptions(output: staging)
+        // Replacing a set: the new one is packed beside it and swapped in whole at the end (see StagedOutput).
+        let staged = existing.isEmpty ? nil : StagedOutput(final: final, tag: "tmp-\(getpid())") { $0.hasSuffix(".shard") }
+        var options = PackOptions(output: staged?.staging ?? final)
         options.targetShardBytes = shardMB << 20
         options.zstdLevel = level
         options.filter = PixelFilter(rawValue: filter)!
@@ -191,23 +204,10 @@ struct Pack: ParsableCommand {
         let report: PackReport
         let unit = plan.items.contains(where: \.isSlide) ? "files" : "images"
         do { report = try Packer.pack(plan, options: options) { progress.update($0, $1, unit: unit, extra: "\($2) tiles") } } catch {
-            if staging != final { try? fm.removeItem(at: staging) }
+            staged?.discard()
             throw error
         }
-        if staging != final {
-            // Replace the old set as a whole: other files of the directory are copied beside the new shards, the old
-            // directory is renamed aside, the new one renamed into place, then the old one removed (a crash between
-            // the two renames leaves both sets, each complete, under their names).
-            for name in try fm.contentsOfDirectory(atPath: final.path) where !name.hasSuffix(".shard") {
-                try fm.copyItem(at: final.appendingPathComponent(name), to: staging.appendingPathComponent(name))
-            }
-            let old = final.deletingLastPathComponent().appendingPathComponent(".\(final.lastPathComponent).old-\(getpid())")
-            guard rename(final.path, old.path) == 0, rename(staging.path, final.path) == 0 else {
-                throw CLIError("\(output): cannot put the new shard set in place (\(String(cString: strerror(errno)))); the new set is in \(staging.path)",
-                               hint: "move it into place by hand, or pack into an empty directory")
-            }
-            try fm.removeItem(at: old)
-        }
+        try staged?.commit()
         let seconds = Date().timeIntervalSince(t0)
         let slides = plan.items.filter(\.isSlide).count
         let files = slides > 0 ? "\(plan.items.count - slides) image(s) and \(report.slides.count) whole-slide image(s)" : "\(plan.items.count - report.skipped.count) images"

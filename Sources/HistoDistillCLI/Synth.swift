@@ -10,7 +10,7 @@ struct Synth: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate a small synthetic tile dataset (ImageFolder train/ and val/, 3 classes) for trying histodistill without data.")
 
-    @Argument(help: "Output directory (gets train/CLASS/*.png and val/CLASS/*.png).")
+    @Argument(help: "Output directory, new or empty (gets train/CLASS/*.png and val/CLASS/*.png).")
     var output: String
 
     @Option(help: "Tile edge in pixels.")
@@ -33,13 +33,25 @@ struct Synth: ParsableCommand {
 
     func run() throws {
         let root = URL(fileURLWithPath: output)
+        // Never write generated tiles among a user's files (a real ImageFolder would gain three fake classes).
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: root.path, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else {
+                throw CLIError("\(root.path) is a file, not a directory", hint: "give synth a new directory to create")
+            }
+            let present = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
+            guard present.isEmpty else {
+                throw CLIError("\(root.path) is not empty (\(present.count) entr\(present.count == 1 ? "y" : "ies"), e.g. \(present.sorted()[0]))",
+                               hint: "give synth a new or empty directory; it does not write among existing files")
+            }
+        }
         let classes = ["sparse_round", "dense_large", "elongated"]
         var written = 0
         for (split, perClass) in [("train", trainPerClass), ("val", valPerClass)] {
             for (c, name) in classes.enumerated() {
                 let folder = root.appendingPathComponent("\(split)/\(name)")
                 do { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) } catch {
-                    throw CLIError("\(folder.path): cannot be created (\(error.localizedDescription))", hint: "choose a writable output directory")
+                    throw CLIError("\(folder.path): cannot be created (\(describe(error)))", hint: "choose a writable output directory")
                 }
                 for i in 0..<perClass {
                     var g = SplitMix64.stream(seed, split == "train" ? 1 : 2, UInt64(c), UInt64(i))

@@ -153,23 +153,33 @@ public final class CheckpointStore {
 
     /// The state.json of `checkpoint`, without loading any weights.
     public func state(of checkpoint: URL) throws -> CheckpointState {
-        do {
-            return try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: checkpoint.appendingPathComponent("state.json")))
-        } catch {
-            throw CheckpointError("\(checkpoint.path)/state.json: unreadable (\(error)). Hint: remove this checkpoint to resume from the one before.")
+        let url = checkpoint.appendingPathComponent("state.json")
+        let state: CheckpointState
+        do { state = try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: url)) } catch {
+            throw CheckpointError("\(url.path): unreadable (\(error)). \(Self.olderCheckpointHint)")
         }
+        // Values no run writes (a damaged or hand-edited file) are refused here, before they reach the data order.
+        let problems = [state.formatVersion == 1 ? nil : "formatVersion \(state.formatVersion) (this program reads 1)",
+                        state.step >= 0 ? nil : "step \(state.step)",
+                        state.cursor.epoch >= 0 ? nil : "cursor.epoch \(state.cursor.epoch)",
+                        state.cursor.samplesConsumed >= 0 ? nil : "cursor.samplesConsumed \(state.cursor.samplesConsumed)",
+                        state.worldSize >= 1 ? nil : "worldSize \(state.worldSize)",
+                        (state.emaUpdates ?? 0) >= 0 ? nil : "emaUpdates \(state.emaUpdates!)"].compactMap { $0 }
+        guard problems.isEmpty else {
+            throw CheckpointError("\(url.path): holds values no run writes (\(problems.joined(separator: ", "))). \(Self.olderCheckpointHint)")
+        }
+        return state
     }
+
+    /// The fix for a damaged checkpoint: the store keeps older ones.
+    static let olderCheckpointHint = "Hint: remove this checkpoint directory to resume from the one before (the run keeps train.keep of them)."
 
     /// Loads `checkpoint` into `model` and `optimizer`, which must have the architecture and optimizer it was
     /// written with; returns its state.
     public func load(_ checkpoint: URL, model: any Module, optimizer: Optimizer, parts: [CheckpointPart] = []) throws -> CheckpointState {
         try loadPart(CheckpointPart(name: "model", model: model, optimizer: optimizer, optimizerFile: "optimizer"), from: checkpoint)
         for part in parts { try loadPart(part, from: checkpoint) }
-        do {
-            return try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: checkpoint.appendingPathComponent("state.json")))
-        } catch {
-            throw CheckpointError("\(checkpoint.path)/state.json: unreadable (\(error)). Hint: remove this checkpoint to resume from the one before.")
-        }
+        return try state(of: checkpoint)
     }
 
     /// Loads one module and its optimizer (if any) of a checkpoint, checking names, shapes, kind and finiteness.
@@ -178,12 +188,12 @@ public final class CheckpointStore {
         do {
             try model.loadWeights(from: checkpoint.appendingPathComponent("\(part.name).safetensors"))
         } catch let e as WeightsError {
-            throw CheckpointError("\(path): the checkpoint's weights (\(part.name)) do not fit this run's model: \(e.message)")
+            throw CheckpointError("\(path): the checkpoint's weights (\(part.name)) do not fit this run's model: \(e.message) If the run's config is unchanged, the file is damaged: \(Self.olderCheckpointHint.dropFirst(6))")
         }
         guard let optimizer = part.optimizer else { return }
         let opt: SafeTensorsFile
         do { opt = try SafeTensorsFile(contentsOf: checkpoint.appendingPathComponent("\(part.optimizerFile).safetensors")) } catch let e as SafeTensorsError {
-            throw CheckpointError("\(path): \(e.message)")
+            throw CheckpointError("\(path): \(e.message) \(Self.olderCheckpointHint)")
         }
         let savedKind = opt.metadata["kind"].flatMap { try? JSONDecoder().decode(OptimizerKind.self, from: Data($0.utf8)) }
         guard savedKind == optimizer.kind else {
@@ -195,7 +205,7 @@ public final class CheckpointStore {
         first.floats.withUnsafeBufferPointer { optimizer.first.pointer.update(from: $0.baseAddress!, count: optimizer.count) }
         if optimizer.second.count > 0 {
             guard let second = opt["second"], second.count == optimizer.count else {
-                throw CheckpointError("\(path): optimizer second moments missing or of the wrong size.")
+                throw CheckpointError("\(path): optimizer second moments missing or of the wrong size. \(Self.olderCheckpointHint)")
             }
             second.floats.withUnsafeBufferPointer { optimizer.second.pointer.update(from: $0.baseAddress!, count: optimizer.count) }
         }
@@ -204,7 +214,7 @@ public final class CheckpointStore {
               GradientOps.allFinite(model.buffers.values.pointer, count: model.buffers.layout.count),
               GradientOps.allFinite(optimizer.first.pointer, count: optimizer.count),
               GradientOps.allFinite(optimizer.second.pointer, count: optimizer.second.count) else {
-            throw CheckpointError("\(path): holds non-finite weights or optimizer state (NaN or infinity). Hint: move this checkpoint directory away to resume from the one before it.")
+            throw CheckpointError("\(path): holds non-finite weights or optimizer state (NaN or infinity). \(Self.olderCheckpointHint)")
         }
     }
 

@@ -175,13 +175,8 @@ public struct FeatureSet: Sendable {
         return foldOf
     }
 
-    /// Removes the feature files of `directory` (before a new extraction writes there).
-    public static func removeFiles(in directory: URL) throws {
-        let fm = FileManager.default
-        for old in (try? fm.contentsOfDirectory(atPath: directory.path)) ?? [] where old.hasPrefix("features-") && old.hasSuffix(".safetensors") {
-            try fm.removeItem(at: directory.appendingPathComponent(old))
-        }
-    }
+    /// True for the name of a feature set's file (`features-PART-NNNNN.safetensors`).
+    public static func isFeatureFile(_ name: String) -> Bool { name.hasPrefix("features-") && name.hasSuffix(".safetensors") }
 
     /// Writes the set into `directory` (created) as `features-PART-NNNNN.safetensors`, whole slides per file, files
     /// of about `maxBytes` each. Ranks write their own parts (`part` = rank); files read back in name order.

@@ -108,7 +108,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     /// Reads `url` (YAML), applies `overrides` ("section.key=value", value in YAML syntax) and validates.
     /// Relative paths resolve against the current directory, except in a run directory's own config.yaml
-    /// (a `run.json` beside it), where they resolve against that directory (see `RunDirectory`).
+    /// (a `run.json` beside it, or the header every run writes), where they resolve against that directory (see
+    /// `RunDirectory`).
     public static func load(_ url: URL, overrides: [String] = []) throws -> RunConfig {
         let text: String
         do { text = try String(contentsOf: url, encoding: .utf8) } catch {
@@ -116,7 +117,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         let config = try parse(text, source: url.path, overrides: overrides)
         let folder = url.deletingLastPathComponent()
-        let base = RunDirectory.isRunDirectory(folder) ? folder : URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
+        let base = RunDirectory.isRunDirectory(folder) || RunDirectory.isEffectiveConfig(text) ? folder : URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
         return config.resolvingPaths(against: base)
     }
 
@@ -174,7 +175,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if c.isDistillation && !(c.objective.temperature > 0) {
             throw ConfigError("\(source): distill.temperature must be positive, got \(c.objective.temperature)")
         }
-        try c.validate(source: source)
+        try c.validate(source: source, overridden: overridden)
         return c
     }
 
@@ -196,8 +197,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check(top, "")
     }
 
-    func validate(source: String) throws {
-        func bad(_ key: String, _ why: String) -> ConfigError { ConfigError("\(source): \(key) \(why)") }
+    /// Checks ranges and combinations; an error names `source` (the file), or the `--set` when the key was given
+    /// on the command line (`overridden`: "section.key" paths).
+    func validate(source: String, overridden: Set<String> = []) throws {
+        func bad(_ key: String, _ why: String) -> ConfigError {
+            // "data.mean/std" names two keys of one section: either given by --set counts.
+            let section = key.split(separator: ".").first.map(String.init) ?? ""
+            let names = key.dropFirst(section.count + 1).split(separator: "/").map { "\(section).\($0)" }
+            let given = names.filter(overridden.contains)
+            return ConfigError(given.isEmpty ? "\(source): \(key) \(why)" : "--set \(given.joined(separator: ", ")): \(key) \(why)")
+        }
         if trainShards.isEmpty { throw bad("data.train", "is required: a directory of .shard files (make one with `histodistill pack`)") }
         if !(0...1).contains(labelSmoothing) { throw bad("train.label_smoothing", "must be in 0...1 (0.1 is usual), got \(labelSmoothing)") }
         if !(emaDecay >= 0 && emaDecay < 1) { throw bad("train.ema_decay", "must be in [0, 1) (0 off; 0.999 averages over about 1,000 steps), got \(emaDecay)") }
@@ -224,8 +233,32 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if let planes, planes.isEmpty || planes.count > 4 || planes.contains(where: { $0 < 1 }) { throw bad("model.planes", "must list 1 to 4 positive widths, got \(planes)") }
         if let blocks, blocks.isEmpty || blocks.contains(where: { $0 < 1 }) { throw bad("model.blocks", "must list positive block counts, got \(blocks)") }
-        if classes < 0 { throw bad("model.classes", "must not be negative, got \(classes)") }
-        if !(lr > 0) { throw bad("optimizer.lr", "must be positive, got \(lr)") }
+        if classes < 0 || classes > 100_000 { throw bad("model.classes", "must be in 0...100000 (0: taken from the shards), got \(classes)") }
+        // Widths far beyond any CNN's would only end in a failed allocation: refuse them with the key named.
+        if let planes, planes.contains(where: { $0 > 8192 }) { throw bad("model.planes", "must be at most 8192 each (ResNet-50's widest is 2048), got \(planes)") }
+        if let blocks, blocks.contains(where: { $0 > 256 }) { throw bad("model.blocks", "must be at most 256 each, got \(blocks)") }
+        if milHidden.contains(where: { $0 > 65_536 }) || milAttention > 65_536 {
+            throw bad("mil.hidden/attention", "must be at most 65536 wide (CLAM uses [512, 256] and 256), got \(milHidden) and \(milAttention)")
+        }
+        if batchSize > 65_536 { throw bad("train.batch_size", "must be at most 65536, got \(batchSize)") }
+        if !(lr > 0 && lr.isFinite) { throw bad("optimizer.lr", "must be a positive number, got \(lr)") }
+        if !(gamma > 0 && gamma <= 1) {
+            throw bad("schedule.gamma", "must be in (0, 1] (the factor the learning rate is multiplied by per decay; 1 keeps it constant), got \(gamma)")
+        }
+        if !(minLR >= 0 && minLR < lr) { throw bad("schedule.min_lr", "must be at least 0 and below optimizer.lr (\(lr)), got \(minLR)") }
+        if stepEpochs < 1 { throw bad("schedule.step_epochs", "must be at least 1, got \(stepEpochs)") }
+        if let clipGradNorm, !(clipGradNorm > 0 && clipGradNorm.isFinite) {
+            throw bad("train.clip_grad_norm", "must be a positive norm (1.0 is usual; leave it out for no clipping), got \(clipGradNorm)")
+        }
+        if isDistillation {
+            let o = objective
+            for (k, v) in [("kd_weight", o.kdWeight), ("pixel_weight", o.pixelWeight), ("ce_weight", o.crossEntropyWeight)] where !(v >= 0 && v.isFinite) {
+                throw bad("distill.\(k)", "must be 0 or positive, got \(v)")
+            }
+            if o.kdWeight == 0 && o.pixelWeight == 0 && o.crossEntropyWeight == 0 {
+                throw bad("distill.kd_weight", "pixel_weight and ce_weight are all 0: the student would learn nothing. Hint: the paper's setting is kd_weight 1 and pixel_weight 1.")
+            }
+        }
         if epochs < 1 { throw bad("train.epochs", "must be at least 1") }
         if batchSize < 1 { throw bad("train.batch_size", "must be at least 1") }
         if checkpointEvery < 1 || keep < 1 { throw bad("train.checkpoint_every/keep", "must be at least 1") }

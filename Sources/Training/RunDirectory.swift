@@ -114,6 +114,20 @@ public struct RunDirectory: Sendable {
         FileManager.default.fileExists(atPath: directory.appendingPathComponent("run.json").path)
     }
 
+    /// The first line of every config.yaml a run writes into its directory (`kind`: "", "MIL ", "fine-tuning ").
+    public static func effectiveConfigHeader(kind: String = "") -> String {
+        "# Effective config of this \(kind)run, written by histodistill. \(effectiveConfigPathNote)\n"
+    }
+
+    static let effectiveConfigPathNote = "Relative paths are relative to this directory."
+
+    /// True when `text` is a config.yaml a run wrote into its own directory (its header says so), whatever the
+    /// command (train, distill, mil train, finetune): its relative paths are relative to that directory.
+    public static func isEffectiveConfig(_ text: String) -> Bool {
+        guard let first = text.split(separator: "\n", maxSplits: 1).first else { return false }
+        return first.hasPrefix("# Effective config of this ") && first.contains("written by histodistill. " + effectiveConfigPathNote)
+    }
+
     /// The run's checkpoints.
     public func checkpointStore(keep: Int = 3) -> CheckpointStore { CheckpointStore(directory: checkpoints, keep: keep) }
 
@@ -147,8 +161,7 @@ public struct RunDirectory: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(m).write(to: metadata, options: .atomic)
-        let header = "# Effective config of this run, written by histodistill. Relative paths are relative to this directory.\n"
-        try (header + relativized(c).yaml).write(to: config, atomically: true, encoding: .utf8)
+        try (Self.effectiveConfigHeader() + relativized(c).yaml).write(to: config, atomically: true, encoding: .utf8)
     }
 
     /// Removes what interrupted writes of an earlier process left (`*.tmp-*` files and directories in the run
@@ -180,16 +193,22 @@ public struct RunDirectory: Sendable {
 }
 
 /// An exclusive lock on a run directory (`RUN/.lock`, a POSIX record lock, so it also holds across NFS clients
-/// that support them), held by the process that trains the run. The file records the holder's host and pid;
+/// that support them), held by the process that trains the run (or by the one that packs a shard set). The file records the holder's host and pid;
 /// a lock whose holder died is released by the kernel and simply taken over.
 public final class RunLock {
     public let url: URL
     private let fd: Int32
 
     /// Takes the lock or throws `TrainingError` naming the process that holds it.
-    public init(_ run: RunDirectory) throws {
-        url = run.url.appendingPathComponent(".lock")
-        try FileManager.default.createDirectory(at: run.url, withIntermediateDirectories: true)
+    public convenience init(_ run: RunDirectory) throws {
+        try self.init(directory: run.url, hint: "wait for that run to end or stop it; two processes must never train one run directory (use another run.output).")
+    }
+
+    /// Takes the lock of any output directory written by one process at a time (`DIR/.lock`); `hint` ends the
+    /// message naming the holder.
+    public init(directory: URL, hint: String) throws {
+        url = directory.appendingPathComponent(".lock")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         fd = open(url.path, O_RDWR | O_CREAT, 0o644)
         guard fd >= 0 else {
             throw TrainingError("\(url.path): cannot be created (\(String(cString: strerror(errno)))). Hint: check that the run directory is writable.")
@@ -200,7 +219,7 @@ public final class RunLock {
         guard fcntl(fd, F_SETLK, &lock) == 0 else {
             let holder = (try? String(contentsOf: url, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
             close(fd)
-            throw TrainingError("\(run.url.path) is in use by another histodistill process (\(holder.isEmpty ? "holder unknown" : holder)). Hint: wait for that run to end or stop it; two processes must never train one run directory (use another run.output).")
+            throw TrainingError("\(directory.path) is in use by another histodistill process (\(holder.isEmpty ? "holder unknown" : holder)). Hint: \(hint)")
         }
         var host = [CChar](repeating: 0, count: 256)
         gethostname(&host, 255)

@@ -22,12 +22,27 @@ enum RunStart {
             checkpoint = latest
         } else if !resume && !store.completeCheckpoints().isEmpty {
             throw TrainingError("\(store.directory.path) already holds checkpoints. Hint: pass --resume to continue that run, or choose another run.output.")
+        } else {
+            try refuseOverwritingResults(of: run, resume: resume)
         }
         // Only a run that is going ahead (re)writes its description: a refused resume leaves the old one intact.
         try describe()
-        // On resume, metrics lines after the checkpoint's step belong to steps that will run again.
-        if let state { try MetricsLog.truncate(run: run, after: state.step) }
+        // Metrics lines after the checkpoint's step (all of them on a fresh start) belong to steps that will run again.
+        try MetricsLog.truncate(run: run, after: state?.step ?? 0)
         return (lock, state, checkpoint)
+    }
+
+    /// A fresh start in `run` (no checkpoint to continue from) would overwrite an earlier run's kept weights, and
+    /// without --resume its metrics too: refuse, naming them. With --resume and no checkpoint, metrics alone are
+    /// of steps that will run again (a run that died before its first checkpoint) and are dropped.
+    static func refuseOverwritingResults(of run: RunDirectory, resume: Bool) throws {
+        let fm = FileManager.default
+        func nonEmpty(_ url: URL) -> Bool { ((try? fm.attributesOfItem(atPath: url.path)[.size] as? Int) ?? 0) > 0 }
+        let found = [run.bestWeights, run.bestBackbone].filter { fm.fileExists(atPath: $0.path) }
+            + (resume ? [] : [run.metricsJSONL, run.metricsCSV].filter(nonEmpty))
+        guard !found.isEmpty else { return }
+        throw TrainingError("\(run.url.path) holds an earlier run's results (\(found.map(\.lastPathComponent).joined(separator: ", "))) but no checkpoint to "
+            + "\(resume ? "resume from" : "continue"); starting here would overwrite them. Hint: choose another run.output (or --runs-dir), or move those files away to start this run over.")
     }
 
     /// Refuses a resume whose seed or `mustMatch` config keys differ from the checkpoint's, or whose training data
@@ -57,8 +72,7 @@ enum RunStart {
         let (lock, state, _) = try begin(run, store: store, resume: resume, model: model, optimizer: optimizer, parts: parts, check: { s, url in
             try checkConfig(s, checkpoint: url, config: config, identity: identity, run: run)
         }, describe: {
-            try CheckpointStore.writeAtomically(Data(("# Effective config of this \(kind) run, written by histodistill. Relative paths are relative to this directory.\n"
-                + run.relativized(config).yaml).utf8), to: run.config)
+            try CheckpointStore.writeAtomically(Data((RunDirectory.effectiveConfigHeader(kind: kind + " ") + run.relativized(config).yaml).utf8), to: run.config)
             try more()
         })
         return (lock, state)

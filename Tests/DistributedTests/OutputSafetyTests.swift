@@ -1,0 +1,234 @@
+// Faults of one kind: a command writing over results it should keep, or in the wrong place. A run directory's
+// config.yaml resolves against that directory for every kind of run (train, distill, mil train, finetune); a fresh
+// start never overwrites an earlier run's kept weights or metrics; a failed extraction leaves the old feature set;
+// synth and pack never mix their output with other files or with another writer; a checkpoint's state.json with
+// values no run writes is refused; evaluate --output elsewhere keeps the run's predictions; Foundation's file
+// errors and a file-size limit read as one line naming the file.
+import Foundation
+import Testing
+@testable import HistoDistillCLI
+import Layers
+import SafeTensors
+import TensorCore
+@testable import TileShards
+@testable import Training
+
+/// The step of every line of a run's metrics.jsonl, in file order (a step logged twice shows twice).
+func loggedSteps(_ run: URL) throws -> [Int] {
+    try String(contentsOf: run.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        .map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)).step }
+}
+
+@Suite("Output safety", .serialized)
+struct OutputSafetyTests {
+    func tempDir(_ name: String) -> URL {
+        FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-\(name)-\(UUID().uuidString)")
+    }
+
+    @Test("a MIL run's own config.yaml resolves against its directory: --resume from another directory continues that run there")
+    func slideRunPathsFromAnotherDirectory() throws {
+        let dir = tempDir("milcwd")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let meta = syntheticFeatures(classes: ["a", "b"], dimension: 4)
+        var g = SplitMix64(seed: 3)
+        func bags(_ prefix: String, _ n: Int) -> [SlideBag] {
+            (0..<n).map { i in
+                SlideBag(name: "\(prefix)\(i)", label: Int32(i % 2), features: (0..<12).map { _ in Float(g.next() % 100) / 100 },
+                         x: [0, 32, 64], y: [0, 0, 0], tileIDs: [0, 1, 2])
+            }
+        }
+        try FeatureSet(metadata: meta, slides: bags("t", 8)).write(to: dir.appendingPathComponent("train"))
+        try FeatureSet(metadata: meta, slides: bags("v", 4)).write(to: dir.appendingPathComponent("val"))
+        // Relative paths, as a user writes them, resolved against where the first run starts.
+        try """
+        run: {output: runs/m, seed: 1}
+        data: {train: train, val: val}
+        optimizer: {name: adam, lr: 0.003}
+        train: {epochs: 3, batch_size: 4, checkpoint_every: 1000, threads: 1}
+        mil: {beta: 0.5}
+        """.write(to: dir.appendingPathComponent("mil.yaml"), atomically: true, encoding: .utf8)
+        let bin = try histodistillBinary()
+        let first = try run([bin, "mil", "train", "--config", "mil.yaml", "--stop-after", "3"], in: dir)
+        #expect(first.status == 0, "\(first.stderr)")
+        let runDir = dir.appendingPathComponent("runs/m")
+        let header = try String(contentsOf: runDir.appendingPathComponent("config.yaml"), encoding: .utf8)
+        #expect(RunDirectory.isEffectiveConfig(header) && !FileManager.default.fileExists(atPath: runDir.appendingPathComponent("run.json").path))
+        // The run's own config, from another directory: its paths are the run's, not the current directory's.
+        let loaded = try RunConfig.load(runDir.appendingPathComponent("config.yaml"))
+        #expect(loaded.output == runDir.path && loaded.trainShards == dir.appendingPathComponent("train").path, "\(loaded.output) \(loaded.trainShards)")
+        let elsewhere = dir.appendingPathComponent("elsewhere")
+        try FileManager.default.createDirectory(at: elsewhere, withIntermediateDirectories: true)
+        let resumed = try run([bin, "mil", "train", "--config", "../runs/m/config.yaml", "--resume"], in: elsewhere)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: elsewhere.path).isEmpty, "nothing is written into the current directory")
+        #expect(try loggedSteps(runDir) == Array(1...6), "the run itself went on from step 3 to its end (6), each step once")
+        // A user's own config (no header) still resolves against the current directory.
+        #expect(!RunDirectory.isEffectiveConfig(try String(contentsOf: dir.appendingPathComponent("mil.yaml"), encoding: .utf8)))
+    }
+
+    @Test("a fresh start never overwrites an earlier run's kept weights or metrics; --resume without a checkpoint drops only stale metrics")
+    func freshStartKeepsResults() throws {
+        let dir = tempDir("fresh")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let out = dir.appendingPathComponent("run")
+        let config = dir.appendingPathComponent("c.yaml")
+        try (try lifecycleConfig(shards: shards, output: out, maxSteps: 4)).yaml.write(to: config, atomically: true, encoding: .utf8)
+        let bin = try histodistillBinary()
+        #expect(try run([bin, "train", "--config", config.path, "--set", "train.threads=1"]).status == 0)
+        let best = try Data(contentsOf: out.appendingPathComponent("best.safetensors"))
+        let metrics = try Data(contentsOf: out.appendingPathComponent("metrics.jsonl"))
+        // The checkpoints removed (to save space), best.safetensors and metrics kept.
+        try FileManager.default.removeItem(at: out.appendingPathComponent("checkpoints"))
+        for extra in [[], ["--resume"]] {
+            let r = try run([bin, "train", "--config", config.path, "--set", "train.threads=1", "--set", "train.max_steps=2"] + extra)
+            #expect(r.status != 0 && r.stderr.contains("holds an earlier run's results") && r.stderr.contains("best.safetensors")
+                    && r.stderr.contains("run.output"), "\(extra): \(r.stderr)")
+            #expect(try Data(contentsOf: out.appendingPathComponent("best.safetensors")) == best)
+            #expect(try Data(contentsOf: out.appendingPathComponent("metrics.jsonl")) == metrics)
+        }
+        // Metrics alone (a run that died before its first checkpoint): refused without --resume, restarted with it.
+        try FileManager.default.removeItem(at: out.appendingPathComponent("best.safetensors"))
+        let plain = try run([bin, "train", "--config", config.path, "--set", "train.threads=1"])
+        #expect(plain.status != 0 && plain.stderr.contains("metrics.jsonl"), "\(plain.stderr)")
+        let restarted = try run([bin, "train", "--config", config.path, "--set", "train.threads=1", "--resume"])
+        #expect(restarted.status == 0, "\(restarted.stderr)")
+        #expect(try loggedSteps(out) == Array(1...4), "each step logged once")
+        let csvSteps = try String(contentsOf: out.appendingPathComponent("metrics.csv"), encoding: .utf8).split(separator: "\n").dropFirst().map { $0.split(separator: ",")[0] }
+        #expect(csvSteps == ["1", "2", "3", "4"], "\(csvSteps)")
+    }
+
+    @Test("a failed extraction leaves the feature set in -o as it was; a good one replaces it whole, leaving no staging directory")
+    func extractKeepsOldSet() throws {
+        let dir = tempDir("extractsafe")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tiles = try slideShards(dir)
+        let model = ResNet(.paper(classes: 2, planes: [32, 64], blocks: [1, 1]), seed: 7)
+        let (weights, _) = try describedWeights(model, dir, "w.safetensors")
+        let bin = try histodistillBinary()
+        let out = dir.appendingPathComponent("features")
+        let first = try run([bin, "extract", "--weights", weights.path, "--truncate-after", "1", "--shards", tiles.path, "-o", out.path])
+        #expect(first.status == 0, "\(first.stderr)")
+        func snapshot() throws -> [String: Data] {
+            Dictionary(uniqueKeysWithValues: try FileManager.default.contentsOfDirectory(atPath: out.path).filter { $0 != ".lock" }.map { ($0, try Data(contentsOf: out.appendingPathComponent($0))) })
+        }
+        let before = try snapshot()
+        // A copy of the shards with one tile's compressed bytes damaged: extraction stops on it.
+        let damaged = dir.appendingPathComponent("damaged")
+        try FileManager.default.copyItem(at: tiles, to: damaged)
+        let shard = try #require(try FileManager.default.contentsOfDirectory(atPath: damaged.path).first { $0.hasSuffix(".shard") })
+        var bytes = try Data(contentsOf: damaged.appendingPathComponent(shard))
+        for i in stride(from: bytes.count / 3, to: bytes.count / 3 + 64, by: 1) { bytes[i] ^= 0x5A }
+        try bytes.write(to: damaged.appendingPathComponent(shard))
+        let failed = try run([bin, "extract", "--weights", weights.path, "--truncate-after", "2", "--shards", damaged.path, "-o", out.path])
+        #expect(failed.status != 0, "\(failed.stdout)")
+        #expect(try snapshot() == before, "the old set is untouched")
+        // A good extraction (another depth) replaces the set whole.
+        let second = try run([bin, "extract", "--weights", weights.path, "--truncate-after", "2", "--shards", tiles.path, "-o", out.path])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(try FeatureSet(directory: out).metadata.featureDimension == 64, "the second stage's 64 features replaced the first's 32")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix(".") }.isEmpty, "no staging or old directory left")
+    }
+
+    @Test("synth refuses a non-empty directory; pack refuses to run as several MPI ranks and to share its output with a live packer")
+    func oneWriterPerOutput() throws {
+        let dir = tempDir("writers")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let bin = try histodistillBinary()
+        let images = dir.appendingPathComponent("images/a")
+        try FileManager.default.createDirectory(at: images, withIntermediateDirectories: true)
+        try "keep".write(to: images.appendingPathComponent("00000.png"), atomically: true, encoding: .utf8)
+        let s = try run([bin, "synth", dir.appendingPathComponent("images").path, "--train-per-class", "1", "--val-per-class", "1"])
+        #expect(s.status != 0 && s.stderr.contains("is not empty"), "\(s.stderr)")
+        #expect(try String(contentsOf: images.appendingPathComponent("00000.png"), encoding: .utf8) == "keep")
+        let made = try run([bin, "synth", dir.appendingPathComponent("new").path, "--size", "32", "--train-per-class", "2", "--val-per-class", "1"])
+        #expect(made.status == 0, "\(made.stderr)")
+        // pack as one of two ranks (the variables mpirun sets): refused before anything is written.
+        let ranked = try run([bin, "pack", dir.appendingPathComponent("new/train").path, "-o", dir.appendingPathComponent("p").path],
+                             environment: ["OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"])
+        #expect(ranked.status != 0 && ranked.stderr.contains("pack runs as one process"), "\(ranked.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("p").path))
+        // Another packer holding the output: refused, naming it.
+        let held = dir.appendingPathComponent("held")
+        let lock = try RunLock(directory: held, hint: "test")
+        let busy = try run([bin, "pack", dir.appendingPathComponent("new/train").path, "-o", held.path])
+        #expect(busy.status != 0 && busy.stderr.contains("in use by another histodistill process") && busy.stderr.contains("pid \(getpid())"), "\(busy.stderr)")
+        withExtendedLifetime(lock) {}
+    }
+
+    @Test("a checkpoint's state.json with values no run writes is refused, naming the file and the value, with the way back")
+    func damagedState() throws {
+        let dir = tempDir("state")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let out = dir.appendingPathComponent("run")
+        try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 6), writer: "t").run(resume: false, stopAfter: 2)
+        let store = CheckpointStore(directory: out.appendingPathComponent("checkpoints"))
+        let newest = try #require(store.newest())
+        let url = newest.appendingPathComponent("state.json")
+        let good = try Data(contentsOf: url)
+        for (path, value) in [(["cursor", "epoch"], -3), (["step"], -5), (["worldSize"], 0), (["formatVersion"], 99)] {
+            var object = try #require(try JSONSerialization.jsonObject(with: good) as? [String: Any])
+            if path.count == 2 { var inner = object[path[0]] as! [String: Any]; inner[path[1]] = value; object[path[0]] = inner } else { object[path[0]] = value }
+            try JSONSerialization.data(withJSONObject: object).write(to: url)
+            let e = #expect(throws: CheckpointError.self) {
+                try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 6), writer: "t").run(resume: true)
+            }
+            #expect(e?.message.contains(url.path) == true && e?.message.contains("\(path.last!) \(value)") == true
+                    && e?.message.contains("resume from the one before") == true, "\(String(describing: e))")
+        }
+        try good.write(to: url)
+        #expect(try store.state(of: newest).step == 2)
+    }
+
+    @Test("evaluate --output elsewhere writes the predictions beside it and leaves the run's own")
+    func evaluateOutputElsewhere() throws {
+        let dir = tempDir("evalout")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let out = dir.appendingPathComponent("run")
+        try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 2), writer: "t").run(resume: false)
+        let bin = try histodistillBinary()
+        #expect(try run([bin, "evaluate", "--run", out.path, "--bootstrap", "0"]).status == 0)
+        let own = try Data(contentsOf: out.appendingPathComponent("predictions.csv"))
+        let elsewhere = dir.appendingPathComponent("other/e.json")
+        let r = try run([bin, "evaluate", "--run", out.path, "--bootstrap", "0", "--output", elsewhere.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("other/e.predictions.csv").path), "\(r.stdout)")
+        #expect(try Data(contentsOf: out.appendingPathComponent("predictions.csv")) == own)
+    }
+
+    @Test("file errors read as one line naming the path; a file-size limit is an error naming the file, not a silent death; bad values are refused")
+    func fileErrorsAndValues() throws {
+        let dir = tempDir("fileerrors")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let bin = try histodistillBinary()
+        let file = dir.appendingPathComponent("afile")
+        try "x".write(to: file, atomically: true, encoding: .utf8)
+        let p = try run([bin, "pack", dir.appendingPathComponent("missing").path, "-o", file.path])
+        #expect(p.status != 0 && !p.stderr.contains("NSCocoaErrorDomain"), "\(p.stderr)")
+        let config = dir.appendingPathComponent("c.yaml")
+        try (try lifecycleConfig(shards: shards, output: file, maxSteps: 2)).yaml.write(to: config, atomically: true, encoding: .utf8)
+        let t = try run([bin, "train", "--config", config.path])
+        #expect(t.status != 0 && t.stderr.contains(file.path) && !t.stderr.contains("NSCocoaErrorDomain"), "\(t.stderr)")
+        // SIGXFSZ at its default would end the process without a word (status 153): it is ignored, the write fails.
+        let out = dir.appendingPathComponent("run")
+        try (try lifecycleConfig(shards: shards, output: out, maxSteps: 4)).yaml.write(to: config, atomically: true, encoding: .utf8)
+        let limited = try run(["bash", "-c", "ulimit -f 200; exec \"$0\" train --config \"$1\"", bin, config.path], timeout: 120)
+        #expect(limited.status == 1 && limited.stderr.contains("File too large") && limited.stderr.contains("checkpoints"), "\(limited.status) \(limited.stderr)")
+        // Values that would train wrongly, or allocate what no machine has, named with where they came from.
+        for (set, words) in [("schedule.gamma=-1", "schedule.gamma must be in (0, 1]"), ("train.clip_grad_norm=-1", "train.clip_grad_norm must be a positive"),
+                             ("schedule.min_lr=10", "schedule.min_lr must be at least 0 and below"), ("optimizer.lr=1e400", "optimizer.lr must be a positive number"),
+                             ("model.classes=1000000000", "model.classes must be in"), ("model.planes=[100000]", "model.planes must be at most")] {
+            let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
+            #expect(e?.message.hasPrefix("--set \(set.split(separator: "=")[0]): \(words)") == true, "\(set): \(String(describing: e))")
+        }
+        let silent = #expect(throws: ConfigError.self) {
+            _ = try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t, kd_weight: 0, pixel_weight: 0}", source: "s.yaml")
+        }
+        #expect(silent?.message.contains("s.yaml: distill.kd_weight") == true && silent?.message.contains("learn nothing") == true, "\(String(describing: silent))")
+        let cost = try run([bin, "cost", "--resolutions", "4000", "--batch", "4096"])
+        #expect(cost.status != 0 && cost.stderr.contains("GB of activations") && cost.stderr.contains("lower --batch"), "\(cost.stderr)")
+    }
+}
