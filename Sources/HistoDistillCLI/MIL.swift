@@ -42,6 +42,7 @@ struct MILTrain: ParsableCommand {
 /// What the trainer commands (`mil train`, `finetune`) run.
 protocol CommandTrainer: AnyObject {
     var progress: ((String) -> Void)? { get set }
+    var store: CheckpointStore { get }
     func run(resume: Bool, stopAfter: Int?) throws -> RunOutcome
 }
 
@@ -50,7 +51,7 @@ extension TopKFineTuner: CommandTrainer {}
 
 /// A trainer command alone or under mpirun: load the config on every rank together, set the threads, build the
 /// trainer (`make(config, writer, group)`) together, progress on the coordinator, errors as one line, then the
-/// coordinator prints `done(trainer)`.
+/// coordinator prints `done(trainer)` (a paused or stopped run: the line `train` ends such a run with).
 func runTrainerCommand<T: CommandTrainer>(config: String, options: TrainingOptions, make: (RunConfig, String, any ProcessGroup) throws -> T,
                                           done: (T) -> String?) throws {
     StopSignals.install()
@@ -73,7 +74,7 @@ func runTrainerCommand<T: CommandTrainer>(config: String, options: TrainingOptio
         }
         guard group.isCoordinator else { return outcome.exitStatus }
         if isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
-        if let line = done(trainer) { print(line) }
+        if let line = unfinishedLine(outcome, store: trainer.store) ?? done(trainer) { print(line) }
         return outcome.exitStatus
     }
 }

@@ -178,6 +178,16 @@ struct Pack: ParsableCommand {
         let lock: RunLock
         do { lock = try RunLock(directory: final, hint: "wait for that pack to end, or pack into another directory") } catch let e as TrainingError { throw CLIError(e.message) }
         defer { withExtendedLifetime(lock) {} }
+        // With the lock held no other packer writes here: shard files still being written (*.shard.tmp) are what
+        // an interrupted pack left, and so is a staging directory beside a complete set.
+        let present = (try? fm.contentsOfDirectory(atPath: final.path)) ?? []
+        for name in present where name.hasSuffix(".shard.tmp") { try? fm.removeItem(at: final.appendingPathComponent(name)) }
+        if present.contains(where: { $0.hasSuffix(".shard") }) {
+            let parent = final.deletingLastPathComponent()
+            for name in (try? fm.contentsOfDirectory(atPath: parent.path)) ?? [] where name.hasPrefix(".\(final.lastPathComponent).tmp-") {
+                try? fm.removeItem(at: parent.appendingPathComponent(name))
+            }
+        }
         let existing = ((try? fm.contentsOfDirectory(atPath: final.path)) ?? []).filter { $0.hasSuffix(".shard") }
         if !existing.isEmpty && !overwrite {
             throw CLIError("\(output) already holds \(existing.count) shard file(s) of another packing", hint: "choose an empty output directory, or pass --overwrite to replace that shard set")

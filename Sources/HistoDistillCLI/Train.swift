@@ -61,7 +61,7 @@ struct Distill: ParsableCommand {
             the tiles are read and augmented once and the teacher runs once per batch; each student gets its own \
             run directory, identical to its own separate run. Their configs must share the data, seed, batch, \
             epochs, augmentation and teacher. \
-            Runs unchanged as one process or under mpirun/srun; SIGTERM or SIGUSR1 checkpoints and exits with 75.
+            Runs unchanged as one process or under mpirun/srun; SIGTERM, SIGUSR1 or Ctrl-C checkpoints and exits with 75.
             """)
 
     @Option(parsing: .upToNextOption, help: "YAML experiment config with a distill section; several (--config A B, or --config repeated) distill several students in one pass.")
@@ -88,7 +88,7 @@ struct Distill: ParsableCommand {
     }
 }
 
-/// Exit status of a run stopped by SIGTERM or SIGUSR1 after writing its checkpoint (EX_TEMPFAIL: try again
+/// Exit status of a run stopped by SIGTERM, SIGUSR1 or SIGINT after writing its checkpoint (EX_TEMPFAIL: try again
 /// with --resume). cluster/slurm-train.sbatch requeues the job on it.
 let interruptedExitStatus: Int32 = 75
 
@@ -199,13 +199,23 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
     return outcome.exitStatus
 }
 
-/// The line a finished, paused or stopped run ends with.
-private func report(_ trainer: SupervisedTrainer, _ outcome: RunOutcome, config cfg: RunConfig) {
+/// The line a run stopped by a signal or paused by --stop-after ends with (nil for a finished run), for every
+/// training command.
+func unfinishedLine(_ outcome: RunOutcome, store: CheckpointStore) -> String? {
     switch outcome {
     case .interrupted(let signal, let step):
-        print("stopped by \(StopSignals.name(signal)) after step \(step): checkpoint written in \(trainer.store.directory.path); continue with --resume")
+        return "stopped by \(StopSignals.name(signal)) after step \(step): checkpoint written in \(store.directory.path); continue with --resume"
     case .paused(let step):
-        print("paused after step \(step) (--stop-after): checkpoint written in \(trainer.store.directory.path); continue with --resume")
+        return "paused after step \(step) (--stop-after): checkpoint written in \(store.directory.path); continue with --resume"
+    case .finished: return nil
+    }
+}
+
+/// The line a finished, paused or stopped run ends with.
+private func report(_ trainer: SupervisedTrainer, _ outcome: RunOutcome, config cfg: RunConfig) {
+    if let line = unfinishedLine(outcome, store: trainer.store) { print(line); return }
+    switch outcome {
+    case .interrupted, .paused: break
     case .finished:
         if let last = trainer.history.last {
             var line = String(format: "done: step %d, loss %.4f", last.step, last.loss)

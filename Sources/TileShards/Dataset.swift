@@ -70,8 +70,9 @@ public final class ShardDataset: @unchecked Sendable {
     public convenience init(directory: URL, unlabeled: [URL] = [], minTissue: Float = 0) throws {
         func shards(_ directory: URL) throws -> [URL] {
             var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
-                throw ShardError("\(directory.path): no such directory. Hint: check the path; make shards with `histodistill pack`.")
+            let exists = FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory)
+            guard exists, isDirectory.boolValue else {
+                throw ShardError("\(directory.path): \(exists ? "is a file, not a shard directory" : "no such directory"). Hint: \(exists && directory.pathExtension == "shard" ? "give the directory holding it (\(directory.deletingLastPathComponent().path))" : "check the path; make shards with `histodistill pack`").")
             }
             let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
             let found = names.filter { $0.hasSuffix(".shard") }.sorted().map { directory.appendingPathComponent($0) }

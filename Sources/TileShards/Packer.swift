@@ -99,7 +99,7 @@ public struct PackPlan: Sendable {
             return fm.fileExists(atPath: url.path, isDirectory: &d) && d.boolValue
         }
         guard isDirectory(root) else {
-            throw ShardError("\(root.path): no such directory. Hint: give an ImageFolder root holding one sub-folder per class.")
+            throw ShardError("\(root.path): \(fm.fileExists(atPath: root.path) ? "is a file, not a directory" : "no such directory"). Hint: give an ImageFolder root holding one sub-folder per class, or a CSV manifest (.csv).")
         }
         let classes = try fm.contentsOfDirectory(atPath: root.path)
             .filter { !$0.hasPrefix(".") && isDirectory(root.appendingPathComponent($0)) }.sorted()

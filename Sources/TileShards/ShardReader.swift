@@ -110,7 +110,7 @@ public final class ShardReader: @unchecked Sendable {
         try data.withUnsafeBytes { raw in
             let frame = raw.baseAddress! + Int(e.offset)
             guard CRC32.checksum(frame, count: Int(e.compressedSize)) == e.crc else {
-                throw ShardError("\(url.path): tile \(i) (id \(e.id), from \(metadata.sources[Int(e.source)])) is corrupt: frame checksum mismatch. Hint: repack this shard, or train with --on-corrupt skip.")
+                throw ShardError("\(url.path): tile \(i) (id \(e.id), from \(metadata.sources[Int(e.source)])) is corrupt: frame checksum mismatch. Hint: repack this shard (`histodistill verify` lists every damaged tile); train and distill can skip such tiles with --on-corrupt skip.")
             }
             let content = ZSTD_getFrameContentSize(frame, Int(e.compressedSize))
             guard content == UInt64(e.pixelBytes) else {

@@ -46,9 +46,7 @@ public struct Backbone {
         } catch let e as SafeTensorsError { throw TrainingError(e.message) } catch {
             throw TrainingError("\(chosen.path): cannot be read (\(CheckpointStore.reason(error))). Hint: check the path.")
         }
-        if file.metadata["histodistill.mil"] != nil {
-            throw TrainingError("\(chosen.path) is an attention-MIL head (`histodistill mil train`), not a CNN backbone. Hint: give the run or weights of the network the features came from.")
-        }
+        try TrainedModel.refuseMILHead(file, path: chosen.path)
         var described = RunMetadata(safetensors: file)
         if described == nil, let run { described = try? run.loadMetadata() }
         var config: ResNetConfig

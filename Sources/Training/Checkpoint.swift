@@ -129,7 +129,12 @@ public final class CheckpointStore {
             throw CheckpointError("\(directory.path): cannot update 'latest' (\(String(cString: strerror(errno)))). Hint: check the disk and permissions.")
         }
         try syncDirectory(directory)
-        for old in completeCheckpoints().dropLast(keep) { try? fm.removeItem(at: old) }
+        // Pruning renames a checkpoint out of the complete ones before deleting it, so a process killed while
+        // deleting leaves a `.tmp-*` directory (removed by the next save), never a half-deleted step directory.
+        for old in completeCheckpoints().dropLast(keep) {
+            let doomed = directory.appendingPathComponent("\(old.lastPathComponent).tmp-\(getpid())-pruned")
+            if rename(old.path, doomed.path) == 0 { try? fm.removeItem(at: doomed) }
+        }
         return final
     }
 

@@ -165,13 +165,18 @@ public struct RunDirectory: Sendable {
     }
 
     /// Removes what interrupted writes of an earlier process left (`*.tmp-*` files and directories in the run
-    /// directory and in checkpoints/). Call it only while holding the `RunLock`, so no live writer owns them.
+    /// directory and in checkpoints/, and incomplete step directories). Call it only while holding the `RunLock`, so no live writer owns them.
     public func removeStaleTemporaries() {
         let fm = FileManager.default
         for dir in [url, checkpoints] {
             for name in (try? fm.contentsOfDirectory(atPath: dir.path)) ?? [] where name.contains(".tmp-") {
                 try? fm.removeItem(at: dir.appendingPathComponent(name))
             }
+        }
+        // A step directory missing one of its files (an older version's pruning, killed halfway) can never be resumed from.
+        for name in (try? fm.contentsOfDirectory(atPath: checkpoints.path)) ?? [] where name.hasPrefix("step-") {
+            let step = checkpoints.appendingPathComponent(name)
+            if !CheckpointStore.files.allSatisfy({ fm.fileExists(atPath: step.appendingPathComponent($0).path) }) { try? fm.removeItem(at: step) }
         }
     }
 

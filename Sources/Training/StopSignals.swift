@@ -1,5 +1,5 @@
-// SIGTERM and SIGUSR1 (SLURM preemption and time limits, `kill`, mpirun's forwarding) ask a training run to
-// write a checkpoint at the next step boundary and exit; the handler only records the signal.
+// SIGTERM and SIGUSR1 (SLURM preemption and time limits, `kill`, mpirun's forwarding) and Ctrl-C (SIGINT) ask a
+// training run to write a checkpoint at the next step boundary and exit; the handler only records the signal.
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -7,13 +7,13 @@ import Glibc
 import Darwin
 #endif
 
-/// The stop request raised by SIGTERM or SIGUSR1.
+/// The stop request raised by SIGTERM, SIGUSR1 or SIGINT.
 public enum StopSignals {
     /// The last stop signal received, 0 for none. Lock-free, so the handler may store into it.
     static let received = Atomic<Int32>(0)
 
-    /// Installs the handlers for SIGTERM and SIGUSR1 (idempotent). After this, those signals no longer kill
-    /// the process: the training loop sees them at its next step boundary.
+    /// Installs the handlers for SIGTERM, SIGUSR1 and SIGINT (idempotent). After this, those signals no longer kill
+    /// the process: the training loop sees them at its next step boundary (a second SIGINT exits with 130).
     public static func install() {
         received.store(0, ordering: .sequentiallyConsistent)   // initialise the static before any handler runs
         var set = sigset_t()
@@ -22,6 +22,15 @@ public enum StopSignals {
             signal(s) { sig in StopSignals.received.store(sig, ordering: .relaxed) }
             sigaddset(&set, s)
         }
+        // Ctrl-C stops the same way (a checkpoint, then exit 75), saying so at once; a second Ctrl-C quits at once
+        // (status 130, the run resumes from its previous checkpoint). Only async-signal-safe calls in the handler.
+        signal(SIGINT) { sig in
+            if StopSignals.received.load(ordering: .relaxed) == SIGINT { _exit(130) }
+            StopSignals.received.store(sig, ordering: .relaxed)
+            let note: StaticString = "\nSIGINT: writing a checkpoint after this step, then stopping (Ctrl-C again quits at once)\n"
+            _ = write(2, note.utf8Start, note.utf8CodeUnitCount)
+        }
+        sigaddset(&set, SIGINT)
         // A launcher may hand down a mask that blocks them; threads started after this inherit the unblocked mask.
         pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }

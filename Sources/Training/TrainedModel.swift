@@ -21,6 +21,13 @@ public struct TrainedModel {
     /// The description comes from the weights file's metadata (enough on its own), else from the run's run.json,
     /// else, for a run written before runs described themselves, from its config.yaml (class names unknown).
     /// Throws `TrainingError` naming the file and a fix.
+    /// A MIL head's weights where a CNN's are expected: one line saying so (rather than a list of missing keys).
+    static func refuseMILHead(_ file: SafeTensorsFile, path: String) throws {
+        if file.metadata["histodistill.mil"] != nil {
+            throw TrainingError("\(path) is an attention-MIL head (`histodistill mil train`), not a CNN. Hint: give the run or weights of a CNN trained with `histodistill train` or `distill`.")
+        }
+    }
+
     public static func load(run: RunDirectory?, weights: URL?, weightsHint: String = "train first, or pass --weights FILE") throws -> TrainedModel {
         guard let chosen = weights ?? run?.preferredWeights() else {
             if let run {
@@ -35,10 +42,11 @@ public struct TrainedModel {
             bytes = try Data(contentsOf: chosen, options: .alwaysMapped)
             file = try SafeTensorsFile(data: bytes, source: chosen.path)
         } catch let e as SafeTensorsError {
-            throw TrainingError("\(e.message) Hint: give a .safetensors file written by histodistill (RUN/best.safetensors).")
+            throw TrainingError("\(e.message) Hint: the file is damaged or not a weights file; give a .safetensors file written by histodistill (RUN/best.safetensors), or retrain if this one was.")
         } catch {
             throw TrainingError("\(chosen.path): cannot be read (\(CheckpointStore.reason(error))). Hint: check the path.")
         }
+        try refuseMILHead(file, path: chosen.path)
         var metadata = RunMetadata(safetensors: file)
         if metadata == nil, let run {
             do { metadata = try run.loadMetadata() } catch let e as ConfigError { throw TrainingError(e.message) }

@@ -210,6 +210,8 @@ public final class SupervisedTrainer {
         optimizer = Optimizer(config.optimizerKind, count: model.parameterCount)
         runDirectory = RunDirectory(path: config.output)
         if let teacherRun = config.teacherRun {
+            // Messages name the key the teacher's weights came from: distill.teacher_weights when given.
+            let teacherKey = config.teacherWeights.map { "distill.teacher_weights \($0)" } ?? "distill.teacher_run \(teacherRun)"
             let trained: TrainedModel
             let registryKey = "\(teacherRun)\n\(config.teacherWeights ?? "")"
             if let shared = teachers?.loaded[registryKey] {
@@ -219,34 +221,34 @@ public final class SupervisedTrainer {
                     trained = try TrainedModel.load(run: RunDirectory(path: teacherRun), weights: config.teacherWeights.map { URL(fileURLWithPath: $0) },
                                                     weightsHint: "train the teacher first, or set distill.teacher_weights")
                 } catch let e as TrainingError {
-                    throw TrainingError("distill.teacher_run \(teacherRun): \(e.message)")
+                    throw TrainingError("\(teacherKey): \(e.message)")
                 }
             }
             guard trained.metadata.inputFactor == 1 else {
-                throw TrainingError("distill.teacher_run \(teacherRun) trained on tiles downsampled \(trained.metadata.inputFactor)x; the teacher must see full-resolution tiles (input_factor 1)")
+                throw TrainingError("\(teacherKey) trained on tiles downsampled \(trained.metadata.inputFactor)x; the teacher must see full-resolution tiles (input_factor 1)")
             }
             guard trained.model.classes > 0 else {
                 throw TrainingError("teacher weights \(trained.weights.path) have no classifier (fc.weight). Hint: give the teacher run's best.safetensors.")
             }
             guard trained.model.classes == classes else {
-                throw TrainingError("the teacher in \(teacherRun) has \(trained.model.classes) classes, the student \(classes). Hint: distill on shards with the teacher's classes.")
+                throw TrainingError("the teacher (\(teacherKey)) has \(trained.model.classes) classes, the student \(classes). Hint: distill on shards with the teacher's classes.")
             }
             if trained.metadata.classes.count == train.classes.count && trained.metadata.classes != train.classes {
-                throw TrainingError("the teacher in \(teacherRun) was trained on classes \(trained.metadata.classes), data.train has \(train.classes). Hint: distill on shards packed with the teacher's class folders.")
+                throw TrainingError("the teacher (\(teacherKey)) was trained on classes \(trained.metadata.classes), data.train has \(train.classes). Hint: distill on shards packed with the teacher's class folders.")
             }
             guard config.inputFactor > 1 else {
                 throw TrainingError("data.input_factor is 1: a distilled student must see tiles downsampled 2, 4, 8 or 16x")
             }
             if let teacherScale = trained.metadata.tileMicronsPerPixel {
                 for (what, scale) in Self.scales(train) where abs(scale - teacherScale) > 0.02 * teacherScale {
-                    throw TrainingError(String(format: "the teacher in %@ was trained on tiles at %.4g µm/px, %@ holds tiles at %.4g µm/px: the teacher would see the tissue at another scale than it learned. Hint: distill on shards packed at %.4g µm/px (pack --magnification, or --tile-mpp for slides).", teacherRun, teacherScale, what, scale, teacherScale))
+                    throw TrainingError(String(format: "the teacher (%@) was trained on tiles at %.4g µm/px, %@ holds tiles at %.4g µm/px: the teacher would see the tissue at another scale than it learned. Hint: distill on shards packed at %.4g µm/px (pack --magnification, or --tile-mpp for slides).", teacherKey, teacherScale, what, scale, teacherScale))
                 }
             }
             if config.objective.pixelWeight != 0 && network.featureDimension != trained.model.featureDimension {
-                throw TrainingError("distill.pixel_weight \(config.objective.pixelWeight) compares the last feature maps, but the student's has \(network.featureDimension) channels and the teacher's (\(teacherRun)) \(trained.model.featureDimension). Hint: make model.planes end with \(trained.model.featureDimension), or set distill.pixel_weight to 0.")
+                throw TrainingError("distill.pixel_weight \(config.objective.pixelWeight) compares the last feature maps, but the student's has \(network.featureDimension) channels and the teacher's (\(teacherKey)) \(trained.model.featureDimension). Hint: make model.planes end with \(trained.model.featureDimension), or set distill.pixel_weight to 0.")
             }
             if let size = trained.metadata.tileSize, size != train.tileSize {
-                throw TrainingError("the teacher in \(teacherRun) was trained on \(size) px tiles, data.train holds \(train.tileSize) px tiles. Hint: distill on shards packed at the teacher's tile size (and magnification).")
+                throw TrainingError("the teacher (\(teacherKey)) was trained on \(size) px tiles, data.train holds \(train.tileSize) px tiles. Hint: distill on shards packed at the teacher's tile size (and magnification).")
             }
             teacher = trained.model
             teacherDigest = trained.digest

@@ -67,7 +67,7 @@ final class Background: @unchecked Sendable {
         // The child inherits this thread's signal mask; the test runner's threads may block the signals under test.
         var set = sigset_t()
         sigemptyset(&set)
-        sigaddset(&set, SIGTERM); sigaddset(&set, SIGUSR1)
+        sigaddset(&set, SIGTERM); sigaddset(&set, SIGUSR1); sigaddset(&set, SIGINT)
         pthread_sigmask(SIG_UNBLOCK, &set, nil)
         try process.run()
         group.enter(); DispatchQueue.global().async { self.outData = self.out.fileHandleForReading.readDataToEndOfFile(); self.group.leave() }
@@ -224,15 +224,15 @@ struct DataParallelTests {
         #expect(skipped == 1)
     }
 
-    @Test("SIGTERM to one process and SIGUSR1 to mpirun checkpoint at a step boundary, exit 75, and resume to the end")
+    @Test("SIGTERM or Ctrl-C (SIGINT) to one process and SIGUSR1 to mpirun checkpoint at a step boundary, exit 75, and resume to the end")
     func preemption() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpterm-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)
         let config = try dataParallelConfig(dir, shards: shards, batch: 4)
         let bin = try histodistillBinary()
-        for (ranks, signal) in [(1, SIGTERM), (2, SIGUSR1)] {
-            let out = dir.appendingPathComponent("run\(ranks)")
+        for (ranks, signal) in [(1, SIGTERM), (2, SIGUSR1), (1, SIGINT)] {
+            let out = dir.appendingPathComponent("run\(ranks)-\(signal)")
             let launcher = ranks == 1 ? [bin] : ["mpirun", "-np", "\(ranks)"] + mpirunFlags + [bin]
             let args = ["train", "--config", config.path, "--set", "run.output=\(out.path)", "--set", "train.epochs=10000"]
             let job = try Background(launcher + args, environment: rootEnvironment)
@@ -241,6 +241,9 @@ struct DataParallelTests {
             let r = job.finish(timeout: 60)
             #expect(r.status == 75, "\(ranks) rank(s), \(signal): status \(r.status): \(r.stderr)")
             #expect(r.stdout.contains("stopped by"), "\(r.stdout)")
+            if signal == SIGINT {
+                #expect(r.stdout.contains("stopped by SIGINT") && r.stderr.contains("SIGINT: writing a checkpoint after this step"), "\(r.stdout) \(r.stderr)")
+            }
             let store = CheckpointStore(directory: out.appendingPathComponent("checkpoints"))
             let newest = try #require(store.newest())
             let state = try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: newest.appendingPathComponent("state.json")))

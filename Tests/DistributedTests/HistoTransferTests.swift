@@ -292,6 +292,8 @@ struct HistoTransferTests {
                                   inputFactor: nil, mean: nil, std: nil)
         }
         #expect(asBackbone?.message.contains("is an attention-MIL head") == true, "\(String(describing: asBackbone))")
+        let asClassifier = #expect(throws: TrainingError.self) { _ = try TrainedModel.load(run: RunDirectory(dir.appendingPathComponent("run")), weights: nil) }
+        #expect(asClassifier?.message.contains("is an attention-MIL head") == true && asClassifier?.message.contains("not a CNN") == true, "\(String(describing: asClassifier))")
         let changed = try RunConfig.parse(config.yaml, source: "x", overrides: ["mil.hidden=[128, 32]"])
         let f = #expect(throws: TrainingError.self) { try MILTrainer(config: changed, writer: "t").run(resume: true) }
         #expect(f?.message.contains("mil.hidden: [256, 64] -> [128, 32]") == true, "\(String(describing: f))")

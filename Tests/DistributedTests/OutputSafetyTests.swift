@@ -49,7 +49,7 @@ struct OutputSafetyTests {
         """.write(to: dir.appendingPathComponent("mil.yaml"), atomically: true, encoding: .utf8)
         let bin = try histodistillBinary()
         let first = try run([bin, "mil", "train", "--config", "mil.yaml", "--stop-after", "3"], in: dir)
-        #expect(first.status == 0, "\(first.stderr)")
+        #expect(first.status == 0 && first.stdout.contains("paused after step 3 (--stop-after)"), "\(first.stdout) \(first.stderr)")
         let runDir = dir.appendingPathComponent("runs/m")
         let header = try String(contentsOf: runDir.appendingPathComponent("config.yaml"), encoding: .utf8)
         #expect(RunDirectory.isEffectiveConfig(header) && !FileManager.default.fileExists(atPath: runDir.appendingPathComponent("run.json").path))
@@ -230,5 +230,33 @@ struct OutputSafetyTests {
         #expect(silent?.message.contains("s.yaml: distill.kd_weight") == true && silent?.message.contains("learn nothing") == true, "\(String(describing: silent))")
         let cost = try run([bin, "cost", "--resolutions", "4000", "--batch", "4096"])
         #expect(cost.status != 0 && cost.stderr.contains("GB of activations") && cost.stderr.contains("lower --batch"), "\(cost.stderr)")
+    }
+
+    @Test("what interrupted writers left is removed by the next writer: partial shard files, half-pruned checkpoints")
+    func leftoversRemoved() throws {
+        let dir = tempDir("leftovers")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let bin = try histodistillBinary()
+        #expect(try run([bin, "synth", dir.appendingPathComponent("s").path, "--size", "32", "--train-per-class", "2", "--val-per-class", "1"]).status == 0)
+        let packed = dir.appendingPathComponent("p")
+        try FileManager.default.createDirectory(at: packed, withIntermediateDirectories: true)
+        try Data(count: 100).write(to: packed.appendingPathComponent("shard-00007.shard.tmp"))
+        let p = try run([bin, "pack", dir.appendingPathComponent("s/train").path, "-o", packed.path])
+        #expect(p.status == 0, "\(p.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: packed.path).filter { !$0.hasPrefix(".") } == ["shard-00000.shard"])
+        // A step directory an older version's pruning left half-deleted is removed when the run is taken again.
+        let shards = try trainingShards(dir)
+        let out = dir.appendingPathComponent("run")
+        try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 6), writer: "t").run(resume: false, stopAfter: 2)
+        let half = out.appendingPathComponent("checkpoints/step-000000001")
+        try FileManager.default.createDirectory(at: half, withIntermediateDirectories: true)
+        try Data(count: 10).write(to: half.appendingPathComponent("model.safetensors"))
+        let resumed = try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 6), writer: "t")
+        #expect(try resumed.run(resume: true, stopAfter: 4) == .paused(step: 4))
+        #expect(!FileManager.default.fileExists(atPath: half.path))
+        // A shard file given where a shard directory is expected is named as such, with the directory to give.
+        let shardFile = try #require(try FileManager.default.contentsOfDirectory(atPath: shards.path).first { $0.hasSuffix(".shard") })
+        let e = #expect(throws: ShardError.self) { _ = try ShardDataset(directory: shards.appendingPathComponent(shardFile)) }
+        #expect(e?.message.contains("is a file, not a shard directory") == true && e?.message.contains("give the directory holding it") == true, "\(String(describing: e))")
     }
 }
