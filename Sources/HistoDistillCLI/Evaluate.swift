@@ -65,7 +65,7 @@ struct Evaluate: ParsableCommand {
     var tta = TestTimeAugmentation.none
 
     func validate() throws {
-        if bootstrap < 0 { throw ValidationError("--bootstrap must be 0 or more, got \(bootstrap)") }
+        if !(0...1_000_000).contains(bootstrap) { throw ValidationError("--bootstrap must be 0 to 1000000 resamples (10000 is usual), got \(bootstrap)") }
     }
 
     /// Where the metrics and the predictions go: --output and --predictions, else the run's eval.json and
@@ -103,6 +103,7 @@ struct Evaluate: ParsableCommand {
                 for file in [files.metrics, files.predictions] { try checkWritable(file) }
                 return (trained, dataset, path, map)
             }
+            if group.isCoordinator, let w = tileSizeWarning(trained, dataset, shards: path) { FileHandle.standardError.write(Data((w + "\n").utf8)) }
             var settings = InferenceSettings(trained.metadata, batchSize: batchSize, labelMap: labelMap)
             settings.testTimeAugmentation = tta
             let progress = ProgressLine(label: "evaluate")
@@ -180,6 +181,7 @@ struct Predict: ParsableCommand {
                 try checkWritable(URL(fileURLWithPath: output))
                 return (try source.load(), dataset)
             }
+            if group.isCoordinator, let w = tileSizeWarning(trained, dataset, shards: shards) { FileHandle.standardError.write(Data((w + "\n").utf8)) }
             var settings = InferenceSettings(trained.metadata, batchSize: batchSize, workers: workers)
             settings.testTimeAugmentation = tta
             let progress = ProgressLine(label: "predict")
@@ -194,6 +196,13 @@ struct Predict: ParsableCommand {
             return 0
         }
     }
+}
+
+/// A warning when `dataset`'s tiles differ in size from those the model was trained on: the network runs on any
+/// size (global pooling), but sees the tissue at another scale or extent than it learned.
+func tileSizeWarning(_ trained: TrainedModel, _ dataset: ShardDataset, shards: String) -> String? {
+    guard let trainedSize = trained.metadata.tileSize, dataset.tileSize > 0, dataset.tileSize != trainedSize else { return nil }
+    return "warning: the model was trained on \(trainedSize) px tiles, \(shards) holds \(dataset.tileSize) px tiles (the model sees \(dataset.tileSize / trained.metadata.inputFactor) px inputs instead of \(trainedSize / trained.metadata.inputFactor)): its outputs are not comparable to its validation. Hint: pack at the model's tile size and magnification."
 }
 
 /// Writes an output file atomically; a failure is one line naming the file and the reason.

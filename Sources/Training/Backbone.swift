@@ -26,7 +26,8 @@ public struct Backbone {
     /// `architecture`. `inputFactor`, `mean`, `std` override the described (or ImageNet) preparation. Every key the
     /// backbone needs must be in the file with its shape; other keys (fc, later stages) are ignored.
     public static func load(run: RunDirectory?, weights: URL?, architecture: Architecture?, truncateAfter: Int?,
-                            inputFactor: Int?, mean: [Float]?, std: [Float]?, batchSize: Int = 64, modelFlag: String = "--model") throws -> Backbone {
+                            inputFactor: Int?, mean: [Float]?, std: [Float]?, batchSize: Int = 64, modelFlag: String = "--model",
+                            truncateFlag: String = "--truncate-after") throws -> Backbone {
         if let run, weights == nil {
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: run.url.path, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -67,7 +68,7 @@ public struct Backbone {
         }
         let stages = truncateAfter ?? config.stages
         guard stages >= 1 && stages <= config.planes.count else {
-            throw TrainingError("--truncate-after \(stages) is outside 1...\(config.planes.count) for \(config.name)")
+            throw TrainingError("\(truncateFlag) \(stages) is outside 1...\(config.planes.count): \(chosen.path) holds a \(config.name) of \(config.planes.count) stages. Hint: give a stage from 1 to \(config.planes.count).")
         }
         let model = ResNet(config.truncated(after: stages), initialize: false)
         do { try model.load(file, source: chosen.path, allowUnexpected: true) } catch let e as WeightsError {

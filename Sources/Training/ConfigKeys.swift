@@ -160,7 +160,11 @@ public struct ConfigKey: @unchecked Sendable {
         if type.hasPrefix("one of "), let text = v as? String {
             hint = RunConfig.suggestion(text, type.dropFirst(7).components(separatedBy: ", "))
         }
-        return ConfigError("\(source): \(section).\(name) must be \(type), got '\(v)'\(hint)")
+        // A mapping or list where a scalar belongs (often `key: a: b`, a colon the YAML reads as a mapping) is named
+        // as such rather than printed as Swift's dictionary.
+        let given = v is [AnyHashable: Any] ? "a mapping (YAML reads 'key: a: b' as one; quote a value that holds ': ')"
+            : v is [Any] ? "a list" : "'\(v)'"
+        return ConfigError("\(source): \(section).\(name) must be \(type), got \(given)\(hint)")
     }
 
     /// Sections in file order.

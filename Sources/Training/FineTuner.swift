@@ -75,7 +75,7 @@ public final class TopKFineTuner {
         }
         backbone = try Backbone.load(run: config.finetuneBackboneRun.map { RunDirectory(path: $0) }, weights: config.finetuneBackboneWeights.map { URL(fileURLWithPath: $0) },
                                      architecture: nil, truncateAfter: config.finetuneTruncateAfter, inputFactor: nil, mean: nil, std: nil,
-                                     batchSize: max(k, 16))
+                                     batchSize: max(k, 16), truncateFlag: "finetune.truncate_after")
         let first = "layer\(config.finetuneTruncateAfter - config.finetuneTrainStages + 1)."
         guard let offset = backbone.model.parameters.layout.slices.first(where: { $0.name.hasPrefix(first) })?.offset else {
             throw TrainingError("the backbone has no parameters named \(first)*")

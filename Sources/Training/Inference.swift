@@ -186,7 +186,9 @@ public enum Inference {
             for i in 0..<b.count {
                 let p = (0..<classes).map { mean[i * classes + $0] / Double(views.count) }
                 out.probabilities.append(p)
-                if labels[i] >= 0 {
+                // A label outside the model's classes (predict on shards of another class list, no label map)
+                // has no probability to score: it counts in no loss.
+                if labels[i] >= 0 && Int(labels[i]) < classes {
                     lossSum -= Foundation.log(max(p[Int(labels[i])], 1e-30))
                     labeled += 1
                 }

@@ -196,6 +196,16 @@ struct OutputSafetyTests {
         #expect(r.status == 0, "\(r.stderr)")
         #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("other/e.predictions.csv").path), "\(r.stdout)")
         #expect(try Data(contentsOf: out.appendingPathComponent("predictions.csv")) == own)
+        // Tiles of another size, labelled with three classes where the model has two: predicted (no crash on a label
+        // the model has no output for), with a warning naming both sizes.
+        #expect(try run([bin, "synth", dir.appendingPathComponent("s").path, "--size", "48", "--train-per-class", "1", "--val-per-class", "1"]).status == 0)
+        #expect(try run([bin, "pack", dir.appendingPathComponent("s/val").path, "-o", dir.appendingPathComponent("s48").path]).status == 0)
+        let other = try run([bin, "predict", "--run", out.path, "--shards", dir.appendingPathComponent("s48").path, "-o", dir.appendingPathComponent("p.csv").path])
+        #expect(other.status == 0 && other.stderr.contains("trained on 32 px tiles") && other.stderr.contains("holds 48 px tiles"), "\(other.stderr)")
+        let same = try run([bin, "predict", "--run", out.path, "--shards", shards.path, "-o", dir.appendingPathComponent("q.csv").path])
+        #expect(same.status == 0 && !same.stderr.contains("warning: the model was trained on"), "\(same.stderr)")
+        let resamples = try run([bin, "evaluate", "--run", out.path, "--bootstrap", "2000000000"])
+        #expect(resamples.status != 0 && resamples.stderr.contains("--bootstrap must be 0 to 1000000"), "\(resamples.stderr)")
     }
 
     @Test("file errors read as one line naming the path; a file-size limit is an error naming the file, not a silent death; bad values are refused")
@@ -224,6 +234,8 @@ struct OutputSafetyTests {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
             #expect(e?.message.hasPrefix("--set \(set.split(separator: "=")[0]): \(words)") == true, "\(set): \(String(describing: e))")
         }
+        let mapping = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["run.name=a: b"]) }
+        #expect(mapping?.message.contains("got a mapping") == true && mapping?.message.contains("AnyHashable") == false, "\(String(describing: mapping))")
         let silent = #expect(throws: ConfigError.self) {
             _ = try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t, kd_weight: 0, pixel_weight: 0}", source: "s.yaml")
         }
