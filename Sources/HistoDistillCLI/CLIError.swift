@@ -23,14 +23,36 @@ func userFacing(_ error: Error) -> Error {
     guard ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain else { return error }
     let path = (ns.userInfo[NSFilePathErrorKey] as? String) ?? (ns.userInfo[NSURLErrorKey] as? URL)?.path
     let reason: String
-    switch CocoaError.Code(rawValue: ns.code) {
-    case .fileWriteFileExists: reason = "a file of that name is in the way (a directory was expected, or the name is taken)"
-    case .fileNoSuchFile, .fileReadNoSuchFile: reason = "no such file or directory"
-    case .fileReadNoPermission, .fileWriteNoPermission: reason = "permission denied"
-    case .fileWriteOutOfSpace: reason = "no space left on the device"
-    case .fileWriteVolumeReadOnly: reason = "the file system is read-only"
-    default: reason = describe(error)
+    if let path, let found = pathProblem(path) {
+        reason = found
+    } else {
+        switch CocoaError.Code(rawValue: ns.code) {
+        case .fileWriteFileExists: reason = "a file of that name is in the way (a directory was expected, or the name is taken)"
+        case .fileNoSuchFile, .fileReadNoSuchFile: reason = "no such file or directory"
+        case .fileReadNoPermission, .fileWriteNoPermission: reason = "permission denied"
+        case .fileWriteOutOfSpace: reason = "no space left on the device"
+        case .fileWriteVolumeReadOnly: reason = "the file system is read-only"
+        default: reason = describe(error)
+        }
     }
     return CLIError("\(path ?? "a file"): \(reason)",
                     hint: "check the path: inputs must exist and be readable; outputs need a writable directory (not a file of the same name)")
+}
+
+/// What is wrong with `path` that a file error does not say: a file where a directory is needed on the way to it
+/// (".../afile/sub"), or a directory where a file was expected; nil when neither.
+func pathProblem(_ path: String) -> String? {
+    let fm = FileManager.default
+    var isDirectory: ObjCBool = false
+    if fm.fileExists(atPath: path, isDirectory: &isDirectory) {
+        return isDirectory.boolValue ? "is a directory where a file is expected" : nil
+    }
+    var parent = URL(fileURLWithPath: path).deletingLastPathComponent()
+    while parent.path != "/" {
+        if fm.fileExists(atPath: parent.path, isDirectory: &isDirectory) {
+            return isDirectory.boolValue ? nil : "\(parent.path) is a file, so nothing can be created under it"
+        }
+        parent = parent.deletingLastPathComponent()
+    }
+    return nil
 }

@@ -101,6 +101,9 @@ struct Evaluate: ParsableCommand {
                 // Check where the results go before the whole inference runs.
                 let files = outputFiles(trained)
                 for file in [files.metrics, files.predictions] { try checkWritable(file) }
+                if files.metrics.standardizedFileURL == files.predictions.standardizedFileURL {
+                    throw CLIError("--output and --predictions both name \(files.metrics.path)", hint: "give the metrics JSON and the predictions CSV different files")
+                }
                 return (trained, dataset, path, map)
             }
             if group.isCoordinator, let w = tileSizeWarning(trained, dataset, shards: path) { FileHandle.standardError.write(Data((w + "\n").utf8)) }
@@ -178,8 +181,9 @@ struct Predict: ParsableCommand {
             let (trained, dataset) = try group.collectively { () throws -> (TrainedModel, ShardDataset) in
                 let dataset: ShardDataset
                 do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards)) } catch let e as ShardError { throw CLIError(e.message) }
-                try checkWritable(URL(fileURLWithPath: output))
-                return (try source.load(), dataset)
+                let trained = try source.load()
+                try checkWritable(URL(fileURLWithPath: output))   // after the inputs are read, so none of them is the output
+                return (trained, dataset)
             }
             if group.isCoordinator, let w = tileSizeWarning(trained, dataset, shards: shards) { FileHandle.standardError.write(Data((w + "\n").utf8)) }
             var settings = InferenceSettings(trained.metadata, batchSize: batchSize, workers: workers)
@@ -205,13 +209,22 @@ func tileSizeWarning(_ trained: TrainedModel, _ dataset: ShardDataset, shards: S
     return "warning: the model was trained on \(trainedSize) px tiles, \(shards) holds \(dataset.tileSize) px tiles (the model sees \(dataset.tileSize / trained.metadata.inputFactor) px inputs instead of \(trainedSize / trained.metadata.inputFactor)): its outputs are not comparable to its validation. Hint: pack at the model's tile size and magnification."
 }
 
+/// Refuses an output path that is one of this command's inputs (`InputFiles`): writing it would destroy what was read.
+func refuseInput(_ file: URL) throws {
+    if InputFiles.contains(file) {
+        throw CLIError("\(file.path) is one of this command's inputs; writing the output there would destroy it", hint: "choose another output path")
+    }
+}
+
 /// Writes an output file atomically; a failure is one line naming the file and the reason.
 func writeOutput(_ data: Data, to url: URL) throws {
+    try refuseInput(url)
     do { try CheckpointStore.writeAtomically(data, to: url) } catch let e as CheckpointError { throw CLIError(e.message) }
 }
 
 /// Creates `file`'s folder if needed and checks that the file can be written there, before any long work.
 func checkWritable(_ file: URL) throws {
+    try refuseInput(file)
     var isDirectory: ObjCBool = false
     if FileManager.default.fileExists(atPath: file.path, isDirectory: &isDirectory), isDirectory.boolValue {
         throw CLIError("\(file.path) is a directory", hint: "give a file name for the output, e.g. \(file.appendingPathComponent("out.csv").path)")

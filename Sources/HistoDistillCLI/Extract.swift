@@ -94,7 +94,12 @@ struct Extract: ParsableCommand {
                 bags = try backbone.bags(of: dataset, rank: group.rank, worldSize: group.size) { done, total in
                     if group.isCoordinator { progress.update(done, total, unit: "tiles") }
                 }
-            } catch let e as TrainingError { throw CLIError(e.message) }
+            } catch {
+                // This rank's failure (a corrupt tile, ...): the coordinator's staging directory goes with it.
+                if group.isCoordinator { staged.discard() }
+                if let e = error as? TrainingError { throw CLIError(e.message) }
+                throw error
+            }
             let meta = FeatureSetMetadata(classes: dataset.classes, featureDimension: backbone.model.featureDimension,
                                           backbone: backbone.model.architectureDescription, truncateAfter: backbone.truncateAfter,
                                           inputFactor: backbone.settings.inputFactor, mean: backbone.settings.mean, std: backbone.settings.std,

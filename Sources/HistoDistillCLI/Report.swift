@@ -36,6 +36,8 @@ struct RunSummary {
         guard fm.fileExists(atPath: run.config.path) || fm.fileExists(atPath: url.appendingPathComponent("run.json").path) else {
             throw CLIError("\(url.path) is not a run directory (no config.yaml or run.json)", hint: "give directories written by train, distill, mil train or finetune")
         }
+        // The report reads from the run's own files: none of them may be its output (a report is HTML).
+        for name in (try? fm.contentsOfDirectory(atPath: url.path)) ?? [] where !name.hasSuffix(".html") { InputFiles.note(url.appendingPathComponent(name)) }
         let metadata = try? run.loadMetadata()
         let config = try? run.loadConfig()
         var steps: [StepMetrics] = []
@@ -325,7 +327,7 @@ struct Report: ParsableCommand {
     var seed: UInt64 = 0
 
     func validate() throws {
-        if bootstrap < 0 { throw ValidationError("--bootstrap must be 0 or more, got \(bootstrap)") }
+        if !(0...1_000_000).contains(bootstrap) { throw ValidationError("--bootstrap must be 0 to 1000000 resamples (10000 is usual), got \(bootstrap)") }
     }
 
     func run() throws {

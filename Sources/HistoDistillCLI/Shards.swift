@@ -147,6 +147,7 @@ struct Pack: ParsableCommand {
         if let stride, stride < 1 { throw ValidationError("--stride must be at least 1, got \(stride)") }
         if stride != nil && tileSize == nil { throw ValidationError("--stride needs --tile-size") }
         if !(0...1).contains(minTissue) { throw ValidationError("--min-tissue must be in 0...1, got \(minTissue)") }
+        if !(0...1).contains(tissueSaturation) { throw ValidationError("--tissue-saturation must be in 0...1 (HSV saturation; 0.07 is the default), got \(tissueSaturation)") }
         if let m = tileMpp, !(m.isFinite && m > 0 && m <= 100) {
             throw ValidationError("--tile-mpp must be a positive number of microns per pixel up to 100 (0.5 is about 20x), got \(m)")
         }

@@ -18,7 +18,8 @@ struct StagedOutput {
     /// `tag` names the staging directory (`.NAME.TAG`): a process id for a one-process writer, or a fixed word for
     /// several ranks writing into one staging directory (a stale one of an interrupted run is removed by `prepare`).
     init(final: URL, tag: String, isSetFile: @escaping (String) -> Bool) {
-        self.final = final.standardizedFileURL
+        // A symbolic link (features -> /scratch/...) is followed: the set is replaced where it lives, the link kept.
+        self.final = final.standardizedFileURL.resolvingSymlinksInPath()
         staging = self.final.deletingLastPathComponent().appendingPathComponent(".\(self.final.lastPathComponent).\(tag)")
         self.isSetFile = isSetFile
     }

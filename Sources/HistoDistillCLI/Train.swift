@@ -11,7 +11,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(name: .customLong("set"), help: "Override a config key, e.g. --set train.epochs=3 (repeatable).")
     var overrides: [String] = []
 
-    @Flag(help: "Continue from the newest complete checkpoint in the run directory (start fresh when there is none).")
+    @Flag(help: "Continue from the newest complete checkpoint in the run directory (start over when there is none, moving an earlier attempt's best weights and metrics to RUN/previous-TIME).")
     var resume = false
 
     @Option(help: "Stop after this global step with a checkpoint (split a run into time-boxed jobs; --resume continues).")

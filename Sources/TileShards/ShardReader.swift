@@ -15,6 +15,7 @@ public final class ShardReader: @unchecked Sendable {
     /// Opens and validates `url` (see docs/shard-format.md, Validation).
     public init(url: URL) throws {
         self.url = url
+        InputFiles.note(url)
         let path = url.path
         do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
             throw ShardError("\(path): cannot be read (\(error.localizedDescription)). Hint: check the path and permissions.")

@@ -89,8 +89,8 @@ public final class ShardWriter {
         var header = ShardFormat.headerMagic
         header.appendLE(ShardFormat.version)
         header.appendLE(UInt32(0))
-        try handle.write(contentsOf: header)
         offset = UInt64(header.count)
+        try write(header)
     }
 
     /// Number of tiles appended.
@@ -102,7 +102,7 @@ public final class ShardWriter {
     public func append(frame: [UInt8], tile: TileRecord) throws {
         precondition(tile.width > 0 && tile.width <= 65535 && tile.height > 0 && tile.height <= 65535,
                      "ShardWriter: tile \(tile.width)x\(tile.height) from \(tile.source) does not fit 16-bit sizes")
-        try handle.write(contentsOf: frame)
+        try write(frame)
         let slide = intern(tile.slide, &slides, &slideIndex)
         let source = intern(tile.source, &sources, &sourceIndex)
         entries.append(TileEntry(offset: offset, compressedSize: UInt32(frame.count), crc: CRC32.checksum(frame),
@@ -147,13 +147,23 @@ public final class ShardWriter {
         footer.appendLE(CRC32.checksum(footer))
         footer.appendLE(ShardFormat.version); footer.appendLE(UInt64(0))
         footer.append(contentsOf: ShardFormat.footerMagic)
-        try handle.write(contentsOf: index)
-        try handle.write(contentsOf: metaBytes)
-        try handle.write(contentsOf: footer)
+        try write(index)
+        try write(metaBytes)
+        try write(footer)
         try handle.synchronize()
         try handle.close()
         if FileManager.default.fileExists(atPath: url.path) { try FileManager.default.removeItem(at: url) }
         try FileManager.default.moveItem(at: temporary, to: url)
+    }
+
+    /// Writes `bytes` at the end of the temporary file; a failure (disk full, file-size limit) names the file.
+    private func write<D: DataProtocol>(_ bytes: D) throws {
+        do { try handle.write(contentsOf: bytes) } catch {
+            let ns = error as NSError
+            let reason = (ns.userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) }
+                ?? (ns.domain == NSPOSIXErrorDomain ? String(cString: strerror(Int32(ns.code))) : ns.localizedDescription)
+            throw ShardError("\(temporary.path): cannot be written (\(reason)). Hint: free disk space or raise the file-size limit (ulimit -f), then pack again.")
+        }
     }
 
     /// Removes the unfinished temporary file.

@@ -47,6 +47,7 @@ public struct Backbone {
         } catch let e as SafeTensorsError { throw TrainingError(e.message) } catch {
             throw TrainingError("\(chosen.path): cannot be read (\(CheckpointStore.reason(error))). Hint: check the path.")
         }
+        InputFiles.note(chosen)
         try TrainedModel.refuseMILHead(file, path: chosen.path)
         var described = RunMetadata(safetensors: file)
         if described == nil, let run { described = try? run.loadMetadata() }

@@ -101,6 +101,7 @@ public struct FeatureSet: Sendable {
         for name in names {
             let url = directory.appendingPathComponent(name)
             let file: SafeTensorsFile
+            InputFiles.note(url)
             do { file = try SafeTensorsFile(contentsOf: url) } catch let e as SafeTensorsError { throw TrainingError(e.message) }
             guard let text = file.metadata[FeatureSetMetadata.key],
                   let m = try? JSONDecoder().decode(FeatureSetMetadata.self, from: Data(text.utf8)) else {

@@ -219,6 +219,7 @@ public struct MILDescription: Codable, Sendable {
     /// Loads a MIL head from a weights file written by `histodistill mil train`.
     public static func load(_ url: URL) throws -> (AttentionMIL<Float>, MILDescription) {
         let file: SafeTensorsFile
+        InputFiles.note(url)
         do { file = try SafeTensorsFile(contentsOf: url) } catch let e as SafeTensorsError { throw TrainingError(e.message) }
         guard let text = file.metadata["histodistill.mil"], let d = try? JSONDecoder().decode(MILDescription.self, from: Data(text.utf8)) else {
             throw TrainingError("\(url.path) is not an attention-MIL weights file written by `histodistill mil train` (no 'histodistill.mil' metadata).")

@@ -112,9 +112,14 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// `RunDirectory`).
     public static func load(_ url: URL, overrides: [String] = []) throws -> RunConfig {
         let text: String
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw ConfigError("\(url.path) is a directory, not a config file. Hint: give a YAML config file; examples are in configs/.")
+        }
         do { text = try String(contentsOf: url, encoding: .utf8) } catch {
             throw ConfigError("\(url.path): cannot be read (\(error.localizedDescription)). Hint: check the path; examples are in configs/.")
         }
+        InputFiles.note(url)
         let config = try parse(text, source: url.path, overrides: overrides)
         let folder = url.deletingLastPathComponent()
         let base = RunDirectory.isRunDirectory(folder) || RunDirectory.isEffectiveConfig(text) ? folder : URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
@@ -171,9 +176,6 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if !c.unlabeledShards.isEmpty && !c.isDistillation {
             throw ConfigError("\(source): data.unlabeled needs a distill section: supervised training learns from labels only. Hint: remove data.unlabeled, or distill a student from a teacher.")
-        }
-        if c.isDistillation && !(c.objective.temperature > 0) {
-            throw ConfigError("\(source): distill.temperature must be positive, got \(c.objective.temperature)")
         }
         try c.validate(source: source, overridden: overridden)
         return c
@@ -242,6 +244,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if batchSize > 65_536 { throw bad("train.batch_size", "must be at most 65536, got \(batchSize)") }
         if !(lr > 0 && lr.isFinite) { throw bad("optimizer.lr", "must be a positive number, got \(lr)") }
+        if !(momentum >= 0 && momentum < 1) { throw bad("optimizer.momentum", "must be in [0, 1) (0.9 is usual), got \(momentum)") }
+        if !(weightDecay >= 0 && weightDecay.isFinite) { throw bad("optimizer.weight_decay", "must be 0 or positive (1e-4 is usual), got \(weightDecay)") }
+        if isDistillation && !(objective.temperature > 0 && objective.temperature.isFinite) {
+            throw bad("distill.temperature", "must be positive (the paper uses 4), got \(objective.temperature)")
+        }
         if !(gamma > 0 && gamma <= 1) {
             throw bad("schedule.gamma", "must be in (0, 1] (the factor the learning rate is multiplied by per decay; 1 keeps it constant), got \(gamma)")
         }
@@ -259,7 +266,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
                 throw bad("distill.kd_weight", "pixel_weight and ce_weight are all 0: the student would learn nothing. Hint: the paper's setting is kd_weight 1 and pixel_weight 1.")
             }
         }
-        if epochs < 1 { throw bad("train.epochs", "must be at least 1") }
+        if !(1...1_000_000).contains(epochs) { throw bad("train.epochs", "must be in 1...1000000, got \(epochs)") }
+        if let maxSteps, maxSteps > 1_000_000_000 { throw bad("train.max_steps", "must be at most 1000000000, got \(maxSteps)") }
+        if !(warmupEpochs <= 1_000_000) { throw bad("schedule.warmup_epochs", "must be at most 1000000, got \(warmupEpochs)") }
+        if name.isEmpty || name == "." || name == ".." || name.contains("/") {
+            throw bad("run.name", "must be a plain name (it names the run's directory under --runs-dir), not empty and without '/', got '\(name)'")
+        }
         if batchSize < 1 { throw bad("train.batch_size", "must be at least 1") }
         if checkpointEvery < 1 || keep < 1 { throw bad("train.checkpoint_every/keep", "must be at least 1") }
         if let maxSteps, maxSteps < 1 { throw bad("train.max_steps", "must be at least 1") }

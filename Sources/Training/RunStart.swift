@@ -32,17 +32,33 @@ enum RunStart {
         return (lock, state, checkpoint)
     }
 
-    /// A fresh start in `run` (no checkpoint to continue from) would overwrite an earlier run's kept weights, and
-    /// without --resume its metrics too: refuse, naming them. With --resume and no checkpoint, metrics alone are
-    /// of steps that will run again (a run that died before its first checkpoint) and are dropped.
+    /// A fresh start in `run` (no checkpoint to continue from) would overwrite an earlier run's results (kept
+    /// weights, metrics with at least one step). Without --resume it is refused, naming them. With --resume (a run
+    /// that died before its first checkpoint, requeued by a batch system) they are moved into
+    /// `RUN/previous-TIME/` with a note, and the run starts over.
     static func refuseOverwritingResults(of run: RunDirectory, resume: Bool) throws {
         let fm = FileManager.default
-        func nonEmpty(_ url: URL) -> Bool { ((try? fm.attributesOfItem(atPath: url.path)[.size] as? Int) ?? 0) > 0 }
+        func hasSteps(_ url: URL, header: Bool) -> Bool {
+            guard let text = try? String(contentsOf: url, encoding: .utf8) else { return false }
+            return text.split(separator: "\n").count > (header ? 1 : 0)
+        }
         let found = [run.bestWeights, run.bestBackbone].filter { fm.fileExists(atPath: $0.path) }
-            + (resume ? [] : [run.metricsJSONL, run.metricsCSV].filter(nonEmpty))
+            + [run.metricsJSONL].filter { hasSteps($0, header: false) } + [run.metricsCSV].filter { hasSteps($0, header: true) }
         guard !found.isEmpty else { return }
-        throw TrainingError("\(run.url.path) holds an earlier run's results (\(found.map(\.lastPathComponent).joined(separator: ", "))) but no checkpoint to "
-            + "\(resume ? "resume from" : "continue"); starting here would overwrite them. Hint: choose another run.output (or --runs-dir), or move those files away to start this run over.")
+        let names = found.map(\.lastPathComponent).joined(separator: ", ")
+        guard resume else {
+            throw TrainingError("\(run.url.path) holds an earlier run's results (\(names)) but no checkpoint to continue; starting here would overwrite them. "
+                + "Hint: pass --resume to start this run over (they are moved to a previous-* folder), choose another run.output (or --runs-dir), or move them away.")
+        }
+        let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
+        let aside = run.url.appendingPathComponent("previous-\(stamp)")
+        do {
+            try fm.createDirectory(at: aside, withIntermediateDirectories: true)
+            for url in found { try fm.moveItem(at: url, to: aside.appendingPathComponent(url.lastPathComponent)) }
+        } catch {
+            throw TrainingError("\(run.url.path): cannot move the earlier results (\(names)) aside into \(aside.path) (\(CheckpointStore.reason(error))). Hint: check that the run directory is writable.")
+        }
+        FileHandle.standardError.write(Data("note: \(run.url.path) had no checkpoint to resume from: starting over; the earlier results (\(names)) were moved to \(aside.path)\n".utf8))
     }
 
     /// Refuses a resume whose seed or `mustMatch` config keys differ from the checkpoint's, or whose training data

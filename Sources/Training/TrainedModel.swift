@@ -46,6 +46,7 @@ public struct TrainedModel {
         } catch {
             throw TrainingError("\(chosen.path): cannot be read (\(CheckpointStore.reason(error))). Hint: check the path.")
         }
+        InputFiles.note(chosen)
         try refuseMILHead(file, path: chosen.path)
         var metadata = RunMetadata(safetensors: file)
         if metadata == nil, let run {

@@ -36,6 +36,11 @@ func run(_ arguments: [String], environment extra: [String: String] = [:], timeo
     return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
 }
 
+/// A fresh path under the temporary directory for one test (`histodistill-NAME-UUID`; the test removes it).
+func tempDir(_ name: String) -> URL {
+    FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-\(name)-\(UUID().uuidString)")
+}
+
 /// The built `histodistill` executable next to the test bundle.
 func histodistillBinary() throws -> String {
     let candidates = [

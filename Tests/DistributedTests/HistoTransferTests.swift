@@ -50,10 +50,6 @@ func syntheticFeatures(classes: [String], dimension d: Int) -> FeatureSetMetadat
 
 @Suite("HistoTransfer", .serialized)
 struct HistoTransferTests {
-    func tempDir(_ name: String) -> URL {
-        FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-\(name)-\(UUID().uuidString)")
-    }
-
     @Test("extract: feature vectors equal the truncated backbone's pooled output; 2 ranks write the same vectors as 1")
     func extractMatchesModel() throws {
         let dir = tempDir("extract")

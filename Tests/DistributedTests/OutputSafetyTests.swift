@@ -21,10 +21,6 @@ func loggedSteps(_ run: URL) throws -> [Int] {
 
 @Suite("Output safety", .serialized)
 struct OutputSafetyTests {
-    func tempDir(_ name: String) -> URL {
-        FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-\(name)-\(UUID().uuidString)")
-    }
-
     @Test("a MIL run's own config.yaml resolves against its directory: --resume from another directory continues that run there")
     func slideRunPathsFromAnotherDirectory() throws {
         let dir = tempDir("milcwd")
@@ -80,22 +76,60 @@ struct OutputSafetyTests {
         let metrics = try Data(contentsOf: out.appendingPathComponent("metrics.jsonl"))
         // The checkpoints removed (to save space), best.safetensors and metrics kept.
         try FileManager.default.removeItem(at: out.appendingPathComponent("checkpoints"))
-        for extra in [[], ["--resume"]] {
-            let r = try run([bin, "train", "--config", config.path, "--set", "train.threads=1", "--set", "train.max_steps=2"] + extra)
-            #expect(r.status != 0 && r.stderr.contains("holds an earlier run's results") && r.stderr.contains("best.safetensors")
-                    && r.stderr.contains("run.output"), "\(extra): \(r.stderr)")
-            #expect(try Data(contentsOf: out.appendingPathComponent("best.safetensors")) == best)
-            #expect(try Data(contentsOf: out.appendingPathComponent("metrics.jsonl")) == metrics)
-        }
-        // Metrics alone (a run that died before its first checkpoint): refused without --resume, restarted with it.
-        try FileManager.default.removeItem(at: out.appendingPathComponent("best.safetensors"))
-        let plain = try run([bin, "train", "--config", config.path, "--set", "train.threads=1"])
-        #expect(plain.status != 0 && plain.stderr.contains("metrics.jsonl"), "\(plain.stderr)")
+        let r = try run([bin, "train", "--config", config.path, "--set", "train.threads=1", "--set", "train.max_steps=2"])
+        #expect(r.status != 0 && r.stderr.contains("holds an earlier run's results") && r.stderr.contains("best.safetensors")
+                && r.stderr.contains("run.output"), "\(r.stderr)")
+        #expect(try Data(contentsOf: out.appendingPathComponent("best.safetensors")) == best)
+        #expect(try Data(contentsOf: out.appendingPathComponent("metrics.jsonl")) == metrics)
+        // With --resume (a requeued job whose run died before its first checkpoint): it starts over, and the
+        // earlier results are moved into previous-TIME/, whole.
         let restarted = try run([bin, "train", "--config", config.path, "--set", "train.threads=1", "--resume"])
-        #expect(restarted.status == 0, "\(restarted.stderr)")
+        #expect(restarted.status == 0 && restarted.stderr.contains("no checkpoint to resume from: starting over"), "\(restarted.stderr)")
+        let previous = try #require(try FileManager.default.contentsOfDirectory(atPath: out.path).first { $0.hasPrefix("previous-") })
+        #expect(try Data(contentsOf: out.appendingPathComponent("\(previous)/best.safetensors")) == best)
+        #expect(try Data(contentsOf: out.appendingPathComponent("\(previous)/metrics.jsonl")) == metrics)
         #expect(try loggedSteps(out) == Array(1...4), "each step logged once")
         let csvSteps = try String(contentsOf: out.appendingPathComponent("metrics.csv"), encoding: .utf8).split(separator: "\n").dropFirst().map { $0.split(separator: ",")[0] }
         #expect(csvSteps == ["1", "2", "3", "4"], "\(csvSteps)")
+        // Metrics files without a step (a multi-student run refused after creating them) do not block a fresh start.
+        let other = dir.appendingPathComponent("other")
+        try FileManager.default.createDirectory(at: other, withIntermediateDirectories: true)
+        try (StepMetrics.csvHeader + "\n").write(to: other.appendingPathComponent("metrics.csv"), atomically: true, encoding: .utf8)
+        try Data().write(to: other.appendingPathComponent("metrics.jsonl"))
+        let fresh = try run([bin, "train", "--config", config.path, "--set", "train.threads=1", "--set", "run.output=\(other.path)"])
+        #expect(fresh.status == 0, "\(fresh.stderr)")
+    }
+
+    @Test("no output replaces an input: evaluate, predict and cka refuse an output that is the weights or shards they read; a symlinked -o is followed")
+    func outputsNeverReplaceInputs() throws {
+        let dir = tempDir("inputs")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let out = dir.appendingPathComponent("run")
+        try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 2), writer: "t").run(resume: false)
+        let bin = try histodistillBinary()
+        let best = out.appendingPathComponent("best.safetensors")
+        let weights = try Data(contentsOf: best)
+        let shard = try #require(try FileManager.default.contentsOfDirectory(atPath: shards.path).first { $0.hasSuffix(".shard") })
+        let shardBytes = try Data(contentsOf: shards.appendingPathComponent(shard))
+        for args in [["evaluate", "--run", out.path, "--bootstrap", "0", "--output", best.path],
+                     ["predict", "--run", out.path, "--shards", shards.path, "-o", best.path],
+                     ["predict", "--run", out.path, "--shards", shards.path, "-o", shards.appendingPathComponent(shard).path]] {
+            let r = try run([bin] + args)
+            #expect(r.status != 0 && r.stderr.contains("is one of this command's inputs"), "\(args): \(r.stderr)")
+        }
+        #expect(try Data(contentsOf: best) == weights && Data(contentsOf: shards.appendingPathComponent(shard)) == shardBytes)
+        let same = dir.appendingPathComponent("same.out")
+        let both = try run([bin, "evaluate", "--run", out.path, "--bootstrap", "0", "--output", same.path, "--predictions", same.path])
+        #expect(both.status != 0 && both.stderr.contains("both name"), "\(both.stderr)")
+        // extract -o through a symbolic link: the set is replaced where the link points, and the link stays a link.
+        let target = dir.appendingPathComponent("target"), link = dir.appendingPathComponent("link")
+        try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(at: link, withDestinationURL: target)
+        let e = try run([bin, "extract", "--run", out.path, "--truncate-after", "1", "--shards", shards.path, "-o", link.path])
+        #expect(e.status == 0, "\(e.stderr)")
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link.path) == target.path)
+        #expect(try FeatureSet(directory: target).slides.isEmpty == false)
     }
 
     @Test("a failed extraction leaves the feature set in -o as it was; a good one replaces it whole, leaving no staging directory")
@@ -234,6 +268,23 @@ struct OutputSafetyTests {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
             #expect(e?.message.hasPrefix("--set \(set.split(separator: "=")[0]): \(words)") == true, "\(set): \(String(describing: e))")
         }
+        for (set, words) in [("train.epochs=9223372036854775807", "train.epochs must be in"), ("run.name=../escaped", "run.name must be a plain name"),
+                             ("optimizer.momentum=5", "optimizer.momentum must be in"), ("optimizer.weight_decay=-1", "optimizer.weight_decay must be 0 or positive")] {
+            let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
+            #expect(e?.message.hasPrefix("--set \(set.split(separator: "=")[0]): \(words)") == true, "\(set): \(String(describing: e))")
+        }
+        let temperature = #expect(throws: ConfigError.self) {
+            _ = try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["distill.temperature=0"])
+        }
+        #expect(temperature?.message.hasPrefix("--set distill.temperature: distill.temperature must be positive") == true, "\(String(describing: temperature))")
+        let under = try run([bin, "train", "--config", config.path, "--set", "run.output=\(file.path)/sub"])
+        #expect(under.status != 0 && under.stderr.contains("\(file.path) is a file, so nothing can be created under it"), "\(under.stderr)")
+        let asConfig = try run([bin, "train", "--config", dir.path])
+        #expect(asConfig.status != 0 && asConfig.stderr.contains("is a directory, not a config file"), "\(asConfig.stderr)")
+        // pack past a file-size limit names the shard file it was writing.
+        let packLimited = try run(["bash", "-c", "ulimit -f 8; exec \"$0\" pack \"$1\" -o \"$2\"", bin, dir.appendingPathComponent("in").path,
+                                   dir.appendingPathComponent("limited").path])
+        #expect(packLimited.status == 1 && packLimited.stderr.contains("shard-00000.shard.tmp: cannot be written (File too large)"), "\(packLimited.stderr)")
         let mapping = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["run.name=a: b"]) }
         #expect(mapping?.message.contains("got a mapping") == true && mapping?.message.contains("AnyHashable") == false, "\(String(describing: mapping))")
         let silent = #expect(throws: ConfigError.self) {

@@ -26,10 +26,6 @@ func lifecycleConfig(shards: URL, output: URL, maxSteps: Int = 6, batch: Int = 4
 
 @Suite("Run lifecycle")
 struct RunLifecycleTests {
-    func tempDir(_ name: String) -> URL {
-        FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-\(name)-\(UUID().uuidString)")
-    }
-
     @Test("resume refuses changed batch size, input factor and model keys, naming old and new; config.yaml is left as it was")
     func resumeRefusesChangedKeys() throws {
         let dir = tempDir("resume-keys")

@@ -1,0 +1,25 @@
+// The files a command has read as its inputs, so that none of its outputs can replace one of them.
+import Foundation
+import Synchronization
+
+/// Every file this process has opened as an input (shards, weights, feature files, metrics, configs), by its
+/// resolved path. Output writers refuse a path in this set (`histodistill evaluate --output RUN/best.safetensors`
+/// would otherwise replace the weights it just evaluated).
+public enum InputFiles {
+    private static let paths = Mutex<Set<String>>([])
+
+    /// The path `url` names after resolving `.`/`..` and symbolic links.
+    static func canonical(_ url: URL) -> String { url.standardizedFileURL.resolvingSymlinksInPath().path }
+
+    /// Records `url` as read by this process.
+    public static func note(_ url: URL) {
+        let path = canonical(url)
+        paths.withLock { _ = $0.insert(path) }
+    }
+
+    /// True when `url` is (resolves to) a file this process has read as an input.
+    public static func contains(_ url: URL) -> Bool {
+        let path = canonical(url)
+        return paths.withLock { $0.contains(path) }
+    }
+}
