@@ -99,10 +99,15 @@ struct Cost: ParsableCommand {
             probe.backward(gradLogits: out.logits == nil ? nil : g.pointer)
             return Double((probe.activationFloats.forward + probe.activationFloats.backward) * 4) / Double(32 * 32)
         }()
-        let memory = Double(ProcessInfo.processInfo.physicalMemory)
+        // The memory this process may use: the machine's, or less under an address-space limit (ulimit -v, a batch
+        // system's memory limit).
+        var limit = rlimit()
+        let capped = getrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &limit) == 0 && limit.rlim_cur != rlim_t.max
+        let memory = min(Double(ProcessInfo.processInfo.physicalMemory), capped ? Double(limit.rlim_cur) : .infinity)
+        let what = capped && Double(limit.rlim_cur) < Double(ProcessInfo.processInfo.physicalMemory) ? "this process may use (ulimit -v)" : "this machine has"
         for r in sizes where perPixel * Double(r * r * batch) > 0.7 * memory {
-            throw CLIError(String(format: "a training step at %d px with batch %d needs about %.0f GB of activations; this machine has %.0f GB", r, batch,
-                                  perPixel * Double(r * r * batch) / 1e9, memory / 1e9), hint: "lower --batch or the resolution")
+            throw CLIError(String(format: "a training step at %d px with batch %d needs about %.1f GB of activations; %@ %.1f GB", r, batch,
+                                  perPixel * Double(r * r * batch) / 1e9, what, memory / 1e9), hint: "lower --batch or the resolution")
         }
         let teacherMACs = Double(net.macs(resolution: sizes[0]))
         var header = "| input | MACs per image | vs \(sizes[0]) px | feature map | activations, training step (MB) |"

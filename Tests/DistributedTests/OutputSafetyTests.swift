@@ -293,6 +293,9 @@ struct OutputSafetyTests {
         #expect(silent?.message.contains("s.yaml: distill.kd_weight") == true && silent?.message.contains("learn nothing") == true, "\(String(describing: silent))")
         let cost = try run([bin, "cost", "--resolutions", "4000", "--batch", "4096"])
         #expect(cost.status != 0 && cost.stderr.contains("GB of activations") && cost.stderr.contains("lower --batch"), "\(cost.stderr)")
+        // Under an address-space limit the limit is what counts (700 px, batch 32: about 4.8 GB, above 0.7 x 4 GB).
+        let capped = try run(["bash", "-c", "ulimit -v 4000000; exec \"$0\" cost --resolutions 700", bin])
+        #expect(capped.status == 1 && capped.stderr.contains("this process may use (ulimit -v)"), "\(capped.status) \(capped.stderr)")
     }
 
     @Test("what interrupted writers left is removed by the next writer: partial shard files, half-pruned checkpoints")
