@@ -68,8 +68,7 @@ struct OutputSafetyTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)
         let out = dir.appendingPathComponent("run")
-        let config = dir.appendingPathComponent("c.yaml")
-        try (try lifecycleConfig(shards: shards, output: out, maxSteps: 4)).yaml.write(to: config, atomically: true, encoding: .utf8)
+        let config = try lifecycleConfigFile(dir, shards: shards, output: out, maxSteps: 4)
         let bin = try histodistillBinary()
         #expect(try run([bin, "train", "--config", config.path, "--set", "train.threads=1"]).status == 0)
         let best = try Data(contentsOf: out.appendingPathComponent("best.safetensors"))
@@ -252,8 +251,7 @@ struct OutputSafetyTests {
         try "x".write(to: file, atomically: true, encoding: .utf8)
         let p = try run([bin, "pack", dir.appendingPathComponent("missing").path, "-o", file.path])
         #expect(p.status != 0 && !p.stderr.contains("NSCocoaErrorDomain"), "\(p.stderr)")
-        let config = dir.appendingPathComponent("c.yaml")
-        try (try lifecycleConfig(shards: shards, output: file, maxSteps: 2)).yaml.write(to: config, atomically: true, encoding: .utf8)
+        let config = try lifecycleConfigFile(dir, shards: shards, output: file, maxSteps: 2)
         let t = try run([bin, "train", "--config", config.path])
         #expect(t.status != 0 && t.stderr.contains(file.path) && !t.stderr.contains("NSCocoaErrorDomain"), "\(t.stderr)")
         // SIGXFSZ at its default would end the process without a word (status 153): it is ignored, the write fails.

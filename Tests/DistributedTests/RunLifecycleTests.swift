@@ -24,6 +24,13 @@ func lifecycleConfig(shards: URL, output: URL, maxSteps: Int = 6, batch: Int = 4
     """, source: "test.yaml")
 }
 
+/// `lifecycleConfig` written to `dir/c.yaml` for the command line; returns the file.
+func lifecycleConfigFile(_ dir: URL, shards: URL, output: URL, maxSteps: Int = 6) throws -> URL {
+    let url = dir.appendingPathComponent("c.yaml")
+    try (try lifecycleConfig(shards: shards, output: output, maxSteps: maxSteps)).yaml.write(to: url, atomically: true, encoding: .utf8)
+    return url
+}
+
 @Suite("Run lifecycle")
 struct RunLifecycleTests {
     @Test("resume refuses changed batch size, input factor and model keys, naming old and new; config.yaml is left as it was")
@@ -181,8 +188,7 @@ struct RunLifecycleTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)
         let out = dir.appendingPathComponent("run")
-        let config = dir.appendingPathComponent("c.yaml")
-        try (try lifecycleConfig(shards: shards, output: out, maxSteps: 4)).yaml.write(to: config, atomically: true, encoding: .utf8)
+        let config = try lifecycleConfigFile(dir, shards: shards, output: out, maxSteps: 4)
         let bin = try histodistillBinary()
         // 200 KiB per file: the model (about 150 KB) fits, the optimizer state (twice that) does not.
         let r = try run(["bash", "-c", "ulimit -f 200; trap '' XFSZ; exec \"$0\" train --config \"$1\"", bin, config.path], timeout: 120)
