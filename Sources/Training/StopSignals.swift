@@ -25,7 +25,11 @@ public enum StopSignals {
         // Ctrl-C stops the same way (a checkpoint, then exit 75), saying so at once; a second Ctrl-C quits at once
         // (status 130, the run resumes from its previous checkpoint). Only async-signal-safe calls in the handler.
         signal(SIGINT) { sig in
-            if StopSignals.received.load(ordering: .relaxed) == SIGINT { _exit(130) }
+            if StopSignals.received.load(ordering: .relaxed) == SIGINT {
+                let quit: StaticString = "\nSIGINT again: quitting without a checkpoint (--resume continues from the last one)\n"
+                _ = write(2, quit.utf8Start, quit.utf8CodeUnitCount)
+                _exit(130)
+            }
             StopSignals.received.store(sig, ordering: .relaxed)
             let note: StaticString = "\nSIGINT: writing a checkpoint after this step, then stopping (Ctrl-C again quits at once)\n"
             _ = write(2, note.utf8Start, note.utf8CodeUnitCount)
