@@ -74,7 +74,7 @@ func runTrainerCommand<T: CommandTrainer>(config: String, options: TrainingOptio
         }
         guard group.isCoordinator else { return outcome.exitStatus }
         if isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
-        if let line = unfinishedLine(outcome, store: trainer.store) ?? done(trainer) { print(line) }
+        if let line = unfinishedLine(outcome, store: trainer.store, stopAfter: options.stopAfter) ?? done(trainer) { print(line) }
         return outcome.exitStatus
     }
 }

@@ -163,7 +163,7 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
     let outcomes = try asUserErrors { try pass.run(resume: options.resume, stopAfter: options.stopAfter) }
     guard group.isCoordinator else { return outcomes.first?.exitStatus ?? 0 }
     if isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
-    for (trainer, outcome) in zip(pass.students, outcomes) { report(trainer, outcome, config: trainer.config) }
+    for (trainer, outcome) in zip(pass.students, outcomes) { report(trainer, outcome, config: trainer.config, stopAfter: options.stopAfter) }
     print("teacher forwards: \(pass.teacher.forwards) for \(pass.students.count) students")
     return outcomes.first?.exitStatus ?? 0
 }
@@ -195,16 +195,18 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
     let outcome = try asUserErrors { try trainer.run(resume: options.resume, stopAfter: options.stopAfter) }
     guard group.isCoordinator else { return outcome.exitStatus }
     if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
-    report(trainer, outcome, config: cfg)
+    report(trainer, outcome, config: cfg, stopAfter: options.stopAfter)
     return outcome.exitStatus
 }
 
 /// The line a run stopped by a signal or paused by --stop-after ends with (nil for a finished run), for every
-/// training command.
-func unfinishedLine(_ outcome: RunOutcome, store: CheckpointStore) -> String? {
+/// training command; `stopAfter` is the command's --stop-after (a run resumed past it took no step).
+func unfinishedLine(_ outcome: RunOutcome, store: CheckpointStore, stopAfter: Int?) -> String? {
     switch outcome {
     case .interrupted(let signal, let step):
         return "stopped by \(StopSignals.name(signal)) after step \(step): checkpoint written in \(store.directory.path); continue with --resume"
+    case .paused(let step) where stopAfter.map({ step > $0 }) == true:
+        return "nothing to do: the run is already at step \(step), past --stop-after \(stopAfter!); its checkpoints are as they were"
     case .paused(let step):
         return "paused after step \(step) (--stop-after): checkpoint written in \(store.directory.path); continue with --resume"
     case .finished: return nil
@@ -212,8 +214,8 @@ func unfinishedLine(_ outcome: RunOutcome, store: CheckpointStore) -> String? {
 }
 
 /// The line a finished, paused or stopped run ends with.
-private func report(_ trainer: SupervisedTrainer, _ outcome: RunOutcome, config cfg: RunConfig) {
-    if let line = unfinishedLine(outcome, store: trainer.store) { print(line); return }
+private func report(_ trainer: SupervisedTrainer, _ outcome: RunOutcome, config cfg: RunConfig, stopAfter: Int?) {
+    if let line = unfinishedLine(outcome, store: trainer.store, stopAfter: stopAfter) { print(line); return }
     switch outcome {
     case .interrupted, .paused: break
     case .finished:

@@ -54,6 +54,8 @@ struct OutputSafetyTests {
         #expect(loaded.output == runDir.path && loaded.trainShards == dir.appendingPathComponent("train").path, "\(loaded.output) \(loaded.trainShards)")
         let elsewhere = dir.appendingPathComponent("elsewhere")
         try FileManager.default.createDirectory(at: elsewhere, withIntermediateDirectories: true)
+        let behind = try run([bin, "mil", "train", "--config", "../runs/m/config.yaml", "--resume", "--stop-after", "2"], in: elsewhere)
+        #expect(behind.status == 0 && behind.stdout.contains("nothing to do: the run is already at step 3, past --stop-after 2"), "\(behind.stdout)")
         let resumed = try run([bin, "mil", "train", "--config", "../runs/m/config.yaml", "--resume"], in: elsewhere)
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: elsewhere.path).isEmpty, "nothing is written into the current directory")

@@ -128,9 +128,11 @@ struct RunLifecycleTests {
         #expect(running, "the first run ended before it was killed: status \(ended.status): \(ended.stderr)")
         #expect(second.status != 0 && second.stderr.contains("in use by another histodistill process")
                 && second.stderr.contains("pid \(first.process.processIdentifier)"), "\(second.stderr)")
-        // The holder died: its lock is gone with it and the run resumes.
-        let third = try run([bin, "train", "--config", config.path, "--resume", "--stop-after", "2"], timeout: 120)
-        #expect(third.status == 0 && third.stdout.contains("paused after step"), "\(third.stdout) \(third.stderr)")
+        // The holder died: its lock is gone with it and the run resumes (and takes a step past its last checkpoint).
+        let newest = try #require(CheckpointStore(directory: out.appendingPathComponent("checkpoints")).newest())
+        let step = try CheckpointStore(directory: out.appendingPathComponent("checkpoints")).state(of: newest).step
+        let third = try run([bin, "train", "--config", config.path, "--resume", "--stop-after", "\(step + 1)"], timeout: 120)
+        #expect(third.status == 0 && third.stdout.contains("paused after step \(step + 1)"), "\(third.stdout) \(third.stderr)")
     }
 
     @Test("no checkpoint or best weights with non-finite values; the divergence message names what was kept; evaluate refuses NaN weights")
