@@ -1,6 +1,7 @@
 // The error type the CLI turns into one clear line and a non-zero exit.
 import ArgumentParser
 import Foundation
+import TileShards
 
 /// A user-facing failure: what went wrong (naming the file, record or key) and a hint for the fix.
 struct CLIError: Error, CustomStringConvertible {
@@ -32,7 +33,7 @@ func userFacing(_ error: Error) -> Error {
         case .fileReadNoPermission, .fileWriteNoPermission: reason = "permission denied"
         case .fileWriteOutOfSpace: reason = "no space left on the device"
         case .fileWriteVolumeReadOnly: reason = "the file system is read-only"
-        default: reason = describe(error)
+        default: reason = fileErrorReason(error)
         }
     }
     return CLIError("\(path ?? "a file"): \(reason)",

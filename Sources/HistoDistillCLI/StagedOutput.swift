@@ -1,6 +1,7 @@
 // Replacing a set of files in an output directory (a shard set, a feature set) as a whole, so that a failed or
 // interrupted write never leaves the old set damaged or half-replaced.
 import Foundation
+import TileShards
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -29,7 +30,7 @@ struct StagedOutput {
         let fm = FileManager.default
         try? fm.removeItem(at: staging)
         do { try fm.createDirectory(at: staging, withIntermediateDirectories: true) } catch {
-            throw CLIError("\(staging.path): cannot be created (\(describe(error)))", hint: "choose an output path in a writable directory")
+            throw CLIError("\(staging.path): cannot be created (\(fileErrorReason(error)))", hint: "choose an output path in a writable directory")
         }
     }
 
@@ -61,13 +62,4 @@ struct StagedOutput {
         CLIError("\(final.path): cannot put the new set in place (\(String(cString: strerror(errno)))); it is in \(staging.path)",
                  hint: "move it into place by hand, or write into an empty directory")
     }
-}
-
-/// An error's reason in a user's words: the POSIX reason under a Foundation file error, else its description.
-func describe(_ error: Error) -> String {
-    let ns = error as NSError
-    if let underlying = ns.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
-        return String(cString: strerror(Int32(underlying.code)))
-    }
-    return ns.localizedDescription
 }

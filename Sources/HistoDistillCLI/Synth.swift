@@ -51,7 +51,7 @@ struct Synth: ParsableCommand {
             for (c, name) in classes.enumerated() {
                 let folder = root.appendingPathComponent("\(split)/\(name)")
                 do { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) } catch {
-                    throw CLIError("\(folder.path): cannot be created (\(describe(error)))", hint: "choose a writable output directory")
+                    throw CLIError("\(folder.path): cannot be created (\(fileErrorReason(error)))", hint: "choose a writable output directory")
                 }
                 for i in 0..<perClass {
                     var g = SplitMix64.stream(seed, split == "train" ? 1 : 2, UInt64(c), UInt64(i))

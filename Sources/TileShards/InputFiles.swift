@@ -23,3 +23,16 @@ public enum InputFiles {
         return paths.withLock { $0.contains(path) }
     }
 }
+
+/// A file operation's failure in a user's words: the POSIX reason ("File too large", "No space left on device")
+/// under Foundation's error, else its description.
+public func fileErrorReason(_ error: Error) -> String {
+    let ns = error as NSError
+    if let underlying = ns.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
+        return String(cString: strerror(Int32(underlying.code)))
+    }
+    if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
+    if ns.domain == NSCocoaErrorDomain && ns.code == NSFileWriteOutOfSpaceError { return "no space left on the device" }
+    if ns.domain == NSCocoaErrorDomain && ns.code == NSFileWriteNoPermissionError { return "permission denied" }
+    return ns.localizedDescription
+}

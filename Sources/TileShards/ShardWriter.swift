@@ -159,10 +159,7 @@ public final class ShardWriter {
     /// Writes `bytes` at the end of the temporary file; a failure (disk full, file-size limit) names the file.
     private func write<D: DataProtocol>(_ bytes: D) throws {
         do { try handle.write(contentsOf: bytes) } catch {
-            let ns = error as NSError
-            let reason = (ns.userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) }
-                ?? (ns.domain == NSPOSIXErrorDomain ? String(cString: strerror(Int32(ns.code))) : ns.localizedDescription)
-            throw ShardError("\(temporary.path): cannot be written (\(reason)). Hint: free disk space or raise the file-size limit (ulimit -f), then pack again.")
+            throw ShardError("\(temporary.path): cannot be written (\(fileErrorReason(error))). Hint: free disk space or raise the file-size limit (ulimit -f), then pack again.")
         }
     }
 

@@ -243,16 +243,7 @@ public final class CheckpointStore {
     }
 
     /// A file-system error as one line (errno's text where there is one, not the Foundation error dump).
-    static func reason(_ error: Error) -> String {
-        let ns = error as NSError
-        if let underlying = ns.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
-            return String(cString: strerror(Int32(underlying.code)))
-        }
-        if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
-        if ns.domain == NSCocoaErrorDomain && ns.code == NSFileWriteOutOfSpaceError { return "no space left on the device" }
-        if ns.domain == NSCocoaErrorDomain && ns.code == NSFileWriteNoPermissionError { return "permission denied" }
-        return ns.localizedDescription
-    }
+    static func reason(_ error: Error) -> String { fileErrorReason(error) }
 
     /// Writes `data` to `url` and fsyncs it; throws naming the file and errno's reason.
     static func writeSynced(_ data: Data, to url: URL) throws {
