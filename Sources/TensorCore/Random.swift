@@ -33,3 +33,27 @@ extension SplitMix64 {
         return (-2 * Glibc.log(u1)).squareRoot() * Glibc.cos(2 * Double.pi * u2)
     }
 }
+
+extension SplitMix64 {
+    /// A Gamma(shape, 1) sample, shape > 0 (Marsaglia & Tsang 2000; for shape < 1, Gamma(shape + 1) U^(1/shape)).
+    public mutating func gamma(shape: Double) -> Double {
+        if shape < 1 {
+            let u = max(Double.random(in: 0..<1, using: &self), 1e-300)
+            return gamma(shape: shape + 1) * Glibc.pow(u, 1 / shape)
+        }
+        let d = shape - 1.0 / 3, c = 1 / (9 * d).squareRoot()
+        while true {
+            var x: Double, v: Double
+            repeat { x = normal(); v = 1 + c * x } while v <= 0
+            v = v * v * v
+            let u = Double.random(in: 0..<1, using: &self)
+            if u < 1 - 0.0331 * x * x * x * x || Glibc.log(max(u, 1e-300)) < 0.5 * x * x + d * (1 - v + Glibc.log(v)) { return d * v }
+        }
+    }
+
+    /// A Beta(a, b) sample in [0, 1] (X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b); numpy.random.beta's definition).
+    public mutating func beta(_ a: Double, _ b: Double) -> Double {
+        let x = gamma(shape: a), y = gamma(shape: b)
+        return x + y > 0 ? x / (x + y) : (a >= b ? 1 : 0)
+    }
+}

@@ -23,13 +23,18 @@ public struct AugmentOptions: Codable, Hashable, Sendable {
     /// torchvision GaussianBlur's sigma range).
     public var blurProbability: Float = 0
     public var blurSigma: Float = 1
+    /// Mixup (Zhang et al. 2018) for distillation: each tile is blended with a partner tile drawn uniformly from
+    /// the whole training set, x = λ a + (1 - λ) b with λ ~ Beta(α, α), before every other augmentation, so teacher
+    /// and student see the same blend (the "function matching" of Beyer et al. 2022). 0: off.
+    public var mixupAlpha: Float = 0
 
     public init(horizontalFlip: Bool = true, verticalFlip: Bool = true, rotate90: Bool = true, brightness: Float = 0,
                 contrast: Float = 0, saturation: Float = 0, hue: Float = 0, hedJitter: Float = 0, cropScale: Float = 1,
-                blurProbability: Float = 0, blurSigma: Float = 1) {
+                blurProbability: Float = 0, blurSigma: Float = 1, mixupAlpha: Float = 0) {
         self.horizontalFlip = horizontalFlip; self.verticalFlip = verticalFlip; self.rotate90 = rotate90
         self.brightness = brightness; self.contrast = contrast; self.saturation = saturation; self.hue = hue
         self.hedJitter = hedJitter; self.cropScale = cropScale; self.blurProbability = blurProbability; self.blurSigma = blurSigma
+        self.mixupAlpha = mixupAlpha
     }
 
     /// The blur kernel's size for `blurSigma`: 2 ceil(3 σ) + 1 (odd), at most `2 edge - 1` so that reflect
@@ -40,6 +45,28 @@ public struct AugmentOptions: Codable, Hashable, Sendable {
 
     /// No augmentation (evaluation).
     public static let none = AugmentOptions(horizontalFlip: false, verticalFlip: false, rotate90: false)
+}
+
+/// One tile's mixup draw: its partner (an index into the training set, uniform over all `tiles`) and the weight
+/// λ ~ Beta(α, α) of the tile itself. The stream depends only on (seed, epoch, position in the epoch), like
+/// `AugmentDraw`, so any rank makes the same blend and runs without mixup draw the same other augmentations.
+public struct MixupDraw: Equatable, Sendable {
+    public var partner: Int
+    public var lambda: Float
+
+    /// Nil when `alpha` is 0 (mixup off).
+    public init?(alpha: Float, seed: UInt64, epoch: Int, position: Int, tiles: Int) {
+        guard alpha > 0, tiles > 0 else { return nil }
+        var g = SplitMix64.stream(seed, 0x313C, UInt64(epoch), UInt64(position))
+        partner = Int(g.next() % UInt64(tiles))
+        lambda = Float(g.beta(Double(alpha), Double(alpha)))
+    }
+
+    /// Blends 8-bit RGB `b` into `a` in place: round(λ a + (1 - λ) b).
+    public func blend(_ a: UnsafeMutablePointer<UInt8>, with b: UnsafePointer<UInt8>, count: Int) {
+        let l = lambda, m = 1 - lambda
+        for i in 0..<count { a[i] = UInt8(min(255, max(0, (l * Float(a[i]) + m * Float(b[i])).rounded()))) }
+    }
 }
 
 /// torchvision's colour adjustments on a float CHW image in [0, 1] (in place).

@@ -123,6 +123,7 @@ public struct BatchMaker: @unchecked Sendable {
                     DispatchQueue.concurrentPerform(iterations: w) { k in
                         let ctx = TileDecompressor()
                         var rgb = [UInt8](repeating: 0, count: s * s * 3)
+                        var partner = [UInt8](repeating: 0, count: transform.augment.mixupAlpha > 0 ? s * s * 3 : 0)
                         var scratch = [Float](repeating: 0, count: scratchHR ? hrSize : 0)
                         for j in stride(from: k, to: n, by: w) {
                             let sample = plan.order[positions[j]]
@@ -130,6 +131,16 @@ public struct BatchMaker: @unchecked Sendable {
                             do {
                                 try rgb.withUnsafeMutableBufferPointer {
                                     try dataset.readers[address.shard].readTile(address.index, into: $0.baseAddress!, capacity: $0.count, context: ctx)
+                                }
+                                if let mix = MixupDraw(alpha: transform.augment.mixupAlpha, seed: seed, epoch: plan.epoch,
+                                                       position: positions[j], tiles: dataset.count) {
+                                    let other = dataset.addresses[mix.partner]
+                                    try partner.withUnsafeMutableBufferPointer {
+                                        try dataset.readers[other.shard].readTile(other.index, into: $0.baseAddress!, capacity: $0.count, context: ctx)
+                                    }
+                                    rgb.withUnsafeMutableBufferPointer { a in
+                                        partner.withUnsafeBufferPointer { mix.blend(a.baseAddress!, with: $0.baseAddress!, count: a.count) }
+                                    }
                                 }
                             } catch {
                                 ep[j] = "\(error)"

@@ -199,6 +199,7 @@ public struct ConfigKey: @unchecked Sendable {
         key("augment", "crop_scale", \.augment.cropScale, .float, resume: .mayChange, "random resized crop: smallest share of the tile's area kept, resized back to the tile (torchvision RandomResizedCrop scale=(this, 1), ratio=(3/4, 4/3), bilinear); the student's view is made from the cropped tile; 1 off"),
         key("augment", "blur_probability", \.augment.blurProbability, .float, resume: .mayChange, "probability of a Gaussian blur of the full-resolution tile (before the student's view is made); 0 off"),
         key("augment", "blur_sigma", \.augment.blurSigma, .float, resume: .mayChange, "largest blur σ in pixels: σ ~ U(0.1, this), kernel 2 ceil(3 this) + 1, reflect padding (torchvision GaussianBlur)"),
+        key("augment", "mixup", \.augment.mixupAlpha, .float, resume: .mayChange, "distillation only: mixup α (Zhang et al. 2018); each tile is blended with a random training tile, λ ~ Beta(α, α), before the other augmentations, and teacher and student see the same blend (function matching, Beyer et al. 2022); 0 off, 1 draws λ uniformly"),
         key("model", "architecture", \.architecture, .choice, "network: the paper's ResNet-GN or torchvision's"),
         key("model", "classes", \.classes, .int, default: "0", "classifier outputs (up to 100000); 0 takes the training shards' class count"),
         key("model", "planes", \.planes, .ints, default: "the architecture's", "channels per stage (each at most 8192)"),

@@ -277,6 +277,14 @@ struct OutputSafetyTests {
             _ = try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["distill.temperature=0"])
         }
         #expect(temperature?.message.hasPrefix("--set distill.temperature: distill.temperature must be positive") == true, "\(String(describing: temperature))")
+        // Mixup blends two tiles' labels: refused where a label is used (train, distill with ce_weight), and out of range.
+        for (yaml, set, words) in [("data: {train: x}", "augment.mixup=1", "augment.mixup applies to distillation without labels only"),
+                                   ("data: {train: x}\ndistill: {teacher_run: t, ce_weight: 0.5}", "augment.mixup=1", "(distill.ce_weight is 0.5). Hint: remove augment.mixup, or set distill.ce_weight: 0"),
+                                   ("data: {train: x}\ndistill: {teacher_run: t}", "augment.mixup=-1", "augment.mixup must be in 0...100")] {
+            let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(yaml, source: "c.yaml", overrides: [set]) }
+            #expect(e?.message.hasPrefix("--set augment.mixup: ") == true && e?.message.contains(words) == true, "\(set): \(String(describing: e))")
+        }
+        #expect(try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["augment.mixup=1"]).augment.mixupAlpha == 1)
         let under = try run([bin, "train", "--config", config.path, "--set", "run.output=\(file.path)/sub"])
         #expect(under.status != 0 && under.stderr.contains("\(file.path) is a file, so nothing can be created under it"), "\(under.stderr)")
         let asConfig = try run([bin, "train", "--config", dir.path])

@@ -463,3 +463,67 @@ struct CropBlurTests {
         #expect(roughness(hr3) < 0.5 * roughness(hr2))
     }
 }
+
+@Suite("Mixup")
+struct MixupTests {
+    @Test("Gamma and Beta samples have the distributions' mean and variance (numpy.random.beta's definition), and Beta lies in [0, 1]",
+          arguments: [0.2, 1.0, 4.0])
+    func betaMoments(_ alpha: Double) {
+        var g = SplitMix64(seed: 11)
+        let n = 40_000
+        let b = (0..<n).map { _ in g.beta(alpha, alpha) }
+        let mean = b.reduce(0, +) / Double(n), variance = b.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(n)
+        #expect(b.allSatisfy { (0...1).contains($0) })
+        #expect(abs(mean - 0.5) < 0.01, "mean \(mean)")
+        let expected = 1 / (4 * (2 * alpha + 1))   // Var Beta(a, a) = 1 / (4 (2a + 1))
+        #expect(abs(variance - expected) < 0.04 * expected, "variance \(variance) vs \(expected)")
+        let gammas = (0..<n).map { _ in g.gamma(shape: alpha) }
+        let gm = gammas.reduce(0, +) / Double(n), gv = gammas.map { ($0 - gm) * ($0 - gm) }.reduce(0, +) / Double(n)
+        #expect(abs(gm - alpha) < 0.03 * alpha && abs(gv - alpha) < 0.06 * alpha, "Gamma(\(alpha)): mean \(gm), variance \(gv)")
+    }
+
+    @Test("each tile is round(λ a + (1 - λ) b) with its drawn partner, blended before the colour jitter; the LR view is made from the blend; ranks together equal one rank; α = 0 leaves the batch unchanged")
+    func blendInLoader() throws {
+        let dir = try TemporaryDirectory()
+        let ds = try smallDataset(dir)
+        var options = AugmentOptions(horizontalFlip: false, verticalFlip: false, rotate90: false, brightness: 0.3, mixupAlpha: 1)
+        let t = PairedTransform(augment: options, factor: 4)
+        let single = try BatchLoader(dataset: ds, transform: t, seed: 5, globalBatch: 6, rank: 0, worldSize: 1, cursor: DataCursor(),
+                                     withLowResolution: true, workers: 2)
+        let parts = try (0..<2).map { r in try BatchLoader(dataset: ds, transform: t, seed: 5, globalBatch: 6, rank: r, worldSize: 2,
+                                                           cursor: DataCursor(), withLowResolution: true, workers: 1) }
+        func tile(_ sample: Int) throws -> [UInt8] {
+            var rgb = [UInt8](repeating: 0, count: 32 * 32 * 3)
+            let a = ds.addresses[sample]
+            try rgb.withUnsafeMutableBufferPointer { try ds.readers[a.shard].readTile(a.index, into: $0.baseAddress!, capacity: $0.count, context: TileDecompressor()) }
+            return rgb
+        }
+        var lambdas: [Float] = []
+        for step in 0..<4 {   // crosses the epoch boundary (23 tiles, 3 steps per epoch)
+            let batch = try single.next()
+            let pieces = try parts.map { try $0.next() }
+            #expect(pieces.flatMap(\.hr) == batch.hr && pieces.flatMap(\.lr) == batch.lr)
+            for j in 0..<batch.count {
+                let position = (step % 3) * 6 + j
+                let mix = try #require(MixupDraw(alpha: 1, seed: 5, epoch: batch.epoch, position: position, tiles: ds.count))
+                lambdas.append(mix.lambda)
+                let a = try tile(batch.samples[j]), b = try tile(mix.partner)
+                let blended = (0..<a.count).map { UInt8((Double(mix.lambda) * Double(a[$0]) + Double(1 - mix.lambda) * Double(b[$0])).rounded()) }
+                var g = SplitMix64.stream(5, 0xA06, UInt64(batch.epoch), UInt64(position))
+                let draw = AugmentDraw(options, square: true, width: 32, height: 32, using: &g)
+                var hr = [Float](repeating: 0, count: 3 * 32 * 32), lr = [Float](repeating: 0, count: 3 * 8 * 8)
+                blended.withUnsafeBufferPointer { t.apply(rgb: $0.baseAddress!, width: 32, height: 32, draw: draw, hr: &hr, lr: &lr) }
+                #expect(maxAbs(hr, Array(batch.hr[(j * hr.count)..<((j + 1) * hr.count)])) < 1e-6, "step \(step) tile \(j)")
+                #expect(maxAbs(lr, Array(batch.lr[(j * lr.count)..<((j + 1) * lr.count)])) < 1e-6, "step \(step) tile \(j)")
+            }
+        }
+        #expect(lambdas.contains { $0 < 0.3 } && lambdas.contains { $0 > 0.7 }, "λ ~ U(0, 1) for α = 1: \(lambdas)")
+        options.mixupAlpha = 0
+        let plain = try BatchLoader(dataset: ds, transform: PairedTransform(augment: options, factor: 4), seed: 5, globalBatch: 6, rank: 0, worldSize: 1,
+                                    cursor: DataCursor(), withLowResolution: true)
+        let reference = try BatchLoader(dataset: ds, transform: PairedTransform(augment: AugmentOptions(horizontalFlip: false, verticalFlip: false, rotate90: false, brightness: 0.3), factor: 4),
+                                        seed: 5, globalBatch: 6, rank: 0, worldSize: 1, cursor: DataCursor(), withLowResolution: true)
+        #expect(try plain.next().hr == reference.next().hr)
+        #expect(MixupDraw(alpha: 0, seed: 5, epoch: 0, position: 0, tiles: 23) == nil)
+    }
+}
