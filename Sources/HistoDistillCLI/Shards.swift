@@ -175,6 +175,8 @@ struct Pack: ParsableCommand {
         // Never mix two shard sets in one directory: a non-empty output is refused, or replaced as a whole.
         let final = URL(fileURLWithPath: output)
         let fm = FileManager.default
+        // A directory this pack makes holds only what it writes: a failed pack removes it whole.
+        let created = !fm.fileExists(atPath: final.path)
         // One packer per output directory (two at once would interleave their shard files); held until the end.
         let lock: RunLock
         do { lock = try RunLock(directory: final, hint: "wait for that pack to end, or pack into another directory") } catch let e as TrainingError { throw CLIError(e.message) }
@@ -216,6 +218,7 @@ struct Pack: ParsableCommand {
         let unit = plan.items.contains(where: \.isSlide) ? "files" : "images"
         do { report = try Packer.pack(plan, options: options) { progress.update($0, $1, unit: unit, extra: "\($2) tiles") } } catch {
             staged?.discard()
+            if created { try? fm.removeItem(at: final) }
             throw error
         }
         try staged?.commit()
@@ -268,8 +271,10 @@ struct Inspect: ParsableCommand {
         var classes: [String]?
         var slideRecords: [String: SlideTilingRecord] = [:]
         var tissue: [Float] = []
+        var readers: [ShardReader] = []
         for url in urls {
             let r = try ShardReader(url: url)
+            readers.append(r)
             if let classes, classes != r.metadata.classes {
                 throw CLIError("\(url.path): classes \(r.metadata.classes) differ from the other shards' \(classes)",
                                hint: "inspect shard sets packed from the same class list together")
@@ -313,7 +318,21 @@ struct Inspect: ParsableCommand {
             }
             if slideRecords.count > slides { print("  ... and \(slideRecords.count - slides) more (--slides N lists more)") }
         }
+        // Described all the same, but a directory that is not one complete packing cannot be trained on: say so.
+        do { try checkCompleteDirectories(paths, readers) } catch let e as CLIError {
+            FileHandle.standardError.write(Data("warning: \(e.description)\n".utf8))
+        }
     }
+}
+
+/// Refuses the shard directories among `paths` (given whole, not file by file) whose shards are not one complete
+/// packing (`ShardDataset.checkCompleteSets`): what training would refuse.
+func checkCompleteDirectories(_ paths: [String], _ readers: [ShardReader]) throws {
+    let folders = Set(paths.filter { var d: ObjCBool = false; return FileManager.default.fileExists(atPath: $0, isDirectory: &d) && d.boolValue }
+        .map { URL(fileURLWithPath: $0).standardizedFileURL.path })
+    do {
+        try ShardDataset.checkCompleteSets(readers.filter { folders.contains($0.url.deletingLastPathComponent().standardizedFileURL.path) })
+    } catch let e as ShardError { throw CLIError(e.message) }
 }
 
 struct Verify: ParsableCommand {
@@ -337,11 +356,7 @@ struct Verify: ParsableCommand {
             progress.update(i + 1, urls.count)
         }
         // A directory given whole must hold one complete packing.
-        let folders = Set(paths.filter { var d: ObjCBool = false; return FileManager.default.fileExists(atPath: $0, isDirectory: &d) && d.boolValue }
-            .map { URL(fileURLWithPath: $0).standardizedFileURL.path })
-        do {
-            try ShardDataset.checkCompleteSets(readers.filter { folders.contains($0.url.deletingLastPathComponent().standardizedFileURL.path) })
-        } catch let e as ShardError { throw CLIError(e.message) }
+        try checkCompleteDirectories(paths, readers)
         print("ok: \(urls.count) shard(s), \(tiles) tiles, every checksum and index entry valid")
     }
 }

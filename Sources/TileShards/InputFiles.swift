@@ -36,3 +36,29 @@ public func fileErrorReason(_ error: Error) -> String {
     if ns.domain == NSCocoaErrorDomain && ns.code == NSFileWriteNoPermissionError { return "permission denied" }
     return ns.localizedDescription
 }
+
+/// Why a JSON file could not be decoded, in a user's words: the missing or mistyped key by its path
+/// ("the key 'cursor.epoch' is missing"), "not valid JSON", or the file error's reason; never the DecodingError dump.
+public func decodingReason(_ error: Error) -> String {
+    func path(_ keys: [CodingKey]) -> String {
+        keys.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().trimmingCharacters(in: CharacterSet(charactersIn: "."))
+    }
+    switch error {
+    case DecodingError.keyNotFound(let key, let context): return "the key '\(path(context.codingPath + [key]))' is missing"
+    case DecodingError.typeMismatch(let type, let context): return "'\(path(context.codingPath))' is not \(jsonKind(type))"
+    case DecodingError.valueNotFound(let type, let context): return "'\(path(context.codingPath))' is null where \(jsonKind(type)) is needed"
+    case DecodingError.dataCorrupted(let context):
+        return context.codingPath.isEmpty ? "not valid JSON" : "'\(path(context.codingPath))' holds an invalid value"
+    default: return fileErrorReason(error)
+    }
+}
+
+/// A Swift type as JSON calls its values ("a number", "a string").
+private func jsonKind(_ type: Any.Type) -> String {
+    switch type {
+    case is any BinaryInteger.Type, is any BinaryFloatingPoint.Type: return "a number"
+    case is String.Type: return "a string"
+    case is Bool.Type: return "true or false"
+    default: return String(describing: type).hasPrefix("Array") ? "a list" : "an object"
+    }
+}

@@ -67,7 +67,7 @@ public final class ShardReader: @unchecked Sendable {
             do {
                 meta = try JSONDecoder().decode(ShardMetadata.self, from: Data(bytes: base + Int(metaOffset), count: Int(metaLength)))
             } catch {
-                throw ShardError("\(path): metadata is not valid shard JSON (\(error)). \(hint)")
+                throw ShardError("\(path): metadata is not valid shard JSON (\(decodingReason(error))). \(hint)")
             }
             guard meta.format == "histodistill-shard", meta.version == Int(ShardFormat.version) else {
                 throw ShardError("\(path): metadata says format '\(meta.format)' version \(meta.version); this histodistill reads 'histodistill-shard' version \(ShardFormat.version). Hint: repack with this version of histodistill.")

@@ -161,7 +161,7 @@ public final class CheckpointStore {
         let url = checkpoint.appendingPathComponent("state.json")
         let state: CheckpointState
         do { state = try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: url)) } catch {
-            throw CheckpointError("\(url.path): unreadable (\(error)). \(Self.olderCheckpointHint)")
+            throw CheckpointError("\(url.path): unreadable (\(decodingReason(error))). \(Self.olderCheckpointHint)")
         }
         // Values no run writes (a damaged or hand-edited file) are refused here, before they reach the data order.
         let problems = [state.formatVersion == 1 ? nil : "formatVersion \(state.formatVersion) (this program reads 1)",

@@ -151,7 +151,7 @@ public struct RunDirectory: Sendable {
     public func loadMetadata() throws -> RunMetadata? {
         guard FileManager.default.fileExists(atPath: metadata.path) else { return nil }
         do { return try JSONDecoder().decode(RunMetadata.self, from: Data(contentsOf: metadata)) } catch {
-            throw ConfigError("\(metadata.path): unreadable (\(error)). Hint: restore it from a copy of the run, or retrain.")
+            throw ConfigError("\(metadata.path): unreadable (\(decodingReason(error))). Hint: restore it from a copy of the run, or retrain.")
         }
     }
 

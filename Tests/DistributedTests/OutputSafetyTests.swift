@@ -212,6 +212,18 @@ struct OutputSafetyTests {
             #expect(e?.message.contains(url.path) == true && e?.message.contains("\(path.last!) \(value)") == true
                     && e?.message.contains("resume from the one before") == true, "\(String(describing: e))")
         }
+        // A key removed or of the wrong kind is named by its path, not dumped as a DecodingError.
+        for (edit, words) in [({ (o: inout [String: Any]) in o["cursor"] = nil }, "the key 'cursor' is missing"),
+                              ({ (o: inout [String: Any]) in var c = o["cursor"] as! [String: Any]; c["epoch"] = "one"; o["cursor"] = c }, "'cursor.epoch' is not a number")] {
+            var object = try #require(try JSONSerialization.jsonObject(with: good) as? [String: Any])
+            edit(&object)
+            try JSONSerialization.data(withJSONObject: object).write(to: url)
+            let e = #expect(throws: CheckpointError.self) { _ = try store.state(of: newest) }
+            #expect(e?.message.contains("\(url.path): unreadable (\(words))") == true && e?.message.contains("CodingKeys") == false, "\(String(describing: e))")
+        }
+        try Data("{\"step\": 2,".utf8).write(to: url)
+        let truncated = #expect(throws: CheckpointError.self) { _ = try store.state(of: newest) }
+        #expect(truncated?.message.contains("unreadable (not valid JSON)") == true, "\(String(describing: truncated))")
         try good.write(to: url)
         #expect(try store.state(of: newest).step == 2)
     }

@@ -34,6 +34,18 @@ struct PackSafetyTests {
         #expect(e?.message.contains("not one complete packing") == true, "\(String(describing: e))")
         let v = try run([bin, "verify", mixed.path])
         #expect(v.status != 0 && v.stderr.contains("not one complete packing"), "\(v.stderr)")
+        // inspect describes such a directory, and warns that it is not one packing.
+        let i = try run([bin, "inspect", mixed.path])
+        #expect(i.status == 0 && i.stdout.contains("2 shard(s), 16 tiles") && i.stderr.contains("warning: \(mixed.path): its shards are not one complete packing"), "\(i.stderr)")
+        #expect(try run([bin, "inspect", dir.appendingPathComponent("first").path]).stderr.isEmpty)
+        // A pack that fails leaves no directory it made (here: an unreadable image, without --skip-bad).
+        let bad = dir.appendingPathComponent("in-bad/a")
+        try FileManager.default.createDirectory(at: bad, withIntermediateDirectories: true)
+        try Data("not an image".utf8).write(to: bad.appendingPathComponent("broken.png"))
+        let failed = dir.appendingPathComponent("new/out")
+        let p = try run([bin, "pack", dir.appendingPathComponent("in-bad").path, "-o", failed.path])
+        #expect(p.status != 0 && p.stderr.contains("broken.png"), "\(p.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: failed.path), "the failed pack's directory was left behind")
     }
 
     @Test("an empty class folder is named (or kept with --allow-empty-classes); impossible microns per pixel are refused at start")
