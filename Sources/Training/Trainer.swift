@@ -193,7 +193,9 @@ public final class SupervisedTrainer {
             throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
         }
         notes = Self.scaleWarnings(train: train, val: val)
-            + [Self.emaHorizonWarning(decay: Double(config.emaDecay), warmup: config.emaWarmup, steps: Self.totalSteps(config, tiles: train.count))].compactMap { $0 }
+            + [Self.emaHorizonWarning(decay: Double(config.emaDecay), warmup: config.emaWarmup, steps: Self.totalSteps(config, tiles: train.count)),
+               config.isDistillation && config.objective.crossEntropyWeight > 0 && !train.hasLabels
+                ? "distill.ce_weight is \(config.objective.crossEntropyWeight), but data.train (\(config.trainShards)) holds no labeled tile: the cross-entropy term is always 0. Hint: set distill.ce_weight: 0, or pack labeled tiles under class folders." : nil].compactMap { $0 }
         if !config.isDistillation && !train.hasLabels {
             throw TrainingError("data.train (\(config.trainShards)) holds no labeled tile: supervised training learns from labels. Hint: pack the training tiles under class folders (or with labels in the manifest), or distill a student from a teacher, which needs no labels.")
         }

@@ -51,7 +51,7 @@ struct RunDescriptionTests {
         return (project, project.appendingPathComponent("runs/teacher"))
     }
 
-    @Test("shard sets at different µm/px: a warning naming both for training vs validation; distilling from a teacher trained at another scale is refused")
+    @Test("shard sets at different µm/px: a warning naming both for training vs validation; distilling from a teacher trained at another scale is refused; ce_weight on unlabeled tiles is warned")
     func scaleMismatch() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-scale-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -81,6 +81,17 @@ struct RunDescriptionTests {
             """), writer: "t")
         }
         #expect(e?.message.contains("trained on tiles at 0.5 µm/px, data.train holds tiles at 1 µm/px") == true, "\(e?.message ?? "")")
+        // Cross-entropy asked for on tiles without labels: warned (the term would silently stay 0).
+        let unlabeled = try classShards(dir, name: "u", classes: ["a", "b"], unlabeled: true, micronsPerPixel: 0.5)
+        for (weight, warned) in [(1.0, true), (0.0, false)] {
+            let student = try SupervisedTrainer(config: try config("""
+            run: {output: \(dir.appendingPathComponent("ce-\(weight)").path)}
+            data: {train: \(unlabeled.path), input_factor: 2}
+            model: {planes: [32, 32], blocks: [1, 1]}
+            distill: {teacher_run: \(dir.appendingPathComponent("mixed").path), ce_weight: \(weight)}
+            """), writer: "t")
+            #expect(student.notes.contains { $0.hasPrefix("distill.ce_weight is 1.0, but data.train (\(unlabeled.path)) holds no labeled tile") } == warned, "\(student.notes)")
+        }
     }
 
     @Test("a run describes itself: run.json and best.safetensors carry classes, normalisation, input size and factor, shard identity, version; config.yaml paths are relative")
