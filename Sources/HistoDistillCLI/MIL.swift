@@ -30,7 +30,7 @@ struct MILTrain: ParsableCommand {
     @OptionGroup var options: TrainingOptions
 
     func run() throws {
-        try runTrainerCommand(config: config, options: options, make: { try MILTrainer(config: $0, writer: $1, group: $2) }) { trainer in
+        try runTrainerCommand(.milTrain, config: config, options: options, make: { try MILTrainer(config: $0, writer: $1, group: $2) }) { trainer in
             guard let last = trainer.history.last else { return nil }
             return String(format: "done: step %d, loss %.4f", last.step, last.loss)
                 + (trainer.bestAccuracy.map { String(format: ", best val slide accuracy %.4f kept in %@", $0, trainer.runDirectory.bestWeights.path) } ?? "")
@@ -52,7 +52,7 @@ extension TopKFineTuner: CommandTrainer {}
 /// A trainer command alone or under mpirun: load the config on every rank together, set the threads, build the
 /// trainer (`make(config, writer, group)`) together, progress on the coordinator, errors as one line, then the
 /// coordinator prints `done(trainer)` (a paused or stopped run: the line `train` ends such a run with).
-func runTrainerCommand<T: CommandTrainer>(config: String, options: TrainingOptions, make: (RunConfig, String, any ProcessGroup) throws -> T,
+func runTrainerCommand<T: CommandTrainer>(_ command: TrainingCommand, config: String, options: TrainingOptions, make: (RunConfig, String, any ProcessGroup) throws -> T,
                                           done: (T) -> String?) throws {
     StopSignals.install()
     try runOnRanks { group, launch in
@@ -61,6 +61,7 @@ func runTrainerCommand<T: CommandTrainer>(config: String, options: TrainingOptio
                 throw CLIError(e.message)
             }
         }
+        if group.isCoordinator { warnIgnoredKeys(cfg, file: config, command: command) }
         BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
         let trainer = try group.collectively { () throws -> T in
             do { return try make(cfg, "histodistill \(histodistillVersion)", group) } catch let e as TrainingError { throw CLIError(e.message) }
@@ -325,7 +326,7 @@ struct FineTune: ParsableCommand {
     @OptionGroup var options: TrainingOptions
 
     func run() throws {
-        try runTrainerCommand(config: config, options: options, make: { try TopKFineTuner(config: $0, writer: $1, group: $2) }) { tuner in
+        try runTrainerCommand(.finetune, config: config, options: options, make: { try TopKFineTuner(config: $0, writer: $1, group: $2) }) { tuner in
             guard let last = tuner.history.last else { return nil }
             return String(format: "done: step %d, loss %.4f", last.step, last.loss)
                 + (tuner.bestAccuracy.map { String(format: ", best val slide accuracy %.4f", $0) } ?? "")

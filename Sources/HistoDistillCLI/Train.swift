@@ -114,6 +114,14 @@ private func loadRunConfig(_ config: String, options: TrainingOptions) throws ->
     }
 }
 
+/// Warns (on standard error) about keys of `file` that `command` does not read, so a setting meant for another
+/// command is not silently without effect.
+func warnIgnoredKeys(_ cfg: RunConfig, file: String, command: TrainingCommand) {
+    let ignored = cfg.ignoredKeys(by: command)
+    guard !ignored.isEmpty else { return }
+    FileHandle.standardError.write(Data("warning: \(file) sets \(ignored.joined(separator: ", ")), which `histodistill \(command.rawValue)` does not read: \(ignored.count == 1 ? "it has" : "they have") no effect here. Hint: remove \(ignored.count == 1 ? "it" : "them"), or give the config to the command that reads \(ignored.count == 1 ? "it" : "them").\n".utf8))
+}
+
 /// A training run's failures the user can act on (training, checkpoint and shard errors) as one clear line each.
 private func asUserErrors<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let e as TrainingError {
@@ -144,6 +152,7 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
             return c
         }
     }
+    if group.isCoordinator { for (c, path) in zip(cfgs, configs) { warnIgnoredKeys(c, file: path, command: .distill) } }
     setUpCompute(threads: cfgs[0].threads, group: group, launch: launch)
     let pass = try group.collectively { () throws -> MultiStudentDistiller in
         do {
@@ -178,6 +187,7 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
         if let s = options.stopAfter, s < 1 { throw CLIError("--stop-after must be at least 1, got \(s)") }
         return cfg
     }
+    if group.isCoordinator { warnIgnoredKeys(cfg, file: config, command: distillation ? .distill : .train) }
     setUpCompute(threads: cfg.threads, group: group, launch: launch)
     let trainer = try group.collectively { () throws -> SupervisedTrainer in
         do { return try SupervisedTrainer(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {

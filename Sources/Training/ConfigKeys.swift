@@ -252,9 +252,9 @@ public struct ConfigKey: @unchecked Sendable {
     /// The keys whose values differ between `stored` (a checkpoint's config) and `current`, as
     /// "section.key: old -> new", split by what `--resume` does with them (`.byIdentity` keys are not compared
     /// here: their targets are compared by identity).
-    public static func differences(stored: RunConfig, current: RunConfig) -> (refused: [String], changed: [String]) {
+    public static func differences(stored: RunConfig, current: RunConfig, by command: TrainingCommand? = nil) -> (refused: [String], changed: [String]) {
         var refused: [String] = [], changed: [String] = []
-        for k in table where k.resume == .mustMatch || k.resume == .mayChange {
+        for k in table where (k.resume == .mustMatch || k.resume == .mayChange) && command.map({ $0.sectionsRead.contains(k.section) }) != false {
             let old = k.write(stored) ?? "unset", new = k.write(current) ?? "unset"
             guard old != new else { continue }
             let line = "\(k.path): \(old) -> \(new)"

@@ -116,14 +116,14 @@ public final class TopKFineTuner {
         let parts = [CheckpointPart(name: "backbone", model: backbone.model, optimizer: backboneOptimizer)]
         let start = try group.onCoordinator { () throws -> CheckpointState? in
             let (lock, state) = try RunStart.beginSlideRun(runDirectory, store: store, resume: resume, model: head, optimizer: headOptimizer, parts: parts,
-                                                           config: config, identity: TrainingDataIdentity(value: identity, what: "the tiles and backbone"),
+                                                           config: config, command: .finetune, identity: TrainingDataIdentity(value: identity, what: "the tiles and backbone"),
                                                            kind: "fine-tuning")
             self.lock = lock
             return state
         }
         try DataParallelStep.broadcastState(of: head, optimizer: headOptimizer, group: group)
         try DataParallelStep.broadcastState(of: backbone.model, optimizer: backboneOptimizer, group: group)
-        var loop = try SlideRunLoop(start: start, slides: trainSlides.count, config: config, group: group, store: store, run: runDirectory,
+        var loop = try SlideRunLoop(start: start, slides: trainSlides.count, config: config, command: .finetune, group: group, store: store, run: runDirectory,
                                     stopAfter: stopAfter, writer: writer, identity: identity, progress: progress)
         bestAccuracy = loop.best
         let k = config.finetuneTopK, d = backbone.model.featureDimension

@@ -140,7 +140,7 @@ public final class MILTrainer {
     @discardableResult
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
         let start = try group.onCoordinator { () throws -> CheckpointState? in
-            let (lock, state) = try RunStart.beginSlideRun(runDirectory, store: store, resume: resume, model: head, optimizer: optimizer, config: config,
+            let (lock, state) = try RunStart.beginSlideRun(runDirectory, store: store, resume: resume, model: head, optimizer: optimizer, config: config, command: .milTrain,
                                                            identity: TrainingDataIdentity(value: identity, what: "the feature set"), kind: "MIL") {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -150,7 +150,7 @@ public final class MILTrainer {
             return state
         }
         try DataParallelStep.broadcastState(of: head, optimizer: optimizer, group: group)
-        var loop = try SlideRunLoop(start: start, slides: train.slides.count, config: config, group: group, store: store, run: runDirectory,
+        var loop = try SlideRunLoop(start: start, slides: train.slides.count, config: config, command: .milTrain, group: group, store: store, run: runDirectory,
                                     stopAfter: stopAfter, writer: writer, identity: identity, progress: progress)
         bestAccuracy = loop.best
         while loop.running {

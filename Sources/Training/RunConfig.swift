@@ -293,6 +293,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if !(divergenceFactor >= 0) { throw bad("train.divergence_factor", "must be 0 (off) or positive, got \(divergenceFactor)") }
     }
 
+    /// Keys set to other than their default in sections `command` does not read: `mil.beta` in a config given to
+    /// `train`, `augment.crop_scale` in one given to `mil train`. Such keys have no effect.
+    public func ignoredKeys(by command: TrainingCommand) -> [String] {
+        let defaults = RunConfig()
+        return ConfigKey.table.filter { !command.sectionsRead.contains($0.section) && $0.write(self) != $0.write(defaults) }.map(\.path)
+    }
+
     /// The effective configuration as YAML, every key of `ConfigKey.table` that has a value, in table order
     /// (saved in the run directory and in checkpoints; parses back to an equal config).
     public var yaml: String {
@@ -386,3 +393,20 @@ public struct RunConfig: Codable, Equatable, Sendable {
     }
 }
 
+
+/// The commands that train from a run config, and the sections of it each reads (the rest has no effect on them:
+/// warned about at start, and free to change on `--resume`).
+public enum TrainingCommand: String, Sendable {
+    case train, distill, milTrain = "mil train", finetune
+
+    public var sectionsRead: Set<String> {
+        let cnn: Set<String> = ["run", "data", "augment", "model", "optimizer", "schedule", "train"]
+        let slides: Set<String> = ["run", "data", "optimizer", "schedule", "train", "mil"]
+        switch self {
+        case .train: return cnn
+        case .distill: return cnn.union(["distill"])
+        case .milTrain: return slides
+        case .finetune: return slides.union(["finetune"])
+        }
+    }
+}

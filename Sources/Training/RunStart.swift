@@ -63,13 +63,14 @@ enum RunStart {
 
     /// Refuses a resume whose seed or `mustMatch` config keys differ from the checkpoint's, or whose training data
     /// (`identity`) is another; `hint` ends each message.
-    static func checkConfig(_ state: CheckpointState, checkpoint: URL, config: RunConfig, identity: TrainingDataIdentity?, run: RunDirectory) throws {
+    static func checkConfig(_ state: CheckpointState, checkpoint: URL, config: RunConfig, command: TrainingCommand, identity: TrainingDataIdentity?,
+                            run: RunDirectory) throws {
         let hint = "Hint: resume with the settings and data the run was trained with (they are in \(run.config.path)), or start a new run with another run.output."
         guard state.seed == config.seed else {
             throw TrainingError("\(checkpoint.path): written by a run with seed \(state.seed), this config has \(config.seed). \(hint)")
         }
         if let stored = try? RunConfig.parse(state.config, source: checkpoint.path) {
-            let refused = ConfigKey.differences(stored: stored, current: config).refused
+            let refused = ConfigKey.differences(stored: stored, current: config, by: command).refused
             if !refused.isEmpty {
                 throw TrainingError("cannot resume \(run.url.path) with changed settings that alter the model, the data, the sample order or the objective: \(refused.joined(separator: "; ")) (checkpoint -> now). \(hint)")
             }
@@ -83,10 +84,10 @@ enum RunStart {
     /// against the config and `identity` (its training data), the effective config written with a header naming
     /// `kind`, then `more` (further description files).
     static func beginSlideRun(_ run: RunDirectory, store: CheckpointStore, resume: Bool, model: any Module, optimizer: Optimizer,
-                              parts: [CheckpointPart] = [], config: RunConfig, identity: TrainingDataIdentity, kind: String,
+                              parts: [CheckpointPart] = [], config: RunConfig, command: TrainingCommand, identity: TrainingDataIdentity, kind: String,
                               more: () throws -> Void = {}) throws -> (RunLock, CheckpointState?) {
         let (lock, state, _) = try begin(run, store: store, resume: resume, model: model, optimizer: optimizer, parts: parts, check: { s, url in
-            try checkConfig(s, checkpoint: url, config: config, identity: identity, run: run)
+            try checkConfig(s, checkpoint: url, config: config, command: command, identity: identity, run: run)
         }, describe: {
             try CheckpointStore.writeAtomically(Data((RunDirectory.effectiveConfigHeader(kind: kind + " ") + run.relativized(config).yaml).utf8), to: run.config)
             try more()
@@ -95,9 +96,9 @@ enum RunStart {
     }
 
     /// The note a resume with changed "may change" settings prints (nil when nothing changed).
-    static func changedSettingsNote(_ state: CheckpointState, config: RunConfig) -> String? {
+    static func changedSettingsNote(_ state: CheckpointState, config: RunConfig, command: TrainingCommand) -> String? {
         guard let stored = try? RunConfig.parse(state.config, source: "checkpoint") else { return nil }
-        let changed = ConfigKey.differences(stored: stored, current: config).changed
+        let changed = ConfigKey.differences(stored: stored, current: config, by: command).changed
         return changed.isEmpty ? nil
             : "note: continuing with changed settings (\(changed.joined(separator: "; "))): the continuation is no longer bit-exact with an uninterrupted run"
     }

@@ -31,14 +31,14 @@ struct SlideRunLoop {
 
     /// Continues from `start` (the resumed checkpoint's state, printing the resume and any changed-settings note)
     /// or from step 0, over `slides` training slides in global batches of `config.batchSize` (at most `slides`).
-    /// `writer` and `identity` (the training data's) go into every checkpoint's state.
-    init(start: CheckpointState?, slides: Int, config: RunConfig, group: any ProcessGroup, store: CheckpointStore, run: RunDirectory,
+    /// `writer` and `identity` (the training data's) go into every checkpoint's state; `command` says which keys count.
+    init(start: CheckpointState?, slides: Int, config: RunConfig, command: TrainingCommand, group: any ProcessGroup, store: CheckpointStore, run: RunDirectory,
          stopAfter: Int?, writer: String, identity: ShardSetIdentity, progress: ((String) -> Void)?) throws {
         self.config = config; self.group = group; self.store = store; self.progress = progress; self.slides = slides
         self.writer = writer; self.identity = identity
         if let start {
             progress?("resuming from step \(start.step) (epoch \(start.cursor.epoch))")
-            if group.isCoordinator, let note = RunStart.changedSettingsNote(start, config: config) { progress?(note) }
+            if group.isCoordinator, let note = RunStart.changedSettingsNote(start, config: config, command: command) { progress?(note) }
         }
         step = start?.step ?? 0
         cursor = start?.cursor ?? DataCursor()

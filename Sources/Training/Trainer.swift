@@ -132,6 +132,9 @@ public final class SupervisedTrainer {
     /// The moving average as a further part of every checkpoint.
     var checkpointParts: [CheckpointPart] { ema.map { [CheckpointPart(name: "ema", model: $0.model, optimizer: nil)] } ?? [] }
 
+    /// The command this run is: `distill` with a teacher, else `train`.
+    public var command: TrainingCommand { config.isDistillation ? .distill : .train }
+
     /// The µm/px each part of `d` records: "data.train" for labeled shards, "data.unlabeled" for unlabeled ones.
     static func scales(_ d: ShardDataset, name: String = "data.train") -> [(String, Double)] {
         var out: [(String, Double)] = []
@@ -284,7 +287,7 @@ public final class SupervisedTrainer {
     /// Refuses a resume that would silently turn into another run: changed keys that shape the model, the data,
     /// the sample order or the objective; another training shard set; another teacher.
     func checkResume(_ state: CheckpointState, checkpoint: URL) throws {
-        try RunStart.checkConfig(state, checkpoint: checkpoint, config: config,
+        try RunStart.checkConfig(state, checkpoint: checkpoint, config: config, command: command,
                                  identity: metadata.trainShards.map { TrainingDataIdentity(value: $0, what: "the shard set") }, run: runDirectory)
         if let before = state.teacherWeights, before != teacherDigest {
             throw TrainingError("cannot resume: the checkpoint was distilled from teacher weights \(before), distill.teacher_run (\(config.teacherRun ?? "-")) now gives \(teacherDigest ?? "none"). Hint: resume with the teacher the run was distilled from, or start a new run with another run.output.")
@@ -365,7 +368,7 @@ public final class SupervisedTrainer {
         if let name = start.checkpoint, let state = start.state {
             let ranks = state.worldSize == group.size ? "" : " (written by \(state.worldSize) ranks, continuing on \(group.size))"
             progress?("resuming from \(name) (epoch \(cursor.epoch), step \(step))\(ranks)")
-            if group.isCoordinator, let note = RunStart.changedSettingsNote(state, config: config) { progress?(note) }
+            if group.isCoordinator, let note = RunStart.changedSettingsNote(state, config: config, command: command) { progress?(note) }
         }
         // Every rank meets the same data problems: one message from the coordinator, no abort.
         try group.collectively { () throws -> Void in

@@ -1,6 +1,7 @@
 // Training: configs with clear errors, metrics files, and resume that reproduces the uninterrupted losses bit for bit.
 import Foundation
 import Testing
+@testable import HistoDistillCLI
 @testable import Layers
 import SafeTensors
 import TensorCore
@@ -190,7 +191,17 @@ struct TrainTests {
             let c = try? RunConfig.load(root.appendingPathComponent("configs/\(name)"))
             #expect(c != nil, "\(name) parses")
             #expect(c?.isDistillation == name.contains("distill"), "\(name) is a \(name.contains("distill") ? "distill" : "train") config")
+            // ...and set nothing their command does not read, written back as a run's config.yaml or not.
+            let command: TrainingCommand = name.hasPrefix("mil-") ? .milTrain : name.hasPrefix("finetune-") ? .finetune : name.contains("distill") ? .distill : .train
+            let written = try c.map { try RunConfig.parse($0.yaml, source: "\(name) written back") }
+            for config in [c, written].compactMap({ $0 }) {
+                #expect(config.ignoredKeys(by: command).isEmpty, "\(name) for \(command)")
+            }
         }
+        // Keys meant for another command are found: MIL settings given to train, augmentation given to mil train.
+        let misplaced = try RunConfig.parse("data: {train: x}\nmil: {beta: 2}\naugment: {crop_scale: 0.5}", source: "c.yaml")
+        #expect(misplaced.ignoredKeys(by: .train) == ["mil.beta"])
+        #expect(misplaced.ignoredKeys(by: .milTrain) == ["augment.crop_scale"])
     }
 
     @Test("train, evaluate, predict: a second run into a directory with checkpoints is refused unless --resume; missing shards are named")
@@ -210,8 +221,11 @@ struct TrainTests {
         #expect(a.status == 0 && a.stdout.contains("done: step 2"), "\(a.stdout) \(a.stderr)")
         let b = try run([bin, "train", "--config", config.path])
         #expect(b.status != 0 && b.stderr.contains("--resume"), "\(b.stderr)")
-        let c = try run([bin, "train", "--config", config.path, "--resume", "--set", "train.max_steps=3"])
+        let c = try run([bin, "train", "--config", config.path, "--resume", "--set", "train.max_steps=3", "--set", "mil.beta=2"])
         #expect(c.status == 0 && c.stdout.contains("done: step 3"), "\(c.stdout) \(c.stderr)")
+        #expect(c.stderr.contains("warning: \(config.path) sets mil.beta, which `histodistill train` does not read: it has no effect here"), "\(c.stderr)")
+        #expect(!c.stderr.contains("mil.beta: 0.5"), "a key train does not read may change on --resume: \(c.stderr)")
+        #expect(!a.stderr.contains("does not read"), "\(a.stderr)")
         // evaluate and predict the trained run on the training shards
         let runDir = dir.appendingPathComponent("run").path
         let e = try run([bin, "evaluate", "--run", runDir, "--shards", shards.path])
