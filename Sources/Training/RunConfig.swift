@@ -130,6 +130,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public static func parse(_ text: String, source: String, overrides: [String] = []) throws -> RunConfig {
         var tree: [String: [String: Any]] = [:]
         let loaded: Any?
+        try rejectAliasExpansion(text, source: source)
         do { loaded = try Yams.load(yaml: text) } catch {
             throw ConfigError("\(source): not valid YAML: \(error)")
         }
@@ -179,6 +180,25 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         try c.validate(source: source, overridden: overridden)
         return c
+    }
+
+    /// YAML aliases that repeat aliases (a "billion laughs" file) expand to more values than memory holds when the
+    /// config is built: refuse a file that expands to more than `limit` values, counting with an early stop.
+    static func rejectAliasExpansion(_ text: String, source: String, limit: Int = 100_000) throws {
+        guard let root = try? Yams.compose(yaml: text) else { return }
+        var count = 0
+        func fits(_ n: Node) -> Bool {
+            count += 1
+            guard count <= limit else { return false }
+            switch n {
+            case .mapping(let m): return m.allSatisfy { fits($0.key) && fits($0.value) }
+            case .sequence(let s): return s.allSatisfy(fits)
+            case .scalar: return true
+            }
+        }
+        guard fits(root) else {
+            throw ConfigError("\(source): expands to more than \(limit) values (aliases that repeat aliases?), where a run config holds a few dozen. Hint: write the values out instead of nesting YAML aliases.")
+        }
     }
 
     /// A section or key written twice would silently keep only the last one: refuse it, naming both lines.

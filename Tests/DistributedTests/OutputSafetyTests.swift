@@ -297,6 +297,12 @@ struct OutputSafetyTests {
             #expect(e?.message.hasPrefix("--set augment.mixup: ") == true && e?.message.contains(words) == true, "\(set): \(String(describing: e))")
         }
         #expect(try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["augment.mixup=1"]).augment.mixupAlpha == 1)
+        // A "billion laughs" file (9 levels of 9 aliases: 387 million values) is refused before it is built.
+        var bomb = "data: {train: x}\nl0: &l0 [" + Array(repeating: "lol", count: 9).joined(separator: ", ") + "]\n"
+        for i in 1...9 { bomb += "l\(i): &l\(i) [" + Array(repeating: "*l\(i - 1)", count: 9).joined(separator: ", ") + "]\n" }
+        bomb += "model: {planes: *l9}\n"
+        let laughs = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(bomb, source: "bomb.yaml") }
+        #expect(laughs?.message.hasPrefix("bomb.yaml: expands to more than 100000 values") == true, "\(String(describing: laughs))")
         let under = try run([bin, "train", "--config", config.path, "--set", "run.output=\(file.path)/sub"])
         #expect(under.status != 0 && under.stderr.contains("\(file.path) is a file, so nothing can be created under it"), "\(under.stderr)")
         let asConfig = try run([bin, "train", "--config", dir.path])
