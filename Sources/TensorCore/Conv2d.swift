@@ -405,6 +405,22 @@ public enum Conv2d {
     /// 7 or 14 positions the per-run bookkeeping would cost more than the copying.
     static let gatherBelowWidth = 16
 
+    /// The Float gather (im2col) and scatter-add (col2im) kernels of narrow maps in use: "AVX-512" or "scalar" each,
+    /// chosen on first use by timing AVX-512's gather and scatter against the scalar loop (both give the same bits;
+    /// AVX-512 scatters are microcoded on some CPUs, AMD Zen 4 among them).
+    public static var gatherKernels: (gather: String, scatter: String) {
+        var g: Int32 = 0, sc: Int32 = 0
+        hd_im2col_kernels(&g, &sc)
+        func name(_ k: Int32) -> String { k == Int32(HD_GATHER_AVX512) ? "AVX-512" : "scalar" }
+        return (name(g), name(sc))
+    }
+
+    /// Forces the narrow-map kernels (true: AVX-512 where the CPU has it, false: the scalar loop, nil: unchanged); for tests.
+    public static func setGatherKernels(avx512Gather: Bool?, avx512Scatter: Bool?) {
+        func code(_ b: Bool?) -> Int32 { b.map { $0 ? Int32(HD_GATHER_AVX512) : Int32(HD_GATHER_SCALAR) } ?? -1 }
+        hd_im2col_set_kernels(code(avx512Gather), code(avx512Scatter))
+    }
+
     /// For each kernel tap (ky, kx) and output position of one image: the input offset inside the channel
     /// plane, or -1 where the tap falls in the padding. The same for every channel and image.
     static func gatherMap(_ s: Conv2dShape) -> [Int32] {

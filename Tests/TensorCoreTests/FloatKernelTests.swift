@@ -113,8 +113,8 @@ struct FloatKernelTests {
         #expect(g[0] == 0 && g[1] == 0 && g[2].isNaN && g[3] == 0 && g[4].isNaN)
     }
 
-    @Test("narrow-map im2col/col2im (gather map): Float conv forward and gradients equal the Double loops",
-          arguments: [Conv2dShape(n: 3, cIn: 5, h: 7, w: 7, cOut: 6, kernel: 3, padding: 1),
+    @Test("narrow-map im2col/col2im (gather map): Float conv forward and gradients equal the Double loops, with the scalar and the AVX-512 gather and scatter-add alike",
+          .serialized, arguments: [Conv2dShape(n: 3, cIn: 5, h: 7, w: 7, cOut: 6, kernel: 3, padding: 1),
                       Conv2dShape(n: 4, cIn: 3, h: 7, w: 7, cOut: 4, kernel: 3, stride: 2, padding: 1),
                       Conv2dShape(n: 2, cIn: 4, h: 2, w: 2, cOut: 3, kernel: 3, padding: 1),
                       Conv2dShape(n: 5, cIn: 2, h: 1, w: 1, cOut: 3, kernel: 3, padding: 1),
@@ -137,13 +137,23 @@ struct FloatKernelTests {
             return [y.array, dx.array, dw.array].map { $0.map { Double($0) } }
         }
         let reference = run(Double.self, tiling: .default)
-        // Tiles of whole images, and tiles that start and end inside an image (budget of a few positions).
-        for tiling in [ConvTiling.default, ConvTiling(columnBudget: 5 * s.k, minColumns: 5)] {
-            let float = run(Float.self, tiling: tiling)
-            for (part, name) in ["output", "input gradient", "weight gradient"].enumerated() {
-                let err = relativeError(float[part].map(Float.init), reference[part].map(Float.init))
-                #expect(err < 1e-5, "\(name) of \(s), tiling \(tiling.columnBudget)/\(tiling.minColumns): error \(err)")
+        // Tiles of whole images, and tiles that start and end inside an image (budget of a few positions); every
+        // gather/scatter-add kernel this CPU has, which give the same bits.
+        let chosen = Conv2d.gatherKernels
+        defer { Conv2d.setGatherKernels(avx512Gather: chosen.gather == "AVX-512", avx512Scatter: chosen.scatter == "AVX-512") }
+        var byKernel: [[[Double]]] = []
+        for avx512 in CPUCapabilities.current.avx512 ? [false, true] : [false] {
+            Conv2d.setGatherKernels(avx512Gather: avx512, avx512Scatter: avx512)
+            #expect(Conv2d.gatherKernels == (avx512 ? ("AVX-512", "AVX-512") : ("scalar", "scalar")))
+            for tiling in [ConvTiling.default, ConvTiling(columnBudget: 5 * s.k, minColumns: 5)] {
+                let float = run(Float.self, tiling: tiling)
+                if tiling.columnBudget == ConvTiling.default.columnBudget { byKernel.append(float) }
+                for (part, name) in ["output", "input gradient", "weight gradient"].enumerated() {
+                    let err = relativeError(float[part].map(Float.init), reference[part].map(Float.init))
+                    #expect(err < 1e-5, "\(name) of \(s), tiling \(tiling.columnBudget)/\(tiling.minColumns), AVX-512 \(avx512): error \(err)")
+                }
             }
         }
+        #expect(byKernel.allSatisfy { $0 == byKernel[0] }, "the scalar and AVX-512 kernels give the same bits")
     }
 }

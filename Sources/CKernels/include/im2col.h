@@ -23,6 +23,16 @@ void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t in
 void hd_col2im_gather(float *gradInput, const float *col, ptrdiff_t ld, ptrdiff_t inImage, ptrdiff_t chPlane,
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count);
 
+/// The variants of the gather and of the scatter-add.
+enum { HD_GATHER_SCALAR = 0, HD_GATHER_AVX512 = 1 };
+
+/// The variants in use (HD_GATHER_*), chosen on first use by timing the AVX-512 one against the scalar loop (both give
+/// the same bits); the scalar loop where the CPU has no AVX-512.
+void hd_im2col_kernels(int *gather, int *scatter);
+
+/// Forces the variants (tests); -1 keeps one as it is. AVX-512 is ignored on a CPU without it.
+void hd_im2col_set_kernels(int gather, int scatter);
+
 #ifdef __cplusplus
 }
 #endif
