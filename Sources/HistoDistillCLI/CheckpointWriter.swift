@@ -32,3 +32,27 @@ struct CheckpointWriter: ParsableCommand {
         }
     }
 }
+
+/// `histodistill _stop-probe`: a hidden command for signal tests: installs the stop handlers, says "ready" and then
+/// waits like a run's set-up (before any training loop) or, with `--armed`, like a training loop that ends with
+/// status 75 at the next "step" after a stop signal.
+struct StopProbe: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "_stop-probe", abstract: "Wait for a stop signal (signal tests).",
+                                                    shouldDisplay: false)
+
+    @Flag(help: "Behave as a running training loop.")
+    var armed = false
+
+    func run() throws {
+        StopSignals.install()
+        if armed { StopSignals.arm() }
+        FileHandle.standardOutput.write(Data("ready\n".utf8))
+        for _ in 0..<600 {
+            if let s = StopSignals.pending {
+                FileHandle.standardOutput.write(Data("stopped at a step boundary by \(StopSignals.name(s))\n".utf8))
+                throw ExitCode(interruptedExitStatus)
+            }
+            usleep(100_000)
+        }
+    }
+}

@@ -13,7 +13,7 @@ struct HistoDistill: ParsableCommand {
         abstract: "Resolution-based self-supervised knowledge distillation for histology tiles on CPU clusters.",
         discussion: "OpenBLAS kernels: when the loaded OpenBLAS would use an older kernel family than this CPU supports (and OPENBLAS_CORETYPE is not set), histodistill restarts itself once with the best family the library has, checks its GEMM against a reference, and falls back when it is wrong; `histodistill doctor` says what was chosen. HISTODISTILL_AUTO_CORETYPE=0 turns this off.",
         version: histodistillVersion,
-        subcommands: [Doctor.self, Synth.self, Pack.self, Train.self, Distill.self, Evaluate.self, Predict.self, Report.self, Inspect.self, Verify.self, Stats.self, Export.self, Cost.self, ConfigKeys.self, Extract.self, MIL.self, FineTune.self, CKACommand.self, BenchStep.self, BenchPipeline.self, CheckpointWriter.self])
+        subcommands: [Doctor.self, Synth.self, Pack.self, Train.self, Distill.self, Evaluate.self, Predict.self, Report.self, Inspect.self, Verify.self, Stats.self, Export.self, Cost.self, ConfigKeys.self, Extract.self, MIL.self, FineTune.self, CKACommand.self, BenchStep.self, BenchPipeline.self, CheckpointWriter.self, StopProbe.self])
 
     /// Chooses OpenBLAS's kernels (restarting the process when needed), then runs the command.
     static func main() {

@@ -57,11 +57,11 @@ func runTrainerCommand<T: CommandTrainer>(_ command: TrainingCommand, config: St
     StopSignals.install()
     try runOnRanks { group, launch in
         let cfg = try group.collectively { () throws -> RunConfig in
-            do { return try RunConfig.load(URL(fileURLWithPath: config), overrides: options.overrides) } catch let e as ConfigError {
+            do { return try RunConfig.load(URL(fileURLWithPath: config), overrides: options.overrides, command: command) } catch let e as ConfigError {
                 throw CLIError(e.message)
             }
         }
-        if group.isCoordinator { warnIgnoredKeys(cfg, file: config, command: command) }
+        if group.isCoordinator { warnIgnoredKeys(cfg, file: config, overrides: options.overrides, command: command) }
         BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
         let trainer = try group.collectively { () throws -> T in
             do { return try make(cfg, "histodistill \(histodistillVersion)", group) } catch let e as TrainingError { throw CLIError(e.message) }

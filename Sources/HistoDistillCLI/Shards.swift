@@ -175,8 +175,10 @@ struct Pack: ParsableCommand {
         // Never mix two shard sets in one directory: a non-empty output is refused, or replaced as a whole.
         let final = URL(fileURLWithPath: output)
         let fm = FileManager.default
-        // A directory this pack makes holds only what it writes: a failed pack removes it whole.
-        let created = !fm.fileExists(atPath: final.path)
+        // Directories this pack makes hold only what it writes: a failed pack removes them whole (the outermost one).
+        var created: URL?
+        var missing = final.standardizedFileURL
+        while !fm.fileExists(atPath: missing.path) && missing.path != "/" { created = missing; missing = missing.deletingLastPathComponent() }
         // One packer per output directory (two at once would interleave their shard files); held until the end.
         let lock: RunLock
         do { lock = try RunLock(directory: final, hint: "wait for that pack to end, or pack into another directory") } catch let e as TrainingError { throw CLIError(e.message) }
@@ -218,7 +220,7 @@ struct Pack: ParsableCommand {
         let unit = plan.items.contains(where: \.isSlide) ? "files" : "images"
         do { report = try Packer.pack(plan, options: options) { progress.update($0, $1, unit: unit, extra: "\($2) tiles") } } catch {
             staged?.discard()
-            if created { try? fm.removeItem(at: final) }
+            if let created { try? fm.removeItem(at: created) }
             throw error
         }
         try staged?.commit()

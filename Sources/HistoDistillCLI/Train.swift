@@ -103,10 +103,10 @@ func runTraining(config: String, options: TrainingOptions, distillation: Bool) t
 }
 
 /// Loads `config` with the command line's overrides.
-private func loadRunConfig(_ config: String, options: TrainingOptions) throws -> RunConfig {
+private func loadRunConfig(_ config: String, options: TrainingOptions, command: TrainingCommand) throws -> RunConfig {
     let overrides = options.overrides + (options.onCorrupt.map { ["data.on_corrupt=\($0.rawValue)"] } ?? [])
     do {
-        var c = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides)
+        var c = try RunConfig.load(URL(fileURLWithPath: config), overrides: overrides, command: command)
         if let dir = options.runsDir { c.output = URL(fileURLWithPath: dir).appendingPathComponent(c.name).path }
         return c
     } catch let e as ConfigError {
@@ -116,10 +116,13 @@ private func loadRunConfig(_ config: String, options: TrainingOptions) throws ->
 
 /// Warns (on standard error) about keys of `file` that `command` does not read, so a setting meant for another
 /// command is not silently without effect.
-func warnIgnoredKeys(_ cfg: RunConfig, file: String, command: TrainingCommand) {
+func warnIgnoredKeys(_ cfg: RunConfig, file: String, overrides: [String], command: TrainingCommand) {
+    let given = Set(overrides.compactMap { $0.split(separator: "=", maxSplits: 1).first.map(String.init) })
     let ignored = cfg.ignoredKeys(by: command)
-    guard !ignored.isEmpty else { return }
-    FileHandle.standardError.write(Data("warning: \(file) sets \(ignored.joined(separator: ", ")), which `histodistill \(command.rawValue)` does not read: \(ignored.count == 1 ? "it has" : "they have") no effect here. Hint: remove \(ignored.count == 1 ? "it" : "them"), or give the config to the command that reads \(ignored.count == 1 ? "it" : "them").\n".utf8))
+    for (origin, keys) in [("\(file) sets", ignored.filter { !given.contains($0) }), ("--set gives", ignored.filter(given.contains))] where !keys.isEmpty {
+        let them = keys.count == 1 ? "it" : "them"
+        FileHandle.standardError.write(Data("warning: \(origin) \(keys.joined(separator: ", ")), which `histodistill \(command.rawValue)` does not read: \(keys.count == 1 ? "it has" : "they have") no effect here. Hint: remove \(them), or give \(them) to the command that reads \(them).\n".utf8))
+    }
 }
 
 /// A training run's failures the user can act on (training, checkpoint and shard errors) as one clear line each.
@@ -147,12 +150,12 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
     let cfgs = try group.collectively { () throws -> [RunConfig] in
         if let s = options.stopAfter, s < 1 { throw CLIError("--stop-after must be at least 1, got \(s)") }
         return try configs.map { path in
-            let c = try loadRunConfig(path, options: options)
+            let c = try loadRunConfig(path, options: options, command: .distill)
             if !c.isDistillation { throw CLIError("\(path) has no distill section", hint: "every config of a multi-student pass distills: add distill.teacher_run") }
             return c
         }
     }
-    if group.isCoordinator { for (c, path) in zip(cfgs, configs) { warnIgnoredKeys(c, file: path, command: .distill) } }
+    if group.isCoordinator { for (c, path) in zip(cfgs, configs) { warnIgnoredKeys(c, file: path, overrides: options.overrides, command: .distill) } }
     setUpCompute(threads: cfgs[0].threads, group: group, launch: launch)
     let pass = try group.collectively { () throws -> MultiStudentDistiller in
         do {
@@ -179,7 +182,7 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
 
 private func train(config: String, options: TrainingOptions, distillation: Bool, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {
     let cfg = try group.collectively { () throws -> RunConfig in
-        let cfg = try loadRunConfig(config, options: options)
+        let cfg = try loadRunConfig(config, options: options, command: distillation ? .distill : .train)
         if cfg.isDistillation != distillation {
             throw CLIError(distillation ? "\(config) has no distill section" : "\(config) has a distill section",
                            hint: distillation ? "add distill.teacher_run, or use `histodistill train`" : "use `histodistill distill` for it")
@@ -187,7 +190,7 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
         if let s = options.stopAfter, s < 1 { throw CLIError("--stop-after must be at least 1, got \(s)") }
         return cfg
     }
-    if group.isCoordinator { warnIgnoredKeys(cfg, file: config, command: distillation ? .distill : .train) }
+    if group.isCoordinator { warnIgnoredKeys(cfg, file: config, overrides: options.overrides, command: distillation ? .distill : .train) }
     setUpCompute(threads: cfg.threads, group: group, launch: launch)
     let trainer = try group.collectively { () throws -> SupervisedTrainer in
         do { return try SupervisedTrainer(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {

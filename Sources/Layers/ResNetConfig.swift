@@ -59,8 +59,14 @@ public struct ResNetConfig: Hashable, Sendable, Codable, CustomStringConvertible
     public var featureDimension: Int { planes[stages - 1] }
 
     /// Problems with this configuration, each naming the field; empty when valid.
+    /// Widths, depths and class counts beyond any CNN's, which would only end in a failed allocation.
+    public static let maxPlanes = 8192, maxBlocks = 256, maxClasses = 100_000
+
     public var problems: [String] {
         var p: [String] = []
+        if planes.contains(where: { $0 > Self.maxPlanes }) { p.append("planes \(planes) must be at most \(Self.maxPlanes) each") }
+        if blocks.contains(where: { $0 > Self.maxBlocks }) { p.append("blocks \(blocks) must be at most \(Self.maxBlocks) each") }
+        if classes > Self.maxClasses { p.append("classes \(classes) must be at most \(Self.maxClasses)") }
         if planes.isEmpty || planes.count != blocks.count { p.append("planes \(planes) and blocks \(blocks) must be non-empty and of equal length") }
         if planes.contains(where: { $0 <= 0 }) { p.append("planes \(planes) must be positive") }
         if blocks.contains(where: { $0 <= 0 }) { p.append("blocks \(blocks) must be positive") }

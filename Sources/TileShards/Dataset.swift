@@ -59,8 +59,11 @@ public final class ShardDataset: @unchecked Sendable {
         let byFolder = Dictionary(grouping: readers) { $0.url.deletingLastPathComponent().path }
         for (folder, group) in byFolder {
             let counts = Set(group.map(\.metadata.shardCount)), indices = group.map(\.metadata.shardIndex).sorted()
-            guard counts.count == 1, counts.first == group.count, indices == Array(0..<group.count) else {
-                let described = group.map { "\($0.url.lastPathComponent) (\($0.metadata.shardIndex + 1) of \($0.metadata.shardCount))" }.joined(separator: ", ")
+            let packings = Set(group.map(\.metadata.packingID))
+            guard counts.count == 1, counts.first == group.count, indices == Array(0..<group.count), packings.count == 1 else {
+                let described = group.map {
+                    "\($0.url.lastPathComponent) (\($0.metadata.shardIndex + 1) of \($0.metadata.shardCount)\(packings.count > 1 ? ", packing \($0.metadata.packingID.map { String($0.prefix(8)) } ?? "unrecorded")" : ""))"
+                }.joined(separator: ", ")
                 throw ShardError("\(folder): its shards are not one complete packing: \(described). Hint: repack into an empty directory (pack --overwrite replaces a set), or remove the shards of the other packing.")
             }
         }

@@ -39,16 +39,24 @@ public func fileErrorReason(_ error: Error) -> String {
 
 /// Why a JSON file could not be decoded, in a user's words: the missing or mistyped key by its path
 /// ("the key 'cursor.epoch' is missing"), "not valid JSON", or the file error's reason; never the DecodingError dump.
-public func decodingReason(_ error: Error) -> String {
+/// `data` (the bytes decoded) tells valid JSON with a value that fits no field from JSON that is not valid.
+public func decodingReason(_ error: Error, data: Data? = nil) -> String {
     func path(_ keys: [CodingKey]) -> String {
         keys.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().trimmingCharacters(in: CharacterSet(charactersIn: "."))
     }
+    func at(_ keys: [CodingKey]) -> String { keys.isEmpty ? "the file's top level" : "'\(path(keys))'" }
     switch error {
     case DecodingError.keyNotFound(let key, let context): return "the key '\(path(context.codingPath + [key]))' is missing"
-    case DecodingError.typeMismatch(let type, let context): return "'\(path(context.codingPath))' is not \(jsonKind(type))"
-    case DecodingError.valueNotFound(let type, let context): return "'\(path(context.codingPath))' is null where \(jsonKind(type)) is needed"
+    case DecodingError.typeMismatch(let type, let context): return "\(at(context.codingPath)) is not \(jsonKind(type))"
+    case DecodingError.valueNotFound(let type, let context): return "\(at(context.codingPath)) is null where \(jsonKind(type)) is needed"
     case DecodingError.dataCorrupted(let context):
-        return context.codingPath.isEmpty ? "not valid JSON" : "'\(path(context.codingPath))' holds an invalid value"
+        // Foundation reports a number that fits no field ("Parsed JSON number <2.5> does not fit in Int.") this way too.
+        if context.debugDescription.contains("number") { return "\(at(context.codingPath)): \(context.debugDescription)" }
+        if context.codingPath.isEmpty, let data, (try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])) != nil {
+            // Foundation on Linux reports a number that fits no field (2.5 for a whole number, 1e30) as invalid JSON.
+            return "a value does not fit its field (a fraction or a huge number where a whole number belongs?)"
+        }
+        return context.codingPath.isEmpty ? "not valid JSON" : "\(at(context.codingPath)) holds an invalid value"
     default: return fileErrorReason(error)
     }
 }

@@ -389,10 +389,16 @@ public enum Packer {
             }
             report.micronsPerPixel = mpp
             let magnification: Double? = { if case .magnification(let m) = options.slideScale, !report.slides.isEmpty { return m }; return options.magnification }()
+            // The packing's id: a digest of every shard's index, so one input packs to byte-identical shards and two
+            // different packings never share an id.
+            var digest = FNV1a64()
+            for w in writers { w.addIndex(to: &digest) }
+            let packingID = digest.hex
             for (i, w) in writers.enumerated() {
                 try w.finish(classes: plan.classes, filter: options.filter, zstdLevel: options.zstdLevel,
                              micronsPerPixel: mpp, magnification: magnification,
-                             shardIndex: i, shardCount: writers.count, createdBy: options.createdBy, slideRecords: report.slides)
+                             shardIndex: i, shardCount: writers.count, createdBy: options.createdBy, slideRecords: report.slides,
+                             packingID: packingID)
                 report.outputBytes += fileSize(w.url)
                 report.shards.append(w.url)
             }

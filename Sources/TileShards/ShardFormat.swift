@@ -80,9 +80,12 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
     /// The tissue fraction of every tile in index order (nil entries: not measured, e.g. whole images), nil when no
     /// tile has one.
     public var tileTissue: [Float?]?
+    /// One id shared by the shards of one `pack` (a digest of all their indexes), so that shards of two packings are
+    /// never taken for one set; nil in shards written before it existed.
+    public var packingID: String?
 
     enum CodingKeys: String, CodingKey {
-        case format, version, classes, slides, sources, filter
+        case format, version, classes, slides, sources, filter, packingID = "packing_id"
         case slideProperties = "slide_properties", tileTissue = "tile_tissue"
         case tileSize = "tile_size", zstdLevel = "zstd_level", micronsPerPixel = "microns_per_pixel"
         case magnification, shardIndex = "shard_index", shardCount = "shard_count", createdBy = "created_by"

@@ -64,10 +64,9 @@ public final class ShardReader: @unchecked Sendable {
                 throw ShardError("\(path): metadata checksum mismatch. \(hint)")
             }
             let meta: ShardMetadata
-            do {
-                meta = try JSONDecoder().decode(ShardMetadata.self, from: Data(bytes: base + Int(metaOffset), count: Int(metaLength)))
-            } catch {
-                throw ShardError("\(path): metadata is not valid shard JSON (\(decodingReason(error))). \(hint)")
+            let metaBytes = Data(bytes: base + Int(metaOffset), count: Int(metaLength))
+            do { meta = try JSONDecoder().decode(ShardMetadata.self, from: metaBytes) } catch {
+                throw ShardError("\(path): metadata is not valid shard JSON (\(decodingReason(error, data: metaBytes))). \(hint)")
             }
             guard meta.format == "histodistill-shard", meta.version == Int(ShardFormat.version) else {
                 throw ShardError("\(path): metadata says format '\(meta.format)' version \(meta.version); this histodistill reads 'histodistill-shard' version \(ShardFormat.version). Hint: repack with this version of histodistill.")

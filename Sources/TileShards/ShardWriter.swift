@@ -121,10 +121,19 @@ public final class ShardWriter {
         return i
     }
 
+    /// Adds this shard's index (every tile's id, size, label, offset and checksum) and sources to `digest`.
+    public func addIndex(to digest: inout FNV1a64) {
+        var index: [UInt8] = []
+        for e in entries { e.write(to: &index) }
+        digest.add(bytes: index)
+        for s in sources { digest.add(s) }
+    }
+
     /// Writes index, metadata and footer, fsyncs, and renames the file into place.
     /// `slideRecords` are kept for the slides this shard holds.
     public func finish(classes: [String], filter: PixelFilter, zstdLevel: Int, micronsPerPixel: Double?, magnification: Double?,
-                       shardIndex: Int, shardCount: Int, createdBy: String, slideRecords: [String: SlideTilingRecord] = [:]) throws {
+                       shardIndex: Int, shardCount: Int, createdBy: String, slideRecords: [String: SlideTilingRecord] = [:],
+                       packingID: String? = nil) throws {
         var index: [UInt8] = []
         index.reserveCapacity(entries.count * ShardFormat.indexEntrySize)
         for e in entries { e.write(to: &index) }
@@ -136,6 +145,7 @@ public final class ShardWriter {
         let records = slideRecords.filter { slideIndex[$0.key] != nil }
         meta.slideProperties = records.isEmpty ? nil : records
         meta.tileTissue = tissue.contains { $0 != nil } ? tissue : nil
+        meta.packingID = packingID
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let metaBytes = Array(try encoder.encode(meta))

@@ -160,8 +160,12 @@ public final class CheckpointStore {
     public func state(of checkpoint: URL) throws -> CheckpointState {
         let url = checkpoint.appendingPathComponent("state.json")
         let state: CheckpointState
-        do { state = try JSONDecoder().decode(CheckpointState.self, from: Data(contentsOf: url)) } catch {
-            throw CheckpointError("\(url.path): unreadable (\(decodingReason(error))). \(Self.olderCheckpointHint)")
+        var bytes: Data?
+        do {
+            bytes = try Data(contentsOf: url)
+            state = try JSONDecoder().decode(CheckpointState.self, from: bytes!)
+        } catch {
+            throw CheckpointError("\(url.path): unreadable (\(decodingReason(error, data: bytes))). \(Self.olderCheckpointHint)")
         }
         // Values no run writes (a damaged or hand-edited file) are refused here, before they reach the data order.
         let problems = [state.formatVersion == 1 ? nil : "formatVersion \(state.formatVersion) (this program reads 1)",

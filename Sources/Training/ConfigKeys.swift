@@ -129,6 +129,8 @@ public struct ConfigKey: @unchecked Sendable {
     let read: (inout RunConfig, Any, String) throws -> Void
     /// The field as YAML, nil when unset.
     let write: (RunConfig) -> String?
+    /// Sets the field back to its default.
+    let reset: (inout RunConfig) -> Void
 
     /// "section.name".
     public var path: String { "\(section).\(name)" }
@@ -141,7 +143,7 @@ public struct ConfigKey: @unchecked Sendable {
                       guard let x = type.parse(v) else { throw typeError(section, name, type.name, v, source) }
                       c[keyPath: keyPath] = x
                   },
-                  write: { type.yaml($0[keyPath: keyPath]) })
+                  write: { type.yaml($0[keyPath: keyPath]) }, reset: { $0[keyPath: keyPath] = RunConfig()[keyPath: keyPath] })
     }
 
     static func key<T>(_ section: String, _ name: String, _ keyPath: WritableKeyPath<RunConfig, T?>, _ type: ConfigValueType<T>,
@@ -152,7 +154,7 @@ public struct ConfigKey: @unchecked Sendable {
                       guard let x = type.parse(v) else { throw typeError(section, name, type.name, v, source) }
                       c[keyPath: keyPath] = x
                   },
-                  write: { $0[keyPath: keyPath].map(type.yaml) })
+                  write: { $0[keyPath: keyPath].map(type.yaml) }, reset: { $0[keyPath: keyPath] = RunConfig()[keyPath: keyPath] })
     }
 
     static func typeError(_ section: String, _ name: String, _ type: String, _ v: Any, _ source: String) -> ConfigError {

@@ -110,7 +110,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// Relative paths resolve against the current directory, except in a run directory's own config.yaml
     /// (a `run.json` beside it, or the header every run writes), where they resolve against that directory (see
     /// `RunDirectory`).
-    public static func load(_ url: URL, overrides: [String] = []) throws -> RunConfig {
+    public static func load(_ url: URL, overrides: [String] = [], command: TrainingCommand? = nil) throws -> RunConfig {
         let text: String
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
@@ -120,14 +120,15 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw ConfigError("\(url.path): cannot be read (\(error.localizedDescription)). Hint: check the path; examples are in configs/.")
         }
         InputFiles.note(url)
-        let config = try parse(text, source: url.path, overrides: overrides)
+        let config = try parse(text, source: url.path, overrides: overrides, command: command)
         let folder = url.deletingLastPathComponent()
         let base = RunDirectory.isRunDirectory(folder) || RunDirectory.isEffectiveConfig(text) ? folder : URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
         return config.resolvingPaths(against: base)
     }
 
     /// Parses YAML text; `source` names it in errors. Every key is read, checked and defaulted by `ConfigKey.table`.
-    public static func parse(_ text: String, source: String, overrides: [String] = []) throws -> RunConfig {
+    /// With `command`, the values of sections it does not read are kept but not checked (they have no effect on it).
+    public static func parse(_ text: String, source: String, overrides: [String] = [], command: TrainingCommand? = nil) throws -> RunConfig {
         var tree: [String: [String: Any]] = [:]
         let loaded: Any?
         try rejectAliasExpansion(text, source: source)
@@ -160,6 +161,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
                 throw ConfigError("--set '\(o)': unknown key '\(parts[0])'\(suggestion(parts[0], ConfigKey.table.map(\.path))). Every key: `histodistill config-keys`.")
             }
             let value: Any?
+            try rejectAliasExpansion(parts[1], source: "--set \(parts[0])")
             do { value = try Yams.load(yaml: parts[1]) } catch { throw ConfigError("--set '\(o)': the value is not valid YAML") }
             tree[key.section, default: [:]][key.name] = value ?? NSNull()
             overridden.insert(key.path)
@@ -172,19 +174,24 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if tree["run"]?["output"] == nil || tree["run"]?["output"] is NSNull { c.output = "runs/\(c.name)" }
         c.hasMILSection = tree["mil"] != nil
         c.hasFinetuneSection = tree["finetune"] != nil
-        if tree["distill"] != nil && c.teacherRun == nil {
+        if tree["distill"] != nil && c.teacherRun == nil && command?.sectionsRead.contains("distill") != false {
             throw ConfigError("\(source): distill.teacher_run is required in a distill section (the teacher's run directory)")
         }
         if !c.unlabeledShards.isEmpty && !c.isDistillation {
             throw ConfigError("\(source): data.unlabeled needs a distill section: supervised training learns from labels only. Hint: remove data.unlabeled, or distill a student from a teacher.")
         }
-        try c.validate(source: source, overridden: overridden)
+        var checked = c
+        if let command { for key in ConfigKey.table where !command.sectionsRead.contains(key.section) { key.reset(&checked) } }
+        try checked.validate(source: source, overridden: overridden)
         return c
     }
 
     /// YAML aliases that repeat aliases (a "billion laughs" file) expand to more values than memory holds when the
     /// config is built: refuse a file that expands to more than `limit` values, counting with an early stop.
-    static func rejectAliasExpansion(_ text: String, source: String, limit: Int = 100_000) throws {
+    /// Nesting deeper than `maxDepth` (brackets, braces or indentation) is refused before the YAML parser, which
+    /// recurses once per level and would overflow the stack thousands of levels down.
+    static func rejectAliasExpansion(_ text: String, source: String, limit: Int = 100_000, maxDepth: Int = 64) throws {
+        try rejectDeepNesting(text, source: source, maxDepth: maxDepth)
         guard let root = try? Yams.compose(yaml: text) else { return }
         var count = 0
         func fits(_ n: Node) -> Bool {
@@ -198,6 +205,30 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         guard fits(root) else {
             throw ConfigError("\(source): expands to more than \(limit) values (aliases that repeat aliases?), where a run config holds a few dozen. Hint: write the values out instead of nesting YAML aliases.")
+        }
+    }
+
+    /// Refuses flow collections nested more than `maxDepth` deep (`[[[...`, outside quoted strings) and lines indented
+    /// more than 8 spaces per level of that depth.
+    static func rejectDeepNesting(_ text: String, source: String, maxDepth: Int) throws {
+        var depth = 0, deepest = 0, quote: Character? = nil, column = 0, indent = 0, atLineStart = true, comment = false
+        var previous: Character = "\n"
+        for ch in text {
+            defer { previous = ch }
+            if ch == "\n" { column = 0; atLineStart = true; comment = false; quote = nil; continue }
+            if comment { continue }
+            if atLineStart { if ch == " " { column += 1; continue }; atLineStart = false; indent = max(indent, column) }
+            if let q = quote { if ch == q { quote = nil }; continue }
+            switch ch {
+            case "\"", "'": quote = ch
+            case "[", "{": depth += 1; deepest = max(deepest, depth)
+            case "]", "}": depth = max(0, depth - 1)
+            case "#" where previous == " " || previous == "\t" || atLineStart || column == 0 || previous == "\n": comment = true
+            default: break
+            }
+        }
+        if deepest > maxDepth || indent > 8 * maxDepth {
+            throw ConfigError("\(source): nests \(deepest > maxDepth ? "\(deepest) brackets deep" : "\(indent) spaces deep"), more than a run config ever needs (\(maxDepth) levels). Hint: write the values as a flat list, e.g. [32, 64, 128, 256].")
         }
     }
 
@@ -259,10 +290,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if let planes, planes.isEmpty || planes.count > 4 || planes.contains(where: { $0 < 1 }) { throw bad("model.planes", "must list 1 to 4 positive widths, got \(planes)") }
         if let blocks, blocks.isEmpty || blocks.contains(where: { $0 < 1 }) { throw bad("model.blocks", "must list positive block counts, got \(blocks)") }
-        if classes < 0 || classes > 100_000 { throw bad("model.classes", "must be in 0...100000 (0: taken from the shards), got \(classes)") }
+        if classes < 0 || classes > ResNetConfig.maxClasses { throw bad("model.classes", "must be in 0...\(ResNetConfig.maxClasses) (0: taken from the shards), got \(classes)") }
         // Widths far beyond any CNN's would only end in a failed allocation: refuse them with the key named.
-        if let planes, planes.contains(where: { $0 > 8192 }) { throw bad("model.planes", "must be at most 8192 each (ResNet-50's widest is 2048), got \(planes)") }
-        if let blocks, blocks.contains(where: { $0 > 256 }) { throw bad("model.blocks", "must be at most 256 each, got \(blocks)") }
+        if let planes, planes.contains(where: { $0 > ResNetConfig.maxPlanes }) { throw bad("model.planes", "must be at most \(ResNetConfig.maxPlanes) each (ResNet-50's widest is 2048), got \(planes)") }
+        if let blocks, blocks.contains(where: { $0 > ResNetConfig.maxBlocks }) { throw bad("model.blocks", "must be at most \(ResNetConfig.maxBlocks) each, got \(blocks)") }
         if milHidden.contains(where: { $0 > 65_536 }) || milAttention > 65_536 {
             throw bad("mil.hidden/attention", "must be at most 65536 wide (CLAM uses [512, 256] and 256), got \(milHidden) and \(milAttention)")
         }

@@ -37,6 +37,17 @@ public struct RunMetadata: Codable, Equatable, Sendable {
     /// The program that trained it ("histodistill 0.x.y").
     public var program: String
 
+    /// What no run writes: a model no CNN has (`ResNetConfig.problems`), an input factor other than 1, 2, 4, 8, 16,
+    /// normalisation that is not 3 finite means and 3 positive standard deviations.
+    public var problems: [String] {
+        var p = model.problems
+        if ![1, 2, 4, 8, 16].contains(inputFactor) { p.append("input_factor \(inputFactor) must be 1, 2, 4, 8 or 16") }
+        if mean.count != 3 || std.count != 3 || !mean.allSatisfy(\.isFinite) || !std.allSatisfy({ $0 > 0 && $0.isFinite }) {
+            p.append("mean \(mean) and std \(std) must be 3 finite values each, std positive")
+        }
+        return p
+    }
+
     enum CodingKeys: String, CodingKey {
         case format, version, model, classes, mean, std, objective, program
         case inputFactor = "input_factor", tileSize = "tile_size", inputSize = "input_size"
@@ -150,8 +161,12 @@ public struct RunDirectory: Sendable {
     /// The run's self-description, or nil for a run written before run.json existed.
     public func loadMetadata() throws -> RunMetadata? {
         guard FileManager.default.fileExists(atPath: metadata.path) else { return nil }
-        do { return try JSONDecoder().decode(RunMetadata.self, from: Data(contentsOf: metadata)) } catch {
-            throw ConfigError("\(metadata.path): unreadable (\(decodingReason(error))). Hint: restore it from a copy of the run, or retrain.")
+        var bytes: Data?
+        do {
+            bytes = try Data(contentsOf: metadata)
+            return try JSONDecoder().decode(RunMetadata.self, from: bytes!)
+        } catch {
+            throw ConfigError("\(metadata.path): unreadable (\(decodingReason(error, data: bytes))). Hint: restore it from a copy of the run, or retrain.")
         }
     }
 

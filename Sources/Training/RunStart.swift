@@ -69,11 +69,14 @@ enum RunStart {
         guard state.seed == config.seed else {
             throw TrainingError("\(checkpoint.path): written by a run with seed \(state.seed), this config has \(config.seed). \(hint)")
         }
-        if let stored = try? RunConfig.parse(state.config, source: checkpoint.path) {
-            let refused = ConfigKey.differences(stored: stored, current: config, by: command).refused
-            if !refused.isEmpty {
-                throw TrainingError("cannot resume \(run.url.path) with changed settings that alter the model, the data, the sample order or the objective: \(refused.joined(separator: "; ")) (checkpoint -> now). \(hint)")
-            }
+        // The checkpoint's config is what the resume is checked against: one that cannot be read is refused, not skipped.
+        let stored: RunConfig
+        do { stored = try RunConfig.parse(state.config, source: "config") } catch let e as ConfigError {
+            throw TrainingError("\(checkpoint.appendingPathComponent("state.json").path): the run's config it holds cannot be read (\(e.message)), so the resume cannot be checked. \(CheckpointStore.olderCheckpointHint)")
+        }
+        let refused = ConfigKey.differences(stored: stored, current: config, by: command).refused
+        if !refused.isEmpty {
+            throw TrainingError("cannot resume \(run.url.path) with changed settings that alter the model, the data, the sample order or the objective: \(refused.joined(separator: "; ")) (checkpoint -> now). \(hint)")
         }
         if let trained = state.trainShards, let identity, trained != identity.value {
             throw TrainingError("cannot resume: the checkpoint was trained on \(identity.what) \(trained), but data.train (\(config.trainShards)) now holds \(identity.value). \(hint)")

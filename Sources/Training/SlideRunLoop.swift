@@ -43,6 +43,7 @@ struct SlideRunLoop {
         step = start?.step ?? 0
         cursor = start?.cursor ?? DataCursor()
         best = start?.bestMetric
+        StopSignals.arm()
         startStep = step
         batch = min(config.batchSize, slides)
         stepsPerEpoch = slides / batch

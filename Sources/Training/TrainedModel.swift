@@ -56,8 +56,10 @@ public struct TrainedModel {
         guard let metadata else {
             throw TrainingError("\(chosen.path) does not describe its model (no '\(RunMetadata.safetensorsKey)' metadata: written by PyTorch or an older histodistill). Hint: also pass --run with the run directory that trained it.")
         }
-        let problems = metadata.model.problems
-        guard problems.isEmpty else { throw TrainingError("\(chosen.path): the described model is invalid: \(problems.joined(separator: "; "))") }
+        let problems = metadata.problems
+        guard problems.isEmpty else {
+            throw TrainingError("\(chosen.path): its description (or the run's run.json) is invalid: \(problems.joined(separator: "; ")). Hint: the file was damaged or edited; use the weights the run wrote, or retrain.")
+        }
         let model = ResNet(metadata.model, initialize: false)
         do { try model.load(file, source: chosen.path) } catch let e as WeightsError { throw TrainingError(e.message) }
         guard GradientOps.allFinite(model.parameters.values.pointer, count: model.parameterCount),

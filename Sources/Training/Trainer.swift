@@ -195,6 +195,10 @@ public final class SupervisedTrainer {
         if let val, val.classes != train.classes, val.hasLabels {
             throw TrainingError("data.val classes \(val.classes) differ from data.train classes \(train.classes). Hint: pack both splits from folders with the same class names.")
         }
+        let o = config.objective
+        if config.isDistillation && !train.hasLabels && o.kdWeight == 0 && o.pixelWeight == 0 {
+            throw TrainingError("distill.kd_weight and pixel_weight are 0 and data.train (\(config.trainShards)) holds no labeled tile for distill.ce_weight: the student would learn nothing. Hint: the paper's setting is kd_weight 1 and pixel_weight 1.")
+        }
         notes = Self.scaleWarnings(train: train, val: val)
             + [Self.emaHorizonWarning(decay: Double(config.emaDecay), warmup: config.emaWarmup, steps: Self.totalSteps(config, tiles: train.count)),
                config.isDistillation && config.objective.crossEntropyWeight > 0 && !train.hasLabels
@@ -378,6 +382,7 @@ public final class SupervisedTrainer {
             }
         }
         let totalSteps = Self.totalSteps(config, tiles: train.count)
+        StopSignals.arm()
         return Loop(step: step, cursor: cursor, best: bestAccuracy, stepsPerEpoch: stepsPerEpoch, totalSteps: totalSteps,
                     stopAt: min(totalSteps, stopAfter ?? totalSteps), startStep: step, schedule: config.lrSchedule(stepsPerEpoch: stepsPerEpoch),
                     log: group.isCoordinator ? try MetricsLog(run: runDirectory) : nil, trace: traceSamples ? try traceHandle() : nil)

@@ -221,11 +221,58 @@ struct OutputSafetyTests {
             let e = #expect(throws: CheckpointError.self) { _ = try store.state(of: newest) }
             #expect(e?.message.contains("\(url.path): unreadable (\(words))") == true && e?.message.contains("CodingKeys") == false, "\(String(describing: e))")
         }
+        // A config that cannot be read is refused (it is what the resume is checked against), not skipped.
+        var noConfig = try #require(try JSONSerialization.jsonObject(with: good) as? [String: Any])
+        noConfig["config"] = "garbage: ["
+        try JSONSerialization.data(withJSONObject: noConfig).write(to: url)
+        let unchecked = #expect(throws: TrainingError.self) {
+            try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 6), writer: "t").run(resume: true)
+        }
+        #expect(unchecked?.message.contains("the run's config it holds cannot be read") == true, "\(String(describing: unchecked))")
+        var fractional = try #require(try JSONSerialization.jsonObject(with: good) as? [String: Any])
+        fractional["step"] = 2.5
+        for (json, words) in [(try JSONSerialization.data(withJSONObject: fractional), "a value does not fit its field"), (Data("null".utf8), "the file's top level is null")] {
+            try json.write(to: url)
+            let e = #expect(throws: CheckpointError.self) { _ = try store.state(of: newest) }
+            #expect(e?.message.contains(words) == true, "\(String(decoding: json, as: UTF8.self)): \(String(describing: e))")
+        }
         try Data("{\"step\": 2,".utf8).write(to: url)
         let truncated = #expect(throws: CheckpointError.self) { _ = try store.state(of: newest) }
         #expect(truncated?.message.contains("unreadable (not valid JSON)") == true, "\(String(describing: truncated))")
         try good.write(to: url)
         #expect(try store.state(of: newest).step == 2)
+    }
+
+    @Test("a weights file or run.json describing what no run writes is refused naming the value; a stop signal before the first step ends the process at once")
+    func damagedDescriptionAndEarlySignal() throws {
+        let dir = tempDir("description")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let out = dir.appendingPathComponent("run")
+        try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: out, maxSteps: 2), writer: "t").run(resume: false)
+        let best = out.appendingPathComponent("best.safetensors")
+        let file = try SafeTensorsFile(contentsOf: best)
+        let described = try #require(file.metadata[RunMetadata.safetensorsKey])
+        var object = try #require(try JSONSerialization.jsonObject(with: Data(described.utf8)) as? [String: Any])
+        let bin = try histodistillBinary()
+        for (key, value, words) in [("input_factor", 3 as Any, "input_factor 3 must be 1, 2, 4, 8 or 16"), ("std", [0, 0, 0] as Any, "mean [0.0, 0.0, 0.0] and std [0.0, 0.0, 0.0] must be 3 finite values each, std positive")] {
+            let saved = object[key]
+            object[key] = value
+            var metadata = file.metadata
+            metadata[RunMetadata.safetensorsKey] = String(decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+            let damaged = dir.appendingPathComponent("damaged-\(key).safetensors")
+            try SafeTensorsFile(tensors: file.tensors, metadata: metadata).serialized().write(to: damaged)
+            let e = try run([bin, "evaluate", "--weights", damaged.path, "--shards", shards.path])
+            #expect(e.status != 0 && e.stderr.contains("its description (or the run's run.json) is invalid: \(words)") && !e.stderr.contains("Fatal error"), "\(e.status) \(e.stderr)")
+            object[key] = saved
+        }
+        // A stop signal during set-up (before a training loop arms the handlers) ends the process at once with
+        // 128 + the signal; once a loop runs, it stops at the next step boundary (75).
+        let script = "\"$0\" _stop-probe $1 > out & pid=$!; for i in $(seq 100); do grep -q ready out 2>/dev/null && break; sleep 0.1; done; kill -TERM $pid; wait $pid; echo status $?; cat out"
+        let t = try run(["bash", "-c", script, bin, ""], timeout: 30, in: dir)
+        #expect(t.stdout.contains("status 143") && t.stderr.contains("before training started") && !t.stdout.contains("step boundary"), "\(t.stdout) \(t.stderr)")
+        let armed = try run(["bash", "-c", script, bin, "--armed"], timeout: 30, in: dir)
+        #expect(armed.stdout.contains("status 75") && armed.stdout.contains("stopped at a step boundary by SIGTERM"), "\(armed.stdout) \(armed.stderr)")
     }
 
     @Test("evaluate --output elsewhere writes the predictions beside it and leaves the run's own")
@@ -303,6 +350,18 @@ struct OutputSafetyTests {
         bomb += "model: {planes: *l9}\n"
         let laughs = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(bomb, source: "bomb.yaml") }
         #expect(laughs?.message.hasPrefix("bomb.yaml: expands to more than 100000 values") == true, "\(String(describing: laughs))")
+        // ...given by --set as well; and nesting thousands deep (which overflows the YAML parser's stack) in either.
+        var setBomb = "[&a [x, x, x, x, x, x, x, x, x, x]"
+        setBomb = "[" + (1...8).map { i in "&b\(i) [" + Array(repeating: i == 1 ? "*a" : "*b\(i - 1)", count: 10).joined(separator: ", ") + "]" }.joined(separator: ", ") + "]"
+        setBomb = "[&a [x, x, x, x, x, x, x, x, x, x], " + setBomb.dropFirst()
+        let viaSet = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["mil.hidden=\(setBomb)"]) }
+        #expect(viaSet?.message.hasPrefix("--set mil.hidden: expands to more than 100000 values") == true, "\(String(describing: viaSet))")
+        let deep = String(repeating: "[", count: 6000) + String(repeating: "]", count: 6000)
+        for (text, overrides, source) in [("data: {train: x}\nmodel: {planes: \(deep)}", [String](), "d.yaml"), ("data: {train: x}", ["model.planes=\(deep)"], "--set model.planes")] {
+            let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(text, source: "d.yaml", overrides: overrides) }
+            #expect(e?.message.hasPrefix("\(source): nests 600") == true && e?.message.contains("brackets deep") == true, "\(String(describing: e))")
+        }
+        #expect(try RunConfig.parse("# it's [[ a comment\ndata: {train: x} # [[[\n", source: "c.yaml").trainShards == "x")
         let under = try run([bin, "train", "--config", config.path, "--set", "run.output=\(file.path)/sub"])
         #expect(under.status != 0 && under.stderr.contains("\(file.path) is a file, so nothing can be created under it"), "\(under.stderr)")
         let asConfig = try run([bin, "train", "--config", dir.path])

@@ -45,7 +45,26 @@ struct PackSafetyTests {
         let failed = dir.appendingPathComponent("new/out")
         let p = try run([bin, "pack", dir.appendingPathComponent("in-bad").path, "-o", failed.path])
         #expect(p.status != 0 && p.stderr.contains("broken.png"), "\(p.stderr)")
-        #expect(!FileManager.default.fileExists(atPath: failed.path), "the failed pack's directory was left behind")
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("new").path), "the failed pack's directories were left behind")
+        #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("in-bad/a/broken.png").path))
+        // Shards of two packings of the same images (labeled, and unlabeled) numbered as one set: told apart by the
+        // packing id every shard records, where index and count alone would match.
+        let input = dir.appendingPathComponent("in-second")
+        var shardSets: [URL] = []
+        for unlabeled in [false, true] {
+            var options = PackOptions(output: dir.appendingPathComponent("two-\(unlabeled)"))
+            options.targetShardBytes = 2000
+            let report = try Packer.pack(try PackPlan.imageFolder(input, unlabeled: unlabeled), options: options)
+            #expect(report.shards.count >= 2)
+            shardSets.append(options.output)
+        }
+        let relabeled = dir.appendingPathComponent("relabeled")
+        try FileManager.default.createDirectory(at: relabeled, withIntermediateDirectories: true)
+        let names = try FileManager.default.contentsOfDirectory(atPath: shardSets[0].path).filter { $0.hasSuffix(".shard") }.sorted()
+        for (k, name) in names.enumerated() { try FileManager.default.copyItem(at: shardSets[k == 1 ? 1 : 0].appendingPathComponent(name), to: relabeled.appendingPathComponent(name)) }
+        let two = #expect(throws: ShardError.self) { _ = try ShardDataset(directory: relabeled) }
+        #expect(two?.message.contains("not one complete packing") == true && two?.message.contains("packing ") == true, "\(String(describing: two))")
+        #expect(try ShardDataset(directory: shardSets[1]).count == 10, "one packing alone is one set")
     }
 
     @Test("an empty class folder is named (or kept with --allow-empty-classes); impossible microns per pixel are refused at start")

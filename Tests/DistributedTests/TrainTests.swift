@@ -202,6 +202,11 @@ struct TrainTests {
         let misplaced = try RunConfig.parse("data: {train: x}\nmil: {beta: 2}\naugment: {crop_scale: 0.5}", source: "c.yaml")
         #expect(misplaced.ignoredKeys(by: .train) == ["mil.beta"])
         #expect(misplaced.ignoredKeys(by: .milTrain) == ["augment.crop_scale"])
+        // ...and their values are not checked for a command that does not read them (they are for one that does).
+        let forMIL = try RunConfig.parse("data: {train: x}\ndistill: {kd_weight: 2}\naugment: {mixup: 1}", source: "m.yaml", overrides: ["model.planes=[0]"], command: .milTrain)
+        #expect(forMIL.ignoredKeys(by: .milTrain).sorted() == ["augment.mixup", "distill.kd_weight", "model.planes"])
+        #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "t.yaml", overrides: ["model.planes=[0]"], command: .train) }
+        #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}\ndistill: {kd_weight: 2}", source: "m.yaml") }
     }
 
     @Test("train, evaluate, predict: a second run into a directory with checkpoints is refused unless --resume; missing shards are named")
@@ -223,7 +228,7 @@ struct TrainTests {
         #expect(b.status != 0 && b.stderr.contains("--resume"), "\(b.stderr)")
         let c = try run([bin, "train", "--config", config.path, "--resume", "--set", "train.max_steps=3", "--set", "mil.beta=2"])
         #expect(c.status == 0 && c.stdout.contains("done: step 3"), "\(c.stdout) \(c.stderr)")
-        #expect(c.stderr.contains("warning: \(config.path) sets mil.beta, which `histodistill train` does not read: it has no effect here"), "\(c.stderr)")
+        #expect(c.stderr.contains("warning: --set gives mil.beta, which `histodistill train` does not read: it has no effect here"), "\(c.stderr)")
         #expect(!c.stderr.contains("mil.beta: 0.5"), "a key train does not read may change on --resume: \(c.stderr)")
         #expect(!a.stderr.contains("does not read"), "\(a.stderr)")
         // evaluate and predict the trained run on the training shards
