@@ -75,7 +75,11 @@ func runTrainerCommand<T: CommandTrainer>(_ command: TrainingCommand, config: St
         }
         guard group.isCoordinator else { return outcome.exitStatus }
         if isatty(2) != 0 { FileHandle.standardError.write(Data("\n".utf8)) }
-        if let line = unfinishedLine(outcome, store: trainer.store, stopAfter: options.stopAfter) ?? done(trainer) { print(line) }
+        if let line = unfinishedLine(outcome, store: trainer.store, stopAfter: options.stopAfter) ?? done(trainer) {
+            print(line)
+        } else {
+            print("nothing to do: the run in \(cfg.output) already reached its last step")   // as train says it
+        }
         return outcome.exitStatus
     }
 }

@@ -250,6 +250,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check(top, "")
     }
 
+    /// A list for an error message: whole when short, else its first values and its length.
+    private func brief(_ xs: [Int]) -> String { xs.count <= 8 ? "\(xs)" : "[\(xs.prefix(4).map(String.init).joined(separator: ", ")), ...] (\(xs.count) values)" }
+
     /// Checks ranges and combinations; an error names `source` (the file), or the `--set` when the key was given
     /// on the command line (`overridden`: "section.key" paths).
     func validate(source: String, overridden: Set<String> = []) throws {
@@ -288,12 +291,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
         for (k, v) in [("brightness", augment.brightness), ("contrast", augment.contrast), ("saturation", augment.saturation)] where !(v >= 0) {
             throw bad("augment.\(k)", "must be 0 or positive, got \(v)")
         }
-        if let planes, planes.isEmpty || planes.count > 4 || planes.contains(where: { $0 < 1 }) { throw bad("model.planes", "must list 1 to 4 positive widths, got \(planes)") }
-        if let blocks, blocks.isEmpty || blocks.contains(where: { $0 < 1 }) { throw bad("model.blocks", "must list positive block counts, got \(blocks)") }
+        if let planes, planes.isEmpty || planes.count > 4 || planes.contains(where: { $0 < 1 }) { throw bad("model.planes", "must list 1 to 4 positive widths, got \(brief(planes))") }
+        if let blocks, blocks.isEmpty || blocks.contains(where: { $0 < 1 }) { throw bad("model.blocks", "must list positive block counts, got \(brief(blocks))") }
         if classes < 0 || classes > ResNetConfig.maxClasses { throw bad("model.classes", "must be in 0...\(ResNetConfig.maxClasses) (0: taken from the shards), got \(classes)") }
         // Widths far beyond any CNN's would only end in a failed allocation: refuse them with the key named.
-        if let planes, planes.contains(where: { $0 > ResNetConfig.maxPlanes }) { throw bad("model.planes", "must be at most \(ResNetConfig.maxPlanes) each (ResNet-50's widest is 2048), got \(planes)") }
-        if let blocks, blocks.contains(where: { $0 > ResNetConfig.maxBlocks }) { throw bad("model.blocks", "must be at most \(ResNetConfig.maxBlocks) each, got \(blocks)") }
+        if let planes, planes.contains(where: { $0 > ResNetConfig.maxPlanes }) { throw bad("model.planes", "must be at most \(ResNetConfig.maxPlanes) each (ResNet-50's widest is 2048), got \(brief(planes))") }
+        if let blocks, blocks.contains(where: { $0 > ResNetConfig.maxBlocks }) { throw bad("model.blocks", "must be at most \(ResNetConfig.maxBlocks) each, got \(brief(blocks))") }
         if milHidden.contains(where: { $0 > 65_536 }) || milAttention > 65_536 {
             throw bad("mil.hidden/attention", "must be at most 65536 wide (CLAM uses [512, 256] and 256), got \(milHidden) and \(milAttention)")
         }

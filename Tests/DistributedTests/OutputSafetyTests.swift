@@ -60,6 +60,8 @@ struct OutputSafetyTests {
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: elsewhere.path).isEmpty, "nothing is written into the current directory")
         #expect(try loggedSteps(runDir) == Array(1...6), "the run itself went on from step 3 to its end (6), each step once")
+        let again = try run([bin, "mil", "train", "--config", "../runs/m/config.yaml", "--resume"], in: elsewhere)
+        #expect(again.status == 0 && again.stdout.contains("nothing to do: the run in") && again.stdout.contains("already reached its last step"), "\(again.stdout)")
         // A user's own config (no header) still resolves against the current directory.
         #expect(!RunDirectory.isEffectiveConfig(try String(contentsOf: dir.appendingPathComponent("mil.yaml"), encoding: .utf8)))
     }
@@ -323,7 +325,8 @@ struct OutputSafetyTests {
         // Values that would train wrongly, or allocate what no machine has, named with where they came from.
         for (set, words) in [("schedule.gamma=-1", "schedule.gamma must be in (0, 1]"), ("train.clip_grad_norm=-1", "train.clip_grad_norm must be a positive"),
                              ("schedule.min_lr=10", "schedule.min_lr must be at least 0 and below"), ("optimizer.lr=1e400", "optimizer.lr must be a positive number"),
-                             ("model.classes=1000000000", "model.classes must be in"), ("model.planes=[100000]", "model.planes must be at most")] {
+                             ("model.classes=1000000000", "model.classes must be in"), ("model.planes=[100000]", "model.planes must be at most"),
+                             ("model.planes=[\(Array(repeating: "8", count: 20).joined(separator: ","))]", "model.planes must list 1 to 4 positive widths, got [8, 8, 8, 8, ...] (20 values)")] {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
             #expect(e?.message.hasPrefix("--set \(set.split(separator: "=")[0]): \(words)") == true, "\(set): \(String(describing: e))")
         }
