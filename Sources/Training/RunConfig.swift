@@ -223,7 +223,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             case "\"", "'": quote = ch
             case "[", "{": depth += 1; deepest = max(deepest, depth)
             case "]", "}": depth = max(0, depth - 1)
-            case "#" where previous == " " || previous == "\t" || atLineStart || column == 0 || previous == "\n": comment = true
+            case "#" where previous == " " || previous == "\t" || previous == "\n": comment = true   // YAML: '#' after a blank
             default: break
             }
         }
