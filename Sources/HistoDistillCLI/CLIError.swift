@@ -23,19 +23,7 @@ func userFacing(_ error: Error) -> Error {
     let ns = error as NSError
     guard ns.domain == NSCocoaErrorDomain || ns.domain == NSPOSIXErrorDomain else { return error }
     let path = (ns.userInfo[NSFilePathErrorKey] as? String) ?? (ns.userInfo[NSURLErrorKey] as? URL)?.path
-    let reason: String
-    if let path, let found = pathProblem(path) {
-        reason = found
-    } else {
-        switch CocoaError.Code(rawValue: ns.code) {
-        case .fileWriteFileExists: reason = "a file of that name is in the way (a directory was expected, or the name is taken)"
-        case .fileNoSuchFile, .fileReadNoSuchFile: reason = "no such file or directory"
-        case .fileReadNoPermission, .fileWriteNoPermission: reason = "permission denied"
-        case .fileWriteOutOfSpace: reason = "no space left on the device"
-        case .fileWriteVolumeReadOnly: reason = "the file system is read-only"
-        default: reason = fileErrorReason(error)
-        }
-    }
+    let reason = path.flatMap(pathProblem) ?? fileErrorReason(error)
     return CLIError("\(path ?? "a file"): \(reason)",
                     hint: "check the path: inputs must exist and be readable; outputs need a writable directory (not a file of the same name)")
 }

@@ -24,16 +24,24 @@ public enum InputFiles {
     }
 }
 
-/// A file operation's failure in a user's words: the POSIX reason ("File too large", "No space left on device")
-/// under Foundation's error, else its description.
+/// A file operation's failure in a user's words: Foundation's common file error codes ("permission denied"), else
+/// the POSIX reason ("File too large", "No space left on device") under Foundation's error, else its description.
 public func fileErrorReason(_ error: Error) -> String {
     let ns = error as NSError
+    if ns.domain == NSCocoaErrorDomain {
+        switch CocoaError.Code(rawValue: ns.code) {
+        case .fileWriteFileExists: return "a file of that name is in the way (a directory was expected, or the name is taken)"
+        case .fileNoSuchFile, .fileReadNoSuchFile: return "no such file or directory"
+        case .fileReadNoPermission, .fileWriteNoPermission: return "permission denied"
+        case .fileWriteOutOfSpace: return "no space left on the device"
+        case .fileWriteVolumeReadOnly: return "the file system is read-only"
+        default: break
+        }
+    }
     if let underlying = ns.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
         return String(cString: strerror(Int32(underlying.code)))
     }
     if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
-    if ns.domain == NSCocoaErrorDomain && ns.code == NSFileWriteOutOfSpaceError { return "no space left on the device" }
-    if ns.domain == NSCocoaErrorDomain && ns.code == NSFileWriteNoPermissionError { return "permission denied" }
     return ns.localizedDescription
 }
 

@@ -45,7 +45,7 @@ public struct Backbone {
             bytes = try Data(contentsOf: chosen, options: .alwaysMapped)
             file = try SafeTensorsFile(data: bytes, source: chosen.path)
         } catch let e as SafeTensorsError { throw TrainingError(e.message) } catch {
-            throw TrainingError("\(chosen.path): cannot be read (\(CheckpointStore.reason(error))). Hint: check the path.")
+            throw TrainingError("\(chosen.path): cannot be read (\(fileErrorReason(error))). Hint: check the path.")
         }
         InputFiles.note(chosen)
         try TrainedModel.refuseMILHead(file, path: chosen.path)

@@ -118,7 +118,7 @@ public final class CheckpointStore {
             try fm.moveItem(at: temporary, to: final)
         } catch {
             try? fm.removeItem(at: temporary)
-            let reason = (error as? CheckpointError)?.message ?? Self.reason(error)
+            let reason = (error as? CheckpointError)?.message ?? fileErrorReason(error)
             throw CheckpointError("step \(state.step): writing the checkpoint \(final.path) failed (\(reason)); the partial copy was removed and \(intactText()). Hint: free disk space or fix the permissions, then resume with --resume.")
         }
         try syncDirectory(directory)
@@ -246,9 +246,6 @@ public final class CheckpointStore {
         newest().map { "the newest intact checkpoint is \($0.lastPathComponent) in \(directory.path)" } ?? "no checkpoint has been written yet"
     }
 
-    /// A file-system error as one line (errno's text where there is one, not the Foundation error dump).
-    static func reason(_ error: Error) -> String { fileErrorReason(error) }
-
     /// Writes `data` to `url` and fsyncs it; throws naming the file and errno's reason.
     static func writeSynced(_ data: Data, to url: URL) throws {
         let fd = open(url.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
@@ -279,7 +276,7 @@ public final class CheckpointStore {
             guard rename(temporary.path, url.path) == 0 else { throw CheckpointError("\(url.lastPathComponent): \(String(cString: strerror(errno)))") }
         } catch {
             unlink(temporary.path)
-            throw CheckpointError("\(url.path): cannot be written (\((error as? CheckpointError)?.message ?? reason(error))). Hint: free disk space or fix the permissions.")
+            throw CheckpointError("\(url.path): cannot be written (\((error as? CheckpointError)?.message ?? fileErrorReason(error))). Hint: free disk space or fix the permissions.")
         }
     }
 

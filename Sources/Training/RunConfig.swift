@@ -131,12 +131,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public static func parse(_ text: String, source: String, overrides: [String] = [], command: TrainingCommand? = nil) throws -> RunConfig {
         var tree: [String: [String: Any]] = [:]
         let loaded: Any?
-        try rejectAliasExpansion(text, source: source)
+        let composed = try composeChecked(text, source: source)
         do { loaded = try Yams.load(yaml: text) } catch {
             throw ConfigError("\(source): not valid YAML: \(error)")
         }
         let sections = ConfigKey.sections
-        try rejectDuplicateKeys(text, source: source)
+        try rejectDuplicateKeys(composed, source: source)
         if let root = loaded {
             guard let top = root as? [String: Any] else { throw ConfigError("\(source): the top level must be a mapping of sections (run, data, model, ...)") }
             for (section, value) in top {
@@ -161,7 +161,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
                 throw ConfigError("--set '\(o)': unknown key '\(parts[0])'\(suggestion(parts[0], ConfigKey.table.map(\.path))). Every key: `histodistill config-keys`.")
             }
             let value: Any?
-            try rejectAliasExpansion(parts[1], source: "--set \(parts[0])")
+            try composeChecked(parts[1], source: "--set \(parts[0])")
             do { value = try Yams.load(yaml: parts[1]) } catch { throw ConfigError("--set '\(o)': the value is not valid YAML") }
             tree[key.section, default: [:]][key.name] = value ?? NSNull()
             overridden.insert(key.path)
@@ -186,13 +186,15 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return c
     }
 
-    /// YAML aliases that repeat aliases (a "billion laughs" file) expand to more values than memory holds when the
-    /// config is built: refuse a file that expands to more than `limit` values, counting with an early stop.
-    /// Nesting deeper than `maxDepth` (brackets, braces or indentation) is refused before the YAML parser, which
-    /// recurses once per level and would overflow the stack thousands of levels down.
-    static func rejectAliasExpansion(_ text: String, source: String, limit: Int = 100_000, maxDepth: Int = 64) throws {
+    /// The YAML's node tree (nil when it does not parse; the caller's load says why), once checked: YAML aliases that
+    /// repeat aliases (a "billion laughs" file) expand to more values than memory holds when the config is built, so
+    /// a text that expands to more than `limit` values is refused, counting with an early stop; nesting deeper than
+    /// `maxDepth` (brackets, braces or indentation) is refused before the YAML parser, which recurses once per level
+    /// and would overflow the stack thousands of levels down.
+    @discardableResult
+    static func composeChecked(_ text: String, source: String, limit: Int = 100_000, maxDepth: Int = 64) throws -> Node? {
         try rejectDeepNesting(text, source: source, maxDepth: maxDepth)
-        guard let root = try? Yams.compose(yaml: text) else { return }
+        guard let root = try? Yams.compose(yaml: text) else { return nil }
         var count = 0
         func fits(_ n: Node) -> Bool {
             count += 1
@@ -206,6 +208,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         guard fits(root) else {
             throw ConfigError("\(source): expands to more than \(limit) values (aliases that repeat aliases?), where a run config holds a few dozen. Hint: write the values out instead of nesting YAML aliases.")
         }
+        return root
     }
 
     /// Refuses flow collections nested more than `maxDepth` deep (`[[[...`, outside quoted strings) and lines indented
@@ -233,8 +236,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     }
 
     /// A section or key written twice would silently keep only the last one: refuse it, naming both lines.
-    static func rejectDuplicateKeys(_ text: String, source: String) throws {
-        guard let root = try? Yams.compose(yaml: text), let top = root.mapping else { return }
+    static func rejectDuplicateKeys(_ root: Node?, source: String) throws {
+        guard let top = root?.mapping else { return }
         func check(_ mapping: Node.Mapping, _ prefix: String) throws {
             var seen: [String: Int] = [:]
             for (k, v) in mapping {

@@ -56,7 +56,7 @@ enum RunStart {
             try fm.createDirectory(at: aside, withIntermediateDirectories: true)
             for url in found { try fm.moveItem(at: url, to: aside.appendingPathComponent(url.lastPathComponent)) }
         } catch {
-            throw TrainingError("\(run.url.path): cannot move the earlier results (\(names)) aside into \(aside.path) (\(CheckpointStore.reason(error))). Hint: check that the run directory is writable.")
+            throw TrainingError("\(run.url.path): cannot move the earlier results (\(names)) aside into \(aside.path) (\(fileErrorReason(error))). Hint: check that the run directory is writable.")
         }
         FileHandle.standardError.write(Data("note: \(run.url.path) had no checkpoint to resume from: starting over; the earlier results (\(names)) were moved to \(aside.path)\n".utf8))
     }

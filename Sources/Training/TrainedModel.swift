@@ -44,7 +44,7 @@ public struct TrainedModel {
         } catch let e as SafeTensorsError {
             throw TrainingError("\(e.message) Hint: the file is damaged or not a weights file; give a .safetensors file written by histodistill (RUN/best.safetensors), or retrain if this one was.")
         } catch {
-            throw TrainingError("\(chosen.path): cannot be read (\(CheckpointStore.reason(error))). Hint: check the path.")
+            throw TrainingError("\(chosen.path): cannot be read (\(fileErrorReason(error))). Hint: check the path.")
         }
         InputFiles.note(chosen)
         try refuseMILHead(file, path: chosen.path)
