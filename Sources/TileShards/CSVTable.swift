@@ -10,7 +10,7 @@ public enum CSVTable {
     public static func read(_ url: URL) throws -> [(number: Int, fields: [String])] {
         let data: Data
         do { data = try Data(contentsOf: url) } catch {
-            throw ShardError("\(url.path): cannot be read (\(error.localizedDescription)). Hint: check the path and permissions.")
+            throw ShardError("\(url.path): cannot be read (\(fileErrorReason(error))). Hint: check the path and permissions.")
         }
         guard var text = String(data: data, encoding: .utf8) else {
             throw ShardError("\(url.path): is not UTF-8 text. Hint: save it as CSV UTF-8.")

@@ -47,7 +47,7 @@ public enum ImageCodec {
         } else {
             let data: Data
             do { data = try Data(contentsOf: url) } catch {
-                throw ShardError("\(url.path): cannot be read (\(error.localizedDescription))")
+                throw ShardError("\(url.path): cannot be read (\(fileErrorReason(error)))")
             }
             rc = data.withUnsafeBytes { raw -> Int32 in
                 let p = raw.bindMemory(to: UInt8.self)

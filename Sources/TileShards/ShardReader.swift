@@ -18,7 +18,7 @@ public final class ShardReader: @unchecked Sendable {
         InputFiles.note(url)
         let path = url.path
         do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
-            throw ShardError("\(path): cannot be read (\(error.localizedDescription)). Hint: check the path and permissions.")
+            throw ShardError("\(path): cannot be read (\(fileErrorReason(error))). Hint: check the path and permissions.")
         }
         let size = data.count
         let hint = "Hint: the file is damaged or truncated; repack it with `histodistill pack` or restore it from a copy."

@@ -117,7 +117,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw ConfigError("\(url.path) is a directory, not a config file. Hint: give a YAML config file; examples are in configs/.")
         }
         do { text = try String(contentsOf: url, encoding: .utf8) } catch {
-            throw ConfigError("\(url.path): cannot be read (\(error.localizedDescription)). Hint: check the path; examples are in configs/.")
+            throw ConfigError("\(url.path): cannot be read (\(fileErrorReason(error))). Hint: check the path; examples are in configs/.")
         }
         InputFiles.note(url)
         let config = try parse(text, source: url.path, overrides: overrides, command: command)
