@@ -1,7 +1,7 @@
 // Benchmark: GFLOP/s of conv forward and backward for every conv of the paper's model, next to square sgemm.
 //
 // Usage: histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS]
-//                           [--algorithm auto|gemm|direct] [--clock wall|cpu]
+//                           [--algorithm auto|gemm|direct] [--clock wall|cpu] [--precision 32-true|bf16-mixed]
 // --clock cpu times with the calling thread's CPU time instead of the wall clock: on a VM whose hypervisor steals CPU
 // time, it counts only the time the process actually ran (meaningful for --threads 1).
 // Prints a markdown table per thread count. Run with OPENBLAS_CORETYPE unset for the real figures.
@@ -57,6 +57,10 @@ struct Options {
                 guard v == "wall" || v == "cpu" else { usageError("--clock takes wall or cpu, got \(v)") }
                 cpuClock = v == "cpu"
             case "--only": only = value()
+            case "--precision":
+                let v = value()
+                guard let p = MatmulPrecision(rawValue: v) else { usageError("--precision takes 32-true or bf16-mixed, got \(v)") }
+                BF16GEMM.precision = p
             case "--algorithm":
                 switch value() {
                 case "auto": algorithm = .automatic

@@ -45,6 +45,9 @@ struct BenchStep: ParsableCommand {
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
+    @Option(help: "Precision of the convolutions' GEMMs: 32-true (float32) or bf16-mixed (bfloat16 operands, float32 accumulation).")
+    var precision: MatmulPrecision = .float32
+
     @OptionGroup var distillation: DistillationSettings
 
     func validate() throws {
@@ -61,6 +64,7 @@ struct BenchStep: ParsableCommand {
             throw CLIError("--batch \(batch) gives no tile to some of the \(group.size) ranks", hint: "use a global batch of at least the number of ranks")
         }
         BLAS.setThreadCount(threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
+        BF16GEMM.precision = precision
         let classes = 3
         let model = ResNet(.paper(classes: classes), seed: 1)
         let objective: any StepObjective = try teacherResolution.map { _ in

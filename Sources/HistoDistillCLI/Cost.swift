@@ -46,6 +46,9 @@ struct Cost: ParsableCommand {
     @Option(help: "Steps per timed repetition.")
     var steps: Int = 3
 
+    @Option(help: "Precision of the convolutions' GEMMs: 32-true (float32) or bf16-mixed (bfloat16 operands, float32 accumulation).")
+    var precision: MatmulPrecision = .float32
+
     @OptionGroup var distillation: DistillationSettings
 
     func validate() throws {
@@ -83,6 +86,7 @@ struct Cost: ParsableCommand {
         let sizes = try parsedResolutions()
         let objective = try distillation.objective()
         BLAS.setThreadCount(threads ?? ProcessInfo.processInfo.activeProcessorCount)
+        BF16GEMM.precision = precision
         for w in KernelAdvice.current() { print("warning: " + w) }
         let net = ResNet(config)
         let paramMB = Double(net.parameterCount * 4) / 1e6

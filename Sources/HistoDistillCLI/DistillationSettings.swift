@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import Layers
+import TensorCore
 import Training
 
 struct DistillationSettings: ParsableArguments {
@@ -63,3 +64,4 @@ struct DistillationSettings: ParsableArguments {
 
 extension PixelResize: ExpressibleByArgument {}
 extension PixelNorm: ExpressibleByArgument {}
+extension MatmulPrecision: ExpressibleByArgument {}

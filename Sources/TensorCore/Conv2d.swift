@@ -196,7 +196,7 @@ public enum Conv2d {
                 b = UnsafePointer(col); ldb = t.count
             }
             let y = output + t.image * outImage + t.start
-            T.gemm(transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
+            convGEMM(s, transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
                    b: b, ldb: ldb, beta: 0, c: y, ldc: plane)
             if let bias {
                 for m in 0..<s.cOut {
@@ -206,7 +206,7 @@ public enum Conv2d {
             }
         } else {
             im2col(col: col, ld: t.count, input: x, start: 0, count: t.count, shape: s)
-            T.gemm(transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
+            convGEMM(s, transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
                    b: col, ldb: t.count, beta: 0, c: tmp, ldc: t.count)
             // (cOut, images*plane) -> images x (cOut, plane), adding the bias on the way.
             for j in 0..<t.images {
@@ -327,19 +327,46 @@ public enum Conv2d {
             b = UnsafePointer(col); ldb = t.count
         }
         // dW (cOut, k) += dy (cOut, cols) * col^T (cols, k)
-        T.gemm(transA: false, transB: true, m: s.cOut, n: s.k, k: t.count, alpha: 1, a: dy, lda: lddy,
+        convGEMM(s, transA: false, transB: true, m: s.cOut, n: s.k, k: t.count, alpha: 1, a: dy, lda: lddy,
                b: b, ldb: ldb, beta: 1, c: gradWeight, ldc: s.k)
         guard let gradInput else { return }
         let dx = gradInput + t.image * inImage
         if direct {
             // dx (cIn, cols) += W^T (cIn, cOut) * dy (cOut, cols)
-            T.gemm(transA: true, transB: false, m: s.cIn, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.cIn,
+            convGEMM(s, transA: true, transB: false, m: s.cIn, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.cIn,
                    b: dy, ldb: lddy, beta: 1, c: dx + t.start, ldc: plane)
         } else {
             // dcol (k, cols) = W^T (k, cOut) * dy (cOut, cols), then scatter-add into the images.
-            T.gemm(transA: true, transB: false, m: s.k, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.k,
+            convGEMM(s, transA: true, transB: false, m: s.k, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.k,
                    b: dy, ldb: lddy, beta: 0, c: dcol, ldc: t.count)
             col2im(gradInput: dx, col: dcol, ld: t.count, start: t.start, count: t.count, shape: s)
+        }
+    }
+
+    /// Fewest output channels for which `bf16-mixed` runs a convolution in bfloat16: with fewer, the GEMM has so few
+    /// rows that packing its columns costs more than the faster products save (measured on AMD Zen 4: the stem and
+    /// layer1 of the paper's model, 32 channels, ran slower than the float32 direct kernel; docs/benchmarks.md).
+    public static let bf16MinimumOutputChannels = 64
+
+    /// Whether a Float convolution of shape `s` runs with bfloat16 operands: under `BF16GEMM.precision == .bf16Mixed`
+    /// with at least `bf16MinimumOutputChannels` output channels, on every CPU alike (emulated without AVX512-BF16).
+    public static func usesBF16(_ s: Conv2dShape) -> Bool {
+        BF16GEMM.precision == .bf16Mixed && s.cOut >= bf16MinimumOutputChannels
+    }
+
+    /// The GEMM of every im2col convolution: float32 sgemm, or for Float where `usesBF16(s)` bfloat16 operands with
+    /// float32 accumulation (`BF16GEMM.gemm`).
+    @inline(__always)
+    static func convGEMM<T: KernelScalar>(
+        _ s: Conv2dShape, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T, a: UnsafePointer<T>, lda: Int,
+        b: UnsafePointer<T>, ldb: Int, beta: T, c: UnsafeMutablePointer<T>, ldc: Int
+    ) {
+        if T.self == Float.self && usesBF16(s) {
+            BF16GEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: unsafeBitCast(alpha, to: Float.self), a: asFloat(a), lda: lda,
+                          b: asFloat(b), ldb: ldb, beta: unsafeBitCast(beta, to: Float.self), c: asFloat(c), ldc: ldc)
+        } else {
+            T.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                   beta: beta, c: c, ldc: ldc)
         }
     }
 

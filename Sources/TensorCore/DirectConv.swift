@@ -7,7 +7,8 @@ public enum ConvAlgorithm: Sendable, Hashable {
     case automatic
     /// im2col + GEMM (any element type, any geometry).
     case im2colGEMM
-    /// The direct kernel; falls back to im2col + GEMM where it cannot run (Double, stride > 2, no AVX-512).
+    /// The direct kernel; falls back to im2col + GEMM where it cannot run (Double, stride > 2, no AVX-512, and
+    /// convolutions that `bf16-mixed` runs in bfloat16: the direct kernel is float32 only).
     case direct
 }
 
@@ -213,8 +214,8 @@ public enum DirectConv {
     static func chooses(_ algorithm: ConvAlgorithm, _ s: Conv2dShape) -> Bool {
         switch algorithm {
         case .im2colGEMM: return false
-        case .direct: return supports(s)
-        case .automatic: return supports(s) && !s.isPointwise && s.outW >= minimumOutputWidth
+        case .direct: return supports(s) && !Conv2d.usesBF16(s)
+        case .automatic: return supports(s) && !s.isPointwise && s.outW >= minimumOutputWidth && !Conv2d.usesBF16(s)
         }
     }
 

@@ -1,0 +1,203 @@
+// bfloat16 GEMM with float32 accumulation (see include/gemm_bf16.h): Goto/BLIS blocking (Goto & van de Geijn,
+// "Anatomy of High-Performance Matrix Multiplication", 2008) around an 8 x 48 micro-kernel of VDPBF16PS, which adds
+// the products of two adjacent bfloat16 pairs into each float32 lane. Operands are rounded to bfloat16 as they are
+// packed, in pairs along k: each 32-bit word of a packed panel holds (x[k], x[k+1]) of one row or column.
+#include "gemm_bf16.h"
+#include "cpu.h"
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MR = 8, NR = 48, KC = 256, MC = 128, NC = 3072 };
+
+// Round to nearest even, float32 subnormals to signed zero, NaN to quiet NaN: VCVTNEPS2BF16's rule.
+static inline uint32_t bf16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7F800000u) == 0) return (u >> 16) & 0x8000u;
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return ((u >> 16) | 0x0040u) & 0xFFFFu;
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return u >> 16;
+}
+
+void hd_round_bf16(float *dst, long ld_dst, const float *src, long ld_src, long rows, long cols) {
+    for (long i = 0; i < rows; i++) {
+        const float *s = src + i * ld_src;
+        float *d = dst + i * ld_dst;
+        for (long j = 0; j < cols; j++) {
+            uint32_t u = bf16_bits(s[j]) << 16;
+            memcpy(d + j, &u, 4);
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define HD_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+int hd_bf16_gemm_available(void) {
+    int f = hd_cpu_features();
+    return (f & HD_CPU_AVX512BF16) && (f & HD_CPU_AVX512BW) && (f & HD_CPU_AVX512F) && (f & HD_CPU_AVX512VL);
+}
+
+// Per-thread packing buffers, grown on demand and kept for the thread's life (the engine's workers live long).
+static __thread uint32_t *pack_a, *pack_b;
+static __thread size_t pack_a_words, pack_b_words;
+
+static uint32_t *buffer(uint32_t **p, size_t *have, size_t words) {
+    if (*have < words) {
+        free(*p);
+        *p = aligned_alloc(64, ((words * 4 + 63) / 64) * 64);
+        *have = *p ? words : 0;
+    }
+    return *p;
+}
+
+// 16 floats to 16 bfloat16 in the low halves of 16 words.
+HD_BF16 static inline __m512i bf16_words(__m512 v) {
+    return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v));
+}
+
+// Packs rows (pairs across two source rows, each contiguous along the panel): panel word [kp][w] of width `width`
+// = (x(2kp, w), x(2kp+1, w)) with x(k, w) = src[k * ld + w], for kp < kps, w < valid (zero past `valid` and past
+// k >= kmax).
+HD_BF16 static void pack_interleave(uint32_t *panel, int width, int valid, const float *src, long ld, long kps, long kmax) {
+    __mmask16 masks[4];
+    for (int v = 0; v < width / 16; v++) {
+        int left = valid - 16 * v;
+        masks[v] = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+    }
+    for (long kp = 0; kp < kps; kp++) {
+        long k0 = 2 * kp, k1 = k0 + 1;
+        for (int v = 0; v < width / 16; v++) {
+            __m512 lo = k0 < kmax ? _mm512_maskz_loadu_ps(masks[v], src + k0 * ld + 16 * v) : _mm512_setzero_ps();
+            __m512 hi = k1 < kmax ? _mm512_maskz_loadu_ps(masks[v], src + k1 * ld + 16 * v) : _mm512_setzero_ps();
+            __m512i w = _mm512_or_si512(bf16_words(lo), _mm512_slli_epi32(bf16_words(hi), 16));
+            _mm512_store_si512((void *)(panel + kp * width + 16 * v), w);
+        }
+    }
+}
+
+// Packs columns (pairs along each source row, contiguous in k): panel word [kp][w] = (x(w, 2kp), x(w, 2kp+1)) with
+// x(w, k) = src[w * ld + k], for w < valid (zero past it) and k < kmax (zero past it).
+HD_BF16 static void pack_transpose(uint32_t *panel, int width, int valid, const float *src, long ld, long kps, long kmax) {
+    for (int w = 0; w < width; w++) {
+        if (w >= valid) {
+            for (long kp = 0; kp < kps; kp++) panel[kp * width + w] = 0;
+            continue;
+        }
+        const float *s = src + w * ld;
+        long kp = 0;
+        for (; 2 * kp + 32 <= kmax && kp + 16 <= kps; kp += 16) {
+            __m512i words = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 2 * kp + 16), _mm512_loadu_ps(s + 2 * kp));
+            uint32_t tmp[16] __attribute__((aligned(64)));
+            _mm512_store_si512((void *)tmp, words);
+            for (int t = 0; t < 16; t++) panel[(kp + t) * width + w] = tmp[t];
+        }
+        for (; kp < kps; kp++) {
+            long k0 = 2 * kp;
+            uint32_t lo = k0 < kmax ? bf16_bits(s[k0]) : 0, hi = k0 + 1 < kmax ? bf16_bits(s[k0 + 1]) : 0;
+            panel[kp * width + w] = lo | (hi << 16);
+        }
+    }
+}
+
+// acc (8 x 48) = A panel (kps x 8 words) . B panel (kps x 48 words); then C = alpha * acc + (first ? beta * C : C)
+// for the valid mr x nr corner (beta 0 never reads C).
+HD_BF16 static void micro_kernel(long kps, const uint32_t *a, const uint32_t *b, float *c, long ldc, int mr, int nr,
+                                 float alpha, float beta, int first) {
+    __m512 acc[MR][3];
+    for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = acc[r][2] = _mm512_setzero_ps();
+    for (long kp = 0; kp < kps; kp++) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)(b + 0));
+        __m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(b + 16));
+        __m512bh b2 = (__m512bh)_mm512_load_si512((const void *)(b + 32));
+        for (int r = 0; r < MR; r++) {
+            __m512bh ar = (__m512bh)_mm512_set1_epi32((int)a[r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
+            acc[r][2] = _mm512_dpbf16_ps(acc[r][2], ar, b2);
+        }
+        a += MR;
+        b += NR;
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < mr; r++) {
+        float *row = c + r * ldc;
+        for (int v = 0; v < 3; v++) {
+            int left = nr - 16 * v;
+            if (left <= 0) break;
+            __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            __m512 out = _mm512_mul_ps(va, acc[r][v]);
+            if (!first) {
+                out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(m, row + 16 * v));
+            } else if (beta != 0.0f) {
+                out = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, row + 16 * v), out);
+            }
+            _mm512_mask_storeu_ps(row + 16 * v, m, out);
+        }
+    }
+}
+
+HD_BF16 void hd_sgemm_bf16(int trans_a, int trans_b, long m, long n, long k, float alpha, const float *a, long lda,
+                           const float *b, long ldb, float beta, float *c, long ldc) {
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0 || alpha == 0.0f) {
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < n; j++) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+        return;
+    }
+    long ncMax = n < NC ? n : NC, ncPanels = (ncMax + NR - 1) / NR;
+    long mcMax = m < MC ? m : MC, mcPanels = (mcMax + MR - 1) / MR;
+    uint32_t *pb = buffer(&pack_b, &pack_b_words, (size_t)ncPanels * NR * (KC / 2));
+    uint32_t *pa = buffer(&pack_a, &pack_a_words, (size_t)mcPanels * MR * (KC / 2));
+    if (!pb || !pa) abort();
+    for (long jc = 0; jc < n; jc += NC) {
+        long nc = n - jc < NC ? n - jc : NC;
+        for (long pc = 0; pc < k; pc += KC) {
+            long kc = k - pc < KC ? k - pc : KC, kps = (kc + 1) / 2;
+            int first = pc == 0;
+            // B block: op(B)(pc.., jc..), panels of NR columns.
+            for (long jp = 0; jp < nc; jp += NR) {
+                int valid = (int)(nc - jp < NR ? nc - jp : NR);
+                uint32_t *panel = pb + (jp / NR) * NR * kps;
+                if (trans_b) pack_transpose(panel, NR, valid, b + (jc + jp) * ldb + pc, ldb, kps, kc);
+                else pack_interleave(panel, NR, valid, b + pc * ldb + jc + jp, ldb, kps, kc);
+            }
+            for (long ic = 0; ic < m; ic += MC) {
+                long mc = m - ic < MC ? m - ic : MC;
+                for (long ip = 0; ip < mc; ip += MR) {
+                    int valid = (int)(mc - ip < MR ? mc - ip : MR);
+                    uint32_t *panel = pa + (ip / MR) * MR * kps;
+                    if (trans_a) {
+                        // op(A)(i, kk) = a[kk * lda + i]: pairs across rows of A, MR wide (one 16-lane pass, masked).
+                        uint32_t tmp[16 * KC / 2] __attribute__((aligned(64)));
+                        pack_interleave(tmp, 16, valid, a + pc * lda + ic + ip, lda, kps, kc);
+                        for (long kp = 0; kp < kps; kp++) memcpy(panel + kp * MR, tmp + kp * 16, MR * 4);
+                    } else {
+                        pack_transpose(panel, MR, valid, a + (ic + ip) * lda + pc, lda, kps, kc);
+                    }
+                }
+                for (long jp = 0; jp < nc; jp += NR) {
+                    int nr = (int)(nc - jp < NR ? nc - jp : NR);
+                    const uint32_t *bp = pb + (jp / NR) * NR * kps;
+                    for (long ip = 0; ip < mc; ip += MR) {
+                        int mr = (int)(mc - ip < MR ? mc - ip : MR);
+                        micro_kernel(kps, pa + (ip / MR) * MR * kps, bp, c + (ic + ip) * ldc + jc + jp, ldc, mr, nr,
+                                     alpha, beta, first);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#else
+int hd_bf16_gemm_available(void) { return 0; }
+void hd_sgemm_bf16(int trans_a, int trans_b, long m, long n, long k, float alpha, const float *a, long lda,
+                   const float *b, long ldb, float beta, float *c, long ldc) {
+    (void)trans_a; (void)trans_b; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)lda; (void)b; (void)ldb;
+    (void)beta; (void)c; (void)ldc;
+    abort();
+}
+#endif

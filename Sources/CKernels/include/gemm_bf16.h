@@ -1,0 +1,31 @@
+// GEMM with bfloat16 operands and float32 accumulation (AVX512-BF16's VDPBF16PS), and the rounding to bfloat16 that
+// the same product on other CPUs uses. Row-major, like cblas_sgemm(CblasRowMajor, ...).
+#ifndef HISTODISTILL_GEMM_BF16_H
+#define HISTODISTILL_GEMM_BF16_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// 1 when this CPU runs `hd_sgemm_bf16` (AVX512-BF16 with AVX512-BW), else 0.
+int hd_bf16_gemm_available(void);
+
+/// C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with every element of A and B rounded to
+/// bfloat16 (round to nearest even; float32 subnormals become zero, NaN stays NaN, as VCVTNEPS2BF16 does) and the
+/// products summed in float32 (VDPBF16PS). op(A) = A (m rows of lda) or, with trans_a, A^T (A stored k rows of lda);
+/// likewise B. beta 0 never reads C. Only call when `hd_bf16_gemm_available()`; thread-safe (per-thread packing
+/// buffers). Follows PyTorch's bf16 autocast matmul: bf16 operands, fp32 accumulation and output.
+void hd_sgemm_bf16(int trans_a, int trans_b, long m, long n, long k, float alpha, const float *a, long lda,
+                   const float *b, long ldb, float beta, float *c, long ldc);
+
+/// dst[i * ld_dst + j] = round_bf16(src[i * ld_src + j]) as a float, for rows x cols: the operand rounding of
+/// `hd_sgemm_bf16` on any CPU (the products of two bfloat16 values are exact in float32, so an sgemm over rounded
+/// operands computes the same sums in another order).
+void hd_round_bf16(float *dst, long ld_dst, const float *src, long ld_src, long rows, long cols);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
