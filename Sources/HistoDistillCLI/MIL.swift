@@ -62,7 +62,7 @@ func runTrainerCommand<T: CommandTrainer>(_ command: TrainingCommand, config: St
             }
         }
         if group.isCoordinator { warnIgnoredKeys(cfg, file: config, overrides: options.overrides, command: command) }
-        BLAS.setThreadCount(cfg.threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
+        setUpCompute(threads: cfg.threads, precision: cfg.precision, group: group, launch: launch)
         let trainer = try group.collectively { () throws -> T in
             do { return try make(cfg, "histodistill \(histodistillVersion)", group) } catch let e as TrainingError { throw CLIError(e.message) }
         }

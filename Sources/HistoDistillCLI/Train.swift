@@ -136,12 +136,15 @@ private func asUserErrors<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
-/// Compute threads per rank (`train.threads`, else the launch's share of the cores) and, on the coordinator, the
-/// kernel warnings.
-private func setUpCompute(threads: Int?, group: any ProcessGroup, launch: LaunchEnvironment) {
+/// Compute threads per rank (`train.threads`, else the launch's share of the cores), the convolutions' precision
+/// (`train.precision`) and, on the coordinator, the kernel warnings.
+func setUpCompute(threads: Int?, precision: MatmulPrecision, group: any ProcessGroup, launch: LaunchEnvironment) {
     BLAS.setThreadCount(threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
+    BF16GEMM.precision = precision
     if group.isCoordinator {
-        for w in KernelAdvice.current() { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+        var warnings = KernelAdvice.current()
+        if precision == .bf16Mixed, let w = BF16GEMM.emulationWarning { warnings.append(w) }
+        for w in warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
     }
 }
 
@@ -156,7 +159,7 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
         }
     }
     if group.isCoordinator { for (c, path) in zip(cfgs, configs) { warnIgnoredKeys(c, file: path, overrides: options.overrides, command: .distill) } }
-    setUpCompute(threads: cfgs[0].threads, group: group, launch: launch)
+    setUpCompute(threads: cfgs[0].threads, precision: cfgs[0].precision, group: group, launch: launch)
     let pass = try group.collectively { () throws -> MultiStudentDistiller in
         do {
             return try MultiStudentDistiller(configs: Array(zip(cfgs, configs)).map { ($0, $1) }, writer: "histodistill \(histodistillVersion)", group: group)
@@ -191,7 +194,7 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
         return cfg
     }
     if group.isCoordinator { warnIgnoredKeys(cfg, file: config, overrides: options.overrides, command: distillation ? .distill : .train) }
-    setUpCompute(threads: cfg.threads, group: group, launch: launch)
+    setUpCompute(threads: cfg.threads, precision: cfg.precision, group: group, launch: launch)
     let trainer = try group.collectively { () throws -> SupervisedTrainer in
         do { return try SupervisedTrainer(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {
             throw CLIError(e.message)

@@ -166,6 +166,7 @@ public enum Conv2d {
                 shape: s, workspace: unsafeDowncast(workspace, to: Workspace<Float>.self))
             return
         }
+        let bf16 = T.self == Float.self && usesBF16(s)   // read here, not in the workers: it may be task-local
         let plan = forwardPlan(s, tiling: tiling)
         let workers = plan.count
         let maxColumns = plan.joined().map(\.count).max() ?? 0
@@ -174,7 +175,7 @@ public enum Conv2d {
         let body = { (w: Int) in
             let col = scratch + w * per, tmp = col + 2 * s.k * maxColumns
             for tile in plan[w] {
-                forwardTile(tile, output: output, input: input, weight: weight, bias: bias, shape: s, col: col, tmp: tmp)
+                forwardTile(tile, output: output, input: input, weight: weight, bias: bias, shape: s, col: col, tmp: tmp, bf16: bf16)
             }
         }
         Parallel.workers(workers, body)
@@ -183,7 +184,7 @@ public enum Conv2d {
     @inline(__always)
     static func forwardTile<T: KernelScalar>(
         _ t: ConvTile, output: UnsafeMutablePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
-        bias: UnsafePointer<T>?, shape s: Conv2dShape, col: UnsafeMutablePointer<T>, tmp: UnsafeMutablePointer<T>
+        bias: UnsafePointer<T>?, shape s: Conv2dShape, col: UnsafeMutablePointer<T>, tmp: UnsafeMutablePointer<T>, bf16: Bool
     ) {
         let plane = s.outPlane, inImage = s.cIn * s.h * s.w, outImage = s.cOut * plane
         let x = input + t.image * inImage
@@ -196,7 +197,7 @@ public enum Conv2d {
                 b = UnsafePointer(col); ldb = t.count
             }
             let y = output + t.image * outImage + t.start
-            convGEMM(s, transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
+            convGEMM(bf16, transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
                    b: b, ldb: ldb, beta: 0, c: y, ldc: plane)
             if let bias {
                 for m in 0..<s.cOut {
@@ -206,7 +207,7 @@ public enum Conv2d {
             }
         } else {
             im2col(col: col, ld: t.count, input: x, start: 0, count: t.count, shape: s)
-            convGEMM(s, transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
+            convGEMM(bf16, transA: false, transB: false, m: s.cOut, n: t.count, k: s.k, alpha: 1, a: weight, lda: s.k,
                    b: col, ldb: t.count, beta: 0, c: tmp, ldc: t.count)
             // (cOut, images*plane) -> images x (cOut, plane), adding the bias on the way.
             for j in 0..<t.images {
@@ -263,6 +264,7 @@ public enum Conv2d {
                 shape: s, workspace: unsafeDowncast(workspace, to: Workspace<Float>.self))
             return
         }
+        let bf16 = T.self == Float.self && usesBF16(s)   // read here, not in the workers: it may be task-local
         // Workers own disjoint images, so their input gradients never overlap.
         let workers = min(Parallel.width, s.n)
         let plan = assignment(s, workers: workers, tiling: tiling)
@@ -277,7 +279,7 @@ public enum Conv2d {
             if w == 0 { dW = gradWeight } else { dW = partial; partial.update(repeating: 0, count: s.weightCount) }
             for tile in plan[w] {
                 backwardTile(tile, gradInput: gradInput, gradWeight: dW, gradOutput: gradOutput, input: input,
-                             weight: weight, shape: s, col: col, dcol: dcol, dyTile: dyTile)
+                             weight: weight, shape: s, col: col, dcol: dcol, dyTile: dyTile, bf16: bf16)
             }
         }
         Parallel.workers(workers, body)
@@ -303,7 +305,7 @@ public enum Conv2d {
     static func backwardTile<T: KernelScalar>(
         _ t: ConvTile, gradInput: UnsafeMutablePointer<T>?, gradWeight: UnsafeMutablePointer<T>,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>, shape s: Conv2dShape,
-        col: UnsafeMutablePointer<T>, dcol: UnsafeMutablePointer<T>, dyTile: UnsafeMutablePointer<T>
+        col: UnsafeMutablePointer<T>, dcol: UnsafeMutablePointer<T>, dyTile: UnsafeMutablePointer<T>, bf16: Bool
     ) {
         let plane = s.outPlane, inImage = s.cIn * s.h * s.w, outImage = s.cOut * plane
         let x = input + t.image * inImage
@@ -327,17 +329,17 @@ public enum Conv2d {
             b = UnsafePointer(col); ldb = t.count
         }
         // dW (cOut, k) += dy (cOut, cols) * col^T (cols, k)
-        convGEMM(s, transA: false, transB: true, m: s.cOut, n: s.k, k: t.count, alpha: 1, a: dy, lda: lddy,
+        convGEMM(bf16, transA: false, transB: true, m: s.cOut, n: s.k, k: t.count, alpha: 1, a: dy, lda: lddy,
                b: b, ldb: ldb, beta: 1, c: gradWeight, ldc: s.k)
         guard let gradInput else { return }
         let dx = gradInput + t.image * inImage
         if direct {
             // dx (cIn, cols) += W^T (cIn, cOut) * dy (cOut, cols)
-            convGEMM(s, transA: true, transB: false, m: s.cIn, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.cIn,
+            convGEMM(bf16, transA: true, transB: false, m: s.cIn, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.cIn,
                    b: dy, ldb: lddy, beta: 1, c: dx + t.start, ldc: plane)
         } else {
             // dcol (k, cols) = W^T (k, cOut) * dy (cOut, cols), then scatter-add into the images.
-            convGEMM(s, transA: true, transB: false, m: s.k, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.k,
+            convGEMM(bf16, transA: true, transB: false, m: s.k, n: t.count, k: s.cOut, alpha: 1, a: weight, lda: s.k,
                    b: dy, ldb: lddy, beta: 0, c: dcol, ldc: t.count)
             col2im(gradInput: dx, col: dcol, ld: t.count, start: t.start, count: t.count, shape: s)
         }
@@ -354,14 +356,14 @@ public enum Conv2d {
         BF16GEMM.precision == .bf16Mixed && s.cOut >= bf16MinimumOutputChannels
     }
 
-    /// The GEMM of every im2col convolution: float32 sgemm, or for Float where `usesBF16(s)` bfloat16 operands with
-    /// float32 accumulation (`BF16GEMM.gemm`).
+    /// The GEMM of every im2col convolution: `T.gemm`, or with `bf16` (Float only, where `usesBF16(s)`) bfloat16
+    /// operands with float32 accumulation (`BF16GEMM.gemm`).
     @inline(__always)
     static func convGEMM<T: KernelScalar>(
-        _ s: Conv2dShape, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T, a: UnsafePointer<T>, lda: Int,
+        _ bf16: Bool, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: T, a: UnsafePointer<T>, lda: Int,
         b: UnsafePointer<T>, ldb: Int, beta: T, c: UnsafeMutablePointer<T>, ldc: Int
     ) {
-        if T.self == Float.self && usesBF16(s) {
+        if bf16 {
             BF16GEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: unsafeBitCast(alpha, to: Float.self), a: asFloat(a), lda: lda,
                           b: asFloat(b), ldb: ldb, beta: unsafeBitCast(beta, to: Float.self), c: asFloat(c), ldc: ldc)
         } else {

@@ -18,12 +18,17 @@ public enum BF16GEMM {
     private static let precisionStorage = Atomic<Int>(0)
     private static let emulateStorage = Atomic<Bool>(false)
 
-    /// The precision every Float convolution of this process uses (default `.float32`). Set once at start
-    /// (`train.precision`, `--precision`); like `BLAS.setThreadCount`, not meant to change under running kernels.
+    /// The precision every Float convolution uses (default `.float32`): `scoped` where a task set it, else the
+    /// process-wide value set once at start (`train.precision`, `--precision`), like PyTorch's
+    /// `torch.set_float32_matmul_precision`. Each convolution reads it once, on the calling thread.
     public static var precision: MatmulPrecision {
-        get { precisionStorage.load(ordering: .relaxed) == 1 ? .bf16Mixed : .float32 }
+        get { scoped ?? (precisionStorage.load(ordering: .relaxed) == 1 ? .bf16Mixed : .float32) }
         set { precisionStorage.store(newValue == .bf16Mixed ? 1 : 0, ordering: .relaxed) }
     }
+
+    /// A precision for the current task and the work it calls (`BF16GEMM.$scoped.withValue(.bf16Mixed) { ... }`),
+    /// over the process-wide one; lets tests compare precisions side by side without changing it for others.
+    @TaskLocal public static var scoped: MatmulPrecision?
 
     /// Whether this CPU has the AVX512-BF16 kernel (`hd_sgemm_bf16`).
     public static var cpuHasKernel: Bool { hd_bf16_gemm_available() != 0 }

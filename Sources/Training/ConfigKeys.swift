@@ -3,6 +3,7 @@
 // `histodistill config-keys` listing and the reference table in configs/README.md.
 import Foundation
 import Layers
+import TensorCore
 import TileShards
 import Yams
 
@@ -228,6 +229,7 @@ public struct ConfigKey: @unchecked Sendable {
         key("train", "label_smoothing", \.labelSmoothing, .float, "cross-entropy label smoothing ε in 0...1 (torch.nn.CrossEntropyLoss(label_smoothing=ε)); also the CE term of distillation"),
         key("train", "ema_decay", \.emaDecay, .float, "exponential moving average of the weights and buffers, validated and kept as best.safetensors (torch AveragedModel with get_ema_multi_avg_fn(decay), use_buffers=True); 0 off, 0.999 usual"),
         key("train", "ema_warmup", \.emaWarmup, .bool, "ramp the average's decay up as timm ModelEmaV3(use_warmup=True): min(ema_decay, 1 - (1 + n)^(-2/3)) at the n-th update, so a short run's average forgets the untrained network"),
+        key("train", "precision", \.precision, .choice, resume: .mayChange, "convolutions' GEMMs (Lightning's Trainer precision names): 32-true float32, or bf16-mixed bfloat16 operands with float32 accumulation in convolutions of 64 or more output channels (the teacher's too), weights, gradients, norms and optimizer float32; native on AVX512-BF16 CPUs, emulated (slower) elsewhere"),
         key("train", "threads", \.threads, .int, default: "cores per rank", resume: .free, "compute threads per rank"),
         key("train", "divergence_factor", \.divergenceFactor, .float, resume: .mayChange,
             "stop when a step's loss exceeds this many times the lowest running median of the last 100 losses, floored at 0.1 (0 disables)"),

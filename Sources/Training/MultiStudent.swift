@@ -48,9 +48,9 @@ public final class MultiStudentDistiller {
     public let group: any ProcessGroup
 
     /// Keys every student's config must share: the data stream (shards, order, augmentation, normalisation), the
-    /// schedule's length and the teacher.
+    /// schedule's length, the teacher and the precision (one setting for the process's convolutions).
     public static let sharedKeys: [String] = ["run.seed", "data.train", "data.unlabeled", "data.mean", "data.std", "data.min_tissue",
-                                              "data.on_corrupt", "train.batch_size", "train.epochs", "train.max_steps", "train.threads",
+                                              "data.on_corrupt", "train.batch_size", "train.epochs", "train.max_steps", "train.threads", "train.precision",
                                               "distill.teacher_run", "distill.teacher_weights"]
         + ConfigKey.table.filter { $0.section == "augment" }.map(\.path)
 

@@ -2,6 +2,7 @@
 // validation that names the file and the bad key or value.
 import Foundation
 import Layers
+import TensorCore
 import TileShards
 import Yams
 
@@ -69,6 +70,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var keep = 3
     public var clipGradNorm: Float?
     public var threads: Int?
+    /// Precision of the convolutions' GEMMs (`BF16GEMM.precision` for the run's process).
+    public var precision = MatmulPrecision.float32
     /// A step whose loss exceeds this many times the running median of recent losses stops the run (0: never).
     public var divergenceFactor: Float = 1000
     // distill (present only for `histodistill distill`)

@@ -1,0 +1,162 @@
+// bf16-mixed: the rounding to bfloat16, the AVX512-BF16 GEMM against a double-precision sum of the rounded operands
+// and against the emulation other CPUs run, and which convolutions run in bfloat16.
+import Testing
+@testable import TensorCore
+
+@Suite("bfloat16 GEMM and bf16-mixed convolutions", .serialized)
+struct BF16Tests {
+    /// op(X) of a row-major matrix stored with leading dimension `ld`, as a Double.
+    static func element(_ x: [Float], _ ld: Int, trans: Bool, _ r: Int, _ c: Int) -> Double {
+        Double(trans ? x[c * ld + r] : x[r * ld + c])
+    }
+
+    /// alpha * op(A) op(B) + beta * C in Double, over operands `a`, `b` as given (round them first for bf16).
+    static func reference(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: [Float], lda: Int,
+                          b: [Float], ldb: Int, beta: Float, c: [Float], ldc: Int) -> [Float] {
+        var out = c
+        for i in 0..<m {
+            for j in 0..<n {
+                var acc = 0.0
+                for p in 0..<k { acc += element(a, lda, trans: transA, i, p) * element(b, ldb, trans: transB, p, j) }
+                out[i * ldc + j] = Float(Double(alpha) * acc + (beta == 0 ? 0 : Double(beta) * Double(c[i * ldc + j])))
+            }
+        }
+        return out
+    }
+
+    @Test("rounding to bfloat16: nearest, ties to even, subnormals to signed zero, NaN kept, overflow to infinity")
+    func rounding() {
+        let cases: [(Float, Float)] = [
+            (1, 1), (-2.5, -2.5),
+            (1 + 0x1p-8, 1),                       // halfway, 1 is even
+            (1 + 3 * 0x1p-8, 1 + 0x1p-6),          // halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even)
+            (1 + 0x1p-8 + 0x1p-20, 1 + 0x1p-7),    // just above halfway
+            (0.1, 0.10009765625), (-3.14159265, -3.140625),
+            (Float.greatestFiniteMagnitude, .infinity), (1e-40, 0),
+        ]
+        for (x, expected) in cases {
+            #expect(BF16GEMM.round(x) == expected, "round(\(x)) = \(BF16GEMM.round(x)), expected \(expected)")
+        }
+        #expect(BF16GEMM.round(-1e-40) == 0 && BF16GEMM.round(-1e-40).sign == .minus, "a negative subnormal keeps its sign")
+        #expect(BF16GEMM.round(.nan).isNaN && BF16GEMM.round(-.infinity) == -.infinity)
+        // Every rounded value has 8 significant bits: the low 16 bits of its float32 pattern are zero.
+        var rng = SeededRNG(seed: 3)
+        for v in rng.values(1000, scale: 1000) {
+            #expect(BF16GEMM.round(Float(v)).bitPattern & 0xFFFF == 0)
+            #expect(abs(BF16GEMM.round(Float(v)) - Float(v)) <= abs(Float(v)) * 0x1p-8)
+        }
+    }
+
+    static let shapes: [(m: Int, n: Int, k: Int)] = [(1, 1, 1), (1, 1, 2), (8, 48, 256), (9, 49, 257), (37, 101, 33),
+                                                     (64, 130, 576), (130, 97, 600), (17, 3100, 5)]
+
+    /// Runs `BF16GEMM.gemm` for every transposition and shape with alpha 0.75 and beta 0 (C full of NaN: must not be
+    /// read) or 0.5, and compares with the Double sum of the rounded operands.
+    func checkGEMM(emulated: Bool) {
+        let saved = BF16GEMM.forceEmulation
+        BF16GEMM.forceEmulation = emulated
+        defer { BF16GEMM.forceEmulation = saved }
+        #expect(BF16GEMM.native == !emulated)
+        var rng = SeededRNG(seed: 17)
+        for (m, n, k) in Self.shapes {
+            for (transA, transB) in [(false, false), (true, false), (false, true), (true, true)] {
+                for beta: Float in [0, 0.5] {
+                    // Leading dimensions larger than the rows, so strides are exercised.
+                    let lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 2, ldc = n + 1
+                    let a = rng.values((transA ? k : m) * lda).map(Float.init), b = rng.values((transB ? n : k) * ldb).map(Float.init)
+                    let c0 = beta == 0 ? [Float](repeating: .nan, count: m * ldc) : rng.values(m * ldc).map(Float.init)
+                    var c = c0
+                    BF16GEMM.gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.75, a: a, lda: lda, b: b, ldb: ldb,
+                                  beta: beta, c: &c, ldc: ldc)
+                    let expected = Self.reference(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.75,
+                                                  a: a.map(BF16GEMM.round), lda: lda, b: b.map(BF16GEMM.round), ldb: ldb,
+                                                  beta: beta, c: c0, ldc: ldc)
+                    let unrounded = Self.reference(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.75, a: a, lda: lda,
+                                                   b: b, ldb: ldb, beta: beta, c: c0, ldc: ldc)
+                    let label = "m \(m) n \(n) k \(k) transA \(transA) transB \(transB) beta \(beta), emulated \(emulated)"
+                    // Columns past n (the +1 of ldc) are never written.
+                    for i in 0..<m where !(c[i * ldc + n].bitPattern == c0[i * ldc + n].bitPattern) {
+                        Issue.record("\(label): row \(i) written past column n"); break
+                    }
+                    let keep = (0..<(m * ldc)).filter { $0 % ldc < n }
+                    let got = keep.map { c[$0] }, want = keep.map { expected[$0] }
+                    #expect(!got.contains { $0.isNaN }, "\(label): beta 0 read C")
+                    #expect(relativeError(got, want) < 2e-6, "\(label): error \(relativeError(got, want)) against the rounded operands' sum")
+                    if k >= 33 {
+                        // The operands really were rounded: the float32 product differs by about 2^-9 relative per term.
+                        #expect(relativeError(got, keep.map { unrounded[$0] }) > 1e-5, "\(label): no sign of bfloat16 rounding")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test("AVX512-BF16 GEMM equals the double-precision sum of the bfloat16-rounded operands, every transposition and edge",
+          .enabled(if: BF16GEMM.cpuHasKernel, "this CPU has no AVX512-BF16: the emulation test covers the path it runs"))
+    func nativeGEMM() { checkGEMM(emulated: false) }
+
+    @Test("emulated bf16 GEMM (other CPUs) equals the same sum")
+    func emulatedGEMM() { checkGEMM(emulated: true) }
+
+    @Test("AVX512-BF16 and emulation give the same bits for single products, ties and NaN included",
+          .enabled(if: BF16GEMM.cpuHasKernel, "this CPU has no AVX512-BF16"))
+    func singleProducts() {
+        let values: [Float] = [1 + 0x1p-8, 1 + 3 * 0x1p-8, -0.1, 3.14159265, .nan, 1e-40, 65504.7, -7.0000005, 0.33333334]
+        let saved = BF16GEMM.forceEmulation
+        defer { BF16GEMM.forceEmulation = saved }
+        for x in values {
+            for y in values {
+                var out: [Float] = []
+                for emulated in [false, true] {
+                    BF16GEMM.forceEmulation = emulated
+                    var c: [Float] = [0]
+                    BF16GEMM.gemm(transA: false, transB: false, m: 1, n: 1, k: 1, alpha: 1, a: [x], lda: 1, b: [y], ldb: 1,
+                                  beta: 0, c: &c, ldc: 1)
+                    out.append(c[0])
+                }
+                #expect(out[0].bitPattern == out[1].bitPattern || (out[0].isNaN && out[1].isNaN),
+                        "\(x) * \(y): AVX512-BF16 \(out[0]), emulated \(out[1])")
+                #expect(out[1] == BF16GEMM.round(x) * BF16GEMM.round(y) || out[1].isNaN)
+            }
+        }
+    }
+
+    /// Forward and backward of a conv at `precision` (scoped), on `threads` threads.
+    static func conv(_ s: Conv2dShape, precision: MatmulPrecision, threads: Int, seed: UInt64 = 5) -> [[Float]] {
+        var rng = SeededRNG(seed: seed)
+        let x = Buffer<Float>(rng.values(s.inputCount).map(Float.init)), w = Buffer<Float>(rng.values(s.weightCount, scale: 0.2).map(Float.init))
+        let dy = Buffer<Float>(rng.values(s.outputCount).map(Float.init))
+        let y = Buffer<Float>(count: s.outputCount), dx = Buffer<Float>(count: s.inputCount), dw = Buffer<Float>(count: s.weightCount)
+        BF16GEMM.$scoped.withValue(precision) {
+            Parallel.withWidth(threads) {
+                let ws = Workspace<Float>()
+                Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s, workspace: ws)
+                Conv2d.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: nil, gradOutput: dy.pointer,
+                                input: x.pointer, weight: w.pointer, shape: s, workspace: ws)
+            }
+        }
+        return [y.array, dx.array, dw.array]
+    }
+
+    @Test("bf16-mixed convolutions: 64 or more output channels in bfloat16 (close to float32, not equal), fewer stay float32 bit for bit")
+    func convolutions() {
+        let wide = Conv2dShape(n: 3, cIn: 16, h: 20, w: 20, cOut: 64, kernel: 3, padding: 1)
+        let strided = Conv2dShape(n: 2, cIn: 24, h: 9, w: 9, cOut: 72, kernel: 3, stride: 2, padding: 1)
+        let narrow = Conv2dShape(n: 3, cIn: 16, h: 20, w: 20, cOut: 32, kernel: 3, padding: 1)
+        BF16GEMM.$scoped.withValue(.bf16Mixed) {
+            #expect(Conv2d.usesBF16(wide) && Conv2d.usesBF16(strided) && !Conv2d.usesBF16(narrow))
+            #expect(!DirectConv.chooses(.automatic, wide) && !DirectConv.chooses(.direct, wide), "the direct kernel is float32 only")
+        }
+        #expect(!Conv2d.usesBF16(wide), "float32 unless asked (here: no scoped precision, process default 32-true)")
+        for s in [wide, strided] {
+            for threads in [1, 2] {
+                let full = Self.conv(s, precision: .float32, threads: threads), half = Self.conv(s, precision: .bf16Mixed, threads: threads)
+                for (part, name) in ["output", "input gradient", "weight gradient"].enumerated() {
+                    let err = relativeError(half[part], full[part])
+                    #expect(err < 1e-2 && err > 1e-5, "\(name) of \(s), \(threads) threads: bf16-mixed vs float32 error \(err)")
+                }
+            }
+        }
+        #expect(Self.conv(narrow, precision: .bf16Mixed, threads: 2) == Self.conv(narrow, precision: .float32, threads: 2))
+    }
+}
