@@ -10,7 +10,9 @@
 #   environment: WORK=runs/frontier, SHARDS=<dir with train/ and val/> (packed from LUNG when absent),
 #                LUNG=../shared/data/lc25000-lung, EPOCHS=10 (teacher and students), STUDENT_EPOCHS=$EPOCHS,
 #                SIZES="112 56 28 14" (the students' input sizes; the pass's cost is mostly the teacher and the largest),
-#                STUDENT_SET="key=value ..." (extra --set overrides for the students and the from-scratch runs alike)
+#                STUDENT_SET="key=value ..." (extra --set overrides for the students and the from-scratch runs alike),
+#                SET="key=value ..." (extra --set overrides for every run, the teacher's too; e.g. SET=train.precision=bf16-mixed
+#                with WORK=runs/frontier-bf16 for the bf16-mixed runs of docs/results.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?usage: cluster/frontier.sh SEED | summary | speed}
@@ -21,8 +23,9 @@ epochs=${EPOCHS:-10} student_epochs=${STUDENT_EPOCHS:-${EPOCHS:-10}}
 bin=${HISTODISTILL:-$(swift build -c release --show-bin-path)/histodistill}   # HISTODISTILL: another binary (a copy, while you rebuild)
 log() { echo "$(date -u +%H:%M:%S) $*"; }
 read -r -a sizes <<< "${SIZES:-112 56 28 14}"
-student_set=()
+student_set=() all_set=()
 for kv in ${STUDENT_SET:-}; do student_set+=(--set "$kv"); done
+for kv in ${SET:-}; do all_set+=(--set "$kv"); done
 
 case $what in
 summary)
@@ -74,7 +77,7 @@ if [ ! -d "$shards/train" ]; then
     "$bin" pack "$lung/train" -o "$shards/train" --magnification 10 > /dev/null
     "$bin" pack "$lung/val" -o "$shards/val" --magnification 10 > /dev/null
 fi
-data=(--set "data.train=$shards/train" --set "data.val=$shards/val" --set "run.seed=$seed")
+data=(--set "data.train=$shards/train" --set "data.val=$shards/val" --set "run.seed=$seed" "${all_set[@]}")
 
 log "seed $seed: teacher at 224 px, recipe, $epochs epochs"
 [ -f "$out/teacher/best.safetensors" ] || "$bin" train --config configs/teacher-lung-224.yaml "${data[@]}" \

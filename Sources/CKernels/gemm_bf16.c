@@ -78,25 +78,65 @@ HD_BF16 static void pack_interleave(uint32_t *panel, int width, int valid, const
     }
 }
 
+// Transposes 16 rows of 16 words in place (r[i] word c -> r[c] word i): unpacks within 128-bit lanes, then lane
+// shuffles.
+HD_BF16 static inline void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i + 0] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    // u[4g + j], 128-bit lane L: word 4L + j of rows 4g..4g+3.
+    for (int j = 0; j < 4; j++) {
+        __m512i x = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88), y = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xDD);
+        __m512i x2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88), y2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xDD);
+        r[j] = _mm512_shuffle_i32x4(x, x2, 0x88);
+        r[8 + j] = _mm512_shuffle_i32x4(x, x2, 0xDD);
+        r[4 + j] = _mm512_shuffle_i32x4(y, y2, 0x88);
+        r[12 + j] = _mm512_shuffle_i32x4(y, y2, 0xDD);
+    }
+}
+
 // Packs columns (pairs along each source row, contiguous in k): panel word [kp][w] = (x(w, 2kp), x(w, 2kp+1)) with
-// x(w, k) = src[w * ld + k], for w < valid (zero past it) and k < kmax (zero past it).
+// x(w, k) = src[w * ld + k], for w < valid (zero past it) and k < kmax (zero past it). Width 8 or a multiple of 16;
+// 16 rows x 16 pairs at a time through a register transpose.
 HD_BF16 static void pack_transpose(uint32_t *panel, int width, int valid, const float *src, long ld, long kps, long kmax) {
+    long kpVector = 0;
+    if (kps >= 16 && kmax >= 32) {
+        kpVector = kmax / 32 * 16;
+        if (kpVector > kps / 16 * 16) kpVector = kps / 16 * 16;
+    }
+    for (int w0 = 0; w0 < width; w0 += 16) {
+        for (long kp = 0; kp < kpVector; kp += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                int w = w0 + i;
+                if (w < valid && w < width) {
+                    const float *s = src + w * ld + 2 * kp;
+                    r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 16), _mm512_loadu_ps(s));
+                } else {
+                    r[i] = _mm512_setzero_si512();
+                }
+            }
+            transpose16(r);
+            if (width == 8) {
+                for (int c = 0; c < 16; c++) _mm256_store_si256((__m256i *)(panel + (kp + c) * width), _mm512_castsi512_si256(r[c]));
+            } else {
+                for (int c = 0; c < 16; c++) _mm512_store_si512((void *)(panel + (kp + c) * width + w0), r[c]);
+            }
+        }
+    }
     for (int w = 0; w < width; w++) {
-        if (w >= valid) {
-            for (long kp = 0; kp < kps; kp++) panel[kp * width + w] = 0;
-            continue;
-        }
         const float *s = src + w * ld;
-        long kp = 0;
-        for (; 2 * kp + 32 <= kmax && kp + 16 <= kps; kp += 16) {
-            __m512i words = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 2 * kp + 16), _mm512_loadu_ps(s + 2 * kp));
-            uint32_t tmp[16] __attribute__((aligned(64)));
-            _mm512_store_si512((void *)tmp, words);
-            for (int t = 0; t < 16; t++) panel[(kp + t) * width + w] = tmp[t];
-        }
-        for (; kp < kps; kp++) {
+        for (long kp = kpVector; kp < kps; kp++) {
             long k0 = 2 * kp;
-            uint32_t lo = k0 < kmax ? bf16_bits(s[k0]) : 0, hi = k0 + 1 < kmax ? bf16_bits(s[k0 + 1]) : 0;
+            uint32_t lo = w < valid && k0 < kmax ? bf16_bits(s[k0]) : 0, hi = w < valid && k0 + 1 < kmax ? bf16_bits(s[k0 + 1]) : 0;
             panel[kp * width + w] = lo | (hi << 16);
         }
     }

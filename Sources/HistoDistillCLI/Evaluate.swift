@@ -16,13 +16,19 @@ struct ModelSource: ParsableArguments {
     @Option(help: "Weights file (default: the run's best.safetensors, else its newest checkpoint). A file written by histodistill describes its model: no --run needed.")
     var weights: String?
 
+    @Option(help: "Precision of the convolutions: 32-true (float32) or bf16-mixed (bfloat16 operands with float32 accumulation in convolutions of 64 or more output channels; native on CPUs with AVX512-BF16, emulated and slower elsewhere).")
+    var precision: MatmulPrecision = .float32
+
     func validate() throws {
         if runDirectory == nil && weights == nil { throw ValidationError("give --run RUN_DIRECTORY or --weights FILE.safetensors (or both)") }
     }
 
     var run: RunDirectory? { runDirectory.map { RunDirectory(path: $0) } }
 
+    /// Loads the model and sets the convolutions' precision (`--precision`) for this process.
     func load() throws -> TrainedModel {
+        BF16GEMM.precision = precision
+        if precision == .bf16Mixed, let w = BF16GEMM.emulationWarning { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
         do { return try TrainedModel.load(run: run, weights: weights.map { URL(fileURLWithPath: $0) }) } catch let e as TrainingError {
             throw CLIError(e.message)
         }

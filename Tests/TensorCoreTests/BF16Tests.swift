@@ -32,12 +32,13 @@ struct BF16Tests {
             (1 + 3 * 0x1p-8, 1 + 0x1p-6),          // halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even)
             (1 + 0x1p-8 + 0x1p-20, 1 + 0x1p-7),    // just above halfway
             (0.1, 0.10009765625), (-3.14159265, -3.140625),
-            (Float.greatestFiniteMagnitude, .infinity), (1e-40, 0),
+            (Float.greatestFiniteMagnitude, .infinity), (Float(bitPattern: 0x0001_2345), 0),   // a subnormal
         ]
         for (x, expected) in cases {
             #expect(BF16GEMM.round(x) == expected, "round(\(x)) = \(BF16GEMM.round(x)), expected \(expected)")
         }
-        #expect(BF16GEMM.round(-1e-40) == 0 && BF16GEMM.round(-1e-40).sign == .minus, "a negative subnormal keeps its sign")
+        let negativeSubnormal = Float(bitPattern: 0x8001_2345)
+        #expect(BF16GEMM.round(negativeSubnormal) == 0 && BF16GEMM.round(negativeSubnormal).sign == .minus, "a negative subnormal keeps its sign")
         #expect(BF16GEMM.round(.nan).isNaN && BF16GEMM.round(-.infinity) == -.infinity)
         // Every rounded value has 8 significant bits: the low 16 bits of its float32 pattern are zero.
         var rng = SeededRNG(seed: 3)
@@ -101,7 +102,7 @@ struct BF16Tests {
     @Test("AVX512-BF16 and emulation give the same bits for single products, ties and NaN included",
           .enabled(if: BF16GEMM.cpuHasKernel, "this CPU has no AVX512-BF16"))
     func singleProducts() {
-        let values: [Float] = [1 + 0x1p-8, 1 + 3 * 0x1p-8, -0.1, 3.14159265, .nan, 1e-40, 65504.7, -7.0000005, 0.33333334]
+        let values: [Float] = [1 + 0x1p-8, 1 + 3 * 0x1p-8, -0.1, 3.14159265, .nan, Float(bitPattern: 0x0001_2345), 65504.7, -7.0000005, 0.33333334]
         let saved = BF16GEMM.forceEmulation
         defer { BF16GEMM.forceEmulation = saved }
         for x in values {

@@ -1,0 +1,83 @@
+// train.precision through the command line: bf16-mixed trains and evaluates, is recorded in the run's config, differs
+// from float32 by bfloat16 rounding only, may change on --resume, and is shared by the students of one pass.
+import Foundation
+import SafeTensors
+import TensorCore
+import Testing
+
+@Suite("bf16-mixed runs")
+struct PrecisionTests {
+    /// A 3-step run of a two-stage ResNet with 64 planes (so its convolutions of 64 output channels run in bfloat16).
+    func config(_ dir: URL, _ name: String, shards: URL, precision: String, extra: String = "") throws -> String {
+        let url = dir.appendingPathComponent("\(name).yaml")
+        try """
+        run: {name: \(name), output: \(dir.appendingPathComponent(name).path), seed: 3}
+        data: {train: \(shards.path), val: \(shards.path)}
+        model: {planes: [64, 64], blocks: [1, 1]}
+        train: {max_steps: 3, batch_size: 4, threads: 1, precision: \(precision), checkpoint_every: 1}
+        \(extra)
+        """.write(to: url, atomically: true, encoding: .utf8)
+        return url.path
+    }
+
+    static func floats(_ url: URL) throws -> [Float] {
+        try SafeTensorsFile(contentsOf: url).tensors.sorted { $0.name < $1.name }.flatMap(\.floats)
+    }
+
+    @Test("bf16-mixed trains, is written to config.yaml, stays within bfloat16 rounding of float32, resumes from a float32 checkpoint, and evaluates with --precision")
+    func trainAndEvaluate() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-bf16-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let bin = try histodistillBinary()
+        var weights: [[Float]] = []
+        for precision in ["32-true", "bf16-mixed"] {
+            let r = try run([bin, "train", "--config", try config(dir, precision, shards: shards, precision: precision)])
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            // The emulation is announced only where it runs.
+            #expect(r.stderr.contains("emulated") == (precision == "bf16-mixed" && !BF16GEMM.cpuHasKernel), "stderr: \(r.stderr)")
+            let saved = try String(contentsOf: dir.appendingPathComponent("\(precision)/config.yaml"), encoding: .utf8)
+            #expect(saved.contains("precision: \(precision)"), "config.yaml: \(saved)")
+            weights.append(try Self.floats(dir.appendingPathComponent("\(precision)/best.safetensors")))
+        }
+        // Same seed, same data: after 3 Adam steps the weights differ (bfloat16 products) but only slightly.
+        let diff = zip(weights[0], weights[1]).map { abs($0 - $1) }.max() ?? 0
+        #expect(diff > 0 && diff < 0.05, "largest weight difference after 3 steps: \(diff)")
+
+        // A float32 run resumed in bf16-mixed: allowed, and said.
+        let resumed = try run([bin, "train", "--config", dir.appendingPathComponent("32-true/config.yaml").path, "--resume",
+                               "--set", "train.max_steps=4", "--set", "train.precision=bf16-mixed"])
+        #expect(resumed.status == 0, "stderr: \(resumed.stderr)")
+        #expect(resumed.stderr.contains("train.precision"), "the change is noted: \(resumed.stderr)")
+
+        // Evaluation in both precisions: the same predictions on this tiny set up to rounding.
+        var accuracies: [Double] = []
+        for precision in ["32-true", "bf16-mixed"] {
+            let out = dir.appendingPathComponent("eval-\(precision).json")
+            let r = try run([bin, "evaluate", "--run", dir.appendingPathComponent("bf16-mixed").path, "--precision", precision, "--output", out.path])
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: out)) as? [String: Any]
+            accuracies.append((json?["accuracy"] as? Double) ?? -1)
+        }
+        #expect(accuracies.allSatisfy { $0 >= 0 } && abs(accuracies[0] - accuracies[1]) <= 0.25, "accuracies \(accuracies)")
+
+        let bad = try run([bin, "train", "--config", try config(dir, "bad", shards: shards, precision: "fp16")])
+        #expect(bad.status != 0 && bad.stderr.contains("train.precision") && bad.stderr.contains("bf16-mixed") && !bad.stderr.contains("Fatal error"),
+                "stderr: \(bad.stderr)")
+        let badFlag = try run([bin, "evaluate", "--run", dir.appendingPathComponent("bf16-mixed").path, "--precision", "bf16"])
+        #expect(badFlag.status != 0 && badFlag.stderr.contains("precision"), "stderr: \(badFlag.stderr)")
+    }
+
+    @Test("students of one pass share the precision: configs that differ are refused naming train.precision")
+    func multiStudent() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-bf16multi-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let teacherDir = try tinyTeacher(shards: shards, in: dir, steps: 2)
+        let distill = "distill: {teacher_run: \(teacherDir.path)}"
+        let a = try config(dir, "s32", shards: shards, precision: "32-true", extra: distill)
+        let b = try config(dir, "sbf", shards: shards, precision: "bf16-mixed", extra: distill)
+        let r = try run([try histodistillBinary(), "distill", "--config", a, b, "--runs-dir", dir.appendingPathComponent("runs").path])
+        #expect(r.status != 0 && r.stderr.contains("train.precision") && !r.stderr.contains("Fatal error"), "stderr: \(r.stderr)")
+    }
+}
