@@ -349,11 +349,15 @@ public enum Conv2d {
     /// rows that packing its columns costs more than the faster products save (measured on AMD Zen 4: the stem and
     /// layer1 of the paper's model, 32 channels, ran slower than the float32 direct kernel; docs/benchmarks.md).
     public static let bf16MinimumOutputChannels = 64
+    /// Smallest GEMM depth (cIn * kh * kw) for which `bf16-mixed` runs a convolution in bfloat16: shallower ones (1x1
+    /// downsamples of 32 or 64 channels) spend more on packing than the products save (measured as above).
+    public static let bf16MinimumDepth = 128
 
     /// Whether a Float convolution of shape `s` runs with bfloat16 operands: under `BF16GEMM.precision == .bf16Mixed`
-    /// with at least `bf16MinimumOutputChannels` output channels, on every CPU alike (emulated without AVX512-BF16).
+    /// with at least `bf16MinimumOutputChannels` output channels and a depth of `bf16MinimumDepth`, on every CPU alike
+    /// (emulated without AVX512-BF16).
     public static func usesBF16(_ s: Conv2dShape) -> Bool {
-        BF16GEMM.precision == .bf16Mixed && s.cOut >= bf16MinimumOutputChannels
+        BF16GEMM.precision == .bf16Mixed && s.cOut >= bf16MinimumOutputChannels && s.k >= bf16MinimumDepth
     }
 
     /// The GEMM of every im2col convolution: `T.gemm`, or with `bf16` (Float only, where `usesBF16(s)`) bfloat16
