@@ -118,7 +118,7 @@ struct BenchStep: ParsableCommand {
         func median(_ v: [Double]) -> Double { v.isEmpty ? 0 : v.sorted()[v.count / 2] }
         let kind = try teacherResolution.map { "distillation (teacher \($0) px, student \(resolution) px; \(try distillation.objective().summary))" } ?? "supervised \(resolution) px"
         let report: [String: Any] = [
-            "step": kind, "ranks": group.size, "threads_per_rank": BLAS.threadCount, "global_batch": batch,
+            "step": kind, "ranks": group.size, "threads_per_rank": BLAS.threadCount, "precision": precision.rawValue, "global_batch": batch,
             "images_per_second": median(rates), "images_per_second_min": rates.min()!, "images_per_second_max": rates.max()!,
             "allreduce_ms_per_step": median(reduceMs), "allreduce_share": median(shares),
             "bare_allreduce_ms": median(bare), "gradient_mb": Double(model.parameterCount * 4) / 1e6,
@@ -127,7 +127,7 @@ struct BenchStep: ParsableCommand {
             let data = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
-            print("\(kind), global batch \(batch), \(group.size) rank(s) x \(BLAS.threadCount) thread(s)")
+            print("\(kind), global batch \(batch), \(group.size) rank(s) x \(BLAS.threadCount) thread(s), precision \(precision.rawValue)")
             print(String(format: "  %.1f img/s (min %.1f, max %.1f over %d x %d steps)", median(rates), rates.min()!, rates.max()!, reps, steps))
             if group.size > 1 {
                 print(String(format: "  all-reduce incl. waiting for the slowest rank: %.2f ms/step, %.1f%% of the step; bare all-reduce of %.1f MB: %.2f ms",

@@ -92,7 +92,7 @@ struct Cost: ParsableCommand {
         let paramMB = Double(net.parameterCount * 4) / 1e6
         print("\(config)")
         print("parameters: \(net.parameterCount.formatted()) (\(String(format: "%.1f", paramMB)) MB; with gradients and Adam moments \(String(format: "%.1f", 4 * paramMB)) MB)")
-        print("threads: \(BLAS.threadCount), batch \(batch)\n")
+        print("threads: \(BLAS.threadCount), batch \(batch), precision \(precision.rawValue)\(precision == .bf16Mixed ? " (" + BF16GEMM.kernelDescription + ")" : "")\n")
         // Activations grow with the pixels and the batch: sized from a small probe step, refused before allocating
         // what the machine cannot hold.
         let perPixel: Double = {
