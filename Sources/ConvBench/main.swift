@@ -69,7 +69,7 @@ struct Options {
                 case let v: usageError("--algorithm takes auto, gemm or direct, got \(v)")
                 }
             case "-h", "--help":
-                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048] [--stat median|min] [--gemm-only] [--algorithm auto|gemm|direct] [--clock wall|cpu] [--only NAME]")
+                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048] [--stat median|min] [--gemm-only] [--algorithm auto|gemm|direct] [--clock wall|cpu] [--only NAME] [--precision 32-true|bf16-mixed]")
                 exit(0)
             default: usageError("unknown argument \(args[i])")
             }
@@ -171,7 +171,7 @@ for t in options.threads {
     let workspace = Workspace<Float>()
     // Repetitions interleave the square GEMM and every conv, so a machine whose speed drifts (a shared VM) affects
     // the reference and the convs alike. The first repetition warms up and is dropped.
-    var gemmTimes: [Double] = []
+    var gemmTimes: [Double] = [], bf16Times: [Double] = []
     var fwd = [[Double]](repeating: [], count: cases.count), bwd = fwd
     for _ in 0..<(options.reps + 1) {
         // Square GEMM reference: OpenBLAS alone with t threads (the engine keeps OpenBLAS single-threaded).
@@ -182,6 +182,13 @@ for t in options.threads {
                        beta: 0, c: c.pointer, ldc: g)
         })
         BLAS.setThreadCount(t)
+        if BF16GEMM.precision == .bf16Mixed && t == 1 {
+            // The same square product with bfloat16 operands (one thread: hd_sgemm_bf16 is single-threaded per call).
+            bf16Times.append(seconds {
+                BF16GEMM.gemm(transA: false, transB: false, m: g, n: g, k: g, alpha: 1, a: a.pointer, lda: g, b: b.pointer, ldb: g,
+                              beta: 0, c: c.pointer, ldc: g)
+            })
+        }
         for (i, cc) in cases.enumerated() {
             let s = cc.shape, bf = buffers[i]
             fwd[i].append(seconds {
@@ -199,6 +206,10 @@ for t in options.threads {
 
     print("\n## \(t) thread\(t > 1 ? "s" : "")\n")
     print("sgemm \(g)x\(g)x\(g): \(String(format: "%.1f", gemmRate)) GFLOP/s\n")
+    if bf16Times.count > 1 {
+        let rate = 2 * Double(g * g * g) / median(Array(bf16Times.dropFirst())) / 1e9
+        print("bf16 GEMM (\(BF16GEMM.kernelDescription)) \(g)x\(g)x\(g): \(String(format: "%.1f", rate)) GFLOP/s\n")
+    }
     print("| conv | shape (n, c, h, w) -> cOut | count | fwd ms | fwd GFLOP/s | bwd ms | bwd GFLOP/s | fwd+bwd % of sgemm |")
     print("|---|---|---|---|---|---|---|---|")
     var totalFlops = 0.0, totalTime = 0.0
