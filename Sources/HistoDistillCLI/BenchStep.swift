@@ -45,7 +45,7 @@ struct BenchStep: ParsableCommand {
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
 
-    @Option(help: "Precision of the convolutions' GEMMs: 32-true (float32) or bf16-mixed (bfloat16 operands, float32 accumulation).")
+    @Option(help: precisionHelp)
     var precision: MatmulPrecision = .float32
 
     @OptionGroup var distillation: DistillationSettings

@@ -46,7 +46,7 @@ struct Cost: ParsableCommand {
     @Option(help: "Steps per timed repetition.")
     var steps: Int = 3
 
-    @Option(help: "Precision of the convolutions' GEMMs: 32-true (float32) or bf16-mixed (bfloat16 operands, float32 accumulation).")
+    @Option(help: precisionHelp)
     var precision: MatmulPrecision = .float32
 
     @OptionGroup var distillation: DistillationSettings

@@ -64,4 +64,11 @@ struct DistillationSettings: ParsableArguments {
 
 extension PixelResize: ExpressibleByArgument {}
 extension PixelNorm: ExpressibleByArgument {}
-extension MatmulPrecision: ExpressibleByArgument {}
+extension MatmulPrecision: ExpressibleByArgument {
+    public init?(argument: String) { self.init(lightningName: argument) }
+}
+
+/// Help for `--precision`, shared by every command that runs a model.
+let precisionHelp = ArgumentHelp(
+    "Precision of the convolutions: 32-true (float32) or bf16-mixed (bfloat16 operands with float32 accumulation in convolutions of 64 or more output channels and depth 128 or more; native on CPUs with AVX512-BF16, emulated and slower elsewhere).",
+    valueName: "32-true|bf16-mixed")

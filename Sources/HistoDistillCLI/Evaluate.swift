@@ -16,7 +16,7 @@ struct ModelSource: ParsableArguments {
     @Option(help: "Weights file (default: the run's best.safetensors, else its newest checkpoint). A file written by histodistill describes its model: no --run needed.")
     var weights: String?
 
-    @Option(help: "Precision of the convolutions: 32-true (float32) or bf16-mixed (bfloat16 operands with float32 accumulation in convolutions of 64 or more output channels; native on CPUs with AVX512-BF16, emulated and slower elsewhere).")
+    @Option(help: precisionHelp)
     var precision: MatmulPrecision = .float32
 
     func validate() throws {
@@ -25,10 +25,15 @@ struct ModelSource: ParsableArguments {
 
     var run: RunDirectory? { runDirectory.map { RunDirectory(path: $0) } }
 
-    /// Loads the model and sets the convolutions' precision (`--precision`) for this process.
-    func load() throws -> TrainedModel {
+    /// Sets the convolutions' precision (`--precision`) for this process, warning when bf16-mixed is emulated.
+    func applyPrecision() {
         BF16GEMM.precision = precision
         if precision == .bf16Mixed, let w = BF16GEMM.emulationWarning { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+    }
+
+    /// Loads the model and sets the convolutions' precision (`applyPrecision`).
+    func load() throws -> TrainedModel {
+        applyPrecision()
         do { return try TrainedModel.load(run: run, weights: weights.map { URL(fileURLWithPath: $0) }) } catch let e as TrainingError {
             throw CLIError(e.message)
         }

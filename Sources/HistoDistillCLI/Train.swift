@@ -143,7 +143,10 @@ func setUpCompute(threads: Int?, precision: MatmulPrecision, group: any ProcessG
     BF16GEMM.precision = precision
     if group.isCoordinator {
         var warnings = KernelAdvice.current()
-        if precision == .bf16Mixed, let w = BF16GEMM.emulationWarning { warnings.append(w) }
+        if precision == .bf16Mixed {
+            FileHandle.standardError.write(Data("precision: bf16-mixed, \(BF16GEMM.kernelDescription)\n".utf8))
+            if let w = BF16GEMM.emulationWarning { warnings.append(w) }
+        }
         for w in warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
     }
 }

@@ -11,6 +11,15 @@ public enum MatmulPrecision: String, CaseIterable, Codable, Sendable {
     /// convolution's forward and both backward GEMMs; weights, gradients, norms, losses and the optimizer stay float32
     /// (PyTorch's `torch.autocast("cpu", dtype=torch.bfloat16)` for convolutions, with float32 master weights).
     case bf16Mixed = "bf16-mixed"
+
+    /// The precision named `name`, with the aliases Lightning accepts for these two ("32", "bf16"), else nil.
+    public init?(lightningName name: String) {
+        switch name {
+        case "32", "32-true": self = .float32
+        case "bf16", "bf16-mixed": self = .bf16Mixed
+        default: return nil
+        }
+    }
 }
 
 /// The bfloat16 GEMM behind `MatmulPrecision.bf16Mixed`, and the process-wide precision the convolutions read.

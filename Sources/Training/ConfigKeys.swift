@@ -81,6 +81,15 @@ extension ConfigValueType where T == [String] {
         }, yaml: { "[" + $0.map(yamlScalar).joined(separator: ", ") + "]" })
     }
 }
+extension ConfigValueType where T == MatmulPrecision {
+    /// `train.precision`: Lightning's names and its aliases 32 and bf16 (written back as 32-true, bf16-mixed).
+    static var precision: Self {
+        .init(name: "one of 32-true, bf16-mixed (float16 is not supported)", parse: { v in
+            if let i = v as? Int { return MatmulPrecision(lightningName: String(i)) }
+            return (v as? String).flatMap(MatmulPrecision.init(lightningName:))
+        }, yaml: { $0.rawValue })
+    }
+}
 extension ConfigValueType where T: RawRepresentable & CaseIterable, T.RawValue == String {
     static var choice: Self {
         .init(name: "one of " + T.allCases.map(\.rawValue).joined(separator: ", "), parse: { ($0 as? String).flatMap(T.init(rawValue:)) },
@@ -229,7 +238,7 @@ public struct ConfigKey: @unchecked Sendable {
         key("train", "label_smoothing", \.labelSmoothing, .float, "cross-entropy label smoothing ε in 0...1 (torch.nn.CrossEntropyLoss(label_smoothing=ε)); also the CE term of distillation"),
         key("train", "ema_decay", \.emaDecay, .float, "exponential moving average of the weights and buffers, validated and kept as best.safetensors (torch AveragedModel with get_ema_multi_avg_fn(decay), use_buffers=True); 0 off, 0.999 usual"),
         key("train", "ema_warmup", \.emaWarmup, .bool, "ramp the average's decay up as timm ModelEmaV3(use_warmup=True): min(ema_decay, 1 - (1 + n)^(-2/3)) at the n-th update, so a short run's average forgets the untrained network"),
-        key("train", "precision", \.precision, .choice, resume: .mayChange, "convolutions' GEMMs (Lightning's Trainer precision names): 32-true float32, or bf16-mixed bfloat16 operands with float32 accumulation in convolutions of 64 or more output channels (the teacher's too), weights, gradients, norms and optimizer float32; native on AVX512-BF16 CPUs, emulated (slower) elsewhere"),
+        key("train", "precision", \.precision, .precision, resume: .mayChange, "convolutions' GEMMs (Lightning's Trainer precision names; 32 and bf16 are taken as aliases): 32-true float32, or bf16-mixed bfloat16 operands with float32 accumulation in convolutions of 64 or more output channels and depth (input channels x kernel area) 128 or more (the teacher's too), weights, gradients, norms and optimizer float32; native on AVX512-BF16 CPUs, emulated (slower) elsewhere"),
         key("train", "threads", \.threads, .int, default: "cores per rank", resume: .free, "compute threads per rank"),
         key("train", "divergence_factor", \.divergenceFactor, .float, resume: .mayChange,
             "stop when a step's loss exceeds this many times the lowest running median of the last 100 losses, floored at 0.1 (0 disables)"),

@@ -61,10 +61,31 @@ struct PrecisionTests {
         }
         #expect(accuracies.allSatisfy { $0 >= 0 } && abs(accuracies[0] - accuracies[1]) <= 0.25, "accuracies \(accuracies)")
 
+        // extract follows --precision too: different features, same layout.
+        var features: [[Float]] = []
+        for precision in ["32-true", "bf16-mixed"] {
+            let out = dir.appendingPathComponent("features-\(precision)")
+            let r = try run([bin, "extract", "--run", dir.appendingPathComponent("bf16-mixed").path, "--shards", shards.path,
+                             "--output", out.path, "--precision", precision])
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            let files = try FileManager.default.contentsOfDirectory(atPath: out.path).filter { $0.hasSuffix(".safetensors") }.sorted()
+            features.append(try files.flatMap { try Self.floats(out.appendingPathComponent($0)) })
+        }
+        let featureDiff = zip(features[0], features[1]).map { abs($0 - $1) }.max() ?? 0
+        #expect(features[0].count == features[1].count && featureDiff > 0 && featureDiff < 0.1, "features differ by \(featureDiff)")
+
+        // Lightning's aliases 32 and bf16 are taken and written back by their full names.
+        for (alias, name) in [("32", "32-true"), ("bf16", "bf16-mixed")] {
+            let r = try run([bin, "train", "--config", try config(dir, "alias-\(name)", shards: shards, precision: alias), "--set", "train.max_steps=1"])
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            let saved = try String(contentsOf: dir.appendingPathComponent("alias-\(name)/config.yaml"), encoding: .utf8)
+            #expect(saved.contains("precision: \(name)"), "config.yaml: \(saved)")
+        }
+
         let bad = try run([bin, "train", "--config", try config(dir, "bad", shards: shards, precision: "fp16")])
         #expect(bad.status != 0 && bad.stderr.contains("train.precision") && bad.stderr.contains("bf16-mixed") && !bad.stderr.contains("Fatal error"),
                 "stderr: \(bad.stderr)")
-        let badFlag = try run([bin, "evaluate", "--run", dir.appendingPathComponent("bf16-mixed").path, "--precision", "bf16"])
+        let badFlag = try run([bin, "evaluate", "--run", dir.appendingPathComponent("bf16-mixed").path, "--precision", "fp16"])
         #expect(badFlag.status != 0 && badFlag.stderr.contains("precision"), "stderr: \(badFlag.stderr)")
     }
 
