@@ -1,6 +1,7 @@
 // The precision of the convolutions' matrix products: float32 (the reference) or bfloat16 operands with float32
 // accumulation, on AVX512-BF16 where the CPU has it and emulated bit-for-bit in its operands elsewhere.
 import CKernels
+import Foundation
 import Synchronization
 
 /// Precision of the convolutions' GEMMs, named as PyTorch Lightning's `Trainer(precision=...)`.
@@ -25,7 +26,10 @@ public enum MatmulPrecision: String, CaseIterable, Codable, Sendable {
 /// The bfloat16 GEMM behind `MatmulPrecision.bf16Mixed`, and the process-wide precision the convolutions read.
 public enum BF16GEMM {
     private static let precisionStorage = Atomic<Int>(0)
-    private static let emulateStorage = Atomic<Bool>(false)
+    private static let emulateStorage = Atomic<Bool>(ProcessInfo.processInfo.environment[emulateVariable] == "1")
+
+    /// Testing aid: set to "1" to run bf16-mixed emulated on a CPU that has AVX512-BF16 (the path other CPUs take).
+    public static let emulateVariable = "HISTODISTILL_BF16_EMULATE"
 
     /// The precision every Float convolution uses (default `.float32`): `scoped` where a task set it, else the
     /// process-wide value set once at start (`train.precision`, `--precision`), like PyTorch's
@@ -43,7 +47,7 @@ public enum BF16GEMM {
     public static var cpuHasKernel: Bool { hd_bf16_gemm_available() != 0 }
 
     /// Forces the emulation (bfloat16-rounded operands through OpenBLAS's sgemm) even where the CPU has the kernel;
-    /// for tests that compare the two.
+    /// for tests that compare the two. Starts true when `HISTODISTILL_BF16_EMULATE=1`.
     public static var forceEmulation: Bool {
         get { emulateStorage.load(ordering: .relaxed) }
         set { emulateStorage.store(newValue, ordering: .relaxed) }
@@ -55,13 +59,13 @@ public enum BF16GEMM {
     /// How `bf16-mixed` runs here, for `doctor` and run logs.
     public static var kernelDescription: String {
         native ? "AVX512-BF16 (VDPBF16PS, float32 accumulation)"
-            : "emulated: bfloat16-rounded operands through float32 sgemm (this CPU has no AVX512-BF16; slower than 32-true, same numbers up to summation order)"
+            : "emulated: bfloat16-rounded operands through float32 sgemm (\(cpuHasKernel ? "forced by \(emulateVariable)=1" : "this CPU has no AVX512-BF16"); slower than 32-true, same numbers up to summation order)"
     }
 
     /// A warning for runs that ask for `bf16-mixed` on a CPU without AVX512-BF16, else nil.
     public static var emulationWarning: String? {
-        cpuHasKernel ? nil
-            : "precision bf16-mixed: this CPU has no AVX512-BF16, so its bfloat16 products are emulated (operands rounded, then float32 GEMMs): the same numbers, but slower than 32-true. Hint: use 32-true on this machine; a run may change precision on --resume."
+        native ? nil
+            : "precision bf16-mixed: \(cpuHasKernel ? "emulation forced by \(emulateVariable)=1" : "this CPU has no AVX512-BF16"), so its bfloat16 products are emulated (operands rounded, then float32 GEMMs): the same numbers, but slower than 32-true. Hint: use 32-true on this machine; a run may change precision on --resume."
     }
 
     /// C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with A's and B's elements rounded to

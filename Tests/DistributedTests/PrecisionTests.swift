@@ -44,6 +44,15 @@ struct PrecisionTests {
         let diff = zip(weights[0], weights[1]).map { abs($0 - $1) }.max() ?? 0
         #expect(diff > 0 && diff < 0.05, "largest weight difference after 3 steps: \(diff)")
 
+        // The emulation other CPUs run (forced here): announced once, and the same training up to summation order.
+        let emulated = try run([bin, "train", "--config", try config(dir, "emulated", shards: shards, precision: "bf16-mixed")],
+                               environment: [BF16GEMM.emulateVariable: "1"])
+        #expect(emulated.status == 0, "stderr: \(emulated.stderr)")
+        #expect(emulated.stderr.components(separatedBy: "emulated").count - 1 >= 1 && emulated.stderr.contains("warning:"), "stderr: \(emulated.stderr)")
+        let emulatedWeights = try Self.floats(dir.appendingPathComponent("emulated/best.safetensors"))
+        let emulationDiff = zip(emulatedWeights, weights[1]).map { abs($0 - $1) }.max() ?? 1
+        #expect(emulationDiff < diff, "emulated vs native bf16-mixed \(emulationDiff), bf16-mixed vs 32-true \(diff)")
+
         // A float32 run resumed in bf16-mixed: allowed, and said.
         let resumed = try run([bin, "train", "--config", dir.appendingPathComponent("32-true/config.yaml").path, "--resume",
                                "--set", "train.max_steps=4", "--set", "train.precision=bf16-mixed"])
