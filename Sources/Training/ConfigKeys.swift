@@ -84,7 +84,7 @@ extension ConfigValueType where T == [String] {
 extension ConfigValueType where T == MatmulPrecision {
     /// `train.precision`: Lightning's names and its aliases 32 and bf16 (written back as 32-true, bf16-mixed).
     static var precision: Self {
-        .init(name: "one of 32-true, bf16-mixed (float16 is not supported)", parse: { v in
+        .init(name: "one of 32-true, bf16-mixed", parse: { v in
             if let i = v as? Int { return MatmulPrecision(lightningName: String(i)) }
             return (v as? String).flatMap(MatmulPrecision.init(lightningName:))
         }, yaml: { $0.rawValue })
@@ -175,7 +175,7 @@ public struct ConfigKey: @unchecked Sendable {
         // A mapping or list where a scalar belongs (often `key: a: b`, a colon the YAML reads as a mapping) is named
         // as such rather than printed as Swift's dictionary.
         let given = v is [AnyHashable: Any] ? "a mapping (YAML reads 'key: a: b' as one; quote a value that holds ': ')"
-            : v is [Any] ? "a list" : "'\(v)'"
+            : v is [Any] ? "a list" : v is NSNull ? "no value (an empty or null value)" : "'\(v)'"
         return ConfigError("\(source): \(section).\(name) must be \(type), got \(given)\(hint)")
     }
 

@@ -149,19 +149,21 @@ public struct RunConfig: Codable, Equatable, Sendable {
                 guard let map = value as? [String: Any] else { throw ConfigError("\(source): section '\(section)' must be a mapping") }
                 let allowed = ConfigKey.keys(of: section)
                 for k in map.keys where !allowed.contains(k) {
-                    throw ConfigError("\(source): unknown key '\(section).\(k)'\(suggestion(k, allowed)). Keys of \(section): \(allowed.joined(separator: ", ")).")
+                    throw ConfigError("\(source): unknown key '\(section).\(k)'\(keySuggestion(k, section: section)). Keys of \(section): \(allowed.joined(separator: ", ")).")
                 }
                 tree[section] = map
             }
         }
         var overridden: Set<String> = []
         for o in overrides {
-            let parts = o.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else {
+            let parts = o.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty else {
                 throw ConfigError("--set '\(o)': expected section.key=value (e.g. train.epochs=3)")
             }
             guard let key = ConfigKey.table.first(where: { $0.path == parts[0] }) else {
-                throw ConfigError("--set '\(o)': unknown key '\(parts[0])'\(suggestion(parts[0], ConfigKey.table.map(\.path))). Every key: `histodistill config-keys`.")
+                let name = parts[0].split(separator: ".").last.map(String.init) ?? parts[0]
+                let section = parts[0].contains(".") ? String(parts[0].split(separator: ".")[0]) : nil
+                throw ConfigError("--set '\(o)': unknown key '\(parts[0])'\(keySuggestion(name, section: section, path: parts[0])). Every key: `histodistill config-keys`.")
             }
             let value: Any?
             try composeChecked(parts[1], source: "--set \(parts[0])")
@@ -432,6 +434,15 @@ public struct RunConfig: Codable, Equatable, Sendable {
         case .cosine: return .cosine(warmupSteps: warmupSteps(stepsPerEpoch: stepsPerEpoch), totalSteps: maxSteps ?? epochs * stepsPerEpoch, minLR: minLR)
         case .constant: return .constant
         }
+    }
+
+    /// " (did you mean 'train.precision'?)" for a key `name` given in `section` (nil: none) or as `path`: a key of that
+    /// name in another section first (precision under model), else the nearest key of the section, else the nearest path.
+    static func keySuggestion(_ name: String, section: String?, path: String? = nil) -> String {
+        let sameName = ConfigKey.table.filter { $0.name == name && $0.section != section }.map(\.path)
+        if !sameName.isEmpty { return " (did you mean '\(sameName.joined(separator: "' or '"))'?)" }
+        if let section, path == nil { return suggestion(name, ConfigKey.keys(of: section)) }
+        return suggestion(path ?? name, ConfigKey.table.map(\.path))
     }
 
     static func suggestion(_ word: String, _ candidates: [String]) -> String {

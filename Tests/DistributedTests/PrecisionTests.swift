@@ -4,6 +4,7 @@ import Foundation
 import SafeTensors
 import TensorCore
 import Testing
+@testable import Training
 
 @Suite("bf16-mixed runs")
 struct PrecisionTests {
@@ -96,6 +97,24 @@ struct PrecisionTests {
                 "stderr: \(bad.stderr)")
         let badFlag = try run([bin, "evaluate", "--run", dir.appendingPathComponent("bf16-mixed").path, "--precision", "fp16"])
         #expect(badFlag.status != 0 && badFlag.stderr.contains("precision"), "stderr: \(badFlag.stderr)")
+    }
+
+    @Test("a key in the wrong section or without one is pointed to its section; an empty --set value is named as such; aliases 32 and bf16")
+    func keyMessages() throws {
+        func message(_ text: String, _ overrides: [String] = []) -> String {
+            do { _ = try RunConfig.parse(text, source: "c.yaml", overrides: overrides); return "" } catch let e as ConfigError { return e.message } catch { return "\(error)" }
+        }
+        #expect(message("model: {precision: bf16-mixed}").contains("did you mean 'train.precision'"))
+        #expect(message("train: {epochs: 1}", ["precision=bf16-mixed"]).contains("did you mean 'train.precision'"))
+        #expect(message("train: {epochs: 1}", ["model.precision=bf16-mixed"]).contains("did you mean 'train.precision'"))
+        #expect(message("train: {epochs: 1}", ["train.precison=bf16-mixed"]).contains("did you mean 'train.precision'"))
+        let empty = message("train: {epochs: 1}", ["train.precision="])
+        #expect(empty.contains("train.precision") && empty.contains("no value") && !empty.contains("expected section.key=value"), "\(empty)")
+        #expect(message("train: {precision: fp16}").contains("one of 32-true, bf16-mixed"))
+        let data = "data: {train: shards}\n"
+        #expect(try RunConfig.parse(data + "train: {precision: 32}", source: "c.yaml").precision == .float32)
+        #expect(try RunConfig.parse(data + "train: {precision: bf16}", source: "c.yaml").precision == .bf16Mixed)
+        #expect(try RunConfig.parse(data + "train: {epochs: 1}", source: "c.yaml").precision == .float32, "32-true by default")
     }
 
     @Test("students of one pass share the precision: configs that differ are refused naming train.precision")
