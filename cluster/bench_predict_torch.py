@@ -67,6 +67,7 @@ def main():
     p.add_argument("--threads", type=int, default=2); p.add_argument("--workers", type=int, default=0)
     p.add_argument("--batch", type=int, default=64); p.add_argument("--reps", type=int, default=3)
     p.add_argument("--max-tiles", type=int, default=None)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (torch.autocast('cpu', dtype=torch.bfloat16))")
     p.add_argument("--mean", type=float, nargs=3, default=[0.6655, 0.5299, 0.8484])
     p.add_argument("--std", type=float, nargs=3, default=[0.1700, 0.1974, 0.1134])
     a = p.parse_args()
@@ -79,12 +80,12 @@ def main():
     rates = []
     for rep in range(a.reps + 1):
         t0 = time.perf_counter(); n = 0
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.amp):
             for x, _ in loader:
                 torch.softmax(model(x)[1], 1); n += x.shape[0]
         if rep > 0: rates.append(n / (time.perf_counter() - t0))   # the first pass warms up
     med = statistics.median(rates)
-    print(f"torch {torch.__version__} threads={a.threads} workers={a.workers} factor={a.factor} tiles={len(data)} "
+    print(f"torch {torch.__version__} amp={int(a.amp)} threads={a.threads} workers={a.workers} factor={a.factor} tiles={len(data)} "
           f"median {med:.1f} tiles/s (min {min(rates):.1f}, max {max(rates):.1f}); 10,000-tile slide {10000 / med:.1f} s")
 
 
