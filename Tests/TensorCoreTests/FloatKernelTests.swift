@@ -122,6 +122,10 @@ struct FloatKernelTests {
                       Conv2dShape(n: 3, cIn: 2, h: 8, w: 8, cOut: 3, kernel: 1, stride: 2)])
     func narrowConv(_ s: Conv2dShape) {
         #expect(s.outW < Conv2d.gatherBelowWidth, "\(s) must take the gather-map path")
+        // The kernels are compared bit for bit, so no other test may change the thread width (and with it the split of
+        // the weight gradient's partial sums) between their runs.
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
         var rng = SeededRNG(seed: 21)
         let x = rng.values(s.inputCount), w = rng.values(s.weightCount), dy = rng.values(s.outputCount)
         let dx0 = rng.values(s.inputCount), dw0 = rng.values(s.weightCount)
