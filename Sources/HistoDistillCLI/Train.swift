@@ -144,8 +144,10 @@ func setUpCompute(threads: Int?, precision: MatmulPrecision, group: any ProcessG
     if group.isCoordinator {
         var warnings = KernelAdvice.current()
         if precision == .bf16Mixed {
-            FileHandle.standardError.write(Data("precision: bf16-mixed, \(BF16GEMM.kernelDescription)\n".utf8))
-            if let w = BF16GEMM.emulationWarning { warnings.append(w) }
+            // Natively said in one line; emulated, the warning says it.
+            if let w = BF16GEMM.emulationWarning { warnings.append(w) } else {
+                FileHandle.standardError.write(Data("precision: bf16-mixed, \(BF16GEMM.kernelDescription)\n".utf8))
+            }
         }
         for w in warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
     }

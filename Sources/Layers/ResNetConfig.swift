@@ -58,10 +58,10 @@ public struct ResNetConfig: Hashable, Sendable, Codable, CustomStringConvertible
     /// Channels of the last kept stage: the length of the pooled feature vector.
     public var featureDimension: Int { planes[stages - 1] }
 
-    /// Problems with this configuration, each naming the field; empty when valid.
     /// Widths, depths and class counts beyond any CNN's, which would only end in a failed allocation.
     public static let maxPlanes = 8192, maxBlocks = 256, maxClasses = 100_000
 
+    /// Problems with this configuration, each naming the field; empty when valid.
     public var problems: [String] {
         var p: [String] = []
         if planes.contains(where: { $0 > Self.maxPlanes }) { p.append("planes \(planes) must be at most \(Self.maxPlanes) each") }

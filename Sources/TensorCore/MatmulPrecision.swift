@@ -56,16 +56,20 @@ public enum BF16GEMM {
     /// Whether bfloat16 products run on the CPU's own instructions (else emulated, slower than float32).
     public static var native: Bool { cpuHasKernel && !forceEmulation }
 
+    /// Why bf16-mixed is emulated here ("this CPU has no AVX512-BF16"), nil when it runs natively.
+    static var emulationCause: String? {
+        native ? nil : cpuHasKernel ? "emulation forced by \(emulateVariable)=1" : "this CPU has no AVX512-BF16"
+    }
+
     /// How `bf16-mixed` runs here, for `doctor` and run logs.
     public static var kernelDescription: String {
-        native ? "AVX512-BF16 (VDPBF16PS, float32 accumulation)"
-            : "emulated: bfloat16-rounded operands through float32 sgemm (\(cpuHasKernel ? "forced by \(emulateVariable)=1" : "this CPU has no AVX512-BF16"); slower than 32-true, same numbers up to summation order)"
+        guard let cause = emulationCause else { return "AVX512-BF16 (VDPBF16PS, float32 accumulation)" }
+        return "emulated: bfloat16-rounded operands through float32 sgemm (\(cause); slower than 32-true, same numbers up to summation order)"
     }
 
     /// A warning for runs that ask for `bf16-mixed` on a CPU without AVX512-BF16, else nil.
     public static var emulationWarning: String? {
-        native ? nil
-            : "precision bf16-mixed: \(cpuHasKernel ? "emulation forced by \(emulateVariable)=1" : "this CPU has no AVX512-BF16"), so its bfloat16 products are emulated (operands rounded, then float32 GEMMs): the same numbers, but slower than 32-true. Hint: use 32-true on this machine; a run may change precision on --resume."
+        emulationCause.map { "precision bf16-mixed: \($0), so its bfloat16 products are emulated (operands rounded, then float32 GEMMs): the same numbers, but slower than 32-true. Hint: use 32-true on this machine; a run may change precision on --resume." }
     }
 
     /// C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, row-major, with A's and B's elements rounded to

@@ -60,16 +60,19 @@ struct PrecisionTests {
         #expect(resumed.status == 0, "stderr: \(resumed.stderr)")
         #expect(resumed.stderr.contains("train.precision"), "the change is noted: \(resumed.stderr)")
 
-        // Evaluation in both precisions: the same predictions on this tiny set up to rounding.
-        var accuracies: [Double] = []
+        // Evaluation in both precisions: the same predictions on this tiny set up to rounding, but not the same bits
+        // (so --precision took effect).
+        var accuracies: [Double] = [], predictions: [String] = []
         for precision in ["32-true", "bf16-mixed"] {
             let out = dir.appendingPathComponent("eval-\(precision).json")
             let r = try run([bin, "evaluate", "--run", dir.appendingPathComponent("bf16-mixed").path, "--precision", precision, "--output", out.path])
             #expect(r.status == 0, "stderr: \(r.stderr)")
             let json = try JSONSerialization.jsonObject(with: Data(contentsOf: out)) as? [String: Any]
             accuracies.append((json?["accuracy"] as? Double) ?? -1)
+            predictions.append(try String(contentsOf: dir.appendingPathComponent("eval-\(precision).predictions.csv"), encoding: .utf8))
         }
         #expect(accuracies.allSatisfy { $0 >= 0 } && abs(accuracies[0] - accuracies[1]) <= 0.25, "accuracies \(accuracies)")
+        #expect(!predictions[0].isEmpty && predictions[0] != predictions[1], "evaluate --precision bf16-mixed gave float32's probabilities")
 
         // extract follows --precision too: different features, same layout.
         var features: [[Float]] = []
