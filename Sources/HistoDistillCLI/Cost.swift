@@ -88,6 +88,10 @@ struct Cost: ParsableCommand {
         BLAS.setThreadCount(threads ?? ProcessInfo.processInfo.activeProcessorCount)
         BF16GEMM.precision = precision
         for w in KernelAdvice.current() { print("warning: " + w) }
+        for r in sizes where batch < config.minimumTrainingBatch(resolution: r) {
+            throw CLIError("\(config.name) normalises with BatchNorm, which needs more than one value per channel in training: at \(r) px its last feature map is 1x1, so a training step needs at least \(config.minimumTrainingBatch(resolution: r)) images, got --batch \(batch)",
+                           hint: "raise --batch")
+        }
         let net = ResNet(config)
         let paramMB = Double(net.parameterCount * 4) / 1e6
         print("\(config)")
@@ -97,11 +101,12 @@ struct Cost: ParsableCommand {
         // what the machine cannot hold.
         let perPixel: Double = {
             let probe = ResNet(config, seed: 1)
-            let x = Buffer<Float>(count: 3 * 32 * 32)
-            let out = probe.forward(x.pointer, shape: NCHW(1, 3, 32, 32), training: true)
+            let n = config.minimumTrainingBatch(resolution: 32)
+            let x = Buffer<Float>(count: n * 3 * 32 * 32)
+            let out = probe.forward(x.pointer, shape: NCHW(n, 3, 32, 32), training: true)
             let g = Buffer<Float>(count: out.logits?.count ?? 0)
             probe.backward(gradLogits: out.logits == nil ? nil : g.pointer)
-            return Double((probe.activationFloats.forward + probe.activationFloats.backward) * 4) / Double(32 * 32)
+            return Double((probe.activationFloats.forward + probe.activationFloats.backward) * 4) / Double(n * 32 * 32)
         }()
         // The memory this process may use: the machine's, or less under an address-space limit (ulimit -v, a batch
         // system's memory limit).

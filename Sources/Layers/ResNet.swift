@@ -366,13 +366,8 @@ public final class ResNet: ImageModel {
         return total
     }
 
-    /// Spatial size of the feature map for a square input of `size`.
-    public func featureMapSize(resolution size: Int) -> Int {
-        var h = (size + 6 - 7) / 2 + 1
-        h = (h + 2 - 3) / 2 + 1
-        for _ in 1..<config.stages { h = (h + 2 - 3) / 2 + 1 }   // stages 2... halve the map
-        return h
-    }
+    /// Spatial size of the feature map for a square input of `size` (``ResNetConfig/featureMapSize(resolution:)``).
+    public func featureMapSize(resolution size: Int) -> Int { config.featureMapSize(resolution: size) }
 
     /// Each kept stage's output map (n, C_s, h_s, w_s) of the last forward (after the stage's last block), in
     /// stage order; valid until the next forward. For representation analyses (CKA) and stage features.

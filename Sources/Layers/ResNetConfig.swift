@@ -58,6 +58,23 @@ public struct ResNetConfig: Hashable, Sendable, Codable, CustomStringConvertible
     /// Channels of the last kept stage: the length of the pooled feature vector.
     public var featureDimension: Int { planes[stages - 1] }
 
+    /// Spatial size of the feature map for a square input of `size`.
+    public func featureMapSize(resolution size: Int) -> Int {
+        var h = (size + 6 - 7) / 2 + 1
+        h = (h + 2 - 3) / 2 + 1
+        for _ in 1..<stages { h = (h + 2 - 3) / 2 + 1 }   // stages 2... halve the map
+        return h
+    }
+
+    /// The fewest images per forward that training mode accepts at `resolution` px: BatchNorm needs more than one
+    /// value per channel (PyTorch's "Expected more than 1 value per channel when training"), so a model with
+    /// BatchNorm whose last map is 1x1 needs 2; GroupNorm normalises each image alone and needs 1.
+    public func minimumTrainingBatch(resolution size: Int) -> Int {
+        guard case .batch = norm else { return 1 }
+        let side = featureMapSize(resolution: size)
+        return side * side >= 2 ? 1 : 2
+    }
+
     /// Widths, depths and class counts beyond any CNN's, which would only end in a failed allocation.
     public static let maxPlanes = 8192, maxBlocks = 256, maxClasses = 100_000
 

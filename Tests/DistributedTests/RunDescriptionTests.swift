@@ -272,6 +272,33 @@ struct RunDescriptionTests {
         #expect(e?.message.contains("no classifier") == true)
     }
 
+    @Test("a BatchNorm model whose last map is 1x1 refuses one tile per step (train names train.batch_size, cost names --batch) and trains with two")
+    func batchNormNeedsTwoValues() throws {
+        #expect(ResNetConfig.resnet18(classes: 2).minimumTrainingBatch(resolution: 32) == 2)   // 32 px: layer4 is 1x1
+        #expect(ResNetConfig.resnet18(classes: 2).minimumTrainingBatch(resolution: 64) == 1)   // 2x2
+        #expect(ResNetConfig.paper(classes: 2).minimumTrainingBatch(resolution: 32) == 1)      // GroupNorm
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-bn-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try classShards(dir, name: "s", classes: ["a", "b"], count: 3)
+        func config(_ batch: Int) throws -> RunConfig {
+            try RunConfig.parse("""
+            run: {output: \(dir.appendingPathComponent("r\(batch)").path)}
+            data: {train: \(shards.path)}
+            model: {architecture: resnet18}
+            train: {max_steps: 1, batch_size: \(batch)}
+            """, source: "t.yaml")
+        }
+        let e = #expect(throws: TrainingError.self) { try SupervisedTrainer(config: try config(1), writer: "t") }
+        #expect(e?.message.contains("train.batch_size 1 over 1 rank(s) gives 1") == true && e?.message.contains("at 32 px") == true, "\(e?.message ?? "")")
+        #expect(try SupervisedTrainer(config: try config(2), writer: "t").run(resume: false) == .finished)
+        let bin = try histodistillBinary()
+        let refused = try run([bin, "cost", "--model", "resnet18", "--batch", "1", "--resolutions", "32"])
+        #expect(refused.status != 0 && refused.stderr.contains("at 32 px its last feature map is 1x1") && refused.stderr.contains("--batch")
+                && !refused.stderr.contains("Backtrac"), "\(refused.stderr)")
+        let sized = try run([bin, "cost", "--model", "resnet18", "--batch", "2", "--resolutions", "32"])
+        #expect(sized.status == 0 && sized.stdout.contains("| 32 px |"), "\(sized.stdout) \(sized.stderr)")
+    }
+
     @Test("cost --measure --distill times the distillation settings it is given")
     func costHonoursDistillSettings() throws {
         let bin = try histodistillBinary()
