@@ -11,6 +11,7 @@
 #                LUNG=../shared/data/lc25000-lung, EPOCHS=10 (teacher and students), STUDENT_EPOCHS=$EPOCHS,
 #                SIZES="112 56 28 14" (the students' input sizes; the pass's cost is mostly the teacher and the largest),
 #                STUDENT_SET="key=value ..." (extra --set overrides for the students and the from-scratch runs alike),
+#                TEACHER_SET="key=value ..." (extra --set overrides for the teacher only; e.g. train.ema_decay=0.995 for a short run),
 #                SET="key=value ..." (extra --set overrides for every run, the teacher's too; e.g. SET=train.precision=bf16-mixed
 #                with WORK=runs/frontier-bf16 for the bf16-mixed runs of docs/results.md)
 set -euo pipefail
@@ -23,8 +24,9 @@ epochs=${EPOCHS:-10} student_epochs=${STUDENT_EPOCHS:-${EPOCHS:-10}}
 bin=${HISTODISTILL:-$(swift build -c release --show-bin-path)/histodistill}   # HISTODISTILL: another binary (a copy, while you rebuild)
 log() { echo "$(date -u +%H:%M:%S) $*"; }
 read -r -a sizes <<< "${SIZES:-112 56 28 14}"
-student_set=() all_set=()
+student_set=() all_set=() teacher_set=()
 for kv in ${STUDENT_SET:-}; do student_set+=(--set "$kv"); done
+for kv in ${TEACHER_SET:-}; do teacher_set+=(--set "$kv"); done
 for kv in ${SET:-}; do all_set+=(--set "$kv"); done
 
 case $what in
@@ -81,7 +83,7 @@ data=(--set "data.train=$shards/train" --set "data.val=$shards/val" --set "run.s
 
 log "seed $seed: teacher at 224 px, recipe, $epochs epochs"
 [ -f "$out/teacher/best.safetensors" ] || "$bin" train --config configs/teacher-lung-224.yaml "${data[@]}" \
-    --set "train.epochs=$epochs" --set "run.output=$out/teacher" 2>> "$out/log" | tail -1
+    --set "train.epochs=$epochs" --set "run.output=$out/teacher" "${teacher_set[@]}" 2>> "$out/log" | tail -1
 
 # Student and from-scratch configs at each size: the shipped 28 px ones with another name and input factor.
 configs=()
