@@ -4,21 +4,12 @@
 // packed, in pairs along k: each 32-bit word of a packed panel holds (x[k], x[k+1]) of one row or column.
 #include "gemm_bf16.h"
 #include "cpu.h"
+#include "bf16_bits.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 enum { MR = 8, NR = 48, KC = 256, MC = 128, NC = 3072 };
-
-// Round to nearest even, float32 subnormals to signed zero, NaN to quiet NaN: VCVTNEPS2BF16's rule.
-static inline uint32_t bf16_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7F800000u) == 0) return (u >> 16) & 0x8000u;
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return ((u >> 16) | 0x0040u) & 0xFFFFu;
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return u >> 16;
-}
 
 void hd_round_bf16(float *dst, long ld_dst, const float *src, long ld_src, long rows, long cols) {
     for (long i = 0; i < rows; i++) {

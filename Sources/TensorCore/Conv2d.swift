@@ -163,7 +163,7 @@ public enum Conv2d {
                 input: UnsafeRawPointer(input).assumingMemoryBound(to: Float.self),
                 weight: UnsafeRawPointer(weight).assumingMemoryBound(to: Float.self),
                 bias: bias.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) },
-                shape: s, workspace: unsafeDowncast(workspace, to: Workspace<Float>.self))
+                shape: s, workspace: unsafeDowncast(workspace, to: Workspace<Float>.self), bf16: directUsesBF16(s))
             return
         }
         let bf16 = T.self == Float.self && usesBF16(s)   // read here, not in the workers: it may be task-local
@@ -261,7 +261,7 @@ public enum Conv2d {
                 gradOutput: UnsafeRawPointer(gradOutput).assumingMemoryBound(to: Float.self),
                 input: UnsafeRawPointer(input).assumingMemoryBound(to: Float.self),
                 weight: UnsafeRawPointer(weight).assumingMemoryBound(to: Float.self),
-                shape: s, workspace: unsafeDowncast(workspace, to: Workspace<Float>.self))
+                shape: s, workspace: unsafeDowncast(workspace, to: Workspace<Float>.self), bf16: directUsesBF16(s))
             return
         }
         let bf16 = T.self == Float.self && usesBF16(s)   // read here, not in the workers: it may be task-local
@@ -358,6 +358,14 @@ public enum Conv2d {
     /// (emulated without AVX512-BF16).
     public static func usesBF16(_ s: Conv2dShape) -> Bool {
         BF16GEMM.precision == .bf16Mixed && s.cOut >= bf16MinimumOutputChannels && s.k >= bf16MinimumDepth
+    }
+
+    /// Whether a Float convolution that the direct kernel runs (`DirectConv.chooses`: the stem and the narrow layer1
+    /// of the paper's model) takes bfloat16 operands: under `bf16-mixed`, every one, natively with AVX512-BF16 and
+    /// emulated elsewhere. Its forward and input gradient are then bfloat16 products summed in float32; its weight
+    /// gradient stays float32. Read on the calling thread (the precision may be task-local).
+    public static func directUsesBF16(_ s: Conv2dShape) -> Bool {
+        BF16GEMM.precision == .bf16Mixed
     }
 
     /// The GEMM of every im2col convolution: `T.gemm`, or with `bf16` (Float only, where `usesBF16(s)`) bfloat16

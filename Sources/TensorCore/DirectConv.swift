@@ -138,6 +138,17 @@ struct DirectConvPlan {
         (planes + used).update(repeating: 0, count: planesCount - used)
     }
 
+    /// Interleaves `channels` float32 maps of `stride` floats (`planes`) in pairs into bfloat16 words: word u of pair
+    /// q holds (channel 2q, channel 2q + 1) at u, an odd last channel paired with 0; words from the last pair's end up
+    /// to `count` are zero (the slack the last tiles read).
+    func pairWords(_ words: UnsafeMutablePointer<Float>, planes: UnsafePointer<Float>, channels: Int, stride: Int, count: Int) {
+        let pairs = (channels + 1) / 2
+        for q in 0..<pairs {
+            hd_bf16_pair_words(words + q * stride, planes + 2 * q * stride, 2 * q + 1 < channels ? planes + (2 * q + 1) * stride : nil, stride)
+        }
+        if count > pairs * stride { (words + pairs * stride).update(repeating: 0, count: count - pairs * stride) }
+    }
+
     /// Writes one image's output gradient (cOut, outH, outW) at (pt, pt) of zeroed planes of width wd.
     func padGradient(_ gPad: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>) {
         gPad.update(repeating: 0, count: gPadCount)
@@ -219,28 +230,51 @@ public enum DirectConv {
         }
     }
 
-    /// Forward: output (n, cOut, outH, outW) = conv(input, weight) + bias.
+    /// Forward: output (n, cOut, outH, outW) = conv(input, weight) + bias. With `bf16` (`bf16-mixed`) the input and
+    /// weights are rounded to bfloat16 and the products summed in float32: natively by `hd_direct_sum_bf16` over pairs of
+    /// input channels (AVX512-BF16), elsewhere by the float32 kernel on rounded operands (`BF16GEMM.native`).
     static func forward(
         output: UnsafeMutablePointer<Float>, input: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-        bias: UnsafePointer<Float>?, shape s: Conv2dShape, workspace: Workspace<Float>
+        bias: UnsafePointer<Float>?, shape s: Conv2dShape, workspace: Workspace<Float>, bf16: Bool = false
     ) {
         let plan = DirectConvPlan(s)
         let blocks = (s.cOut + 7) / 8
-        let packCount = blocks * 8 * s.k
+        let native = bf16 && BF16GEMM.native
+        // Native bfloat16 steps over (input channel pair, tap): one 32-bit word per pair of channels.
+        let kk = s.kh * s.kw, channelPairs = (s.cIn + 1) / 2
+        let pairs = native ? channelPairs * kk : s.k
+        let packCount = blocks * 8 * pairs
         let workers = min(Parallel.width, s.n)
-        let perWorker = plan.planesCount + blocks * 8 * plan.outLd
+        let wordPlanes = native ? plan.planesCount : 0
+        let perWorker = plan.planesCount + wordPlanes + blocks * 8 * plan.outLd
         let scratch = workspace.reserve(packCount + workers * perWorker)
-        DirectConvPlan.pack(scratch, rows: s.cOut, pairs: s.k) { r, j in weight[r * s.k + j] }
+        if native {
+            DirectConv.packWords(UnsafeMutableRawPointer(scratch), rows: s.cOut, pairs: pairs) { r, j, h in
+                let c = 2 * (j / kk) + h
+                return c < s.cIn ? weight[(r * s.cIn + c) * kk + j % kk] : 0
+            }
+        } else {
+            DirectConvPlan.pack(scratch, rows: s.cOut, pairs: s.k) { r, j in weight[r * s.k + j] }
+            if bf16 { hd_round_bf16(scratch, 0, scratch, 0, 1, packCount) }
+        }
         let wpack = UnsafePointer(scratch)
         let inImage = s.cIn * s.h * s.w, plane = s.outPlane
         plan.forwardOffsets.withUnsafeBufferPointer { offs in
             Parallel.workers(workers) { w in
                 let planes = scratch + packCount + w * perWorker
-                let grid = planes + plan.planesCount
+                let words = planes + plan.planesCount
+                let grid = words + wordPlanes
                 for img in (s.n * w / workers)..<(s.n * (w + 1) / workers) {
                     plan.buildPlanes(planes, image: input + img * inImage)
-                    hd_direct_sum(grid, plan.outLd, Int32(blocks), planes, offs.baseAddress!, Int32(s.k), wpack,
-                                  Int32(plan.outCount))
+                    if native {
+                        plan.pairWords(words, planes: planes, channels: s.cIn, stride: plan.channelStride, count: plan.planesCount)
+                        hd_direct_sum_bf16(grid, plan.outLd, Int32(blocks), words, offs.baseAddress!, Int32(pairs), wpack,
+                                           Int32(plan.outCount))
+                    } else {
+                        if bf16 { hd_round_bf16(planes, 0, planes, 0, 1, plan.planesCount) }
+                        hd_direct_sum(grid, plan.outLd, Int32(blocks), planes, offs.baseAddress!, Int32(s.k), wpack,
+                                      Int32(plan.outCount))
+                    }
                     let y = output + img * s.cOut * plane
                     for co in 0..<s.cOut {
                         let bv: Float = bias?[co] ?? 0
@@ -254,14 +288,32 @@ public enum DirectConv {
         }
     }
 
+    /// Packs rows x pairs bfloat16 pairs (half h of word (r, j) is `weight(r, j, h)`) into 8-row blocks of 32-bit
+    /// words, as `hd_direct_sum_bf16` reads them; rows past `rows` are zero.
+    static func packWords(_ dst: UnsafeMutableRawPointer, rows: Int, pairs: Int, _ weight: (Int, Int, Int) -> Float) {
+        let count = (rows + 7) / 8 * 8 * pairs
+        var lo = [Float](repeating: 0, count: count), hi = lo
+        lo.withUnsafeMutableBufferPointer { l in
+            hi.withUnsafeMutableBufferPointer { h in
+                DirectConvPlan.pack(l.baseAddress!, rows: rows, pairs: pairs) { r, j in weight(r, j, 0) }
+                DirectConvPlan.pack(h.baseAddress!, rows: rows, pairs: pairs) { r, j in weight(r, j, 1) }
+                hd_bf16_pair_words(dst, l.baseAddress!, h.baseAddress!, count)
+            }
+        }
+    }
+
     /// Backward: accumulates into gradWeight and (unless nil) gradInput. The bias gradient is the caller's.
     static func backward(
         gradInput: UnsafeMutablePointer<Float>?, gradWeight: UnsafeMutablePointer<Float>,
         gradOutput: UnsafePointer<Float>, input: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-        shape s: Conv2dShape, workspace: Workspace<Float>
+        shape s: Conv2dShape, workspace: Workspace<Float>, bf16: Bool = false
     ) {
         let plan = DirectConvPlan(s)
         let st = plan.stride, kk = s.kh * s.kw
+        // With `bf16` the input gradient's sums take bfloat16 operands (natively over pairs of output channels); the
+        // weight gradient stays float32.
+        let native = bf16 && gradInput != nil && BF16GEMM.native
+        let outPairs = native ? (s.cOut + 1) / 2 : s.cOut
         // Input-gradient weights per phase: rows ci, pairs (co, tap) reading the padded output gradient.
         var phaseTaps: [[(ky: Int, kx: Int, m: Int, n: Int)]] = []
         var phaseOffsets: [[Int]] = []
@@ -274,8 +326,8 @@ public enum DirectConv {
                     let taps = plan.gradientTaps(a: a, b: b)
                     phaseTaps.append(taps)
                     var offs: [Int] = []
-                    offs.reserveCapacity(s.cOut * taps.count)
-                    for co in 0..<s.cOut {
+                    offs.reserveCapacity(outPairs * taps.count)
+                    for co in 0..<outPairs {
                         for t in taps { offs.append(co * plan.gPadStride + (plan.pt - t.m) * plan.wd + (plan.pt - t.n)) }
                     }
                     phaseOffsets.append(offs)
@@ -297,21 +349,32 @@ public enum DirectConv {
         let gSlot = plan.sharesGradient ? padSlot : s.cOut * plan.outLd
         let gPadCount = gradInput == nil || plan.sharesGradient ? 0 : padSlot
         let dxGridCount = gradInput == nil ? 0 : st * st * ciBlocks * 8 * plan.dxLd
-        let perWorker = group * (plan.planesCount + gSlot) + gPadCount + dxGridCount + s.weightCount
+        // The bfloat16 copy of the padded gradient (pair words natively, rounded floats otherwise), `lead` words in.
+        let bf16PadCount = bf16 && gradInput != nil ? padSlot : 0
+        let perWorker = group * (plan.planesCount + gSlot) + gPadCount + bf16PadCount + dxGridCount + s.weightCount
         let scratch = workspace.reserve(packCount + workers * perWorker)
         for (ph, taps) in phaseTaps.enumerated() {
-            let pairs = s.cOut * taps.count
+            let pairs = outPairs * taps.count
+            if native {
+                DirectConv.packWords(UnsafeMutableRawPointer(scratch + packOffsets[ph]), rows: s.cIn, pairs: pairs) { ci, j, h in
+                    let co = 2 * (j / taps.count) + h, t = taps[j % taps.count]
+                    return co < s.cOut ? weight[(co * s.cIn + ci) * kk + t.ky * s.kw + t.kx] : 0
+                }
+                continue
+            }
             DirectConvPlan.pack(scratch + packOffsets[ph], rows: s.cIn, pairs: pairs) { ci, j in
                 let co = j / taps.count, t = taps[j % taps.count]
                 return weight[(co * s.cIn + ci) * kk + t.ky * s.kw + t.kx]
             }
+            if bf16 { hd_round_bf16(scratch + packOffsets[ph], 0, scratch + packOffsets[ph], 0, 1, ciBlocks * 8 * pairs) }
         }
         let inImage = s.cIn * s.h * s.w, plane = s.outPlane
         plan.forwardOffsets.withUnsafeBufferPointer { offs in
             Parallel.workers(workers) { w in
                 let base = scratch + packCount + w * perWorker
                 let planes = base, grids = base + group * plan.planesCount
-                let ownPad = grids + group * gSlot, dxGrid = ownPad + gPadCount, partial = dxGrid + dxGridCount
+                let ownPad = grids + group * gSlot, bf16Pad = ownPad + gPadCount, dxGrid = bf16Pad + bf16PadCount
+                let partial = dxGrid + dxGridCount
                 let dW: UnsafeMutablePointer<Float>
                 if w == 0 { dW = gradWeight } else { dW = partial; partial.update(repeating: 0, count: s.weightCount) }
                 // The weight gradient's grid of image i of the group: row co at g0 + i * gSlot + co * ldg.
@@ -352,9 +415,20 @@ public enum DirectConv {
                                 gPad = ownPad + lead
                                 plan.padGradient(gPad, gradOutput + img * s.cOut * plane)
                             }
-                            inputGradient(gradInput + img * inImage, plan: plan, gPad: gPad, dxGrid: dxGrid,
+                            var source = gPad
+                            if bf16 {
+                                // The sums read up to `lead` before the padded gradient (thrown-away columns): zero there.
+                                source = bf16Pad + lead
+                                bf16Pad.update(repeating: 0, count: lead)
+                                if native {
+                                    plan.pairWords(source, planes: gPad, channels: s.cOut, stride: plan.gPadStride, count: plan.gPadCount)
+                                } else {
+                                    hd_round_bf16(source, 0, gPad, 0, 1, plan.gPadCount)
+                                }
+                            }
+                            inputGradient(gradInput + img * inImage, plan: plan, gPad: source, dxGrid: dxGrid,
                                           packs: scratch, packOffsets: packOffsets, phaseOffsets: phaseOffsets,
-                                          ciBlocks: ciBlocks)
+                                          ciBlocks: ciBlocks, words: native)
                         }
                     }
                     first += count
@@ -370,7 +444,7 @@ public enum DirectConv {
     private static func inputGradient(
         _ dx: UnsafeMutablePointer<Float>, plan: DirectConvPlan, gPad: UnsafeMutablePointer<Float>,
         dxGrid: UnsafeMutablePointer<Float>, packs: UnsafeMutablePointer<Float>, packOffsets: [Int],
-        phaseOffsets: [[Int]], ciBlocks: Int
+        phaseOffsets: [[Int]], ciBlocks: Int, words: Bool
     ) {
         let s = plan.s, st = plan.stride
         // Every phase's grid first (`dxGrid` holds stride^2 of them), then each input row gathers its pixels.
@@ -379,8 +453,13 @@ public enum DirectConv {
             let offsets = phaseOffsets[ph]
             guard !offsets.isEmpty else { continue }
             offsets.withUnsafeBufferPointer { offs in
-                hd_direct_sum(dxGrid + ph * phaseGrid, plan.dxLd, Int32(ciBlocks), gPad + plan.dxRowStart * plan.wd, offs.baseAddress!,
-                              Int32(offs.count), packs + packOffsets[ph], Int32(plan.dxCount))
+                if words {
+                    hd_direct_sum_bf16(dxGrid + ph * phaseGrid, plan.dxLd, Int32(ciBlocks), gPad + plan.dxRowStart * plan.wd, offs.baseAddress!,
+                                       Int32(offs.count), packs + packOffsets[ph], Int32(plan.dxCount))
+                } else {
+                    hd_direct_sum(dxGrid + ph * phaseGrid, plan.dxLd, Int32(ciBlocks), gPad + plan.dxRowStart * plan.wd, offs.baseAddress!,
+                                  Int32(offs.count), packs + packOffsets[ph], Int32(plan.dxCount))
+                }
             }
         }
         // Input pixel (y, x) is padded pixel (y + padH, x + padW): phase ((y + padH) % s, (x + padW) % s).

@@ -139,7 +139,7 @@ struct BF16Tests {
         return [y.array, dx.array, dw.array]
     }
 
-    @Test("bf16-mixed convolutions: 64 or more output channels in bfloat16 (close to float32, not equal), fewer stay float32 bit for bit")
+    @Test("bf16-mixed convolutions through the GEMM: 64 or more output channels in bfloat16 (close to float32, not equal); narrower ones are not GEMM-bfloat16")
     func convolutions() {
         let wide = Conv2dShape(n: 3, cIn: 16, h: 20, w: 20, cOut: 64, kernel: 3, padding: 1)
         let strided = Conv2dShape(n: 2, cIn: 24, h: 9, w: 9, cOut: 72, kernel: 3, stride: 2, padding: 1)
@@ -158,6 +158,48 @@ struct BF16Tests {
                 }
             }
         }
-        #expect(Self.conv(narrow, precision: .bf16Mixed, threads: 2) == Self.conv(narrow, precision: .float32, threads: 2))
+        #expect(!Conv2d.usesBF16(narrow))
+    }
+
+    /// The forward and input gradient of `s` in Double from the bfloat16-rounded operands of `conv(s, seed: 5)`.
+    static func roundedReference(_ s: Conv2dShape, seed: UInt64 = 5) -> (y: [Float], dx: [Float]) {
+        var rng = SeededRNG(seed: seed)
+        func rounded(_ v: [Double]) -> Buffer<Double> { Buffer<Double>(v.map { Double(BF16GEMM.round(Float($0))) }) }
+        let x = rounded(rng.values(s.inputCount)), w = rounded(rng.values(s.weightCount, scale: 0.2).map { Double(Float($0)) })
+        let dy = rounded(rng.values(s.outputCount))
+        let y = Buffer<Double>(count: s.outputCount), dx = Buffer<Double>(count: s.inputCount), dw = Buffer<Double>(count: s.weightCount)
+        let ws = Workspace<Double>()
+        Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s, workspace: ws)
+        Conv2d.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: nil, gradOutput: dy.pointer,
+                        input: x.pointer, weight: w.pointer, shape: s, workspace: ws)
+        return (y.array.map(Float.init), dx.array.map(Float.init))
+    }
+
+    @Test("bf16-mixed in the direct kernel (stem, layer1): forward and input gradient are float32 sums of the bfloat16-rounded operands, natively and emulated; the weight gradient stays float32",
+          .enabled(if: DirectConv.isAvailable, "this CPU has no AVX-512: the direct kernel does not run"))
+    func directConvolutions() {
+        let shapes = [
+            Conv2dShape(n: 2, cIn: 16, h: 20, w: 20, cOut: 32, kernel: 3, padding: 1),             // layer1-like
+            Conv2dShape(n: 2, cIn: 3, h: 40, w: 40, cOut: 32, kernel: 7, stride: 2, padding: 3),   // the stem: 3 channels, stride 2
+            Conv2dShape(n: 3, cIn: 5, h: 30, w: 31, cOut: 13, kernel: 3, stride: 2, padding: 1),   // odd channels both ways
+        ]
+        for s in shapes {
+            BF16GEMM.$scoped.withValue(.bf16Mixed) {
+                #expect(DirectConv.chooses(.automatic, s) && Conv2d.directUsesBF16(s) && !Conv2d.usesBF16(s), "\(s)")
+            }
+            #expect(!Conv2d.directUsesBF16(s), "float32 unless asked")
+            let full = Self.conv(s, precision: .float32, threads: 2), reference = Self.roundedReference(s)
+            let saved = BF16GEMM.forceEmulation
+            defer { BF16GEMM.forceEmulation = saved }
+            for emulated in BF16GEMM.cpuHasKernel ? [false, true] : [true] {
+                BF16GEMM.forceEmulation = emulated
+                let half = Self.conv(s, precision: .bf16Mixed, threads: 2)
+                let what = "\(s), \(emulated ? "emulated" : "AVX512-BF16")"
+                #expect(relativeError(half[0], reference.y) < 2e-6, "output of \(what): \(relativeError(half[0], reference.y))")
+                #expect(relativeError(half[1], reference.dx) < 2e-6, "input gradient of \(what): \(relativeError(half[1], reference.dx))")
+                #expect(relativeError(half[0], full[0]) > 1e-4 && relativeError(half[1], full[1]) > 1e-4, "rounded: \(what)")
+                #expect(half[2] == full[2], "the weight gradient stays float32: \(what)")
+            }
+        }
     }
 }

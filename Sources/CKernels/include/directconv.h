@@ -7,6 +7,7 @@
 #define HISTODISTILL_DIRECTCONV_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,6 +31,16 @@ void hd_direct_wgrad(float *dw, ptrdiff_t ldw, int rows, int pairs,
                      const float *src, const ptrdiff_t *offs, ptrdiff_t sImage,
                      int images, int count);
 
+/// hd_direct_sum with bfloat16 operands and float32 accumulation (AVX512-BF16 only: hd_bf16_gemm_available()):
+/// out[r * ldo + p] = sum_j sum_{h=0,1} bf16 half h of wpack[(r / 8) * pairs * 8 + j * 8 + r % 8]
+///                                      * bf16 half h of src[offs[j] + p],
+/// each 32-bit word holding two bfloat16 values (low half first), as `hd_bf16_pair_words` writes them.
+void hd_direct_sum_bf16(float *out, ptrdiff_t ldo, int rowBlocks,
+                        const void *src, const ptrdiff_t *offs, int pairs,
+                        const void *wpack, int count);
+/// dst[i] = bf16(lo[i]) | bf16(hi[i]) << 16 for i < count, rounded as VCVTNEPS2BF16 does (nearest even,
+/// subnormals to signed zero); hi may be NULL (upper halves 0). Any CPU (AVX512-BF16 when present).
+void hd_bf16_pair_words(void *dst, const float *lo, const float *hi, ptrdiff_t count);
 /// even[k] = src[2k] for 2k < n and odd[k] = src[2k + 1] for 2k + 1 < n (either may be NULL: not written).
 void hd_deinterleave(const float *src, ptrdiff_t n, float *even, float *odd);
 
