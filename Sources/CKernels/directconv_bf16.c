@@ -69,6 +69,69 @@ HD_BF16 void hd_direct_sum_bf16(float *out, ptrdiff_t ldo, int rowBlocks,
     }
 }
 
+// hd_direct_wgrad with bfloat16 operands: 4 gradient rows x 6 pairs of dot products over 32 positions a step, each
+// float32 lane summing two adjacent positions (VDPBF16PS); the lanes are summed once at the end.
+HD_BF16 void hd_direct_wgrad_bf16(float *dw, ptrdiff_t ldw, int rows, int pairs,
+                                  const void *g_halves, ptrdiff_t ldg, ptrdiff_t gImage,
+                                  const void *src_halves, const ptrdiff_t *offs, ptrdiff_t sImage,
+                                  int images, int count) {
+    const uint16_t *g = (const uint16_t *)g_halves, *src = (const uint16_t *)src_halves;
+    const int vectors = count / 32, rem = count % 32;
+    const __mmask32 tail = (__mmask32)((1ull << rem) - 1ull);
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+        ptrdiff_t gr[4];
+        for (int i = 0; i < 4; i++) gr[i] = (ptrdiff_t)(r0 + i < rows ? r0 + i : rows - 1) * ldg;
+        for (int j0 = 0; j0 < pairs; j0 += 6) {
+            ptrdiff_t so[6];
+            for (int k = 0; k < 6; k++) so[k] = offs[j0 + k < pairs ? j0 + k : pairs - 1];
+            __m512 acc[4][6];
+#pragma clang loop unroll(full)
+            for (int i = 0; i < 4; i++) {
+#pragma clang loop unroll(full)
+                for (int k = 0; k < 6; k++) acc[i][k] = _mm512_setzero_ps();
+            }
+            for (int img = 0; img < images; img++) {
+                const uint16_t *gi = g + (ptrdiff_t)img * gImage, *si = src + (ptrdiff_t)img * sImage;
+                const uint16_t *gp[4] = {gi + gr[0], gi + gr[1], gi + gr[2], gi + gr[3]};
+                const uint16_t *sp[6] = {si + so[0], si + so[1], si + so[2], si + so[3], si + so[4], si + so[5]};
+                ptrdiff_t p = 0;
+                for (int v = 0; v < vectors; v++, p += 32) {
+                    __m512bh x[6];
+#pragma clang loop unroll(full)
+                    for (int k = 0; k < 6; k++) x[k] = (__m512bh)_mm512_loadu_si512((const void *)(sp[k] + p));
+#pragma clang loop unroll(full)
+                    for (int i = 0; i < 4; i++) {
+                        __m512bh y = (__m512bh)_mm512_loadu_si512((const void *)(gp[i] + p));
+#pragma clang loop unroll(full)
+                        for (int k = 0; k < 6; k++) acc[i][k] = _mm512_dpbf16_ps(acc[i][k], y, x[k]);
+                    }
+                }
+                if (rem) {
+                    __m512bh x[6];
+#pragma clang loop unroll(full)
+                    for (int k = 0; k < 6; k++) x[k] = (__m512bh)_mm512_maskz_loadu_epi16(tail, sp[k] + p);
+#pragma clang loop unroll(full)
+                    for (int i = 0; i < 4; i++) {
+                        __m512bh y = (__m512bh)_mm512_maskz_loadu_epi16(tail, gp[i] + p);
+#pragma clang loop unroll(full)
+                        for (int k = 0; k < 6; k++) acc[i][k] = _mm512_dpbf16_ps(acc[i][k], y, x[k]);
+                    }
+                }
+            }
+            for (int i = 0; i < 4 && r0 + i < rows; i++) {
+                float *d = dw + (ptrdiff_t)(r0 + i) * ldw + j0;
+                for (int k = 0; k < 6 && j0 + k < pairs; k++) d[k] += _mm512_reduce_add_ps(acc[i][k]);
+            }
+        }
+    }
+}
+
+HD_BF16 static void halves_avx512(uint16_t *dst, const float *src, ptrdiff_t count) {
+    ptrdiff_t i = 0;
+    for (; i + 16 <= count; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+    for (; i < count; i++) dst[i] = (uint16_t)bf16_bits(src[i]);
+}
+
 HD_BF16 static void pair_words_avx512(uint32_t *dst, const float *lo, const float *hi, ptrdiff_t count) {
     ptrdiff_t i = 0;
     for (; i + 16 <= count; i += 16) {
@@ -100,7 +163,37 @@ void hd_direct_sum_bf16(float *out, ptrdiff_t ldo, int rowBlocks, const void *sr
         }
     }
 }
+void hd_direct_wgrad_bf16(float *dw, ptrdiff_t ldw, int rows, int pairs, const void *g_halves, ptrdiff_t ldg, ptrdiff_t gImage,
+                          const void *src_halves, const ptrdiff_t *offs, ptrdiff_t sImage, int images, int count) {
+    const uint16_t *g = (const uint16_t *)g_halves, *src = (const uint16_t *)src_halves;
+    for (int r = 0; r < rows; r++) {
+        for (int j = 0; j < pairs; j++) {
+            float acc = 0;
+            for (int img = 0; img < images; img++) {
+                for (int p = 0; p < count; p++) {
+                    uint32_t a = (uint32_t)g[img * gImage + r * ldg + p] << 16, b = (uint32_t)src[img * sImage + offs[j] + p] << 16;
+                    float x, y;
+                    memcpy(&x, &a, 4); memcpy(&y, &b, 4);
+                    acc += x * y;
+                }
+            }
+            dw[r * ldw + j] += acc;
+        }
+    }
+}
 #endif
+
+void hd_bf16_halves(void *dst_halves, const float *src, ptrdiff_t count) {
+    uint16_t *dst = (uint16_t *)dst_halves;
+#if defined(__x86_64__)
+    int f = hd_cpu_features();
+    if ((f & HD_CPU_AVX512BF16) && (f & HD_CPU_AVX512BW) && (f & HD_CPU_AVX512F) && (f & HD_CPU_AVX512VL)) {
+        halves_avx512(dst, src, count);
+        return;
+    }
+#endif
+    for (ptrdiff_t i = 0; i < count; i++) dst[i] = (uint16_t)bf16_bits(src[i]);
+}
 
 void hd_bf16_pair_words(void *dst_words, const float *lo, const float *hi, ptrdiff_t count) {
     uint32_t *dst = (uint32_t *)dst_words;

@@ -362,8 +362,8 @@ public enum Conv2d {
 
     /// Whether a Float convolution that the direct kernel runs (`DirectConv.chooses`: the stem and the narrow layer1
     /// of the paper's model) takes bfloat16 operands: under `bf16-mixed`, every one, natively with AVX512-BF16 and
-    /// emulated elsewhere. Its forward and input gradient are then bfloat16 products summed in float32; its weight
-    /// gradient stays float32. Read on the calling thread (the precision may be task-local).
+    /// emulated elsewhere: its forward, input gradient and weight gradient are then bfloat16 products summed in
+    /// float32, as in the GEMM path. Read on the calling thread (the precision may be task-local).
     public static func directUsesBF16(_ s: Conv2dShape) -> Bool {
         BF16GEMM.precision == .bf16Mixed
     }

@@ -310,10 +310,10 @@ public enum DirectConv {
     ) {
         let plan = DirectConvPlan(s)
         let st = plan.stride, kk = s.kh * s.kw
-        // With `bf16` the input gradient's sums take bfloat16 operands (natively over pairs of output channels); the
-        // weight gradient stays float32.
-        let native = bf16 && gradInput != nil && BF16GEMM.native
-        let outPairs = native ? (s.cOut + 1) / 2 : s.cOut
+        // With `bf16` both products take bfloat16 operands: the input gradient's sums natively over pairs of output
+        // channels, the weight gradient's over pairs of adjacent positions (bfloat16 copies of the planes and grids).
+        let native = bf16 && BF16GEMM.native
+        let outPairs = native && gradInput != nil ? (s.cOut + 1) / 2 : s.cOut
         // Input-gradient weights per phase: rows ci, pairs (co, tap) reading the padded output gradient.
         var phaseTaps: [[(ky: Int, kx: Int, m: Int, n: Int)]] = []
         var phaseOffsets: [[Int]] = []
@@ -351,11 +351,13 @@ public enum DirectConv {
         let dxGridCount = gradInput == nil ? 0 : st * st * ciBlocks * 8 * plan.dxLd
         // The bfloat16 copy of the padded gradient (pair words natively, rounded floats otherwise), `lead` words in.
         let bf16PadCount = bf16 && gradInput != nil ? padSlot : 0
-        let perWorker = group * (plan.planesCount + gSlot) + gPadCount + bf16PadCount + dxGridCount + s.weightCount
+        // Natively, bfloat16 copies (16 bits each) of the group's planes and gradient grids for the weight gradient.
+        let halvesCount = native ? (group * (plan.planesCount + gSlot) + 1) / 2 + 16 : 0
+        let perWorker = group * (plan.planesCount + gSlot) + gPadCount + bf16PadCount + halvesCount + dxGridCount + s.weightCount
         let scratch = workspace.reserve(packCount + workers * perWorker)
         for (ph, taps) in phaseTaps.enumerated() {
             let pairs = outPairs * taps.count
-            if native {
+            if native && gradInput != nil {
                 DirectConv.packWords(UnsafeMutableRawPointer(scratch + packOffsets[ph]), rows: s.cIn, pairs: pairs) { ci, j, h in
                     let co = 2 * (j / taps.count) + h, t = taps[j % taps.count]
                     return co < s.cOut ? weight[(co * s.cIn + ci) * kk + t.ky * s.kw + t.kx] : 0
@@ -373,7 +375,8 @@ public enum DirectConv {
             Parallel.workers(workers) { w in
                 let base = scratch + packCount + w * perWorker
                 let planes = base, grids = base + group * plan.planesCount
-                let ownPad = grids + group * gSlot, bf16Pad = ownPad + gPadCount, dxGrid = bf16Pad + bf16PadCount
+                let ownPad = grids + group * gSlot, bf16Pad = ownPad + gPadCount, halves = bf16Pad + bf16PadCount
+                let dxGrid = halves + halvesCount
                 let partial = dxGrid + dxGridCount
                 let dW: UnsafeMutablePointer<Float>
                 if w == 0 { dW = gradWeight } else { dW = partial; partial.update(repeating: 0, count: s.weightCount) }
@@ -398,11 +401,24 @@ public enum DirectConv {
                         }
                     }
                     // Weight gradient, in chunks of positions.
+                    let planesHalves = UnsafeMutableRawPointer(halves), gridsHalves = planesHalves + 2 * count * plan.planesCount
+                    if native {
+                        hd_bf16_halves(planesHalves, planes, count * plan.planesCount)
+                        hd_bf16_halves(gridsHalves, grids, count * gSlot)
+                    } else if bf16 {
+                        hd_round_bf16(planes, 0, planes, 0, 1, count * plan.planesCount)
+                        hd_round_bf16(grids, 0, grids, 0, 1, count * gSlot)
+                    }
                     var p0 = 0
                     while p0 < plan.outCount {
                         let len = min(DirectConv.gradientChunk, plan.outCount - p0)
-                        hd_direct_wgrad(dW, s.k, Int32(s.cOut), Int32(s.k), g0 + p0, ldg, gSlot,
-                                        planes + p0, offs.baseAddress!, plan.planesCount, Int32(count), Int32(len))
+                        if native {
+                            hd_direct_wgrad_bf16(dW, s.k, Int32(s.cOut), Int32(s.k), gridsHalves + 2 * (g0 - grids + p0), ldg, gSlot,
+                                                 planesHalves + 2 * p0, offs.baseAddress!, plan.planesCount, Int32(count), Int32(len))
+                        } else {
+                            hd_direct_wgrad(dW, s.k, Int32(s.cOut), Int32(s.k), g0 + p0, ldg, gSlot,
+                                            planes + p0, offs.baseAddress!, plan.planesCount, Int32(count), Int32(len))
+                        }
                         p0 += len
                     }
                     if let gradInput {

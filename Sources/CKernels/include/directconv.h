@@ -41,6 +41,14 @@ void hd_direct_sum_bf16(float *out, ptrdiff_t ldo, int rowBlocks,
 /// dst[i] = bf16(lo[i]) | bf16(hi[i]) << 16 for i < count, rounded as VCVTNEPS2BF16 does (nearest even,
 /// subnormals to signed zero); hi may be NULL (upper halves 0). Any CPU (AVX512-BF16 when present).
 void hd_bf16_pair_words(void *dst, const float *lo, const float *hi, ptrdiff_t count);
+/// hd_direct_wgrad with bfloat16 operands (AVX512-BF16 only): g and src hold bfloat16 values (16 bits each; every
+/// stride and offset counts them), products summed in float32, two adjacent positions per lane.
+void hd_direct_wgrad_bf16(float *dw, ptrdiff_t ldw, int rows, int pairs,
+                          const void *g, ptrdiff_t ldg, ptrdiff_t gImage,
+                          const void *src, const ptrdiff_t *offs, ptrdiff_t sImage,
+                          int images, int count);
+/// dst[i] = bf16(src[i]) (16 bits each) for i < count, rounded as VCVTNEPS2BF16 does. Any CPU.
+void hd_bf16_halves(void *dst, const float *src, ptrdiff_t count);
 /// even[k] = src[2k] for 2k < n and odd[k] = src[2k + 1] for 2k + 1 < n (either may be NULL: not written).
 void hd_deinterleave(const float *src, ptrdiff_t n, float *even, float *odd);
 
