@@ -345,23 +345,23 @@ public enum Conv2d {
         }
     }
 
-    /// Fewest output channels for which `bf16-mixed` runs a convolution in bfloat16: with fewer, the GEMM has so few
-    /// rows that packing its columns costs more than the faster products save (measured on AMD Zen 4: the stem and
-    /// layer1 of the paper's model, 32 channels, ran slower than the float32 direct kernel; docs/benchmarks.md).
+    /// Fewest output channels for which `bf16-mixed` runs an im2col convolution through the bfloat16 GEMM: with fewer,
+    /// the GEMM has so few rows that packing its columns costs more than the faster products save (measured on AMD
+    /// Zen 4; docs/benchmarks.md). Convolutions the direct kernel runs follow `directUsesBF16` instead.
     public static let bf16MinimumOutputChannels = 64
-    /// Smallest GEMM depth (cIn * kh * kw) for which `bf16-mixed` runs a convolution in bfloat16: shallower ones (1x1
+    /// Smallest GEMM depth (cIn * kh * kw) for which `bf16-mixed` runs an im2col convolution in bfloat16: shallower ones (1x1
     /// downsamples of 32 or 64 channels) spend more on packing than the products save (measured as above).
     public static let bf16MinimumDepth = 128
 
-    /// Whether a Float convolution of shape `s` runs with bfloat16 operands: under `BF16GEMM.precision == .bf16Mixed`
-    /// with at least `bf16MinimumOutputChannels` output channels and a depth of `bf16MinimumDepth`, on every CPU alike
-    /// (emulated without AVX512-BF16).
+    /// Whether a Float convolution of shape `s` that runs as im2col + GEMM takes bfloat16 operands: under
+    /// `BF16GEMM.precision == .bf16Mixed` with at least `bf16MinimumOutputChannels` output channels and a depth of
+    /// `bf16MinimumDepth`, on every CPU alike (emulated without AVX512-BF16).
     public static func usesBF16(_ s: Conv2dShape) -> Bool {
         BF16GEMM.precision == .bf16Mixed && s.cOut >= bf16MinimumOutputChannels && s.k >= bf16MinimumDepth
     }
 
-    /// Whether a Float convolution that the direct kernel runs (`DirectConv.chooses`: the stem and the narrow layer1
-    /// of the paper's model) takes bfloat16 operands: under `bf16-mixed`, every one, natively with AVX512-BF16 and
+    /// Whether a Float convolution that the direct kernel runs (`DirectConv.chooses`: in the paper's model the stem,
+    /// layer1 and the convolutions of maps at least 14 px wide) takes bfloat16 operands: under `bf16-mixed`, every one, natively with AVX512-BF16 and
     /// emulated elsewhere: its forward, input gradient and weight gradient are then bfloat16 products summed in
     /// float32, as in the GEMM path. Read on the calling thread (the precision may be task-local).
     public static func directUsesBF16(_ s: Conv2dShape) -> Bool {

@@ -123,7 +123,8 @@ struct BF16Tests {
     }
 
     /// Forward and backward of a conv at `precision` (scoped), on `threads` threads.
-    static func conv(_ s: Conv2dShape, precision: MatmulPrecision, threads: Int, seed: UInt64 = 5) -> [[Float]] {
+    static func conv(_ s: Conv2dShape, precision: MatmulPrecision, threads: Int, seed: UInt64 = 5,
+                     algorithm: ConvAlgorithm = .automatic) -> [[Float]] {
         var rng = SeededRNG(seed: seed)
         let x = Buffer<Float>(rng.values(s.inputCount).map(Float.init)), w = Buffer<Float>(rng.values(s.weightCount, scale: 0.2).map(Float.init))
         let dy = Buffer<Float>(rng.values(s.outputCount).map(Float.init))
@@ -131,9 +132,9 @@ struct BF16Tests {
         BF16GEMM.$scoped.withValue(precision) {
             Parallel.withWidth(threads) {
                 let ws = Workspace<Float>()
-                Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s, workspace: ws)
+                Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s, workspace: ws, algorithm: algorithm)
                 Conv2d.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: nil, gradOutput: dy.pointer,
-                                input: x.pointer, weight: w.pointer, shape: s, workspace: ws)
+                                input: x.pointer, weight: w.pointer, shape: s, workspace: ws, algorithm: algorithm)
             }
         }
         return [y.array, dx.array, dw.array]
@@ -146,12 +147,13 @@ struct BF16Tests {
         let narrow = Conv2dShape(n: 3, cIn: 16, h: 20, w: 20, cOut: 32, kernel: 3, padding: 1)
         BF16GEMM.$scoped.withValue(.bf16Mixed) {
             #expect(Conv2d.usesBF16(wide) && Conv2d.usesBF16(strided) && !Conv2d.usesBF16(narrow))
-            #expect(!DirectConv.chooses(.automatic, wide) && !DirectConv.chooses(.direct, wide), "the direct kernel is float32 only")
+            #expect(!DirectConv.chooses(.automatic, strided), "a 5 px map: im2col + GEMM")
         }
         #expect(!Conv2d.usesBF16(wide), "float32 unless asked (here: no scoped precision, process default 32-true)")
         for s in [wide, strided] {
             for threads in [1, 2] {
-                let full = Self.conv(s, precision: .float32, threads: threads), half = Self.conv(s, precision: .bf16Mixed, threads: threads)
+                let full = Self.conv(s, precision: .float32, threads: threads, algorithm: .im2colGEMM)
+                let half = Self.conv(s, precision: .bf16Mixed, threads: threads, algorithm: .im2colGEMM)
                 for (part, name) in ["output", "input gradient", "weight gradient"].enumerated() {
                     let err = relativeError(half[part], full[part])
                     #expect(err < 1e-2 && err > 1e-5, "\(name) of \(s), \(threads) threads: bf16-mixed vs float32 error \(err)")
@@ -183,10 +185,11 @@ struct BF16Tests {
             Conv2dShape(n: 2, cIn: 3, h: 40, w: 40, cOut: 32, kernel: 7, stride: 2, padding: 3),   // the stem: 3 channels, stride 2
             Conv2dShape(n: 3, cIn: 5, h: 30, w: 31, cOut: 13, kernel: 3, stride: 2, padding: 1),   // odd channels both ways
             Conv2dShape(n: 1, cIn: 4, h: 48, w: 47, cOut: 8, kernel: 3, padding: 1),               // weight gradient in chunks
+            Conv2dShape(n: 2, cIn: 32, h: 16, w: 16, cOut: 64, kernel: 3, padding: 1),             // wide, on a 16 px map
         ]
         for s in shapes {
             BF16GEMM.$scoped.withValue(.bf16Mixed) {
-                #expect(DirectConv.chooses(.automatic, s) && Conv2d.directUsesBF16(s) && !Conv2d.usesBF16(s), "\(s)")
+                #expect(DirectConv.chooses(.automatic, s) && Conv2d.directUsesBF16(s), "\(s)")
             }
             #expect(!Conv2d.directUsesBF16(s), "float32 unless asked")
             let full = Self.conv(s, precision: .float32, threads: 2), reference = Self.roundedReference(s)
