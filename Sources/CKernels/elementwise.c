@@ -2,6 +2,8 @@
 #include "elementwise.h"
 
 #include "clones.h"
+#include <stdint.h>
+#include <string.h>
 
 HD_CLONES
 void hd_relu_forward(float *y, const float *x, ptrdiff_t n) {
@@ -140,4 +142,17 @@ void hd_maxpool2d_forward(float *out, int32_t *idx, const float *in, ptrdiff_t p
     }
 #endif
     maxpool_generic(out, idx, in, planes, h, w, oh, ow, k, s, p);
+}
+
+// Integer test of the exponent bits: vectorises (a float reduction would not, its order being fixed), and is
+// exact whatever the values.
+HD_CLONES
+int hd_all_finite(const float *x, ptrdiff_t n) {
+    uint32_t bad = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+    }
+    return bad == 0;
 }

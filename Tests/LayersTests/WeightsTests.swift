@@ -150,9 +150,11 @@ struct ScheduleTests {
         #expect(small.array == [0.15, 0.2])
         small[1] = .nan
         #expect(!GradientOps.allFinite(small.pointer, count: 2))
-        // Every position of the unrolled loop and its tail, infinities of both signs, large finite values.
-        for count in [1, 4, 7, 9] {
-            let v = Buffer<Float>((0..<count).map { Float($0) * 1e37 - 3e38 })
+        // Every position of the vector loop and its tail, infinities of both signs, NaN; the largest finite values and
+        // subnormals are finite.
+        for count in [1, 4, 7, 9, 16, 33, 100] {
+            let finite: [Float] = [.greatestFiniteMagnitude, -.greatestFiniteMagnitude, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, 0, -3e38, 1e37]
+            let v = Buffer<Float>((0..<count).map { finite[$0 % finite.count] })
             #expect(GradientOps.allFinite(v.pointer, count: count))
             for k in 0..<count {
                 for bad in [Float.infinity, -Float.infinity, Float.nan] {
