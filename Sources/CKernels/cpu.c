@@ -21,3 +21,10 @@ int hd_cpu_features(void) {
     return 0;
 #endif
 }
+
+// A thread's own parallel width: model replicas running side by side each keep their kernels on their own thread.
+static _Thread_local int thread_width;
+
+int hd_thread_width(void) { return thread_width; }
+
+void hd_set_thread_width(int width) { thread_width = width; }

@@ -54,6 +54,11 @@ public struct ImageModelOutput {
     public let pooled: Tensor<Float>
     /// Classifier output (n, classes), nil for a feature extractor.
     public let logits: Tensor<Float>?
+
+    /// Outputs over the given tensors.
+    public init(featureMap: Tensor<Float>, pooled: Tensor<Float>, logits: Tensor<Float>?) {
+        self.featureMap = featureMap; self.pooled = pooled; self.logits = logits
+    }
 }
 
 /// The outputs of a ResNet forward pass.

@@ -1,4 +1,5 @@
 // A parallel-for for elementwise kernels, im2col and col2im that uses the same cores as OpenBLAS.
+import CKernels
 import Dispatch
 import Foundation
 import Synchronization
@@ -10,8 +11,12 @@ import Synchronization
 public enum Parallel {
     private static let widthStorage = Atomic<Int>(1)
 
-    /// Number of chunks a parallel loop is split into.
-    public static var width: Int { widthStorage.load(ordering: .relaxed) }
+    /// Number of chunks a parallel loop is split into: the calling thread's own width inside `replicas`, else the
+    /// process-wide one.
+    public static var width: Int {
+        let own = hd_thread_width()
+        return own > 0 ? Int(own) : widthStorage.load(ordering: .relaxed)
+    }
 
     /// Sets the width of parallel loops (normally through `BLAS.setThreadCount`).
     public static func setWidth(_ width: Int) {
@@ -43,6 +48,18 @@ public enum Parallel {
     public static func endExclusiveWidth(restoring saved: Int) {
         BLAS.setThreadCount(saved)
         session.unlock()
+    }
+
+    /// Runs `body(replica)` for replica in 0..<count concurrently, each on its own thread with a width of 1: for
+    /// independent copies of a model, each running all its kernels alone (the threads meet once, at the end, instead
+    /// of at every kernel).
+    public static func replicas(_ count: Int, _ body: (Int) -> Void) {
+        workers(count) { i in
+            let saved = hd_thread_width()
+            hd_set_thread_width(1)
+            defer { hd_set_thread_width(saved) }
+            body(i)
+        }
     }
 
     /// Runs `body(worker)` for worker in 0..<workers, concurrently when workers > 1.

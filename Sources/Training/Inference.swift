@@ -143,6 +143,7 @@ public enum Inference {
         }
         var next = ranges.first.map(prefetch)
         var turned: [Float] = []
+        let replicas = EvalReplicas(model)   // each engine thread runs its share of a batch on its own copy
         for (k, r) in ranges.enumerated() {
             guard let current = next else { break }
             current.ready.wait()
@@ -158,7 +159,7 @@ public enum Inference {
                             turned.withUnsafeMutableBufferPointer { view.apply(x.baseAddress!, into: $0.baseAddress!, images: b.count, channels: 3, edge: edge) }
                         }
                     }
-                    let result = (view.isIdentity ? input : turned).withUnsafeBufferPointer { model.forward($0.baseAddress!, shape: shape, training: false) }
+                    let result = (view.isIdentity ? input : turned).withUnsafeBufferPointer { replicas.forward($0.baseAddress!, shape: shape) }
                     try body(b, v, result)
                 }
             }

@@ -76,9 +76,9 @@ public enum StepRunner {
 
     /// An inference pass (eval mode, no backward).
     public static func inference(_ config: ResNetConfig, resolution: Int, batch: Int) -> () -> Void {
-        let model = ResNet(config, seed: 6)
+        let model = EvalReplicas(ResNet(config, seed: 6))   // as `predict`, `evaluate` and `extract` run it
         let shape = NCHW(batch, 3, resolution, resolution)
         let x = syntheticBatch(shape.count, seed: 7)
-        return { _ = model.forward(x.pointer, shape: shape, training: false) }
+        return { _ = model.forward(x.pointer, shape: shape) }
     }
 }

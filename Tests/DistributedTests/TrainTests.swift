@@ -343,3 +343,59 @@ struct DistillTests {
         #expect(e?.message.contains("data.unlabeled needs a distill section") == true)
     }
 }
+
+@Suite("Eval replicas", .serialized)
+struct EvalReplicaTests {
+    /// Max |a - b| over max(1, max |b|).
+    static func relativeError(_ a: [Float], _ b: [Float]) -> Float {
+        var err: Float = 0, ref: Float = 0
+        for i in 0..<min(a.count, b.count) { err = max(err, abs(a[i] - b[i])); ref = max(ref, abs(b[i])) }
+        return a.count == b.count ? err / max(1, ref) : .infinity
+    }
+
+    /// Runs `model` on `n` synthetic images of `edge` px through `EvalReplicas` at `width` threads.
+    static func outputs(_ replicas: EvalReplicas, n: Int, edge: Int, width: Int) -> [[Float]] {
+        var g = SplitMix64(seed: 9)
+        let x = Buffer<Float>((0..<(n * 3 * edge * edge)).map { _ in Float(g.next() % 1000) / 500 - 1 })
+        return Parallel.withWidth(width) {
+            let out = replicas.forward(x.pointer, shape: NCHW(n, 3, edge, edge))
+            return [Array(UnsafeBufferPointer(start: out.featureMap.data, count: out.featureMap.count)),
+                    Array(UnsafeBufferPointer(start: out.pooled.data, count: out.pooled.count)),
+                    out.logits.map { Array(UnsafeBufferPointer(start: $0.data, count: $0.count)) } ?? []]
+        }
+    }
+
+    @Test("a batch split over model copies, one per thread, gives the model's outputs: uneven shares, GroupNorm and BatchNorm, truncated models, refreshed weights")
+    func replicasMatchTheModel() {
+        let models: [ResNet] = [
+            ResNet(.paper(classes: 3, planes: [32, 32], blocks: [1, 1]), seed: 1),
+            ResNet(ResNetConfig(name: "bn", planes: [16, 32], blocks: [1, 1], norm: .batch, classes: 4), seed: 2),
+            ResNet(ResNetConfig.paper(classes: 3, planes: [32, 32], blocks: [1, 1]).truncated(after: 1), seed: 3),
+        ]
+        for (m, model) in models.enumerated() {
+            if case .batch = model.config.norm {   // running statistics away from their initial 0 and 1
+                for i in 0..<model.buffers.values.count { model.buffers.values[i] = 0.5 + Float(i % 7) * 0.1 }
+            }
+            let single = Self.outputs(EvalReplicas(model), n: 5, edge: 40, width: 1)
+            for width in [2, 3] {
+                let split = Self.outputs(EvalReplicas(model), n: 5, edge: 40, width: width)
+                for part in 0..<3 {
+                    #expect(split[part].count == single[part].count, "model \(m), part \(part)")
+                    if !single[part].isEmpty {
+                        #expect(Self.relativeError(split[part], single[part]) < 1e-5, "model \(m), width \(width), part \(part): \(Self.relativeError(split[part], single[part]))")
+                    }
+                }
+            }
+            #expect(model.classes == 0 ? single[2].isEmpty : single[2].count == 5 * model.classes)
+        }
+        // Copies hold the weights they were made with until refreshed.
+        let model = models[0], replicas = EvalReplicas(model)
+        let before = Self.outputs(replicas, n: 4, edge: 32, width: 2)
+        for i in 0..<model.parameters.values.count { model.parameters.values[i] *= 0.9 }
+        let stale = Self.outputs(replicas, n: 4, edge: 32, width: 2)
+        replicas.refresh()
+        let fresh = Self.outputs(replicas, n: 4, edge: 32, width: 2), reference = Self.outputs(EvalReplicas(model), n: 4, edge: 32, width: 1)
+        #expect(Self.relativeError(stale[2], before[2]) > 1e-4 && Self.relativeError(stale[2], reference[2]) > 1e-4, "the second half ran the old weights")
+        #expect(Self.relativeError(fresh[2], reference[2]) < 1e-5)
+    }
+}

@@ -20,6 +20,10 @@ enum {
 
 /// The HD_CPU_* bits this CPU supports (0 on other architectures).
 int hd_cpu_features(void);
+/// The calling thread's own width for the engine's parallel loops (0: none, use the process-wide width).
+int hd_thread_width(void);
+/// Sets the calling thread's own width (0 clears it).
+void hd_set_thread_width(int width);
 
 #ifdef __cplusplus
 }
