@@ -156,3 +156,8 @@ int hd_all_finite(const float *x, ptrdiff_t n) {
     }
     return bad == 0;
 }
+
+HD_CLONES
+void hd_scale_add(float *restrict y, float a, const float *restrict x, float b, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = a * y[i] + b * x[i];
+}

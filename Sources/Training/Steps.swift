@@ -2,6 +2,7 @@
 // `distill`), `cost --measure` and `bench-step` time and train the same code. An objective computes this rank's
 // forward and backward; `DataParallelStep` averages loss terms and gradients over the global batch by
 // all-reduce, checks them, clips, and applies the optimizer, for any `Module`.
+import CKernels
 import Dispatch
 import Layers
 import TensorCore
@@ -76,7 +77,71 @@ public final class SupervisedStep: StepObjective {
         self.labelSmoothing = labelSmoothing
     }
 
+    /// With more than one engine thread, a GroupNorm ResNet's batch is split over copies of the model, one per thread
+    /// (`Parallel.replicas`: the threads meet once per step instead of at every kernel), and their gradients and terms
+    /// are averaged by tiles as `DataParallelStep` averages ranks'. GroupNorm normalises each image alone, so this is
+    /// the same step up to the order of float sums; BatchNorm models (whose statistics depend on the batch) are not
+    /// split.
     public func localGradients(_ input: StepInput) -> LossTerms {
+        let k = min(Parallel.width, input.count)
+        if k > 1, let net = network as? ResNet, case .group = net.config.norm {
+            return replicated(input, net: net, k: k)
+        }
+        return single(input)
+    }
+
+    /// Copies of the model for `replicated`, made on first use; their weights follow the model's at every step.
+    private var copies: [SupervisedStep] = []
+    /// How many copies of the model the split steps have made so far.
+    public var replicaCount: Int { copies.count }
+
+    private func replicated(_ input: StepInput, net: ResNet, k: Int) -> LossTerms {
+        while copies.count < k - 1 {
+            copies.append(SupervisedStep(model: ResNet(net.config, initialize: false), labelSmoothing: labelSmoothing))
+        }
+        let steps = [self] + copies.prefix(k - 1)
+        for step in steps.dropFirst() {
+            (step.network as! ResNet).parameters.values.pointer.update(from: net.parameters.values.pointer, count: net.parameterCount)
+        }
+        let n = input.count
+        let shares = (0..<k).map { (n * $0 / k)..<(n * ($0 + 1) / k) }
+        let labeled = shares.map { r in r.reduce(0) { $0 + (input.labels[$1] >= 0 ? 1 : 0) } }
+        let allLabeled = labeled.reduce(0, +)
+        var terms = [LossTerms](repeating: LossTerms(), count: k)
+        let image = 3 * input.edge * input.edge, teacherImage = 3 * input.teacherEdge * input.teacherEdge
+        terms.withUnsafeMutableBufferPointer { t in
+            Parallel.replicas(k) { i in
+                let r = shares[i]
+                var sub = input
+                sub.images = input.images + r.lowerBound * image
+                sub.teacherImages = input.teacherImages.map { $0 + r.lowerBound * teacherImage }
+                sub.labels = input.labels + r.lowerBound
+                sub.count = r.count
+                // As DataParallelStep's labeledScale: after weighting by tiles, CE averages over all labeled tiles.
+                sub.labeledScale = allLabeled > 0 && labeled[i] > 0
+                    ? input.labeledScale * Float(Double(n * labeled[i]) / Double(r.count * allLabeled)) : 0
+                t[i] = steps[i].single(sub)
+            }
+        }
+        // The tile-weighted mean of the copies' gradients, into the model's.
+        let weights = shares.map { Float(Double($0.count) / Double(n)) }
+        let g = net.parameters.gradients!.pointer
+        let others = steps.dropFirst().map { UnsafePointer(($0.network as! ResNet).parameters.gradients!.pointer) }
+        Parallel.forEach(net.parameterCount, grain: 1 << 15) { range in
+            for (i, o) in others.enumerated() {
+                hd_scale_add(g + range.lowerBound, i == 0 ? weights[0] : 1, o + range.lowerBound, weights[i + 1], range.count)
+            }
+        }
+        var out = LossTerms()
+        for (i, t) in terms.enumerated() {
+            out.kd += t.kd * weights[i]; out.pixel += t.pixel * weights[i]
+            out.crossEntropy += t.crossEntropy * weights[i]; out.total += t.total * weights[i]
+        }
+        return out
+    }
+
+    /// Forward and backward of the whole batch on the model itself.
+    func single(_ input: StepInput) -> LossTerms {
         network.parameters.zeroGradients()
         guard input.count > 0 else { return LossTerms() }
         let classes = network.classes

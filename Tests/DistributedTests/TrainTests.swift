@@ -344,7 +344,7 @@ struct DistillTests {
     }
 }
 
-@Suite("Eval replicas", .serialized)
+@Suite("Model replicas, one per thread", .serialized)
 struct EvalReplicaTests {
     /// Max |a - b| over max(1, max |b|).
     static func relativeError(_ a: [Float], _ b: [Float]) -> Float {
@@ -397,5 +397,43 @@ struct EvalReplicaTests {
         let fresh = Self.outputs(replicas, n: 4, edge: 32, width: 2), reference = Self.outputs(EvalReplicas(model), n: 4, edge: 32, width: 1)
         #expect(Self.relativeError(stale[2], before[2]) > 1e-4 && Self.relativeError(stale[2], reference[2]) > 1e-4, "the second half ran the old weights")
         #expect(Self.relativeError(fresh[2], reference[2]) < 1e-5)
+    }
+
+    @Test("a supervised step split over model copies, one per thread, is the whole batch's step: terms and gradients, partly labeled batches, uneven shares; BatchNorm models are not split")
+    func replicatedSupervisedStep() {
+        let n = 7, edge = 32
+        var g = SplitMix64(seed: 4)
+        let x = Buffer<Float>((0..<(n * 3 * edge * edge)).map { _ in Float(g.next() % 1000) / 500 - 1 })
+        let labels: [Int32] = [0, 2, -1, 1, 1, -1, 0]
+        func step(_ config: ResNetConfig, width: Int, scale: Float) -> (LossTerms, [Float], Int) {
+            let model = ResNet(config, seed: 11)
+            let objective = SupervisedStep(model: model, labelSmoothing: 0.1)
+            return labels.withUnsafeBufferPointer { l in
+                var input = StepInput(images: x.pointer, edge: edge, teacherImages: nil, teacherEdge: edge, labels: l.baseAddress!, count: n)
+                input.labeledScale = scale
+                let terms = Parallel.withWidth(width) { objective.localGradients(input) }
+                // Mirror to a second step: the copies follow the model's weights (changed here as an update would).
+                for i in 0..<model.parameterCount { model.parameters.values[i] *= 0.95 }
+                let again = Parallel.withWidth(width) { objective.localGradients(input) }
+                return (terms, model.parameters.gradients!.array + [again.total], objective.replicaCount)
+            }
+        }
+        let gn = ResNetConfig.paper(classes: 3, planes: [32, 32], blocks: [1, 1])
+        for scale: Float in [1, 0.8] {
+            let (t1, g1, c1) = step(gn, width: 1, scale: scale)
+            #expect(c1 == 0)
+            for width in [2, 3] {
+                let (t, gw, copies) = step(gn, width: width, scale: scale)
+                #expect(copies == width - 1, "one copy per extra thread")
+                for (a, b, name) in [(t.total, t1.total, "total"), (t.crossEntropy, t1.crossEntropy, "crossEntropy")] {
+                    #expect(abs(a - b) <= 1e-5 * max(1, abs(b)), "\(name) at width \(width), scale \(scale): \(a) vs \(b)")
+                }
+                var err: Float = 0, ref: Float = 0
+                for i in 0..<g1.count { err = max(err, abs(gw[i] - g1[i])); ref = max(ref, abs(g1[i])) }
+                #expect(err <= 1e-5 * max(1, ref), "gradients at width \(width), scale \(scale): \(err) of \(ref)")
+            }
+        }
+        let bn = ResNetConfig(name: "bn", planes: [16, 32], blocks: [1, 1], norm: .batch, classes: 3)
+        #expect(step(bn, width: 2, scale: 1).2 == 0, "BatchNorm statistics depend on the batch: not split")
     }
 }

@@ -20,6 +20,9 @@ void hd_relu_forward(float *y, const float *x, ptrdiff_t n);
 /// dx[i] += y[i] > 0 ? dy[i] : 0, where y is the ReLU's output. `dx` must not overlap `dy` or `y`.
 void hd_relu_backward_add(float *dx, const float *dy, const float *y, ptrdiff_t n);
 
+/// y[i] = a * y[i] + b * x[i] for i < n (y and x must not overlap).
+void hd_scale_add(float *y, float a, const float *x, float b, ptrdiff_t n);
+
 /// 1 when every x[i] (i < n) is finite, 0 when one is an infinity or a NaN (the exponent bits all set).
 int hd_all_finite(const float *x, ptrdiff_t n);
 
