@@ -5,6 +5,7 @@
 // library still loads on CPUs without AVX-512; callers ask CPUCapabilities (hd_cpu_features) first.
 #include "directconv.h"
 #include "clones.h"
+#include "directconv_tiles.h"
 
 #include <immintrin.h>
 #include <stdint.h>
@@ -54,23 +55,9 @@ HD_INLINE HD_TARGET void sum_tile(const int V, float *restrict out, ptrdiff_t ld
 HD_TARGET void hd_direct_sum(float *out, ptrdiff_t ldo, int rowBlocks,
                              const float *src, const ptrdiff_t *offs, int pairs,
                              const float *wpack, int count) {
-    const int vectors = (count + 15) / 16;
-    const int full = vectors / 3, rest = vectors % 3;
-    const ptrdiff_t block = (ptrdiff_t)pairs * 8;
-    // Position tiles outside, row blocks inside: a tile's input stays in L1 while every row block reads it.
-    for (int t = 0; t < full; t++) {
-        const ptrdiff_t p = (ptrdiff_t)t * 48;
-        for (int b = 0; b < rowBlocks; b++)
-            sum_tile(3, out + (ptrdiff_t)b * 8 * ldo + p, ldo, src + p, offs, pairs, wpack + b * block);
-    }
-    const ptrdiff_t p = (ptrdiff_t)full * 48;
-    if (rest == 2) {
-        for (int b = 0; b < rowBlocks; b++)
-            sum_tile(2, out + (ptrdiff_t)b * 8 * ldo + p, ldo, src + p, offs, pairs, wpack + b * block);
-    } else if (rest == 1) {
-        for (int b = 0; b < rowBlocks; b++)
-            sum_tile(1, out + (ptrdiff_t)b * 8 * ldo + p, ldo, src + p, offs, pairs, wpack + b * block);
-    }
+#define SUM_TILE(V, o, s, w) sum_tile(V, o, ldo, s, offs, pairs, w)
+    HD_DIRECT_TILES(SUM_TILE, out, ldo, rowBlocks, src, pairs, wpack, count);
+#undef SUM_TILE
 }
 
 // Weight gradient: a 4 x 6 block of dot products (4 gradient rows x 6 pairs) over the positions of `images`

@@ -5,6 +5,7 @@
 #include "directconv.h"
 #include "bf16_bits.h"
 #include "cpu.h"
+#include "directconv_tiles.h"
 
 #include <stdint.h>
 
@@ -51,22 +52,9 @@ HD_BF16 void hd_direct_sum_bf16(float *out, ptrdiff_t ldo, int rowBlocks,
                                 const void *src_words, const ptrdiff_t *offs, int pairs,
                                 const void *wpack_words, int count) {
     const uint32_t *src = (const uint32_t *)src_words, *wpack = (const uint32_t *)wpack_words;
-    const int vectors = (count + 15) / 16;
-    const int full = vectors / 3, rest = vectors % 3;
-    const ptrdiff_t block = (ptrdiff_t)pairs * 8;
-    for (int t = 0; t < full; t++) {
-        const ptrdiff_t p = (ptrdiff_t)t * 48;
-        for (int b = 0; b < rowBlocks; b++)
-            sum_tile_bf16(3, out + (ptrdiff_t)b * 8 * ldo + p, ldo, src + p, offs, pairs, wpack + b * block);
-    }
-    const ptrdiff_t p = (ptrdiff_t)full * 48;
-    if (rest == 2) {
-        for (int b = 0; b < rowBlocks; b++)
-            sum_tile_bf16(2, out + (ptrdiff_t)b * 8 * ldo + p, ldo, src + p, offs, pairs, wpack + b * block);
-    } else if (rest == 1) {
-        for (int b = 0; b < rowBlocks; b++)
-            sum_tile_bf16(1, out + (ptrdiff_t)b * 8 * ldo + p, ldo, src + p, offs, pairs, wpack + b * block);
-    }
+#define SUM_TILE(V, o, s, w) sum_tile_bf16(V, o, ldo, s, offs, pairs, w)
+    HD_DIRECT_TILES(SUM_TILE, out, ldo, rowBlocks, src, pairs, wpack, count);
+#undef SUM_TILE
 }
 
 // hd_direct_wgrad with bfloat16 operands: 4 gradient rows x 6 pairs of dot products over 32 positions a step, each
