@@ -70,5 +70,5 @@ extension MatmulPrecision: ExpressibleByArgument {
 
 /// Help for `--precision`, shared by every command that runs a model.
 let precisionHelp = ArgumentHelp(
-    "Precision of the convolutions: 32-true (float32) or bf16-mixed (bfloat16 operands with float32 accumulation in convolutions of 64 or more output channels and depth 128 or more; native on CPUs with AVX512-BF16, emulated and slower elsewhere).",
+    "Precision of the convolutions: 32-true (float32) or bf16-mixed (bfloat16 operands with float32 accumulation in the convolutions, except shallow im2col ones of fewer than 64 output channels or depth below 128; native on CPUs with AVX512-BF16, emulated and slower elsewhere).",
     valueName: "32-true|bf16-mixed")

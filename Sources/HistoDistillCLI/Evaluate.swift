@@ -16,8 +16,9 @@ struct ModelSource: ParsableArguments {
     @Option(help: "Weights file (default: the run's best.safetensors, else its newest checkpoint). A file written by histodistill describes its model: no --run needed.")
     var weights: String?
 
-    @Option(help: precisionHelp)
-    var precision: MatmulPrecision = .float32
+    @Option(help: ArgumentHelp(precisionHelp.abstract + " Default: the precision the model was trained in (its run.json), else 32-true.",
+                               valueName: precisionHelp.valueName))
+    var precision: MatmulPrecision?
 
     func validate() throws {
         if runDirectory == nil && weights == nil { throw ValidationError("give --run RUN_DIRECTORY or --weights FILE.safetensors (or both)") }
@@ -25,18 +26,24 @@ struct ModelSource: ParsableArguments {
 
     var run: RunDirectory? { runDirectory.map { RunDirectory(path: $0) } }
 
-    /// Sets the convolutions' precision (`--precision`) for this process, warning when bf16-mixed is emulated.
-    func applyPrecision() {
-        BF16GEMM.precision = precision
-        if precision == .bf16Mixed, let w = BF16GEMM.emulationWarning { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+    /// Sets the convolutions' precision for this process: `--precision`, else the one the model was trained in
+    /// (`trainedIn`, from its description), else 32-true; warns when bf16-mixed is emulated. Returns it.
+    @discardableResult
+    func applyPrecision(trainedIn: String?) -> MatmulPrecision {
+        let chosen = precision ?? trainedIn.flatMap { MatmulPrecision(rawValue: $0) } ?? .float32
+        BF16GEMM.precision = chosen
+        if chosen == .bf16Mixed, let w = BF16GEMM.emulationWarning { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+        return chosen
     }
 
     /// Loads the model and sets the convolutions' precision (`applyPrecision`).
     func load() throws -> TrainedModel {
-        applyPrecision()
-        do { return try TrainedModel.load(run: run, weights: weights.map { URL(fileURLWithPath: $0) }) } catch let e as TrainingError {
+        let trained: TrainedModel
+        do { trained = try TrainedModel.load(run: run, weights: weights.map { URL(fileURLWithPath: $0) }) } catch let e as TrainingError {
             throw CLIError(e.message)
         }
+        applyPrecision(trainedIn: trained.metadata.precision)
+        return trained
     }
 }
 
@@ -134,6 +141,7 @@ struct Evaluate: ParsableCommand {
             json["shards"] = path
             json["shard_set"] = dataset.identity.description
             json["test_time_augmentation"] = tta.rawValue
+            json["precision"] = BF16GEMM.precision.rawValue
             if bootstrap > 0 {
                 let labels = p.labels.map(Int.init)
                 let intervals = Bootstrap.intervals(probabilities: p.probabilities, labels: labels, classes: classes.count, iterations: bootstrap)

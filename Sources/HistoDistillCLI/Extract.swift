@@ -66,11 +66,11 @@ struct Extract: ParsableCommand {
             let (backbone, dataset) = try group.collectively { () throws -> (Backbone, ShardDataset) in
                 let dataset: ShardDataset
                 do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards), minTissue: minTissue) } catch let e as ShardError { throw CLIError(e.message) }
-                source.applyPrecision()
                 do {
                     let b = try Backbone.load(run: source.run, weights: source.weights.map { URL(fileURLWithPath: $0) }, architecture: model,
                                               truncateAfter: truncateAfter, inputFactor: inputFactor, mean: try triple(mean, "--mean"),
                                               std: try triple(std, "--std"), batchSize: batchSize)
+                    source.applyPrecision(trainedIn: b.trainedPrecision)
                     return (b, dataset)
                 } catch let e as TrainingError { throw CLIError(e.message) }
             }

@@ -17,6 +17,8 @@ public struct Backbone {
     public let ignoredNote: String?
     /// The stage it was cut after (nil: all of them).
     public let truncateAfter: Int?
+    /// The convolutions' precision the weights were trained in, when their description says (`RunMetadata.precision`).
+    public var trainedPrecision: String? = nil
 
     /// ImageNet's normalisation (torchvision), the default for weights that do not describe their own.
     public static let imageNetMean: [Float] = [0.485, 0.456, 0.406], imageNetStd: [Float] = [0.229, 0.224, 0.225]
@@ -101,8 +103,10 @@ public struct Backbone {
         if let mean { settings.mean = mean }
         if let std { settings.std = std }
         // The cut, as recorded with features: the kept stages when fewer than the architecture has, else nil.
-        return Backbone(model: model, settings: settings, weights: chosen, digest: FNV1a64.digest(bytes), ignoredNote: note,
-                        truncateAfter: stages < config.planes.count ? stages : nil)
+        var backbone = Backbone(model: model, settings: settings, weights: chosen, digest: FNV1a64.digest(bytes), ignoredNote: note,
+                                truncateAfter: stages < config.planes.count ? stages : nil)
+        backbone.trainedPrecision = described?.precision
+        return backbone
     }
 
     /// The slides of `dataset` this rank of `worldSize` extracts: whole slides, contiguous in dataset order, about

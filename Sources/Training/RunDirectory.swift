@@ -36,6 +36,9 @@ public struct RunMetadata: Codable, Equatable, Sendable {
     public var teacherRun: String?
     /// The program that trained it ("histodistill 0.x.y").
     public var program: String
+    /// The convolutions' precision it was trained in ("32-true" or "bf16-mixed"; nil for runs written before it was
+    /// recorded): `evaluate`, `predict` and `extract` run it in that precision unless told otherwise.
+    public var precision: String?
 
     /// What no run writes: a model no CNN has (`ResNetConfig.problems`), an input factor other than 1, 2, 4, 8, 16,
     /// normalisation that is not 3 finite means and 3 positive standard deviations.
@@ -52,7 +55,7 @@ public struct RunMetadata: Codable, Equatable, Sendable {
         case format, version, model, classes, mean, std, objective, program
         case inputFactor = "input_factor", tileSize = "tile_size", inputSize = "input_size"
         case tileMicronsPerPixel = "tile_microns_per_pixel", inputMicronsPerPixel = "input_microns_per_pixel"
-        case trainShards = "train_shards", trainShardsPath = "train_shards_path", teacherRun = "teacher_run"
+        case trainShards = "train_shards", trainShardsPath = "train_shards_path", teacherRun = "teacher_run", precision
     }
 
     public init(model: ResNetConfig, classes: [String], mean: [Float], std: [Float], inputFactor: Int, tileSize: Int?,

@@ -288,10 +288,12 @@ public final class SupervisedTrainer {
         }
         store = runDirectory.checkpointStore(keep: config.keep)
         let classNames = train.classes.count == classes ? train.classes : train.classes + (train.classes.count..<classes).map { "class\($0)" }
-        metadata = RunMetadata(model: mc, classes: classNames, mean: config.mean, std: config.std, inputFactor: config.inputFactor,
-                               tileSize: train.tileSize, tileMicronsPerPixel: train.micronsPerPixel, trainShards: train.identity,
-                               trainShardsPath: runDirectory.relativePath(config.trainShards), objective: config.isDistillation ? "distillation" : "supervised",
-                               teacherRun: config.teacherRun.map(runDirectory.relativePath), program: writer)
+        var described = RunMetadata(model: mc, classes: classNames, mean: config.mean, std: config.std, inputFactor: config.inputFactor,
+                                    tileSize: train.tileSize, tileMicronsPerPixel: train.micronsPerPixel, trainShards: train.identity,
+                                    trainShardsPath: runDirectory.relativePath(config.trainShards), objective: config.isDistillation ? "distillation" : "supervised",
+                                    teacherRun: config.teacherRun.map(runDirectory.relativePath), program: writer)
+        described.precision = config.precision.rawValue
+        metadata = described
     }
 
     /// Refuses a resume that would silently turn into another run: changed keys that shape the model, the data,

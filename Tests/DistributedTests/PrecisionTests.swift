@@ -73,7 +73,6 @@ struct PrecisionTests {
         }
         #expect(accuracies.allSatisfy { $0 >= 0 } && abs(accuracies[0] - accuracies[1]) <= 0.25, "accuracies \(accuracies)")
         #expect(!predictions[0].isEmpty && predictions[0] != predictions[1], "evaluate --precision bf16-mixed gave float32's probabilities")
-
         // extract follows --precision too: different features, same layout.
         var features: [[Float]] = []
         for precision in ["32-true", "bf16-mixed"] {
@@ -93,6 +92,23 @@ struct PrecisionTests {
             #expect(r.status == 0, "stderr: \(r.stderr)")
             let saved = try String(contentsOf: dir.appendingPathComponent("alias-\(name)/config.yaml"), encoding: .utf8)
             #expect(saved.contains("precision: \(name)"), "config.yaml: \(saved)")
+        }
+
+        // Without --precision, a model runs in the precision it was trained in (run.json and the weights say which),
+        // and eval.json says which it used. (The 32-true run above was resumed in bf16-mixed: a run of its own here.)
+        for (trained, expected) in [("bf16-mixed", predictions[1] as String?), ("alias-32-true", nil)] {
+            let precision = trained == "bf16-mixed" ? "bf16-mixed" : "32-true"
+            let runJSON = try String(contentsOf: dir.appendingPathComponent("\(trained)/run.json"), encoding: .utf8)
+            #expect(runJSON.contains("\"precision\" : \"\(precision)\""), "run.json: \(runJSON)")
+            let out = dir.appendingPathComponent("eval-default-\(trained).json")
+            let r = try run([bin, "evaluate", "--run", dir.appendingPathComponent(trained).path, "--output", out.path])
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            let json = try JSONSerialization.jsonObject(with: Data(contentsOf: out)) as? [String: Any]
+            #expect(json?["precision"] as? String == precision, "eval.json: \(String(describing: json?["precision"]))")
+            if let expected {
+                let got = try String(contentsOf: dir.appendingPathComponent("eval-default-\(trained).predictions.csv"), encoding: .utf8)
+                #expect(got == expected, "evaluate without --precision on a bf16-mixed run ran it in bf16-mixed")
+            }
         }
 
         let bad = try run([bin, "train", "--config", try config(dir, "bad", shards: shards, precision: "fp16")])
