@@ -161,3 +161,56 @@ HD_CLONES
 void hd_scale_add(float *restrict y, float a, const float *restrict x, float b, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) y[i] = a * y[i] + b * x[i];
 }
+
+// GroupNorm's reductions. The statistics are one pass in double (sum and sum of squares: exact enough for any group
+// of float activations, where a float sum of squares minus the squared mean would cancel); the gradient moments are
+// float, 32 lanes wide.
+#if defined(__x86_64__)
+__attribute__((target("avx512f")))
+static void moments_avx512(const float *x, ptrdiff_t n, double *sum, double *sumsq) {
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512d a = _mm512_cvtps_pd(_mm256_loadu_ps(x + i)), b = _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8));
+        s0 = _mm512_add_pd(s0, a); s1 = _mm512_add_pd(s1, b);
+        q0 = _mm512_fmadd_pd(a, a, q0); q1 = _mm512_fmadd_pd(b, b, q1);
+    }
+    double s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)), q = _mm512_reduce_add_pd(_mm512_add_pd(q0, q1));
+    for (; i < n; i++) { double v = x[i]; s += v; q += v * v; }
+    *sum = s; *sumsq = q;
+}
+
+__attribute__((target("avx512f")))
+static void grad_moments_avx512(const float *dy, const float *x, ptrdiff_t n, float mean, float *sum, float *dot) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
+    const __m512 m = _mm512_set1_ps(mean);
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 g0 = _mm512_loadu_ps(dy + i), g1 = _mm512_loadu_ps(dy + i + 16);
+        s0 = _mm512_add_ps(s0, g0); s1 = _mm512_add_ps(s1, g1);
+        p0 = _mm512_fmadd_ps(g0, _mm512_sub_ps(_mm512_loadu_ps(x + i), m), p0);
+        p1 = _mm512_fmadd_ps(g1, _mm512_sub_ps(_mm512_loadu_ps(x + i + 16), m), p1);
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)), p = _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
+    for (; i < n; i++) { s += dy[i]; p += dy[i] * (x[i] - mean); }
+    *sum = s; *dot = p;
+}
+#endif
+
+void hd_moments(const float *x, ptrdiff_t n, double *sum, double *sumsq) {
+#if defined(__x86_64__)
+    if (hd_has_avx512()) { moments_avx512(x, n, sum, sumsq); return; }
+#endif
+    double s = 0, q = 0;
+    for (ptrdiff_t i = 0; i < n; i++) { double v = x[i]; s += v; q += v * v; }
+    *sum = s; *sumsq = q;
+}
+
+void hd_grad_moments(const float *dy, const float *x, ptrdiff_t n, float mean, float *sum, float *dot) {
+#if defined(__x86_64__)
+    if (hd_has_avx512()) { grad_moments_avx512(dy, x, n, mean, sum, dot); return; }
+#endif
+    float s = 0, p = 0;
+    for (ptrdiff_t i = 0; i < n; i++) { s += dy[i]; p += dy[i] * (x[i] - mean); }
+    *sum = s; *dot = p;
+}
