@@ -1,5 +1,4 @@
 // GroupNorm (affine) and BatchNorm2d (training and eval), forward and backward, NCHW.
-import CKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -35,18 +34,8 @@ public enum GroupNorm {
             for ng in r {
                 let base = ng * size
                 let x = input + base
-                let mu: T, rs: T
-                if T.self == Float.self {
-                    // One pass in double (C, AVX-512): the mean and the biased variance from the two sums.
-                    var sum = 0.0, sumsq = 0.0
-                    hd_moments(UnsafeRawPointer(x).assumingMemoryBound(to: Float.self), size, &sum, &sumsq)
-                    let m = sum / Double(size)
-                    mu = T(m)
-                    rs = T(1 / (max(0, sumsq / Double(size) - m * m) + Double(eps)).squareRoot())
-                } else {
-                    mu = reduceSum(x, size) / T(size)
-                    rs = reciprocalSqrt(reduceSquaredDeviation(x, size, mean: mu) / T(size) + eps)
-                }
+                let mu = reduceSum(x, size) / T(size)
+                let rs = reciprocalSqrt(reduceSquaredDeviation(x, size, mean: mu) / T(size) + eps)
                 mean[ng] = mu
                 rstd[ng] = rs
                 let g = ng % groups
@@ -90,15 +79,7 @@ public enum GroupNorm {
                 for ci in 0..<cpg {
                     let ch = g * cpg + ci
                     let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
-                    var (s, sx): (T, T)
-                    if T.self == Float.self {
-                        var fs: Float = 0, fx: Float = 0
-                        hd_grad_moments(UnsafeRawPointer(dy).assumingMemoryBound(to: Float.self), UnsafeRawPointer(x).assumingMemoryBound(to: Float.self),
-                                        plane, unsafeBitCast(mu, to: Float.self), &fs, &fx)
-                        (s, sx) = (unsafeBitCast(fs, to: T.self), unsafeBitCast(fx, to: T.self))
-                    } else {
-                        (s, sx) = reduceGradientMoments(dy, x, plane, mean: mu)
-                    }
+                    var (s, sx) = reduceGradientMoments(dy, x, plane, mean: mu)
                     sx *= rs
                     sumDy[b * c + ch] = s
                     sumDyX[b * c + ch] = sx

@@ -23,11 +23,6 @@ void hd_relu_backward_add(float *dx, const float *dy, const float *y, ptrdiff_t 
 /// y[i] = a * y[i] + b * x[i] for i < n (y and x must not overlap).
 void hd_scale_add(float *y, float a, const float *x, float b, ptrdiff_t n);
 
-/// *sum = sum of x[i], *sumsq = sum of x[i]^2 over i < n, accumulated in double (GroupNorm's statistics in one pass).
-void hd_moments(const float *x, ptrdiff_t n, double *sum, double *sumsq);
-/// *sum = sum of dy[i], *dot = sum of dy[i] * (x[i] - mean) over i < n (GroupNorm's backward).
-void hd_grad_moments(const float *dy, const float *x, ptrdiff_t n, float mean, float *sum, float *dot);
-
 /// 1 when every x[i] (i < n) is finite, 0 when one is an infinity or a NaN (the exponent bits all set).
 int hd_all_finite(const float *x, ptrdiff_t n);
 
