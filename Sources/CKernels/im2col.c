@@ -102,9 +102,6 @@ static void scatter_add_scalar(float *dx, const float *s, const int32_t *m, ptrd
 // gets one addition), so the choice is by speed only: AVX-512 gathers and scatters are microcoded on some CPUs
 // (AMD Zen 4's scatter ran about 2x slower than the scalar loop), so each is timed once against the scalar loop.
 static int gather_kernel = -1, scatter_kernel = -1;
-// Channel planes of 64 floats or fewer are gathered with permutes wherever the CPU has AVX-512 (faster than both the
-// gather and the scalar loop there), unless a test forces the scalar gather.
-static int small_planes = 0;
 static pthread_once_t chosen = PTHREAD_ONCE_INIT;
 
 static double seconds_now(void) {
@@ -115,7 +112,6 @@ static double seconds_now(void) {
 
 // Times both variants of each kernel on a 3x3 map over 14x14 planes (64 channels), alternating, best of 5 each.
 static void choose_kernels(void) {
-    small_planes = hd_has_avx512();
     if (!hd_has_avx512()) { gather_kernel = scatter_kernel = HD_GATHER_SCALAR; return; }
     enum { W = 14, PLANE = W * W, TAPS = 9, CH = 64 };
     int32_t *map = malloc(sizeof(int32_t) * TAPS * PLANE);
@@ -151,16 +147,6 @@ static void choose_kernels(void) {
 
 static void ensure_chosen(void) { pthread_once(&chosen, choose_kernels); }
 
-int hd_im2col_small_planes(void) {
-    ensure_chosen();
-    return small_planes;
-}
-
-void hd_im2col_set_small_planes(int on) {
-    ensure_chosen();
-    small_planes = on && hd_has_avx512();
-}
-
 void hd_im2col_kernels(int *gather, int *scatter) {
     ensure_chosen();
     *gather = gather_kernel;
@@ -169,17 +155,14 @@ void hd_im2col_kernels(int *gather, int *scatter) {
 
 void hd_im2col_set_kernels(int gather, int scatter) {
     ensure_chosen();
-    if (gather >= 0) {
-        gather_kernel = gather == HD_GATHER_AVX512 && hd_has_avx512() ? HD_GATHER_AVX512 : HD_GATHER_SCALAR;
-        small_planes = gather_kernel == HD_GATHER_AVX512;
-    }
+    if (gather >= 0) gather_kernel = gather == HD_GATHER_AVX512 && hd_has_avx512() ? HD_GATHER_AVX512 : HD_GATHER_SCALAR;
     if (scatter >= 0) scatter_kernel = scatter == HD_GATHER_AVX512 && hd_has_avx512() ? HD_GATHER_AVX512 : HD_GATHER_SCALAR;
 }
 
 void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t inImage, ptrdiff_t chPlane,
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
     ensure_chosen();
-    if (small_planes && chPlane <= 64)
+    if (gather_kernel == HD_GATHER_AVX512 && chPlane <= 64)
         FOR_EACH_STRETCH(gather_small_avx512(col + r * ld + j0, input + chan, chPlane, mp, len));
     else if (gather_kernel == HD_GATHER_AVX512)
         FOR_EACH_STRETCH(gather_avx512(col + r * ld + j0, input + chan, mp, len));

@@ -64,8 +64,7 @@ struct Doctor: ParsableCommand {
             ("MPI library", MPIProcessGroup.libraryVersion),
             ("CPU", "\(cpu.modelName), \(cores) cores, \(cpu.summary); best OpenBLAS kernels: \(cpu.bestOpenBLASCore)"),
             ("engine kernels", DirectConv.isAvailable ? "AVX-512 direct convolution, AVX-512 C kernels" : cpu.avx2 ? "im2col + GEMM, AVX2 C kernels" : "im2col + GEMM, baseline C kernels"),
-            ("narrow-map im2col", "gather \(Conv2d.gatherKernels.gather), scatter-add \(Conv2d.gatherKernels.scatter) (the faster of each, timed at start)"
-                + (Conv2d.smallPlanePermutes ? "; planes of 64 floats or fewer: AVX-512 permutes" : "")),
+            ("narrow-map im2col", "gather \(Conv2d.gatherKernels.gather), scatter-add \(Conv2d.gatherKernels.scatter) (the faster of each, timed at start)"),
             ("bf16-mixed GEMM", BF16GEMM.kernelDescription),
             ("launch", launch.isUnderMPI ? "\(launch.launcher!) with \(group.size) ranks" : "single process"),
         ]

@@ -456,16 +456,10 @@ public enum Conv2d {
         return (name(g), name(sc))
     }
 
-    /// Whether input channel planes of 64 floats or fewer (maps of 8 x 8 and smaller) are gathered with AVX-512
-    /// permutes (the plane held in four registers), whatever `gatherKernels` says for larger planes.
-    public static var smallPlanePermutes: Bool { hd_im2col_small_planes() != 0 }
-
     /// Forces the narrow-map kernels (true: AVX-512 where the CPU has it, false: the scalar loop, nil: unchanged); for tests.
-    /// `smallPlanes` sets `smallPlanePermutes` (nil: on with the AVX-512 gather, off with the scalar one).
-    public static func setGatherKernels(avx512Gather: Bool?, avx512Scatter: Bool?, smallPlanes: Bool? = nil) {
+    public static func setGatherKernels(avx512Gather: Bool?, avx512Scatter: Bool?) {
         func code(_ b: Bool?) -> Int32 { b.map { $0 ? Int32(HD_GATHER_AVX512) : Int32(HD_GATHER_SCALAR) } ?? -1 }
         hd_im2col_set_kernels(code(avx512Gather), code(avx512Scatter))
-        if let smallPlanes { hd_im2col_set_small_planes(smallPlanes ? 1 : 0) }
     }
 
     /// For each kernel tap (ky, kx) and output position of one image: the input offset inside the channel

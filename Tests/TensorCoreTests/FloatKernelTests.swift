@@ -143,13 +143,12 @@ struct FloatKernelTests {
         let reference = run(Double.self, tiling: .default)
         // Tiles of whole images, and tiles that start and end inside an image (budget of a few positions); every
         // gather/scatter-add kernel this CPU has, which give the same bits.
-        let chosen = Conv2d.gatherKernels, small = Conv2d.smallPlanePermutes
-        defer { Conv2d.setGatherKernels(avx512Gather: chosen.gather == "AVX-512", avx512Scatter: chosen.scatter == "AVX-512", smallPlanes: small) }
+        let chosen = Conv2d.gatherKernels
+        defer { Conv2d.setGatherKernels(avx512Gather: chosen.gather == "AVX-512", avx512Scatter: chosen.scatter == "AVX-512") }
         var byKernel: [[[Double]]] = []
         for avx512 in CPUCapabilities.current.avx512 ? [false, true] : [false] {
             Conv2d.setGatherKernels(avx512Gather: avx512, avx512Scatter: avx512)
             #expect(Conv2d.gatherKernels == (avx512 ? ("AVX-512", "AVX-512") : ("scalar", "scalar")))
-            #expect(Conv2d.smallPlanePermutes == avx512, "planes of 64 floats or fewer (7x7, 2x2, 1x1, 8x8 here) take the permutes with AVX-512")
             for tiling in [ConvTiling.default, ConvTiling(columnBudget: 5 * s.k, minColumns: 5)] {
                 let float = run(Float.self, tiling: tiling)
                 if tiling.columnBudget == ConvTiling.default.columnBudget { byKernel.append(float) }

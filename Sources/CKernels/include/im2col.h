@@ -30,12 +30,7 @@ enum { HD_GATHER_SCALAR = 0, HD_GATHER_AVX512 = 1 };
 /// the same bits); the scalar loop where the CPU has no AVX-512.
 void hd_im2col_kernels(int *gather, int *scatter);
 
-/// 1 when channel planes of 64 floats or fewer are gathered with AVX-512 permutes (whatever the timed choice), else 0.
-int hd_im2col_small_planes(void);
-/// Turns the small-plane permutes on (where the CPU has AVX-512) or off (tests).
-void hd_im2col_set_small_planes(int on);
-/// Forces the variants (tests); -1 keeps one as it is. AVX-512 is ignored on a CPU without it. Forcing the scalar
-/// gather also turns the small-plane permutes off; forcing the AVX-512 gather turns them on.
+/// Forces the variants (tests); -1 keeps one as it is. AVX-512 is ignored on a CPU without it.
 void hd_im2col_set_kernels(int gather, int scatter);
 
 #ifdef __cplusplus
