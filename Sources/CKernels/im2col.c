@@ -29,27 +29,6 @@ static void gather_avx512(float *d, const float *x, const int32_t *m, ptrdiff_t 
     }
 }
 
-// The same for channel planes of at most 64 floats (maps of 8 x 8 and smaller): the plane sits in four registers
-// and each 16 outputs are two two-register permutes and a blend, where a gather costs a micro-coded load per lane.
-HD_AVX512
-static void gather_small_avx512(float *d, const float *x, ptrdiff_t chPlane, const int32_t *m, ptrdiff_t len) {
-    __m512 v[4];
-    for (int q = 0; q < 4; q++) {
-        ptrdiff_t have = chPlane - 16 * q;
-        __mmask16 lanes = have >= 16 ? (__mmask16)0xFFFF : have > 0 ? (__mmask16)((1u << have) - 1) : 0;
-        v[q] = _mm512_maskz_loadu_ps(lanes, x + 16 * q);
-    }
-    const __m512i upperBit = _mm512_set1_epi32(32);
-    for (ptrdiff_t j = 0; j < len; j += 16) {
-        __mmask16 lanes = len - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - j)) - 1);
-        __m512i idx = _mm512_maskz_loadu_epi32(lanes, m + j);
-        __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, idx, _mm512_setzero_si512());
-        __m512 lo = _mm512_permutex2var_ps(v[0], idx, v[1]), hi = _mm512_permutex2var_ps(v[2], idx, v[3]);
-        __m512 r = _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, upperBit), lo, hi);
-        _mm512_mask_storeu_ps(d + j, lanes, _mm512_maskz_mov_ps(valid, r));
-    }
-}
-
 // dx[m[j]] += s[j]; conflict-free because one tap's map is injective over its valid positions.
 HD_AVX512
 static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) {
@@ -65,7 +44,6 @@ static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrd
 
 #else
 static void gather_avx512(float *d, const float *x, const int32_t *m, ptrdiff_t len) { (void)d; (void)x; (void)m; (void)len; }
-static void gather_small_avx512(float *d, const float *x, ptrdiff_t chPlane, const int32_t *m, ptrdiff_t len) { (void)d; (void)x; (void)chPlane; (void)m; (void)len; }
 static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) { (void)dx; (void)s; (void)m; (void)len; }
 #endif
 
@@ -162,9 +140,7 @@ void hd_im2col_set_kernels(int gather, int scatter) {
 void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t inImage, ptrdiff_t chPlane,
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
     ensure_chosen();
-    if (gather_kernel == HD_GATHER_AVX512 && chPlane <= 64)
-        FOR_EACH_STRETCH(gather_small_avx512(col + r * ld + j0, input + chan, chPlane, mp, len));
-    else if (gather_kernel == HD_GATHER_AVX512)
+    if (gather_kernel == HD_GATHER_AVX512)
         FOR_EACH_STRETCH(gather_avx512(col + r * ld + j0, input + chan, mp, len));
     else
         FOR_EACH_STRETCH(gather_scalar(col + r * ld + j0, input + chan, mp, len));
