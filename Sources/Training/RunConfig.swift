@@ -359,7 +359,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// `train`, `augment.crop_scale` in one given to `mil train`. Such keys have no effect.
     public func ignoredKeys(by command: TrainingCommand) -> [String] {
         let defaults = RunConfig()
-        return ConfigKey.table.filter { !command.sectionsRead.contains($0.section) && $0.write(self) != $0.write(defaults) }.map(\.path)
+        return ConfigKey.table.filter {
+            (!command.sectionsRead.contains($0.section) || command.keysNotRead.contains($0.path)) && $0.write(self) != $0.write(defaults)
+        }.map(\.path)
     }
 
     /// The effective configuration as YAML, every key of `ConfigKey.table` that has a value, in table order
@@ -479,5 +481,11 @@ public enum TrainingCommand: String, Sendable {
         case .milTrain: return slides
         case .finetune: return slides.union(["finetune"])
         }
+    }
+
+    /// Keys of sections the command reads that it still has no use for: `mil train` trains an attention head on
+    /// stored features, without convolutions, so `train.precision` does nothing there.
+    public var keysNotRead: Set<String> {
+        self == .milTrain ? ["train.precision"] : []
     }
 }

@@ -202,6 +202,10 @@ struct TrainTests {
         let misplaced = try RunConfig.parse("data: {train: x}\nmil: {beta: 2}\naugment: {crop_scale: 0.5}", source: "c.yaml")
         #expect(misplaced.ignoredKeys(by: .train) == ["mil.beta"])
         #expect(misplaced.ignoredKeys(by: .milTrain) == ["augment.crop_scale"])
+        // A key of a section the command reads that it has no use for: the MIL head has no convolutions.
+        let precision = try RunConfig.parse("data: {train: x}\ntrain: {precision: bf16-mixed}", source: "p.yaml")
+        #expect(precision.ignoredKeys(by: .milTrain) == ["train.precision"])
+        #expect(precision.ignoredKeys(by: .finetune).isEmpty && precision.ignoredKeys(by: .train).isEmpty)
         // ...and their values are not checked for a command that does not read them (they are for one that does).
         let forMIL = try RunConfig.parse("data: {train: x}\ndistill: {kd_weight: 2}\naugment: {mixup: 1}", source: "m.yaml", overrides: ["model.planes=[0]"], command: .milTrain)
         #expect(forMIL.ignoredKeys(by: .milTrain).sorted() == ["augment.mixup", "distill.kd_weight", "model.planes"])
