@@ -149,6 +149,47 @@ struct DirectConvPlan {
         if count > pairs * stride { (words + pairs * stride).update(repeating: 0, count: count - pairs * stride) }
     }
 
+    /// The native bfloat16 forward's steps: each a word offset in the planes `forwardWords` writes and the weight
+    /// indices (ci * kh * kw + tap) of its low and high halves (nil: a zero half). Channels go in pairs at every tap;
+    /// an odd last channel pairs its taps instead, tap (ky, kx) with (ky, kx + stride), which reads the next word of
+    /// the same phase plane: the 3-channel stem takes 11 steps per kernel row where channel pairs with a zero
+    /// channel would take 14.
+    func bf16ForwardSteps() -> [(offset: Int, low: Int?, high: Int?)] {
+        let kk = s.kh * s.kw, evenPairs = s.cIn / 2
+        var steps: [(offset: Int, low: Int?, high: Int?)] = []
+        for q in 0..<evenPairs {
+            for t in 0..<kk { steps.append((forwardOffsets[2 * q * kk + t] - q * channelStride, 2 * q * kk + t, (2 * q + 1) * kk + t)) }
+        }
+        if s.cIn % 2 == 1 {
+            let c = s.cIn - 1, shift = (c - evenPairs) * channelStride   // the odd channel's words sit after the pairs'
+            for ky in 0..<s.kh {
+                var used = [Bool](repeating: false, count: s.kw)
+                for kx in 0..<s.kw where !used[kx] {
+                    used[kx] = true
+                    let partner = kx + stride < s.kw ? kx + stride : nil
+                    if let partner { used[partner] = true }
+                    let tap = ky * s.kw + kx
+                    steps.append((forwardOffsets[c * kk + tap] - shift, c * kk + tap, partner.map { c * kk + ky * s.kw + $0 }))
+                }
+            }
+        }
+        return steps
+    }
+
+    /// One image's planes (`buildPlanes`) as the words `bf16ForwardSteps` reads: channel pairs interleaved, and an odd
+    /// last channel as (x[u], x[u + 1]) of its own planes; zero after them up to `planesCount`.
+    func forwardWords(_ words: UnsafeMutablePointer<Float>, planes: UnsafePointer<Float>) {
+        let evenPairs = s.cIn / 2
+        pairWords(words, planes: planes, channels: 2 * evenPairs, stride: channelStride, count: evenPairs * channelStride)
+        var filled = evenPairs * channelStride
+        if s.cIn % 2 == 1 {
+            let p = planes + (s.cIn - 1) * channelStride   // the planes' slack covers the read one past its end
+            hd_bf16_pair_words(words + filled, p, p + 1, channelStride)
+            filled += channelStride
+        }
+        if planesCount > filled { (words + filled).update(repeating: 0, count: planesCount - filled) }
+    }
+
     /// Writes one image's output gradient (cOut, outH, outW) at (pt, pt) of zeroed planes of width wd.
     func padGradient(_ gPad: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>) {
         gPad.update(repeating: 0, count: gPadCount)
@@ -242,9 +283,9 @@ public enum DirectConv {
         let plan = DirectConvPlan(s)
         let blocks = (s.cOut + 7) / 8
         let native = bf16 && BF16GEMM.native
-        // Native bfloat16 steps over (input channel pair, tap): one 32-bit word per pair of channels.
-        let kk = s.kh * s.kw, channelPairs = (s.cIn + 1) / 2
-        let pairs = native ? channelPairs * kk : s.k
+        // Native bfloat16 steps: (input channel pair, tap), one 32-bit word per pair of channels.
+        let steps = native ? plan.bf16ForwardSteps() : []
+        let pairs = native ? steps.count : s.k
         let packCount = blocks * 8 * pairs
         let workers = min(Parallel.width, s.n)
         let wordPlanes = native ? plan.planesCount : 0
@@ -252,8 +293,7 @@ public enum DirectConv {
         let scratch = workspace.reserve(packCount + workers * perWorker)
         if native {
             DirectConv.packWords(UnsafeMutableRawPointer(scratch), rows: s.cOut, pairs: pairs) { r, j, h in
-                let c = 2 * (j / kk) + h
-                return c < s.cIn ? weight[(r * s.cIn + c) * kk + j % kk] : 0
+                (h == 0 ? steps[j].low : steps[j].high).map { weight[r * s.k + $0] } ?? 0
             }
         } else {
             DirectConvPlan.pack(scratch, rows: s.cOut, pairs: s.k) { r, j in weight[r * s.k + j] }
@@ -261,7 +301,7 @@ public enum DirectConv {
         }
         let wpack = UnsafePointer(scratch)
         let inImage = s.cIn * s.h * s.w, plane = s.outPlane
-        plan.forwardOffsets.withUnsafeBufferPointer { offs in
+        (native ? steps.map(\.offset) : plan.forwardOffsets).withUnsafeBufferPointer { offs in
             Parallel.workers(workers) { w in
                 let planes = scratch + packCount + w * perWorker
                 let words = planes + plan.planesCount
@@ -269,7 +309,7 @@ public enum DirectConv {
                 for img in (s.n * w / workers)..<(s.n * (w + 1) / workers) {
                     plan.buildPlanes(planes, image: input + img * inImage)
                     if native {
-                        plan.pairWords(words, planes: planes, channels: s.cIn, stride: plan.channelStride, count: plan.planesCount)
+                        plan.forwardWords(words, planes: planes)
                         hd_direct_sum_bf16(grid, plan.outLd, Int32(blocks), words, offs.baseAddress!, Int32(pairs), wpack,
                                            Int32(plan.outCount))
                     } else {
