@@ -84,6 +84,7 @@ struct Evaluate: ParsableCommand {
 
     func validate() throws {
         if !(0...1_000_000).contains(bootstrap) { throw ValidationError("--bootstrap must be 0 to 1000000 resamples (10000 is usual), got \(bootstrap)") }
+        if batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
     }
 
     /// Where the metrics and the predictions go: --output and --predictions, else the run's eval.json and
@@ -141,7 +142,7 @@ struct Evaluate: ParsableCommand {
             json["shards"] = path
             json["shard_set"] = dataset.identity.description
             json["test_time_augmentation"] = tta.rawValue
-            json["precision"] = BF16GEMM.precision.rawValue
+            json["compute_precision"] = BF16GEMM.precision.rawValue   // "precision" is the per-class metric
             if bootstrap > 0 {
                 let labels = p.labels.map(Int.init)
                 let intervals = Bootstrap.intervals(probabilities: p.probabilities, labels: labels, classes: classes.count, iterations: bootstrap)

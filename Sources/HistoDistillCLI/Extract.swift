@@ -51,6 +51,7 @@ struct Extract: ParsableCommand {
         if let truncateAfter, !(1...4).contains(truncateAfter) { throw ValidationError("--truncate-after must be 1, 2, 3 or 4, got \(truncateAfter)") }
         if let inputFactor, ![1, 2, 4, 8, 16].contains(inputFactor) { throw ValidationError("--input-factor must be 1, 2, 4, 8 or 16, got \(inputFactor)") }
         if !(0...1).contains(minTissue) { throw ValidationError("--min-tissue must be in 0...1, got \(minTissue)") }
+        if batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
         _ = try triple(mean, "--mean"); _ = try triple(std, "--std")
     }
 

@@ -62,7 +62,8 @@ func runTrainerCommand<T: CommandTrainer>(_ command: TrainingCommand, config: St
             }
         }
         if group.isCoordinator { warnIgnoredKeys(cfg, file: config, overrides: options.overrides, command: command) }
-        setUpCompute(threads: cfg.threads, precision: cfg.precision, group: group, launch: launch)
+        // mil train has no convolutions: train.precision does nothing there (warned above as an ignored key).
+        setUpCompute(threads: cfg.threads, precision: command == .milTrain ? .float32 : cfg.precision, group: group, launch: launch)
         let trainer = try group.collectively { () throws -> T in
             do { return try make(cfg, "histodistill \(histodistillVersion)", group) } catch let e as TrainingError { throw CLIError(e.message) }
         }

@@ -192,10 +192,11 @@ public final class TopKFineTuner {
     /// describing features extracted with that backbone file).
     func saveBest(step: Int, accuracy: Double?) throws {
         let backboneURL = runDirectory.bestBackbone
-        let meta = RunMetadata(model: backbone.model.config, classes: [], mean: backbone.settings.mean, std: backbone.settings.std,
+        var meta = RunMetadata(model: backbone.model.config, classes: [], mean: backbone.settings.mean, std: backbone.settings.std,
                                inputFactor: backbone.settings.inputFactor, tileSize: dataset.tileSize, tileMicronsPerPixel: dataset.micronsPerPixel,
                                trainShards: dataset.identity, trainShardsPath: runDirectory.relativePath(config.trainShards),
                                objective: "top-k fine-tuning", teacherRun: nil, program: writer)
+        meta.precision = config.precision.rawValue
         try backbone.model.saveWeights(to: backboneURL, metadata: meta.safetensorsMetadata)
         let features = FeatureSetMetadata(classes: dataset.classes, featureDimension: backbone.model.featureDimension,
                                           backbone: backbone.model.architectureDescription, truncateAfter: backbone.truncateAfter,

@@ -430,6 +430,9 @@ struct HistoTransferTests {
         #expect(try resumed.run(resume: true) == .finished)
         #expect((first.history + resumed.history).map(\.loss) == straight.history.map(\.loss))
         #expect(resumed.backbone.model.parameters.values.array == after)
+        // The fine-tuned backbone describes the precision it was trained in (extract's default).
+        let backboneFile = try SafeTensorsFile(contentsOf: dir.appendingPathComponent("a/best-backbone.safetensors"))
+        #expect(RunMetadata(safetensors: backboneFile)?.precision == "32-true")
         // The fine-tuned backbone extracts features that the fine-tuned head evaluates.
         let bin = try histodistillBinary()
         let feat = dir.appendingPathComponent("feat")

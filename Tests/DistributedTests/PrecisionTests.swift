@@ -104,7 +104,8 @@ struct PrecisionTests {
             let r = try run([bin, "evaluate", "--run", dir.appendingPathComponent(trained).path, "--output", out.path])
             #expect(r.status == 0, "stderr: \(r.stderr)")
             let json = try JSONSerialization.jsonObject(with: Data(contentsOf: out)) as? [String: Any]
-            #expect(json?["precision"] as? String == precision, "eval.json: \(String(describing: json?["precision"]))")
+            #expect(json?["compute_precision"] as? String == precision, "eval.json: \(String(describing: json?["compute_precision"]))")
+            #expect((json?["precision"] as? [Double])?.count == 2, "the per-class precision metric is kept: \(String(describing: json?["precision"]))")
             if let expected {
                 let got = try String(contentsOf: dir.appendingPathComponent("eval-default-\(trained).predictions.csv"), encoding: .utf8)
                 #expect(got == expected, "evaluate without --precision on a bf16-mixed run ran it in bf16-mixed")
