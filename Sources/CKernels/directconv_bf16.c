@@ -4,8 +4,8 @@
 // interleaved, one 32-bit word per position, so every tap is still one constant offset.
 #include "directconv.h"
 #include "bf16_bits.h"
-#include "cpu.h"
 #include "directconv_tiles.h"
+#include "gemm_bf16.h"
 
 #include <stdint.h>
 
@@ -174,8 +174,7 @@ void hd_direct_wgrad_bf16(float *dw, ptrdiff_t ldw, int rows, int pairs, const v
 void hd_bf16_halves(void *dst_halves, const float *src, ptrdiff_t count) {
     uint16_t *dst = (uint16_t *)dst_halves;
 #if defined(__x86_64__)
-    int f = hd_cpu_features();
-    if ((f & HD_CPU_AVX512BF16) && (f & HD_CPU_AVX512BW) && (f & HD_CPU_AVX512F) && (f & HD_CPU_AVX512VL)) {
+    if (hd_bf16_gemm_available()) {
         halves_avx512(dst, src, count);
         return;
     }
@@ -186,8 +185,7 @@ void hd_bf16_halves(void *dst_halves, const float *src, ptrdiff_t count) {
 void hd_bf16_pair_words(void *dst_words, const float *lo, const float *hi, ptrdiff_t count) {
     uint32_t *dst = (uint32_t *)dst_words;
 #if defined(__x86_64__)
-    int f = hd_cpu_features();
-    if ((f & HD_CPU_AVX512BF16) && (f & HD_CPU_AVX512BW) && (f & HD_CPU_AVX512F) && (f & HD_CPU_AVX512VL)) {
+    if (hd_bf16_gemm_available()) {
         pair_words_avx512(dst, lo, hi, count);
         return;
     }

@@ -42,6 +42,15 @@ public protocol Module: AnyObject {
 }
 
 extension Module {
+    /// Copies `source`'s weights, buffers and counters into this module (the same architecture).
+    public func copyState(from source: any Module) {
+        precondition(source.parameterCount == parameterCount && source.buffers.layout.count == buffers.layout.count,
+                     "Module.copyState: \(source.architectureDescription) into \(architectureDescription)")
+        parameters.values.pointer.update(from: source.parameters.values.pointer, count: parameterCount)
+        buffers.values.pointer.update(from: source.buffers.values.pointer, count: buffers.layout.count)
+        counters = source.counters
+    }
+
     /// Number of trainable parameters.
     public var parameterCount: Int { parameters.layout.count }
 }

@@ -391,8 +391,9 @@ public enum DirectConv {
         let gSlot = plan.sharesGradient ? padSlot : s.cOut * plan.outLd
         let gPadCount = gradInput == nil || plan.sharesGradient ? 0 : padSlot
         let dxGridCount = gradInput == nil ? 0 : st * st * ciBlocks * 8 * plan.dxLd
-        // The bfloat16 copy of the padded gradient (pair words natively, rounded floats otherwise), `lead` words in.
-        let bf16PadCount = bf16 && gradInput != nil ? padSlot : 0
+        // Natively, the padded gradient as pair words for the input gradient's sums, `lead` words in (emulated, the
+        // padded gradient is rounded where it is).
+        let bf16PadCount = native && gradInput != nil ? padSlot : 0
         // Natively, bfloat16 copies (16 bits each) of the group's planes and gradient grids for the weight gradient.
         let halvesCount = native ? (group * (plan.planesCount + gSlot) + 1) / 2 + 16 : 0
         let perWorker = group * (plan.planesCount + gSlot) + gPadCount + bf16PadCount + halvesCount + dxGridCount + s.weightCount
@@ -422,6 +423,8 @@ public enum DirectConv {
                 let partial = dxGrid + dxGridCount
                 let dW: UnsafeMutablePointer<Float>
                 if w == 0 { dW = gradWeight } else { dW = partial; partial.update(repeating: 0, count: s.weightCount) }
+                // The sums read up to `lead` words before the pair-word gradient (thrown-away columns): zero there.
+                if bf16PadCount > 0 { bf16Pad.update(repeating: 0, count: lead) }
                 // The weight gradient's grid of image i of the group: row co at g0 + i * gSlot + co * ldg.
                 let g0: UnsafeMutablePointer<Float>, ldg: Int
                 if plan.sharesGradient {
@@ -474,15 +477,11 @@ public enum DirectConv {
                                 plan.padGradient(gPad, gradOutput + img * s.cOut * plane)
                             }
                             var source = gPad
-                            if bf16 {
-                                // The sums read up to `lead` before the padded gradient (thrown-away columns): zero there.
+                            if native {
                                 source = bf16Pad + lead
-                                bf16Pad.update(repeating: 0, count: lead)
-                                if native {
-                                    plan.pairWords(source, planes: gPad, channels: s.cOut, stride: plan.gPadStride, count: plan.gPadCount)
-                                } else {
-                                    hd_round_bf16(source, 0, gPad, 0, 1, plan.gPadCount)
-                                }
+                                plan.pairWords(source, planes: gPad, channels: s.cOut, stride: plan.gPadStride, count: plan.gPadCount)
+                            } else if bf16 {
+                                hd_round_bf16(gPad, 0, gPad, 0, 1, plan.gPadCount)   // no other reader after the weight gradient
                             }
                             inputGradient(gradInput + img * inImage, plan: plan, gPad: source, dxGrid: dxGrid,
                                           packs: scratch, packOffsets: packOffsets, phaseOffsets: phaseOffsets,

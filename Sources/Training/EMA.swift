@@ -30,7 +30,7 @@ public final class WeightEMA {
         precondition(shadow.parameterCount == source.parameterCount && shadow.buffers.layout.count == source.buffers.layout.count,
                      "WeightEMA: the shadow model's state does not fit the source's")
         self.decay = decay; self.warmup = warmup; self.model = shadow; self.updates = updates
-        Self.copy(from: source, to: shadow)
+        shadow.copyState(from: source)
     }
 
     /// The decay of update `n` (0-based; update 0 copies the model, so its decay is 0). Without warm-up, `decay`;
@@ -54,7 +54,7 @@ public final class WeightEMA {
     /// One update after an optimizer step of `source`.
     public func update(from source: any Module) {
         if updates == 0 {
-            Self.copy(from: source, to: model)
+            model.copyState(from: source)
         } else {
             let w = 1 - Self.decay(update: updates, decay: decay, warmup: warmup)
             Self.lerp(model.parameters.values.pointer, toward: source.parameters.values.pointer, count: model.parameterCount, weight: w)
@@ -62,12 +62,6 @@ public final class WeightEMA {
             model.counters = source.counters
         }
         updates += 1
-    }
-
-    static func copy(from source: any Module, to target: any Module) {
-        target.parameters.values.pointer.update(from: source.parameters.values.pointer, count: source.parameterCount)
-        target.buffers.values.pointer.update(from: source.buffers.values.pointer, count: source.buffers.layout.count)
-        target.counters = source.counters
     }
 
     /// x = torch.lerp(x, y, w) element-wise.

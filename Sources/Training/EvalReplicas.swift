@@ -22,11 +22,7 @@ public final class EvalReplicas {
 
     /// Copies the model's current weights and buffers into every replica.
     public func refresh() {
-        guard let net = model as? ResNet else { return }
-        for c in copies {
-            c.parameters.values.pointer.update(from: net.parameters.values.pointer, count: net.parameters.values.count)
-            c.buffers.values.pointer.update(from: net.buffers.values.pointer, count: net.buffers.values.count)
-        }
+        for c in copies { c.copyState(from: model) }
     }
 
     /// The model's eval-mode outputs for `input` (n, 3, h, w): feature map, pooled features and logits, valid until the

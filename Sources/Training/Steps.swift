@@ -100,9 +100,7 @@ public final class SupervisedStep: StepObjective {
             copies.append(SupervisedStep(model: ResNet(net.config, initialize: false), labelSmoothing: labelSmoothing))
         }
         let steps = [self] + copies.prefix(k - 1)
-        for step in steps.dropFirst() {
-            (step.network as! ResNet).parameters.values.pointer.update(from: net.parameters.values.pointer, count: net.parameterCount)
-        }
+        for step in steps.dropFirst() { step.network.copyState(from: net) }
         let n = input.count
         let shares = (0..<k).map { (n * $0 / k)..<(n * ($0 + 1) / k) }
         let labeled = shares.map { r in r.reduce(0) { $0 + (input.labels[$1] >= 0 ? 1 : 0) } }
