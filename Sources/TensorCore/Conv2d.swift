@@ -462,6 +462,12 @@ public enum Conv2d {
         hd_im2col_set_kernels(code(avx512Gather), code(avx512Scatter))
     }
 
+    /// Limits the Float gather and scatter-add of narrow maps to runs of at most `images` images (0: as many as 32-bit
+    /// offsets allow, the default); for tests, so that splitting a tile into runs is exercised on small inputs.
+    public static func setGatherRunImages(_ images: Int) {
+        hd_im2col_set_chunk_images(images)
+    }
+
     /// For each kernel tap (ky, kx) and output position of one image: the input offset inside the channel
     /// plane, or -1 where the tap falls in the padding. The same for every channel and image.
     static func gatherMap(_ s: Conv2dShape) -> [Int32] {

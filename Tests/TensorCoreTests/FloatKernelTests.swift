@@ -159,6 +159,13 @@ struct FloatKernelTests {
             }
         }
         #expect(byKernel.allSatisfy { $0 == byKernel[0] }, "the scalar and AVX-512 kernels give the same bits")
+        // A tile's images gathered in runs of one or two images (the split that keeps offsets in 32 bits on large
+        // inputs) give the same bits as one run over all of them.
+        defer { Conv2d.setGatherRunImages(0) }
+        for images in [1, 2] {
+            Conv2d.setGatherRunImages(images)
+            #expect(run(Float.self, tiling: .default) == byKernel.last!, "runs of \(images) image(s), \(s)")
+        }
     }
 }
 

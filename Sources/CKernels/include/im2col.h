@@ -23,6 +23,10 @@ void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t in
 void hd_col2im_gather(float *gradInput, const float *col, ptrdiff_t ld, ptrdiff_t inImage, ptrdiff_t chPlane,
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count);
 
+/// Tests: the most images one gather runs over (0: as many as 32-bit offsets allow, the default), so the split of a
+/// tile into runs of images is exercised on small inputs.
+void hd_im2col_set_chunk_images(ptrdiff_t images);
+
 /// The variants of the gather and of the scatter-add.
 enum { HD_GATHER_SCALAR = 0, HD_GATHER_AVX512 = 1 };
 
