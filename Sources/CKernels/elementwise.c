@@ -161,3 +161,52 @@ HD_CLONES
 void hd_scale_add(float *restrict y, float a, const float *restrict x, float b, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) y[i] = a * y[i] + b * x[i];
 }
+
+// The three GroupNorm + ReLU kernels keep Swift's rounding: no contraction of a * b + c into an FMA.
+#pragma clang fp contract(off)
+
+HD_CLONES
+void hd_affine_relu(float *y, const float *x, ptrdiff_t n, float scale, float shift) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float v = x[i] * scale + shift;
+        y[i] = v < 0.0f ? 0.0f : v;
+    }
+}
+
+HD_CLONES
+void hd_masked_gradient_moments(const float *dy, const float *y, const float *x, ptrdiff_t n, float mean,
+                                float *sum, float *sumx) {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, p0 = 0, p1 = 0, p2 = 0, p3 = 0;
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        // Loads first, then selects: a load under the condition would be compiled as a branch.
+        float d0 = dy[i], d1 = dy[i + 1], d2 = dy[i + 2], d3 = dy[i + 3];
+        float g0 = y[i] > 0.0f ? d0 : 0.0f, g1 = y[i + 1] > 0.0f ? d1 : 0.0f;
+        float g2 = y[i + 2] > 0.0f ? d2 : 0.0f, g3 = y[i + 3] > 0.0f ? d3 : 0.0f;
+        s0 += g0; s1 += g1; s2 += g2; s3 += g3;
+        p0 += g0 * (x[i] - mean); p1 += g1 * (x[i + 1] - mean);
+        p2 += g2 * (x[i + 2] - mean); p3 += g3 * (x[i + 3] - mean);
+    }
+    for (; i < n; i++) {
+        float d = dy[i], g = y[i] > 0.0f ? d : 0.0f;
+        s0 += g; p0 += g * (x[i] - mean);
+    }
+    *sum = (s0 + s1) + (s2 + s3);
+    *sumx = (p0 + p1) + (p2 + p3);
+}
+
+HD_CLONES
+void hd_masked_groupnorm_input_gradient(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t n,
+                                        float rs, float w, float msum, float mu, float msumx, int accumulate) {
+    if (accumulate) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float d = dy[i], g = y[i] > 0.0f ? d : 0.0f;
+            dx[i] += rs * (g * w - msum - (x[i] - mu) * rs * msumx);
+        }
+    } else {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float d = dy[i], g = y[i] > 0.0f ? d : 0.0f;
+            dx[i] = rs * (g * w - msum - (x[i] - mu) * rs * msumx);
+        }
+    }
+}

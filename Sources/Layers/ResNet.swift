@@ -254,14 +254,14 @@ public final class ResNet: ImageModel {
         switch config.norm {
         case .group(let g):
             GroupNorm.forward(output: normOut, mean: mean, rstd: rstd, input: convOut, weight: parameters.value(norm.weight),
-                              bias: parameters.value(norm.bias), shape: outShape, groups: g)
+                              bias: parameters.value(norm.bias), shape: outShape, groups: g, relu: relu)
         case .batch:
             BatchNorm2d.forward(output: normOut, saveMean: mean, saveRstd: rstd, input: convOut, weight: parameters.value(norm.weight),
                                 bias: parameters.value(norm.bias), runningMean: buffers.value(norm.runningMean!),
                                 runningVar: buffers.value(norm.runningVar!), shape: outShape, training: training)
             if training { batchesTracked[norm.counter!] += 1 }
         }
-        if relu { ReLU.forward(output: normOut, input: normOut, count: outShape.count) }
+        if relu, case .batch = config.norm { ReLU.forward(output: normOut, input: normOut, count: outShape.count) }
         return ConvNormRecord(input: input, inShape: shape, convOut: convOut, normOut: normOut, outShape: outShape,
                               mean: mean, rstd: rstd, relu: relu)
     }
@@ -321,16 +321,18 @@ public final class ResNet: ImageModel {
     private func convNormBackward(_ conv: ConvUnit, _ norm: NormUnit, _ r: ConvNormRecord,
                                   gradOutput: UnsafeMutablePointer<Float>, gradInput: UnsafeMutablePointer<Float>?) {
         let count = r.outShape.count
-        // `gradOutput` belongs to this unit alone (no other consumer reads it), so the ReLU masks it in place.
+        // `gradOutput` belongs to this unit alone (no other consumer reads it), so the ReLU masks it in place; GroupNorm
+        // applies the mask as it reads it (and its forward applied the ReLU as it wrote the output).
         let dNorm = gradOutput
-        if r.relu { ReLU.maskGradient(dNorm, output: r.normOut, count: count) }
+        if r.relu, case .batch = config.norm { ReLU.maskGradient(dNorm, output: r.normOut, count: count) }
         // The norm's backward overwrites dConv, so it needs no zeroing.
         let dConv = gradArena.allocate(count, zeroed: false)
         switch config.norm {
         case .group(let g):
             GroupNorm.backward(gradInput: dConv, gradWeight: parameters.gradient(norm.weight), gradBias: parameters.gradient(norm.bias),
                                gradOutput: dNorm, input: r.convOut, weight: parameters.value(norm.weight), mean: r.mean, rstd: r.rstd,
-                               shape: r.outShape, groups: g, workspace: workspace, accumulateInput: false)
+                               shape: r.outShape, groups: g, workspace: workspace, accumulateInput: false,
+                               reluOutput: r.relu ? UnsafePointer(r.normOut) : nil)
         case .batch:
             BatchNorm2d.backward(gradInput: dConv, gradWeight: parameters.gradient(norm.weight), gradBias: parameters.gradient(norm.bias),
                                  gradOutput: dNorm, input: r.convOut, weight: parameters.value(norm.weight), saveMean: r.mean,

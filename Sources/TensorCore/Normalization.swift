@@ -1,4 +1,5 @@
 // GroupNorm (affine) and BatchNorm2d (training and eval), forward and backward, NCHW.
+import CKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -13,7 +14,8 @@ public enum GroupNorm {
     /// Scratch elements `backward` needs: 2 * n * c.
     public static func workspaceCount(n: Int, c: Int) -> Int { 2 * n * c }
 
-    /// y = (x - mean) * rstd * weight[c] + bias[c]. Overwrites `output`, `mean`, `rstd`.
+    /// y = (x - mean) * rstd * weight[c] + bias[c], then with `relu` max(y, 0) in the same pass (the bits of
+    /// `ReLU.forward` on the output). Overwrites `output`, `mean`, `rstd`.
     /// - Parameters:
     ///   - output: (n, c, h, w). May alias `input` only if the backward gets the input some other way; don't.
     ///   - mean: (n, groups), saved for backward.
@@ -25,7 +27,7 @@ public enum GroupNorm {
     public static func forward<T: KernelScalar>(
         output: UnsafeMutablePointer<T>, mean: UnsafeMutablePointer<T>, rstd: UnsafeMutablePointer<T>,
         input: UnsafePointer<T>, weight: UnsafePointer<T>, bias: UnsafePointer<T>,
-        shape: NCHW, groups: Int, eps: T = 1e-5
+        shape: NCHW, groups: Int, eps: T = 1e-5, relu: Bool = false
     ) {
         precondition(groups > 0 && shape.c % groups == 0,
                      "GroupNorm: \(shape.c) channels of \(shape) are not divisible into \(groups) groups")
@@ -43,7 +45,14 @@ public enum GroupNorm {
                     let c = g * cpg + ci
                     let scale = rs * weight[c], shift = bias[c] - mu * scale
                     let xp = x + ci * plane, yp = output + base + ci * plane
-                    for i in 0..<plane { yp[i] = xp[i] * scale + shift }
+                    if relu && T.self == Float.self {
+                        hd_affine_relu(asFloat(yp), asFloat(xp), plane, unsafeBitCast(scale, to: Float.self),
+                                       unsafeBitCast(shift, to: Float.self))
+                    } else if relu {
+                        for i in 0..<plane { let v = xp[i] * scale + shift; yp[i] = v < 0 ? 0 : v }
+                    } else {
+                        for i in 0..<plane { yp[i] = xp[i] * scale + shift }
+                    }
                 }
             }
         }
@@ -56,13 +65,16 @@ public enum GroupNorm {
     ///   - gradWeight, gradBias: (c), accumulated.
     ///   - gradOutput: (n, c, h, w).
     ///   - input, weight, mean, rstd: as in and out of `forward`.
+    ///   - reluOutput: for a `forward` with `relu`, its output: `gradOutput` is then the gradient of the ReLU's output
+    ///     and is masked on the fly where that output is not positive (the bits of `ReLU.maskGradient` first, without
+    ///     writing `gradOutput`).
     @_specialize(exported: true, where T == Float)
     @_specialize(exported: true, where T == Double)
     public static func backward<T: KernelScalar>(
         gradInput: UnsafeMutablePointer<T>, gradWeight: UnsafeMutablePointer<T>, gradBias: UnsafeMutablePointer<T>,
         gradOutput: UnsafePointer<T>, input: UnsafePointer<T>, weight: UnsafePointer<T>,
         mean: UnsafePointer<T>, rstd: UnsafePointer<T>, shape: NCHW, groups: Int, workspace: Workspace<T>,
-        accumulateInput: Bool = true
+        accumulateInput: Bool = true, reluOutput: UnsafePointer<T>? = nil
     ) {
         precondition(groups > 0 && shape.c % groups == 0,
                      "GroupNorm: \(shape.c) channels of \(shape) are not divisible into \(groups) groups")
@@ -79,7 +91,17 @@ public enum GroupNorm {
                 for ci in 0..<cpg {
                     let ch = g * cpg + ci
                     let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
-                    var (s, sx) = reduceGradientMoments(dy, x, plane, mean: mu)
+                    var (s, sx): (T, T)
+                    if let reluOutput, T.self == Float.self {
+                        var a: Float = 0, p: Float = 0
+                        hd_masked_gradient_moments(asFloat(dy), asFloat(reluOutput + base + ci * plane), asFloat(x), plane,
+                                                   unsafeBitCast(mu, to: Float.self), &a, &p)
+                        (s, sx) = (unsafeBitCast(a, to: T.self), unsafeBitCast(p, to: T.self))
+                    } else if let reluOutput {
+                        (s, sx) = reduceMaskedGradientMoments(dy, reluOutput + base + ci * plane, x, plane, mean: mu)
+                    } else {
+                        (s, sx) = reduceGradientMoments(dy, x, plane, mean: mu)
+                    }
                     sx *= rs
                     sumDy[b * c + ch] = s
                     sumDyX[b * c + ch] = sx
@@ -93,7 +115,25 @@ public enum GroupNorm {
                     let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
                     let dx = gradInput + base + ci * plane
                     let w = weight[ch]
-                    if accumulateInput {
+                    if let reluOutput, T.self == Float.self {
+                        hd_masked_groupnorm_input_gradient(
+                            asFloat(dx), asFloat(dy), asFloat(reluOutput + base + ci * plane), asFloat(x), plane,
+                            unsafeBitCast(rs, to: Float.self), unsafeBitCast(w, to: Float.self), unsafeBitCast(mSum, to: Float.self),
+                            unsafeBitCast(mu, to: Float.self), unsafeBitCast(mSumX, to: Float.self), accumulateInput ? 1 : 0)
+                    } else if let reluOutput {
+                        let out = reluOutput + base + ci * plane
+                        if accumulateInput {
+                            for i in 0..<plane {
+                                let gi = out[i] > 0 ? dy[i] : 0
+                                dx[i] += rs * (gi * w - mSum - (x[i] - mu) * rs * mSumX)
+                            }
+                        } else {
+                            for i in 0..<plane {
+                                let gi = out[i] > 0 ? dy[i] : 0
+                                dx[i] = rs * (gi * w - mSum - (x[i] - mu) * rs * mSumX)
+                            }
+                        }
+                    } else if accumulateInput {
                         for i in 0..<plane { dx[i] += rs * (dy[i] * w - mSum - (x[i] - mu) * rs * mSumX) }
                     } else {
                         for i in 0..<plane { dx[i] = rs * (dy[i] * w - mSum - (x[i] - mu) * rs * mSumX) }

@@ -46,3 +46,23 @@ public func reduceGradientMoments<T: KernelScalar>(_ dy: UnsafePointer<T>, _ x: 
     while i < n { s0 += dy[i]; p0 += dy[i] * (x[i] - mean); i += 1 }
     return ((s0 + s1) + (s2 + s3), (p0 + p1) + (p2 + p3))
 }
+
+/// (sum of dy', sum of dy' * (x - mean)) over `n` values, with dy' = dy where `output` is positive and 0 elsewhere (0
+/// and NaN outputs included): the moments of a ReLU's masked gradient (`ReLU.maskGradient`) without writing it.
+@inline(__always)
+public func reduceMaskedGradientMoments<T: KernelScalar>(_ dy: UnsafePointer<T>, _ output: UnsafePointer<T>, _ x: UnsafePointer<T>,
+                                                         _ n: Int, mean: T) -> (T, T) {
+    var s0: T = 0, s1: T = 0, s2: T = 0, s3: T = 0
+    var p0: T = 0, p1: T = 0, p2: T = 0, p3: T = 0
+    var i = 0
+    while i + 4 <= n {
+        let g0 = output[i] > 0 ? dy[i] : 0, g1 = output[i + 1] > 0 ? dy[i + 1] : 0
+        let g2 = output[i + 2] > 0 ? dy[i + 2] : 0, g3 = output[i + 3] > 0 ? dy[i + 3] : 0
+        s0 += g0; s1 += g1; s2 += g2; s3 += g3
+        p0 += g0 * (x[i] - mean); p1 += g1 * (x[i + 1] - mean)
+        p2 += g2 * (x[i + 2] - mean); p3 += g3 * (x[i + 3] - mean)
+        i += 4
+    }
+    while i < n { let gi = output[i] > 0 ? dy[i] : 0; s0 += gi; p0 += gi * (x[i] - mean); i += 1 }
+    return ((s0 + s1) + (s2 + s3), (p0 + p1) + (p2 + p3))
+}

@@ -195,3 +195,40 @@ struct GroupNormFloatTests {
         }
     }
 }
+
+@Suite("GroupNorm with the ReLU fused")
+struct GroupNormReLUTests {
+    @Test("GroupNorm's fused ReLU gives the bits of GroupNorm then ReLU.forward, and its masked backward those of ReLU.maskGradient then GroupNorm, NaN gradients included",
+          arguments: [(NCHW(2, 4, 5, 7), 2), (NCHW(3, 8, 4, 4), 4)])
+    func fused(_ shape: NCHW, _ groups: Int) {
+        var rng = SeededRNG(seed: 41)
+        let x = rng.values(shape.count), w = rng.values(shape.c).map { 1 + 0.1 * $0 }, b = rng.values(shape.c)
+        var dy = rng.values(shape.count)
+        dy[3] = .nan; dy[shape.count - 2] = .nan   // a NaN gradient survives where the output is positive, else is masked
+        func run<T: KernelScalar>(_: T.Type, fused: Bool) -> [[T]] {
+            let xb = Buffer<T>(x.map { T($0) }), dyb = Buffer<T>(dy.map { T($0) }), wb = Buffer<T>(w.map { T($0) }), bb = Buffer<T>(b.map { T($0) })
+            let y = Buffer<T>(count: shape.count), mean = Buffer<T>(count: shape.n * groups), rstd = Buffer<T>(count: shape.n * groups)
+            let dx = Buffer<T>(count: shape.count), dw = Buffer<T>(count: shape.c), db = Buffer<T>(count: shape.c)
+            GroupNorm.forward(output: y.pointer, mean: mean.pointer, rstd: rstd.pointer, input: xb.pointer, weight: wb.pointer,
+                              bias: bb.pointer, shape: shape, groups: groups, relu: fused)
+            if !fused {
+                ReLU.forward(output: y.pointer, input: y.pointer, count: shape.count)
+                ReLU.maskGradient(dyb.pointer, output: y.pointer, count: shape.count)
+            }
+            GroupNorm.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: db.pointer, gradOutput: dyb.pointer,
+                               input: xb.pointer, weight: wb.pointer, mean: mean.pointer, rstd: rstd.pointer, shape: shape, groups: groups,
+                               workspace: Workspace<T>(), accumulateInput: false, reluOutput: fused ? UnsafePointer(y.pointer) : nil)
+            return [y.array, dx.array, dw.array, db.array]
+        }
+        func same<T: KernelScalar>(_ a: [[T]], _ b: [[T]], _ what: String) {
+            for (part, name) in ["output", "input gradient", "weight gradient", "bias gradient"].enumerated() {
+                let equal = zip(a[part], b[part]).allSatisfy { $0 == $1 || ($0.isNaN && $1.isNaN) }
+                #expect(equal, "\(what) \(name) of \(shape)")
+            }
+        }
+        let float = run(Float.self, fused: true)
+        same(float, run(Float.self, fused: false), "Float")
+        same(run(Double.self, fused: true), run(Double.self, fused: false), "Double")
+        #expect(float[0].contains(0) && float[0].allSatisfy { $0 >= 0 }, "the ReLU clipped some outputs")
+    }
+}

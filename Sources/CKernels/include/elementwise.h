@@ -29,6 +29,21 @@ int hd_all_finite(const float *x, ptrdiff_t n);
 /// g[i] = y[i] > 0 ? g[i] : 0 in place: turns the gradient of a ReLU's output into that of its input.
 void hd_relu_mask(float *g, const float *y, ptrdiff_t n);
 
+/// GroupNorm with the ReLU fused (TensorCore's GroupNorm with `relu`), computed with the operations, order and
+/// rounding of its Swift loops (no contraction into FMAs), so fused and unfused give the same bits:
+/// y[i] = max(x[i] * scale + shift, 0) (NaN stays NaN, as hd_relu_forward). `y` may be `x`.
+void hd_affine_relu(float *y, const float *x, ptrdiff_t n, float scale, float shift);
+
+/// With g[i] = y[i] > 0 ? dy[i] : 0 (the ReLU's mask applied on the fly): *sum = sum of g, *sumx = sum of g * (x - mean),
+/// accumulated as TensorCore's reduceGradientMoments does (4 interleaved partial sums).
+void hd_masked_gradient_moments(const float *dy, const float *y, const float *x, ptrdiff_t n, float mean,
+                                 float *sum, float *sumx);
+
+/// GroupNorm's input gradient with the mask: v = rs * (g * w - msum - (x - mu) * rs * msumx), dx = v (accumulate 0)
+/// or dx + v (accumulate 1).
+void hd_masked_groupnorm_input_gradient(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t n,
+                                        float rs, float w, float msum, float mu, float msumx, int accumulate);
+
 /// Max pool over `planes` planes of h x w (square kernel k, stride s, padding p; output oh x ow per plane).
 /// out = the window's maximum, idx = its offset in the input plane; the first maximum in row-major window order
 /// wins, and NaN wins over everything (the last NaN, as PyTorch). Padding never wins. Every window must hold at
