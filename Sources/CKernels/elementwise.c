@@ -162,6 +162,14 @@ void hd_scale_add(float *restrict y, float a, const float *restrict x, float b, 
     for (ptrdiff_t i = 0; i < n; i++) y[i] = a * y[i] + b * x[i];
 }
 
+HD_CLONES
+void hd_add_relu(float *y, const float *a, const float *b, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float v = a[i] + b[i];
+        y[i] = v < 0.0f ? 0.0f : v;
+    }
+}
+
 // The three GroupNorm + ReLU kernels keep Swift's rounding: no contraction of a * b + c into an FMA.
 #pragma clang fp contract(off)
 

@@ -207,8 +207,7 @@ public final class ResNet: ImageModel {
                     identity = UnsafePointer(r.normOut)
                 }
                 let out = arena.allocate(r2.outShape.count, zeroed: false)
-                Add.forward(output: out, a: r2.normOut, b: identity, count: r2.outShape.count)
-                ReLU.forward(output: out, input: out, count: r2.outShape.count)
+                Add.forward(output: out, a: r2.normOut, b: identity, count: r2.outShape.count, relu: true)
                 blockRecords.append(BlockRecord(input: x, first: r1, second: r2, shortcut: shortcut, output: out, outShape: r2.outShape))
                 x = UnsafePointer(out)
                 xs = r2.outShape

@@ -50,14 +50,22 @@ public enum ReLU {
 
 /// Residual connection: y = a + b.
 public enum Add {
-    /// y = a + b. `output` may alias either input.
+    /// y = a + b, then with `relu` max(y, 0) in the same pass (the bits of `ReLU.forward` on the sum: a residual
+    /// block's output). `output` may alias either input.
     @_specialize(exported: true, where T == Float)
     @_specialize(exported: true, where T == Double)
     public static func forward<T: KernelScalar>(
-        output: UnsafeMutablePointer<T>, a: UnsafePointer<T>, b: UnsafePointer<T>, count: Int
+        output: UnsafeMutablePointer<T>, a: UnsafePointer<T>, b: UnsafePointer<T>, count: Int, relu: Bool = false
     ) {
         Parallel.forEach(count, grain: 1 << 15) { r in
-            for i in r { output[i] = a[i] + b[i] }
+            if relu && T.self == Float.self {
+                let lo = r.lowerBound
+                hd_add_relu(asFloat(output) + lo, asFloat(a) + lo, asFloat(b) + lo, r.count)
+            } else if relu {
+                for i in r { let v = a[i] + b[i]; output[i] = v < 0 ? 0 : v }
+            } else {
+                for i in r { output[i] = a[i] + b[i] }
+            }
         }
     }
 

@@ -231,4 +231,25 @@ struct GroupNormReLUTests {
         same(run(Double.self, fused: true), run(Double.self, fused: false), "Double")
         #expect(float[0].contains(0) && float[0].allSatisfy { $0 >= 0 }, "the ReLU clipped some outputs")
     }
+
+    @Test("a residual sum with the ReLU fused gives the bits of Add then ReLU.forward (NaN kept), Float and Double, in place too")
+    func addReLU() {
+        var rng = SeededRNG(seed: 43)
+        var a = rng.values(1000)
+        a[7] = .nan
+        let b = rng.values(1000)
+        func run<T: KernelScalar>(_: T.Type, fused: Bool, inPlace: Bool) -> [T] {
+            let ab = Buffer<T>(a.map { T($0) }), bb = Buffer<T>(b.map { T($0) }), y = Buffer<T>(count: 1000)
+            let out = inPlace ? ab.pointer : y.pointer
+            Add.forward(output: out, a: ab.pointer, b: bb.pointer, count: 1000, relu: fused)
+            if !fused { ReLU.forward(output: out, input: out, count: 1000) }
+            return inPlace ? ab.array : y.array
+        }
+        func same<T: KernelScalar>(_ x: [T], _ y: [T]) -> Bool { zip(x, y).allSatisfy { $0 == $1 || ($0.isNaN && $1.isNaN) } }
+        let fused = run(Float.self, fused: true, inPlace: false)
+        #expect(same(fused, run(Float.self, fused: false, inPlace: false)))
+        #expect(same(run(Float.self, fused: true, inPlace: true), fused))
+        #expect(same(run(Double.self, fused: true, inPlace: false), run(Double.self, fused: false, inPlace: false)))
+        #expect(fused[7].isNaN && fused.contains(0) && fused.filter { !$0.isNaN }.allSatisfy { $0 >= 0 })
+    }
 }

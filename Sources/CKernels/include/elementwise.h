@@ -29,6 +29,10 @@ int hd_all_finite(const float *x, ptrdiff_t n);
 /// g[i] = y[i] > 0 ? g[i] : 0 in place: turns the gradient of a ReLU's output into that of its input.
 void hd_relu_mask(float *g, const float *y, ptrdiff_t n);
 
+/// y[i] = max(a[i] + b[i], 0) (NaN stays NaN, as hd_relu_forward): a residual block's sum and ReLU in one pass. `y`
+/// may be `a` or `b`.
+void hd_add_relu(float *y, const float *a, const float *b, ptrdiff_t n);
+
 /// GroupNorm with the ReLU fused (TensorCore's GroupNorm with `relu`), computed with the operations, order and
 /// rounding of its Swift loops (no contraction into FMAs), so fused and unfused give the same bits:
 /// y[i] = max(x[i] * scale + shift, 0) (NaN stays NaN, as hd_relu_forward). `y` may be `x`.
