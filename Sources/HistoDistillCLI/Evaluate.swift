@@ -20,29 +20,36 @@ struct ModelSource: ParsableArguments {
                                valueName: precisionHelp.valueName))
     var precision: MatmulPrecision?
 
+    @Option(help: "Compute threads per process (default: SLURM cpus-per-task, else the node's cores / the ranks on it).")
+    var threads: Int?
+
     func validate() throws {
         if runDirectory == nil && weights == nil { throw ValidationError("give --run RUN_DIRECTORY or --weights FILE.safetensors (or both)") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
     }
 
     var run: RunDirectory? { runDirectory.map { RunDirectory(path: $0) } }
 
-    /// Sets the convolutions' precision for this process: `--precision`, else the one the model was trained in
-    /// (`trainedIn`, from its description), else 32-true; warns when bf16-mixed is emulated. Returns it.
+    /// Sets this process's compute: `--threads` (else the launch's default, set by `runOnRanks`) and the
+    /// convolutions' precision, `--precision`, else the one the model was trained in (`trainedIn`, from its
+    /// description), else 32-true. On the coordinator, says both on standard error in one line (as training does),
+    /// with the warnings: bf16-mixed emulated, more threads than the node's cores. Returns the precision.
     @discardableResult
-    func applyPrecision(trainedIn: String?) -> MatmulPrecision {
+    func applyCompute(trainedIn: String?, coordinator: Bool) -> MatmulPrecision {
+        if let threads { BLAS.setThreadCount(threads) }
         let chosen = precision ?? trainedIn.flatMap { MatmulPrecision(rawValue: $0) } ?? .float32
         BF16GEMM.precision = chosen
-        if chosen == .bf16Mixed, let w = BF16GEMM.emulationWarning { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+        if coordinator { announceCompute(precision: chosen, threadsChosen: threads != nil, setting: "--threads") }
         return chosen
     }
 
-    /// Loads the model and sets the convolutions' precision (`applyPrecision`).
-    func load() throws -> TrainedModel {
+    /// Loads the model and sets this process's compute (`applyCompute`).
+    func load(coordinator: Bool) throws -> TrainedModel {
         let trained: TrainedModel
         do { trained = try TrainedModel.load(run: run, weights: weights.map { URL(fileURLWithPath: $0) }) } catch let e as TrainingError {
             throw CLIError(e.message)
         }
-        applyPrecision(trainedIn: trained.metadata.precision)
+        applyCompute(trainedIn: trained.metadata.precision, coordinator: coordinator)
         return trained
     }
 }
@@ -100,7 +107,7 @@ struct Evaluate: ParsableCommand {
     func run() throws {
         try runOnRanks { group, _ in
             let (trained, dataset, path, labelMap) = try group.collectively { () throws -> (TrainedModel, ShardDataset, String, [Int32]) in
-                let trained = try source.load()
+                let trained = try source.load(coordinator: group.isCoordinator)
                 var path = shards
                 if path == nil, let run = source.run {
                     do { path = try run.loadConfig().valShards } catch let e as ConfigError {
@@ -193,7 +200,8 @@ struct Predict: ParsableCommand {
     var tta = TestTimeAugmentation.none
 
     func validate() throws {
-        guard workers >= 1, batchSize >= 1 else { throw ValidationError("--workers and --batch-size must be at least 1") }
+        if batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
+        if workers < 1 { throw ValidationError("--workers must be at least 1, got \(workers)") }
     }
 
     func run() throws {
@@ -201,7 +209,7 @@ struct Predict: ParsableCommand {
             let (trained, dataset) = try group.collectively { () throws -> (TrainedModel, ShardDataset) in
                 let dataset: ShardDataset
                 do { dataset = try ShardDataset(directory: URL(fileURLWithPath: shards)) } catch let e as ShardError { throw CLIError(e.message) }
-                let trained = try source.load()
+                let trained = try source.load(coordinator: group.isCoordinator)
                 try checkWritable(URL(fileURLWithPath: output))   // after the inputs are read, so none of them is the output
                 return (trained, dataset)
             }

@@ -71,7 +71,7 @@ struct Extract: ParsableCommand {
                     let b = try Backbone.load(run: source.run, weights: source.weights.map { URL(fileURLWithPath: $0) }, architecture: model,
                                               truncateAfter: truncateAfter, inputFactor: inputFactor, mean: try triple(mean, "--mean"),
                                               std: try triple(std, "--std"), batchSize: batchSize)
-                    source.applyPrecision(trainedIn: b.trainedPrecision)
+                    source.applyCompute(trainedIn: b.trainedPrecision, coordinator: group.isCoordinator)
                     return (b, dataset)
                 } catch let e as TrainingError { throw CLIError(e.message) }
             }

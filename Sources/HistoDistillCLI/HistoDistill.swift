@@ -22,12 +22,29 @@ struct HistoDistill: ParsableCommand {
         // naming the file, by the code that writes it; by default SIGXFSZ would end the process without a word.
         signal(SIGXFSZ, SIG_IGN)
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(joiningNegativeValues(Array(CommandLine.arguments.dropFirst())))
             try command.run()
         } catch {
             exit(withError: userFacing(error))
         }
     }
+}
+
+/// `--option -1` as `--option=-1`: the argument parser reads a lone `-1` as a short flag, so a negative number given
+/// to a numeric option failed as "missing value"; joined, it reaches the option's own check ("must be at least 1,
+/// got -1"). Only a value that starts like a negative number ("-1", "-0.5,0.1,0.2") after a `--long` option without
+/// `=` is joined.
+func joiningNegativeValues(_ arguments: [String]) -> [String] {
+    var out: [String] = []
+    for a in arguments {
+        if let last = out.last, last.hasPrefix("--"), last.count > 2, !last.contains("="), a.hasPrefix("-"),
+           let second = a.dropFirst().first, second.isNumber || second == "." {
+            out[out.count - 1] = last + "=" + a
+        } else {
+            out.append(a)
+        }
+    }
+    return out
 }
 
 /// Applies `KernelSelection`'s start-up decision: a restart replaces this process (same pid, arguments and other

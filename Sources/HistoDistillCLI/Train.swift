@@ -142,15 +142,37 @@ func setUpCompute(threads: Int?, precision: MatmulPrecision, group: any ProcessG
     BLAS.setThreadCount(threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
     BF16GEMM.precision = precision
     if group.isCoordinator {
-        var warnings = KernelAdvice.current()
-        if precision == .bf16Mixed {
-            // Natively said in one line; emulated, the warning says it.
-            if let w = BF16GEMM.emulationWarning { warnings.append(w) } else {
-                FileHandle.standardError.write(Data("precision: bf16-mixed, \(BF16GEMM.kernelDescription)\n".utf8))
-            }
-        }
-        for w in warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+        for w in KernelAdvice.current() { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+        announceCompute(precision: precision, threadsChosen: threads != nil, setting: "train.threads")
     }
+}
+
+/// The compute line a command prints on standard error before its work ("compute: 2 threads per process,
+/// 32-true"), with the kernels when bf16-mixed runs natively, then its warnings: bf16-mixed emulated, or threads
+/// per process (`setting`, when the user chose them) times the processes on this node above the node's cores.
+func announceCompute(precision: MatmulPrecision, threadsChosen: Bool, setting: String) {
+    let threads = BLAS.threadCount, launch = LaunchEnvironment.current()
+    var line = "compute: \(threads) thread\(threads == 1 ? "" : "s") per process, \(precision.rawValue)"
+    var warnings: [String] = []
+    if precision == .bf16Mixed {
+        if let w = BF16GEMM.emulationWarning { warnings.append(w) } else { line += " (\(BF16GEMM.kernelDescription))" }
+    }
+    if threadsChosen, let w = oversubscriptionWarning(threads: threads, processesOnNode: launch.localSize ?? 1,
+                                                      cores: ProcessInfo.processInfo.activeProcessorCount, setting: setting) {
+        warnings.append(w)
+    }
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+    for w in warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+}
+
+/// A warning when `threads` per process times `processesOnNode` exceeds the node's `cores`: the threads then take
+/// turns on the cores, and every step waits for the slowest (the engine's threads meet at every kernel).
+func oversubscriptionWarning(threads: Int, processesOnNode: Int, cores: Int, setting: String) -> String? {
+    let wanted = threads * max(1, processesOnNode)
+    guard wanted > cores else { return nil }
+    let fit = max(1, cores / max(1, processesOnNode))
+    let who = processesOnNode > 1 ? "\(threads) threads x \(processesOnNode) processes" : "\(threads) threads"
+    return "\(who) exceed this node's \(cores) cores: threads sharing a core run slower, not faster. Hint: set \(setting) to \(fit) or fewer (or leave it unset: the default is the node's cores / the processes on it)"
 }
 
 /// `distill` with several configs: the students of one teacher in one pass (`MultiStudentDistiller`).

@@ -280,6 +280,22 @@ struct OutputSafetyTests {
         #expect(armed.stdout.contains("status 75") && armed.stdout.contains("stopped at a step boundary by SIGTERM"), "\(armed.stdout) \(armed.stderr)")
     }
 
+    @Test("train says its threads and precision in one line, and warns when train.threads exceeds the node's cores, naming the key")
+    func trainThreads() throws {
+        let dir = tempDir("threads")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let bin = try histodistillBinary()
+        let config = try lifecycleConfigFile(dir, shards: shards, output: dir.appendingPathComponent("run"), maxSteps: 1)
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let many = try run([bin, "train", "--config", config.path, "--set", "train.threads=\(cores + 1)"])
+        #expect(many.status == 0 && many.stderr.contains("compute: \(cores + 1) threads per process, 32-true")
+                && many.stderr.contains("set train.threads to \(cores) or fewer"), "\(many.stderr)")
+        let fresh = try lifecycleConfigFile(dir, shards: shards, output: dir.appendingPathComponent("run1"), maxSteps: 1)
+        let one = try run([bin, "train", "--config", fresh.path, "--set", "train.threads=1"])
+        #expect(one.status == 0 && one.stderr.contains("compute: 1 thread per process, 32-true") && !one.stderr.contains("exceed"), "\(one.stderr)")
+    }
+
     @Test("evaluate --output elsewhere writes the predictions beside it and leaves the run's own")
     func evaluateOutputElsewhere() throws {
         let dir = tempDir("evalout")
@@ -310,7 +326,20 @@ struct OutputSafetyTests {
                      ["predict", "--run", out.path, "--shards", shards.path, "-o", dir.appendingPathComponent("p0.csv").path]] {
             let r = try run([bin] + args + ["--batch-size", "0"])
             #expect(r.status != 0 && r.stderr.contains("--batch-size") && r.stderr.contains("at least 1"), "\(args[0]): \(r.stderr)")
+            // A negative number reaches the same check (the argument parser alone read "-1" as a flag: "missing value").
+            let negative = try run([bin] + args + ["--batch-size", "-1"])
+            #expect(negative.status != 0 && negative.stderr.contains("at least 1, got -1"), "\(args[0]): \(negative.stderr)")
+            let threads = try run([bin] + args + ["--threads", "0"])
+            #expect(threads.status != 0 && threads.stderr.contains("--threads must be at least 1, got 0"), "\(args[0]): \(threads.stderr)")
         }
+        // Inference commands take --threads and say what they run with; more threads than cores is warned about.
+        let one = try run([bin, "evaluate", "--run", out.path, "--bootstrap", "0", "--threads", "1"])
+        #expect(one.status == 0 && one.stderr.contains("compute: 1 thread per process, 32-true") && !one.stderr.contains("exceed"), "\(one.stderr)")
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let many = try run([bin, "predict", "--run", out.path, "--shards", shards.path, "-o", dir.appendingPathComponent("m.csv").path,
+                            "--threads", "\(cores + 1)"])
+        #expect(many.status == 0 && many.stderr.contains("compute: \(cores + 1) threads per process")
+                && many.stderr.contains("exceed this node's \(cores) cores") && many.stderr.contains("set --threads to \(cores) or fewer"), "\(many.stderr)")
     }
 
     @Test("file errors read as one line naming the path; a file-size limit is an error naming the file, not a silent death; bad values are refused")
