@@ -51,9 +51,16 @@ struct BenchStep: ParsableCommand {
     @OptionGroup var distillation: DistillationSettings
 
     func validate() throws {
-        guard resolution >= 8, batch >= 1, steps >= 1, reps >= 1, warmup >= 0, bucketMB > 0 else {
-            throw ValidationError("--resolution must be at least 8 and --batch, --steps, --reps at least 1")
+        if resolution < 8 { throw ValidationError("--resolution must be at least 8, got \(resolution)") }
+        if let t = teacherResolution, t < resolution {
+            throw ValidationError("--teacher-resolution must be at least --resolution (\(resolution)), got \(t)")
         }
+        for (flag, value) in [("--batch", batch), ("--steps", steps), ("--reps", reps)] where value < 1 {
+            throw ValidationError("\(flag) must be at least 1, got \(value)")
+        }
+        if warmup < 0 { throw ValidationError("--warmup must be 0 or more, got \(warmup)") }
+        if !(bucketMB > 0) { throw ValidationError("--bucket-mb must be more than 0, got \(bucketMB)") }
+        try validateThreads(threads)
     }
 
     func run() throws {

@@ -55,7 +55,7 @@ struct Cost: ParsableCommand {
         if !(1...100_000).contains(classes) { throw ValidationError("--classes must be in 1...100000, got \(classes)") }
         if !(1...4096).contains(batch) { throw ValidationError("--batch must be in 1...4096, got \(batch)") }
         if reps < 1 || steps < 1 { throw ValidationError("--reps and --steps must be at least 1") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        try validateThreads(threads)
         let sizes = try parsedResolutions()
         _ = try architecture()
         if distill && !measure { throw ValidationError("--distill times distillation steps: add --measure") }

@@ -24,7 +24,7 @@ struct Doctor: ParsableCommand {
     var json = false
 
     func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        try validateThreads(threads)
         if allreduceFloats < 1 { throw ValidationError("--allreduce-floats must be at least 1, got \(allreduceFloats)") }
     }
 

@@ -25,7 +25,7 @@ struct ModelSource: ParsableArguments {
 
     func validate() throws {
         if runDirectory == nil && weights == nil { throw ValidationError("give --run RUN_DIRECTORY or --weights FILE.safetensors (or both)") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        try validateThreads(threads)
     }
 
     var run: RunDirectory? { runDirectory.map { RunDirectory(path: $0) } }

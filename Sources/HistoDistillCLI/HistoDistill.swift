@@ -33,10 +33,11 @@ struct HistoDistill: ParsableCommand {
 /// `--option -1` as `--option=-1`: the argument parser reads a lone `-1` as a short flag, so a negative number given
 /// to a numeric option failed as "missing value"; joined, it reaches the option's own check ("must be at least 1,
 /// got -1"). Only a value that starts like a negative number ("-1", "-0.5,0.1,0.2") after a `--long` option without
-/// `=` is joined.
+/// `=` is joined, and nothing after `--`.
 func joiningNegativeValues(_ arguments: [String]) -> [String] {
     var out: [String] = []
-    for a in arguments {
+    for (i, a) in arguments.enumerated() {
+        if a == "--" { return out + arguments[i...] }   // after "--" every argument is a positional value, as it is
         if let last = out.last, last.hasPrefix("--"), last.count > 2, !last.contains("="), a.hasPrefix("-"),
            let second = a.dropFirst().first, second.isNumber || second == "." {
             out[out.count - 1] = last + "=" + a

@@ -152,7 +152,7 @@ struct MILEvaluate: ParsableCommand {
     var bootstrap = 10_000
 
     func validate() throws {
-        if bootstrap < 0 { throw ValidationError("--bootstrap must be 0 or more, got \(bootstrap)") }
+        if !(0...1_000_000).contains(bootstrap) { throw ValidationError("--bootstrap must be 0 to 1000000 resamples (10000 is usual), got \(bootstrap)") }
     }
 
     func run() throws {

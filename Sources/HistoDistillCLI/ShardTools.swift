@@ -172,6 +172,13 @@ struct BenchPipeline: ParsableCommand {
     @Option(help: "Take the augmentation, normalisation and factor from this run config (default: flips, rotations and colour jitter 0.2/0.2/0.2/0.05).")
     var config: String?
 
+    func validate() throws {
+        if ![1, 2, 4, 8, 16].contains(factor) { throw ValidationError("--factor must be 1, 2, 4, 8 or 16, got \(factor)") }
+        for (flag, value) in [("--workers", workers), ("--batch", batch), ("--steps", steps)] where value < 1 {
+            throw ValidationError("\(flag) must be at least 1, got \(value)")
+        }
+    }
+
     func run() throws {
         let dataset = try ShardDataset(urls: try shardFiles(paths))
         var transform = PairedTransform(augment: AugmentOptions(brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05), factor: factor,

@@ -142,7 +142,7 @@ struct Pack: ParsableCommand {
         if shardMB < 1 { throw ValidationError("--shard-mb must be at least 1, got \(shardMB)") }
         if !(1...19).contains(level) { throw ValidationError("--level must be in 1...19, got \(level)") }
         if PixelFilter(rawValue: filter) == nil { throw ValidationError("--filter must be none or planar-delta, got '\(filter)'") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        try validateThreads(threads)
         if let tileSize, tileSize < 8 || tileSize > 65535 { throw ValidationError("--tile-size must be in 8...65535, got \(tileSize)") }
         if let stride, stride < 1 { throw ValidationError("--stride must be at least 1, got \(stride)") }
         if stride != nil && tileSize == nil { throw ValidationError("--stride needs --tile-size") }
@@ -263,8 +263,12 @@ struct Inspect: ParsableCommand {
     @Argument(help: "Shard files or directories.")
     var paths: [String]
 
-    @Option(help: "Slides to list (most tiles first).")
+    @Option(help: "Slides to list (most tiles first; 0: only their count).")
     var slides: Int = 10
+
+    func validate() throws {
+        if slides < 0 { throw ValidationError("--slides must be 0 or more, got \(slides)") }
+    }
 
     func run() throws {
         let urls = try shardFiles(paths)
@@ -300,7 +304,7 @@ struct Inspect: ParsableCommand {
         print("classes:")
         for c in (classes ?? []) + (perClass["(unlabeled)"] != nil ? ["(unlabeled)"] : []) { print("  \(c): \(perClass[c] ?? 0)") }
         print("tile sizes: " + sizes.sorted { $0.value > $1.value }.map { "\($0.key) x\($0.value)" }.joined(separator: ", "))
-        print("slides: \(perSlide.count)" + (perSlide.count > 0 ? "; most tiles: " + perSlide.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
+        print("slides: \(perSlide.count)" + (perSlide.count > 0 && slides > 0 ? "; most tiles: " + perSlide.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
             .prefix(slides).map { "\($0.key) (\($0.value))" }.joined(separator: ", ") : ""))
         if !tissue.isEmpty {
             let sorted = tissue.sorted()

@@ -6,7 +6,18 @@ import TensorCore
 import TileShards
 import Training
 
-/// Flags shared by `train` and `distill`.
+/// Most compute threads a process may ask for (`--threads`, `train.threads`): far above any node's cores, low enough
+/// that threads x ranks cannot overflow.
+let maximumThreads = RunConfig.maximumThreads
+
+/// Refuses a `--threads` value outside 1...maximumThreads, naming the flag and the value.
+func validateThreads(_ threads: Int?, flag: String = "--threads") throws {
+    if let threads, !(1...maximumThreads).contains(threads) {
+        throw ValidationError("\(flag) must be 1 to \(maximumThreads), got \(threads)")
+    }
+}
+
+/// Flags shared by `train`, `distill`, `mil train` and `finetune`.
 struct TrainingOptions: ParsableArguments {
     @Option(name: .customLong("set"), help: "Override a config key, e.g. --set train.epochs=3 (repeatable).")
     var overrides: [String] = []
@@ -27,6 +38,10 @@ struct TrainingOptions: ParsableArguments {
     var runsDir: String?
 
     enum CodingKeys: String, CodingKey { case overrides, resume, stopAfter, onCorrupt, traceSamples }
+
+    func validate() throws {
+        if let s = stopAfter, s < 1 { throw ValidationError("--stop-after must be at least 1, got \(s)") }
+    }
 }
 
 struct Train: ParsableCommand {
@@ -168,17 +183,16 @@ func announceCompute(precision: MatmulPrecision, threadsChosen: Bool, setting: S
 /// A warning when `threads` per process times `processesOnNode` exceeds the node's `cores`: the threads then take
 /// turns on the cores, and every step waits for the slowest (the engine's threads meet at every kernel).
 func oversubscriptionWarning(threads: Int, processesOnNode: Int, cores: Int, setting: String) -> String? {
-    let wanted = threads * max(1, processesOnNode)
-    guard wanted > cores else { return nil }
+    let (wanted, overflow) = threads.multipliedReportingOverflow(by: max(1, processesOnNode))
+    guard overflow || wanted > cores else { return nil }
     let fit = max(1, cores / max(1, processesOnNode))
     let who = processesOnNode > 1 ? "\(threads) threads x \(processesOnNode) processes" : "\(threads) threads"
-    return "\(who) exceed this node's \(cores) cores: threads sharing a core run slower, not faster. Hint: set \(setting) to \(fit) or fewer (or leave it unset: the default is the node's cores / the processes on it)"
+    return "\(who) exceed this node's \(cores) cores: threads sharing a core run slower, not faster. Hint: set \(setting) to \(fit)\(fit > 1 ? " or fewer" : "") (or leave it unset: the default is the node's cores / the processes on it)"
 }
 
 /// `distill` with several configs: the students of one teacher in one pass (`MultiStudentDistiller`).
 private func distillSeveral(configs: [String], options: TrainingOptions, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {
     let cfgs = try group.collectively { () throws -> [RunConfig] in
-        if let s = options.stopAfter, s < 1 { throw CLIError("--stop-after must be at least 1, got \(s)") }
         return try configs.map { path in
             let c = try loadRunConfig(path, options: options, command: .distill)
             if !c.isDistillation { throw CLIError("\(path) has no distill section", hint: "every config of a multi-student pass distills: add distill.teacher_run") }
@@ -217,7 +231,6 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
             throw CLIError(distillation ? "\(config) has no distill section" : "\(config) has a distill section",
                            hint: distillation ? "add distill.teacher_run, or use `histodistill train`" : "use `histodistill distill` for it")
         }
-        if let s = options.stopAfter, s < 1 { throw CLIError("--stop-after must be at least 1, got \(s)") }
         return cfg
     }
     if group.isCoordinator { warnIgnoredKeys(cfg, file: config, overrides: options.overrides, command: distillation ? .distill : .train) }

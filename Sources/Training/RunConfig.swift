@@ -70,6 +70,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var keep = 3
     public var clipGradNorm: Float?
     public var threads: Int?
+    /// Most compute threads a process may ask for: far above any node's cores, low enough that threads x ranks
+    /// cannot overflow.
+    public static let maximumThreads = 4096
     /// Precision of the convolutions' GEMMs (`BF16GEMM.precision` for the run's process).
     public var precision = MatmulPrecision.float32
     /// A step whose loss exceeds this many times the running median of recent losses stops the run (0: never).
@@ -342,7 +345,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if checkpointEvery < 1 || keep < 1 { throw bad("train.checkpoint_every/keep", "must be at least 1") }
         if let maxSteps, maxSteps < 1 { throw bad("train.max_steps", "must be at least 1") }
         if let valEvery, valEvery < 1 { throw bad("train.val_every", "must be at least 1 (leave it out to validate at each epoch end)") }
-        if let threads, threads < 1 { throw bad("train.threads", "must be at least 1") }
+        if let threads, !(1...Self.maximumThreads).contains(threads) { throw bad("train.threads", "must be 1 to \(Self.maximumThreads)") }
         if milHidden.count != 2 || milHidden.contains(where: { $0 < 1 }) || milAttention < 1 { throw bad("mil.hidden/attention", "need two positive widths and a positive attention width") }
         if milFolds == 1 || milFolds < 0 || (milFolds > 1 && !(0..<milFolds).contains(milFold)) {
             throw bad("mil.folds/fold", "need folds 0 (no split) or at least 2, and fold in 0..<folds; got folds \(milFolds), fold \(milFold)")
