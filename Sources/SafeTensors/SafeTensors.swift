@@ -118,6 +118,10 @@ public struct SafeTensorsFile: Sendable {
     /// Reads the file at `url`.
     public init(contentsOf url: URL) throws {
         let data: Data
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw SafeTensorsError("\(url.path): cannot be read (it is a directory; a .safetensors file was expected here)")
+        }
         do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
             throw SafeTensorsError("\(url.path): cannot be read (\(error.localizedDescription))")
         }

@@ -28,6 +28,12 @@ public enum InputFiles {
 /// the POSIX reason ("File too large", "No space left on device") under Foundation's error, else its description.
 public func fileErrorReason(_ error: Error) -> String {
     let ns = error as NSError
+    // A directory given where a file is read: Foundation says only "error 256" (fileReadUnknown).
+    let path = ns.userInfo[NSFilePathErrorKey] as? String ?? (ns.userInfo[NSURLErrorKey] as? URL)?.path
+    var isDirectory: ObjCBool = false
+    if let path, FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+        return "it is a directory; a file was expected here"
+    }
     if ns.domain == NSCocoaErrorDomain {
         switch CocoaError.Code(rawValue: ns.code) {
         case .fileWriteFileExists: return "a file of that name is in the way (a directory was expected, or the name is taken)"

@@ -324,6 +324,9 @@ struct OutputSafetyTests {
         let config = try lifecycleConfigFile(dir, shards: shards, output: dir.appendingPathComponent("run"), maxSteps: 1)
         let threads = try run([bin, "train", "--config", config.path, "--set", "train.threads=5000"])
         #expect(threads.status != 0 && threads.stderr.contains("train.threads") && threads.stderr.contains("1 to 4096"), "\(threads.stderr)")
+        // A directory where a file is read is said in words (Foundation's own message was "error 256").
+        let directory = try run([bin, "evaluate", "--weights", dir.path, "--shards", shards.path])
+        #expect(directory.status != 0 && directory.stderr.contains("it is a directory") && !directory.stderr.contains("NSCocoaErrorDomain"), "\(directory.stderr)")
         // After "--" an argument that looks like an option, and a number after it, are two paths, not "--json=-1".
         let separated = try run([bin, "stats", "--", "--json", "-1"])
         #expect(separated.status != 0 && separated.stderr.contains("--json: no such file") && !separated.stderr.contains("=-1"), "\(separated.stderr)")
