@@ -49,6 +49,10 @@ struct ModelSource: ParsableArguments {
         do { trained = try TrainedModel.load(run: run, weights: weights.map { URL(fileURLWithPath: $0) }) } catch let e as TrainingError {
             throw CLIError(e.message)
         }
+        if trained.model.classes == 0 {
+            throw CLIError("\(trained.weights.path) is a backbone without a classifier (finetune writes one as best-backbone.safetensors): it gives features, not class probabilities",
+                           hint: "use `histodistill extract` for its features, or give the weights of a model with a classifier (RUN/best.safetensors)")
+        }
         applyCompute(trainedIn: trained.metadata.precision, coordinator: coordinator)
         return trained
     }

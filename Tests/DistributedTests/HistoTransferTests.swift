@@ -440,6 +440,9 @@ struct HistoTransferTests {
         #expect(x.status == 0, "\(x.stderr)")
         let e = try run([bin, "mil", "evaluate", "--weights", dir.appendingPathComponent("a/best.safetensors").path, "--features", feat.path])
         #expect(e.status == 0 && e.stdout.contains("6 slides: accuracy"), "\(e.stdout) \(e.stderr)")
+        // The backbone has no classifier: evaluate says so and points to extract (it said "the model has 0 classes").
+        let noHead = try run([bin, "evaluate", "--weights", dir.appendingPathComponent("a/best-backbone.safetensors").path, "--shards", tiles.path])
+        #expect(noHead.status != 0 && noHead.stderr.contains("a backbone without a classifier") && noHead.stderr.contains("histodistill extract"), "\(noHead.stderr)")
         // top_k above a slide's tile count is refused, naming the slide.
         let big = #expect(throws: TrainingError.self) { _ = try TopKFineTuner(config: try config("c", topK: 7), writer: "t") }
         #expect(big?.message.contains("has 6 tiles") == true, "\(String(describing: big))")
