@@ -237,8 +237,14 @@ struct Predict: ParsableCommand {
 /// A warning when `dataset`'s tiles differ in size from those the model was trained on: the network runs on any
 /// size (global pooling), but sees the tissue at another scale or extent than it learned.
 func tileSizeWarning(_ trained: TrainedModel, _ dataset: ShardDataset, shards: String) -> String? {
-    guard let trainedSize = trained.metadata.tileSize, dataset.tileSize > 0, dataset.tileSize != trainedSize else { return nil }
-    return "warning: the model was trained on \(trainedSize) px tiles, \(shards) holds \(dataset.tileSize) px tiles (the model sees \(dataset.tileSize / trained.metadata.inputFactor) px inputs instead of \(trainedSize / trained.metadata.inputFactor)): its outputs are not comparable to its validation. Hint: pack at the model's tile size and magnification."
+    tileSizeWarning(trainedSize: trained.metadata.tileSize, inputFactor: trained.metadata.inputFactor, dataset, shards: shards)
+}
+
+/// The same for a model described only by the tile size it was trained on and the factor it downsamples by now.
+func tileSizeWarning(trainedSize: Int?, inputFactor: Int, _ dataset: ShardDataset, shards: String) -> String? {
+    guard let trainedSize, dataset.tileSize > 0, dataset.tileSize != trainedSize else { return nil }
+    let factor = max(inputFactor, 1)
+    return "warning: the model was trained on \(trainedSize) px tiles, \(shards) holds \(dataset.tileSize) px tiles (the model sees \(dataset.tileSize / factor) px inputs instead of \(trainedSize / factor)): its outputs are not comparable to its validation. Hint: pack at the model's tile size and magnification."
 }
 
 /// Refuses an output path that is one of this command's inputs (`InputFiles`): writing it would destroy what was read.

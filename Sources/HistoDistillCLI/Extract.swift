@@ -75,6 +75,10 @@ struct Extract: ParsableCommand {
                     return (b, dataset)
                 } catch let e as TrainingError { throw CLIError(e.message) }
             }
+            if group.isCoordinator, let w = tileSizeWarning(trainedSize: backbone.trainedTileSize, inputFactor: backbone.settings.inputFactor,
+                                                            dataset, shards: shards) {
+                FileHandle.standardError.write(Data((w + "\n").utf8))
+            }
             let out = URL(fileURLWithPath: output)
             // Every rank writes its part into one staging directory; the new set replaces the old one only when all
             // parts are written, so a failed or interrupted extraction leaves the set in OUTPUT as it was.

@@ -19,6 +19,8 @@ public struct Backbone {
     public let truncateAfter: Int?
     /// The convolutions' precision the weights were trained in, when their description says (`RunMetadata.precision`).
     public var trainedPrecision: String? = nil
+    /// The tile edge in pixels the weights were trained on, when their description says (`RunMetadata.tileSize`).
+    public var trainedTileSize: Int? = nil
 
     /// ImageNet's normalisation (torchvision), the default for weights that do not describe their own.
     public static let imageNetMean: [Float] = [0.485, 0.456, 0.406], imageNetStd: [Float] = [0.229, 0.224, 0.225]
@@ -106,6 +108,7 @@ public struct Backbone {
         var backbone = Backbone(model: model, settings: settings, weights: chosen, digest: FNV1a64.digest(bytes), ignoredNote: note,
                                 truncateAfter: stages < config.planes.count ? stages : nil)
         backbone.trainedPrecision = described?.precision
+        backbone.trainedTileSize = described?.tileSize
         return backbone
     }
 

@@ -353,6 +353,8 @@ struct OutputSafetyTests {
         #expect(try run([bin, "pack", dir.appendingPathComponent("s/val").path, "-o", dir.appendingPathComponent("s48").path]).status == 0)
         let other = try run([bin, "predict", "--run", out.path, "--shards", dir.appendingPathComponent("s48").path, "-o", dir.appendingPathComponent("p.csv").path])
         #expect(other.status == 0 && other.stderr.contains("trained on 32 px tiles") && other.stderr.contains("holds 48 px tiles"), "\(other.stderr)")
+        let features = try run([bin, "extract", "--run", out.path, "--shards", dir.appendingPathComponent("s48").path, "-o", dir.appendingPathComponent("f48").path])
+        #expect(features.status == 0 && features.stderr.contains("trained on 32 px tiles") && features.stderr.contains("holds 48 px tiles"), "\(features.stderr)")
         let same = try run([bin, "predict", "--run", out.path, "--shards", shards.path, "-o", dir.appendingPathComponent("q.csv").path])
         #expect(same.status == 0 && !same.stderr.contains("warning: the model was trained on"), "\(same.stderr)")
         let resamples = try run([bin, "evaluate", "--run", out.path, "--bootstrap", "2000000000"])
