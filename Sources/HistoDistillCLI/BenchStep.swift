@@ -51,15 +51,16 @@ struct BenchStep: ParsableCommand {
     @OptionGroup var distillation: DistillationSettings
 
     func validate() throws {
-        if resolution < 8 { throw ValidationError("--resolution must be at least 8, got \(resolution)") }
-        if let t = teacherResolution, t < resolution {
-            throw ValidationError("--teacher-resolution must be at least --resolution (\(resolution)), got \(t)")
+        if !(8...4096).contains(resolution) { throw ValidationError("--resolution must be 8 to 4096 pixels, got \(resolution)") }
+        if let t = teacherResolution, !(resolution...4096).contains(t) {
+            throw ValidationError("--teacher-resolution must be at least --resolution (\(resolution)) and at most 4096, got \(t)")
         }
-        for (flag, value) in [("--batch", batch), ("--steps", steps), ("--reps", reps)] where value < 1 {
-            throw ValidationError("\(flag) must be at least 1, got \(value)")
+        for (flag, value, most) in [("--batch", batch, 65_536), ("--steps", steps, 1_000_000), ("--reps", reps, 1_000)]
+        where !(1...most).contains(value) {
+            throw ValidationError("\(flag) must be 1 to \(most), got \(value)")
         }
-        if warmup < 0 { throw ValidationError("--warmup must be 0 or more, got \(warmup)") }
-        if !(bucketMB > 0) { throw ValidationError("--bucket-mb must be more than 0, got \(bucketMB)") }
+        if !(0...1_000_000).contains(warmup) { throw ValidationError("--warmup must be 0 to 1000000, got \(warmup)") }
+        if !(bucketMB > 0 && bucketMB <= 4096) { throw ValidationError("--bucket-mb must be more than 0 and at most 4096, got \(bucketMB)") }
         try validateThreads(threads)
     }
 

@@ -54,7 +54,9 @@ struct Cost: ParsableCommand {
     func validate() throws {
         if !(1...100_000).contains(classes) { throw ValidationError("--classes must be in 1...100000, got \(classes)") }
         if !(1...4096).contains(batch) { throw ValidationError("--batch must be in 1...4096, got \(batch)") }
-        if reps < 1 || steps < 1 { throw ValidationError("--reps and --steps must be at least 1") }
+        for (flag, value, most) in [("--reps", reps, 1_000), ("--steps", steps, 1_000_000)] where !(1...most).contains(value) {
+            throw ValidationError("\(flag) must be 1 to \(most), got \(value)")
+        }
         try validateThreads(threads)
         let sizes = try parsedResolutions()
         _ = try architecture()

@@ -174,8 +174,9 @@ struct BenchPipeline: ParsableCommand {
 
     func validate() throws {
         if ![1, 2, 4, 8, 16].contains(factor) { throw ValidationError("--factor must be 1, 2, 4, 8 or 16, got \(factor)") }
-        for (flag, value) in [("--workers", workers), ("--batch", batch), ("--steps", steps)] where value < 1 {
-            throw ValidationError("\(flag) must be at least 1, got \(value)")
+        for (flag, value, most) in [("--workers", workers, 4096), ("--batch", batch, 65_536), ("--steps", steps, 1_000_000)]
+        where !(1...most).contains(value) {
+            throw ValidationError("\(flag) must be 1 to \(most), got \(value)")
         }
     }
 

@@ -139,7 +139,7 @@ struct Pack: ParsableCommand {
         if let m = magnification, !(m.isFinite && m > 0 && m <= 200) {
             throw ValidationError("--magnification must be a positive objective power up to 200 (e.g. 10, 20, 40), got \(m)")
         }
-        if shardMB < 1 { throw ValidationError("--shard-mb must be at least 1, got \(shardMB)") }
+        if !(1...65_536).contains(shardMB) { throw ValidationError("--shard-mb must be 1 to 65536 (64 GB), got \(shardMB)") }
         if !(1...19).contains(level) { throw ValidationError("--level must be in 1...19, got \(level)") }
         if PixelFilter(rawValue: filter) == nil { throw ValidationError("--filter must be none or planar-delta, got '\(filter)'") }
         try validateThreads(threads)

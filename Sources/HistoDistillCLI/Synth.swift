@@ -26,8 +26,9 @@ struct Synth: ParsableCommand {
     var seed: UInt64 = 0
 
     func validate() throws {
-        guard size >= 16, trainPerClass >= 1, valPerClass >= 1 else {
-            throw ValidationError("--size must be at least 16 and the tile counts at least 1")
+        if !(16...4096).contains(size) { throw ValidationError("--size must be 16 to 4096 pixels, got \(size)") }
+        for (flag, value) in [("--train-per-class", trainPerClass), ("--val-per-class", valPerClass)] where !(1...100_000).contains(value) {
+            throw ValidationError("\(flag) must be 1 to 100000, got \(value)")
         }
     }
 

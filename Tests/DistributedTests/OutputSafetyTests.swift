@@ -307,14 +307,25 @@ struct OutputSafetyTests {
             (["bench-step", "--threads", "-2"], "--threads must be 1 to 4096, got -2"),
             (["bench-step", "--threads", "4611686018427387904"], "--threads must be 1 to 4096, got 4611686018427387904"),
             (["bench-step", "--teacher-resolution", "0"], "--teacher-resolution must be at least --resolution"),
-            (["bench-step", "--warmup", "-1"], "--warmup must be 0 or more, got -1"),
+            (["bench-step", "--warmup", "-1"], "--warmup must be 0 to 1000000, got -1"),
             (["bench-pipeline", shards.path, "--factor", "3"], "--factor must be 1, 2, 4, 8 or 16, got 3"),
-            (["bench-pipeline", shards.path, "--steps", "-2"], "--steps must be at least 1, got -2"),
-            (["bench-pipeline", shards.path, "--workers", "0"], "--workers must be at least 1, got 0"),
+            (["bench-pipeline", shards.path, "--steps", "-2"], "--steps must be 1 to 1000000, got -2"),
+            (["bench-pipeline", shards.path, "--workers", "0"], "--workers must be 1 to 4096, got 0"),
             (["mil", "train", "--config", "x.yaml", "--stop-after", "0"], "--stop-after must be at least 1, got 0"),
             (["finetune", "--config", "x.yaml", "--stop-after", "-1"], "--stop-after must be at least 1, got -1"),
             (["mil", "evaluate", "--run", "x", "--features", "y", "--bootstrap", "2000000000"], "--bootstrap must be 0 to 1000000"),
             (["cost", "--threads", "5000"], "--threads must be 1 to 4096, got 5000"),
+            // Huge values: arithmetic overflow, allocation failures or endless work before they were bounded.
+            (["synth", dir.appendingPathComponent("sy").path, "--size", "9223372036854775807"], "--size must be 16 to 4096 pixels"),
+            (["synth", dir.appendingPathComponent("sy").path, "--train-per-class", "4611686018427387904"], "--train-per-class must be 1 to 100000"),
+            (["pack", shards.path, "-o", dir.appendingPathComponent("pk").path, "--shard-mb", "9223372036854775807"], "--shard-mb must be 1 to 65536"),
+            (["bench-step", "--resolution", "4611686018427387904"], "--resolution must be 8 to 4096 pixels"),
+            (["bench-step", "--batch", "4611686018427387904"], "--batch must be 1 to 65536"),
+            (["bench-step", "--teacher-resolution", "4611686018427387904"], "--teacher-resolution must be at least --resolution"),
+            (["bench-step", "--bucket-mb", "4611686018427387904"], "--bucket-mb must be more than 0 and at most 4096"),
+            (["bench-step", "--steps", "9223372036854775807"], "--steps must be 1 to 1000000"),
+            (["bench-pipeline", shards.path, "--workers", "9223372036854775807"], "--workers must be 1 to 4096"),
+            (["cost", "--measure", "--reps", "9223372036854775807"], "--reps must be 1 to 1000"),
         ]
         for (args, message) in cases {
             let r = try run([bin] + args)
