@@ -6,14 +6,11 @@ import TensorCore
 import TileShards
 import Training
 
-/// Most compute threads a process may ask for (`--threads`, `train.threads`): far above any node's cores, low enough
-/// that threads x ranks cannot overflow.
-let maximumThreads = RunConfig.maximumThreads
-
-/// Refuses a `--threads` value outside 1...maximumThreads, naming the flag and the value.
+/// Refuses a `--threads` value outside 1...RunConfig.maximumThreads (the bound of `train.threads`), naming the flag
+/// and the value.
 func validateThreads(_ threads: Int?, flag: String = "--threads") throws {
-    if let threads, !(1...maximumThreads).contains(threads) {
-        throw ValidationError("\(flag) must be 1 to \(maximumThreads), got \(threads)")
+    if let threads, !(1...RunConfig.maximumThreads).contains(threads) {
+        throw ValidationError("\(flag) must be 1 to \(RunConfig.maximumThreads), got \(threads)")
     }
 }
 

@@ -290,7 +290,7 @@ struct OutputSafetyTests {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         let many = try run([bin, "train", "--config", config.path, "--set", "train.threads=\(cores + 1)"])
         #expect(many.status == 0 && many.stderr.contains("compute: \(cores + 1) threads per process, 32-true")
-                && many.stderr.contains("set train.threads to \(cores) or fewer"), "\(many.stderr)")
+                && many.stderr.contains("set train.threads to \(cores)"), "\(many.stderr)")
         let fresh = try lifecycleConfigFile(dir, shards: shards, output: dir.appendingPathComponent("run1"), maxSteps: 1)
         let one = try run([bin, "train", "--config", fresh.path, "--set", "train.threads=1"])
         #expect(one.status == 0 && one.stderr.contains("compute: 1 thread per process, 32-true") && !one.stderr.contains("exceed"), "\(one.stderr)")
@@ -388,7 +388,7 @@ struct OutputSafetyTests {
         let many = try run([bin, "predict", "--run", out.path, "--shards", shards.path, "-o", dir.appendingPathComponent("m.csv").path,
                             "--threads", "\(cores + 1)"])
         #expect(many.status == 0 && many.stderr.contains("compute: \(cores + 1) threads per process")
-                && many.stderr.contains("exceed this node's \(cores) cores") && many.stderr.contains("set --threads to \(cores) or fewer"), "\(many.stderr)")
+                && many.stderr.contains("exceed this node's \(cores) cores") && many.stderr.contains("set --threads to \(cores)"), "\(many.stderr)")
     }
 
     @Test("file errors read as one line naming the path; a file-size limit is an error naming the file, not a silent death; bad values are refused")
