@@ -130,6 +130,34 @@ HD_BF16 static void pair_words_avx512(uint32_t *dst, const float *lo, const floa
     }
     for (; i < count; i++) dst[i] = bf16_bits(lo[i]) | (hi ? bf16_bits(hi[i]) << 16 : 0);
 }
+// 16 floats from src[k * step] (step 1 or 2) for k < n <= 16; lanes past n are zero. Masked loads read nothing
+// past the last element used, so a row at the end of a buffer is safe.
+HD_INLINE HD_BF16 __m512 strided16(const float *src, int n, ptrdiff_t step) {
+    if (step == 1) return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), src);
+    const __m512i evenIdx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const int used = 2 * n - 1;   // src[0 .. 2n - 2]
+    const __mmask16 m0 = (__mmask16)(used >= 16 ? 0xFFFFu : (1u << used) - 1u);
+    const __mmask16 m1 = (__mmask16)(used <= 16 ? 0u : (1u << (used - 16)) - 1u);
+    return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m0, src), evenIdx, _mm512_maskz_loadu_ps(m1, src + 16));
+}
+
+HD_BF16 static void halves_strided_avx512(uint16_t *dst, const float *src, ptrdiff_t n, ptrdiff_t step) {
+    for (ptrdiff_t k = 0; k < n; k += 16) {
+        const int m = n - k < 16 ? (int)(n - k) : 16;
+        __m256i h = (__m256i)_mm512_cvtneps_pbh(strided16(src + k * step, m, step));
+        _mm256_mask_storeu_epi16(dst + k, (__mmask16)((1u << m) - 1u), h);
+    }
+}
+
+HD_BF16 static void pair_words_strided_avx512(uint32_t *dst, const float *lo, const float *hi, ptrdiff_t n, ptrdiff_t step) {
+    for (ptrdiff_t k = 0; k < n; k += 16) {
+        const int m = n - k < 16 ? (int)(n - k) : 16;
+        __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(strided16(lo + k * step, m, step)));
+        __m512i h = hi ? _mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(strided16(hi + k * step, m, step))), 16)
+                       : _mm512_setzero_si512();
+        _mm512_mask_storeu_epi32(dst + k, (__mmask16)((1u << m) - 1u), _mm512_or_si512(l, h));
+    }
+}
 #else
 // Elsewhere (never called: hd_bf16_gemm_available() is 0), the same sums in scalar code.
 void hd_direct_sum_bf16(float *out, ptrdiff_t ldo, int rowBlocks, const void *src_words, const ptrdiff_t *offs, int pairs,
@@ -191,4 +219,26 @@ void hd_bf16_pair_words(void *dst_words, const float *lo, const float *hi, ptrdi
     }
 #endif
     for (ptrdiff_t i = 0; i < count; i++) dst[i] = bf16_bits(lo[i]) | (hi ? bf16_bits(hi[i]) << 16 : 0);
+}
+
+void hd_bf16_halves_strided(void *dst_halves, const float *src, ptrdiff_t n, ptrdiff_t step) {
+    uint16_t *dst = (uint16_t *)dst_halves;
+#if defined(__x86_64__)
+    if (hd_bf16_gemm_available() && (step == 1 || step == 2)) {
+        halves_strided_avx512(dst, src, n, step);
+        return;
+    }
+#endif
+    for (ptrdiff_t k = 0; k < n; k++) dst[k] = (uint16_t)bf16_bits(src[k * step]);
+}
+
+void hd_bf16_pair_words_strided(void *dst_words, const float *lo, const float *hi, ptrdiff_t n, ptrdiff_t step) {
+    uint32_t *dst = (uint32_t *)dst_words;
+#if defined(__x86_64__)
+    if (hd_bf16_gemm_available() && (step == 1 || step == 2)) {
+        pair_words_strided_avx512(dst, lo, hi, n, step);
+        return;
+    }
+#endif
+    for (ptrdiff_t k = 0; k < n; k++) dst[k] = bf16_bits(lo[k * step]) | (hi ? bf16_bits(hi[k * step]) << 16 : 0);
 }

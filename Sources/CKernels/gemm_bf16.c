@@ -27,8 +27,14 @@ void hd_round_bf16(float *dst, long ld_dst, const float *src, long ld_src, long 
 #define HD_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 int hd_bf16_gemm_available(void) {
+    // Asked per row by the grid builders: the answer is kept (every thread computes the same value).
+    static int known = -1;
+    int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (k >= 0) return k;
     int f = hd_cpu_features();
-    return (f & HD_CPU_AVX512BF16) && (f & HD_CPU_AVX512BW) && (f & HD_CPU_AVX512F) && (f & HD_CPU_AVX512VL);
+    k = (f & HD_CPU_AVX512BF16) && (f & HD_CPU_AVX512BW) && (f & HD_CPU_AVX512F) && (f & HD_CPU_AVX512VL);
+    __atomic_store_n(&known, k, __ATOMIC_RELAXED);
+    return k;
 }
 
 // Per-thread packing buffers, grown on demand and kept for the thread's life (the engine's workers live long).

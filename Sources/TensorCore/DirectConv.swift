@@ -1,5 +1,10 @@
 // Direct convolution on grids (Float32, AVX-512): no im2col columns, the input is read in place.
 import CKernels
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// Which algorithm a convolution uses.
 public enum ConvAlgorithm: Sendable, Hashable {
@@ -45,6 +50,10 @@ struct DirectConvPlan {
     let dxCount: Int, dxLd: Int
     /// Whether the padded output gradient, read from (pt, pt), is also the weight gradient's grid.
     let sharesGradient: Bool
+    /// Where each input row of a channel lands in that channel's planes: `count` pixels from `src` (offset in the
+    /// channel's h x w map) every `step`-th one, written from `dst` (offset in its planes) on. A stride-1 row is one
+    /// segment at its padded place; a stride-2 row is two, its even and its odd pixels, each in its column phase.
+    let rowSegments: [(dst: Int, src: Int, count: Int, step: Int)]
 
     init(_ s: Conv2dShape) {
         self.s = s
@@ -99,6 +108,20 @@ struct DirectConvPlan {
         dxLd = (dxCount + 15) / 16 * 16
         // The last channel's reads run up to offset (pt * wd + pt) + dxLd past its first computed row.
         gPadCount = max(s.cOut * gPadStride, (s.cOut - 1) * gPadStride + (dxRowStart + pt) * wd + pt + dxLd) + 16
+
+        var segments: [(dst: Int, src: Int, count: Int, step: Int)] = []
+        if st == 2 {
+            let bEven = s.padW % 2, bOdd = 1 - bEven
+            for y in 0..<s.h {
+                let yp = y + s.padH, a = yp % 2, i = yp / 2
+                let se = slot[a * 2 + bEven], so = slot[a * 2 + bOdd]
+                if se >= 0 { segments.append((se * phaseSize + i * wq + (s.padW - bEven) / 2, y * s.w, (s.w + 1) / 2, 2)) }
+                if so >= 0 && s.w > 1 { segments.append((so * phaseSize + i * wq + (s.padW + 1 - bOdd) / 2, y * s.w + 1, s.w / 2, 2)) }
+            }
+        } else {
+            for y in 0..<s.h { segments.append(((y + s.padH) * wq + s.padW, y * s.w, s.w, 1)) }
+        }
+        rowSegments = segments
     }
 
     static func roundUp8(_ x: Int) -> Int { (x + 7) / 8 * 8 }
@@ -140,7 +163,9 @@ struct DirectConvPlan {
 
     /// Interleaves `channels` float32 maps of `stride` floats (`planes`) in pairs into bfloat16 words: word u of pair
     /// q holds (channel 2q, channel 2q + 1) at u, an odd last channel paired with 0; words from the last pair's end up
-    /// to `count` are zero (the slack the last tiles read).
+    /// to `count` are zero (the slack the last tiles read). With `forwardWords`, the definition of the words layout:
+    /// the kernels' builders (`buildForwardWords`, `padGradientWords`) write the same bits straight from the maps and
+    /// are tested against these two.
     func pairWords(_ words: UnsafeMutablePointer<Float>, planes: UnsafePointer<Float>, channels: Int, stride: Int, count: Int) {
         let pairs = (channels + 1) / 2
         for q in 0..<pairs {
@@ -188,6 +213,72 @@ struct DirectConvPlan {
             filled += channelStride
         }
         if planesCount > filled { (words + filled).update(repeating: 0, count: planesCount - filled) }
+    }
+
+    /// `buildPlanes` then `forwardWords`, bit for bit, without float planes for the channel pairs: each row is
+    /// converted where it lands (`hd_bf16_pair_words_strided`). An odd last channel's float planes are built in
+    /// `scratch` (channelStride + 1 floats).
+    func buildForwardWords(_ words: UnsafeMutableRawPointer, image x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
+        memset(words, 0, 4 * planesCount)
+        let hw = s.h * s.w, evenPairs = s.cIn / 2
+        for q in 0..<evenPairs {
+            let lo = x + 2 * q * hw, hi = lo + hw, dst = words + 4 * q * channelStride
+            for r in rowSegments { hd_bf16_pair_words_strided(dst + 4 * r.dst, lo + r.src, hi + r.src, r.count, r.step) }
+        }
+        if s.cIn % 2 == 1 {
+            scratch.update(repeating: 0, count: channelStride + 1)
+            let c = x + (s.cIn - 1) * hw
+            for r in rowSegments {
+                for k in 0..<r.count { scratch[r.dst + k] = c[r.src + k * r.step] }
+            }
+            hd_bf16_pair_words(words + 4 * evenPairs * channelStride, scratch, scratch + 1, channelStride)
+        }
+    }
+
+    /// `buildPlanes` then `hd_bf16_halves` over `planesCount`, bit for bit, without the float planes.
+    func buildHalves(_ halves: UnsafeMutableRawPointer, image x: UnsafePointer<Float>) {
+        memset(halves, 0, 2 * planesCount)
+        let hw = s.h * s.w
+        for c in 0..<s.cIn {
+            let src = x + c * hw, dst = halves + 2 * c * channelStride
+            for r in rowSegments { hd_bf16_halves_strided(dst + 2 * r.dst, src + r.src, r.count, r.step) }
+        }
+    }
+
+    /// `padGradient` then `hd_bf16_halves` over `gPadCount`, bit for bit.
+    func padGradientHalves(_ halves: UnsafeMutableRawPointer, _ g: UnsafePointer<Float>) {
+        memset(halves, 0, 2 * gPadCount)
+        let plane = s.outPlane
+        for co in 0..<s.cOut {
+            for oy in 0..<s.outH {
+                hd_bf16_halves_strided(halves + 2 * (co * gPadStride + (oy + pt) * wd + pt), g + co * plane + oy * s.outW, s.outW, 1)
+            }
+        }
+    }
+
+    /// `gridGradient` then `hd_bf16_halves` over cOut * outLd, bit for bit.
+    func gridGradientHalves(_ halves: UnsafeMutableRawPointer, _ g: UnsafePointer<Float>) {
+        memset(halves, 0, 2 * s.cOut * outLd)
+        let plane = s.outPlane
+        for co in 0..<s.cOut {
+            for oy in 0..<s.outH {
+                hd_bf16_halves_strided(halves + 2 * (co * outLd + oy * wq), g + co * plane + oy * s.outW, s.outW, 1)
+            }
+        }
+    }
+
+    /// `padGradient` then `pairWords(channels: cOut, stride: gPadStride, count: gPadCount)`, bit for bit: the
+    /// output gradient's channel pairs as words at (pt, pt) of zeroed planes of width wd.
+    func padGradientWords(_ words: UnsafeMutableRawPointer, _ g: UnsafePointer<Float>) {
+        memset(words, 0, 4 * gPadCount)
+        let plane = s.outPlane
+        for q in 0..<(s.cOut + 1) / 2 {
+            let lo = g + 2 * q * plane, hi: UnsafePointer<Float>? = 2 * q + 1 < s.cOut ? lo + plane : nil
+            for oy in 0..<s.outH {
+                hd_bf16_pair_words_strided(words + 4 * (q * gPadStride + (oy + pt) * wd + pt), lo + oy * s.outW,
+                                           hi.map { $0 + oy * s.outW }, s.outW, 1)
+            }
+        }
     }
 
     /// Writes one image's output gradient (cOut, outH, outW) at (pt, pt) of zeroed planes of width wd.
@@ -307,12 +398,12 @@ public enum DirectConv {
                 let words = planes + plan.planesCount
                 let grid = words + wordPlanes
                 for img in (s.n * w / workers)..<(s.n * (w + 1) / workers) {
-                    plan.buildPlanes(planes, image: input + img * inImage)
                     if native {
-                        plan.forwardWords(words, planes: planes)
+                        plan.buildForwardWords(UnsafeMutableRawPointer(words), image: input + img * inImage, scratch: planes)
                         hd_direct_sum_bf16(grid, plan.outLd, Int32(blocks), words, offs.baseAddress!, Int32(pairs), wpack,
                                            Int32(plan.outCount))
                     } else {
+                        plan.buildPlanes(planes, image: input + img * inImage)
                         if bf16 { hd_round_bf16(planes, 0, planes, 0, 1, plan.planesCount) }
                         hd_direct_sum(grid, plan.outLd, Int32(blocks), planes, offs.baseAddress!, Int32(s.k), wpack,
                                       Int32(plan.outCount))
@@ -436,8 +527,19 @@ public enum DirectConv {
                 var first = lo
                 while first < hi {
                     let count = min(group, hi - first)
+                    // Natively the group's planes and gradient grids are written straight in bfloat16 (same layout).
+                    let planesHalves = UnsafeMutableRawPointer(halves), gridsHalves = planesHalves + 2 * count * plan.planesCount
                     for i in 0..<count {
                         let img = first + i, g = gradOutput + img * s.cOut * plane
+                        if native {
+                            plan.buildHalves(planesHalves + 2 * i * plan.planesCount, image: input + img * inImage)
+                            if plan.sharesGradient {
+                                plan.padGradientHalves(gridsHalves + 2 * (i * gSlot + lead), g)
+                            } else {
+                                plan.gridGradientHalves(gridsHalves + 2 * i * gSlot, g)
+                            }
+                            continue
+                        }
                         plan.buildPlanes(planes + i * plan.planesCount, image: input + img * inImage)
                         if plan.sharesGradient {
                             plan.padGradient(grids + i * gSlot + lead, g)
@@ -446,11 +548,7 @@ public enum DirectConv {
                         }
                     }
                     // Weight gradient, in chunks of positions.
-                    let planesHalves = UnsafeMutableRawPointer(halves), gridsHalves = planesHalves + 2 * count * plan.planesCount
-                    if native {
-                        hd_bf16_halves(planesHalves, planes, count * plan.planesCount)
-                        hd_bf16_halves(gridsHalves, grids, count * gSlot)
-                    } else if bf16 {
+                    if bf16 && !native {
                         hd_round_bf16(planes, 0, planes, 0, 1, count * plan.planesCount)
                         hd_round_bf16(grids, 0, grids, 0, 1, count * gSlot)
                     }
@@ -468,20 +566,20 @@ public enum DirectConv {
                     }
                     if let gradInput {
                         for i in 0..<count {
-                            let img = first + i
-                            let gPad: UnsafeMutablePointer<Float>
-                            if plan.sharesGradient {
-                                gPad = grids + i * gSlot + lead
-                            } else {
-                                gPad = ownPad + lead
-                                plan.padGradient(gPad, gradOutput + img * s.cOut * plane)
-                            }
-                            var source = gPad
+                            let img = first + i, g = gradOutput + img * s.cOut * plane
+                            let source: UnsafeMutablePointer<Float>
                             if native {
                                 source = bf16Pad + lead
-                                plan.pairWords(source, planes: gPad, channels: s.cOut, stride: plan.gPadStride, count: plan.gPadCount)
-                            } else if bf16 {
-                                hd_round_bf16(gPad, 0, gPad, 0, 1, plan.gPadCount)   // no other reader after the weight gradient
+                                plan.padGradientWords(UnsafeMutableRawPointer(source), g)
+                            } else {
+                                if plan.sharesGradient {
+                                    source = grids + i * gSlot + lead
+                                } else {
+                                    source = ownPad + lead
+                                    plan.padGradient(source, g)
+                                }
+                                // No other reader after the weight gradient.
+                                if bf16 { hd_round_bf16(source, 0, source, 0, 1, plan.gPadCount) }
                             }
                             inputGradient(gradInput + img * inImage, plan: plan, gPad: source, dxGrid: dxGrid,
                                           packs: scratch, packOffsets: packOffsets, phaseOffsets: phaseOffsets,

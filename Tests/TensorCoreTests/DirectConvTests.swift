@@ -1,6 +1,7 @@
 // The direct convolution (AVX-512) against im2col + GEMM, which is gradient-checked and matched to PyTorch.
 import Testing
 @testable import TensorCore
+import CKernels
 
 /// A conv geometry for the comparison: (n, cIn, h, w, cOut, kernel (h, w), stride, padding (h, w)).
 struct DirectCase: CustomStringConvertible, Sendable {
@@ -74,6 +75,88 @@ struct DirectConvTests {
         }
         #expect(relativeError(results[1], results[0]) < 2e-5)
         #expect(results[1].contains { $0 != 0 })
+    }
+
+    @Test("bfloat16 grids written straight from the maps equal the float32 grids converted, bit for bit (input words and halves, gradient grids, halves and words)",
+          arguments: directCases + [DirectCase(n: 1, cIn: 3, h: 40, w: 40, cOut: 32, k: (7, 7), stride: 2, pad: (3, 3)),
+                                    DirectCase(n: 1, cIn: 4, h: 48, w: 47, cOut: 7, k: (3, 3), stride: 1, pad: (1, 1))])
+    func bf16GridsAsConverted(_ c: DirectCase) {
+        let s = c.shape, plan = DirectConvPlan(s)
+        var rng = SeededRNG(seed: 8)
+        // Values that need rounding, ties, signed zeros and a NaN.
+        var xs = rng.values(s.cIn * s.h * s.w).map { Float($0) * 3 }
+        var gs = rng.values(s.cOut * s.outPlane).map { Float($0) }
+        xs[0] = -0.0; xs[xs.count - 1] = Float(bitPattern: 0x3F80_8000); xs[xs.count / 2] = .nan
+        gs[0] = -0.0; gs[gs.count - 1] = Float(bitPattern: 0x3F81_8000)
+        let x = Buffer<Float>(xs), g = Buffer<Float>(gs)
+        func bits<T>(_ raw: UnsafeMutableRawPointer, _ count: Int, as _: T.Type) -> [T] {
+            Array(UnsafeBufferPointer(start: raw.bindMemory(to: T.self, capacity: count), count: count))
+        }
+        // Garbage first: everything the builders leave must be written by them.
+        func garbage(_ count: Int) -> Buffer<Float> { Buffer<Float>([Float](repeating: Float(bitPattern: 0x7FC1_2345), count: count)) }
+
+        let planes = garbage(plan.planesCount), words = garbage(plan.planesCount), direct = garbage(plan.planesCount)
+        let scratch = garbage(plan.channelStride + 1)
+        plan.buildPlanes(planes.pointer, image: x.pointer)
+        plan.forwardWords(words.pointer, planes: planes.pointer)
+        plan.buildForwardWords(UnsafeMutableRawPointer(direct.pointer), image: x.pointer, scratch: scratch.pointer)
+        #expect(bits(UnsafeMutableRawPointer(direct.pointer), plan.planesCount, as: UInt32.self)
+                == bits(UnsafeMutableRawPointer(words.pointer), plan.planesCount, as: UInt32.self), "input words of \(s)")
+
+        let halves = garbage(plan.planesCount), directHalves = garbage(plan.planesCount)
+        hd_bf16_halves(halves.pointer, planes.pointer, plan.planesCount)
+        plan.buildHalves(UnsafeMutableRawPointer(directHalves.pointer), image: x.pointer)
+        #expect(bits(UnsafeMutableRawPointer(directHalves.pointer), plan.planesCount, as: UInt16.self)
+                == bits(UnsafeMutableRawPointer(halves.pointer), plan.planesCount, as: UInt16.self), "input halves of \(s)")
+
+        let pad = garbage(plan.gPadCount), padHalves = garbage(plan.gPadCount), directPad = garbage(plan.gPadCount)
+        plan.padGradient(pad.pointer, g.pointer)
+        hd_bf16_halves(padHalves.pointer, pad.pointer, plan.gPadCount)
+        plan.padGradientHalves(UnsafeMutableRawPointer(directPad.pointer), g.pointer)
+        #expect(bits(UnsafeMutableRawPointer(directPad.pointer), plan.gPadCount, as: UInt16.self)
+                == bits(UnsafeMutableRawPointer(padHalves.pointer), plan.gPadCount, as: UInt16.self), "padded gradient halves of \(s)")
+
+        let padWords = garbage(plan.gPadCount), directWords = garbage(plan.gPadCount)
+        plan.pairWords(padWords.pointer, planes: pad.pointer, channels: s.cOut, stride: plan.gPadStride, count: plan.gPadCount)
+        plan.padGradientWords(UnsafeMutableRawPointer(directWords.pointer), g.pointer)
+        #expect(bits(UnsafeMutableRawPointer(directWords.pointer), plan.gPadCount, as: UInt32.self)
+                == bits(UnsafeMutableRawPointer(padWords.pointer), plan.gPadCount, as: UInt32.self), "padded gradient words of \(s)")
+
+        let gridCount = s.cOut * plan.outLd
+        let grid = garbage(gridCount), gridHalves = garbage(gridCount), directGrid = garbage(gridCount)
+        plan.gridGradient(grid.pointer, g.pointer)
+        hd_bf16_halves(gridHalves.pointer, grid.pointer, gridCount)
+        plan.gridGradientHalves(UnsafeMutableRawPointer(directGrid.pointer), g.pointer)
+        #expect(bits(UnsafeMutableRawPointer(directGrid.pointer), gridCount, as: UInt16.self)
+                == bits(UnsafeMutableRawPointer(gridHalves.pointer), gridCount, as: UInt16.self), "gradient grid halves of \(s)")
+    }
+
+    @Test("strided bfloat16 conversions: every length and step 1-3 equal the one-value rounding, reading nothing past the last element used")
+    func stridedConversions() {
+        var rng = SeededRNG(seed: 3)
+        for step in 1...3 {
+            for n in 0...40 {
+                // The last element used is the buffer's last: a read past it would touch unmapped memory only by luck,
+                // so the values past it are checked instead by giving them NaN and expecting no NaN out.
+                let used = n == 0 ? 0 : (n - 1) * step + 1
+                let lo = rng.values(used).map { Float($0) * 5 }, hi = rng.values(used).map { Float($0) }
+                let loBuf = Buffer<Float>(lo + [Float](repeating: .nan, count: 40)), hiBuf = Buffer<Float>(hi + [Float](repeating: .nan, count: 40))
+                var halves = [UInt16](repeating: 0xABCD, count: n + 16), words = [UInt32](repeating: 0xABCD_ABCD, count: n + 16)
+                hd_bf16_halves_strided(&halves, loBuf.pointer, n, step)
+                hd_bf16_pair_words_strided(&words, loBuf.pointer, hiBuf.pointer, n, step)
+                for k in 0..<n {
+                    let l = BF16GEMM.round(lo[k * step]).bitPattern >> 16, h = BF16GEMM.round(hi[k * step]).bitPattern >> 16
+                    #expect(halves[k] == UInt16(l), "step \(step), n \(n), k \(k)")
+                    #expect(words[k] == l | h << 16, "step \(step), n \(n), k \(k)")
+                }
+                #expect(halves[n...].allSatisfy { $0 == 0xABCD } && words[n...].allSatisfy { $0 == 0xABCD_ABCD },
+                        "nothing written past n = \(n), step \(step)")
+            }
+        }
+        var lows = [UInt32](repeating: 1, count: 20)
+        let ones = Buffer<Float>([Float](repeating: 1, count: 20))
+        hd_bf16_pair_words_strided(&lows, ones.pointer, nil, 20, 1)
+        #expect(lows.allSatisfy { $0 == 0x3F80 }, "no high source: upper halves 0")
     }
 
     @Test("automatic choice: direct on wide maps, im2col + GEMM on narrow maps, pointwise convs and Double")

@@ -49,6 +49,13 @@ void hd_direct_wgrad_bf16(float *dw, ptrdiff_t ldw, int rows, int pairs,
                           int images, int count);
 /// dst[i] = bf16(src[i]) (16 bits each) for i < count, rounded as VCVTNEPS2BF16 does. Any CPU.
 void hd_bf16_halves(void *dst, const float *src, ptrdiff_t count);
+/// dst[k] = bf16(src[k * step]) (16 bits each) for k < n, rounded as hd_bf16_halves: a row of a feature map converted
+/// where it lands in a bfloat16 grid (step 2: the even elements, one stride-2 phase). Reads src[0 .. (n - 1) * step]
+/// only. Any CPU, any step >= 1 (AVX512-BF16 for steps 1 and 2).
+void hd_bf16_halves_strided(void *dst, const float *src, ptrdiff_t n, ptrdiff_t step);
+/// dst[k] = bf16(lo[k * step]) | bf16(hi[k * step]) << 16 for k < n (hi may be NULL: upper halves 0), as
+/// hd_bf16_pair_words; reads lo and hi up to index (n - 1) * step only. Any CPU, any step >= 1.
+void hd_bf16_pair_words_strided(void *dst, const float *lo, const float *hi, ptrdiff_t n, ptrdiff_t step);
 /// even[k] = src[2k] for 2k < n and odd[k] = src[2k + 1] for 2k + 1 < n (either may be NULL: not written).
 void hd_deinterleave(const float *src, ptrdiff_t n, float *even, float *odd);
 
