@@ -1,5 +1,6 @@
-// 2-D convolution (NCHW, any kernel, stride and padding, optional bias), forward and backward: im2col + GEMM, or the
-// direct kernel of DirectConv.swift where it runs and is faster (`ConvAlgorithm`).
+// 2-D convolution (NCHW, any kernel, stride and padding, optional bias), forward and backward: im2col + GEMM, the
+// direct kernel of DirectConv.swift where it runs and is faster, or on maps smaller than the kernel the dense layer of
+// DenseConv.swift (`ConvAlgorithm`).
 import CKernels
 
 /// Geometry of a convolution: input (n, cIn, h, w), weight (cOut, cIn, kh, kw), output (n, cOut, outH, outW).
@@ -167,6 +168,10 @@ public enum Conv2d {
             return
         }
         let bf16 = T.self == Float.self && usesBF16(s)   // read here, not in the workers: it may be task-local
+        if DenseConv.chooses(algorithm, s) {
+            DenseConv.forward(output: output, input: input, weight: weight, bias: bias, shape: s, workspace: workspace, bf16: bf16)
+            return
+        }
         let plan = forwardPlan(s, tiling: tiling)
         let workers = plan.count
         let maxColumns = plan.joined().map(\.count).max() ?? 0
@@ -265,6 +270,11 @@ public enum Conv2d {
             return
         }
         let bf16 = T.self == Float.self && usesBF16(s)   // read here, not in the workers: it may be task-local
+        if DenseConv.chooses(algorithm, s) {
+            DenseConv.backward(gradInput: gradInput, gradWeight: gradWeight, gradOutput: gradOutput, input: input,
+                               weight: weight, shape: s, workspace: workspace, bf16: bf16)
+            return
+        }
         // Workers own disjoint images, so their input gradients never overlap.
         let workers = min(Parallel.width, s.n)
         let plan = assignment(s, workers: workers, tiling: tiling)

@@ -8,7 +8,8 @@ import Darwin
 
 /// Which algorithm a convolution uses.
 public enum ConvAlgorithm: Sendable, Hashable {
-    /// The direct kernel where it is available and measured faster (`DirectConv.chooses`), else im2col + GEMM.
+    /// The direct kernel where it is available and measured faster (`DirectConv.chooses`), the dense-layer form on maps
+    /// of fewer positions than kernel taps (`DenseConv.chooses`), else im2col + GEMM.
     case automatic
     /// im2col + GEMM (any element type, any geometry).
     case im2colGEMM
