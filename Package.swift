@@ -39,7 +39,7 @@ let package = Package(
         // Tile shards: format, writer, reader, image folders, whole-slide images. The only module that uses zstd,
         // image codecs and OpenSlide.
         // CSV files (manifests in, predictions out) through yaslab/CSV.swift.
-        .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "COpenSlide", "TensorCore", .product(name: "CSV", package: "CSV.swift")]),
+        .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "COpenSlide", "CKernels", "TensorCore", .product(name: "CSV", package: "CSV.swift")]),
 
         // C kernels: the direct convolution's AVX-512 micro-kernels (runtime check), and branch-free elementwise,
         // pooling and optimizer loops built for AVX-512 / AVX2 / baseline (picked at load time).

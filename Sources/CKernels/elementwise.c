@@ -14,6 +14,50 @@ void hd_relu_forward(float *y, const float *x, ptrdiff_t n) {
 }
 
 HD_CLONES
+void hd_rgb_unit_planes(const uint8_t *restrict rgb, ptrdiff_t n, float *restrict r, float *restrict g, float *restrict b) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        r[i] = (float)rgb[3 * i] / 255.0f;
+        g[i] = (float)rgb[3 * i + 1] / 255.0f;
+        b[i] = (float)rgb[3 * i + 2] / 255.0f;
+    }
+}
+
+// 16 output pixels at a time, their sums side by side in one vector (a gather of stride f per block element), each
+// pixel's block summed row by row, left to right, as a single float would.
+HD_CLONES
+void hd_area_downsample(const float *restrict x, int width, int height, int f, float *restrict out) {
+    const int ow = width / f, oh = height / f;
+    const float inv = 1.0f / (float)(f * f);
+    for (int c = 0; c < 3; c++) {
+        const float *src = x + (ptrdiff_t)c * width * height;
+        float *dst = out + (ptrdiff_t)c * ow * oh;
+        for (int oy = 0; oy < oh; oy++) {
+            int ox0 = 0;
+            for (; ox0 + 16 <= ow; ox0 += 16) {
+                float s[16] = {0};
+                for (int dy = 0; dy < f; dy++) {
+                    const float *row = src + (ptrdiff_t)(oy * f + dy) * width + (ptrdiff_t)ox0 * f;
+                    for (int dx = 0; dx < f; dx++)
+                        for (int i = 0; i < 16; i++) s[i] += row[i * f + dx];
+                }
+                for (int i = 0; i < 16; i++) dst[oy * ow + ox0 + i] = s[i] * inv;
+            }
+            const int m = ow - ox0;
+            if (m > 0) {
+                float s[16] = {0};
+                for (int dy = 0; dy < f; dy++) {
+                    const float *row = src + (ptrdiff_t)(oy * f + dy) * width + (ptrdiff_t)ox0 * f;
+                    for (int dx = 0; dx < f; dx++)
+                        for (int i = 0; i < 16; i++)
+                            if (i < m) s[i] += row[i * f + dx];
+                }
+                for (int i = 0; i < m; i++) dst[oy * ow + ox0 + i] = s[i] * inv;
+            }
+        }
+    }
+}
+
+HD_CLONES
 void hd_relu_backward_add(float *restrict dx, const float *restrict dy, const float *restrict y, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
 }

@@ -1,6 +1,7 @@
 // Paired augmentation for distillation: the same flips, 90-degree rotation and colour jitter (torchvision
 // ColorJitter semantics) on the high-resolution tile, then the low-resolution tile by area downsampling of the
 // augmented one, then per-channel normalisation. Images are float CHW in [0, 1] until normalised.
+import CKernels
 import Foundation
 import TensorCore
 
@@ -344,6 +345,10 @@ public struct PairedTransform: Sendable {
                 // Along an output row the source pixel moves by a fixed step: the row's first source pixel and that step.
                 let (start, step) = symmetry.row(y, width: width, height: height)
                 let r = hr + y * width, g = r + plane, b = g + plane
+                if step == 1 {
+                    hd_rgb_unit_planes(rgb + start * 3, width, r, g, b)
+                    continue
+                }
                 var s = start * 3
                 let step3 = step * 3
                 for x in 0..<width {
@@ -387,22 +392,11 @@ public struct PairedTransform: Sendable {
 /// Area (box) downsampling by an integer factor: each output pixel is the mean of a factor x factor block
 /// (PyTorch's `interpolate(mode="area")` and `avg_pool2d(factor)` for sizes divisible by the factor).
 public enum AreaDownsample {
+    /// Each output pixel's block is summed row by row, left to right, then scaled by 1 / factor^2 (`hd_area_downsample`:
+    /// 16 output pixels' sums side by side, every pixel's own order that of one float accumulator).
     public static func apply(_ x: UnsafePointer<Float>, width: Int, height: Int, factor f: Int, into out: UnsafeMutablePointer<Float>) {
         precondition(width % f == 0 && height % f == 0, "AreaDownsample: \(width)x\(height) is not divisible by \(f)")
-        let ow = width / f, oh = height / f, inv = 1 / Float(f * f)
-        for c in 0..<3 {
-            let src = x + c * width * height, dst = out + c * ow * oh
-            for oy in 0..<oh {
-                for ox in 0..<ow {
-                    var s: Float = 0
-                    for dy in 0..<f {
-                        let row = src + (oy * f + dy) * width + ox * f
-                        for dx in 0..<f { s += row[dx] }
-                    }
-                    dst[oy * ow + ox] = s * inv
-                }
-            }
-        }
+        hd_area_downsample(x, Int32(width), Int32(height), Int32(f), out)
     }
 }
 

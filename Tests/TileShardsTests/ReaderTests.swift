@@ -135,6 +135,50 @@ struct AugmentTests {
         #expect(maxAbs(out, AugmentFixtures.floats("area_\(f)")) < 1e-6)
     }
 
+    @Test("area downsampling sums each block row by row, left to right, then scales: bit for bit, every factor, non-square images")
+    func areaOrder() {
+        var g = SplitMix64(seed: 9)
+        for f in [1, 2, 4, 8, 16] {
+            let width = 48, height = 32
+            let x = (0..<(3 * width * height)).map { _ in Float(g.next() % 1_000_003) / 997 }
+            let ow = width / f, oh = height / f
+            var out = [Float](repeating: .nan, count: 3 * ow * oh), expected = out
+            for c in 0..<3 {
+                for oy in 0..<oh {
+                    for ox in 0..<ow {
+                        var s: Float = 0
+                        for dy in 0..<f { for dx in 0..<f { s += x[c * width * height + (oy * f + dy) * width + ox * f + dx] } }
+                        expected[c * ow * oh + oy * ow + ox] = s * (1 / Float(f * f))
+                    }
+                }
+            }
+            x.withUnsafeBufferPointer { AreaDownsample.apply($0.baseAddress!, width: width, height: height, factor: f, into: &out) }
+            #expect(out.map(\.bitPattern) == expected.map(\.bitPattern), "factor \(f)")
+        }
+    }
+
+    @Test("bytes to floats: every flip and rotation puts Float(v) / 255 of the right pixel and channel in each plane, bit for bit (the contiguous rows through the C kernel, the others in Swift)")
+    func unitPlanes() {
+        var g = SplitMix64(seed: 4)
+        let edge = 37   // odd: vector tails
+        let rgb = (0..<(edge * edge * 3)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+        let t = PairedTransform(augment: AugmentOptions(), factor: 1)
+        for symmetry in SquareSymmetry.dihedral {
+            var draw = AugmentDraw()
+            draw.hflip = symmetry.hflip; draw.vflip = symmetry.vflip; draw.rotations = symmetry.rotations
+            var hr = [Float](repeating: .nan, count: 3 * edge * edge)
+            rgb.withUnsafeBufferPointer { t.apply(rgb: $0.baseAddress!, width: edge, height: edge, draw: draw, hr: &hr, lr: nil) }
+            var expected = hr
+            for y in 0..<edge {
+                for x in 0..<edge {
+                    let src = symmetry.source(y: y, x: x, width: edge, height: edge)
+                    for c in 0..<3 { expected[c * edge * edge + y * edge + x] = Float(rgb[src * 3 + c]) / 255 }
+                }
+            }
+            #expect(hr.map(\.bitPattern) == expected.map(\.bitPattern), "\(symmetry)")
+        }
+    }
+
     @Test("the LR tile is the area-downsampled augmented HR tile; flips and rotations keep every pixel")
     func pairing() {
         var g = SplitMix64(seed: 3)

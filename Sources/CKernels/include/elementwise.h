@@ -17,6 +17,14 @@ extern "C" {
 /// y[i] = x[i] < 0 ? 0 : x[i] (NaN stays NaN, as torch.relu). `y` may be `x`.
 void hd_relu_forward(float *y, const float *x, ptrdiff_t n);
 
+/// n interleaved RGB bytes to three float planes in [0, 1]: r[i] = rgb[3i] / 255 (an IEEE division, the bits of
+/// Swift's Float(v) / 255), g from rgb[3i + 1], b from rgb[3i + 2]. A tile row as the data pipeline converts it.
+void hd_rgb_unit_planes(const uint8_t *rgb, ptrdiff_t n, float *r, float *g, float *b);
+
+/// Area downsampling of a float CHW image (3, height, width) by f (width and height divisible by f): out (3, height/f,
+/// width/f) = each f x f block summed row by row, left to right, times 1 / f^2 (as one float accumulator would).
+void hd_area_downsample(const float *x, int width, int height, int f, float *out);
+
 /// dx[i] += y[i] > 0 ? dy[i] : 0, where y is the ReLU's output. `dx` must not overlap `dy` or `y`.
 void hd_relu_backward_add(float *dx, const float *dy, const float *y, ptrdiff_t n);
 
