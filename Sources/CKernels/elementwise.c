@@ -22,6 +22,27 @@ void hd_rgb_unit_planes(const uint8_t *restrict rgb, ptrdiff_t n, float *restric
     }
 }
 
+// A row's three channels at a time: three running sums side by side, each pixel's bytes written together. Scalar on
+// purpose (vectorised, the compiler gathers and scatters, slower than this).
+HD_CLONES
+void hd_planar_delta_decode(const uint8_t *restrict filtered, ptrdiff_t width, ptrdiff_t height, uint8_t *restrict rgb) {
+    const ptrdiff_t plane = width * height;
+    for (ptrdiff_t y = 0; y < height; y++) {
+        const uint8_t *r = filtered + y * width, *g = r + plane, *b = g + plane;
+        uint8_t *out = rgb + y * width * 3;
+        uint8_t pr = 0, pg = 0, pb = 0;
+#pragma clang loop vectorize(disable) interleave(disable)
+        for (ptrdiff_t x = 0; x < width; x++) {
+            pr = (uint8_t)(pr + r[x]);
+            pg = (uint8_t)(pg + g[x]);
+            pb = (uint8_t)(pb + b[x]);
+            out[3 * x] = pr;
+            out[3 * x + 1] = pg;
+            out[3 * x + 2] = pb;
+        }
+    }
+}
+
 // 16 output pixels at a time, their sums side by side in one vector (a gather of stride f per block element), each
 // pixel's block summed row by row, left to right, as a single float would.
 HD_CLONES

@@ -1,4 +1,5 @@
 // The tile shard format (docs/shard-format.md): constants, index entries, metadata, errors.
+import CKernels
 import Foundation
 
 /// A shard that cannot be read or written, naming the file and, where it applies, the tile, with a hint.
@@ -128,19 +129,8 @@ enum Filters {
         }
     }
 
-    /// The inverse of `encode`.
+    /// The inverse of `encode` (`hd_planar_delta_decode`: a row's three channels at a time).
     static func decode(_ filtered: UnsafePointer<UInt8>, width: Int, height: Int, into rgb: UnsafeMutablePointer<UInt8>) {
-        let plane = width * height
-        for c in 0..<3 {
-            let src = filtered + c * plane
-            for y in 0..<height {
-                var prev: UInt8 = 0
-                for x in 0..<width {
-                    let v = x == 0 ? src[y * width] : src[y * width + x] &+ prev
-                    rgb[(y * width + x) * 3 + c] = v
-                    prev = v
-                }
-            }
-        }
+        hd_planar_delta_decode(filtered, width, height, rgb)
     }
 }

@@ -75,6 +75,24 @@ struct ShardTests {
         }
     }
 
+    @Test("planar-delta filter: decode undoes encode on every size, rows not a multiple of four and one-pixel rows included, and matches the row-by-row definition")
+    func planarDelta() {
+        var g = SplitMix64(seed: 12)
+        for (width, height) in [(1, 1), (1, 7), (5, 1), (13, 6), (224, 224), (17, 9)] {
+            let rgb = (0..<(width * height * 3)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+            var filtered = [UInt8](repeating: 0, count: rgb.count), back = [UInt8](repeating: 7, count: rgb.count)
+            rgb.withUnsafeBufferPointer { Filters.encode($0.baseAddress!, width: width, height: height, into: &filtered) }
+            filtered.withUnsafeBufferPointer { Filters.decode($0.baseAddress!, width: width, height: height, into: &back) }
+            #expect(back == rgb, "\(width)x\(height)")
+            // The definition: plane c, row y holds v(x) - v(x - 1) mod 256, the first byte as is.
+            let plane = width * height
+            for c in 0..<3 { for y in 0..<height { for x in 0..<width {
+                let v = rgb[(y * width + x) * 3 + c], before = x == 0 ? 0 : rgb[(y * width + x - 1) * 3 + c]
+                #expect(filtered[c * plane + y * width + x] == v &- before)
+            } } }
+        }
+    }
+
     @Test("pack then read: pixels, labels, sources and metadata round-trip", arguments: PixelFilter.allCases)
     func roundTrip(_ filter: PixelFilter) throws {
         let dir = try TemporaryDirectory()

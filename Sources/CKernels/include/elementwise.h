@@ -25,6 +25,10 @@ void hd_rgb_unit_planes(const uint8_t *rgb, ptrdiff_t n, float *r, float *g, flo
 /// width/f) = each f x f block summed row by row, left to right, times 1 / f^2 (as one float accumulator would).
 void hd_area_downsample(const float *x, int width, int height, int f, float *out);
 
+/// The shards' planar-delta filter undone: filtered holds three planes (width x height) of row deltas (each row's
+/// first byte as is, then v[x] - v[x - 1] mod 256); rgb gets the interleaved pixels (v of plane c at 3 * pixel + c).
+void hd_planar_delta_decode(const uint8_t *filtered, ptrdiff_t width, ptrdiff_t height, uint8_t *rgb);
+
 /// dx[i] += y[i] > 0 ? dy[i] : 0, where y is the ReLU's output. `dx` must not overlap `dy` or `y`.
 void hd_relu_backward_add(float *dx, const float *dy, const float *y, ptrdiff_t n);
 
