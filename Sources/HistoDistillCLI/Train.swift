@@ -64,10 +64,12 @@ struct Train: ParsableCommand {
 
 struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Distill a low-resolution student from a frozen full-resolution teacher (KD + pixel loss, labels optional).",
+        abstract: "Distill a low-resolution student from a frozen higher-resolution teacher (KD + pixel loss, labels optional).",
         discussion: """
             The config's distill section names the teacher's run directory; the student sees tiles downsampled by \
-            data.input_factor, the teacher the same augmented tiles at full resolution. Loss: kd_weight * KL(T) + \
+            data.input_factor, the teacher the same augmented tiles at full resolution (a teacher trained on \
+            downsampled tiles, a "teacher assistant", sees them downsampled as in its own run; the student must be \
+            coarser). Loss: kd_weight * KL(T) + \
             pixel_weight * L1/L2(student map, teacher map resized by maxpool, bicubic or both) + ce_weight * CE. \
             Several --config files distill several students (e.g. 56 and 28 px) from the same teacher in one pass: \
             the tiles are read and augmented once and the teacher runs once per batch; each student gets its own \

@@ -19,7 +19,8 @@ public struct StepInput {
     /// What the trained model sees: (count, 3, edge, edge), normalised.
     public var images: UnsafePointer<Float>
     public var edge: Int
-    /// The same tiles at full resolution (count, 3, teacherEdge, teacherEdge) for a teacher, or nil.
+    /// The same tiles as the teacher sees them (count, 3, teacherEdge, teacherEdge): full resolution, or downsampled
+    /// by the teacher run's own input factor; nil without a teacher.
     public var teacherImages: UnsafePointer<Float>?
     public var teacherEdge: Int
     /// Class index per tile, -1 for unlabeled (count).
@@ -38,14 +39,17 @@ public struct StepInput {
 }
 
 extension LoadedBatch {
-    /// Calls `body` with this batch as a step input for a model that sees tiles downsampled `inputFactor` times
-    /// (the teacher's view is always the full-resolution tiles).
-    public func withStepInput<R>(inputFactor: Int, _ body: (StepInput) throws -> R) rethrows -> R {
+    /// Calls `body` with this batch as a step input for a model that sees tiles downsampled `inputFactor` times and a
+    /// teacher that sees them downsampled `teacherFactor` times (1: the full-resolution tiles; any other factor must be
+    /// one of the batch's views, `BatchLoader`'s `extraFactors`).
+    public func withStepInput<R>(inputFactor: Int, teacherFactor: Int = 1, _ body: (StepInput) throws -> R) rethrows -> R {
         let view = modelView(inputFactor: inputFactor)
+        let teacherView = modelView(inputFactor: teacherFactor)
+        precondition(teacherView.edge * teacherFactor == size, "withStepInput: the batch has no view downsampled \(teacherFactor)x for the teacher")
         return try view.tiles.withUnsafeBufferPointer { s in
-            try hr.withUnsafeBufferPointer { t in
+            try teacherView.tiles.withUnsafeBufferPointer { t in
                 try labels.withUnsafeBufferPointer { l in
-                    try body(StepInput(images: s.baseAddress!, edge: view.edge, teacherImages: t.baseAddress, teacherEdge: size,
+                    try body(StepInput(images: s.baseAddress!, edge: view.edge, teacherImages: t.baseAddress, teacherEdge: teacherView.edge,
                                        labels: l.baseAddress!, count: count))
                 }
             }

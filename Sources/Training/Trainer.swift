@@ -101,8 +101,11 @@ public final class SupervisedTrainer {
     public let runDirectory: RunDirectory
     /// What the run says about itself (run.json and the weights files' metadata).
     public let metadata: RunMetadata
-    /// The frozen teacher of a distillation run (sees the full-resolution tiles), or nil.
+    /// The frozen teacher of a distillation run, or nil.
     public let teacher: (any ImageModel)?
+    /// How many times the teacher's view is downsampled from the augmented tile: 1 (full resolution) for a teacher
+    /// trained on full-resolution tiles, else the teacher run's own `data.input_factor` (a teacher assistant).
+    public let teacherFactor: Int
     /// The ranks of this job (a single process by default).
     public let group: any ProcessGroup
     let writer: String
@@ -239,9 +242,6 @@ public final class SupervisedTrainer {
                     throw TrainingError("\(teacherKey): \(e.message)")
                 }
             }
-            guard trained.metadata.inputFactor == 1 else {
-                throw TrainingError("\(teacherKey) trained on tiles downsampled \(trained.metadata.inputFactor)x; the teacher must see full-resolution tiles (input_factor 1)")
-            }
             guard trained.model.classes > 0 else {
                 throw TrainingError("teacher weights \(trained.weights.path) have no classifier (fc.weight). Hint: give the teacher run's best.safetensors.")
             }
@@ -253,6 +253,14 @@ public final class SupervisedTrainer {
             }
             guard config.inputFactor > 1 else {
                 throw TrainingError("data.input_factor is 1: a distilled student must see tiles downsampled 2, 4, 8 or 16x")
+            }
+            // A teacher trained on downsampled tiles (a teacher assistant, Mirzadeh et al. 2020) sees the tiles
+            // downsampled as in its own run; the student must see them coarser still.
+            guard trained.metadata.inputFactor < config.inputFactor else {
+                throw TrainingError("the teacher (\(teacherKey)) was trained on tiles downsampled \(trained.metadata.inputFactor)x and sees them so here, but data.input_factor \(config.inputFactor) would give the student as many pixels or more: resolution-based distillation teaches a coarser student. Hint: set data.input_factor above \(trained.metadata.inputFactor), or distill from a teacher trained at a higher resolution.")
+            }
+            guard train.tileSize % trained.metadata.inputFactor == 0 else {
+                throw TrainingError("the teacher (\(teacherKey)) sees tiles downsampled \(trained.metadata.inputFactor)x, which does not divide data.train's \(train.tileSize) px tiles. Hint: distill on shards packed at a tile size divisible by \(trained.metadata.inputFactor).")
             }
             if let teacherScale = trained.metadata.tileMicronsPerPixel {
                 for (what, scale) in Self.scales(train) where abs(scale - teacherScale) > 0.02 * teacherScale {
@@ -266,6 +274,7 @@ public final class SupervisedTrainer {
                 throw TrainingError("the teacher (\(teacherKey)) was trained on \(size) px tiles, data.train holds \(train.tileSize) px tiles. Hint: distill on shards packed at the teacher's tile size (and magnification).")
             }
             teacher = trained.model
+            teacherFactor = trained.metadata.inputFactor
             teacherDigest = trained.digest
             // The teacher sees the tiles as its own run prepared them (its mean and std), whatever the student's are.
             var source: any TeacherSource = FrozenTeacher(trained.model)
@@ -283,6 +292,7 @@ public final class SupervisedTrainer {
             stepper = DataParallelStep(objective: DistillationStep(student: network, teacher: source, objective: objective), group: group)
         } else {
             teacher = nil
+            teacherFactor = 1
             teacherDigest = nil
             stepper = DataParallelStep(objective: SupervisedStep(model: network, labelSmoothing: config.labelSmoothing), group: group)
         }
@@ -404,7 +414,7 @@ public final class SupervisedTrainer {
             do {
                 return try BatchLoader(dataset: train, transform: transform, seed: config.seed, globalBatch: config.batchSize, rank: group.rank,
                                        worldSize: group.size, cursor: loop.cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
-                                       workers: config.workers, extraFactors: extraFactors)
+                                       workers: config.workers, extraFactors: extraFactors + (teacherFactor > 1 ? [teacherFactor] : []))
             } catch let e as ShardError {
                 throw TrainingError("data.train (\(config.trainShards)): \(e.message)")
             }
@@ -423,7 +433,7 @@ public final class SupervisedTrainer {
             try trace.write(contentsOf: Data(batch.samples.map { "\(batch.epoch)\t\(batch.step)\t\($0)\n" }.joined().utf8))
         }
         let lr = loop.schedule.rate(base: config.lr, step: loop.step, epoch: batch.epoch)
-        let global = try batch.withStepInput(inputFactor: config.inputFactor) { input in
+        let global = try batch.withStepInput(inputFactor: config.inputFactor, teacherFactor: teacherFactor) { input in
             try stepper.step(input, optimizer: optimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm, skipped: batch.skipped.count)
         }
         var divergence = global.divergence

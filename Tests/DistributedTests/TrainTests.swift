@@ -306,6 +306,65 @@ struct DistillTests {
         #expect(e?.message.contains("2 classes, the student 3") == true, "\(String(describing: e))")
     }
 
+    @Test("a teacher trained on downsampled tiles (a teacher assistant) sees the batch's view at its own factor, alone and in a pass of several students; a student not coarser than it is refused")
+    func teacherAssistant() throws {
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-assistant-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        // The assistant: trained on 16 px views (factor 2) of the 32 px tiles.
+        let assistant = dir.appendingPathComponent("assistant")
+        try SupervisedTrainer(config: try RunConfig.parse("""
+        run: {output: \(assistant.path), seed: 1}
+        data: {train: \(shards.path), val: \(shards.path), input_factor: 2}
+        model: {planes: [32, 32], blocks: [1, 1]}
+        train: {max_steps: 6, batch_size: 4}
+        """, source: "assistant.yaml"), writer: "test").run(resume: false)
+        func student(_ factor: Int, _ out: String) throws -> RunConfig {
+            try RunConfig.parse("""
+            run: {output: \(dir.appendingPathComponent(out).path), seed: 2}
+            data: {train: \(shards.path), val: \(shards.path), input_factor: \(factor)}
+            augment: {brightness: 0.2, crop_scale: 0.7}
+            model: {planes: [32, 32], blocks: [1, 1]}
+            train: {max_steps: 4, batch_size: 4}
+            distill: {teacher_run: \(assistant.path), kd_weight: 1, temperature: 4, pixel_weight: 0.5}
+            """, source: "s\(factor).yaml")
+        }
+        let alone = try SupervisedTrainer(config: try student(4, "alone"), writer: "test")
+        #expect(alone.teacherFactor == 2)
+        try alone.run(resume: false)
+        #expect(alone.history.count == 4 && alone.history.allSatisfy { $0.loss.isFinite && $0.loss > 0 })
+
+        // The first step by hand: the trainer's batch carries the 2x view, which is exactly what the assistant's own
+        // run makes of the same augmented tiles (a loader at factor 2), and the step's loss is the objective on it.
+        let fresh = try SupervisedTrainer(config: try student(4, "by-hand"), writer: "test")
+        let batch = try fresh.makeLoader(try fresh.begin(resume: false)).next()
+        let own = try BatchLoader(dataset: fresh.train, transform: PairedTransform(augment: fresh.config.augment, factor: 2, mean: fresh.config.mean, std: fresh.config.std),
+                                  seed: fresh.config.seed, globalBatch: 4, rank: 0, worldSize: 1, cursor: DataCursor(), withLowResolution: true).next()
+        #expect(batch.extraViews[2] == own.lr && !own.lr.isEmpty, "the assistant's view is the one its own pipeline makes")
+        #expect(batch.lr != own.lr, "the student's view is coarser")
+        let handLoss = batch.withStepInput(inputFactor: 4, teacherFactor: 2) { input -> Float in
+            #expect(input.teacherEdge == 16 && input.edge == 8)
+            return fresh.stepper.objective!.localGradients(input).total
+        }
+        #expect(handLoss == alone.history[0].loss, "\(handLoss) vs \(alone.history[0].loss)")
+        // The teacher fed the full-resolution tiles instead would give another loss: the view matters.
+        let teacherOnFull = try SupervisedTrainer(config: try student(4, "full"), writer: "test")
+        let fullLoss = batch.withStepInput(inputFactor: 4, teacherFactor: 1) { teacherOnFull.stepper.objective!.localGradients($0).total }
+        #expect(fullLoss != handLoss)
+
+        // Students at 4x and 8x of the assistant in one pass: one assistant forward per batch, the 4x student as alone.
+        let pass = try MultiStudentDistiller(configs: [(try student(4, "pass-4"), "s4.yaml"), (try student(8, "pass-8"), "s8.yaml")], writer: "test")
+        #expect(try pass.run(resume: false) == [.finished, .finished])
+        #expect(pass.teacher.forwards == 4)
+        #expect(pass.students[0].history.map(\.loss) == alone.history.map(\.loss))
+
+        // A student as fine as the assistant, or finer, is refused naming the key.
+        let e = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: try student(2, "same"), writer: "test") }
+        #expect(e?.message.contains("data.input_factor 2") == true && e?.message.contains("above 2") == true, "\(String(describing: e))")
+    }
+
     @Test("labeled and unlabeled shard sets combine for distillation; validation every N steps")
     func unlabeledAndValEvery() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-unlabeled-\(UUID().uuidString)")
