@@ -59,6 +59,7 @@ struct BenchStep: ParsableCommand {
         where !(1...most).contains(value) {
             throw ValidationError("\(flag) must be 1 to \(most), got \(value)")
         }
+        try distillation.requireDistillation(teacherResolution != nil, without: "--teacher-resolution")
         if !(0...1_000_000).contains(warmup) { throw ValidationError("--warmup must be 0 to 1000000, got \(warmup)") }
         if !(bucketMB > 0 && bucketMB <= 4096) { throw ValidationError("--bucket-mb must be more than 0 and at most 4096, got \(bucketMB)") }
         try validateThreads(threads)

@@ -61,6 +61,7 @@ struct Cost: ParsableCommand {
         let sizes = try parsedResolutions()
         _ = try architecture()
         if distill && !measure { throw ValidationError("--distill times distillation steps: add --measure") }
+        try distillation.requireDistillation(distill, without: "--measure --distill")
         if distill && sizes.dropFirst().contains(where: { $0 >= sizes[0] }) {
             throw ValidationError("with --distill the first resolution is the teacher's and must be larger than the students' (got \(resolutions))")
         }

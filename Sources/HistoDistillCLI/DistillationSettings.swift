@@ -28,6 +28,22 @@ struct DistillationSettings: ParsableArguments {
     @Option(help: "Weight of cross-entropy on labeled tiles (default 0).")
     var ceWeight: Float?
 
+    /// The flags of this group given on the command line (they describe a distillation step's objective).
+    var givenFlags: [String] {
+        [("--distill-config", distillConfig != nil), ("--temperature", temperature != nil), ("--pixel-resize", pixelResize != nil),
+         ("--pixel-norm", pixelNorm != nil), ("--kd-weight", kdWeight != nil), ("--pixel-weight", pixelWeight != nil),
+         ("--ce-weight", ceWeight != nil)].filter(\.1).map(\.0)
+    }
+
+    /// Refuses distillation flags given to a command that will time no distillation step (`without`: what would
+    /// make it time one), rather than ignore them.
+    func requireDistillation(_ distilling: Bool, without: String) throws {
+        let given = givenFlags
+        guard distilling || given.isEmpty else {
+            throw ValidationError("\(given.joined(separator: ", ")) set\(given.count == 1 ? "s" : "") the objective of a distillation step, but none is measured: add \(without), or leave \(given.count == 1 ? "it" : "them") out")
+        }
+    }
+
     /// The objective these settings describe.
     func objective() throws -> DistillationObjective {
         var o = DistillationObjective()

@@ -326,6 +326,9 @@ struct OutputSafetyTests {
             (["bench-step", "--steps", "9223372036854775807"], "--steps must be 1 to 1000000"),
             (["bench-pipeline", shards.path, "--workers", "9223372036854775807"], "--workers must be 1 to 4096"),
             (["cost", "--measure", "--reps", "9223372036854775807"], "--reps must be 1 to 1000"),
+            // Distillation settings where no distillation step is timed are refused, not ignored.
+            (["bench-step", "--temperature", "2"], "--temperature sets the objective of a distillation step, but none is measured: add --teacher-resolution"),
+            (["cost", "--measure", "--kd-weight", "2", "--pixel-norm", "l1"], "--pixel-norm, --kd-weight set the objective of a distillation step, but none is measured: add --measure --distill"),
         ]
         for (args, message) in cases {
             let r = try run([bin] + args)
@@ -422,6 +425,18 @@ struct OutputSafetyTests {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
             #expect(e?.message.hasPrefix("--set \(set.split(separator: "=")[0]): \(words)") == true, "\(set): \(String(describing: e))")
         }
+        // Finite but absurd loss weights and weight decay: refused before they overflow float32 or zero the weights.
+        for (yaml, set, words) in [("data: {train: x}\ndistill: {teacher_run: t}", "distill.kd_weight=9.2e18", "distill.kd_weight must be at most 1000000"),
+                                   ("data: {train: x}\ndistill: {teacher_run: t}", "distill.pixel_weight=2e6", "distill.pixel_weight must be at most 1000000"),
+                                   ("data: {train: x}", "optimizer.weight_decay=9.2e18", "optimizer.weight_decay must be at most 1000000"),
+                                   ("data: {train: x}\noptimizer: {name: adamw, lr: 0.01}", "optimizer.weight_decay=100", "optimizer.weight_decay times optimizer.lr is 1"),
+                                   ("data: {train: x}\noptimizer: {name: sgd, lr: 0.5}", "optimizer.weight_decay=3", "sgd multiplies the weights by 1 - lr x weight_decay")] {
+            let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(yaml, source: "c.yaml", overrides: [set]) }
+            #expect(e?.message.contains(words) == true, "\(set): \(String(describing: e))")
+        }
+        #expect(try RunConfig.parse("data: {train: x}\noptimizer: {name: adamw, lr: 0.001, weight_decay: 0.05}", source: "c.yaml").weightDecay == 0.05)
+        #expect(try RunConfig.parse("data: {train: x}\noptimizer: {name: adam, lr: 0.01, weight_decay: 200}", source: "c.yaml").weightDecay == 200,
+                "Adam's L2 term is scaled away by its normalisation: no lr x weight_decay bound")
         let temperature = #expect(throws: ConfigError.self) {
             _ = try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["distill.temperature=0"])
         }
