@@ -42,8 +42,8 @@ let package = Package(
         .target(name: "TileShards", dependencies: ["CZstd", "CImageCodecs", "COpenSlide", "CKernels", "TensorCore", .product(name: "CSV", package: "CSV.swift")]),
 
         // C kernels: the direct convolution's AVX-512 micro-kernels (runtime check), and branch-free elementwise,
-        // pooling and optimizer loops built for AVX-512 / AVX2 / baseline (picked at load time).
-        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
+        // pooling and optimizer loops built for AVX-512 / AVX2 / baseline (picked at load time); CRC-32 through zlib.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])], linkerSettings: [.linkedLibrary("z")]),
 
         // The engine: tensors, flat parameters, BLAS facade, parallel-for, kernels. No MPI, no file I/O.
         .target(name: "TensorCore", dependencies: ["COpenBLAS", "CKernels"]),

@@ -2,7 +2,7 @@
 # Installs the native packages HistoDistill builds against (Debian/Ubuntu), only those that are missing.
 # Needs root or sudo. Safe to run again: with everything present it does nothing.
 set -euo pipefail
-packages=(pkg-config libopenblas-dev libzstd-dev libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev libtiff-dev libopenslide-dev)
+packages=(pkg-config libopenblas-dev libzstd-dev libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev libtiff-dev libopenslide-dev zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
