@@ -52,8 +52,8 @@ struct BenchStep: ParsableCommand {
 
     func validate() throws {
         if !(8...4096).contains(resolution) { throw ValidationError("--resolution must be 8 to 4096 pixels, got \(resolution)") }
-        if let t = teacherResolution, !(resolution...4096).contains(t) {
-            throw ValidationError("--teacher-resolution must be at least --resolution (\(resolution)) and at most 4096, got \(t)")
+        if let t = teacherResolution, !(resolution < t && t <= 4096) {
+            throw ValidationError("--teacher-resolution must be above --resolution (\(resolution): the student sees the tiles coarser than its teacher) and at most 4096, got \(t)")
         }
         for (flag, value, most) in [("--batch", batch, 65_536), ("--steps", steps, 1_000_000), ("--reps", reps, 1_000)]
         where !(1...most).contains(value) {

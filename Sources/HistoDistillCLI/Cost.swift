@@ -61,7 +61,10 @@ struct Cost: ParsableCommand {
         let sizes = try parsedResolutions()
         _ = try architecture()
         if distill && !measure { throw ValidationError("--distill times distillation steps: add --measure") }
-        try distillation.requireDistillation(distill, without: "--measure --distill")
+        try distillation.requireDistillation(distill, without: measure ? "--distill" : "--measure --distill")
+        if distill && sizes.count < 2 {
+            throw ValidationError("--distill times a teacher at the first resolution and students at the others, but --resolutions gives one (\(resolutions)). Hint: --resolutions 224,56,28")
+        }
         if distill && sizes.dropFirst().contains(where: { $0 >= sizes[0] }) {
             throw ValidationError("with --distill the first resolution is the teacher's and must be larger than the students' (got \(resolutions))")
         }

@@ -35,6 +35,16 @@ struct DistillationSettings: ParsableArguments {
          ("--ce-weight", ceWeight != nil)].filter(\.1).map(\.0)
     }
 
+    /// Whether the flag of `field` (temperature, kd_weight, pixel_weight, ce_weight) was given.
+    private func flagGiven(_ field: String) -> Bool {
+        switch field {
+        case "temperature": return temperature != nil
+        case "kd_weight": return kdWeight != nil
+        case "pixel_weight": return pixelWeight != nil
+        default: return ceWeight != nil
+        }
+    }
+
     /// Refuses distillation flags given to a command that will time no distillation step (`without`: what would
     /// make it time one), rather than ignore them.
     func requireDistillation(_ distilling: Bool, without: String) throws {
@@ -62,18 +72,15 @@ struct DistillationSettings: ParsableArguments {
             }
             o = parsed.objective
         }
-        if let temperature {
-            guard temperature > 0 else { throw CLIError("--temperature must be positive, got \(temperature)") }
-            o.temperature = temperature
-        }
+        if let temperature { o.temperature = temperature }
         if let pixelResize { o.pixelResize = pixelResize }
         if let pixelNorm { o.pixelNorm = pixelNorm }
         if let kdWeight { o.kdWeight = kdWeight }
         if let pixelWeight { o.pixelWeight = pixelWeight }
         if let ceWeight { o.crossEntropyWeight = ceWeight }
-        for (flag, v) in [("--kd-weight", o.kdWeight), ("--pixel-weight", o.pixelWeight), ("--ce-weight", o.crossEntropyWeight)] where !(v >= 0) {
-            throw CLIError("\(flag) must be 0 or positive, got \(v)")
-        }
+        // The checks `distill` makes of its config, named as this command's flags (or the config's keys).
+        let name = { (field: String) in distillConfig != nil && !flagGiven(field) ? "distill.\(field) of \(distillConfig!)" : "--" + field.replacingOccurrences(of: "_", with: "-") }
+        if let first = o.problems(naming: name).first { throw CLIError("\(name(first.field)) \(first.text)") }
         return o
     }
 }

@@ -181,6 +181,36 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
         self.pixelResize = pixelResize; self.pixelNorm = pixelNorm; self.crossEntropyWeight = crossEntropyWeight
     }
 
+    /// Largest temperature accepted: beyond it the softened distributions are uniform to float32 precision and
+    /// KL(T) x T^2 is rounding noise (at T = 1e4 it comes out negative).
+    public static let maximumTemperature: Float = 100
+    /// Largest term weight accepted: beyond it the weighted loss and its gradients overflow float32 (Adam's second
+    /// moment squares them) long before any balance between the terms is struck.
+    public static let maximumWeight: Float = 1_000_000
+
+    /// What is wrong with these settings, one per problem: the field at fault ("temperature", "kd_weight",
+    /// "pixel_weight" or "ce_weight") and what to say after its name; `name(field)` names other fields in the text
+    /// (as a config key or a command-line flag). Empty when the objective can train.
+    public func problems(naming name: (String) -> String) -> [(field: String, text: String)] {
+        var out: [(field: String, text: String)] = []
+        if !(temperature > 0 && temperature.isFinite) {
+            out.append(("temperature", "must be positive (the paper uses 4), got \(temperature)"))
+        } else if temperature > Self.maximumTemperature {
+            out.append(("temperature", "must be at most \(Int(Self.maximumTemperature)) (the paper uses 4; 1 to 20 is usual), got \(temperature): beyond it the softened distributions are uniform to float32 precision and the KD term is rounding noise"))
+        }
+        for (field, v) in [("kd_weight", kdWeight), ("pixel_weight", pixelWeight), ("ce_weight", crossEntropyWeight)] {
+            if !(v >= 0 && v.isFinite) {
+                out.append((field, "must be 0 or positive, got \(v)"))
+            } else if v > Self.maximumWeight {
+                out.append((field, "must be at most \(Int(Self.maximumWeight)), got \(v): a weight this large overflows float32 losses and gradients. Hint: the weights set the terms' balance, so scale the other terms down instead."))
+            }
+        }
+        if kdWeight == 0 && pixelWeight == 0 && crossEntropyWeight == 0 {
+            out.append(("kd_weight", "is 0, and so are \(name("pixel_weight")) and \(name("ce_weight")): the student would learn nothing. Hint: the paper's setting is a KD weight of 1 and a pixel weight of 1."))
+        }
+        return out
+    }
+
     /// "KD T=4 x1, pixel l2 maxpool x1, CE x0".
     public var summary: String {
         "KD T=\(temperature) x\(kdWeight), pixel \(pixelNorm.rawValue) \(pixelResize.rawValue) x\(pixelWeight), CE x\(crossEntropyWeight)"

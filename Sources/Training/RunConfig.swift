@@ -315,15 +315,14 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if !(lr > 0 && lr.isFinite) { throw bad("optimizer.lr", "must be a positive number, got \(lr)") }
         if !(momentum >= 0 && momentum < 1) { throw bad("optimizer.momentum", "must be in [0, 1) (0.9 is usual), got \(momentum)") }
         if !(weightDecay >= 0 && weightDecay.isFinite) { throw bad("optimizer.weight_decay", "must be 0 or positive (1e-4 is usual), got \(weightDecay)") }
-        if weightDecay > Self.maximumLossWeight {
-            throw bad("optimizer.weight_decay", "must be at most \(Int(Self.maximumLossWeight)), got \(weightDecay): its term overflows float32 gradients (1e-4 is usual)")
+        if weightDecay > DistillationObjective.maximumWeight {
+            throw bad("optimizer.weight_decay", "must be at most \(Int(DistillationObjective.maximumWeight)), got \(weightDecay): its term overflows float32 gradients (1e-4 is usual)")
         }
-        // SGD and AdamW multiply the weights by (1 - lr x weight_decay) every step: at 1 or more that zeroes or flips them.
-        if optimizer != .adam && Double(weightDecay) * lr >= 1 {
-            throw bad("optimizer.weight_decay", "times optimizer.lr is \(Double(weightDecay) * lr): \(optimizer.rawValue) multiplies the weights by 1 - lr x weight_decay every step, which would zero or flip them. Hint: weight_decay 1e-4 (sgd) to 0.05 (adamw) is usual.")
-        }
-        if isDistillation && !(objective.temperature > 0 && objective.temperature.isFinite) {
-            throw bad("distill.temperature", "must be positive (the paper uses 4), got \(objective.temperature)")
+        // SGD and AdamW multiply the weights by (1 - lr x weight_decay) every step: at 1 or more that zeroes or flips
+        // them. weight_decay is a float32, so the product of two decimal settings is compared to 1 within its rounding.
+        let decayPerStep = Double(weightDecay) * lr
+        if optimizer != .adam && decayPerStep >= 1 - 1e-6 {
+            throw bad("optimizer.weight_decay/lr", "give lr x weight_decay = \(lr) x \(weightDecay) = \(String(format: "%.4g", decayPerStep)): \(optimizer.rawValue) multiplies the weights by 1 - lr x weight_decay every step, which would zero or flip them. Hint: lower optimizer.lr or optimizer.weight_decay (1e-4 with sgd and 0.01 to 0.05 with adamw are usual).")
         }
         if !(gamma > 0 && gamma <= 1) {
             throw bad("schedule.gamma", "must be in (0, 1] (the factor the learning rate is multiplied by per decay; 1 keeps it constant), got \(gamma)")
@@ -334,18 +333,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw bad("train.clip_grad_norm", "must be a positive norm (1.0 is usual; leave it out for no clipping), got \(clipGradNorm)")
         }
         if isDistillation {
-            let o = objective
-            for (k, v) in [("kd_weight", o.kdWeight), ("pixel_weight", o.pixelWeight), ("ce_weight", o.crossEntropyWeight)] where !(v >= 0 && v.isFinite) {
-                throw bad("distill.\(k)", "must be 0 or positive, got \(v)")
-            }
-            // The weights set the terms' balance; past this, the weighted loss and its gradients overflow float32
-            // (Adam's second moment squares them) long before any balance is struck.
-            for (k, v) in [("kd_weight", o.kdWeight), ("pixel_weight", o.pixelWeight), ("ce_weight", o.crossEntropyWeight)] where v > Self.maximumLossWeight {
-                throw bad("distill.\(k)", "must be at most \(Int(Self.maximumLossWeight)), got \(v): a weight this large overflows float32 losses and gradients. Hint: the weights set the terms' balance, so scale the other terms down instead.")
-            }
-            if o.kdWeight == 0 && o.pixelWeight == 0 && o.crossEntropyWeight == 0 {
-                throw bad("distill.kd_weight", "pixel_weight and ce_weight are all 0: the student would learn nothing. Hint: the paper's setting is kd_weight 1 and pixel_weight 1.")
-            }
+            if let first = objective.problems(naming: { "distill.\($0)" }).first { throw bad("distill.\(first.field)", first.text) }
         }
         if !(1...1_000_000).contains(epochs) { throw bad("train.epochs", "must be in 1...1000000, got \(epochs)") }
         if let maxSteps, maxSteps > 1_000_000_000 { throw bad("train.max_steps", "must be at most 1000000000, got \(maxSteps)") }
@@ -427,9 +415,6 @@ public struct RunConfig: Codable, Equatable, Sendable {
         c.stages = c.planes.count
         return c
     }
-
-    /// Largest loss weight (`distill.*_weight`) and weight decay accepted: beyond it float32 losses and gradients overflow.
-    public static let maximumLossWeight: Float = 1_000_000
 
     /// The optimizer.
     public var optimizerKind: OptimizerKind {

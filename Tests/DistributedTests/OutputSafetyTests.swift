@@ -306,7 +306,7 @@ struct OutputSafetyTests {
             (["inspect", shards.path, "--slides", "-1"], "--slides must be 0 or more, got -1"),
             (["bench-step", "--threads", "-2"], "--threads must be 1 to 4096, got -2"),
             (["bench-step", "--threads", "4611686018427387904"], "--threads must be 1 to 4096, got 4611686018427387904"),
-            (["bench-step", "--teacher-resolution", "0"], "--teacher-resolution must be at least --resolution"),
+            (["bench-step", "--teacher-resolution", "0"], "--teacher-resolution must be above --resolution"),
             (["bench-step", "--warmup", "-1"], "--warmup must be 0 to 1000000, got -1"),
             (["bench-pipeline", shards.path, "--factor", "3"], "--factor must be 1, 2, 4, 8 or 16, got 3"),
             (["bench-pipeline", shards.path, "--steps", "-2"], "--steps must be 1 to 1000000, got -2"),
@@ -321,14 +321,21 @@ struct OutputSafetyTests {
             (["pack", shards.path, "-o", dir.appendingPathComponent("pk").path, "--shard-mb", "9223372036854775807"], "--shard-mb must be 1 to 65536"),
             (["bench-step", "--resolution", "4611686018427387904"], "--resolution must be 8 to 4096 pixels"),
             (["bench-step", "--batch", "4611686018427387904"], "--batch must be 1 to 65536"),
-            (["bench-step", "--teacher-resolution", "4611686018427387904"], "--teacher-resolution must be at least --resolution"),
+            (["bench-step", "--teacher-resolution", "4611686018427387904"], "--teacher-resolution must be above --resolution"),
             (["bench-step", "--bucket-mb", "4611686018427387904"], "--bucket-mb must be more than 0 and at most 4096"),
             (["bench-step", "--steps", "9223372036854775807"], "--steps must be 1 to 1000000"),
             (["bench-pipeline", shards.path, "--workers", "9223372036854775807"], "--workers must be 1 to 4096"),
             (["cost", "--measure", "--reps", "9223372036854775807"], "--reps must be 1 to 1000"),
             // Distillation settings where no distillation step is timed are refused, not ignored.
             (["bench-step", "--temperature", "2"], "--temperature sets the objective of a distillation step, but none is measured: add --teacher-resolution"),
-            (["cost", "--measure", "--kd-weight", "2", "--pixel-norm", "l1"], "--pixel-norm, --kd-weight set the objective of a distillation step, but none is measured: add --measure --distill"),
+            (["cost", "--measure", "--kd-weight", "2", "--pixel-norm", "l1"], "--pixel-norm, --kd-weight set the objective of a distillation step, but none is measured: add --distill"),
+            (["cost", "--kd-weight", "2"], "--kd-weight sets the objective of a distillation step, but none is measured: add --measure --distill"),
+            (["cost", "--measure", "--distill", "--resolutions", "224"], "--resolutions gives one (224)"),
+            (["bench-step", "--resolution", "56", "--teacher-resolution", "56"], "--teacher-resolution must be above --resolution (56"),
+            // The objective's own limits, as `distill` has them, named as flags.
+            (["cost", "--measure", "--distill", "--resolutions", "56,28", "--kd-weight", "9e18"], "--kd-weight must be at most 1000000"),
+            (["bench-step", "--resolution", "28", "--teacher-resolution", "56", "--temperature", "1e30"], "--temperature must be at most 100"),
+            (["bench-step", "--resolution", "28", "--teacher-resolution", "56", "--kd-weight", "0", "--pixel-weight", "0"], "--kd-weight is 0, and so are --pixel-weight and --ce-weight"),
         ]
         for (args, message) in cases {
             let r = try run([bin] + args)
@@ -429,7 +436,9 @@ struct OutputSafetyTests {
         for (yaml, set, words) in [("data: {train: x}\ndistill: {teacher_run: t}", "distill.kd_weight=9.2e18", "distill.kd_weight must be at most 1000000"),
                                    ("data: {train: x}\ndistill: {teacher_run: t}", "distill.pixel_weight=2e6", "distill.pixel_weight must be at most 1000000"),
                                    ("data: {train: x}", "optimizer.weight_decay=9.2e18", "optimizer.weight_decay must be at most 1000000"),
-                                   ("data: {train: x}\noptimizer: {name: adamw, lr: 0.01}", "optimizer.weight_decay=100", "optimizer.weight_decay times optimizer.lr is 1"),
+                                   ("data: {train: x}\noptimizer: {name: adamw, lr: 0.01}", "optimizer.weight_decay=100", "--set optimizer.weight_decay: optimizer.weight_decay/lr give lr x weight_decay = 0.01 x 100.0 = 1:"),
+                                   ("data: {train: x}\noptimizer: {name: sgd, weight_decay: 0.0001}", "optimizer.lr=10000", "--set optimizer.lr: optimizer.weight_decay/lr give lr x weight_decay = 10000.0 x 0.0001 = 1:"),
+                                   ("data: {train: x}\ndistill: {teacher_run: t}", "distill.temperature=1e4", "distill.temperature must be at most 100"),
                                    ("data: {train: x}\noptimizer: {name: sgd, lr: 0.5}", "optimizer.weight_decay=3", "sgd multiplies the weights by 1 - lr x weight_decay")] {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(yaml, source: "c.yaml", overrides: [set]) }
             #expect(e?.message.contains(words) == true, "\(set): \(String(describing: e))")
