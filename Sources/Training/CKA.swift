@@ -47,7 +47,7 @@ public enum CKA {
     /// prepared with `settings` (each model at its own input factor and normalisation).
     public static func stageRepresentations(model: ResNet, dataset: ShardDataset, settings: InferenceSettings, indices: [Int]) throws -> [[Double]] {
         var stages: [[Double]] = []
-        try Inference.forEachBatch(model: model, dataset: dataset, settings: settings, range: nil, indices: indices) { b, _, _ in
+        _ = try Inference.forEachBatch(model: model, dataset: dataset, settings: settings, range: nil, indices: indices) { b, _, _ in
             let maps = model.stageOutputs()
             if stages.isEmpty { stages = Array(repeating: [], count: maps.count) }
             for (s, m) in maps.enumerated() {

@@ -21,6 +21,8 @@ public struct Predictions: Sendable {
     public var samples: [Int] = []
     /// Pooled feature vectors, one row per tile (`Inference.features` only).
     public var features: [[Float]] = []
+    /// Corrupt tiles left out under `CorruptTilePolicy.skip` (file and tile of each).
+    public var skipped: [String] = []
 
     mutating func append(_ b: LoadedBatch, labels: [Int32], dataset: ShardDataset) {
         self.labels += labels
@@ -120,7 +122,7 @@ public enum Inference {
     /// view's index (the output is only valid inside `body`).
     static func forEachBatch(model: any ImageModel, dataset: ShardDataset, settings: InferenceSettings, range: Range<Int>?,
                              indices: [Int]? = nil, views: [SquareSymmetry] = [.identity],
-                             _ body: (LoadedBatch, _ view: Int, ImageModelOutput) throws -> Void) throws {
+                             _ body: (LoadedBatch, _ view: Int, ImageModelOutput) throws -> Void) throws -> [String] {
         let range = indices.map { 0..<$0.count } ?? range ?? 0..<dataset.count
         let transform = PairedTransform(augment: .none, factor: settings.inputFactor, mean: settings.mean, std: settings.std)
         let batch = max(1, min(settings.batchSize, dataset.count))
@@ -142,13 +144,14 @@ public enum Inference {
             return p
         }
         var next = ranges.first.map(prefetch)
-        var turned: [Float] = []
+        var turned: [Float] = [], skipped: [String] = []
         let replicas = EvalReplicas(model)   // each engine thread runs its share of a batch on its own copy
         for (k, r) in ranges.enumerated() {
             guard let current = next else { break }
             current.ready.wait()
             next = k + 1 < ranges.count ? prefetch(ranges[k + 1]) : nil
             let b = try current.result!.get()
+            skipped += b.skipped
             if b.count > 0 {   // else every tile of this batch was corrupt and skipped
                 let (input, edge) = b.modelView(inputFactor: settings.inputFactor)
                 let shape = NCHW(b.count, 3, edge, edge)
@@ -166,6 +169,7 @@ public enum Inference {
             settings.progress?(r.upperBound - range.lowerBound, range.count)
         }
         // A batch still being made when `body` threw finishes on its own; nothing waits for it.
+        return skipped
     }
 
     /// Softmax probabilities over the model's classes for every tile, with labels mapped by `settings.labelMap`.
@@ -177,7 +181,7 @@ public enum Inference {
         var lossSum = 0.0, labeled = 0
         let views = settings.testTimeAugmentation.views
         var mean: [Double] = []   // the batch's probabilities summed over the views so far
-        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range, views: views) { b, view, result in
+        out.skipped = try forEachBatch(model: model, dataset: dataset, settings: settings, range: range, views: views) { b, view, result in
             if view == 0 { mean = [Double](repeating: 0, count: b.count * classes) }
             var probs = [Float](repeating: 0, count: b.count * classes)
             Softmax.forward(output: &probs, input: result.logits!.data, rows: b.count, cols: classes)
@@ -208,7 +212,7 @@ public enum Inference {
                                 indices: [Int]? = nil) throws -> Predictions {
         var out = Predictions()
         let d = model.featureDimension
-        try forEachBatch(model: model, dataset: dataset, settings: settings, range: range, indices: indices) { b, _, result in
+        out.skipped = try forEachBatch(model: model, dataset: dataset, settings: settings, range: range, indices: indices) { b, _, result in
             for i in 0..<b.count { out.features.append(Array(UnsafeBufferPointer(start: result.pooled.data + i * d, count: d))) }
             out.append(b, labels: b.labels.map(settings.mapped), dataset: dataset)
         }

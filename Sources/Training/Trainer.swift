@@ -466,7 +466,20 @@ public final class SupervisedTrainer {
                             waitMs: waited * 1000, allreduceMs: global.reduceSeconds * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
         let epochEnded = loop.cursor.epoch != batch.epoch
         let validateNow = epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true
-        if validateNow, let val, let result = try validate(val) {
+        var validation: (Double, Double)?
+        if validateNow, let val {
+            do { validation = try validate(val) } catch {
+                // The step is trained: keep it before a validation error (a corrupt validation tile) ends the run.
+                history.append(m)
+                try loop.log?.append(m)
+                try checkpoint(loop)
+                if group.isCoordinator {
+                    FileHandle.standardError.write(Data("note: step \(step) was checkpointed before validation failed; once data.val is fixed, --resume continues from it\n".utf8))
+                }
+                throw error
+            }
+        }
+        if let result = validation {
             let acc = result.0
             m.valAccuracy = acc; m.valLoss = result.1
             if loop.best == nil || acc > loop.best! {
@@ -512,6 +525,10 @@ public final class SupervisedTrainer {
     public func validate(_ dataset: ShardDataset) throws -> (Double, Double)? {
         let share = (dataset.count * group.rank / group.size)..<(dataset.count * (group.rank + 1) / group.size)
         let p = try Inference.run(model: evaluatedModel, dataset: dataset, settings: InferenceSettings(config), range: share)
+        for skipped in p.skipped {
+            let who = group.size > 1 ? "rank \(group.rank) of \(group.size): " : ""
+            FileHandle.standardError.write(Data("warning: \(who)validation skipped a corrupt tile (data.on_corrupt: skip); the accuracy leaves it out: \(skipped)\n".utf8))
+        }
         var correct = 0
         for (probs, label) in zip(p.probabilities, p.labels) where label >= 0 {
             if probs.indices.max(by: { probs[$0] < probs[$1] }) == Int(label) { correct += 1 }

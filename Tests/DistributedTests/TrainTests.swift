@@ -365,6 +365,50 @@ struct DistillTests {
         #expect(e?.message.contains("data.input_factor 2") == true && e?.message.contains("above 2") == true, "\(String(describing: e))")
     }
 
+    @Test("a corrupt validation tile: under stop the trained step is checkpointed before the error and --resume finishes once val is fixed; under skip it is left out and reported")
+    func corruptValidationTile() throws {
+        let width = Parallel.beginExclusiveWidth()
+        defer { Parallel.endExclusiveWidth(restoring: width) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-badval-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let val = dir.appendingPathComponent("val")
+        try FileManager.default.copyItem(at: shards, to: val)
+        let first = try #require(try FileManager.default.contentsOfDirectory(atPath: val.path).filter { $0.hasSuffix(".shard") }.sorted().first)
+        let url = val.appendingPathComponent(first)
+        let entry = try ShardReader(url: url).entries[0]
+        var bytes = try Data(contentsOf: url)
+        bytes[Int(entry.offset) + Int(entry.compressedSize) / 2] ^= 0x5A
+        try bytes.write(to: url)
+        func config(_ policy: String) throws -> RunConfig {
+            try RunConfig.parse("""
+            run: {output: \(dir.appendingPathComponent("run-\(policy)").path), seed: 1}
+            data: {train: \(shards.path), val: \(val.path), on_corrupt: \(policy)}
+            model: {planes: [32, 32], blocks: [1, 1]}
+            train: {max_steps: 4, batch_size: 4, checkpoint_every: 100}
+            """, source: "c.yaml")
+        }
+        // Validation runs after step 4 (the last): the error names the file, and step 4 is kept.
+        let stopped = try SupervisedTrainer(config: try config("stop"), writer: "test")
+        let e = #expect(throws: (any Error).self) { try stopped.run(resume: false) }
+        #expect("\(String(describing: e))".contains(first), "\(String(describing: e))")
+        let kept = try #require(stopped.store.completeCheckpoints().last)
+        let state = try stopped.store.load(kept, model: ResNet((stopped.model as! ResNet).config, initialize: false), optimizer: Optimizer(stopped.config.optimizerKind, count: stopped.model.parameterCount))
+        #expect(state.step == 4, "the trained steps are not lost: checkpoint at step \(state.step)")
+        // val fixed (pointed at the intact shards): the run resumes from step 4 and has nothing left but to finish.
+        var fixed = try config("stop")
+        fixed.valShards = shards.path
+        let resumed = try SupervisedTrainer(config: fixed, writer: "test")
+        #expect(try resumed.run(resume: true) == .finished)
+        #expect(resumed.history.isEmpty, "step 4 is not trained twice")
+        // Under skip the tile is left out of the accuracy and reported.
+        let skipping = try SupervisedTrainer(config: try config("skip"), writer: "test")
+        try skipping.run(resume: false)
+        #expect(skipping.history.last?.valAccuracy != nil)
+        let p = try Inference.run(model: skipping.evaluatedModel, dataset: try ShardDataset(directory: val), settings: InferenceSettings(try config("skip")))
+        #expect(p.skipped.count == 1 && p.skipped[0].contains(first) && p.probabilities.count == 23, "\(p.skipped)")
+    }
+
     @Test("labeled and unlabeled shard sets combine for distillation; validation every N steps")
     func unlabeledAndValEvery() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-unlabeled-\(UUID().uuidString)")
