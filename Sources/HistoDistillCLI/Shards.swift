@@ -343,7 +343,7 @@ func checkCompleteDirectories(_ paths: [String], _ readers: [ShardReader]) throw
 
 struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check every checksum and index entry and decompress every tile; exit non-zero on the first problem.")
+        abstract: "Check every checksum and index entry and decompress every tile; list every damaged tile and exit non-zero if there is one.")
 
     @Argument(help: "Shard files or directories.")
     var paths: [String]
@@ -353,13 +353,22 @@ struct Verify: ParsableCommand {
         var tiles = 0
         let progress = ProgressLine(label: "verifying")
         var readers: [ShardReader] = []
+        var damaged: [String] = [], unreadable: [String] = [], shardsHit = 0
         for (i, url) in urls.enumerated() {
+            // A shard whose header, index or footer is damaged cannot be read at all; its tiles are not checked.
             let r: ShardReader
-            do { r = try ShardReader(url: url) } catch let e as ShardError { throw CLIError(e.message) }
-            do { try r.verify() } catch let e as ShardError { throw CLIError(e.message) }
+            do { r = try ShardReader(url: url) } catch let e as ShardError { unreadable.append(e.message); shardsHit += 1; continue }
+            let hit = r.damagedTiles()
+            if !hit.isEmpty { damaged += hit; shardsHit += 1 }
             tiles += r.count
             readers.append(r)
             progress.update(i + 1, urls.count)
+        }
+        let problems = unreadable + damaged
+        if !problems.isEmpty {
+            for p in problems { FileHandle.standardError.write(Data("error: \(p)\n".utf8)) }
+            throw CLIError("\(damaged.count) damaged tile(s)\(unreadable.isEmpty ? "" : " and \(unreadable.count) unreadable shard(s)") in \(shardsHit) of \(urls.count) shard(s), listed above",
+                           hint: "repack the damaged shards from their sources (histodistill pack), or train and distill with --on-corrupt skip")
         }
         // A directory given whole must hold one complete packing.
         try checkCompleteDirectories(paths, readers)

@@ -193,7 +193,11 @@ func oversubscriptionWarning(threads: Int, processesOnNode: Int, cores: Int, set
 private func distillSeveral(configs: [String], options: TrainingOptions, group: any ProcessGroup, launch: LaunchEnvironment) throws -> Int32 {
     let cfgs = try group.collectively { () throws -> [RunConfig] in
         return try configs.map { path in
-            let c = try loadRunConfig(path, options: options, command: .distill)
+            let c: RunConfig
+            // An error of one config names it, whether or not it came from the file (a --set applies to every config).
+            do { c = try loadRunConfig(path, options: options, command: .distill) } catch let e as CLIError where !e.message.contains(path) {
+                throw CLIError("\(path): \(e.message)", hint: e.hint)
+            }
             if !c.isDistillation { throw CLIError("\(path) has no distill section", hint: "every config of a multi-student pass distills: add distill.teacher_run") }
             return c
         }
@@ -214,6 +218,7 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
     if group.isCoordinator {
         let views = pass.students.map { "\($0.config.name) (\($0.config.inputFactor)x)" }.joined(separator: ", ")
         FileHandle.standardError.write(Data("distilling \(pass.students.count) students in one pass: \(views); \(group.size) rank(s), global batch \(cfgs[0].batchSize)\n".utf8))
+        if let line = pass.students[0].teacherSummary?.components(separatedBy: "; student").first { FileHandle.standardError.write(Data((line + "\n").utf8)) }
     }
     let outcomes = try asUserErrors { try pass.run(resume: options.resume, stopAfter: options.stopAfter) }
     guard group.isCoordinator else { return outcomes.first?.exitStatus ?? 0 }
@@ -245,6 +250,7 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
         if group.size > 1 {
             FileHandle.standardError.write(Data("\(group.size) ranks (\(group.transportName)), \(BLAS.threadCount) compute thread(s) each, global batch \(cfg.batchSize)\n".utf8))
         }
+        if let line = trainer.teacherSummary { FileHandle.standardError.write(Data((line + "\n").utf8)) }
         trainer.progress = progressSink()
     }
     let outcome = try asUserErrors { try trainer.run(resume: options.resume, stopAfter: options.stopAfter) }

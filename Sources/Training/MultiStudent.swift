@@ -74,12 +74,17 @@ public final class MultiStudentDistiller {
         for (c, source) in configs {
             let path = URL(fileURLWithPath: c.output).standardizedFileURL.path
             if let other = outputs[path] {
-                throw TrainingError("\(other) and \(source) both write to \(c.output). Hint: give each student its own run.output.")
+                throw TrainingError("\(other) and \(source) both write to \(c.output). Hint: give each student its own run.output (with --runs-dir, its own run.name; a --set run.output applies to every config, so use --runs-dir DIR instead).")
             }
             outputs[path] = source
         }
         let registry = TeacherRegistry()
-        students = try configs.map { try SupervisedTrainer(config: $0.config, writer: writer, group: group, teachers: registry) }
+        // A student's own refusal names its config (the others may be fine).
+        students = try configs.map { c in
+            do { return try SupervisedTrainer(config: c.config, writer: writer, group: group, teachers: registry) } catch let e as TrainingError {
+                throw TrainingError("\(c.source): \(e.message)")
+            }
+        }
         guard registry.loaded.count == 1, let shared = registry.loaded.values.first?.source else {
             preconditionFailure("MultiStudentDistiller: the students share one teacher (checked above)")
         }

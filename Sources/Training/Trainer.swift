@@ -106,6 +106,8 @@ public final class SupervisedTrainer {
     /// How many times the teacher's view is downsampled from the augmented tile: 1 (full resolution) for a teacher
     /// trained on full-resolution tiles, else the teacher run's own `data.input_factor` (a teacher assistant).
     public let teacherFactor: Int
+    /// One line saying which weights teach at which resolution, and the student's (nil without a teacher).
+    public let teacherSummary: String?
     /// The ranks of this job (a single process by default).
     public let group: any ProcessGroup
     let writer: String
@@ -252,15 +254,13 @@ public final class SupervisedTrainer {
                 throw TrainingError("the teacher (\(teacherKey)) was trained on classes \(trained.metadata.classes), data.train has \(train.classes). Hint: distill on shards packed with the teacher's class folders.")
             }
             guard config.inputFactor > 1 else {
-                throw TrainingError("data.input_factor is 1: a distilled student must see tiles downsampled 2, 4, 8 or 16x")
+                let coarser = [2, 4, 8, 16].filter { $0 > trained.metadata.inputFactor }.map(String.init).joined(separator: ", ")
+                throw TrainingError("data.input_factor is 1: a distilled student must see tiles downsampled \(trained.metadata.inputFactor > 1 ? "more than its teacher's \(trained.metadata.inputFactor)x (\(coarser.isEmpty ? "none is left" : coarser + "x"))" : "2, 4, 8 or 16x")")
             }
             // A teacher trained on downsampled tiles (a teacher assistant, Mirzadeh et al. 2020) sees the tiles
             // downsampled as in its own run; the student must see them coarser still.
             guard trained.metadata.inputFactor < config.inputFactor else {
-                throw TrainingError("the teacher (\(teacherKey)) was trained on tiles downsampled \(trained.metadata.inputFactor)x and sees them so here, but data.input_factor \(config.inputFactor) would give the student as many pixels or more: resolution-based distillation teaches a coarser student. Hint: set data.input_factor above \(trained.metadata.inputFactor), or distill from a teacher trained at a higher resolution.")
-            }
-            guard train.tileSize % trained.metadata.inputFactor == 0 else {
-                throw TrainingError("the teacher (\(teacherKey)) sees tiles downsampled \(trained.metadata.inputFactor)x, which does not divide data.train's \(train.tileSize) px tiles. Hint: distill on shards packed at a tile size divisible by \(trained.metadata.inputFactor).")
+                throw TrainingError("the teacher (\(teacherKey)) was trained on tiles downsampled \(trained.metadata.inputFactor)x and sees them so here, but data.input_factor \(config.inputFactor) would give the student as many pixels or more: resolution-based distillation teaches a coarser student. Hint: \(trained.metadata.inputFactor >= 16 ? "no coarser factor is supported (16 is the largest), so" : "set data.input_factor above \(trained.metadata.inputFactor), or") distill from a teacher trained at a higher resolution.")
             }
             if let teacherScale = trained.metadata.tileMicronsPerPixel {
                 for (what, scale) in Self.scales(train) where abs(scale - teacherScale) > 0.02 * teacherScale {
@@ -273,8 +273,12 @@ public final class SupervisedTrainer {
             if let size = trained.metadata.tileSize, size != train.tileSize {
                 throw TrainingError("the teacher (\(teacherKey)) was trained on \(size) px tiles, data.train holds \(train.tileSize) px tiles. Hint: distill on shards packed at the teacher's tile size (and magnification).")
             }
+            guard train.tileSize % trained.metadata.inputFactor == 0 else {
+                throw TrainingError("the teacher (\(teacherKey)) sees tiles downsampled \(trained.metadata.inputFactor)x, which does not divide data.train's \(train.tileSize) px tiles. Hint: distill on shards packed at a tile size divisible by \(trained.metadata.inputFactor).")
+            }
             teacher = trained.model
             teacherFactor = trained.metadata.inputFactor
+            teacherSummary = "teacher: \(trained.weights.path), \(train.tileSize / trained.metadata.inputFactor) px views (input factor \(trained.metadata.inputFactor)); student: \(train.tileSize / config.inputFactor) px (input factor \(config.inputFactor))"
             teacherDigest = trained.digest
             // The teacher sees the tiles as its own run prepared them (its mean and std), whatever the student's are.
             var source: any TeacherSource = FrozenTeacher(trained.model)
@@ -293,6 +297,7 @@ public final class SupervisedTrainer {
         } else {
             teacher = nil
             teacherFactor = 1
+            teacherSummary = nil
             teacherDigest = nil
             stepper = DataParallelStep(objective: SupervisedStep(model: network, labelSmoothing: config.labelSmoothing), group: group)
         }
@@ -312,7 +317,7 @@ public final class SupervisedTrainer {
         try RunStart.checkConfig(state, checkpoint: checkpoint, config: config, command: command,
                                  identity: metadata.trainShards.map { TrainingDataIdentity(value: $0, what: "the shard set") }, run: runDirectory)
         if let before = state.teacherWeights, before != teacherDigest {
-            throw TrainingError("cannot resume: the checkpoint was distilled from teacher weights \(before), distill.teacher_run (\(config.teacherRun ?? "-")) now gives \(teacherDigest ?? "none"). Hint: resume with the teacher the run was distilled from, or start a new run with another run.output.")
+            throw TrainingError("cannot resume: the checkpoint was distilled from teacher weights \(before), \(config.teacherWeights.map { "distill.teacher_weights (\($0))" } ?? "distill.teacher_run (\(config.teacherRun ?? "-"))") now gives \(teacherDigest ?? "none"). Hint: resume with the teacher the run was distilled from, or start a new run with another run.output.")
         }
     }
 

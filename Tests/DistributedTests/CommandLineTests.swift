@@ -60,10 +60,14 @@ struct ShardCommandTests {
         let shard = dir.appendingPathComponent("out/shard-00000.shard")
         var bytes = try Data(contentsOf: shard)
         bytes[16 + 3] ^= 0xFF   // inside the first frame
+        let entries = try ShardReader(url: shard).entries
+        bytes[Int(entries[3].offset) + Int(entries[3].compressedSize) / 2] ^= 0x5A   // and the fourth tile's
         try bytes.write(to: shard)
         let bad = try run([bin, "verify", shard.path])
         #expect(bad.status != 0)
-        #expect(bad.stderr.contains(shard.path) && bad.stderr.contains("tile 0"), "\(bad.stderr)")
+        // Every damaged tile is listed, not only the first.
+        #expect(bad.stderr.contains(shard.path) && bad.stderr.contains("tile 0 ") && bad.stderr.contains("tile 3 ") && !bad.stderr.contains("tile 1 "), "\(bad.stderr)")
+        #expect(bad.stderr.contains("2 damaged tile(s) in 1 of 1 shard(s)"), "\(bad.stderr)")
         #expect(!bad.stderr.contains("Fatal error"))
     }
 

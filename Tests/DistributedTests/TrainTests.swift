@@ -333,6 +333,7 @@ struct DistillTests {
         }
         let alone = try SupervisedTrainer(config: try student(4, "alone"), writer: "test")
         #expect(alone.teacherFactor == 2)
+        #expect(alone.teacherSummary?.contains("16 px views (input factor 2); student: 8 px (input factor 4)") == true, "\(alone.teacherSummary ?? "-")")
         try alone.run(resume: false)
         #expect(alone.history.count == 4 && alone.history.allSatisfy { $0.loss.isFinite && $0.loss > 0 })
 
@@ -363,6 +364,11 @@ struct DistillTests {
         // A student as fine as the assistant, or finer, is refused naming the key.
         let e = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: try student(2, "same"), writer: "test") }
         #expect(e?.message.contains("data.input_factor 2") == true && e?.message.contains("above 2") == true, "\(String(describing: e))")
+        // In a pass, the refusal names the config at fault.
+        let e2 = #expect(throws: TrainingError.self) {
+            _ = try MultiStudentDistiller(configs: [(try student(4, "p-4"), "s4.yaml"), (try student(2, "p-2"), "s2.yaml")], writer: "test")
+        }
+        #expect(e2?.message.hasPrefix("s2.yaml: ") == true, "\(String(describing: e2))")
     }
 
     @Test("a corrupt validation tile: under stop the trained step is checkpointed before the error and --resume finishes once val is fixed; under skip it is left out and reported")
