@@ -51,9 +51,26 @@ extension SplitMix64 {
         }
     }
 
+    /// The natural log of a Gamma(shape, 1) sample, the same draws as `gamma(shape:)`, exact where the sample
+    /// itself underflows to 0 (shapes far below 1: Gamma(a) = Gamma(a + 1) U^(1/a), whose U^(1/a) is below 1e-308 half
+    /// the time at a = 0.001).
+    public mutating func logGamma(shape: Double) -> Double {
+        if shape < 1 {
+            let u = max(Double.random(in: 0..<1, using: &self), 1e-300)
+            return logGamma(shape: shape + 1) + Glibc.log(u) / shape
+        }
+        return Glibc.log(gamma(shape: shape))
+    }
+
     /// A Beta(a, b) sample in [0, 1] (X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b); numpy.random.beta's definition).
+    /// Shapes below 1 take the ratio in log space, so tiny shapes (X and Y both underflowing) still give λ near 0
+    /// or near 1 with the right odds rather than always 1.
     public mutating func beta(_ a: Double, _ b: Double) -> Double {
-        let x = gamma(shape: a), y = gamma(shape: b)
-        return x + y > 0 ? x / (x + y) : (a >= b ? 1 : 0)
+        guard a < 1 || b < 1 else {
+            let x = gamma(shape: a), y = gamma(shape: b)
+            return x / (x + y)
+        }
+        let lx = logGamma(shape: a), ly = logGamma(shape: b)
+        return 1 / (1 + Glibc.exp(ly - lx))
     }
 }

@@ -526,6 +526,21 @@ struct MixupTests {
         #expect(abs(gm - alpha) < 0.03 * alpha && abs(gv - alpha) < 0.06 * alpha, "Gamma(\(alpha)): mean \(gm), variance \(gv)")
     }
 
+    @Test("Beta(α, α) for tiny α (both Gamma draws underflow) is still symmetric: λ near 0 or near 1 with equal odds, mean 1/2, variance 1/(4(2α+1))",
+          arguments: [0.001, 0.00001])
+    func betaTinyShapes(_ alpha: Double) {
+        var g = SplitMix64(seed: 12)
+        let n = 40_000
+        let b = (0..<n).map { _ in g.beta(alpha, alpha) }
+        let mean = b.reduce(0, +) / Double(n), variance = b.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(n)
+        let above = Double(b.filter { $0 > 0.5 }.count) / Double(n)
+        #expect(b.allSatisfy { (0...1).contains($0) })
+        #expect(abs(above - 0.5) < 0.015, "P(λ > 1/2) = \(above)")
+        #expect(abs(mean - 0.5) < 0.015, "mean \(mean)")
+        let expected = 1 / (4 * (2 * alpha + 1))
+        #expect(abs(variance - expected) < 0.02 * expected, "variance \(variance) vs \(expected)")
+    }
+
     @Test("each tile is round(λ a + (1 - λ) b) with its drawn partner, blended before the colour jitter; the LR view is made from the blend; ranks together equal one rank; α = 0 leaves the batch unchanged")
     func blendInLoader() throws {
         let dir = try TemporaryDirectory()
