@@ -31,6 +31,10 @@ public struct TrainedModel {
     public static func load(run: RunDirectory?, weights: URL?, weightsHint: String = "train first, or pass --weights FILE") throws -> TrainedModel {
         guard let chosen = weights ?? run?.preferredWeights() else {
             if let run {
+                var isDirectory: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: run.url.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+                    throw TrainingError("\(run.url.path): no such run directory. Hint: check the path (a relative path in a config file is relative to the current directory; in a run's own config.yaml, to that run).")
+                }
                 throw TrainingError("\(run.url.path): holds no best.safetensors and no complete checkpoint. Hint: \(weightsHint).")
             }
             throw TrainingError("no model given. Hint: pass --run RUN_DIRECTORY or --weights FILE.safetensors.")

@@ -304,6 +304,11 @@ struct DistillTests {
         """, source: "bad.yaml")
         let e = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: bad, writer: "test") }
         #expect(e?.message.contains("2 classes, the student 3") == true, "\(String(describing: e))")
+        // A teacher_run that does not exist is said so, not "holds no best.safetensors".
+        var missing = try student("missing")
+        missing.teacherRun = dir.appendingPathComponent("no-such-teacher").path
+        let e2 = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: missing, writer: "test") }
+        #expect(e2?.message.contains("no-such-teacher: no such run directory") == true, "\(String(describing: e2))")
     }
 
     @Test("a teacher trained on downsampled tiles (a teacher assistant) sees the batch's view at its own factor, alone and in a pass of several students; a student not coarser than it is refused")
