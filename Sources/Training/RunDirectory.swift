@@ -34,6 +34,9 @@ public struct RunMetadata: Codable, Equatable, Sendable {
     public var objective: String
     /// The teacher's run directory relative to the run directory (distillation).
     public var teacherRun: String?
+    /// The teacher's weights file the run was distilled from, relative to the run directory, and the input factor it
+    /// saw the tiles at (1: full resolution; more for a teacher assistant). Nil before they were recorded.
+    public var teacherWeights: String?, teacherInputFactor: Int?
     /// The program that trained it ("histodistill 0.x.y").
     public var program: String
     /// The convolutions' precision it was trained in ("32-true" or "bf16-mixed"; nil for runs written before it was
@@ -56,6 +59,7 @@ public struct RunMetadata: Codable, Equatable, Sendable {
         case inputFactor = "input_factor", tileSize = "tile_size", inputSize = "input_size"
         case tileMicronsPerPixel = "tile_microns_per_pixel", inputMicronsPerPixel = "input_microns_per_pixel"
         case trainShards = "train_shards", trainShardsPath = "train_shards_path", teacherRun = "teacher_run", precision
+        case teacherWeights = "teacher_weights", teacherInputFactor = "teacher_input_factor"
     }
 
     public init(model: ResNetConfig, classes: [String], mean: [Float], std: [Float], inputFactor: Int, tileSize: Int?,

@@ -229,6 +229,7 @@ public final class SupervisedTrainer {
         ema = config.emaDecay > 0 ? WeightEMA(decay: config.emaDecay, warmup: config.emaWarmup, shadow: ResNet(mc, seed: config.seed), source: network) : nil
         optimizer = Optimizer(config.optimizerKind, count: model.parameterCount)
         runDirectory = RunDirectory(path: config.output)
+        var teacherWeightsFile: String?
         if let teacherRun = config.teacherRun {
             // Messages name the key the teacher's weights came from: distill.teacher_weights when given.
             let teacherKey = config.teacherWeights.map { "distill.teacher_weights \($0)" } ?? "distill.teacher_run \(teacherRun)"
@@ -277,6 +278,7 @@ public final class SupervisedTrainer {
                 throw TrainingError("the teacher (\(teacherKey)) sees tiles downsampled \(trained.metadata.inputFactor)x, which does not divide data.train's \(train.tileSize) px tiles. Hint: distill on shards packed at a tile size divisible by \(trained.metadata.inputFactor).")
             }
             teacher = trained.model
+            teacherWeightsFile = trained.weights.path
             teacherFactor = trained.metadata.inputFactor
             teacherSummary = "teacher: \(trained.weights.path), \(train.tileSize / trained.metadata.inputFactor) px views (input factor \(trained.metadata.inputFactor)); student: \(train.tileSize / config.inputFactor) px (input factor \(config.inputFactor))"
             teacherDigest = trained.digest
@@ -308,6 +310,10 @@ public final class SupervisedTrainer {
                                     trainShardsPath: runDirectory.relativePath(config.trainShards), objective: config.isDistillation ? "distillation" : "supervised",
                                     teacherRun: config.teacherRun.map(runDirectory.relativePath), program: writer)
         described.precision = config.precision.rawValue
+        if let teacherWeightsFile {
+            described.teacherWeights = runDirectory.relativePath(teacherWeightsFile)
+            described.teacherInputFactor = teacherFactor
+        }
         metadata = described
     }
 

@@ -340,6 +340,9 @@ struct DistillTests {
         #expect(alone.teacherFactor == 2)
         #expect(alone.teacherSummary?.contains("16 px views (input factor 2); student: 8 px (input factor 4)") == true, "\(alone.teacherSummary ?? "-")")
         try alone.run(resume: false)
+        // run.json says which weights taught, at which factor.
+        let described = try JSONDecoder().decode(RunMetadata.self, from: Data(contentsOf: alone.runDirectory.url.appendingPathComponent("run.json")))
+        #expect(described.teacherInputFactor == 2 && described.teacherWeights == "../assistant/best.safetensors", "\(described.teacherWeights ?? "-")")
         #expect(alone.history.count == 4 && alone.history.allSatisfy { $0.loss.isFinite && $0.loss > 0 })
 
         // The first step by hand: the trainer's batch carries the 2x view, which is exactly what the assistant's own
