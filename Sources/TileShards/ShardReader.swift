@@ -39,7 +39,7 @@ public final class ShardReader: @unchecked Sendable {
             }
             let f = size - ShardFormat.footerSize
             guard Array(raw[(f + 56)..<(f + 64)]) == ShardFormat.footerMagic else {
-                throw ShardError("\(path): footer magic missing: the file is truncated or was not finished. \(hint)")
+                throw ShardError("\(path): footer magic missing: the file was truncated, not finished, or has bytes appended after its footer. \(hint)")
             }
             guard CRC32.checksum(base + f, count: 40) == base.le(f + 40) as UInt32 else {
                 throw ShardError("\(path): footer checksum mismatch. \(hint)")
