@@ -481,11 +481,16 @@ public final class SupervisedTrainer {
         if validateNow, let val {
             do { validation = try validate(val) } catch {
                 // The step is trained: keep it before a validation error (a corrupt validation tile) ends the run.
+                // A failure to keep it is said, but the validation error stays the one reported.
                 history.append(m)
-                try loop.log?.append(m)
-                try checkpoint(loop)
-                if group.isCoordinator {
-                    FileHandle.standardError.write(Data("note: step \(step) was checkpointed before validation failed; once data.val is fixed, --resume continues from it\n".utf8))
+                do {
+                    try loop.log?.append(m)
+                    try checkpoint(loop)
+                    if group.isCoordinator {
+                        FileHandle.standardError.write(Data("note: step \(step) was checkpointed before validation failed; once data.val is fixed, --resume continues from it\n".utf8))
+                    }
+                } catch let kept {
+                    FileHandle.standardError.write(Data("warning: step \(step) could not be checkpointed before validation failed (\(kept)); \(store.intactText())\n".utf8))
                 }
                 throw error
             }
