@@ -103,6 +103,6 @@ public struct ResNetConfig: Hashable, Sendable, Codable, CustomStringConvertible
         case .group(let g): normText = "GroupNorm(\(g))"
         case .batch: normText = "BatchNorm"
         }
-        return "\(name): planes \(planes), blocks \(blocks), \(normText), \(classes) classes, \(stages) stages"
+        return "\(name): planes \(planes), blocks \(blocks), \(normText), \(classes > 0 ? "\(classes) classes" : "no classifier (a feature extractor)"), \(stages) stages"
     }
 }

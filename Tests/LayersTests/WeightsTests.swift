@@ -15,6 +15,13 @@ func torchvisionKeys(_ arch: String) throws -> [(String, [Int], String)] {
 
 @Suite("Weights and names")
 struct WeightsTests {
+    @Test("a model description says its classes, or that a backbone has no classifier (not \"0 classes\")")
+    func describesClassifier() {
+        #expect(ResNetConfig.paper(classes: 3).description.contains(", 3 classes, "))
+        let backbone = ResNetConfig.paper(classes: 0).description
+        #expect(backbone.contains("no classifier (a feature extractor)") && !backbone.contains("0 classes"), "\(backbone)")
+    }
+
     @Test("ResNet-18 and ResNet-34 state_dicts have exactly torchvision's names, shapes, dtypes and order",
           arguments: [("resnet18", ResNetConfig.resnet18()), ("resnet34", ResNetConfig.resnet34())])
     func torchvisionNames(_ arch: String, _ config: ResNetConfig) throws {
