@@ -96,14 +96,27 @@ struct MILInputs: ParsableArguments {
     @Option(help: "Feature set directory (`histodistill extract`).")
     var features: String
 
+    @Option(help: "Compute threads (default: SLURM cpus-per-task, else the node's cores).")
+    var threads: Int?
+
     func validate() throws {
         if runDirectory == nil && weights == nil { throw ValidationError("give --run RUN_DIRECTORY or --weights FILE.safetensors") }
+        try validateThreads(threads)
     }
 
     /// The head, the feature set and the weights file. The features must come from the backbone the head was
-    /// trained on; `sameClasses` (evaluate) also requires the same class list.
+    /// trained on; `sameClasses` (evaluate) also requires the same class list. Sets the compute threads (`--threads`)
+    /// and says them in one line, as every command that runs a model does (the head is float32).
     func load(sameClasses: Bool) throws -> (AttentionMIL<Float>, FeatureSet, URL, MILDescription) {
+        if let threads { BLAS.setThreadCount(threads) }
+        announceCompute(precision: .float32, threadsChosen: threads != nil, setting: "--threads")
         let run = runDirectory.map { RunDirectory(path: $0) }
+        if let runDirectory, weights == nil {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: runDirectory, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw CLIError("\(runDirectory): no such run directory", hint: "check the path, or pass --weights")
+            }
+        }
         guard let url = weights.map({ URL(fileURLWithPath: $0) }) ?? run?.preferredWeights() else {
             throw CLIError("\(runDirectory ?? "?"): holds no best.safetensors and no checkpoint", hint: "train first with `histodistill mil train`, or pass --weights")
         }

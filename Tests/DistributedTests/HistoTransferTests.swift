@@ -147,8 +147,13 @@ struct HistoTransferTests {
         }
         // The CLI writes slide metrics, per-slide probabilities and per-patch attention.
         let bin = try histodistillBinary()
-        let e = try run([bin, "mil", "evaluate", "--run", dir.appendingPathComponent("run").path, "--features", dir.appendingPathComponent("test").path])
+        let e = try run([bin, "mil", "evaluate", "--run", dir.appendingPathComponent("run").path, "--features", dir.appendingPathComponent("test").path, "--threads", "1"])
         #expect(e.status == 0 && e.stdout.contains("20 slides: accuracy"), "\(e.stdout) \(e.stderr)")
+        #expect(e.stderr.contains("compute: 1 thread per process, 32-true"), "\(e.stderr)")
+        let zero = try run([bin, "mil", "predict", "--run", dir.appendingPathComponent("run").path, "--features", dir.appendingPathComponent("test").path, "--threads", "0"])
+        #expect(zero.status != 0 && zero.stderr.contains("--threads must be 1 to 4096"), "\(zero.stderr)")
+        let nowhere = try run([bin, "mil", "evaluate", "--run", dir.appendingPathComponent("no-such-run").path, "--features", dir.appendingPathComponent("test").path])
+        #expect(nowhere.status != 0 && nowhere.stderr.contains("no-such-run: no such run directory"), "\(nowhere.stderr)")
         let attention = try String(contentsOf: dir.appendingPathComponent("run/attention.csv"), encoding: .utf8).split(separator: "\n")
         #expect(attention.first == "slide,x,y,attention" && attention.count == 1 + 20 * 12)
         let slides = try String(contentsOf: dir.appendingPathComponent("run/slides.csv"), encoding: .utf8).split(separator: "\n")
