@@ -63,10 +63,11 @@ func runTrainerCommand<T: CommandTrainer>(_ command: TrainingCommand, config: St
         }
         if group.isCoordinator { warnIgnoredKeys(cfg, file: config, overrides: options.overrides, command: command) }
         // mil train has no convolutions: train.precision does nothing there (warned above as an ignored key).
-        setUpCompute(threads: cfg.threads, precision: command == .milTrain ? .float32 : cfg.precision, group: group, launch: launch)
+        let announce = setUpCompute(threads: cfg.threads, precision: command == .milTrain ? .float32 : cfg.precision, group: group, launch: launch)
         let trainer = try group.collectively { () throws -> T in
             do { return try make(cfg, "histodistill \(histodistillVersion)", group) } catch let e as TrainingError { throw CLIError(e.message) }
         }
+        announce()
         if group.isCoordinator { trainer.progress = progressSink() }
         let outcome: RunOutcome
         do { outcome = try trainer.run(resume: options.resume, stopAfter: options.stopAfter) } catch let e as TrainingError {

@@ -150,12 +150,14 @@ private func asUserErrors<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
-/// Compute threads per rank (`train.threads`, else the launch's share of the cores), the convolutions' precision
-/// (`train.precision`) and, on the coordinator, the kernel warnings.
-func setUpCompute(threads: Int?, precision: MatmulPrecision, group: any ProcessGroup, launch: LaunchEnvironment) {
+/// Sets the compute threads per rank (`train.threads`, else the launch's share of the cores) and the convolutions'
+/// precision (`train.precision`). Returns what says them (the compute line and its warnings, on the coordinator): the caller calls it once the
+/// command has passed its start-up checks, so that a start-up error is not preceded by a compute line.
+func setUpCompute(threads: Int?, precision: MatmulPrecision, group: any ProcessGroup, launch: LaunchEnvironment) -> () -> Void {
     BLAS.setThreadCount(threads ?? launch.defaultThreadsPerRank(cores: ProcessInfo.processInfo.activeProcessorCount))
     BF16GEMM.precision = precision
-    if group.isCoordinator {
+    return {
+        guard group.isCoordinator else { return }
         for w in KernelAdvice.current() { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
         announceCompute(precision: precision, threadsChosen: threads != nil, setting: "train.threads")
     }
@@ -203,7 +205,7 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
         }
     }
     if group.isCoordinator { for (c, path) in zip(cfgs, configs) { warnIgnoredKeys(c, file: path, overrides: options.overrides, command: .distill) } }
-    setUpCompute(threads: cfgs[0].threads, precision: cfgs[0].precision, group: group, launch: launch)
+    let announce = setUpCompute(threads: cfgs[0].threads, precision: cfgs[0].precision, group: group, launch: launch)
     let pass = try group.collectively { () throws -> MultiStudentDistiller in
         do {
             return try MultiStudentDistiller(configs: Array(zip(cfgs, configs)).map { ($0, $1) }, writer: "histodistill \(histodistillVersion)", group: group)
@@ -211,6 +213,7 @@ private func distillSeveral(configs: [String], options: TrainingOptions, group: 
             throw CLIError(e.message)
         }
     }
+    announce()
     for s in pass.students {
         s.traceSamples = options.traceSamples
         if group.isCoordinator { s.progress = progressSink(label: s.config.name) }
@@ -238,12 +241,13 @@ private func train(config: String, options: TrainingOptions, distillation: Bool,
         return cfg
     }
     if group.isCoordinator { warnIgnoredKeys(cfg, file: config, overrides: options.overrides, command: distillation ? .distill : .train) }
-    setUpCompute(threads: cfg.threads, precision: cfg.precision, group: group, launch: launch)
+    let announce = setUpCompute(threads: cfg.threads, precision: cfg.precision, group: group, launch: launch)
     let trainer = try group.collectively { () throws -> SupervisedTrainer in
         do { return try SupervisedTrainer(config: cfg, writer: "histodistill \(histodistillVersion)", group: group) } catch let e as TrainingError {
             throw CLIError(e.message)
         }
     }
+    announce()
     trainer.traceSamples = options.traceSamples
     let terminal = isatty(2) != 0
     if group.isCoordinator {

@@ -343,6 +343,10 @@ struct OutputSafetyTests {
                     "\(args.joined(separator: " ")): \(r.stderr)")
         }
         let config = try lifecycleConfigFile(dir, shards: shards, output: dir.appendingPathComponent("run"), maxSteps: 1)
+        // A start-up error (here a teacher that does not exist) is not preceded by a compute line.
+        let startup = try run([bin, "distill", "--config", config.path, "--set", "distill.teacher_run=\(dir.appendingPathComponent("no-teacher").path)",
+                               "--set", "data.input_factor=2", "--set", "run.output=\(dir.appendingPathComponent("student").path)"])
+        #expect(startup.status != 0 && startup.stderr.contains("no such run directory") && !startup.stderr.contains("compute:"), "\(startup.stderr)")
         let threads = try run([bin, "train", "--config", config.path, "--set", "train.threads=5000"])
         #expect(threads.status != 0 && threads.stderr.contains("train.threads") && threads.stderr.contains("1 to 4096"), "\(threads.stderr)")
         // A directory where a file is read is said in words (Foundation's own message was "error 256").
