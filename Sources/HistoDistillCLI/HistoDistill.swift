@@ -33,12 +33,17 @@ struct HistoDistill: ParsableCommand {
 /// `--option -1` as `--option=-1`: the argument parser reads a lone `-1` as a short flag, so a negative number given
 /// to a numeric option failed as "missing value"; joined, it reaches the option's own check ("must be at least 1,
 /// got -1"). Only a value that starts like a negative number ("-1", "-0.5,0.1,0.2") after a `--long` option without
-/// `=` is joined, and nothing after `--`.
+/// `=`, or after a short option (`-o -4` as `-o=-4`: every short option of this tool takes a value), is joined, and
+/// nothing after `--`.
 func joiningNegativeValues(_ arguments: [String]) -> [String] {
     var out: [String] = []
     for (i, a) in arguments.enumerated() {
         if a == "--" { return out + arguments[i...] }   // after "--" every argument is a positional value, as it is
-        if let last = out.last, last.hasPrefix("--"), last.count > 2, !last.contains("="), a.hasPrefix("-"),
+        // A `--long` option without "=", or a short one (`-o`: every short option here takes a value; not -h).
+        let takesValue = { (o: String) in
+            (o.hasPrefix("--") && o.count > 2 && !o.contains("=")) || (o.count == 2 && o.hasPrefix("-") && o != "-h" && o.last!.isLetter)
+        }
+        if let last = out.last, takesValue(last), a.hasPrefix("-"),
            let second = a.dropFirst().first, second.isNumber || second == "." {
             out[out.count - 1] = last + "=" + a
         } else {

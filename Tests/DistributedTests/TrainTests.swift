@@ -558,3 +558,14 @@ struct EvalReplicaTests {
         #expect(step(bn, width: 2, scale: 1).2 == 0, "BatchNorm statistics depend on the batch: not split")
     }
 }
+
+@Suite("Command-line arguments")
+struct ArgumentJoiningTests {
+    @Test("a negative number after an option that takes a value is joined to it (long options, and short ones: -o -4), never after -h or --")
+    func negativeValues() {
+        #expect(joiningNegativeValues(["predict", "-o", "-4", "--threads", "-1", "--bootstrap", "-0.5", "-h", "-1", "--json", "--", "-o", "-2"])
+                == ["predict", "-o=-4", "--threads=-1", "--bootstrap=-0.5", "-h", "-1", "--json", "--", "-o", "-2"])
+        #expect(joiningNegativeValues(["train", "--set=x", "-1", "-o", "out", "-o", "-name"]) == ["train", "--set=x", "-1", "-o", "out", "-o", "-name"],
+                "an option already holding its value, a non-numeric value")
+    }
+}
