@@ -187,6 +187,8 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
     /// Largest term weight accepted: beyond it the weighted loss and its gradients overflow float32 (Adam's second
     /// moment squares them) long before any balance between the terms is struck.
     public static let maximumWeight: Float = 1_000_000
+    /// Smallest non-zero term weight and smallest temperature accepted: below them a term contributes nothing.
+    public static let minimumWeight: Float = 1e-6, minimumTemperature: Float = 0.01
 
     /// What is wrong with these settings, one per problem: the field at fault ("temperature", "kd_weight",
     /// "pixel_weight" or "ce_weight") and what to say after its name; `name(field)` names other fields in the text
@@ -195,14 +197,18 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
         var out: [(field: String, text: String)] = []
         if !(temperature > 0 && temperature.isFinite) {
             out.append(("temperature", "must be positive (the paper uses 4), got \(temperature)"))
+        } else if temperature < Self.minimumTemperature {
+            out.append(("temperature", "must be at least \(Self.minimumTemperature) (the paper uses 4; 1 to 20 is usual), got \(temperature): below it KL(T) x T^2 vanishes and the KD term with it"))
         } else if temperature > Self.maximumTemperature {
             out.append(("temperature", "must be at most \(Int(Self.maximumTemperature)) (the paper uses 4; 1 to 20 is usual), got \(temperature): beyond it the softened distributions are uniform to float32 precision and the KD term is rounding noise"))
         }
         for (field, v) in [("kd_weight", kdWeight), ("pixel_weight", pixelWeight), ("ce_weight", crossEntropyWeight)] {
-            if !(v >= 0 && v.isFinite) {
+            if !(v >= 0) || v.isNaN {
                 out.append((field, "must be 0 or positive, got \(v)"))
             } else if v > Self.maximumWeight {
                 out.append((field, "must be at most \(Int(Self.maximumWeight)), got \(v): a weight this large overflows float32 losses and gradients. Hint: the weights set the terms' balance, so scale the other terms down instead."))
+            } else if v > 0 && v < Self.minimumWeight {
+                out.append((field, "must be 0 (off) or at least \(Self.minimumWeight), got \(v): a term weighted less contributes nothing a float32 loss can hold. Hint: set it to 0 to turn the term off."))
             }
         }
         if kdWeight == 0 && pixelWeight == 0 && crossEntropyWeight == 0 {

@@ -295,7 +295,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if !(augment.cropScale > 0 && augment.cropScale <= 1) { throw bad("augment.crop_scale", "must be in (0, 1] (1 off; 0.5 keeps at least half the tile's area), got \(augment.cropScale)") }
         if !(0...1).contains(augment.blurProbability) { throw bad("augment.blur_probability", "must be in 0...1 (0 off), got \(augment.blurProbability)") }
         if !(augment.blurSigma >= 0.1 && augment.blurSigma <= 16) { throw bad("augment.blur_sigma", "must be in 0.1...16 pixels (1-2 is usual), got \(augment.blurSigma)") }
-        if !(augment.mixupAlpha >= 0 && augment.mixupAlpha <= 100) { throw bad("augment.mixup", "must be in 0...100 (0 off; 1 draws the blend weight uniformly), got \(augment.mixupAlpha)") }
+        if !(augment.mixupAlpha == 0 || (augment.mixupAlpha >= 0.01 && augment.mixupAlpha <= 100)) {
+            throw bad("augment.mixup", "must be 0 (off) or in 0.01...100 (1 draws the blend weight uniformly; below 0.01 the weight is 0 or 1 to within rounding, so nothing is blended), got \(augment.mixupAlpha)")
+        }
         if augment.mixupAlpha > 0 && (!isDistillation || objective.crossEntropyWeight > 0) {
             throw bad("augment.mixup", "applies to distillation without labels only: a blended tile has no single label for cross-entropy\(isDistillation ? " (distill.ce_weight is \(objective.crossEntropyWeight))" : ""). Hint: remove augment.mixup\(isDistillation ? ", or set distill.ce_weight: 0" : " for supervised training").")
         }

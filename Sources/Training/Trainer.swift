@@ -412,9 +412,42 @@ public final class SupervisedTrainer {
         }
         let totalSteps = Self.totalSteps(config, tiles: train.count)
         StopSignals.arm()
-        return Loop(step: step, cursor: cursor, best: bestAccuracy, stepsPerEpoch: stepsPerEpoch, totalSteps: totalSteps,
-                    stopAt: min(totalSteps, stopAfter ?? totalSteps), startStep: step, schedule: config.lrSchedule(stepsPerEpoch: stepsPerEpoch),
-                    log: group.isCoordinator ? try MetricsLog(run: runDirectory) : nil, trace: traceSamples ? try traceHandle() : nil)
+        var loop = Loop(step: step, cursor: cursor, best: bestAccuracy, stepsPerEpoch: stepsPerEpoch, totalSteps: totalSteps,
+                        stopAt: min(totalSteps, stopAfter ?? totalSteps), startStep: step, schedule: config.lrSchedule(stepsPerEpoch: stepsPerEpoch),
+                        log: group.isCoordinator ? try MetricsLog(run: runDirectory) : nil, trace: traceSamples ? try traceHandle() : nil)
+        // The validation a failed data.val left undone at the checkpoint's step (`pendingValidation`) runs first.
+        let pending = try group.collectively { () throws -> Bool in
+            (try? String(contentsOf: pendingValidation, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } == step
+        }
+        if resume, pending, let val {
+            if let (acc, _) = try validateAndKeep(val, loop: &loop, step: step) {
+                progress?(String(format: "validation of step %d, left undone when data.val failed: val_acc %.4f", step, acc))
+            }
+            if group.isCoordinator { try? FileManager.default.removeItem(at: pendingValidation) }
+        }
+        return loop
+    }
+
+    /// Holds the step whose validation failed after its checkpoint was written (a corrupt validation tile), so that
+    /// `--resume` validates it before going on.
+    var pendingValidation: URL { runDirectory.url.appendingPathComponent("validation-pending") }
+
+    /// Validates the evaluated model on `val` and keeps it as best.safetensors when it beats the loop's best
+    /// (step `step`); returns accuracy and loss, nil when `val` has no labeled tile.
+    func validateAndKeep(_ val: ShardDataset, loop: inout Loop, step: Int) throws -> (Double, Double)? {
+        guard let result = try validate(val) else { return nil }
+        let acc = result.0
+        if loop.best == nil || acc > loop.best! {
+            loop.best = acc
+            bestStep = step
+            if group.isCoordinator {
+                var extra = ["step": "\(step)", "val_accuracy": "\(acc)"]
+                if let ema { extra["ema_decay"] = "\(ema.decay)"; extra["ema_updates"] = "\(ema.updates)"; if ema.warmup { extra["ema_warmup"] = "true" } }
+                try evaluatedModel.saveWeights(to: runDirectory.bestWeights, metadata: metadata.safetensorsMetadata.merging(extra) { $1 })
+            }
+        }
+        bestAccuracy = loop.best
+        return result
     }
 
     /// This rank's data stream from `loop`'s cursor on; `extraFactors` adds views downsampled by other factors
@@ -479,7 +512,7 @@ public final class SupervisedTrainer {
         let validateNow = epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true
         var validation: (Double, Double)?
         if validateNow, let val {
-            do { validation = try validate(val) } catch {
+            do { validation = try validateAndKeep(val, loop: &loop, step: step) } catch {
                 // The step is trained: keep it before a validation error (a corrupt validation tile) ends the run.
                 // A failure to keep it is said, but the validation error stays the one reported.
                 history.append(m)
@@ -487,6 +520,7 @@ public final class SupervisedTrainer {
                     try loop.log?.append(m)
                     try checkpoint(loop)
                     if group.isCoordinator {
+                        try Data("\(step)\n".utf8).write(to: pendingValidation, options: .atomic)
                         FileHandle.standardError.write(Data("note: step \(step) was checkpointed before validation failed; once data.val is fixed, --resume continues from it\n".utf8))
                     }
                 } catch let kept {
@@ -496,17 +530,7 @@ public final class SupervisedTrainer {
             }
         }
         if let result = validation {
-            let acc = result.0
-            m.valAccuracy = acc; m.valLoss = result.1
-            if loop.best == nil || acc > loop.best! {
-                loop.best = acc
-                bestStep = step
-                if group.isCoordinator {
-                    var extra = ["step": "\(step)", "val_accuracy": "\(acc)"]
-                    if let ema { extra["ema_decay"] = "\(ema.decay)"; extra["ema_updates"] = "\(ema.updates)"; if ema.warmup { extra["ema_warmup"] = "true" } }
-                    try evaluatedModel.saveWeights(to: runDirectory.bestWeights, metadata: metadata.safetensorsMetadata.merging(extra) { $1 })
-                }
-            }
+            m.valAccuracy = result.0; m.valLoss = result.1
         }
         bestAccuracy = loop.best
         history.append(m)

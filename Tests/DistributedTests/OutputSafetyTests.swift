@@ -443,6 +443,8 @@ struct OutputSafetyTests {
                                    ("data: {train: x}\noptimizer: {name: adamw, lr: 0.01}", "optimizer.weight_decay=100", "--set optimizer.weight_decay: optimizer.weight_decay/lr give lr x weight_decay = 0.01 x 100.0 = 1:"),
                                    ("data: {train: x}\noptimizer: {name: sgd, weight_decay: 0.0001}", "optimizer.lr=10000", "--set optimizer.lr: optimizer.weight_decay/lr give lr x weight_decay = 10000.0 x 0.0001 = 1:"),
                                    ("data: {train: x}\ndistill: {teacher_run: t}", "distill.temperature=1e4", "distill.temperature must be at most 100"),
+                                   ("data: {train: x}\ndistill: {teacher_run: t}", "distill.temperature=1e-30", "distill.temperature must be at least 0.01"),
+                                   ("data: {train: x}\ndistill: {teacher_run: t, kd_weight: 0, pixel_weight: 0}", "distill.ce_weight=1e-45", "distill.ce_weight must be 0 (off) or at least 1e-06"),
                                    ("data: {train: x}\noptimizer: {name: sgd, lr: 0.5}", "optimizer.weight_decay=3", "sgd multiplies the weights by 1 - lr x weight_decay")] {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(yaml, source: "c.yaml", overrides: [set]) }
             #expect(e?.message.contains(words) == true, "\(set): \(String(describing: e))")
@@ -457,7 +459,8 @@ struct OutputSafetyTests {
         // Mixup blends two tiles' labels: refused where a label is used (train, distill with ce_weight), and out of range.
         for (yaml, set, words) in [("data: {train: x}", "augment.mixup=1", "augment.mixup applies to distillation without labels only"),
                                    ("data: {train: x}\ndistill: {teacher_run: t, ce_weight: 0.5}", "augment.mixup=1", "(distill.ce_weight is 0.5). Hint: remove augment.mixup, or set distill.ce_weight: 0"),
-                                   ("data: {train: x}\ndistill: {teacher_run: t}", "augment.mixup=-1", "augment.mixup must be in 0...100")] {
+                                   ("data: {train: x}\ndistill: {teacher_run: t}", "augment.mixup=-1", "augment.mixup must be 0 (off) or in 0.01...100"),
+                                   ("data: {train: x}\ndistill: {teacher_run: t}", "augment.mixup=0.001", "below 0.01 the weight is 0 or 1 to within rounding")] {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(yaml, source: "c.yaml", overrides: [set]) }
             #expect(e?.message.hasPrefix("--set augment.mixup: ") == true && e?.message.contains(words) == true, "\(set): \(String(describing: e))")
         }

@@ -412,9 +412,15 @@ struct DistillTests {
         // val fixed (pointed at the intact shards): the run resumes from step 4 and has nothing left but to finish.
         var fixed = try config("stop")
         fixed.valShards = shards.path
+        #expect(FileManager.default.fileExists(atPath: stopped.pendingValidation.path), "the undone validation is remembered")
+        #expect(!FileManager.default.fileExists(atPath: stopped.runDirectory.bestWeights.path))
         let resumed = try SupervisedTrainer(config: fixed, writer: "test")
         #expect(try resumed.run(resume: true) == .finished)
         #expect(resumed.history.isEmpty, "step 4 is not trained twice")
+        // ...but it is validated: best.safetensors is written, the marker gone.
+        #expect(resumed.bestAccuracy != nil && resumed.bestStep == 4, "\(String(describing: resumed.bestAccuracy)) at \(String(describing: resumed.bestStep))")
+        #expect(FileManager.default.fileExists(atPath: resumed.runDirectory.bestWeights.path))
+        #expect(!FileManager.default.fileExists(atPath: resumed.pendingValidation.path))
         // Under skip the tile is left out of the accuracy and reported.
         let skipping = try SupervisedTrainer(config: try config("skip"), writer: "test")
         try skipping.run(resume: false)
