@@ -75,7 +75,11 @@ struct Cost: ParsableCommand {
         guard !values.isEmpty, values.allSatisfy({ (8...4096).contains($0 ?? 0) }) else {
             throw ValidationError("--resolutions takes comma-separated sizes of 8 to 4096 px, got '\(resolutions)'")
         }
-        return values.map { $0! }
+        let sizes = values.map { $0! }
+        if Set(sizes).count != sizes.count {
+            throw ValidationError("--resolutions lists a size twice ('\(resolutions)'): each is measured once. Hint: --resolutions \(Array(NSOrderedSet(array: sizes)).map { "\($0)" }.joined(separator: ","))")
+        }
+        return sizes
     }
 
     func architecture() throws -> ResNetConfig {

@@ -331,6 +331,7 @@ struct OutputSafetyTests {
             (["cost", "--measure", "--kd-weight", "2", "--pixel-norm", "l1"], "--pixel-norm, --kd-weight set the objective of a distillation step, but none is measured: add --distill"),
             (["cost", "--kd-weight", "2"], "--kd-weight sets the objective of a distillation step, but none is measured: add --measure --distill"),
             (["cost", "--measure", "--distill", "--resolutions", "224"], "--resolutions gives one (224)"),
+            (["cost", "--resolutions", "56,28,28"], "--resolutions lists a size twice ('56,28,28'): each is measured once. Hint: --resolutions 56,28"),
             (["bench-step", "--resolution", "56", "--teacher-resolution", "56"], "--teacher-resolution must be above --resolution (56"),
             // The objective's own limits, as `distill` has them, named as flags.
             (["cost", "--measure", "--distill", "--resolutions", "56,28", "--kd-weight", "9e18"], "--kd-weight must be at most 1000000"),
