@@ -35,16 +35,6 @@ struct DistillationSettings: ParsableArguments {
          ("--ce-weight", ceWeight != nil)].filter(\.1).map(\.0)
     }
 
-    /// Whether the flag of `field` (temperature, kd_weight, pixel_weight, ce_weight) was given.
-    private func flagGiven(_ field: String) -> Bool {
-        switch field {
-        case "temperature": return temperature != nil
-        case "kd_weight": return kdWeight != nil
-        case "pixel_weight": return pixelWeight != nil
-        default: return ceWeight != nil
-        }
-    }
-
     /// Refuses distillation flags given to a command that will time no distillation step (`without`: what would
     /// make it time one), rather than ignore them.
     func requireDistillation(_ distilling: Bool, without: String) throws {
@@ -79,7 +69,9 @@ struct DistillationSettings: ParsableArguments {
         if let pixelWeight { o.pixelWeight = pixelWeight }
         if let ceWeight { o.crossEntropyWeight = ceWeight }
         // The checks `distill` makes of its config, named as this command's flags (or the config's keys).
-        let name = { (field: String) in distillConfig != nil && !flagGiven(field) ? "distill.\(field) of \(distillConfig!)" : "--" + field.replacingOccurrences(of: "_", with: "-") }
+        let flag = { (field: String) in "--" + field.replacingOccurrences(of: "_", with: "-") }
+        let given = givenFlags
+        let name = { (field: String) in distillConfig != nil && !given.contains(flag(field)) ? "distill.\(field) of \(distillConfig!)" : flag(field) }
         if let first = o.problems(naming: name).first { throw CLIError("\(name(first.field)) \(first.text)") }
         return o
     }

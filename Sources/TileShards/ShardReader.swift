@@ -143,12 +143,13 @@ public final class ShardReader: @unchecked Sendable {
         return out
     }
 
-    /// Every damaged tile, one message each (file, tile, id, source and what is wrong), checking every frame's
-    /// checksum and header and decompressing every tile; empty when all are intact.
-    public func damagedTiles(progress: ((Int) -> Void)? = nil) -> [String] {
+    /// The damaged tiles, one message each (file, tile, id, source and what is wrong), checking every frame's
+    /// checksum and header and decompressing every tile; at most `limit` of them (the scan stops there); empty when
+    /// all are intact. Memory grows only as far as checked frames need.
+    public func damagedTiles(limit: Int = .max) -> [String] {
         let ctx = TileDecompressor()
         var buffer = [UInt8](), damaged: [String] = []
-        for i in 0..<entries.count {
+        for i in 0..<entries.count where damaged.count < limit {
             do {
                 try checkFrame(i)
                 if buffer.count < entries[i].pixelBytes { buffer = [UInt8](repeating: 0, count: entries[i].pixelBytes) }
@@ -158,21 +159,13 @@ public final class ShardReader: @unchecked Sendable {
             } catch {
                 damaged.append("\(url.path): tile \(i): \(error)")
             }
-            progress?(i)
         }
         return damaged
     }
 
-    /// Reads every tile; throws on the first problem, naming the tile. Memory grows only as far as checked frames need.
-    public func verify(progress: ((Int) -> Void)? = nil) throws {
-        let ctx = TileDecompressor()
-        var buffer = [UInt8]()
-        for i in 0..<entries.count {
-            try checkFrame(i)
-            if buffer.count < entries[i].pixelBytes { buffer = [UInt8](repeating: 0, count: entries[i].pixelBytes) }
-            try buffer.withUnsafeMutableBufferPointer { try readTile(i, into: $0.baseAddress!, capacity: $0.count, context: ctx) }
-            progress?(i)
-        }
+    /// Reads every tile; throws on the first problem, naming the tile.
+    public func verify() throws {
+        if let first = damagedTiles(limit: 1).first { throw ShardError(first) }
     }
 
     /// Bytes of the file.

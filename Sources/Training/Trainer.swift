@@ -416,10 +416,11 @@ public final class SupervisedTrainer {
                         stopAt: min(totalSteps, stopAfter ?? totalSteps), startStep: step, schedule: config.lrSchedule(stepsPerEpoch: stepsPerEpoch),
                         log: group.isCoordinator ? try MetricsLog(run: runDirectory) : nil, trace: traceSamples ? try traceHandle() : nil)
         // The validation a failed data.val left undone at the checkpoint's step (`pendingValidation`) runs first.
-        let pending = try group.collectively { () throws -> Bool in
+        // (`resume` and data.val are the same on every rank, so every rank takes part in the read or none does.)
+        let pending = try resume && val != nil && group.collectively { () throws -> Bool in
             (try? String(contentsOf: pendingValidation, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } == step
         }
-        if resume, pending, let val {
+        if pending, let val {
             if let (acc, _) = try validateAndKeep(val, loop: &loop, step: step) {
                 progress?(String(format: "validation of step %d, left undone when data.val failed: val_acc %.4f", step, acc))
             }

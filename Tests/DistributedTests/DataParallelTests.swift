@@ -200,12 +200,7 @@ struct DataParallelTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dperror-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)
-        let first = try #require(try FileManager.default.contentsOfDirectory(atPath: shards.path).filter { $0.hasSuffix(".shard") }.sorted().first)
-        let url = shards.appendingPathComponent(first)
-        let entry = try ShardReader(url: url).entries[0]
-        var bytes = try Data(contentsOf: url)
-        bytes[Int(entry.offset) + Int(entry.compressedSize) / 2] ^= 0x5A
-        try bytes.write(to: url)
+        let url = try corruptFirstTile(of: shards)
         // Which rank meets dataset tile 0 in epoch 0 (batch 4 on 2 ranks: positions 0-1 of a batch go to rank 0).
         let position = try #require(EpochPlan(count: 24, seed: 5, epoch: 0, globalBatch: 4).order.firstIndex(of: 0))
         let rank = position % 4 < 2 ? 0 : 1

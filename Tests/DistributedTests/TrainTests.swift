@@ -27,6 +27,17 @@ func trainingShards(_ dir: URL) throws -> URL {
     return dir.appendingPathComponent("shards")
 }
 
+/// Flips a byte in the middle of tile 0's frame of the first shard (by name) in `shards`; returns that shard file.
+func corruptFirstTile(of shards: URL) throws -> URL {
+    let first = try #require(try FileManager.default.contentsOfDirectory(atPath: shards.path).filter { $0.hasSuffix(".shard") }.sorted().first)
+    let url = shards.appendingPathComponent(first)
+    let entry = try ShardReader(url: url).entries[0]
+    var bytes = try Data(contentsOf: url)
+    bytes[Int(entry.offset) + Int(entry.compressedSize) / 2] ^= 0x5A
+    try bytes.write(to: url)
+    return url
+}
+
 func tinyConfig(shards: URL, output: URL, maxSteps: Int) throws -> RunConfig {
     try RunConfig.parse("""
     run: {name: t, output: \(output.path), seed: 3}
@@ -388,12 +399,7 @@ struct DistillTests {
         let shards = try trainingShards(dir)
         let val = dir.appendingPathComponent("val")
         try FileManager.default.copyItem(at: shards, to: val)
-        let first = try #require(try FileManager.default.contentsOfDirectory(atPath: val.path).filter { $0.hasSuffix(".shard") }.sorted().first)
-        let url = val.appendingPathComponent(first)
-        let entry = try ShardReader(url: url).entries[0]
-        var bytes = try Data(contentsOf: url)
-        bytes[Int(entry.offset) + Int(entry.compressedSize) / 2] ^= 0x5A
-        try bytes.write(to: url)
+        let first = try corruptFirstTile(of: val).lastPathComponent
         func config(_ policy: String) throws -> RunConfig {
             try RunConfig.parse("""
             run: {output: \(dir.appendingPathComponent("run-\(policy)").path), seed: 1}
