@@ -8,17 +8,30 @@ public enum CrossEntropy {
     /// with q = (1 - ε) one-hot(label) + ε / classes (ε = `labelSmoothing`; 0 is plain cross-entropy), as
     /// `torch.nn.CrossEntropyLoss(label_smoothing=ε)`, and writes d(loss * scale)/d(logits) = (softmax - q) * scale / n
     /// into `gradLogits` (overwritten; zero rows for unlabeled).
+    /// With mixup (`mixWeights` given), row i's target is the blend of two such targets, λ_i q(label_i) +
+    /// (1 - λ_i) q(partner_i), the labels blended as the pixels were (Zhang et al. 2018; timm's `Mixup` with
+    /// `label_smoothing`, whose soft targets `SoftTargetCrossEntropy` takes).
     /// - Parameters:
     ///   - logits: (n, classes).
     ///   - labels: n class indices in 0..<classes, or -1.
+    ///   - mixPartnerLabels: n class indices in 0..<classes: the label of the tile each row's tile was blended with
+    ///     (read where `labels` is >= 0; required with `mixWeights`).
+    ///   - mixWeights: n weights λ in 0...1 of each row's own label; nil: no mixup.
     public static func forwardBackward(
         logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>, n: Int, classes: Int,
-        gradLogits: UnsafeMutablePointer<Float>?, scale: Float = 1, labelSmoothing: Float = 0
+        gradLogits: UnsafeMutablePointer<Float>?, scale: Float = 1, labelSmoothing: Float = 0,
+        mixPartnerLabels: UnsafePointer<Int32>? = nil, mixWeights: UnsafePointer<Float>? = nil
     ) -> Float {
         precondition(labelSmoothing >= 0 && labelSmoothing <= 1, "CrossEntropy: label smoothing \(labelSmoothing) is not in 0...1")
+        precondition((mixWeights == nil) == (mixPartnerLabels == nil), "CrossEntropy: mixup needs both partner labels and weights")
         var labeled = 0
         for i in 0..<n where labels[i] >= 0 {
             precondition(Int(labels[i]) < classes, "CrossEntropy: label \(labels[i]) of row \(i) is not below \(classes) classes")
+            if let mixPartnerLabels, let mixWeights {
+                precondition(mixPartnerLabels[i] >= 0 && Int(mixPartnerLabels[i]) < classes,
+                             "CrossEntropy: mixup partner label \(mixPartnerLabels[i]) of row \(i) is not in 0..<\(classes)")
+                precondition(mixWeights[i] >= 0 && mixWeights[i] <= 1, "CrossEntropy: mixup weight \(mixWeights[i]) of row \(i) is not in 0...1")
+            }
             labeled += 1
         }
         if let gradLogits { zeroFill(gradLogits, n * classes) }
@@ -30,17 +43,25 @@ public enum CrossEntropy {
         for i in 0..<n where labels[i] >= 0 {
             LogSoftmax.forward(output: logp, input: logits + i * classes, rows: 1, cols: classes)
             let y = Int(labels[i])
+            // The one-hot part of the target: weight λ on the row's label and 1 - λ on its partner's.
+            let lambda = mixWeights?[i] ?? 1, partner = mixPartnerLabels.map { Int($0[i]) } ?? y
+            let hot = lambda == 1 ? Double(logp[y]) : Double(lambda) * Double(logp[y]) + Double(1 - lambda) * Double(logp[partner])
             if labelSmoothing == 0 {
-                total -= Double(logp[y])
+                total -= hot
             } else {
                 var sum = 0.0
                 for j in 0..<classes { sum += Double(logp[j]) }
-                total -= Double(1 - labelSmoothing) * Double(logp[y]) + Double(uniform) * sum
+                total -= Double(1 - labelSmoothing) * hot + Double(uniform) * sum
             }
             if let gradLogits {
                 let g = gradLogits + i * classes, k = scale / Float(labeled)
                 for j in 0..<classes { g[j] = (Float.exp(logp[j]) - uniform) * k }
-                g[y] -= (1 - labelSmoothing) * k
+                if lambda == 1 {
+                    g[y] -= (1 - labelSmoothing) * k
+                } else {
+                    g[y] -= (1 - labelSmoothing) * lambda * k
+                    g[partner] -= (1 - labelSmoothing) * (1 - lambda) * k
+                }
             }
         }
         return Float(total / Double(labeled))

@@ -33,6 +33,10 @@ public struct LoadedBatch: Sendable {
     /// Further views downsampled by other factors (factor -> (count, 3, size/factor, size/factor)), made like `lr`
     /// from the same augmented tiles: several students of one teacher in one pass.
     public var extraViews: [Int: [Float]] = [:]
+    /// Mixup (`AugmentOptions.mixupAlpha` > 0): the label of the tile each tile was blended with (-1: unlabeled) and
+    /// the weight λ of the tile's own pixels, one each per tile; empty without mixup.
+    public var mixPartnerLabels: [Int32] = []
+    public var mixWeights: [Float] = []
 
     /// The tiles a model that sees `inputFactor`-times downsampled tiles takes: the LR tiles and their edge when
     /// the factor is above 1, else the HR tiles. The one place that choice is made.
@@ -59,11 +63,15 @@ public struct BatchMaker: @unchecked Sendable {
     /// False: batches carry no full-resolution tiles (`hr` empty) when the low-resolution view is made, as
     /// inference of a student needs only that view (the full-resolution tile is then a per-thread scratch).
     public var keepHighResolution = true
+    /// Under mixup, the tiles a partner is drawn from: nil for all of them (distillation, where labels play no
+    /// part), the labeled ones for supervised training (`labeledMixupPartners`), so every blend has two labels.
+    public let mixupPartners: [Int]?
 
     /// Checks that the data fits: square tiles of one size, divisible by the LR factor, and a global batch of
     /// at least one tile per rank (an uneven split is fine: the trainer weights each rank by its tile count).
     public init(dataset: ShardDataset, transform: PairedTransform, seed: UInt64, globalBatch: Int, rank: Int, worldSize: Int,
-                withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true, workers: Int = 1, extraFactors: [Int] = []) throws {
+                withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true, workers: Int = 1, extraFactors: [Int] = [],
+                labeledMixupPartners: Bool = false) throws {
         guard globalBatch >= worldSize, worldSize > 0 else {
             throw ShardError("global batch \(globalBatch) gives no tile to some of the \(worldSize) ranks. Hint: raise train.batch_size to at least the number of ranks.")
         }
@@ -89,6 +97,13 @@ public struct BatchMaker: @unchecked Sendable {
         self.rank = rank; self.worldSize = worldSize; self.withLowResolution = withLowResolution; self.policy = policy
         self.shuffle = shuffle; self.tileSize = tileSize; self.workers = max(1, workers)
         self.extraFactors = Array(Set(extraFactors.filter { $0 != (withLowResolution ? transform.factor : 1) })).sorted()
+        if labeledMixupPartners && transform.augment.mixupAlpha > 0 {
+            let labeled = (0..<dataset.count).filter { dataset.entry($0).label >= 0 }
+            guard !labeled.isEmpty else { throw ShardError("mixup with labels needs labeled tiles, and the training data holds none.") }
+            mixupPartners = labeled
+        } else {
+            mixupPartners = nil
+        }
     }
 
     /// A batch of the samples at `range` of `plan.order` (all of them, whatever the rank): for evaluation.
@@ -108,6 +123,9 @@ public struct BatchMaker: @unchecked Sendable {
         var hr = [Float](repeating: 0, count: scratchHR ? 0 : n * 3 * s * s)
         var lr = [Float](repeating: 0, count: withLowResolution ? n * 3 * ls * ls : 0)
         var errors = [String?](repeating: nil, count: n)
+        let mixing = transform.augment.mixupAlpha > 0
+        var partnerLabels = [Int32](repeating: -1, count: mixing ? n : 0)
+        var mixWeights = [Float](repeating: 1, count: mixing ? n : 0)
         let hrSize = 3 * s * s, lrSize = 3 * ls * ls
         // Extra views: one buffer per factor, filled by the same workers with the main views.
         let extraSizes = extraFactors.map { 3 * (s / $0) * (s / $0) }
@@ -116,8 +134,11 @@ public struct BatchMaker: @unchecked Sendable {
         hr.withUnsafeMutableBufferPointer { hrb in
             lr.withUnsafeMutableBufferPointer { lrb in
                 errors.withUnsafeMutableBufferPointer { eb in
+                  partnerLabels.withUnsafeMutableBufferPointer { plb in
+                   mixWeights.withUnsafeMutableBufferPointer { mwb in
                     // An empty array may still have a base address: only hand out an LR pointer when LR is wanted.
                     nonisolated(unsafe) let hrp = hrb.baseAddress, lrp = withLowResolution ? lrb.baseAddress : nil, ep = eb.baseAddress!
+                    nonisolated(unsafe) let plp = plb.baseAddress, mwp = mwb.baseAddress
                     nonisolated(unsafe) let extraBase = extra.map { $0.baseAddress! }
                     let w = min(workers, n)
                     DispatchQueue.concurrentPerform(iterations: w) { k in
@@ -133,8 +154,11 @@ public struct BatchMaker: @unchecked Sendable {
                                     try dataset.readers[address.shard].readTile(address.index, into: $0.baseAddress!, capacity: $0.count, context: ctx)
                                 }
                                 if let mix = MixupDraw(alpha: transform.augment.mixupAlpha, seed: seed, epoch: plan.epoch,
-                                                       position: positions[j], tiles: dataset.count) {
-                                    let other = dataset.addresses[mix.partner]
+                                                       position: positions[j], tiles: mixupPartners?.count ?? dataset.count) {
+                                    let partnerSample = mixupPartners?[mix.partner] ?? mix.partner
+                                    plp![j] = dataset.entry(partnerSample).label
+                                    mwp![j] = mix.lambda
+                                    let other = dataset.addresses[partnerSample]
                                     try partner.withUnsafeMutableBufferPointer {
                                         try dataset.readers[other.shard].readTile(other.index, into: $0.baseAddress!, capacity: $0.count, context: ctx)
                                     }
@@ -159,6 +183,8 @@ public struct BatchMaker: @unchecked Sendable {
                             }
                         }
                     }
+                   }
+                  }
                 }
             }
         }
@@ -184,6 +210,10 @@ public struct BatchMaker: @unchecked Sendable {
         }
         for (i, f) in extraFactors.enumerated() {
             batch.extraViews[f] = keep.flatMap { j in UnsafeBufferPointer(rebasing: extra[i][(j * extraSizes[i])..<((j + 1) * extraSizes[i])]) }
+        }
+        if mixing {
+            batch.mixPartnerLabels = keep.map { partnerLabels[$0] }
+            batch.mixWeights = keep.map { mixWeights[$0] }
         }
         for j in keep {
             let e = dataset.entry(plan.order[positions[j]])
@@ -242,10 +272,10 @@ public final class BatchLoader: @unchecked Sendable {
     /// the global batch at least the world size.
     public init(dataset: ShardDataset, transform: PairedTransform, seed: UInt64, globalBatch: Int, rank: Int, worldSize: Int,
                 cursor: DataCursor, withLowResolution: Bool, policy: CorruptTilePolicy = .stop, shuffle: Bool = true,
-                workers: Int = 1, depth: Int = 2, extraFactors: [Int] = []) throws {
+                workers: Int = 1, depth: Int = 2, extraFactors: [Int] = [], labeledMixupPartners: Bool = false) throws {
         let maker = try BatchMaker(dataset: dataset, transform: transform, seed: seed, globalBatch: globalBatch, rank: rank,
                                    worldSize: worldSize, withLowResolution: withLowResolution, policy: policy, shuffle: shuffle,
-                                   workers: workers, extraFactors: extraFactors)
+                                   workers: workers, extraFactors: extraFactors, labeledMixupPartners: labeledMixupPartners)
         let channel = BatchChannel(depth: depth)
         self.maker = maker
         self.channel = channel

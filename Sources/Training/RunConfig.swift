@@ -298,8 +298,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if !(augment.mixupAlpha == 0 || (augment.mixupAlpha >= 0.01 && augment.mixupAlpha <= 100)) {
             throw bad("augment.mixup", "must be 0 (off) or in 0.01...100 (1 draws the blend weight uniformly; below 0.01 the weight is 0 or 1 to within rounding, so nothing is blended), got \(augment.mixupAlpha)")
         }
-        if augment.mixupAlpha > 0 && (!isDistillation || objective.crossEntropyWeight > 0) {
-            throw bad("augment.mixup", "applies to distillation without labels only: a blended tile has no single label for cross-entropy\(isDistillation ? " (distill.ce_weight is \(objective.crossEntropyWeight))" : ""). Hint: remove augment.mixup\(isDistillation ? ", or set distill.ce_weight: 0" : " for supervised training").")
+        if augment.mixupAlpha > 0 && isDistillation && objective.crossEntropyWeight > 0 {
+            throw bad("augment.mixup", "in distillation applies without labels only (distill.ce_weight is \(objective.crossEntropyWeight)): the blend's partner may be an unlabeled tile. Hint: remove augment.mixup, or set distill.ce_weight: 0.")
         }
         for (k, v) in [("brightness", augment.brightness), ("contrast", augment.contrast), ("saturation", augment.saturation)] where !(v >= 0) {
             throw bad("augment.\(k)", "must be 0 or positive, got \(v)")

@@ -30,6 +30,11 @@ public struct StepInput {
     /// global labeled, so that after the tile-weighted reduction they average over the global batch's labeled
     /// tiles. 1 on one process; set by `DataParallelStep.step`.
     public var labeledScale: Float = 1
+    /// Supervised mixup: the label of each tile's blend partner and the weight λ of its own pixels (count each;
+    /// `LoadedBatch.mixPartnerLabels`, `mixWeights`); nil without mixup. Cross-entropy then targets the blend of
+    /// the two labels (Zhang et al. 2018).
+    public var mixPartnerLabels: UnsafePointer<Int32>? = nil
+    public var mixWeights: UnsafePointer<Float>? = nil
 
     public init(images: UnsafePointer<Float>, edge: Int, teacherImages: UnsafePointer<Float>?, teacherEdge: Int,
                 labels: UnsafePointer<Int32>, count: Int) {
@@ -49,8 +54,14 @@ extension LoadedBatch {
         return try view.tiles.withUnsafeBufferPointer { s in
             try teacherView.tiles.withUnsafeBufferPointer { t in
                 try labels.withUnsafeBufferPointer { l in
-                    try body(StepInput(images: s.baseAddress!, edge: view.edge, teacherImages: t.baseAddress, teacherEdge: teacherView.edge,
-                                       labels: l.baseAddress!, count: count))
+                    try mixPartnerLabels.withUnsafeBufferPointer { mp in
+                        try mixWeights.withUnsafeBufferPointer { mw in
+                            var input = StepInput(images: s.baseAddress!, edge: view.edge, teacherImages: t.baseAddress,
+                                                  teacherEdge: teacherView.edge, labels: l.baseAddress!, count: count)
+                            if !mixWeights.isEmpty { input.mixPartnerLabels = mp.baseAddress; input.mixWeights = mw.baseAddress }
+                            return try body(input)
+                        }
+                    }
                 }
             }
         }
@@ -118,6 +129,8 @@ public final class SupervisedStep: StepObjective {
                 sub.images = input.images + r.lowerBound * image
                 sub.teacherImages = input.teacherImages.map { $0 + r.lowerBound * teacherImage }
                 sub.labels = input.labels + r.lowerBound
+                sub.mixPartnerLabels = input.mixPartnerLabels.map { $0 + r.lowerBound }
+                sub.mixWeights = input.mixWeights.map { $0 + r.lowerBound }
                 sub.count = r.count
                 // As DataParallelStep's labeledScale: after weighting by tiles, CE averages over all labeled tiles.
                 sub.labeledScale = allLabeled > 0 && labeled[i] > 0
@@ -151,7 +164,8 @@ public final class SupervisedStep: StepObjective {
         var grad = [Float](repeating: 0, count: input.count * classes)
         var terms = LossTerms()
         terms.total = CrossEntropy.forwardBackward(logits: out.logits!.data, labels: input.labels, n: input.count, classes: classes,
-                                                   gradLogits: &grad, scale: input.labeledScale, labelSmoothing: labelSmoothing)
+                                                   gradLogits: &grad, scale: input.labeledScale, labelSmoothing: labelSmoothing,
+                                                   mixPartnerLabels: input.mixPartnerLabels, mixWeights: input.mixWeights)
         if input.labeledScale != 1 { terms.total *= input.labeledScale }
         // A non-finite loss is caught after the reduction, on every rank alike; backward is harmless.
         grad.withUnsafeBufferPointer { network.backward(gradLogits: $0.baseAddress!, gradFeatureMap: nil, gradPooled: nil) }

@@ -459,7 +459,8 @@ public final class SupervisedTrainer {
             do {
                 return try BatchLoader(dataset: train, transform: transform, seed: config.seed, globalBatch: config.batchSize, rank: group.rank,
                                        worldSize: group.size, cursor: loop.cursor, withLowResolution: config.inputFactor > 1, policy: config.onCorrupt,
-                                       workers: config.workers, extraFactors: extraFactors + (teacherFactor > 1 ? [teacherFactor] : []))
+                                       workers: config.workers, extraFactors: extraFactors + (teacherFactor > 1 ? [teacherFactor] : []),
+                                       labeledMixupPartners: !config.isDistillation)
             } catch let e as ShardError {
                 throw TrainingError("data.train (\(config.trainShards)): \(e.message)")
             }

@@ -457,15 +457,16 @@ struct OutputSafetyTests {
             _ = try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["distill.temperature=0"])
         }
         #expect(temperature?.message.hasPrefix("--set distill.temperature: distill.temperature must be positive") == true, "\(String(describing: temperature))")
-        // Mixup blends two tiles' labels: refused where a label is used (train, distill with ce_weight), and out of range.
-        for (yaml, set, words) in [("data: {train: x}", "augment.mixup=1", "augment.mixup applies to distillation without labels only"),
-                                   ("data: {train: x}\ndistill: {teacher_run: t, ce_weight: 0.5}", "augment.mixup=1", "(distill.ce_weight is 0.5). Hint: remove augment.mixup, or set distill.ce_weight: 0"),
+        // Mixup in distillation may blend with an unlabeled tile: refused with a cross-entropy term; out of range anywhere.
+        for (yaml, set, words) in [("data: {train: x}\ndistill: {teacher_run: t, ce_weight: 0.5}", "augment.mixup=1", "(distill.ce_weight is 0.5): the blend's partner may be an unlabeled tile. Hint: remove augment.mixup, or set distill.ce_weight: 0"),
+                                   ("data: {train: x}", "augment.mixup=200", "augment.mixup must be 0 (off) or in 0.01...100"),
                                    ("data: {train: x}\ndistill: {teacher_run: t}", "augment.mixup=-1", "augment.mixup must be 0 (off) or in 0.01...100"),
                                    ("data: {train: x}\ndistill: {teacher_run: t}", "augment.mixup=0.001", "below 0.01 the weight is 0 or 1 to within rounding")] {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(yaml, source: "c.yaml", overrides: [set]) }
             #expect(e?.message.hasPrefix("--set augment.mixup: ") == true && e?.message.contains(words) == true, "\(set): \(String(describing: e))")
         }
         #expect(try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["augment.mixup=1"]).augment.mixupAlpha == 1)
+        #expect(try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["augment.mixup=0.4"]).augment.mixupAlpha == 0.4, "supervised mixup blends the labels too")
         // A "billion laughs" file (9 levels of 9 aliases: 387 million values) is refused before it is built.
         var bomb = "data: {train: x}\nl0: &l0 [" + Array(repeating: "lol", count: 9).joined(separator: ", ") + "]\n"
         for i in 1...9 { bomb += "l\(i): &l\(i) [" + Array(repeating: "*l\(i - 1)", count: 9).joined(separator: ", ") + "]\n" }

@@ -532,18 +532,24 @@ struct EvalReplicaTests {
         #expect(Self.relativeError(fresh[2], reference[2]) < 1e-5)
     }
 
-    @Test("a supervised step split over model copies, one per thread, is the whole batch's step: terms and gradients, partly labeled batches, uneven shares; BatchNorm models are not split")
-    func replicatedSupervisedStep() {
+    @Test("a supervised step split over model copies, one per thread, is the whole batch's step: terms and gradients, partly labeled batches, uneven shares, mixup's blended labels; BatchNorm models are not split",
+          arguments: [false, true])
+    func replicatedSupervisedStep(_ mixup: Bool) {
         let n = 7, edge = 32
         var g = SplitMix64(seed: 4)
         let x = Buffer<Float>((0..<(n * 3 * edge * edge)).map { _ in Float(g.next() % 1000) / 500 - 1 })
         let labels: [Int32] = [0, 2, -1, 1, 1, -1, 0]
-        func step(_ config: ResNetConfig, width: Int, scale: Float) -> (LossTerms, [Float], Int) {
+        let partners: [Int32] = [1, 0, 2, 2, 0, 1, 2], weights: [Float] = [0.3, 0.8, 0.5, 0.1, 0.55, 1, 0.7]
+        func step(_ config: ResNetConfig, width: Int, scale: Float, mix: Bool = mixup) -> (LossTerms, [Float], Int) {
             let model = ResNet(config, seed: 11)
             let objective = SupervisedStep(model: model, labelSmoothing: 0.1)
+            let mixed = UnsafeMutablePointer<Int32>.allocate(capacity: n), lambdas = UnsafeMutablePointer<Float>.allocate(capacity: n)
+            mixed.initialize(from: partners, count: n); lambdas.initialize(from: weights, count: n)
+            defer { mixed.deallocate(); lambdas.deallocate() }
             return labels.withUnsafeBufferPointer { l in
                 var input = StepInput(images: x.pointer, edge: edge, teacherImages: nil, teacherEdge: edge, labels: l.baseAddress!, count: n)
                 input.labeledScale = scale
+                if mix { input.mixPartnerLabels = UnsafePointer(mixed); input.mixWeights = UnsafePointer(lambdas) }
                 let terms = Parallel.withWidth(width) { objective.localGradients(input) }
                 // Mirror to a second step: the copies follow the model's weights (changed here as an update would).
                 for i in 0..<model.parameterCount { model.parameters.values[i] *= 0.95 }
@@ -565,6 +571,10 @@ struct EvalReplicaTests {
                 for i in 0..<g1.count { err = max(err, abs(gw[i] - g1[i])); ref = max(ref, abs(g1[i])) }
                 #expect(err <= 1e-5 * max(1, ref), "gradients at width \(width), scale \(scale): \(err) of \(ref)")
             }
+        }
+        if mixup {
+            let (t, _, _) = step(gn, width: 1, scale: 1), (plain, _, _) = step(gn, width: 1, scale: 1, mix: false)
+            #expect(abs(t.total - plain.total) > 1e-3, "the blended labels change the loss: \(t.total) vs \(plain.total)")
         }
         let bn = ResNetConfig(name: "bn", planes: [16, 32], blocks: [1, 1], norm: .batch, classes: 3)
         #expect(step(bn, width: 2, scale: 1).2 == 0, "BatchNorm statistics depend on the batch: not split")

@@ -58,4 +58,39 @@ struct LabelSmoothingTests {
             #expect(grad[c..<(2 * c)].allSatisfy { $0 == 0 }, "the unlabeled row has no gradient")
         }
     }
+
+    @Test("mixup's cross-entropy targets λ q(label) + (1 - λ) q(partner), each label smoothed (timm Mixup + SoftTargetCrossEntropy), computed in Double; λ = 1 everywhere is the plain loss bit for bit")
+    func mixedTargets() {
+        let n = 5, c = 4
+        var g = SplitMix64(seed: 78)
+        let logits = (0..<(n * c)).map { _ in g.uniform(-3, 3) }
+        let labels: [Int32] = [2, -1, 0, 3, 1], partners: [Int32] = [0, 1, 0, 1, 3]
+        let lambdas: [Float] = [0.3, 0.5, 0.9, 0.0, 0.62]
+        for eps in [Float(0), 0.1] {
+            var grad = [Float](repeating: 9, count: n * c)
+            let loss = CrossEntropy.forwardBackward(logits: logits, labels: labels, n: n, classes: c, gradLogits: &grad, scale: 2,
+                                                    labelSmoothing: eps, mixPartnerLabels: partners, mixWeights: lambdas)
+            var expected = 0.0
+            var expectedGrad = [Double](repeating: 0, count: n * c)
+            for i in 0..<n where labels[i] >= 0 {
+                let row = (0..<c).map { Double(logits[i * c + $0]) }
+                let m = row.max()!, z = row.map { exp($0 - m) }.reduce(0, +)
+                let logp = row.map { $0 - m - log(z) }
+                func smoothed(_ y: Int32, _ j: Int) -> Double { (j == Int(y) ? 1 - Double(eps) : 0) + Double(eps) / Double(c) }
+                for j in 0..<c {
+                    let q = Double(lambdas[i]) * smoothed(labels[i], j) + Double(1 - lambdas[i]) * smoothed(partners[i], j)
+                    expected -= q * logp[j] / 4
+                    expectedGrad[i * c + j] = 2 * (exp(logp[j]) - q) / 4
+                }
+            }
+            #expect(abs(Double(loss) - expected) < 1e-5, "ε \(eps): \(loss) vs \(expected)")
+            #expect(zip(grad, expectedGrad).allSatisfy { abs(Double($0) - $1) < 1e-6 }, "ε \(eps) gradient")
+            #expect(grad[c..<(2 * c)].allSatisfy { $0 == 0 }, "the unlabeled row has no gradient")
+            var plainGrad = [Float](repeating: 0, count: n * c), onesGrad = plainGrad
+            let plain = CrossEntropy.forwardBackward(logits: logits, labels: labels, n: n, classes: c, gradLogits: &plainGrad, labelSmoothing: eps)
+            let ones = CrossEntropy.forwardBackward(logits: logits, labels: labels, n: n, classes: c, gradLogits: &onesGrad, labelSmoothing: eps,
+                                                    mixPartnerLabels: partners, mixWeights: [Float](repeating: 1, count: n))
+            #expect(plain == ones && plainGrad == onesGrad)
+        }
+    }
 }

@@ -566,6 +566,7 @@ struct MixupTests {
                 let position = (step % 3) * 6 + j
                 let mix = try #require(MixupDraw(alpha: 1, seed: 5, epoch: batch.epoch, position: position, tiles: ds.count))
                 lambdas.append(mix.lambda)
+                #expect(batch.mixWeights[j] == mix.lambda && batch.mixPartnerLabels[j] == ds.entry(mix.partner).label)
                 let a = try tile(batch.samples[j]), b = try tile(mix.partner)
                 let blended = (0..<a.count).map { UInt8((Double(mix.lambda) * Double(a[$0]) + Double(1 - mix.lambda) * Double(b[$0])).rounded()) }
                 var g = SplitMix64.stream(5, 0xA06, UInt64(batch.epoch), UInt64(position))
@@ -582,7 +583,54 @@ struct MixupTests {
                                     cursor: DataCursor(), withLowResolution: true)
         let reference = try BatchLoader(dataset: ds, transform: PairedTransform(augment: AugmentOptions(horizontalFlip: false, verticalFlip: false, rotate90: false, brightness: 0.3), factor: 4),
                                         seed: 5, globalBatch: 6, rank: 0, worldSize: 1, cursor: DataCursor(), withLowResolution: true)
-        #expect(try plain.next().hr == reference.next().hr)
+        let plainBatch = try plain.next()
+        #expect(plainBatch.hr == (try reference.next().hr))
+        #expect(plainBatch.mixWeights.isEmpty && plainBatch.mixPartnerLabels.isEmpty)
         #expect(MixupDraw(alpha: 0, seed: 5, epoch: 0, position: 0, tiles: 23) == nil)
+    }
+
+    @Test("supervised mixup draws partners among the labeled tiles only (the k-th drawn index maps to the k-th labeled tile), distillation's among all; a dataset with no labeled tile is refused")
+    func labeledPartners() throws {
+        let dir = try TemporaryDirectory()
+        let input = dir.url.appendingPathComponent("in")
+        var files: [(URL, Int32)] = []
+        for i in 0..<20 {
+            let url = input.appendingPathComponent(String(format: "%03d.png", i))
+            try FileManager.default.createDirectory(at: input, withIntermediateDirectories: true)
+            try ImageCodec.writePNG(syntheticImage(width: 32, height: 32, seed: i), to: url)
+            files.append((url, i % 4 == 0 ? Int32(i % 3) : -1))   // 5 labeled tiles, 15 unlabeled
+        }
+        let manifest = dir.url.appendingPathComponent("m.csv")
+        try ("path,label\n" + files.map { "\($0.0.path),\($0.1 >= 0 ? "c\($0.1)" : "")" }.joined(separator: "\n") + "\n")
+            .write(to: manifest, atomically: true, encoding: .utf8)
+        _ = try Packer.pack(try PackPlan.manifest(manifest), options: PackOptions(output: dir.url.appendingPathComponent("out")))
+        let ds = try ShardDataset(directory: dir.url.appendingPathComponent("out"))
+        let labeled = (0..<ds.count).filter { ds.entry($0).label >= 0 }
+        #expect(labeled.count == 5)
+        let t = PairedTransform(augment: AugmentOptions(horizontalFlip: false, verticalFlip: false, rotate90: false, mixupAlpha: 1), factor: 1)
+        let supervised = try BatchLoader(dataset: ds, transform: t, seed: 3, globalBatch: 10, rank: 0, worldSize: 1, cursor: DataCursor(),
+                                         withLowResolution: false, labeledMixupPartners: true)
+        let distill = try BatchLoader(dataset: ds, transform: t, seed: 3, globalBatch: 10, rank: 0, worldSize: 1, cursor: DataCursor(),
+                                      withLowResolution: false)
+        var distillPartnerLabels: [Int32] = []
+        for step in 0..<4 {   // two epochs of two steps
+            let a = try supervised.next(), b = try distill.next()
+            for j in 0..<a.count {
+                let position = (step % 2) * 10 + j
+                let drawn = try #require(MixupDraw(alpha: 1, seed: 3, epoch: a.epoch, position: position, tiles: labeled.count))
+                #expect(a.mixPartnerLabels[j] == ds.entry(labeled[drawn.partner]).label && a.mixPartnerLabels[j] >= 0)
+                #expect(a.mixWeights[j] == drawn.lambda)
+            }
+            distillPartnerLabels += b.mixPartnerLabels
+        }
+        #expect(distillPartnerLabels.contains(-1), "distillation blends with unlabeled tiles too")
+        let none = dir.url.appendingPathComponent("none.csv")
+        try ("path,label\n" + files.map { "\($0.0.path)," }.joined(separator: "\n") + "\n").write(to: none, atomically: true, encoding: .utf8)
+        _ = try Packer.pack(try PackPlan.manifest(none), options: PackOptions(output: dir.url.appendingPathComponent("none")))
+        let unlabeled = try ShardDataset(directory: dir.url.appendingPathComponent("none"))
+        #expect(throws: ShardError.self) {
+            _ = try BatchLoader(dataset: unlabeled, transform: t, seed: 3, globalBatch: 10, rank: 0, worldSize: 1, cursor: DataCursor(),
+                                withLowResolution: false, labeledMixupPartners: true)
+        }
     }
 }
