@@ -65,9 +65,10 @@ struct DistillationSettings: ParsableArguments {
         if let temperature { o.temperature = temperature }
         if let pixelResize { o.pixelResize = pixelResize }
         if let pixelNorm { o.pixelNorm = pixelNorm }
-        if let kdWeight { o.kdWeight = kdWeight }
-        if let pixelWeight { o.pixelWeight = pixelWeight }
-        if let ceWeight { o.crossEntropyWeight = ceWeight }
+        // + 0 turns a -0 into 0 (a weight of -0 is off, and printed as 0).
+        if let kdWeight { o.kdWeight = kdWeight + 0 }
+        if let pixelWeight { o.pixelWeight = pixelWeight + 0 }
+        if let ceWeight { o.crossEntropyWeight = ceWeight + 0 }
         // The checks `distill` makes of its config, named as this command's flags (or the config's keys).
         let flag = { (field: String) in "--" + field.replacingOccurrences(of: "_", with: "-") }
         let given = givenFlags

@@ -50,9 +50,19 @@ extension ConfigValueType where T == UInt64 {
 extension ConfigValueType where T == Double {
     static var double: Self { .init(name: "a number", parse: { ($0 as? Double) ?? ($0 as? Int).map(Double.init) }, yaml: { "\($0)" }) }
 }
+/// `d` as a float32 config value: nil when a finite non-zero number would round to 0, a subnormal or infinity (so
+/// 1e-46 is refused rather than read as "off"); -0 is 0.
+func float32Value(_ d: Double) -> Float? {
+    guard d == 0 || !d.isFinite || (abs(d) >= Double(Float.leastNormalMagnitude) && abs(d) <= Double(Float.greatestFiniteMagnitude)) else { return nil }
+    return Float(d) + 0
+}
+
+/// A YAML number (integer or not) as a Double.
+func yamlNumber(_ v: Any) -> Double? { (v as? Double) ?? (v as? Int).map(Double.init) }
+
 extension ConfigValueType where T == Float {
     static var float: Self {
-        .init(name: "a number", parse: { (($0 as? Double) ?? ($0 as? Int).map(Double.init)).map(Float.init) }, yaml: { "\($0)" })
+        .init(name: "a number", parse: { yamlNumber($0).flatMap(float32Value) }, yaml: { "\($0)" })
     }
 }
 extension ConfigValueType where T == Bool {
@@ -62,8 +72,8 @@ extension ConfigValueType where T == [Float] {
     static var floats: Self {
         .init(name: "a list of numbers", parse: { v in
             guard let x = v as? [Any] else { return nil }
-            let values = x.compactMap { ($0 as? Double) ?? ($0 as? Int).map(Double.init) }
-            return values.count == x.count ? values.map(Float.init) : nil
+            let values = x.compactMap { yamlNumber($0).flatMap(float32Value) }
+            return values.count == x.count ? values : nil
         }, yaml: { "[" + $0.map { "\($0)" }.joined(separator: ", ") + "]" })
     }
 }
@@ -176,6 +186,10 @@ public struct ConfigKey: @unchecked Sendable {
         // as such rather than printed as Swift's dictionary.
         let given = v is [AnyHashable: Any] ? "a mapping (YAML reads 'key: a: b' as one; quote a value that holds ': ')"
             : v is [Any] ? "a list" : v is NSNull ? "no value (an empty or null value)" : "'\(v)'"
+        let numbers = (v as? [Any] ?? [v]).compactMap(yamlNumber)
+        if type.hasPrefix("a number") || type.hasPrefix("a list of numbers"), numbers.contains(where: { float32Value($0) == nil }) {
+            hint = " (outside float32's range: a number other than 0 needs a magnitude from 1.2e-38 to 3.4e38). Hint: write 0 to turn the setting off."
+        }
         return ConfigError("\(source): \(section).\(name) must be \(type), got \(given)\(hint)")
     }
 

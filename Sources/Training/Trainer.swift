@@ -242,7 +242,10 @@ public final class SupervisedTrainer {
                     trained = try TrainedModel.load(run: RunDirectory(path: teacherRun), weights: config.teacherWeights.map { URL(fileURLWithPath: $0) },
                                                     weightsHint: "train the teacher first, or set distill.teacher_weights")
                 } catch let e as TrainingError {
-                    throw TrainingError("\(teacherKey): \(e.message)")
+                    // The key's name alone when the message already names its path.
+                    let named = config.teacherWeights.map { e.message.contains($0) } ?? e.message.contains(teacherRun)
+                    let key = named ? (config.teacherWeights != nil ? "distill.teacher_weights" : "distill.teacher_run") : teacherKey
+                    throw TrainingError("\(key): \(e.message)")
                 }
             }
             guard trained.model.classes > 0 else {
@@ -467,14 +470,19 @@ public final class SupervisedTrainer {
         }
     }
 
+    /// Warns of a tile skipped under `on_corrupt: skip`: the reader's error without its hint (which suggests the
+    /// skipping already chosen), and the way to repair the shard.
+    func warnSkipped(_ error: String, _ what: String) {
+        let who = group.size > 1 ? "rank \(group.rank) of \(group.size): " : ""
+        let cause = error.components(separatedBy: " Hint: ").first ?? error
+        FileHandle.standardError.write(Data("warning: \(who)\(what): \(cause) Hint: `histodistill verify` lists every damaged tile; repack the shard to train on them again.\n".utf8))
+    }
+
     /// One global step on `batch` (this rank's share): forward, backward, reduction, update, average, metrics,
     /// validation and checkpoint when due. Returns the outcome when a stop signal ends the run here, else nil.
     /// `started`: when the step began waiting for its batch; `waited`: seconds it waited.
     public func trainStep(_ batch: LoadedBatch, loop: inout Loop, started t0: Date, waited: TimeInterval) throws -> RunOutcome? {
-        for skipped in batch.skipped {
-            let who = group.size > 1 ? "rank \(group.rank) of \(group.size): " : ""
-            FileHandle.standardError.write(Data("warning: \(who)skipped a corrupt tile (data.on_corrupt: skip): \(skipped)\n".utf8))
-        }
+        for skipped in batch.skipped { warnSkipped(skipped, "skipped a corrupt tile (data.on_corrupt: skip)") }
         if let trace = loop.trace {
             try trace.write(contentsOf: Data(batch.samples.map { "\(batch.epoch)\t\(batch.step)\t\($0)\n" }.joined().utf8))
         }
@@ -567,10 +575,7 @@ public final class SupervisedTrainer {
     public func validate(_ dataset: ShardDataset) throws -> (Double, Double)? {
         let share = (dataset.count * group.rank / group.size)..<(dataset.count * (group.rank + 1) / group.size)
         let p = try Inference.run(model: evaluatedModel, dataset: dataset, settings: InferenceSettings(config), range: share)
-        for skipped in p.skipped {
-            let who = group.size > 1 ? "rank \(group.rank) of \(group.size): " : ""
-            FileHandle.standardError.write(Data("warning: \(who)validation skipped a corrupt tile (data.on_corrupt: skip); the accuracy leaves it out: \(skipped)\n".utf8))
-        }
+        for skipped in p.skipped { warnSkipped(skipped, "validation skipped a corrupt tile (data.on_corrupt: skip); the accuracy leaves it out") }
         var correct = 0
         for (probs, label) in zip(p.probabilities, p.labels) where label >= 0 {
             if probs.indices.max(by: { probs[$0] < probs[$1] }) == Int(label) { correct += 1 }

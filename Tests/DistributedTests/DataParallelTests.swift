@@ -214,6 +214,8 @@ struct DataParallelTests {
                            timeout: 60)
         #expect(s.status == 0, "\(s.stderr)")
         #expect(s.stderr.contains("rank \(rank) of 2: skipped a corrupt tile") && s.stderr.contains(url.path), "\(s.stderr)")
+        #expect(!s.stderr.contains("with --on-corrupt skip") && s.stderr.contains("`histodistill verify` lists every damaged tile"),
+                "the warning does not suggest the skipping already chosen: \(s.stderr)")
         let lines = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
         let skipped = try lines.map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)).skippedTiles }.reduce(0, +)
         #expect(skipped == 1)

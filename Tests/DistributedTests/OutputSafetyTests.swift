@@ -343,6 +343,10 @@ struct OutputSafetyTests {
             #expect(r.status != 0 && r.stderr.contains(message) && !r.stderr.contains("crashed") && !r.stderr.contains("Fatal error"),
                     "\(args.joined(separator: " ")): \(r.stderr)")
         }
+        // A weight of -0 is 0 (off), and printed so.
+        let zero = try run([bin, "bench-step", "--resolution", "14", "--teacher-resolution", "28", "--kd-weight", "-0", "--batch", "2",
+                            "--steps", "1", "--reps", "1", "--warmup", "0", "--threads", "1"])
+        #expect(zero.status == 0 && zero.stdout.contains("KD T=4.0 x0.0,") && !zero.stdout.contains("x-0"), "\(zero.stdout)\(zero.stderr)")
         let config = try lifecycleConfigFile(dir, shards: shards, output: dir.appendingPathComponent("run"), maxSteps: 1)
         // A start-up error (here a teacher that does not exist) is not preceded by a compute line.
         let startup = try run([bin, "distill", "--config", config.path, "--set", "distill.teacher_run=\(dir.appendingPathComponent("no-teacher").path)",
@@ -445,7 +449,7 @@ struct OutputSafetyTests {
                                    ("data: {train: x}\noptimizer: {name: sgd, weight_decay: 0.0001}", "optimizer.lr=10000", "--set optimizer.lr: optimizer.weight_decay/lr give lr x weight_decay = 10000.0 x 0.0001 = 1:"),
                                    ("data: {train: x}\ndistill: {teacher_run: t}", "distill.temperature=1e4", "distill.temperature must be at most 100"),
                                    ("data: {train: x}\ndistill: {teacher_run: t}", "distill.temperature=1e-30", "distill.temperature must be at least 0.01"),
-                                   ("data: {train: x}\ndistill: {teacher_run: t, kd_weight: 0, pixel_weight: 0}", "distill.ce_weight=1e-45", "distill.ce_weight must be 0 (off) or at least 1e-06"),
+                                   ("data: {train: x}\ndistill: {teacher_run: t, kd_weight: 0, pixel_weight: 0}", "distill.ce_weight=1e-30", "distill.ce_weight must be 0 (off) or at least 1e-06"),
                                    ("data: {train: x}\noptimizer: {name: sgd, lr: 0.5}", "optimizer.weight_decay=3", "sgd multiplies the weights by 1 - lr x weight_decay")] {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse(yaml, source: "c.yaml", overrides: [set]) }
             #expect(e?.message.contains(words) == true, "\(set): \(String(describing: e))")
@@ -467,6 +471,13 @@ struct OutputSafetyTests {
         }
         #expect(try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["augment.mixup=1"]).augment.mixupAlpha == 1)
         #expect(try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["augment.mixup=0.4"]).augment.mixupAlpha == 0.4, "supervised mixup blends the labels too")
+        // A number float32 cannot hold is refused, not rounded to 0 ("off") or infinity; -0 is 0.
+        for set in ["augment.mixup=1e-46", "distill.ce_weight=1e-45", "optimizer.weight_decay=1e39", "data.mean=[0.5, 1e-50, 0.5]"] {
+            let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
+            #expect(e?.message.contains("outside float32's range") == true, "\(set): \(String(describing: e))")
+        }
+        let negativeZero = try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["distill.pixel_weight=-0.0"])
+        #expect(negativeZero.objective.pixelWeight.sign == .plus && negativeZero.objective.pixelWeight == 0)
         // A "billion laughs" file (9 levels of 9 aliases: 387 million values) is refused before it is built.
         var bomb = "data: {train: x}\nl0: &l0 [" + Array(repeating: "lol", count: 9).joined(separator: ", ") + "]\n"
         for i in 1...9 { bomb += "l\(i): &l\(i) [" + Array(repeating: "*l\(i - 1)", count: 9).joined(separator: ", ") + "]\n" }

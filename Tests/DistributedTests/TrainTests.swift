@@ -320,6 +320,13 @@ struct DistillTests {
         missing.teacherRun = dir.appendingPathComponent("no-such-teacher").path
         let e2 = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: missing, writer: "test") }
         #expect(e2?.message.contains("no-such-teacher: no such run directory") == true, "\(String(describing: e2))")
+        #expect(e2.map { $0.message.components(separatedBy: "no-such-teacher").count - 1 } == 1, "the path is named once: \(String(describing: e2))")
+        // A teacher_weights file that does not exist is named once, after its key.
+        var noWeights = try student("noweights")
+        noWeights.teacherWeights = dir.appendingPathComponent("no-such-weights.safetensors").path
+        let e3 = #expect(throws: TrainingError.self) { _ = try SupervisedTrainer(config: noWeights, writer: "test") }
+        #expect(e3?.message.hasPrefix("distill.teacher_weights: ") == true && e3.map { $0.message.components(separatedBy: "no-such-weights").count - 1 } == 1,
+                "\(String(describing: e3))")
     }
 
     @Test("a teacher trained on downsampled tiles (a teacher assistant) sees the batch's view at its own factor, alone and in a pass of several students; a student not coarser than it is refused")
