@@ -44,9 +44,33 @@ static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrd
     }
 }
 
+// The shifted copies of a tap whose map is a constant shift (`linear_shifts`): x points at the channel plane plus
+// the shift, so the lane for plane position q reads x[q] (masked where the map is -1, written as 0); no gather.
+HD_AVX512
+static void shift_copy_avx512(float *d, const float *x, const int32_t *m, ptrdiff_t len) {
+    for (ptrdiff_t j = 0; j < len; j += 16) {
+        __mmask16 lanes = len - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - j)) - 1);
+        __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, _mm512_maskz_loadu_epi32(lanes, m + j), _mm512_setzero_si512());
+        _mm512_mask_storeu_ps(d + j, lanes, _mm512_maskz_loadu_ps(valid, x + j));
+    }
+}
+
+// The adjoint: dx[q] += s[q] where the map is >= 0 (dx points at the channel plane plus the shift).
+HD_AVX512
+static void shift_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) {
+    for (ptrdiff_t j = 0; j < len; j += 16) {
+        __mmask16 lanes = len - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - j)) - 1);
+        __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, _mm512_maskz_loadu_epi32(lanes, m + j), _mm512_setzero_si512());
+        __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(valid, dx + j), _mm512_maskz_loadu_ps(valid, s + j));
+        _mm512_mask_storeu_ps(dx + j, valid, sum);
+    }
+}
+
 #else
 static void gather_avx512(float *d, const float *x, const int32_t *m, ptrdiff_t len) { (void)d; (void)x; (void)m; (void)len; }
 static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) { (void)dx; (void)s; (void)m; (void)len; }
+static void shift_copy_avx512(float *d, const float *x, const int32_t *m, ptrdiff_t len) { (void)d; (void)x; (void)m; (void)len; }
+static void shift_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) { (void)dx; (void)s; (void)m; (void)len; }
 #endif
 
 static void gather_scalar(float *d, const float *x, const int32_t *m, ptrdiff_t len) {
@@ -178,9 +202,58 @@ static const int32_t *extended_map(const int32_t *map, int taps, int plane, ptrd
         }                                                                                        \
     } while (0)
 
+// Shifted copies (tests can turn them off): on by default where the CPU has AVX-512.
+static int shift_enabled = 1;
+
+void hd_im2col_set_shift(int enabled) { shift_enabled = enabled != 0; }
+
+int hd_im2col_shift_in_use(int plane) { return shift_enabled && plane >= HD_SHIFT_MIN_PLANE && hd_has_avx512(); }
+
+// Whether every tap's map is a constant shift of the plane position, map[t][q] = q + shift[t] wherever it is >= 0
+// (a stride-1 convolution whose output is as wide as its input: 3x3 with padding 1); fills `shift` (at most 64 taps).
+static int linear_shifts(const int32_t *map, int taps, int plane, ptrdiff_t shift[64]) {
+    if (taps > 64) return 0;
+    for (int t = 0; t < taps; t++) {
+        int have = 0;
+        shift[t] = 0;
+        for (int q = 0; q < plane; q++) {
+            int32_t v = map[(ptrdiff_t)t * plane + q];
+            if (v < 0) continue;
+            if (!have) { shift[t] = (ptrdiff_t)v - q; have = 1; }
+            else if ((ptrdiff_t)v - q != shift[t]) return 0;
+        }
+    }
+    return 1;
+}
+
+// Splits positions start..<start+count into stretches inside one image and calls body for every row r = c * taps + t:
+// `j0` is the stretch's first column, `len` its length, `q0` its first plane position, `chan` the offset of channel c of
+// its image, `mp` the map of tap t from q0.
+#define FOR_EACH_IMAGE_ROW(BODY)                                                                 \
+    do {                                                                                         \
+        ptrdiff_t end_ = start + count;                                                          \
+        for (ptrdiff_t p_ = start; p_ < end_;) {                                                 \
+            ptrdiff_t img_ = p_ / plane, q0 = p_ - img_ * plane;                                 \
+            ptrdiff_t len = (plane - q0 < end_ - p_ ? plane - q0 : end_ - p_), j0 = p_ - start;  \
+            for (int c = 0, r = 0; c < channels; c++)                                            \
+                for (int t = 0; t < taps; t++, r++) {                                            \
+                    ptrdiff_t chan = img_ * inImage + c * chPlane;                               \
+                    const int32_t *mp = map + (ptrdiff_t)t * plane + q0;                         \
+                    BODY;                                                                        \
+                }                                                                                \
+            p_ += len;                                                                           \
+        }                                                                                        \
+    } while (0)
+
 void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t inImage, ptrdiff_t chPlane,
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
     ensure_chosen();
+    ptrdiff_t shift[64];
+    if (hd_im2col_shift_in_use(plane) && linear_shifts(map, taps, plane, shift)) {
+        // The lane of position q reads input[chan + q + shift]: masked where the map is -1, so no lane reads outside.
+        FOR_EACH_IMAGE_ROW(shift_copy_avx512(col + r * ld + j0, input + (chan + q0 + shift[t]), mp, len));
+        return;
+    }
     if (gather_kernel == HD_GATHER_AVX512)
         FOR_EACH_RUN_ROW(gather_avx512(col + r * ld + j0, input + chan, mp, len));
     else
@@ -190,6 +263,11 @@ void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t in
 void hd_col2im_gather(float *gradInput, const float *col, ptrdiff_t ld, ptrdiff_t inImage, ptrdiff_t chPlane,
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
     ensure_chosen();
+    ptrdiff_t shift[64];
+    if (hd_im2col_shift_in_use(plane) && linear_shifts(map, taps, plane, shift)) {
+        FOR_EACH_IMAGE_ROW(shift_add_avx512(gradInput + (chan + q0 + shift[t]), col + r * ld + j0, mp, len));
+        return;
+    }
     if (scatter_kernel == HD_GATHER_AVX512)
         FOR_EACH_RUN_ROW(scatter_add_avx512(gradInput + chan, col + r * ld + j0, mp, len));
     else

@@ -472,6 +472,19 @@ public enum Conv2d {
         hd_im2col_set_kernels(code(avx512Gather), code(avx512Scatter))
     }
 
+    /// Whether the Float im2col/col2im of narrow maps copies a stride-1 "same" convolution's taps (each a constant shift
+    /// of the plane, as 3x3 with padding 1) as shifted runs with masked AVX-512 loads and stores instead of gathering
+    /// them: on AVX-512 CPUs, for planes of at least 16 positions (4x4 and up; on 2x2 planes a gather across images
+    /// fills whole vectors). Same bits as the gather.
+    public static func shiftCopiesInUse(_ s: Conv2dShape) -> Bool {
+        hd_im2col_shift_in_use(Int32(s.outPlane)) != 0 && s.strideH == 1 && s.strideW == 1 && s.outH == s.h && s.outW == s.w
+    }
+
+    /// Turns the shifted copies of `shiftCopiesInUse` off or on (the default); for tests.
+    public static func setShiftCopies(_ enabled: Bool) {
+        hd_im2col_set_shift(enabled ? 1 : 0)
+    }
+
     /// Limits the Float gather and scatter-add of narrow maps to runs of at most `images` images (0: as many as 32-bit
     /// offsets allow, the default); for tests, so that splitting a tile into runs is exercised on small inputs.
     public static func setGatherRunImages(_ images: Int) {

@@ -113,8 +113,10 @@ struct FloatKernelTests {
         #expect(g[0] == 0 && g[1] == 0 && g[2].isNaN && g[3] == 0 && g[4].isNaN)
     }
 
-    @Test("narrow-map im2col/col2im (gather map): Float conv forward and gradients equal the Double loops, with the scalar and the AVX-512 gather and scatter-add alike",
+    @Test("narrow-map im2col/col2im (gather map): Float conv forward and gradients equal the Double loops, with the scalar and the AVX-512 gather and scatter-add and the shifted copies alike",
           .serialized, arguments: [Conv2dShape(n: 3, cIn: 5, h: 7, w: 7, cOut: 6, kernel: 3, padding: 1),
+                      Conv2dShape(n: 3, cIn: 4, h: 4, w: 4, cOut: 5, kernel: 3, padding: 1),
+                      Conv2dShape(n: 2, cIn: 3, h: 6, w: 6, cOut: 4, kernel: 5, padding: 2),
                       Conv2dShape(n: 4, cIn: 3, h: 7, w: 7, cOut: 4, kernel: 3, stride: 2, padding: 1),
                       Conv2dShape(n: 2, cIn: 4, h: 2, w: 2, cOut: 3, kernel: 3, padding: 1),
                       Conv2dShape(n: 5, cIn: 2, h: 1, w: 1, cOut: 3, kernel: 3, padding: 1),
@@ -145,16 +147,21 @@ struct FloatKernelTests {
         // gather/scatter-add kernel this CPU has, which give the same bits.
         let chosen = Conv2d.gatherKernels
         defer { Conv2d.setGatherKernels(avx512Gather: chosen.gather == "AVX-512", avx512Scatter: chosen.scatter == "AVX-512") }
+        defer { Conv2d.setShiftCopies(true) }
+        let linear = s.strideH == 1 && s.strideW == 1 && s.outH == s.h && s.outW == s.w && s.outPlane >= 16
+        #expect(Conv2d.shiftCopiesInUse(s) == (linear && CPUCapabilities.current.avx512), "\(s)")
         var byKernel: [[[Double]]] = []
-        for avx512 in CPUCapabilities.current.avx512 ? [false, true] : [false] {
+        for (avx512, shift) in CPUCapabilities.current.avx512 ? [(false, false), (true, false), (true, true)] : [(false, false)] {
             Conv2d.setGatherKernels(avx512Gather: avx512, avx512Scatter: avx512)
+            Conv2d.setShiftCopies(shift)
             #expect(Conv2d.gatherKernels == (avx512 ? ("AVX-512", "AVX-512") : ("scalar", "scalar")))
+            #expect(!Conv2d.shiftCopiesInUse(s) || shift)
             for tiling in [ConvTiling.default, ConvTiling(columnBudget: 5 * s.k, minColumns: 5)] {
                 let float = run(Float.self, tiling: tiling)
                 if tiling.columnBudget == ConvTiling.default.columnBudget { byKernel.append(float) }
                 for (part, name) in ["output", "input gradient", "weight gradient"].enumerated() {
                     let err = relativeError(float[part].map(Float.init), reference[part].map(Float.init))
-                    #expect(err < 1e-5, "\(name) of \(s), tiling \(tiling.columnBudget)/\(tiling.minColumns), AVX-512 \(avx512): error \(err)")
+                    #expect(err < 1e-5, "\(name) of \(s), tiling \(tiling.columnBudget)/\(tiling.minColumns), AVX-512 \(avx512), shifts \(shift): error \(err)")
                 }
             }
         }

@@ -37,6 +37,17 @@ void hd_im2col_kernels(int *gather, int *scatter);
 /// Forces the variants (tests); -1 keeps one as it is. AVX-512 is ignored on a CPU without it.
 void hd_im2col_set_kernels(int gather, int scatter);
 
+/// Smallest plane (output positions per image) on which a stride-1 "same" convolution's taps are copied as shifted
+/// runs instead of gathered: on smaller planes (2x2) a gather fills whole vectors across images.
+enum { HD_SHIFT_MIN_PLANE = 16 };
+
+/// Turns the shifted copies off (0) or on (1, the default); for tests. Both give the same bits.
+void hd_im2col_set_shift(int enabled);
+
+/// Whether a call on planes of `plane` positions copies a stride-1 "same" convolution's taps as shifted runs (masked
+/// AVX-512 loads and stores, no gather): on, on AVX-512 CPUs, for planes of at least HD_SHIFT_MIN_PLANE positions.
+int hd_im2col_shift_in_use(int plane);
+
 #ifdef __cplusplus
 }
 #endif
