@@ -1,7 +1,7 @@
 // Benchmark: GFLOP/s of conv forward and backward for every conv of the paper's model, next to square sgemm.
 //
 // Usage: histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS]
-//                           [--algorithm auto|gemm|direct] [--clock wall|cpu] [--precision 32-true|bf16-mixed]
+//                           [--algorithm auto|gemm|direct] [--clock wall|cpu] [--precision 32-true|bf16-mixed] [--no-shift-copies]
 // --clock cpu times with the calling thread's CPU time instead of the wall clock: on a VM whose hypervisor steals CPU
 // time, it counts only the time the process actually ran (meaningful for --threads 1).
 // Prints a markdown table per thread count. Run with OPENBLAS_CORETYPE unset for the real figures.
@@ -52,6 +52,7 @@ struct Options {
                 guard v == "min" || v == "median" else { usageError("--stat takes min or median, got \(v)") }
                 useMin = v == "min"
             case "--gemm-only": gemmOnly = true
+            case "--no-shift-copies": Conv2d.setShiftCopies(false)
             case "--clock":
                 let v = value()
                 guard v == "wall" || v == "cpu" else { usageError("--clock takes wall or cpu, got \(v)") }

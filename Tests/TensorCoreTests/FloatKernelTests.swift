@@ -148,7 +148,7 @@ struct FloatKernelTests {
         let chosen = Conv2d.gatherKernels
         defer { Conv2d.setGatherKernels(avx512Gather: chosen.gather == "AVX-512", avx512Scatter: chosen.scatter == "AVX-512") }
         defer { Conv2d.setShiftCopies(true) }
-        let linear = s.strideH == 1 && s.strideW == 1 && s.outH == s.h && s.outW == s.w && s.outPlane >= 16
+        let linear = s.strideH == 1 && s.strideW == 1 && s.outH == s.h && s.outW == s.w && s.outPlane >= 32
         #expect(Conv2d.shiftCopiesInUse(s) == (linear && CPUCapabilities.current.avx512), "\(s)")
         var byKernel: [[[Double]]] = []
         for (avx512, shift) in CPUCapabilities.current.avx512 ? [(false, false), (true, false), (true, true)] : [(false, false)] {

@@ -38,8 +38,9 @@ void hd_im2col_kernels(int *gather, int *scatter);
 void hd_im2col_set_kernels(int gather, int scatter);
 
 /// Smallest plane (output positions per image) on which a stride-1 "same" convolution's taps are copied as shifted
-/// runs instead of gathered: on smaller planes (2x2) a gather fills whole vectors across images.
-enum { HD_SHIFT_MIN_PLANE = 16 };
+/// runs instead of gathered: 7x7 planes gained 15-17% per convolution (docs/benchmarks.md); on 4x4 planes a
+/// call per image costs what the gather saves, and on 2x2 planes a gather across images fills whole vectors.
+enum { HD_SHIFT_MIN_PLANE = 32 };
 
 /// Turns the shifted copies off (0) or on (1, the default); for tests. Both give the same bits.
 void hd_im2col_set_shift(int enabled);
