@@ -11,7 +11,7 @@ struct DistillationSettings: ParsableArguments {
     var distillConfig: String?
 
     @Option(help: "Softmax temperature of the KD term (default 4).")
-    var temperature: Float?
+    var temperature: Double?
 
     @Option(help: "How the teacher's map is resized: maxpool, bicubic or maxpool+bicubic (default maxpool).")
     var pixelResize: PixelResize?
@@ -20,13 +20,13 @@ struct DistillationSettings: ParsableArguments {
     var pixelNorm: PixelNorm?
 
     @Option(help: "Weight of the KD term (default 1).")
-    var kdWeight: Float?
+    var kdWeight: Double?
 
     @Option(help: "Weight of the pixel term (default 1).")
-    var pixelWeight: Float?
+    var pixelWeight: Double?
 
     @Option(help: "Weight of cross-entropy on labeled tiles (default 0).")
-    var ceWeight: Float?
+    var ceWeight: Double?
 
     /// The flags of this group given on the command line (they describe a distillation step's objective).
     var givenFlags: [String] {
@@ -62,13 +62,21 @@ struct DistillationSettings: ParsableArguments {
             }
             o = parsed.objective
         }
-        if let temperature { o.temperature = temperature }
+        // Read as typed and held to float32's range as the config keys are (1e-46 is not 0, 1e39 not infinity); -0 is 0.
+        func float32(_ value: Double?, _ flag: String) throws -> Float? {
+            guard let value else { return nil }
+            guard let f = float32Value(value) else {
+                throw CLIError("\(flag) \(value) is outside float32's range: a number other than 0 needs a magnitude from 1.2e-38 to 3.4e38",
+                               hint: "give a value inside that range")
+            }
+            return f
+        }
+        if let t = try float32(temperature, "--temperature") { o.temperature = t }
         if let pixelResize { o.pixelResize = pixelResize }
         if let pixelNorm { o.pixelNorm = pixelNorm }
-        // + 0 turns a -0 into 0 (a weight of -0 is off, and printed as 0).
-        if let kdWeight { o.kdWeight = kdWeight + 0 }
-        if let pixelWeight { o.pixelWeight = pixelWeight + 0 }
-        if let ceWeight { o.crossEntropyWeight = ceWeight + 0 }
+        if let w = try float32(kdWeight, "--kd-weight") { o.kdWeight = w }
+        if let w = try float32(pixelWeight, "--pixel-weight") { o.pixelWeight = w }
+        if let w = try float32(ceWeight, "--ce-weight") { o.crossEntropyWeight = w }
         // The checks `distill` makes of its config, named as this command's flags (or the config's keys).
         let flag = { (field: String) in "--" + field.replacingOccurrences(of: "_", with: "-") }
         let given = givenFlags

@@ -156,14 +156,22 @@ public struct BatchMaker: @unchecked Sendable {
                                 if let mix = MixupDraw(alpha: transform.augment.mixupAlpha, seed: seed, epoch: plan.epoch,
                                                        position: positions[j], tiles: mixupPartners?.count ?? dataset.count) {
                                     let partnerSample = mixupPartners?[mix.partner] ?? mix.partner
-                                    plp![j] = dataset.entry(partnerSample).label
-                                    mwp![j] = mix.lambda
                                     let other = dataset.addresses[partnerSample]
-                                    try partner.withUnsafeMutableBufferPointer {
-                                        try dataset.readers[other.shard].readTile(other.index, into: $0.baseAddress!, capacity: $0.count, context: ctx)
-                                    }
-                                    rgb.withUnsafeMutableBufferPointer { a in
-                                        partner.withUnsafeBufferPointer { mix.blend(a.baseAddress!, with: $0.baseAddress!, count: a.count) }
+                                    do {
+                                        try partner.withUnsafeMutableBufferPointer {
+                                            try dataset.readers[other.shard].readTile(other.index, into: $0.baseAddress!, capacity: $0.count, context: ctx)
+                                        }
+                                        plp![j] = dataset.entry(partnerSample).label
+                                        mwp![j] = mix.lambda
+                                        rgb.withUnsafeMutableBufferPointer { a in
+                                            partner.withUnsafeBufferPointer { mix.blend(a.baseAddress!, with: $0.baseAddress!, count: a.count) }
+                                        }
+                                    } catch where policy == .skip {
+                                        // A damaged partner does not cost the healthy tile its place: it stays unblended
+                                        // (λ = 1, its own label). The damaged tile is warned about where it is read as
+                                        // a sample of its own.
+                                        plp![j] = dataset.entry(sample).label
+                                        mwp![j] = 1
                                     }
                                 }
                             } catch {

@@ -42,23 +42,32 @@ extension ConfigValueType where T == String {
     static var string: Self { .init(name: "a string", parse: { ($0 as? String) ?? ($0 as? Int).map(String.init) }, yaml: yamlScalar) }
 }
 extension ConfigValueType where T == Int {
-    static var int: Self { .init(name: "a whole number", parse: { $0 as? Int }, yaml: { "\($0)" }) }
+    static var int: Self { .init(name: "a whole number", parse: { ($0 as? Int) ?? ($0 as? String == "-0" ? 0 : nil) }, yaml: { "\($0)" }) }
 }
 extension ConfigValueType where T == UInt64 {
-    static var uint64: Self { .init(name: "a whole number >= 0", parse: { ($0 as? Int).flatMap { $0 >= 0 ? UInt64($0) : nil } }, yaml: { "\($0)" }) }
+    static var uint64: Self { .init(name: "a whole number >= 0", parse: { (($0 as? Int) ?? ($0 as? String == "-0" ? 0 : nil)).flatMap { $0 >= 0 ? UInt64($0) : nil } }, yaml: { "\($0)" }) }
 }
 extension ConfigValueType where T == Double {
-    static var double: Self { .init(name: "a number", parse: { ($0 as? Double) ?? ($0 as? Int).map(Double.init) }, yaml: { "\($0)" }) }
+    static var double: Self {
+        .init(name: "a number", parse: { v in yamlNumber(v).flatMap { d in float32Value(d) == nil ? nil : d + 0 } }, yaml: { "\($0)" })
+    }
 }
-/// `d` as a float32 config value: nil when a finite non-zero number would round to 0, a subnormal or infinity (so
-/// 1e-46 is refused rather than read as "off"); -0 is 0.
-func float32Value(_ d: Double) -> Float? {
-    guard d == 0 || !d.isFinite || (abs(d) >= Double(Float.leastNormalMagnitude) && abs(d) <= Double(Float.greatestFiniteMagnitude)) else { return nil }
+/// `d` as a float32 config value (the engine computes in float32, so double keys are held to the same range): nil
+/// for NaN and infinity, and when a non-zero number would round to 0, a subnormal or infinity (1e-46 is refused
+/// rather than read as "off", 1e39 rather than trained as infinity); -0 is 0.
+public func float32Value(_ d: Double) -> Float? {
+    guard d.isFinite, d == 0 || (abs(d) >= Double(Float.leastNormalMagnitude) && abs(d) <= Double(Float.greatestFiniteMagnitude)) else { return nil }
     return Float(d) + 0
 }
 
-/// A YAML number (integer or not) as a Double.
-func yamlNumber(_ v: Any) -> Double? { (v as? Double) ?? (v as? Int).map(Double.init) }
+/// A YAML number as a Double: an integer or a float, or a string written as a decimal number that YAML's resolver
+/// leaves a string ("-0", "-.5").
+func yamlNumber(_ v: Any) -> Double? {
+    if let d = v as? Double { return d }
+    if let i = v as? Int { return Double(i) }
+    guard let text = v as? String, text.range(of: #"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"#, options: .regularExpression) != nil else { return nil }
+    return Double(text)
+}
 
 extension ConfigValueType where T == Float {
     static var float: Self {
@@ -184,11 +193,18 @@ public struct ConfigKey: @unchecked Sendable {
         }
         // A mapping or list where a scalar belongs (often `key: a: b`, a colon the YAML reads as a mapping) is named
         // as such rather than printed as Swift's dictionary.
-        let given = v is [AnyHashable: Any] ? "a mapping (YAML reads 'key: a: b' as one; quote a value that holds ': ')"
+        var given = v is [AnyHashable: Any] ? "a mapping (YAML reads 'key: a: b' as one; quote a value that holds ': ')"
             : v is [Any] ? "a list" : v is NSNull ? "no value (an empty or null value)" : "'\(v)'"
-        let numbers = (v as? [Any] ?? [v]).compactMap(yamlNumber)
-        if type.hasPrefix("a number") || type.hasPrefix("a list of numbers"), numbers.contains(where: { float32Value($0) == nil }) {
-            hint = " (outside float32's range: a number other than 0 needs a magnitude from 1.2e-38 to 3.4e38). Hint: write 0 to turn the setting off."
+        if type == "a number" || type == "a list of numbers" {
+            // Name the element of a list at fault, and say when a number is outside what float32 holds.
+            let values = v as? [Any] ?? [v]
+            if let i = values.firstIndex(where: { yamlNumber($0).flatMap(float32Value) == nil }) {
+                if v is [Any] { given = "a list whose element \(i + 1) is '\(values[i])'" }
+                if let d = yamlNumber(values[i]) {
+                    hint = d.isFinite ? " (outside float32's range: a number other than 0 needs a magnitude from 1.2e-38 to 3.4e38). Hint: give a value inside that range."
+                        : ": a finite number is needed."
+                }
+            }
         }
         return ConfigError("\(source): \(section).\(name) must be \(type), got \(given)\(hint)")
     }

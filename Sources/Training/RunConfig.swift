@@ -288,7 +288,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if !(0...1).contains(minTissue) { throw bad("data.min_tissue", "must be a fraction in 0...1, got \(minTissue)") }
         if ![1, 2, 4, 8, 16].contains(inputFactor) { throw bad("data.input_factor", "must be 1, 2, 4, 8 or 16, got \(inputFactor)") }
-        if mean.count != 3 || std.count != 3 || std.contains(where: { $0 <= 0 }) { throw bad("data.mean/std", "need 3 values each, std > 0 (see `histodistill stats`)") }
+        if mean.count != 3 || std.count != 3 || std.contains(where: { $0 < 0.001 }) {
+            // Pixels lie in [0, 1]: a std below 0.001 (none measured on tissue is) would scale them past what float32 trains on.
+            throw bad("data.mean/std", "need 3 values each, std at least 0.001 (see `histodistill stats`)")
+        }
         if workers < 1 { throw bad("data.workers", "must be at least 1") }
         if !(0...0.5).contains(augment.hue) { throw bad("augment.hue", "must be in 0...0.5 (torchvision ColorJitter), got \(augment.hue)") }
         if !(0...0.5).contains(augment.hedJitter) { throw bad("augment.hed_jitter", "must be in 0...0.5 (0.02-0.05 is usual), got \(augment.hedJitter)") }

@@ -337,6 +337,8 @@ struct OutputSafetyTests {
             (["cost", "--measure", "--distill", "--resolutions", "56,28", "--kd-weight", "9e18"], "--kd-weight must be at most 1000000"),
             (["bench-step", "--resolution", "28", "--teacher-resolution", "56", "--temperature", "1e30"], "--temperature must be at most 100"),
             (["bench-step", "--resolution", "28", "--teacher-resolution", "56", "--kd-weight", "0", "--pixel-weight", "0"], "--kd-weight is 0, and so are --pixel-weight and --ce-weight"),
+            (["bench-step", "--resolution", "28", "--teacher-resolution", "56", "--kd-weight=1e-46"], "--kd-weight 1e-46 is outside float32's range"),
+            (["cost", "--measure", "--distill", "--resolutions", "56,28", "--temperature", "1e39"], "--temperature 1e+39 is outside float32's range"),
         ]
         for (args, message) in cases {
             let r = try run([bin] + args)
@@ -430,7 +432,7 @@ struct OutputSafetyTests {
         #expect(limited.status == 1 && limited.stderr.contains("File too large") && limited.stderr.contains("checkpoints"), "\(limited.status) \(limited.stderr)")
         // Values that would train wrongly, or allocate what no machine has, named with where they came from.
         for (set, words) in [("schedule.gamma=-1", "schedule.gamma must be in (0, 1]"), ("train.clip_grad_norm=-1", "train.clip_grad_norm must be a positive"),
-                             ("schedule.min_lr=10", "schedule.min_lr must be at least 0 and below"), ("optimizer.lr=1e400", "optimizer.lr must be a positive number"),
+                             ("schedule.min_lr=10", "schedule.min_lr must be at least 0 and below"), ("optimizer.lr=1e400", "optimizer.lr must be a number, got 'inf': a finite number is needed"),
                              ("model.classes=1000000000", "model.classes must be in"), ("model.planes=[100000]", "model.planes must be at most"),
                              ("model.planes=[\(Array(repeating: "8", count: 20).joined(separator: ","))]", "model.planes must list 1 to 4 positive widths, got [8, 8, 8, 8, ...] (20 values)")] {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
@@ -476,8 +478,28 @@ struct OutputSafetyTests {
             let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
             #expect(e?.message.contains("outside float32's range") == true, "\(set): \(String(describing: e))")
         }
-        let negativeZero = try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: ["distill.pixel_weight=-0.0"])
-        #expect(negativeZero.objective.pixelWeight.sign == .plus && negativeZero.objective.pixelWeight == 0)
+        for set in ["optimizer.lr=1e39", "optimizer.lr=1e-46", "schedule.min_lr=1e-46"] {
+            let e = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: [set]) }
+            #expect(e?.message.contains("outside float32's range") == true, "double keys are held to float32's range too: \(set): \(String(describing: e))")
+        }
+        // Not a finite number, named by its place in the list (it failed later, writing run.json, as "a file: ... not in the correct format").
+        let nan = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["data.mean=[0.5, .nan, 0.5]"]) }
+        #expect(nan?.message.contains("data.mean must be a list of numbers, got a list whose element 2 is 'nan': a finite number is needed") == true, "\(String(describing: nan))")
+        let tinyStd = #expect(throws: ConfigError.self) { _ = try RunConfig.parse("data: {train: x}", source: "c.yaml", overrides: ["data.std=[1e-30, 1, 1]"]) }
+        #expect(tinyStd?.message.contains("std at least 0.001") == true, "\(String(describing: tinyStd))")
+        // -0 (which YAML leaves a string) is 0 in number keys, lists and whole-number keys; so are -0.0 and -.0.
+        let zeroCases: [(String, (RunConfig) -> Bool)] = [
+            ("distill.pixel_weight=-0.0", { c in c.objective.pixelWeight.sign == .plus && c.objective.pixelWeight == 0 }),
+            ("distill.pixel_weight=-0", { c in c.objective.pixelWeight.sign == .plus && c.objective.pixelWeight == 0 }),
+            ("distill.kd_weight=-.0", { c in c.objective.kdWeight.sign == .plus && c.objective.kdWeight == 0 }),
+            ("data.mean=[0.5, -0, 0.25]", { c in c.mean == [0.5, 0, 0.25] }),
+            ("run.seed=-0", { c in c.seed == 0 }),
+            ("augment.brightness=-0", { c in c.augment.brightness == 0 && c.augment.brightness.sign == .plus }),
+        ]
+        for (set, check) in zeroCases {
+            let c = try RunConfig.parse("data: {train: x}\ndistill: {teacher_run: t}", source: "c.yaml", overrides: [set])
+            #expect(check(c), "\(set)")
+        }
         // A "billion laughs" file (9 levels of 9 aliases: 387 million values) is refused before it is built.
         var bomb = "data: {train: x}\nl0: &l0 [" + Array(repeating: "lol", count: 9).joined(separator: ", ") + "]\n"
         for i in 1...9 { bomb += "l\(i): &l\(i) [" + Array(repeating: "*l\(i - 1)", count: 9).joined(separator: ", ") + "]\n" }

@@ -315,6 +315,43 @@ struct LoaderTests {
         #expect(b.count == 0 && b.skipped.count == 4)
     }
 
+    @Test("under mixup with on_corrupt skip, a damaged partner leaves the healthy tile in its batch unblended (λ 1, its own label); only damaged tiles are skipped")
+    func corruptMixupPartner() throws {
+        let dir = try TemporaryDirectory()
+        let ds0 = try smallDataset(dir, shardBytes: 1 << 30)
+        let url = ds0.readers[0].url
+        var d = try Data(contentsOf: url)
+        let damaged = Set(ds0.readers[0].entries.indices.filter { $0 % 3 == 0 })
+        for i in damaged { let e = ds0.readers[0].entries[i]; d[Int(e.offset) + Int(e.compressedSize) / 2] ^= 0x5A }
+        try d.write(to: url)
+        let ds = try ShardDataset(urls: [url])
+        let plain = AugmentOptions(horizontalFlip: false, verticalFlip: false, rotate90: false)
+        var mixing = plain
+        mixing.mixupAlpha = 1
+        func epoch(_ options: AugmentOptions) throws -> LoadedBatch {
+            try BatchLoader(dataset: ds, transform: PairedTransform(augment: options, factor: 1), seed: 5, globalBatch: ds.count, rank: 0,
+                            worldSize: 1, cursor: DataCursor(), withLowResolution: false, policy: .skip).next()
+        }
+        let mixed = try epoch(mixing), reference = try epoch(plain)
+        #expect(mixed.count == ds.count - damaged.count && mixed.skipped.count == damaged.count)
+        #expect(mixed.samples == reference.samples)
+        let order = EpochPlan(count: ds.count, seed: 5, epoch: 0, globalBatch: ds.count).order
+        let size = 3 * 32 * 32
+        var unblended = 0
+        for (j, sample) in mixed.samples.enumerated() {
+            let position = try #require(order.firstIndex(of: sample))
+            let draw = try #require(MixupDraw(alpha: 1, seed: 5, epoch: 0, position: position, tiles: ds.count))
+            let view = Array(mixed.hr[(j * size)..<((j + 1) * size)]), own = Array(reference.hr[(j * size)..<((j + 1) * size)])
+            if damaged.contains(ds.addresses[draw.partner].index) {
+                unblended += 1
+                #expect(mixed.mixWeights[j] == 1 && mixed.mixPartnerLabels[j] == ds.entry(sample).label && view == own)
+            } else {
+                #expect(mixed.mixWeights[j] == draw.lambda && mixed.mixPartnerLabels[j] == ds.entry(draw.partner).label)
+            }
+        }
+        #expect(unblended > 0, "some healthy tile drew a damaged partner")
+    }
+
     @Test("a global batch smaller than the number of ranks is refused with a hint; an uneven split covers the batch")
     func badBatch() throws {
         let dir = try TemporaryDirectory()
