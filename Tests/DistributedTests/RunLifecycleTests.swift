@@ -56,6 +56,18 @@ struct RunLifecycleTests {
         t.progress = { notes.append($0) }
         #expect(try t.run(resume: true) == .finished)
         #expect(notes.contains { $0.contains("optimizer.lr: 0.003 -> 0.001") && $0.contains("no longer bit-exact") }, "\(notes)")
+        // Raising train.max_steps only moves where the run stops: the note says so, and the steps equal an uninterrupted run's.
+        let whole = try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: dir.appendingPathComponent("whole"), maxSteps: 5), writer: "test")
+        try whole.run(resume: false)
+        let first = try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: dir.appendingPathComponent("longer"), maxSteps: 3), writer: "test")
+        try first.run(resume: false)
+        let longer = try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: dir.appendingPathComponent("longer"), maxSteps: 5), writer: "test")
+        var stopNotes: [String] = []
+        longer.progress = { stopNotes.append($0) }
+        try longer.run(resume: true)
+        #expect(stopNotes.contains { $0.contains("train.max_steps: 3 -> 5") && $0.contains("only where the run stops changes") && !$0.contains("no longer bit-exact") },
+                "\(stopNotes)")
+        #expect(first.history.map(\.loss) + longer.history.map(\.loss) == whole.history.map(\.loss))
     }
 
     @Test("resume after the training shards were repacked with fewer tiles is refused with a message, not a crash")
