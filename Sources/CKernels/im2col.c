@@ -207,7 +207,6 @@ static int shift_enabled = 1;
 
 void hd_im2col_set_shift(int enabled) { shift_enabled = enabled != 0; }
 
-int hd_im2col_shift_in_use(int plane) { return shift_enabled && plane >= HD_SHIFT_MIN_PLANE && hd_has_avx512(); }
 
 // Whether every tap's map is a constant shift of the plane position, map[t][q] = q + shift[t] wherever it is >= 0
 // (a stride-1 convolution whose output is as wide as its input: 3x3 with padding 1); fills `shift` (at most 64 taps).
@@ -224,6 +223,17 @@ static int linear_shifts(const int32_t *map, int taps, int plane, ptrdiff_t shif
         }
     }
     return 1;
+}
+
+// Whether a call with this map takes the shifted copies (filling `shift`): enabled, an AVX-512 CPU, a plane of at
+// least HD_SHIFT_MIN_PLANE positions, and every tap a constant shift.
+static int takes_shift(const int32_t *map, int taps, int plane, ptrdiff_t shift[64]) {
+    return shift_enabled && plane >= HD_SHIFT_MIN_PLANE && hd_has_avx512() && linear_shifts(map, taps, plane, shift);
+}
+
+int hd_im2col_takes_shift(const int32_t *map, int taps, int plane) {
+    ptrdiff_t shift[64];
+    return takes_shift(map, taps, plane, shift);
 }
 
 // Splits positions start..<start+count into stretches inside one image and calls body for every row r = c * taps + t:
@@ -249,7 +259,7 @@ void hd_im2col_gather(float *col, ptrdiff_t ld, const float *input, ptrdiff_t in
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
     ensure_chosen();
     ptrdiff_t shift[64];
-    if (hd_im2col_shift_in_use(plane) && linear_shifts(map, taps, plane, shift)) {
+    if (takes_shift(map, taps, plane, shift)) {
         // The lane of position q reads input[chan + q + shift]: masked where the map is -1, so no lane reads outside.
         FOR_EACH_IMAGE_ROW(shift_copy_avx512(col + r * ld + j0, input + (chan + q0 + shift[t]), mp, len));
         return;
@@ -264,7 +274,7 @@ void hd_col2im_gather(float *gradInput, const float *col, ptrdiff_t ld, ptrdiff_
                       int channels, int taps, int plane, const int32_t *map, ptrdiff_t start, ptrdiff_t count) {
     ensure_chosen();
     ptrdiff_t shift[64];
-    if (hd_im2col_shift_in_use(plane) && linear_shifts(map, taps, plane, shift)) {
+    if (takes_shift(map, taps, plane, shift)) {
         FOR_EACH_IMAGE_ROW(shift_add_avx512(gradInput + (chan + q0 + shift[t]), col + r * ld + j0, mp, len));
         return;
     }

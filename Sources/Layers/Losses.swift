@@ -56,12 +56,9 @@ public enum CrossEntropy {
             if let gradLogits {
                 let g = gradLogits + i * classes, k = scale / Float(labeled)
                 for j in 0..<classes { g[j] = (Float.exp(logp[j]) - uniform) * k }
-                if lambda == 1 {
-                    g[y] -= (1 - labelSmoothing) * k
-                } else {
-                    g[y] -= (1 - labelSmoothing) * lambda * k
-                    g[partner] -= (1 - labelSmoothing) * (1 - lambda) * k
-                }
+                // Without mixup λ is 1: the partner's share is 0 and the label's (1 - ε) k as before, bit for bit.
+                g[y] -= (1 - labelSmoothing) * lambda * k
+                g[partner] -= (1 - labelSmoothing) * (1 - lambda) * k
             }
         }
         return Float(total / Double(labeled))

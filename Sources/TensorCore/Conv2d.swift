@@ -477,7 +477,9 @@ public enum Conv2d {
     /// them: on AVX-512 CPUs, for planes of at least 32 positions (6x6 and up; 7x7 gained 15-17% per convolution; on 4x4
     /// and 2x2 planes a gather across images fills whole vectors as cheaply). Same bits as the gather.
     public static func shiftCopiesInUse(_ s: Conv2dShape) -> Bool {
-        hd_im2col_shift_in_use(Int32(s.outPlane)) != 0 && s.strideH == 1 && s.strideW == 1 && s.outH == s.h && s.outW == s.w
+        s.outW < gatherBelowWidth && gatherMap(s).withUnsafeBufferPointer {
+            hd_im2col_takes_shift($0.baseAddress!, Int32(s.kh * s.kw), Int32(s.outPlane)) != 0
+        }
     }
 
     /// Turns the shifted copies of `shiftCopiesInUse` off or on (the default); for tests.

@@ -41,11 +41,14 @@ func yamlScalar(_ s: String) -> String {
 extension ConfigValueType where T == String {
     static var string: Self { .init(name: "a string", parse: { ($0 as? String) ?? ($0 as? Int).map(String.init) }, yaml: yamlScalar) }
 }
+/// A YAML whole number; "-0", which YAML's resolver leaves a string, is 0.
+func yamlInt(_ v: Any) -> Int? { (v as? Int) ?? (v as? String == "-0" ? 0 : nil) }
+
 extension ConfigValueType where T == Int {
-    static var int: Self { .init(name: "a whole number", parse: { ($0 as? Int) ?? ($0 as? String == "-0" ? 0 : nil) }, yaml: { "\($0)" }) }
+    static var int: Self { .init(name: "a whole number", parse: yamlInt, yaml: { "\($0)" }) }
 }
 extension ConfigValueType where T == UInt64 {
-    static var uint64: Self { .init(name: "a whole number >= 0", parse: { (($0 as? Int) ?? ($0 as? String == "-0" ? 0 : nil)).flatMap { $0 >= 0 ? UInt64($0) : nil } }, yaml: { "\($0)" }) }
+    static var uint64: Self { .init(name: "a whole number >= 0", parse: { yamlInt($0).flatMap { $0 >= 0 ? UInt64($0) : nil } }, yaml: { "\($0)" }) }
 }
 extension ConfigValueType where T == Double {
     static var double: Self {
@@ -125,6 +128,9 @@ public enum ResumeRule: Sendable {
     case mayChange
     /// It does not affect what is trained (names, where things are written, validation, bookkeeping, threads).
     case free
+    /// Where the run stops (`train.max_steps`; the schedule follows `train.epochs`): it may change and the run says so,
+    /// but the steps stay those of an uninterrupted run.
+    case stopPoint
     /// A path whose target is compared by identity (shard set digest, teacher weights digest), so a moved
     /// directory still resumes and a different one is refused.
     case byIdentity
@@ -137,6 +143,7 @@ extension ResumeRule {
         case .mustMatch: return "must match"
         case .mayChange: return "may change (noted)"
         case .free: return "free"
+        case .stopPoint: return "may change (noted; the steps stay bit-exact)"
         case .byIdentity: return "same data (moved is fine)"
         }
     }
@@ -259,7 +266,7 @@ public struct ConfigKey: @unchecked Sendable {
         key("schedule", "warmup_epochs", \.warmupEpochs, .double, resume: .mayChange, "linear warm-up in epochs, rounded to steps (timm warmup_epochs); instead of warmup_steps, so the warm-up follows the data's size"),
         key("schedule", "min_lr", \.minLR, .double, resume: .mayChange, "final learning rate (cosine), at least 0 and below optimizer.lr"),
         key("train", "epochs", \.epochs, .int, resume: .mayChange, "passes over the training shards"),
-        key("train", "max_steps", \.maxSteps, .int, resume: .mayChange, "stop after this many global steps"),
+        key("train", "max_steps", \.maxSteps, .int, resume: .stopPoint, "stop after this many global steps"),
         key("train", "batch_size", \.batchSize, .int, "global batch, split over the ranks"),
         key("train", "checkpoint_every", \.checkpointEvery, .int, resume: .free, "steps between checkpoints (also at each epoch end)"),
         key("train", "val_every", \.valEvery, .int, default: "epoch ends only", resume: .free, "validate every this many steps as well"),
@@ -295,15 +302,19 @@ public struct ConfigKey: @unchecked Sendable {
     /// The keys whose values differ between `stored` (a checkpoint's config) and `current`, as
     /// "section.key: old -> new", split by what `--resume` does with them (`.byIdentity` keys are not compared
     /// here: their targets are compared by identity).
-    public static func differences(stored: RunConfig, current: RunConfig, by command: TrainingCommand? = nil) -> (refused: [String], changed: [String]) {
-        var refused: [String] = [], changed: [String] = []
-        for k in table where (k.resume == .mustMatch || k.resume == .mayChange) && command.map({ $0.sectionsRead.contains(k.section) }) != false {
+    public static func differences(stored: RunConfig, current: RunConfig, by command: TrainingCommand? = nil) -> (refused: [String], changed: [String], moved: [String]) {
+        var refused: [String] = [], changed: [String] = [], moved: [String] = []
+        for k in table where k.resume != .free && k.resume != .byIdentity && command.map({ $0.sectionsRead.contains(k.section) }) != false {
             let old = k.write(stored) ?? "unset", new = k.write(current) ?? "unset"
             guard old != new else { continue }
             let line = "\(k.path): \(old) -> \(new)"
-            if k.resume == .mustMatch { refused.append(line) } else { changed.append(line) }
+            switch k.resume {
+            case .mustMatch: refused.append(line)
+            case .stopPoint: moved.append(line)
+            default: changed.append(line)
+            }
         }
-        return (refused, changed)
+        return (refused, changed, moved)
     }
 
     /// The reference of every key as Markdown tables, one per section (configs/README.md holds this text).

@@ -101,13 +101,12 @@ enum RunStart {
     /// The note a resume with changed "may change" settings prints (nil when nothing changed).
     static func changedSettingsNote(_ state: CheckpointState, config: RunConfig, command: TrainingCommand) -> String? {
         guard let stored = try? RunConfig.parse(state.config, source: "checkpoint") else { return nil }
-        let changed = ConfigKey.differences(stored: stored, current: config, by: command).changed
-        if changed.isEmpty { return nil }
-        // train.max_steps only moves where the run stops (the schedule follows train.epochs): the steps stay bit-exact.
-        if changed.allSatisfy({ $0.hasPrefix("train.max_steps:") }) {
-            return "note: continuing with \(changed.joined(separator: "; ")): only where the run stops changes; its steps are those of an uninterrupted run"
+        let (_, changed, moved) = ConfigKey.differences(stored: stored, current: config, by: command)
+        if changed.isEmpty && moved.isEmpty { return nil }
+        if changed.isEmpty {
+            return "note: continuing with \(moved.joined(separator: "; ")): only where the run stops changes; its steps are those of an uninterrupted run"
         }
-        return "note: continuing with changed settings (\(changed.joined(separator: "; "))): the continuation is no longer bit-exact with an uninterrupted run"
+        return "note: continuing with changed settings (\((changed + moved).joined(separator: "; "))): the continuation is no longer bit-exact with an uninterrupted run"
     }
 
     /// Whether a step ends with a checkpoint: every `checkpoint_every` steps, at the end of the schedule or of this

@@ -31,6 +31,14 @@ func smallDataset(_ dir: TemporaryDirectory, count: Int = 23, shardBytes: Int = 
     return try ShardDataset(directory: dir.url.appendingPathComponent("out"))
 }
 
+/// Flips a byte in the middle of each chosen tile's frame of `reader`'s shard (by entry index); returns the shard's URL.
+func corruptFrames(of reader: ShardReader, where chosen: (Int) -> Bool) throws -> URL {
+    var d = try Data(contentsOf: reader.url)
+    for (i, e) in reader.entries.enumerated() where chosen(i) { d[Int(e.offset) + Int(e.compressedSize) / 2] ^= 0x5A }
+    try d.write(to: reader.url)
+    return reader.url
+}
+
 @Suite("Epoch order and cursors")
 struct OrderTests {
     @Test("every sample exactly once per epoch, for world sizes 1 to 5", arguments: 1...5)
@@ -300,10 +308,7 @@ struct LoaderTests {
     func corruptTiles() throws {
         let dir = try TemporaryDirectory()
         let ds0 = try smallDataset(dir, shardBytes: 1 << 30)
-        let url = ds0.readers[0].url
-        var d = try Data(contentsOf: url)
-        for e in ds0.readers[0].entries { d[Int(e.offset) + Int(e.compressedSize) / 2] ^= 0x5A }   // every tile
-        try d.write(to: url)
+        let url = try corruptFrames(of: ds0.readers[0]) { _ in true }   // every tile
         let ds = try ShardDataset(urls: [url])
         let t = PairedTransform(augment: .none, factor: 1)
         let stop = try BatchLoader(dataset: ds, transform: t, seed: 0, globalBatch: 4, rank: 0, worldSize: 1, cursor: DataCursor(), withLowResolution: false)
@@ -319,11 +324,8 @@ struct LoaderTests {
     func corruptMixupPartner() throws {
         let dir = try TemporaryDirectory()
         let ds0 = try smallDataset(dir, shardBytes: 1 << 30)
-        let url = ds0.readers[0].url
-        var d = try Data(contentsOf: url)
         let damaged = Set(ds0.readers[0].entries.indices.filter { $0 % 3 == 0 })
-        for i in damaged { let e = ds0.readers[0].entries[i]; d[Int(e.offset) + Int(e.compressedSize) / 2] ^= 0x5A }
-        try d.write(to: url)
+        let url = try corruptFrames(of: ds0.readers[0], where: damaged.contains)
         let ds = try ShardDataset(urls: [url])
         let plain = AugmentOptions(horizontalFlip: false, verticalFlip: false, rotate90: false)
         var mixing = plain

@@ -45,9 +45,10 @@ enum { HD_SHIFT_MIN_PLANE = 32 };
 /// Turns the shifted copies off (0) or on (1, the default); for tests. Both give the same bits.
 void hd_im2col_set_shift(int enabled);
 
-/// Whether a call on planes of `plane` positions copies a stride-1 "same" convolution's taps as shifted runs (masked
-/// AVX-512 loads and stores, no gather): on, on AVX-512 CPUs, for planes of at least HD_SHIFT_MIN_PLANE positions.
-int hd_im2col_shift_in_use(int plane);
+/// Whether hd_im2col_gather and hd_col2im_gather with this map copy every tap as a shifted run (masked AVX-512 loads
+/// and stores, no gather): when each tap's map is a constant shift of the plane position (a stride-1 convolution as
+/// large as its input, 3x3 with padding 1), on AVX-512 CPUs, for planes of at least HD_SHIFT_MIN_PLANE positions.
+int hd_im2col_takes_shift(const int32_t *map, int taps, int plane);
 
 #ifdef __cplusplus
 }
