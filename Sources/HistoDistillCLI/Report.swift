@@ -250,7 +250,7 @@ enum ReportPage {
         // Training curves.
         if !r.steps.isEmpty {
             h += "<h3>Training</h3><div class=\"grid\">"
-            var losses: [(name: String, points: [(Double, Double)])] = [("loss", r.steps.map { (Double($0.step), Double($0.loss)) })]
+            var losses: [(name: String, points: [(Double, Double)])] = [("loss", r.steps.compactMap { s in s.loss.map { (Double(s.step), Double($0)) } })]
             for (name, key) in [("kd", \StepMetrics.kdLoss), ("pixel", \StepMetrics.pixelLoss), ("ce", \StepMetrics.ceLoss)] {
                 let pts = r.steps.compactMap { s in s[keyPath: key].map { (Double(s.step), Double($0)) } }
                 if !pts.isEmpty { losses.append((name, pts)) }

@@ -285,7 +285,7 @@ private func report(_ trainer: SupervisedTrainer, _ outcome: RunOutcome, config 
     case .interrupted, .paused: break
     case .finished:
         if let last = trainer.history.last {
-            var line = String(format: "done: step %d, loss %.4f", last.step, last.loss)
+            var line = "done: step \(last.step), loss \(last.lossText)"
             if trainer.val != nil {
                 line += ", last val accuracy " + (last.valAccuracy.map { String(format: "%.4f", $0) } ?? "n/a (no labeled validation tile)")
                 if let best = trainer.bestAccuracy {

@@ -87,7 +87,9 @@ struct SlideRunLoop {
         step += 1
         let epoch = cursor.epoch
         cursor = cursor.advanced(globalBatch: batch, steps: stepsPerEpoch)
-        var m = StepMetrics(step: step, epoch: epoch, loss: global.terms.total, pixelLoss: global.terms.pixel, ceLoss: global.terms.crossEntropy,
+        let trained = global.updated
+        var m = StepMetrics(step: step, epoch: epoch, loss: trained ? global.terms.total : nil, pixelLoss: trained ? global.terms.pixel : nil,
+                            ceLoss: trained ? global.terms.crossEntropy : nil,
                             lr: lr, imagesPerSecond: Double(global.count * imagesPerSlide) / max(Date().timeIntervalSince(stepStarted), 1e-9),
                             skippedTiles: 0, allreduceMs: global.reduceSeconds * 1000, ranks: group.size)
         let epochEnded = cursor.epoch != epoch
@@ -113,7 +115,7 @@ struct SlideRunLoop {
             if stopping || step == stopAt { try group.barrier() }
         }
         let rate = Double(step - startStep) / max(Date().timeIntervalSince(began), 1e-9)
-        progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e ETA %.0fs%@", step, totalSteps, epoch, m.loss, lr,
+        progress?(String(format: "step %d/%d epoch %d loss %@ lr %.2e ETA %.0fs%@", step, totalSteps, epoch, m.lossText, lr,
                          Double(totalSteps - step) / max(rate, 1e-9), m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
         if let signal = global.stopSignal, step < totalSteps { return (m, .interrupted(signal: signal, step: step)) }
         return (m, nil)

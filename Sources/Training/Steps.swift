@@ -75,6 +75,9 @@ public protocol StepObjective: AnyObject {
     var model: any Module { get }
     /// True when a term averages over the labeled tiles only (so ranks need the global labeled count).
     var hasLabeledTerms: Bool { get }
+    /// True when every term needs a label (cross-entropy alone): a global batch without a labeled tile then trains
+    /// nothing, as a batch of no tiles (no forward, no update; `GlobalStep.updated` false).
+    var labelsOnly: Bool { get }
     func localGradients(_ input: StepInput) -> LossTerms
 }
 
@@ -83,6 +86,7 @@ public final class SupervisedStep: StepObjective {
     public let network: any ImageModel
     public var model: any Module { network }
     public var hasLabeledTerms: Bool { true }
+    public var labelsOnly: Bool { true }
     /// Label smoothing ε (torch.nn.CrossEntropyLoss's `label_smoothing`).
     public let labelSmoothing: Float
 
@@ -233,6 +237,7 @@ public final class DistillationStep: StepObjective {
     public let objective: DistillationObjective
     public var model: any Module { student }
     public var hasLabeledTerms: Bool { objective.crossEntropyWeight != 0 }
+    public var labelsOnly: Bool { objective.crossEntropyWeight != 0 && objective.kdWeight == 0 && objective.pixelWeight == 0 }
 
     public init(student: any ImageModel, teacher: any TeacherSource, objective: DistillationObjective) {
         precondition(student.classes == teacher.classes, "DistillationStep: student has \(student.classes) classes, teacher \(teacher.classes)")
@@ -271,6 +276,10 @@ public struct GlobalStep: Sendable {
     public var stopSignal: Int32?
     /// Why the step was not applied: a non-finite loss or gradient (the same on every rank), else nil.
     public var divergence: String?
+    /// Whether the optimizer took the step: false when no rank had a tile, when a labels-only objective
+    /// (`StepObjective.labelsOnly`) had no labeled tile in the global batch, or on divergence. A step not taken has
+    /// no loss to log.
+    public var updated = false
     /// Seconds this rank spent in the reduction (including waiting for the slowest rank).
     public var reduceSeconds: Double = 0
 }
@@ -306,12 +315,22 @@ public final class DataParallelStep {
     public func step(_ input: StepInput, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0) throws -> GlobalStep {
         guard let objective else { preconditionFailure("DataParallelStep.step: built without an objective; call finish") }
         var input = input
-        if group.size > 1 && objective.hasLabeledTerms {
+        var globalLabeled: Double?
+        if objective.labelsOnly || (group.size > 1 && objective.hasLabeledTerms) {
             var labeled = 0
             for i in 0..<input.count where input.labels[i] >= 0 { labeled += 1 }
             var counts: [Double] = [Double(input.count), Double(labeled)]
-            try counts.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
-            input.labeledScale = counts[1] > 0 && labeled > 0 ? Float(counts[0] * Double(labeled) / (Double(input.count) * counts[1])) : 0
+            if group.size > 1 {
+                try counts.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
+                input.labeledScale = counts[1] > 0 && labeled > 0 ? Float(counts[0] * Double(labeled) / (Double(input.count) * counts[1])) : 0
+            }
+            globalLabeled = counts[1]
+        }
+        // Every rank has the same global count, so all skip alike (and still meet in the reduction below).
+        if objective.labelsOnly && globalLabeled == 0 {
+            var global = try reduce(LossTerms(), count: input.count, skipped: skipped, gradients: false)
+            global.terms = LossTerms()
+            return global
         }
         let local = objective.localGradients(input)
         return try finish(local, count: input.count, optimizer: optimizer, lr: lr, clipGradNorm: clipGradNorm, skipped: skipped)
@@ -340,12 +359,14 @@ public final class DataParallelStep {
             return global
         }
         try broadcastBuffers()
+        global.updated = true
         return global
     }
 
-    /// Averages the loss terms and the gradient over the global batch. On one process this changes nothing
-    /// (bit for bit). Also tells every rank whether any rank received a stop signal.
-    public func reduce(_ local: LossTerms, count: Int, skipped: Int) throws -> GlobalStep {
+    /// Averages the loss terms and the gradient over the global batch (the gradient only with `gradients`, which every
+    /// rank must pass alike). On one process this changes nothing (bit for bit). Also tells every rank whether any rank
+    /// received a stop signal.
+    public func reduce(_ local: LossTerms, count: Int, skipped: Int, gradients: Bool = true) throws -> GlobalStep {
         let n = Double(count)
         let mySignal = StopSignals.pending
         guard group.size > 1 else {
@@ -356,7 +377,7 @@ public final class DataParallelStep {
         try stats.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
         let total = stats[0]
         func mean(_ i: Int) -> Float { total > 0 ? Float(stats[i] / total) : 0 }
-        if total > 0 {
+        if total > 0 && gradients {
             let g = model.parameters.gradients!
             if count > 0 && n != total { GradientOps.scale(g.pointer, count: model.parameterCount, by: Float(n / total)) }
             try group.allReduceSum(UnsafeMutableBufferPointer(start: g.pointer, count: model.parameterCount), bucketElements: bucketElements)

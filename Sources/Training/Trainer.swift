@@ -10,8 +10,9 @@ import TileShards
 public struct StepMetrics: Codable, Equatable, Sendable {
     public var step: Int
     public var epoch: Int
-    /// The weighted total loss, averaged over the global batch.
-    public var loss: Float
+    /// The weighted total loss, averaged over the global batch; nil for a step that trained nothing (no rank had a
+    /// tile, or cross-entropy alone met a global batch without a labeled tile: `GlobalStep.updated`).
+    public var loss: Float?
     /// Distillation terms (unweighted, averaged over the global batch); nil for supervised runs.
     public var kdLoss: Float?
     public var pixelLoss: Float?
@@ -35,7 +36,7 @@ public struct StepMetrics: Codable, Equatable, Sendable {
         case valAccuracy = "val_accuracy", valLoss = "val_loss"
     }
 
-    public init(step: Int, epoch: Int, loss: Float, kdLoss: Float? = nil, pixelLoss: Float? = nil, ceLoss: Float? = nil, lr: Double,
+    public init(step: Int, epoch: Int, loss: Float?, kdLoss: Float? = nil, pixelLoss: Float? = nil, ceLoss: Float? = nil, lr: Double,
                 imagesPerSecond: Double, skippedTiles: Int, waitMs: Double = 0, allreduceMs: Double = 0, ranks: Int = 1,
                 valAccuracy: Double? = nil, valLoss: Double? = nil) {
         self.step = step; self.epoch = epoch; self.loss = loss; self.kdLoss = kdLoss; self.pixelLoss = pixelLoss; self.ceLoss = ceLoss
@@ -43,12 +44,15 @@ public struct StepMetrics: Codable, Equatable, Sendable {
         self.allreduceMs = allreduceMs; self.ranks = ranks; self.valAccuracy = valAccuracy; self.valLoss = valLoss
     }
 
+    /// The loss for progress and summary lines: four decimals, or "n/a (nothing trained)" for a step without one.
+    public var lossText: String { loss.map { String(format: "%.4f", $0) } ?? "n/a (nothing trained)" }
+
     /// Reads lines written by this version and by 0.1.0's first trainer (which lacked the loss terms, the
     /// timings and the rank count).
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.init(step: try c.decode(Int.self, forKey: .step), epoch: try c.decode(Int.self, forKey: .epoch),
-                  loss: try c.decode(Float.self, forKey: .loss), kdLoss: try c.decodeIfPresent(Float.self, forKey: .kdLoss),
+                  loss: try c.decodeIfPresent(Float.self, forKey: .loss), kdLoss: try c.decodeIfPresent(Float.self, forKey: .kdLoss),
                   pixelLoss: try c.decodeIfPresent(Float.self, forKey: .pixelLoss), ceLoss: try c.decodeIfPresent(Float.self, forKey: .ceLoss),
                   lr: try c.decode(Double.self, forKey: .lr), imagesPerSecond: try c.decode(Double.self, forKey: .imagesPerSecond),
                   skippedTiles: try c.decode(Int.self, forKey: .skippedTiles), waitMs: try c.decodeIfPresent(Double.self, forKey: .waitMs) ?? 0,
@@ -64,7 +68,7 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     /// This line as CSV (empty cells for absent values).
     public var csvRow: String {
         func opt<T>(_ v: T?) -> String { v.map { "\($0)" } ?? "" }
-        return ["\(step)", "\(epoch)", "\(loss)", opt(kdLoss), opt(pixelLoss), opt(ceLoss), "\(lr)", String(format: "%.1f", imagesPerSecond),
+        return ["\(step)", "\(epoch)", opt(loss), opt(kdLoss), opt(pixelLoss), opt(ceLoss), "\(lr)", String(format: "%.1f", imagesPerSecond),
                 "\(skippedTiles)", String(format: "%.2f", waitMs), String(format: "%.3f", allreduceMs), "\(ranks)",
                 opt(valAccuracy), opt(valLoss)].joined(separator: ",")
     }
@@ -497,7 +501,8 @@ public final class SupervisedTrainer {
            global.terms.total > config.divergenceFactor * max(baseline, 0.1) {
             divergence = "the loss exploded to \(global.terms.total), over \(config.divergenceFactor) times the lowest running median \(baseline) (train.divergence_factor)"
         }
-        loop.recentLosses.append(global.terms.total)
+        // A step that trained nothing has no loss: it neither enters the guard's median nor moves the average.
+        if global.updated { loop.recentLosses.append(global.terms.total) }
         if loop.recentLosses.count > 100 { loop.recentLosses.removeFirst() }
         if !loop.recentLosses.isEmpty {
             let median = loop.recentLosses.sorted()[loop.recentLosses.count / 2]
@@ -508,14 +513,15 @@ public final class SupervisedTrainer {
             if group.size > 1 { throw CollectiveError(message, report: group.isCoordinator) }
             throw TrainingError(message)
         }
-        if global.count > 0 { ema?.update(from: model) }
+        if global.updated { ema?.update(from: model) }
         loop.step += 1
         loop.cursor = loop.cursor.advanced(globalBatch: config.batchSize, steps: loop.stepsPerEpoch)
         let step = loop.step, totalSteps = loop.totalSteps
         let distilling = teacher != nil
-        var m = StepMetrics(step: step, epoch: batch.epoch, loss: global.terms.total,
-                            kdLoss: distilling ? global.terms.kd : nil, pixelLoss: distilling ? global.terms.pixel : nil,
-                            ceLoss: distilling && config.objective.crossEntropyWeight != 0 ? global.terms.crossEntropy : nil, lr: lr,
+        let trained = global.updated
+        var m = StepMetrics(step: step, epoch: batch.epoch, loss: trained ? global.terms.total : nil,
+                            kdLoss: distilling && trained ? global.terms.kd : nil, pixelLoss: distilling && trained ? global.terms.pixel : nil,
+                            ceLoss: distilling && trained && config.objective.crossEntropyWeight != 0 ? global.terms.crossEntropy : nil, lr: lr,
                             imagesPerSecond: Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: global.skipped,
                             waitMs: waited * 1000, allreduceMs: global.reduceSeconds * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
         let epochEnded = loop.cursor.epoch != batch.epoch
@@ -553,7 +559,7 @@ public final class SupervisedTrainer {
         }
         let elapsed = Date().timeIntervalSince(loop.begin)
         let rate = Double(step - loop.startStep) / max(elapsed, 1e-9)
-        progress?(String(format: "step %d/%d epoch %d loss %.4f lr %.2e %.1f img/s ETA %.0fs%@", step, totalSteps, batch.epoch, m.loss, lr,
+        progress?(String(format: "step %d/%d epoch %d loss %@ lr %.2e %.1f img/s ETA %.0fs%@", step, totalSteps, batch.epoch, m.lossText, lr,
                          rate * Double(config.batchSize), Double(totalSteps - step) / max(rate, 1e-9),
                          m.valAccuracy.map { String(format: " val_acc %.4f", $0) } ?? ""))
         if let signal = global.stopSignal, step < totalSteps { return .interrupted(signal: signal, step: step) }
@@ -625,7 +631,7 @@ final class MetricsLog {
 
     /// The TensorBoard tags of a metrics line: train/... for every step, val/... at validations.
     static func scalars(_ m: StepMetrics) -> [(String, Float)] {
-        var out: [(String, Float)] = [("train/loss", m.loss)]
+        var out: [(String, Float)] = m.loss.map { [("train/loss", $0)] } ?? []
         if let v = m.kdLoss { out.append(("train/kd_loss", v)) }
         if let v = m.pixelLoss { out.append(("train/pixel_loss", v)) }
         if let v = m.ceLoss { out.append(("train/ce_loss", v)) }

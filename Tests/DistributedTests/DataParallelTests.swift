@@ -357,6 +357,62 @@ struct DataParallelTests {
         #expect(a.contains { ($0.ceLoss ?? 0) > 0 }, "labeled tiles contribute")
     }
 
+    @Test("supervised training on partly labeled shards: a global batch without a labeled tile takes no step (Adam's count, EMA and weights unchanged) and logs no loss; the same steps on 2 ranks")
+    func unlabeledBatchTrainsNothing() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-nolabel-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try trainingShards(dir)
+        // One labeled tile per class among 24: most global batches of 4 hold none.
+        var plan = try PackPlan.imageFolder(dir.appendingPathComponent("in"))
+        let keep = Set([plan.items.firstIndex { $0.label == 0 }!, plan.items.firstIndex { $0.label == 1 }!])
+        plan.items = plan.items.enumerated().map { i, item in var it = item; if !keep.contains(i) { it.label = -1 }; return it }
+        let shards = dir.appendingPathComponent("partial")
+        _ = try Packer.pack(plan, options: PackOptions(output: shards))
+        let config = { (name: String) in try lifecycleConfig(shards: shards, output: dir.appendingPathComponent(name), maxSteps: 12, batch: 4,
+                                                              extra: "schedule: {name: constant}") }
+        let trainer = try SupervisedTrainer(config: try config("one"), writer: "t")
+        var ema = try config("one-ema")
+        ema = try RunConfig.parse(ema.yaml, source: "x", overrides: ["train.ema_decay=0.5"])
+        let averaged = try SupervisedTrainer(config: ema, writer: "t")
+        try trainer.run(resume: false)
+        try averaged.run(resume: false)
+        let losses = trainer.history.map(\.loss)
+        let taken = losses.compactMap { $0 }
+        #expect(losses.count == 12 && taken.count >= 2 && taken.count <= 4, "\(losses)")
+        #expect(taken.allSatisfy { $0.isFinite && $0 > 0 })
+        // Adam counted only the steps taken (it had counted every step, moving the weights on zero gradients).
+        #expect(trainer.optimizer.step == taken.count, "Adam steps \(trainer.optimizer.step), steps with a loss \(taken.count)")
+        #expect(averaged.history.map { $0.loss == nil } == losses.map { $0 == nil })
+        #expect(averaged.ema?.updates == taken.count, "EMA updates \(averaged.ema?.updates ?? -1)")
+        // Logged without a loss: JSONL without the key, an empty CSV cell, no train/loss scalar.
+        let jsonl = try String(contentsOf: dir.appendingPathComponent("one/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        let skipped = try #require(losses.firstIndex { $0 == nil })
+        #expect(!jsonl[skipped].contains("\"loss\"") && jsonl[skipped].contains("\"step\":\(skipped + 1)"), "\(jsonl[skipped])")
+        let decoded = try JSONDecoder().decode(StepMetrics.self, from: Data(jsonl[skipped].utf8))
+        #expect(decoded.loss == nil && decoded.step == skipped + 1 && decoded.lr == trainer.history[skipped].lr)
+        #expect(trainer.history[skipped].csvRow.hasPrefix("\(skipped + 1),\(trainer.history[skipped].epoch),,"))
+        let events = try #require(try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("one").path).first { $0.hasPrefix("events.out.tfevents.") })
+        let scalars = try TensorBoardWriter.scalars(in: dir.appendingPathComponent("one/\(events)"))
+        #expect(scalars.filter { $0.tag == "train/loss" }.map(\.value) == taken && scalars.filter { $0.tag == "train/lr" }.count == 12)
+        // The weights move only on steps taken: a run stopped after an untaken step equals the run one step earlier.
+        let n = skipped + 1
+        if n >= 2 {
+            let a = try SupervisedTrainer(config: try config("a"), writer: "t"), b = try SupervisedTrainer(config: try config("b"), writer: "t")
+            try a.run(resume: false, stopAfter: n - 1)
+            try b.run(resume: false, stopAfter: n)
+            #expect(a.model.parameters.values.array == b.model.parameters.values.array, "step \(n) trained nothing")
+        }
+        // Two ranks skip the same steps (every rank sees the global labeled count) and never hang.
+        let file = dir.appendingPathComponent("two.yaml")
+        try (try config("two")).yaml.write(to: file, atomically: true, encoding: .utf8)
+        let two = try mpirun(2, ["train", "--config", file.path])
+        #expect(two.status == 0, "\(two.stderr)")
+        let twoLosses = try String(contentsOf: dir.appendingPathComponent("two/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+            .map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)).loss }
+        #expect(twoLosses.map { $0 == nil } == losses.map { $0 == nil }, "1 rank \(losses), 2 ranks \(twoLosses)")
+        for (x, y) in zip(losses, twoLosses) { if let x, let y { #expect(abs(x - y) <= 2e-5 * max(1, abs(x)), "\(x) vs \(y)") } }
+    }
+
     @Test("a start-up error every rank meets (a global batch larger than the data) is reported once with exit 1, without MPI_Abort")
     func sharedStartupError() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpstartup-\(UUID().uuidString)")
