@@ -69,7 +69,7 @@ let package = Package(
                 "TensorCore", "Layers", "Training", "Distributed", "TileShards", "CZstd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .executableTarget(name: "ConvBench", dependencies: ["TensorCore"]),
+        .executableTarget(name: "ConvBench", dependencies: ["TensorCore", "CKernels"]),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "SafeTensors"]),
         .testTarget(name: "TileShardsTests", dependencies: ["TileShards", "TensorCore", "SafeTensors"]),

@@ -2,9 +2,13 @@
 //
 // Usage: histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS]
 //                           [--algorithm auto|gemm|direct] [--clock wall|cpu] [--precision 32-true|bf16-mixed] [--no-shift-copies]
+//        histodistill-bench --peak [--threads 1,2]
+// --peak prints the cores' multiply-add roof (register-only VDPBF16PS and float32 FMA loops), against which the
+// kernels' GFLOP/s read as a share of what the CPU can issue.
 // --clock cpu times with the calling thread's CPU time instead of the wall clock: on a VM whose hypervisor steals CPU
 // time, it counts only the time the process actually ran (meaningful for --threads 1).
 // Prints a markdown table per thread count. Run with OPENBLAS_CORETYPE unset for the real figures.
+import CKernels
 import Foundation
 import TensorCore
 
@@ -26,6 +30,7 @@ struct Options {
     var algorithm = ConvAlgorithm.automatic
     var cpuClock = false
     var only: String? = nil
+    var peak = false
 
     init(_ args: [String]) {
         var i = 1
@@ -52,6 +57,7 @@ struct Options {
                 guard v == "min" || v == "median" else { usageError("--stat takes min or median, got \(v)") }
                 useMin = v == "min"
             case "--gemm-only": gemmOnly = true
+            case "--peak": peak = true
             case "--no-shift-copies": Conv2d.setShiftCopies(false)
             case "--clock":
                 let v = value()
@@ -70,7 +76,7 @@ struct Options {
                 case let v: usageError("--algorithm takes auto, gemm or direct, got \(v)")
                 }
             case "-h", "--help":
-                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048] [--stat median|min] [--gemm-only] [--algorithm auto|gemm|direct] [--clock wall|cpu] [--only NAME] [--precision 32-true|bf16-mixed]")
+                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048] [--stat median|min] [--gemm-only] [--algorithm auto|gemm|direct] [--clock wall|cpu] [--only NAME] [--precision 32-true|bf16-mixed] [--no-shift-copies] [--peak]")
                 exit(0)
             default: usageError("unknown argument \(args[i])")
             }
@@ -143,6 +149,35 @@ func fill(_ b: Buffer<Float>, seed: UInt64) {
 
 let options = Options(CommandLine.arguments)
 let env = ProcessInfo.processInfo.environment
+
+/// The multiply-add roof per thread count: `hd_peak_loop` on every thread at once, wall clock, best of the repetitions.
+func printPeak() {
+    print("# histodistill-bench --peak: register-only multiply-add loops (no memory traffic), best of \(options.reps)")
+    print("| threads | bf16 VDPBF16PS GMAC/s | per thread | float32 FMA GMAC/s | per thread |")
+    print("|---|---|---|---|---|")
+    let iters = 50_000_000
+    for t in options.threads {
+        var cells: [String] = []
+        for (bf16, perRound) in [(Int32(1), 12 * 32), (Int32(0), 12 * 16)] {
+            var best = 0.0
+            for _ in 0..<options.reps {
+                let sums = UnsafeMutableBufferPointer<Double>.allocate(capacity: t)
+                defer { sums.deallocate() }
+                var ts = timespec(), te = timespec()
+                clock_gettime(CLOCK_MONOTONIC, &ts)
+                nonisolated(unsafe) let out = sums   // each thread writes its own element
+                DispatchQueue.concurrentPerform(iterations: t) { k in out[k] = hd_peak_loop(bf16, iters) }
+                clock_gettime(CLOCK_MONOTONIC, &te)
+                guard sums.allSatisfy({ $0 > 0 }) else { best = -1; break }
+                let sec = Double(te.tv_sec - ts.tv_sec) + Double(te.tv_nsec - ts.tv_nsec) / 1e9
+                best = max(best, Double(t * iters * perRound) / sec / 1e9)
+            }
+            cells += best < 0 ? ["not on this CPU", ""] : [String(format: "%.1f", best), String(format: "%.1f", best / Double(t))]
+        }
+        print("| \(t) | " + cells.joined(separator: " | ") + " |")
+    }
+}
+if options.peak { printPeak(); exit(0) }
 print("# histodistill-bench: conv GFLOP/s vs square sgemm")
 print("OpenBLAS \(BLAS.version), kernels \(BLAS.coreName), OPENBLAS_CORETYPE=\(env["OPENBLAS_CORETYPE"] ?? "(unset)"), "
       + "OPENBLAS_L2_SIZE=\(env["OPENBLAS_L2_SIZE"] ?? "(unset)")")

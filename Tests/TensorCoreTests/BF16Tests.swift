@@ -1,5 +1,6 @@
 // bf16-mixed: the rounding to bfloat16, the AVX512-BF16 GEMM against a double-precision sum of the rounded operands
 // and against the emulation other CPUs run, and which convolutions run in bfloat16.
+import CKernels
 import Testing
 @testable import TensorCore
 
@@ -95,6 +96,19 @@ struct BF16Tests {
     @Test("AVX512-BF16 GEMM equals the double-precision sum of the bfloat16-rounded operands, every transposition and edge",
           .enabled(if: BF16GEMM.cpuHasKernel, "this CPU has no AVX512-BF16: the emulation test covers the path it runs"))
     func nativeGEMM() { checkGEMM(emulated: false) }
+
+    @Test("the multiply-add roof loops of `histodistill-bench --peak` run every round: each lane gains 2^-13 (bf16 pairs) or 2^-14 (float32) per round; -1 where the CPU lacks the instructions")
+    func peakLoops() {
+        // 1000 rounds x 12 accumulators x 16 lanes, each product 1 x 2^-14: exact in float32.
+        let bf16 = hd_peak_loop(1, 1000), fp32 = hd_peak_loop(0, 1000), none = hd_peak_loop(0, 0)
+        let lanes: Double = 1000 * 12 * 16 / 16384
+        let expectedBF16: Double = BF16GEMM.cpuHasKernel ? 2 * lanes : -1
+        let expectedFP32: Double = CPUCapabilities.current.avx512 ? lanes : -1
+        let expectedNone: Double = CPUCapabilities.current.avx512 ? 0 : -1
+        #expect(bf16 == expectedBF16, "\(bf16)")
+        #expect(fp32 == expectedFP32, "\(fp32)")
+        #expect(none == expectedNone)
+    }
 
     @Test("emulated bf16 GEMM (other CPUs) equals the same sum")
     func emulatedGEMM() { checkGEMM(emulated: true) }
