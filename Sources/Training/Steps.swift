@@ -328,9 +328,7 @@ public final class DataParallelStep {
         }
         // Every rank has the same global count, so all skip alike (and still meet in the reduction below).
         if objective.labelsOnly && globalLabeled == 0 {
-            var global = try reduce(LossTerms(), count: input.count, skipped: skipped, gradients: false)
-            global.terms = LossTerms()
-            return global
+            return try reduce(LossTerms(), count: input.count, skipped: skipped, gradients: false)
         }
         let local = objective.localGradients(input)
         return try finish(local, count: input.count, optimizer: optimizer, lr: lr, clipGradNorm: clipGradNorm, skipped: skipped)

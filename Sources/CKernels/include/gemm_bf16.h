@@ -30,8 +30,8 @@ void hd_round_bf16(float *dst, long ld_dst, const float *src, long ld_src, long 
 /// `hd_bf16_gemm_available()`), else float32 VFMADD on 512-bit registers (16 per instruction; AVX-512F CPUs). Every
 /// product is 1 x 2^-14, so each 32-bit lane gains 2^-13 per round with bf16 (two products) and 2^-14 with float32;
 /// returns the sum of all lanes, which tells the caller the loop ran (-1 on a CPU without the instructions).
-/// Multiply-adds done: iters * 12 * 32 (bf16) or
-/// iters * 12 * 16. For `histodistill-bench --peak` (the kernels' efficiency against the core's own roof).
+/// Multiply-adds done: iters * 12 * 32 (bf16) or iters * 12 * 16. For `histodistill-bench --peak` (the kernels'
+/// efficiency against the core's own roof).
 double hd_peak_loop(int bf16, long iters);
 
 #ifdef __cplusplus
