@@ -32,7 +32,7 @@ struct MILTrain: ParsableCommand {
     func run() throws {
         try runTrainerCommand(.milTrain, config: config, options: options, make: { try MILTrainer(config: $0, writer: $1, group: $2) }) { trainer in
             guard let last = trainer.history.last else { return nil }
-            return "done: step \(last.step), loss \(last.lossText)"
+            return "done: step \(last.step), loss \(StepMetrics.finalLossText(trainer.history))"
                 + (trainer.bestAccuracy.map { String(format: ", best val slide accuracy %.4f kept in %@", $0, trainer.runDirectory.bestWeights.path) } ?? "")
                 + "; run directory \(trainer.runDirectory.url.path)"
         }
@@ -347,7 +347,7 @@ struct FineTune: ParsableCommand {
     func run() throws {
         try runTrainerCommand(.finetune, config: config, options: options, make: { try TopKFineTuner(config: $0, writer: $1, group: $2) }) { tuner in
             guard let last = tuner.history.last else { return nil }
-            return "done: step \(last.step), loss \(last.lossText)"
+            return "done: step \(last.step), loss \(StepMetrics.finalLossText(tuner.history))"
                 + (tuner.bestAccuracy.map { String(format: ", best val slide accuracy %.4f", $0) } ?? "")
                 + "; backbone in \(tuner.runDirectory.bestBackbone.path), head in \(tuner.runDirectory.bestWeights.path)"
         }

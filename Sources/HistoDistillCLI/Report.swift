@@ -117,9 +117,10 @@ enum SVG {
         let fx: (Double) -> Double = logX ? { log10($0) } : { $0 }
         var x0 = xRange?.lowerBound ?? all.map { fx($0.0) }.min()!, x1 = xRange?.upperBound ?? all.map { fx($0.0) }.max()!
         var y0 = yRange?.lowerBound ?? all.map(\.1).min()!, y1 = yRange?.upperBound ?? all.map(\.1).max()!
-        if x1 <= x0 { x0 -= 0.5; x1 += 0.5 }
+        // A flat range is padded by half its value (0.5 around 0): a constant learning rate of 1e-3 stays readable.
+        if x1 <= x0 { let d = x0 == 0 ? 0.5 : abs(x0) / 2; x0 -= d; x1 += d }
         if logX && xRange == nil { x0 -= 0.25; x1 += 0.25 }   // room for the dots at the ends
-        if y1 <= y0 { y0 -= 0.5; y1 += 0.5 }
+        if y1 <= y0 { let d = y0 == 0 ? 0.5 : abs(y0) / 2; y0 -= d; y1 += d }
         if yRange == nil { let pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad }
         let left = 58.0, right = 12.0, top = 10.0, bottom = 42.0
         let w = Double(width) - left - right, h = Double(height) - top - bottom
@@ -147,9 +148,17 @@ enum SVG {
                 if logX, let p = pts.first {   // a labelled point per run
                     s += "<text x=\"\(px(p.0) + 7)\" y=\"\(py(p.1) - 6)\" class=\"legend\">\(escape(serie.name))</text>"
                 }
-            } else if !pts.isEmpty {
-                let path = pts.map { String(format: "%.1f,%.1f", px($0.0), py($0.1)) }.joined(separator: " ")
-                s += "<polyline points=\"\(path)\" fill=\"none\" stroke=\"\(colour)\" stroke-width=\"1.6\"/>"
+            } else {
+                // A point that is not a number (a step without a value) breaks the line; a lone point is a dot.
+                var runs: [[(Double, Double)]] = [[]]
+                for p in serie.points {
+                    if p.0.isFinite && p.1.isFinite && (!logX || p.0 > 0) { runs[runs.count - 1].append(p) } else if !runs[runs.count - 1].isEmpty { runs.append([]) }
+                }
+                for run in runs where run.count == 1 { s += "<circle cx=\"\(px(run[0].0))\" cy=\"\(py(run[0].1))\" r=\"2\" fill=\"\(colour)\"/>" }
+                for run in runs where run.count > 1 {
+                    let path = run.map { String(format: "%.1f,%.1f", px($0.0), py($0.1)) }.joined(separator: " ")
+                    s += "<polyline points=\"\(path)\" fill=\"none\" stroke=\"\(colour)\" stroke-width=\"1.6\"/>"
+                }
             }
             let lx = 10 + Double(i % columns) * Double(width - 20) / Double(columns), ly = Double(height) + 14 + Double(i / columns) * 18
             s += "<rect x=\"\(lx)\" y=\"\(ly - 9)\" width=\"10\" height=\"10\" fill=\"\(colour)\"/><text x=\"\(lx + 14)\" y=\"\(ly)\" class=\"legend\">\(escape(serie.name))</text>"
@@ -250,16 +259,17 @@ enum ReportPage {
         // Training curves.
         if !r.steps.isEmpty {
             h += "<h3>Training</h3><div class=\"grid\">"
-            var losses: [(name: String, points: [(Double, Double)])] = [("loss", r.steps.compactMap { s in s.loss.map { (Double(s.step), Double($0)) } })]
-            for (name, key) in [("kd", \StepMetrics.kdLoss), ("pixel", \StepMetrics.pixelLoss), ("ce", \StepMetrics.ceLoss)] {
-                let pts = r.steps.compactMap { s in s[keyPath: key].map { (Double(s.step), Double($0)) } }
-                if !pts.isEmpty { losses.append((name, pts)) }
+            // Steps that trained nothing have no loss: NaN points break the curves there.
+            var losses: [(name: String, points: [(Double, Double)])] = []
+            for (name, key) in [("loss", \StepMetrics.loss), ("kd", \StepMetrics.kdLoss), ("pixel", \StepMetrics.pixelLoss), ("ce", \StepMetrics.ceLoss)] {
+                let pts = r.steps.map { s in (Double(s.step), s[keyPath: key].map(Double.init) ?? .nan) }
+                if name == "loss" || pts.contains(where: { $0.1.isFinite }) { losses.append((name, pts)) }
             }
             h += SVG.chart(losses, x: "step", y: "loss (per term, unweighted)")
             let val = r.steps.compactMap { s in s.valAccuracy.map { (Double(s.step), 100 * $0) } }
             if !val.isEmpty { h += SVG.chart([("validation accuracy", val)], x: "step", y: "validation accuracy %", dots: val.count < 3) }
             h += SVG.chart([("learning rate", r.steps.map { (Double($0.step), $0.lr) })], x: "step", y: "learning rate")
-            h += SVG.chart([("images/s", r.steps.map { (Double($0.step), $0.imagesPerSecond) })], x: "step", y: "images per second")
+            h += SVG.chart([("images/s", r.steps.map { (Double($0.step), $0.imagesPerSecond ?? .nan) })], x: "step", y: "images per second")
             h += "</div>"
         }
         guard let rep = r.report, let rel = r.reliability else {

@@ -285,7 +285,8 @@ private func report(_ trainer: SupervisedTrainer, _ outcome: RunOutcome, config 
     case .interrupted, .paused: break
     case .finished:
         if let last = trainer.history.last {
-            var line = "done: step \(last.step), loss \(last.lossText)"
+            if let warning = StepMetrics.untrainedWarning(trainer.history) { FileHandle.standardError.write(Data((warning + "\n").utf8)) }
+            var line = "done: step \(last.step), loss \(StepMetrics.finalLossText(trainer.history))"
             if trainer.val != nil {
                 line += ", last val accuracy " + (last.valAccuracy.map { String(format: "%.4f", $0) } ?? "n/a (no labeled validation tile)")
                 if let best = trainer.bestAccuracy {

@@ -124,6 +124,8 @@ public final class ShardDataset: @unchecked Sendable {
 
     /// True when at least one tile carries a label.
     public var hasLabels: Bool { addresses.indices.contains { entry($0).label >= 0 } }
+    /// How many tiles carry a label.
+    public var labeledCount: Int { addresses.indices.reduce(0) { $0 + (entry($1).label >= 0 ? 1 : 0) } }
 
     /// Edge of the first tile in pixels (tiles of a training set share one size).
     public var tileSize: Int { Int(readers[0].entries.first?.width ?? 0) }

@@ -90,7 +90,7 @@ struct SlideRunLoop {
         let trained = global.updated
         var m = StepMetrics(step: step, epoch: epoch, loss: trained ? global.terms.total : nil, pixelLoss: trained ? global.terms.pixel : nil,
                             ceLoss: trained ? global.terms.crossEntropy : nil,
-                            lr: lr, imagesPerSecond: Double(global.count * imagesPerSlide) / max(Date().timeIntervalSince(stepStarted), 1e-9),
+                            lr: lr, imagesPerSecond: trained ? Double(global.count * imagesPerSlide) / max(Date().timeIntervalSince(stepStarted), 1e-9) : nil,
                             skippedTiles: 0, allreduceMs: global.reduceSeconds * 1000, ranks: group.size)
         let epochEnded = cursor.epoch != epoch
         if epochEnded || step == totalSteps || config.valEvery.map({ step % $0 == 0 }) == true, let validate {

@@ -18,8 +18,9 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     public var pixelLoss: Float?
     public var ceLoss: Float?
     public var lr: Double
-    /// Global batch over the step's wall-clock time (all ranks together).
-    public var imagesPerSecond: Double
+    /// Global batch over the step's wall-clock time (all ranks together); nil for a step that trained nothing (its
+    /// time, without a forward pass, says nothing about speed).
+    public var imagesPerSecond: Double?
     public var skippedTiles: Int
     /// Time the coordinator waited for its batch (the data pipeline's lag) and spent in the gradient all-reduce.
     public var waitMs: Double
@@ -37,7 +38,7 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     }
 
     public init(step: Int, epoch: Int, loss: Float?, kdLoss: Float? = nil, pixelLoss: Float? = nil, ceLoss: Float? = nil, lr: Double,
-                imagesPerSecond: Double, skippedTiles: Int, waitMs: Double = 0, allreduceMs: Double = 0, ranks: Int = 1,
+                imagesPerSecond: Double?, skippedTiles: Int, waitMs: Double = 0, allreduceMs: Double = 0, ranks: Int = 1,
                 valAccuracy: Double? = nil, valLoss: Double? = nil) {
         self.step = step; self.epoch = epoch; self.loss = loss; self.kdLoss = kdLoss; self.pixelLoss = pixelLoss; self.ceLoss = ceLoss
         self.lr = lr; self.imagesPerSecond = imagesPerSecond; self.skippedTiles = skippedTiles; self.waitMs = waitMs
@@ -47,6 +48,25 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     /// The loss for progress and summary lines: four decimals, or "n/a (nothing trained)" for a step without one.
     public var lossText: String { loss.map { String(format: "%.4f", $0) } ?? "n/a (nothing trained)" }
 
+    /// The loss a run's summary line ends with, from the steps `history` ran: the last step's, else the last step
+    /// that trained ("loss L at step S (steps S+1-N trained nothing)"), else "n/a (steps A-N trained nothing)".
+    public static func finalLossText(_ history: [StepMetrics]) -> String {
+        guard let last = history.last else { return "n/a" }
+        if let loss = last.loss { return String(format: "%.4f", loss) }
+        if let t = history.last(where: { $0.loss != nil }), let loss = t.loss {
+            return String(format: "%.4f at step %d (steps %d-%d trained nothing)", loss, t.step, t.step + 1, last.step)
+        }
+        return "n/a (steps \(history[0].step)-\(last.step) trained nothing)"
+    }
+
+    /// A warning when none of `history`'s steps trained (every global batch without a labeled tile, or all its tiles
+    /// skipped as corrupt), else nil.
+    public static func untrainedWarning(_ history: [StepMetrics]) -> String? {
+        guard let first = history.first, let last = history.last, !history.contains(where: { $0.loss != nil }) else { return nil }
+        let weights = first.step == 1 ? "; the weights are the initial ones" : ""
+        return "warning: steps \(first.step)-\(last.step) trained nothing: no global batch held a labeled tile (or every tile was skipped as corrupt)\(weights). Hint: pack more labeled tiles (the manifest's label column), spread them through the data, or raise train.batch_size."
+    }
+
     /// Reads lines written by this version and by 0.1.0's first trainer (which lacked the loss terms, the
     /// timings and the rank count).
     public init(from decoder: any Decoder) throws {
@@ -54,7 +74,7 @@ public struct StepMetrics: Codable, Equatable, Sendable {
         self.init(step: try c.decode(Int.self, forKey: .step), epoch: try c.decode(Int.self, forKey: .epoch),
                   loss: try c.decodeIfPresent(Float.self, forKey: .loss), kdLoss: try c.decodeIfPresent(Float.self, forKey: .kdLoss),
                   pixelLoss: try c.decodeIfPresent(Float.self, forKey: .pixelLoss), ceLoss: try c.decodeIfPresent(Float.self, forKey: .ceLoss),
-                  lr: try c.decode(Double.self, forKey: .lr), imagesPerSecond: try c.decode(Double.self, forKey: .imagesPerSecond),
+                  lr: try c.decode(Double.self, forKey: .lr), imagesPerSecond: try c.decodeIfPresent(Double.self, forKey: .imagesPerSecond),
                   skippedTiles: try c.decode(Int.self, forKey: .skippedTiles), waitMs: try c.decodeIfPresent(Double.self, forKey: .waitMs) ?? 0,
                   allreduceMs: try c.decodeIfPresent(Double.self, forKey: .allreduceMs) ?? 0,
                   ranks: try c.decodeIfPresent(Int.self, forKey: .ranks) ?? 1,
@@ -68,7 +88,7 @@ public struct StepMetrics: Codable, Equatable, Sendable {
     /// This line as CSV (empty cells for absent values).
     public var csvRow: String {
         func opt<T>(_ v: T?) -> String { v.map { "\($0)" } ?? "" }
-        return ["\(step)", "\(epoch)", opt(loss), opt(kdLoss), opt(pixelLoss), opt(ceLoss), "\(lr)", String(format: "%.1f", imagesPerSecond),
+        return ["\(step)", "\(epoch)", opt(loss), opt(kdLoss), opt(pixelLoss), opt(ceLoss), "\(lr)", imagesPerSecond.map { String(format: "%.1f", $0) } ?? "",
                 "\(skippedTiles)", String(format: "%.2f", waitMs), String(format: "%.3f", allreduceMs), "\(ranks)",
                 opt(valAccuracy), opt(valLoss)].joined(separator: ",")
     }
@@ -173,13 +193,29 @@ public final class SupervisedTrainer {
     /// step's weights still hold `decay^(steps-1)` of the average (AveragedModel's first update copies; with
     /// `train.ema_warmup`, the product of the ramped decays), so an average kept from a short run mostly remembers
     /// the untrained network. Warns above 10%, suggesting the decay that leaves 1% and the warm-up.
-    static func emaHorizonWarning(decay: Double, warmup: Bool = false, steps: Int) -> String? {
+    /// Whether every term of `config`'s objective needs a label (`StepObjective.labelsOnly`).
+    static func labelsOnly(_ config: RunConfig) -> Bool {
+        !config.isDistillation || (config.objective.kdWeight == 0 && config.objective.pixelWeight == 0)
+    }
+
+    /// The optimizer updates a run makes: every step, or under a labels-only objective on partly labeled tiles the
+    /// expected number of global batches holding a labeled tile (1 - (1 - labeled/tiles)^batch of the steps).
+    static func expectedUpdates(_ config: RunConfig, tiles: Int, labeled: Int) -> Int {
+        let steps = totalSteps(config, tiles: tiles)
+        guard labelsOnly(config), labeled < tiles, tiles > 0 else { return steps }
+        let none = pow(1 - Double(labeled) / Double(tiles), Double(config.batchSize))
+        return Int((Double(steps) * (1 - none)).rounded())
+    }
+
+    static func emaHorizonWarning(decay: Double, warmup: Bool = false, steps: Int, estimated: Bool = false) -> String? {
         guard decay > 0, steps > 1 else { return nil }
         let share = WeightEMA.firstWeightsShare(updates: steps, decay: Float(decay), warmup: warmup)
         guard share > 0.1 else { return nil }
         let suggested = (pow(0.01, 1 / Double(steps - 1)) * 1000).rounded(.down) / 1000
-        return String(format: "train.ema_decay %g averages over about %.0f steps (1 / (1 - decay)), but the run has %d optimizer steps: at its end the first step's weights still make up %.0f%% of the kept average. Hint: set train.ema_decay to %g or lower for a run this long, or train.ema_warmup: true (the decay ramps up with the steps), or 0 to keep the weights themselves.",
-                      decay, 1 / (1 - decay), steps, 100 * share, suggested)
+        let run = estimated ? "the run makes about \(steps) optimizer updates (a global batch without a labeled tile makes none)"
+            : "the run has \(steps) optimizer steps"
+        return String(format: "train.ema_decay %g averages over about %.0f steps (1 / (1 - decay)), but %@: at its end the first step's weights still make up %.0f%% of the kept average. Hint: set train.ema_decay to %g or lower for a run this long, or train.ema_warmup: true (the decay ramps up with the steps), or 0 to keep the weights themselves.",
+                      decay, 1 / (1 - decay), run, 100 * share, suggested)
     }
 
     /// Opens the data, builds the model and optimizer (and the teacher). Under several ranks, first checks that
@@ -209,7 +245,9 @@ public final class SupervisedTrainer {
             throw TrainingError("distill.kd_weight and pixel_weight are 0 and data.train (\(config.trainShards)) holds no labeled tile for distill.ce_weight: the student would learn nothing. Hint: the paper's setting is kd_weight 1 and pixel_weight 1.")
         }
         notes = Self.scaleWarnings(train: train, val: val)
-            + [Self.emaHorizonWarning(decay: Double(config.emaDecay), warmup: config.emaWarmup, steps: Self.totalSteps(config, tiles: train.count)),
+            + [Self.emaHorizonWarning(decay: Double(config.emaDecay), warmup: config.emaWarmup,
+                                      steps: Self.expectedUpdates(config, tiles: train.count, labeled: train.labeledCount),
+                                      estimated: train.labeledCount < train.count && Self.labelsOnly(config)),
                config.isDistillation && config.objective.crossEntropyWeight > 0 && !train.hasLabels
                 ? "distill.ce_weight is \(config.objective.crossEntropyWeight), but data.train (\(config.trainShards)) holds no labeled tile: the cross-entropy term is always 0. Hint: set distill.ce_weight: 0, or pack labeled tiles under class folders." : nil].compactMap { $0 }
         if !config.isDistillation && !train.hasLabels {
@@ -405,6 +443,10 @@ public final class SupervisedTrainer {
         let step = start.state?.step ?? 0
         let cursor = start.state?.cursor ?? DataCursor()
         bestAccuracy = start.state?.bestMetric
+        // The kept weights name their step (a resumed run's summary line says it, as an uninterrupted run's does).
+        if bestAccuracy != nil, group.isCoordinator, let kept = try? SafeTensorsFile(contentsOf: runDirectory.bestWeights) {
+            bestStep = kept.metadata["step"].flatMap { Int($0) }
+        }
         if let name = start.checkpoint, let state = start.state {
             let ranks = state.worldSize == group.size ? "" : " (written by \(state.worldSize) ranks, continuing on \(group.size))"
             progress?("resuming from \(name) (epoch \(cursor.epoch), step \(step))\(ranks)")
@@ -522,7 +564,7 @@ public final class SupervisedTrainer {
         var m = StepMetrics(step: step, epoch: batch.epoch, loss: trained ? global.terms.total : nil,
                             kdLoss: distilling && trained ? global.terms.kd : nil, pixelLoss: distilling && trained ? global.terms.pixel : nil,
                             ceLoss: distilling && trained && config.objective.crossEntropyWeight != 0 ? global.terms.crossEntropy : nil, lr: lr,
-                            imagesPerSecond: Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9), skippedTiles: global.skipped,
+                            imagesPerSecond: trained ? Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9) : nil, skippedTiles: global.skipped,
                             waitMs: waited * 1000, allreduceMs: global.reduceSeconds * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
         let epochEnded = loop.cursor.epoch != batch.epoch
         let validateNow = epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true
@@ -635,7 +677,9 @@ final class MetricsLog {
         if let v = m.kdLoss { out.append(("train/kd_loss", v)) }
         if let v = m.pixelLoss { out.append(("train/pixel_loss", v)) }
         if let v = m.ceLoss { out.append(("train/ce_loss", v)) }
-        out += [("train/lr", Float(m.lr)), ("train/images_per_second", Float(m.imagesPerSecond)), ("train/wait_ms", Float(m.waitMs)),
+        out.append(("train/lr", Float(m.lr)))
+        if let v = m.imagesPerSecond { out.append(("train/images_per_second", Float(v))) }
+        out += [("train/wait_ms", Float(m.waitMs)),
                 ("train/allreduce_ms", Float(m.allreduceMs))]
         if m.skippedTiles > 0 { out.append(("train/skipped_tiles", Float(m.skippedTiles))) }
         if let v = m.valAccuracy { out.append(("val/accuracy", Float(v))) }

@@ -384,6 +384,8 @@ struct DataParallelTests {
         #expect(trainer.optimizer.step == taken.count, "Adam steps \(trainer.optimizer.step), steps with a loss \(taken.count)")
         #expect(averaged.history.map { $0.loss == nil } == losses.map { $0 == nil })
         #expect(averaged.ema?.updates == taken.count, "EMA updates \(averaged.ema?.updates ?? -1)")
+        // A step that trained nothing has no speed either (its time holds no forward pass).
+        #expect(trainer.history.map { $0.imagesPerSecond == nil } == losses.map { $0 == nil })
         // Logged without a loss: JSONL without the key, an empty CSV cell, no train/loss scalar.
         let jsonl = try String(contentsOf: dir.appendingPathComponent("one/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
         let skipped = try #require(losses.firstIndex { $0 == nil })

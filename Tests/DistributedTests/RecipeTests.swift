@@ -105,6 +105,13 @@ struct EMATests {
         #expect(try SupervisedTrainer(config: c, writer: "test").notes.contains { $0.contains("train.ema_decay 0.9 ") && $0.contains("66%") })
         c.emaDecay = 0.3
         #expect(try SupervisedTrainer(config: c, writer: "test").notes.allSatisfy { !$0.contains("ema_decay") })
+        // Partly labeled tiles under cross-entropy: only global batches holding a labeled tile update, 1 - (1 - p)^batch
+        // of the steps (1 labeled in 4, batch 4: 1 - 0.75^4 = 0.6836 of 100 steps = 68).
+        c.batchSize = 4
+        #expect(SupervisedTrainer.expectedUpdates(c, tiles: 400, labeled: 100) == Int((Double(SupervisedTrainer.totalSteps(c, tiles: 400)) * (1 - 0.31640625)).rounded()))
+        #expect(SupervisedTrainer.expectedUpdates(c, tiles: 400, labeled: 400) == SupervisedTrainer.totalSteps(c, tiles: 400))
+        let partly = try #require(SupervisedTrainer.emaHorizonWarning(decay: 0.998, steps: 68, estimated: true))
+        #expect(partly.contains("the run makes about 68 optimizer updates (a global batch without a labeled tile makes none)") && partly.contains("87%"), "\(partly)")
     }
 
     @Test("train.ema_warmup: the decay ramps up as timm ModelEmaV3 (1 - (1 + n)^(-2/3), capped at ema_decay), through the trainer's checkpoints; short runs are no longer warned about")

@@ -41,6 +41,15 @@ struct ReportTests {
         #expect(throws: TrainingError.self) { try TFRecord.records(damaged) }
     }
 
+    @Test("training curves break where a step has no value (it trained nothing), a lone point is a dot; a constant learning rate gets an axis around its value")
+    func chartGaps() {
+        let nan = Double.nan
+        let svg = SVG.chart([("loss", [(1, 1.0), (2, 0.8), (3, nan), (4, nan), (5, 0.6), (6, 0.5), (7, nan), (8, 0.4)])], x: "step", y: "loss")
+        #expect(svg.components(separatedBy: "<polyline").count - 1 == 2 && svg.components(separatedBy: "<circle").count - 1 == 1, "\(svg)")
+        let flat = SVG.chart([("learning rate", [(1, 1e-3), (2, 1e-3), (3, 1e-3)])], x: "step", y: "learning rate")
+        #expect(!flat.contains(">-0.5<") && !flat.contains(">0.5<"), "the axis spans 1e-3 ± 5e-4, not ±0.5")
+    }
+
     @Test("progress in a log file (not a terminal): timestamped lines at HISTODISTILL_PROGRESS_SECONDS, the first and last always, never one per item")
     func progressInterval() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-progress-\(UUID().uuidString)")

@@ -52,6 +52,20 @@ func tinyConfig(shards: URL, output: URL, maxSteps: Int) throws -> RunConfig {
 
 @Suite("Training")
 struct TrainTests {
+    @Test("the summary line's loss: the last step's, else the last trained step's with the untrained steps after it; a run of untrained steps is warned about")
+    func finalLoss() {
+        func m(_ step: Int, _ loss: Float?) -> StepMetrics { StepMetrics(step: step, epoch: 0, loss: loss, lr: 1e-3, imagesPerSecond: nil, skippedTiles: 0) }
+        #expect(StepMetrics.finalLossText([m(1, 0.5), m(2, 0.25)]) == "0.2500")
+        #expect(StepMetrics.finalLossText([m(8, nil), m(9, 1.0721), m(10, nil), m(11, nil)]) == "1.0721 at step 9 (steps 10-11 trained nothing)")
+        #expect(StepMetrics.finalLossText([m(4, nil), m(5, nil)]) == "n/a (steps 4-5 trained nothing)")
+        #expect(StepMetrics.untrainedWarning([m(1, nil), m(2, 0.5)]) == nil)
+        let fresh = try? #require(StepMetrics.untrainedWarning([m(1, nil), m(2, nil), m(3, nil)]))
+        #expect(fresh?.hasPrefix("warning: steps 1-3 trained nothing") == true && fresh?.contains("the weights are the initial ones") == true)
+        #expect(StepMetrics.untrainedWarning([m(7, nil)])?.contains("initial") == false)
+        // CSV: empty cells for the loss and the speed of an untrained step.
+        #expect(m(3, nil).csvRow.hasPrefix("3,0,,,,,0.001,,0,"), "\(m(3, nil).csvRow)")
+    }
+
     @Test("stop at step 5, resume: every later loss equals the uninterrupted run's, bit for bit")
     func resumeEquivalence() throws {
         // Bit-exact comparisons need one thread width for the whole test (kernel tests vary it in parallel).
@@ -70,6 +84,13 @@ struct TrainTests {
         #expect(first.history.map(\.loss) == Array(straight.history.prefix(5)).map(\.loss))
         #expect(resumed.history.map(\.loss) == Array(straight.history.suffix(4)).map(\.loss), "resumed \(resumed.history.map(\.loss)) vs \(straight.history.suffix(4).map(\.loss))")
         #expect(resumed.history.first?.step == 6)
+        // The resumed run knows the kept weights' step, as the uninterrupted one does (its summary line names it).
+        #expect(resumed.bestStep != nil && resumed.bestStep == straight.bestStep, "\(String(describing: resumed.bestStep)) vs \(String(describing: straight.bestStep))")
+        let kept = try SupervisedTrainer(config: try tinyConfig(shards: shards, output: dir.appendingPathComponent("c"), maxSteps: 9), writer: "test")
+        try kept.run(resume: false, stopAfter: 6)
+        let again = try SupervisedTrainer(config: try tinyConfig(shards: shards, output: dir.appendingPathComponent("c"), maxSteps: 9), writer: "test")
+        try again.run(resume: true, stopAfter: 6)
+        #expect(kept.bestStep == 6 && again.bestStep == 6, "read from best.safetensors on resume: \(String(describing: again.bestStep))")
         #expect(Set(straight.history.map(\.loss)).count > 1, "losses change from step to step")
         // Validation at each epoch end (6 steps per epoch) and the metrics files.
         #expect(straight.history[5].valAccuracy != nil)
