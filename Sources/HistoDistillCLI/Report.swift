@@ -205,7 +205,9 @@ enum ReportPage {
     static func render(_ runs: [RunSummary], generated: String) -> String {
         var h = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>histodistill report</title><style>\(style)</style></head><body>"
         h += "<h1>histodistill report: \(runs.map { SVG.escape($0.name) }.joined(separator: ", "))</h1>"
-        h += "<p class=\"note\">\(SVG.escape(generated)). Intervals: 95% class-balanced bootstrap (percentile), \(runs.first?.intervals?.iterations ?? 0) resamples, seed \(runs.first?.intervals?.seed ?? 0).</p>"
+        // The intervals' settings from the first run that has intervals (a run without predictions has none).
+        let intervals = runs.lazy.compactMap(\.intervals).first
+        h += "<p class=\"note\">\(SVG.escape(generated)). " + (intervals.map { "Intervals: 95% class-balanced bootstrap (percentile), \($0.iterations) resamples, seed \($0.seed)." } ?? "No intervals (no run has labeled predictions).") + "</p>"
         if runs.count > 1 { h += comparison(runs) }
         for (i, r) in runs.enumerated() { h += section(r, index: i) }
         return h + "</body></html>\n"

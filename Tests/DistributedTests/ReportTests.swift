@@ -126,6 +126,10 @@ struct ReportTests {
         try FileManager.default.removeItem(at: dir.appendingPathComponent("wider/predictions.csv"))
         let n = try run([bin, "report", dir.appendingPathComponent("wider").path, "-o", html.path, "--bootstrap", "0"])
         #expect(n.status == 0 && n.stdout.contains("histodistill evaluate --run"), "\(n.stdout)")
+        // The intervals' settings come from a run that has them, not from the first run named.
+        let order = try run([bin, "report", dir.appendingPathComponent("wider").path, dir.appendingPathComponent("small").path, "-o", html.path, "--bootstrap", "200"])
+        let ordered = try String(contentsOf: html, encoding: .utf8)
+        #expect(order.status == 0 && ordered.contains("200 resamples"), "\(order.stderr)")
         let missing = try run([bin, "report", dir.appendingPathComponent("nothing").path, "-o", html.path])
         #expect(missing.status != 0 && missing.stderr.contains("not a run directory"), "\(missing.stderr)")
     }
