@@ -257,6 +257,10 @@ public final class SupervisedTrainer {
         guard classes >= train.classes.count else {
             throw TrainingError("model.classes \(classes) is fewer than the \(train.classes.count) classes in the shards")
         }
+        // Softmax over one class is always 1: its cross-entropy is 0 and nothing would be learned.
+        if !config.isDistillation && classes < 2 {
+            throw TrainingError("data.train (\(config.trainShards)) holds labels of one class only (\(train.classes.joined(separator: ", "))): a classifier needs at least two. Hint: pack tiles of every class (a manifest's classes are the labels it uses), or set model.classes to the number of classes.")
+        }
         let mc = config.modelConfig(classes: classes)
         let problems = mc.problems
         guard problems.isEmpty else { throw TrainingError("model: " + problems.joined(separator: "; ")) }

@@ -337,6 +337,12 @@ struct RunLifecycleTests {
             _ = try SupervisedTrainer(config: try lifecycleConfig(shards: unlabeled, output: dir.appendingPathComponent("u-run")), writer: "t")
         }
         #expect(e?.message.contains("no labeled tile") == true, "\(String(describing: e))")
+        // Labels of a single class: softmax over one class learns nothing; refused, naming the class.
+        let single = try classShards(dir, name: "one", classes: ["tumor"], count: 3)
+        let one = #expect(throws: TrainingError.self) {
+            _ = try SupervisedTrainer(config: try lifecycleConfig(shards: single, output: dir.appendingPathComponent("one-run")), writer: "t")
+        }
+        #expect(one?.message.contains("holds labels of one class only (tumor)") == true, "\(String(describing: one))")
         let bin = try histodistillBinary()
         let ev = try run([bin, "evaluate", "--run", dir.appendingPathComponent("run").path, "--shards", unlabeled.path, "--weights",
                           newest.deletingLastPathComponent().appendingPathComponent("step-000000002/model.safetensors").path])
