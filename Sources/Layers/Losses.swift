@@ -191,6 +191,8 @@ public struct DistillationObjective: Hashable, Sendable, Codable {
     public var crossEntropyWeight: Float
     /// Label smoothing ε of the cross-entropy term (0: none).
     public var labelSmoothing: Float = 0
+    /// True when cross-entropy is the only term (KD and pixel weights 0): a batch without a labeled tile teaches nothing.
+    public var labelsOnly: Bool { crossEntropyWeight != 0 && kdWeight == 0 && pixelWeight == 0 }
 
     /// The paper's defaults: KD with T = 4 plus an L2 pixel term on the max-pooled teacher map, no labels.
     public init(kdWeight: Float = 1, temperature: Float = 4, pixelWeight: Float = 1, pixelResize: PixelResize = .maxpool,

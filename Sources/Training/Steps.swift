@@ -237,7 +237,7 @@ public final class DistillationStep: StepObjective {
     public let objective: DistillationObjective
     public var model: any Module { student }
     public var hasLabeledTerms: Bool { objective.crossEntropyWeight != 0 }
-    public var labelsOnly: Bool { objective.crossEntropyWeight != 0 && objective.kdWeight == 0 && objective.pixelWeight == 0 }
+    public var labelsOnly: Bool { objective.labelsOnly }
 
     public init(student: any ImageModel, teacher: any TeacherSource, objective: DistillationObjective) {
         precondition(student.classes == teacher.classes, "DistillationStep: student has \(student.classes) classes, teacher \(teacher.classes)")

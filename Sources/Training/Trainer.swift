@@ -189,13 +189,9 @@ public final class SupervisedTrainer {
         return notes
     }
 
-    /// A warning when `train.ema_decay` averages over more steps than the run has: after `steps` updates the first
-    /// step's weights still hold `decay^(steps-1)` of the average (AveragedModel's first update copies; with
-    /// `train.ema_warmup`, the product of the ramped decays), so an average kept from a short run mostly remembers
-    /// the untrained network. Warns above 10%, suggesting the decay that leaves 1% and the warm-up.
     /// Whether every term of `config`'s objective needs a label (`StepObjective.labelsOnly`).
     static func labelsOnly(_ config: RunConfig) -> Bool {
-        !config.isDistillation || (config.objective.kdWeight == 0 && config.objective.pixelWeight == 0)
+        !config.isDistillation || config.objective.labelsOnly
     }
 
     /// The optimizer updates a run makes: every step, or under a labels-only objective on partly labeled tiles the
@@ -207,6 +203,11 @@ public final class SupervisedTrainer {
         return Int((Double(steps) * (1 - none)).rounded())
     }
 
+    /// A warning when `train.ema_decay` averages over more steps than the run has: after `steps` updates the first
+    /// step's weights still hold `decay^(steps-1)` of the average (AveragedModel's first update copies; with
+    /// `train.ema_warmup`, the product of the ramped decays), so an average kept from a short run mostly remembers
+    /// the untrained network. Warns above 10%, suggesting the decay that leaves 1% and the warm-up. `estimated`: `steps`
+    /// is the expected number of updates on partly labeled tiles (`expectedUpdates`), and the warning says so.
     static func emaHorizonWarning(decay: Double, warmup: Bool = false, steps: Int, estimated: Bool = false) -> String? {
         guard decay > 0, steps > 1 else { return nil }
         let share = WeightEMA.firstWeightsShare(updates: steps, decay: Float(decay), warmup: warmup)
