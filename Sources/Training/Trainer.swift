@@ -245,10 +245,11 @@ public final class SupervisedTrainer {
         if config.isDistillation && !train.hasLabels && o.kdWeight == 0 && o.pixelWeight == 0 {
             throw TrainingError("distill.kd_weight and pixel_weight are 0 and data.train (\(config.trainShards)) holds no labeled tile for distill.ce_weight: the student would learn nothing. Hint: the paper's setting is kd_weight 1 and pixel_weight 1.")
         }
+        let labeled = train.labeledCount   // one pass over the index
         notes = Self.scaleWarnings(train: train, val: val)
             + [Self.emaHorizonWarning(decay: Double(config.emaDecay), warmup: config.emaWarmup,
-                                      steps: Self.expectedUpdates(config, tiles: train.count, labeled: train.labeledCount),
-                                      estimated: train.labeledCount < train.count && Self.labelsOnly(config)),
+                                      steps: Self.expectedUpdates(config, tiles: train.count, labeled: labeled),
+                                      estimated: labeled < train.count && Self.labelsOnly(config)),
                config.isDistillation && config.objective.crossEntropyWeight > 0 && !train.hasLabels
                 ? "distill.ce_weight is \(config.objective.crossEntropyWeight), but data.train (\(config.trainShards)) holds no labeled tile: the cross-entropy term is always 0. Hint: set distill.ce_weight: 0, or pack labeled tiles under class folders." : nil].compactMap { $0 }
         if !config.isDistillation && !train.hasLabels {
