@@ -109,7 +109,7 @@ public final class SupervisedStep: StepObjective {
         return single(input)
     }
 
-    /// Copies of the model for `replicated`, made on first use; their weights follow the model's at every step.
+    /// Copies of the model for the split steps, made on first use; their weights follow the model's at every step.
     private var copies: [SupervisedStep] = []
     /// How many copies of the model the split steps have made so far.
     public var replicaCount: Int { copies.count }
@@ -119,44 +119,9 @@ public final class SupervisedStep: StepObjective {
             copies.append(SupervisedStep(model: ResNet(net.config, initialize: false), labelSmoothing: labelSmoothing))
         }
         let steps = [self] + copies.prefix(k - 1)
-        for step in steps.dropFirst() { step.network.copyState(from: net) }
-        let n = input.count
-        let shares = (0..<k).map { (n * $0 / k)..<(n * ($0 + 1) / k) }
-        let labeled = shares.map { r in r.reduce(0) { $0 + (input.labels[$1] >= 0 ? 1 : 0) } }
-        let allLabeled = labeled.reduce(0, +)
-        var terms = [LossTerms](repeating: LossTerms(), count: k)
-        let image = 3 * input.edge * input.edge, teacherImage = 3 * input.teacherEdge * input.teacherEdge
-        terms.withUnsafeMutableBufferPointer { t in
-            Parallel.replicas(k) { i in
-                let r = shares[i]
-                var sub = input
-                sub.images = input.images + r.lowerBound * image
-                sub.teacherImages = input.teacherImages.map { $0 + r.lowerBound * teacherImage }
-                sub.labels = input.labels + r.lowerBound
-                sub.mixPartnerLabels = input.mixPartnerLabels.map { $0 + r.lowerBound }
-                sub.mixWeights = input.mixWeights.map { $0 + r.lowerBound }
-                sub.count = r.count
-                // As DataParallelStep's labeledScale: after weighting by tiles, CE averages over all labeled tiles.
-                sub.labeledScale = allLabeled > 0 && labeled[i] > 0
-                    ? input.labeledScale * Float(Double(n * labeled[i]) / Double(r.count * allLabeled)) : 0
-                t[i] = steps[i].single(sub)
-            }
+        return splitOverReplicas(input, net: net, copies: steps.dropFirst().map { $0.network as! ResNet }) { i, sub, _ in
+            steps[i].single(sub)
         }
-        // The tile-weighted mean of the copies' gradients, into the model's.
-        let weights = shares.map { Float(Double($0.count) / Double(n)) }
-        let g = net.parameters.gradients!.pointer
-        let others = steps.dropFirst().map { UnsafePointer(($0.network as! ResNet).parameters.gradients!.pointer) }
-        Parallel.forEach(net.parameterCount, grain: 1 << 15) { range in
-            for (i, o) in others.enumerated() {
-                hd_scale_add(g + range.lowerBound, i == 0 ? weights[0] : 1, o + range.lowerBound, weights[i + 1], range.count)
-            }
-        }
-        var out = LossTerms()
-        for (i, t) in terms.enumerated() {
-            out.kd += t.kd * weights[i]; out.pixel += t.pixel * weights[i]
-            out.crossEntropy += t.crossEntropy * weights[i]; out.total += t.total * weights[i]
-        }
-        return out
     }
 
     /// Forward and backward of the whole batch on the model itself.
@@ -177,6 +142,56 @@ public final class SupervisedStep: StepObjective {
     }
 }
 
+/// A GroupNorm ResNet's step split over copies of the model, one per engine thread (`Parallel.replicas`): the threads
+/// meet once per step instead of at every kernel. Share i of the batch (tiles n*i/k ..< n*(i+1)/k, k = copies + 1) runs
+/// `pass(i, share, range)` on network i (0: `net` itself, else `copies[i-1]`, whose weights and buffers are first set
+/// to `net`'s); each pass leaves the gradient of its share's mean loss in its network's gradients. Their tile-weighted
+/// mean goes into `net`'s gradients, as `DataParallelStep` averages ranks', and the terms are averaged the same way;
+/// a share's cross-entropy scale is set so that cross-entropy still averages over all the batch's labeled tiles. The
+/// same step as one pass over the batch up to the order of float sums (GroupNorm normalises each image alone;
+/// BatchNorm models, whose statistics depend on the batch, must not be split).
+func splitOverReplicas(_ input: StepInput, net: ResNet, copies: [ResNet], pass: (Int, StepInput, Range<Int>) -> LossTerms) -> LossTerms {
+    let k = copies.count + 1
+    for copy in copies { copy.copyState(from: net) }
+    let n = input.count
+    let shares = (0..<k).map { (n * $0 / k)..<(n * ($0 + 1) / k) }
+    let labeled = shares.map { r in r.reduce(0) { $0 + (input.labels[$1] >= 0 ? 1 : 0) } }
+    let allLabeled = labeled.reduce(0, +)
+    var terms = [LossTerms](repeating: LossTerms(), count: k)
+    let image = 3 * input.edge * input.edge, teacherImage = 3 * input.teacherEdge * input.teacherEdge
+    terms.withUnsafeMutableBufferPointer { t in
+        Parallel.replicas(k) { i in
+            let r = shares[i]
+            var sub = input
+            sub.images = input.images + r.lowerBound * image
+            sub.teacherImages = input.teacherImages.map { $0 + r.lowerBound * teacherImage }
+            sub.labels = input.labels + r.lowerBound
+            sub.mixPartnerLabels = input.mixPartnerLabels.map { $0 + r.lowerBound }
+            sub.mixWeights = input.mixWeights.map { $0 + r.lowerBound }
+            sub.count = r.count
+            // As DataParallelStep's labeledScale: after weighting by tiles, CE averages over all labeled tiles.
+            sub.labeledScale = allLabeled > 0 && labeled[i] > 0
+                ? input.labeledScale * Float(Double(n * labeled[i]) / Double(r.count * allLabeled)) : 0
+            t[i] = pass(i, sub, r)
+        }
+    }
+    // The tile-weighted mean of the copies' gradients, into the model's.
+    let weights = shares.map { Float(Double($0.count) / Double(n)) }
+    let g = net.parameters.gradients!.pointer
+    let others = copies.map { UnsafePointer($0.parameters.gradients!.pointer) }
+    Parallel.forEach(net.parameterCount, grain: 1 << 15) { range in
+        for (i, o) in others.enumerated() {
+            hd_scale_add(g + range.lowerBound, i == 0 ? weights[0] : 1, o + range.lowerBound, weights[i + 1], range.count)
+        }
+    }
+    var out = LossTerms()
+    for (i, t) in terms.enumerated() {
+        out.kd += t.kd * weights[i]; out.pixel += t.pixel * weights[i]
+        out.crossEntropy += t.crossEntropy * weights[i]; out.total += t.total * weights[i]
+    }
+    return out
+}
+
 /// Where a distillation step's teacher outputs come from.
 public protocol TeacherSource: AnyObject {
     /// The teacher's logits (n, classes) and last feature map for `images` (n, 3, edge, edge); valid until the next call.
@@ -185,16 +200,20 @@ public protocol TeacherSource: AnyObject {
     var classes: Int { get }
 }
 
-/// A frozen teacher network run in eval mode, without keeping gradients.
+/// A frozen teacher network run in eval mode, without keeping gradients. With more than one engine thread a ResNet
+/// teacher's batch is split over copies of it, one per thread (`EvalReplicas`), made on the first such forward: the
+/// teacher's weights must not change after that.
 public final class FrozenTeacher: TeacherSource {
     public let model: any ImageModel
+    private let replicas: EvalReplicas
     public init(_ model: any ImageModel) {
         precondition(model.classes > 0, "FrozenTeacher: the teacher has no classifier")
         self.model = model
+        replicas = EvalReplicas(model)
     }
     public var classes: Int { model.classes }
     public func outputs(_ images: UnsafePointer<Float>, shape: NCHW) -> ImageModelOutput {
-        model.forward(images, shape: shape, training: false)
+        replicas.forward(images, shape: shape)
     }
 }
 
@@ -244,21 +263,50 @@ public final class DistillationStep: StepObjective {
         self.student = student; self.teacher = teacher; self.objective = objective
     }
 
+    /// The teacher's outputs for the whole batch first (split over its own copies, `FrozenTeacher`), then, with more
+    /// than one engine thread and a GroupNorm ResNet student, the student's forward, losses and backward split over
+    /// copies of it, one per thread, as `SupervisedStep` splits (`splitOverReplicas`): the same step up to the order of
+    /// float sums. Other students run the batch at once.
     public func localGradients(_ input: StepInput) -> LossTerms {
-        student.parameters.zeroGradients()
-        guard input.count > 0 else { return LossTerms() }
+        guard input.count > 0 else {
+            student.parameters.zeroGradients()
+            return LossTerms()
+        }
         guard let teacherImages = input.teacherImages else { preconditionFailure("DistillationStep: the input has no teacher view") }
-        let n = input.count, classes = student.classes
-        let out = student.forward(input.images, shape: NCHW(n, 3, input.edge, input.edge), training: true)
-        let t = teacher.outputs(teacherImages, shape: NCHW(n, 3, input.teacherEdge, input.teacherEdge))
+        let t = teacher.outputs(teacherImages, shape: NCHW(input.count, 3, input.teacherEdge, input.teacherEdge))
+        let k = min(Parallel.width, input.count)
+        if k > 1, let net = student as? ResNet, case .group = net.config.norm {
+            while copies.count < k - 1 { copies.append(ResNet(net.config, initialize: false)) }
+            let nets = [net] + copies.prefix(k - 1)
+            return splitOverReplicas(input, net: net, copies: Array(nets.dropFirst())) { i, sub, range in
+                pass(nets[i], sub, teacher: t, tiles: range)
+            }
+        }
+        return pass(student, input, teacher: t, tiles: 0..<input.count)
+    }
+
+    /// Copies of the student for the split steps, made on first use; their weights follow the student's at every step.
+    private var copies: [ResNet] = []
+    /// How many copies of the student the split steps have made so far.
+    public var replicaCount: Int { copies.count }
+
+    /// Forward, losses and backward of `input` on `network` (the student or a copy), against the teacher's outputs
+    /// for tiles `tiles` of the batch (`input` holds those tiles).
+    private func pass(_ network: any ImageModel, _ input: StepInput, teacher t: ImageModelOutput, tiles: Range<Int>) -> LossTerms {
+        network.parameters.zeroGradients()
+        let n = input.count, classes = network.classes
+        guard n > 0 else { return LossTerms() }
+        let out = network.forward(input.images, shape: NCHW(n, 3, input.edge, input.edge), training: true)
+        let teacherMap = t.featureMap.nchw, perTile = teacherMap.c * teacherMap.h * teacherMap.w
         var grad = [Float](repeating: 0, count: n * classes)
         var mapGrad = [Float](repeating: 0, count: out.featureMap.count)
-        let terms = objective.evaluate(studentLogits: out.logits!.data, teacherLogits: t.logits!.data, n: n, classes: classes,
-                                       studentMap: out.featureMap.data, studentMapShape: out.featureMap.nchw,
-                                       teacherMap: t.featureMap.data, teacherMapShape: t.featureMap.nchw,
+        let terms = objective.evaluate(studentLogits: out.logits!.data, teacherLogits: t.logits!.data + tiles.lowerBound * classes,
+                                       n: n, classes: classes, studentMap: out.featureMap.data, studentMapShape: out.featureMap.nchw,
+                                       teacherMap: t.featureMap.data + tiles.lowerBound * perTile,
+                                       teacherMapShape: NCHW(n, teacherMap.c, teacherMap.h, teacherMap.w),
                                        labels: input.labels, gradLogits: &grad, gradMap: &mapGrad, crossEntropyScale: input.labeledScale)
         grad.withUnsafeBufferPointer { g in
-            mapGrad.withUnsafeBufferPointer { student.backward(gradLogits: g.baseAddress!, gradFeatureMap: $0.baseAddress!, gradPooled: nil) }
+            mapGrad.withUnsafeBufferPointer { network.backward(gradLogits: g.baseAddress!, gradFeatureMap: $0.baseAddress!, gradPooled: nil) }
         }
         return terms
     }

@@ -607,6 +607,52 @@ struct EvalReplicaTests {
         let bn = ResNetConfig(name: "bn", planes: [16, 32], blocks: [1, 1], norm: .batch, classes: 3)
         #expect(step(bn, width: 2, scale: 1).2 == 0, "BatchNorm statistics depend on the batch: not split")
     }
+
+    @Test("a distillation step split over student copies, one per thread, against a teacher split over its own copies, is the whole batch's step: every term and the gradients, a partly labeled batch, uneven shares; a BatchNorm student is not split")
+    func replicatedDistillationStep() {
+        let n = 7, edge = 16, teacherEdge = 32
+        var g = SplitMix64(seed: 9)
+        let x = Buffer<Float>((0..<(n * 3 * edge * edge)).map { _ in Float(g.next() % 1000) / 500 - 1 })
+        let xt = Buffer<Float>((0..<(n * 3 * teacherEdge * teacherEdge)).map { _ in Float(g.next() % 1000) / 500 - 1 })
+        let labels: [Int32] = [0, 2, -1, 1, 1, -1, 0]
+        let teacherNet = ResNet(ResNetConfig.paper(classes: 3, planes: [32, 32], blocks: [1, 1]), seed: 21)
+        // KD, the pixel loss to the max-pooled and bicubic teacher map, and cross-entropy on the labeled tiles.
+        let objective = DistillationObjective(kdWeight: 0.7, temperature: 4, pixelWeight: 0.5, pixelResize: .both, pixelNorm: .l2,
+                                              crossEntropyWeight: 0.3)
+        func step(_ config: ResNetConfig, width: Int, scale: Float) -> (LossTerms, [Float], Int) {
+            let student = ResNet(config, seed: 12)
+            let distill = DistillationStep(student: student, teacher: FrozenTeacher(teacherNet), objective: objective)
+            return labels.withUnsafeBufferPointer { l in
+                var input = StepInput(images: x.pointer, edge: edge, teacherImages: xt.pointer, teacherEdge: teacherEdge,
+                                      labels: l.baseAddress!, count: n)
+                input.labeledScale = scale
+                let terms = Parallel.withWidth(width) { distill.localGradients(input) }
+                // A second step after an update: the copies follow the student's weights.
+                for i in 0..<student.parameterCount { student.parameters.values[i] *= 0.95 }
+                let again = Parallel.withWidth(width) { distill.localGradients(input) }
+                return (terms, student.parameters.gradients!.array + [again.total], distill.replicaCount)
+            }
+        }
+        let gn = ResNetConfig.paper(classes: 3, planes: [32, 32], blocks: [1, 1])
+        for scale: Float in [1, 0.8] {
+            let (t1, g1, c1) = step(gn, width: 1, scale: scale)
+            #expect(c1 == 0)
+            #expect(t1.kd > 0 && t1.pixel > 0 && t1.crossEntropy > 0, "every term is on: \(t1)")
+            for width in [2, 3] {
+                let (t, gw, copies) = step(gn, width: width, scale: scale)
+                #expect(copies == width - 1, "one student copy per extra thread")
+                for (a, b, name) in [(t.total, t1.total, "total"), (t.kd, t1.kd, "kd"), (t.pixel, t1.pixel, "pixel"),
+                                     (t.crossEntropy, t1.crossEntropy, "crossEntropy")] {
+                    #expect(abs(a - b) <= 1e-5 * max(1, abs(b)), "\(name) at width \(width), scale \(scale): \(a) vs \(b)")
+                }
+                var err: Float = 0, ref: Float = 0
+                for i in 0..<g1.count { err = max(err, abs(gw[i] - g1[i])); ref = max(ref, abs(g1[i])) }
+                #expect(err <= 1e-5 * max(1, ref), "gradients at width \(width), scale \(scale): \(err) of \(ref)")
+            }
+        }
+        let bn = ResNetConfig(name: "bn", planes: [16, 32], blocks: [1, 1], norm: .batch, classes: 3)
+        #expect(step(bn, width: 2, scale: 1).2 == 0, "BatchNorm statistics depend on the batch: not split")
+    }
 }
 
 @Suite("Command-line arguments")
