@@ -28,6 +28,11 @@ def pyplot():
     return plt
 
 
+def matplotlib_ticker():
+    import matplotlib.ticker
+    return matplotlib.ticker
+
+
 def read_seeds(work, column):
     """{run: [value per seed]} for one column of every WORK/seed-*/summary.tsv (accuracies in %)."""
     runs = {}
@@ -66,11 +71,19 @@ def frontier(work, out):
             m, s = mean_sd(acc["teacher"])
             ax.errorbar([speed[224][index]], [m], yerr=[s], marker="*", markersize=12, color="black", capsize=3, label="teacher, 224 px")
         ax.set_xscale("log")
+        # Ticks at 1-2-5 steps, labelled as plain numbers (a short log range gets one major tick, or overlapping minor ones).
+        lo, hi = ax.get_xlim()
+        ax.set_xticks([v for e in range(-1, 6) for v in (10**e, 2 * 10**e, 5 * 10**e) if lo <= v <= hi])
+        ax.xaxis.set_minor_formatter(matplotlib_ticker().NullFormatter())
+        ax.xaxis.set_major_formatter(matplotlib_ticker().FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel(label)
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel(f"lung val accuracy (%), up to {seeds} seeds")
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Accuracy against compute, kept weights, mean ± sd over seeds (112 px: one seed)")
+    counts = sorted({len(v) for v in acc.values()})
+    seeds_text = f"{counts[0]} seeds" if len(counts) == 1 else "seeds per point: " + ", ".join(
+        f"{run} {len(v)}" for run, v in sorted(acc.items()) if len(v) != max(counts))
+    fig.suptitle(f"Accuracy against compute, kept weights, mean ± sd over seeds ({seeds_text})")
     fig.tight_layout()
     fig.savefig(out)
 
