@@ -5,6 +5,7 @@
 #include "gemm_bf16.h"
 #include "cpu.h"
 #include "bf16_bits.h"
+#include "gemm_bf16_kernel.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,6 +175,12 @@ HD_BF16 static void micro_kernel(long kps, const uint32_t *a, const uint32_t *b,
             _mm512_mask_storeu_ps(row + 16 * v, m, out);
         }
     }
+}
+
+// The micro-kernel for the Winograd convolution (gemm_bf16_kernel.h).
+HD_BF16 void hd_bf16_micro_8x48(long kps, const uint32_t *a, const uint32_t *b, float *c, long ldc, int mr, int nr,
+                                float alpha, float beta, int first) {
+    micro_kernel(kps, a, b, c, ldc, mr, nr, alpha, beta, first);
 }
 
 HD_BF16 void hd_sgemm_bf16(int trans_a, int trans_b, long m, long n, long k, float alpha, const float *a, long lda,

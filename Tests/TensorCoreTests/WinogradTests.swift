@@ -1,0 +1,121 @@
+import Testing
+@testable import TensorCore
+
+/// y = conv(x, w) + b for a 3x3, stride-1, padding-1 convolution, in Double: the reference.
+private func referenceConv3x3(_ x: [Double], _ w: [Double], _ b: [Double]?, n: Int, cIn: Int, cOut: Int, h: Int, wd: Int) -> [Double] {
+    var y = [Double](repeating: 0, count: n * cOut * h * wd)
+    for img in 0..<n {
+        for k in 0..<cOut {
+            for oy in 0..<h {
+                for ox in 0..<wd {
+                    var acc = b?[k] ?? 0
+                    for c in 0..<cIn {
+                        for a in 0..<3 {
+                            let iy = oy + a - 1
+                            guard iy >= 0 && iy < h else { continue }
+                            for bb in 0..<3 {
+                                let ix = ox + bb - 1
+                                guard ix >= 0 && ix < wd else { continue }
+                                acc += x[((img * cIn + c) * h + iy) * wd + ix] * w[((k * cIn + c) * 3 + a) * 3 + bb]
+                            }
+                        }
+                    }
+                    y[((img * cOut + k) * h + oy) * wd + ox] = acc
+                }
+            }
+        }
+    }
+    return y
+}
+
+/// The input gradient of that convolution for the output gradient g: dx (n, cIn, h, w).
+private func referenceInputGradient(_ g: [Double], _ w: [Double], n: Int, cIn: Int, cOut: Int, h: Int, wd: Int) -> [Double] {
+    var dx = [Double](repeating: 0, count: n * cIn * h * wd)
+    for img in 0..<n {
+        for k in 0..<cOut {
+            for oy in 0..<h {
+                for ox in 0..<wd {
+                    let go = g[((img * cOut + k) * h + oy) * wd + ox]
+                    for c in 0..<cIn {
+                        for a in 0..<3 {
+                            let iy = oy + a - 1
+                            guard iy >= 0 && iy < h else { continue }
+                            for bb in 0..<3 {
+                                let ix = ox + bb - 1
+                                guard ix >= 0 && ix < wd else { continue }
+                                dx[((img * cIn + c) * h + iy) * wd + ix] += go * w[((k * cIn + c) * 3 + a) * 3 + bb]
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return dx
+}
+
+@Suite("Winograd F(2x2, 3x3), bfloat16", .enabled(if: Winograd.isAvailable, "this CPU has no AVX512-BF16: the Winograd kernels do not run"))
+struct WinogradTests {
+    /// (n, cIn, cOut, h, w): even and odd maps (a lone row or column, 7x7 as layer4's), odd channel counts (an input
+    /// channel paired with zeros, output channels past a block of 8), groups of images that fill several vectors.
+    static let shapes: [(Int, Int, Int, Int, Int)] = [
+        (1, 1, 1, 1, 1), (2, 3, 5, 2, 3), (3, 8, 16, 7, 7), (5, 17, 9, 5, 9), (2, 4, 33, 17, 3), (17, 6, 8, 4, 4),
+        (2, 16, 8, 14, 14), (1, 5, 7, 1, 40), (4, 2, 3, 30, 2),
+    ]
+
+    /// Quarter-integer inputs and integer weights: every transformed value is exact in bfloat16 and every sum exact in
+    /// float32, so the kernels must reproduce the float64 convolution exactly, whatever the layout and the order.
+    @Test("forward and input gradient equal the float64 convolution exactly on values bfloat16 holds, at 1, 2 and 3 threads",
+          arguments: shapes.indices)
+    func exactOnRepresentableValues(_ index: Int) {
+        let (n, cIn, cOut, h, w) = Self.shapes[index]
+        var rng = SeededRNG(seed: UInt64(100 + index))
+        let x = (0..<(n * cIn * h * w)).map { _ in Double(Int(rng.next() % 9) - 4) / 4 }
+        let wt = (0..<(cOut * cIn * 9)).map { _ in Double(Int(rng.next() % 5) - 2) }
+        let b = (0..<cOut).map { _ in Double(Int(rng.next() % 9) - 4) / 4 }
+        let g = (0..<(n * cOut * h * w)).map { _ in Double(Int(rng.next() % 9) - 4) / 4 }
+        let prior = (0..<(n * cIn * h * w)).map { _ in Double(Int(rng.next() % 9) - 4) / 8 }
+        let s = Conv2dShape(n: n, cIn: cIn, h: h, w: w, cOut: cOut, kernel: 3, stride: 1, padding: 1)
+        let expectY = referenceConv3x3(x, wt, b, n: n, cIn: cIn, cOut: cOut, h: h, wd: w)
+        let expectDx = zip(prior, referenceInputGradient(g, wt, n: n, cIn: cIn, cOut: cOut, h: h, wd: w)).map { $0 + $1 }
+        let xb = Buffer<Float>(x.map(Float.init)), wb = Buffer<Float>(wt.map(Float.init)), bb = Buffer<Float>(b.map(Float.init))
+        let gb = Buffer<Float>(g.map(Float.init))
+        for width in [1, 2, 3] {
+            let y = Buffer<Float>(count: n * cOut * h * w), dx = Buffer<Float>(prior.map(Float.init))
+            let ws = Workspace<Float>()
+            y.pointer.update(repeating: .nan, count: y.count)    // overwritten, never read
+            Parallel.withWidth(width) {
+                Winograd.forward(output: y.pointer, input: xb.pointer, weight: wb.pointer, bias: bb.pointer, shape: s, workspace: ws)
+                Winograd.inputGradient(gradInput: dx.pointer, gradOutput: gb.pointer, weight: wb.pointer, shape: s, workspace: ws)
+            }
+            let yErrors = zip(y.array, expectY).filter { Double($0) != $1 }.count
+            let dxErrors = zip(dx.array, expectDx).filter { Double($0) != $1 }.count
+            #expect(yErrors == 0, "forward \(s), \(width) thread(s): \(yErrors) of \(y.count) values differ")
+            #expect(dxErrors == 0, "input gradient \(s), \(width) thread(s): \(dxErrors) of \(dx.count) values differ")
+        }
+    }
+
+    /// Random values: the error is bfloat16 rounding of the transformed operands, a small fraction of the outputs' scale.
+    @Test("forward and input gradient within bfloat16 rounding of the float64 convolution on random values")
+    func randomValues() {
+        let (n, cIn, cOut, h, w) = (3, 32, 24, 11, 14)
+        var rng = SeededRNG(seed: 7)
+        let x = rng.values(n * cIn * h * w), wt = rng.values(cOut * cIn * 9, scale: 0.1), g = rng.values(n * cOut * h * w)
+        let s = Conv2dShape(n: n, cIn: cIn, h: h, w: w, cOut: cOut, kernel: 3, stride: 1, padding: 1)
+        let expectY = referenceConv3x3(x, wt, nil, n: n, cIn: cIn, cOut: cOut, h: h, wd: w)
+        let expectDx = referenceInputGradient(g, wt, n: n, cIn: cIn, cOut: cOut, h: h, wd: w)
+        let xb = Buffer<Float>(x.map(Float.init)), wb = Buffer<Float>(wt.map(Float.init)), gb = Buffer<Float>(g.map(Float.init))
+        let y = Buffer<Float>(count: n * cOut * h * w), dx = Buffer<Float>(count: n * cIn * h * w)
+        dx.pointer.update(repeating: 0, count: dx.count)
+        let ws = Workspace<Float>()
+        Winograd.forward(output: y.pointer, input: xb.pointer, weight: wb.pointer, bias: nil, shape: s, workspace: ws)
+        Winograd.inputGradient(gradInput: dx.pointer, gradOutput: gb.pointer, weight: wb.pointer, shape: s, workspace: ws)
+        for (got, want, name) in [(y.array, expectY, "forward"), (dx.array, expectDx, "input gradient")] {
+            let scale = want.map(abs).max()!
+            let err = zip(got, want).map { abs(Double($0) - $1) }.max()!
+            // bfloat16 keeps 8 significant bits (relative rounding 2^-9); a few percent of the scale at most.
+            #expect(err < 0.02 * scale, "\(name): largest error \(err) against outputs up to \(scale)")
+            #expect(err > 0, "\(name): bfloat16 operands cannot reproduce random float64 values exactly")
+        }
+    }
+}
