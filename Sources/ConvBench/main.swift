@@ -1,7 +1,7 @@
 // Benchmark: GFLOP/s of conv forward and backward for every conv of the paper's model, next to square sgemm.
 //
 // Usage: histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS]
-//                           [--algorithm auto|gemm|direct] [--clock wall|cpu] [--precision 32-true|bf16-mixed] [--no-shift-copies]
+//                           [--algorithm auto|gemm|direct|winograd] [--clock wall|cpu] [--precision 32-true|bf16-mixed] [--no-shift-copies] [--no-winograd]
 //        histodistill-bench --peak [--threads 1,2]
 // --peak prints the cores' multiply-add roof (register-only VDPBF16PS and float32 FMA loops), against which the
 // kernels' GFLOP/s read as a share of what the CPU can issue.
@@ -59,6 +59,7 @@ struct Options {
             case "--gemm-only": gemmOnly = true
             case "--peak": peak = true
             case "--no-shift-copies": Conv2d.setShiftCopies(false)
+            case "--no-winograd": Winograd.automaticEnabled = false
             case "--clock":
                 let v = value()
                 guard v == "wall" || v == "cpu" else { usageError("--clock takes wall or cpu, got \(v)") }
@@ -73,10 +74,11 @@ struct Options {
                 case "auto": algorithm = .automatic
                 case "gemm": algorithm = .im2colGEMM
                 case "direct": algorithm = .direct
-                case let v: usageError("--algorithm takes auto, gemm or direct, got \(v)")
+                case "winograd": algorithm = .winograd
+                case let v: usageError("--algorithm takes auto, gemm, direct or winograd, got \(v)")
                 }
             case "-h", "--help":
-                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048] [--stat median|min] [--gemm-only] [--algorithm auto|gemm|direct] [--clock wall|cpu] [--only NAME] [--precision 32-true|bf16-mixed] [--no-shift-copies] [--peak]")
+                print("histodistill-bench [--resolution 224] [--batch 32] [--threads 1,2] [--reps 5] [--min-columns N] [--column-budget FLOATS] [--gemm-size 2048] [--stat median|min] [--gemm-only] [--algorithm auto|gemm|direct|winograd] [--clock wall|cpu] [--only NAME] [--precision 32-true|bf16-mixed] [--no-shift-copies] [--no-winograd] [--peak]")
                 exit(0)
             default: usageError("unknown argument \(args[i])")
             }

@@ -158,6 +158,11 @@ public enum Conv2d {
         shape s: Conv2dShape, workspace: Workspace<T>, tiling: ConvTiling = .default,
         algorithm: ConvAlgorithm = .automatic
     ) {
+        if T.self == Float.self && Winograd.chooses(algorithm, s) {
+            Winograd.forward(output: asFloat(output), input: asFloat(input), weight: asFloat(weight), bias: bias.map { asFloat($0) },
+                             shape: s, workspace: unsafeDowncast(workspace, to: Workspace<Float>.self))
+            return
+        }
         if T.self == Float.self && DirectConv.chooses(algorithm, s) {
             DirectConv.forward(
                 output: UnsafeMutableRawPointer(output).assumingMemoryBound(to: Float.self),
@@ -258,6 +263,14 @@ public enum Conv2d {
                     gradBias[m] += acc
                 }
             }
+        }
+        var gradInput = gradInput
+        if T.self == Float.self && Winograd.chooses(algorithm, s) {
+            if let gi = gradInput {
+                Winograd.inputGradient(gradInput: asFloat(gi), gradOutput: asFloat(gradOutput), weight: asFloat(weight), shape: s,
+                                       workspace: unsafeDowncast(workspace, to: Workspace<Float>.self))
+            }
+            gradInput = nil    // the weight gradient below, as `automatic` chooses
         }
         if T.self == Float.self && DirectConv.chooses(algorithm, s) {
             DirectConv.backward(

@@ -17,7 +17,7 @@ public enum DenseConv {
     /// the weight and packing it costs what the skipped zeros save, measured with `histodistill-bench`), and the conv
     /// is not a plain per-pixel GEMM already (`isPointwise`).
     public static func chooses(_ algorithm: ConvAlgorithm, _ s: Conv2dShape) -> Bool {
-        algorithm == .automatic && !s.isPointwise && s.outPlane * s.h * s.w < s.kh * s.kw
+        (algorithm == .automatic || algorithm == .winograd) && !s.isPointwise && s.outPlane * s.h * s.w < s.kh * s.kw
     }
 
     /// The tap joining input position pi to output position po of one image (index ky * kw + kx), or -1: entry

@@ -8,14 +8,20 @@ import Darwin
 
 /// Which algorithm a convolution uses.
 public enum ConvAlgorithm: Sendable, Hashable {
-    /// The direct kernel where it is available and measured faster (`DirectConv.chooses`), the dense-layer form on maps
-    /// of fewer positions than kernel taps (`DenseConv.chooses`), else im2col + GEMM.
+    /// Under `bf16-mixed` on AVX512-BF16, Winograd for the forward and input gradient of the 3x3 convolutions where
+    /// measured faster (`Winograd.chooses`); otherwise the direct kernel where it is available and measured faster
+    /// (`DirectConv.chooses`), the dense-layer form on maps of fewer positions than kernel taps (`DenseConv.chooses`),
+    /// else im2col + GEMM.
     case automatic
     /// im2col + GEMM (any element type, any geometry).
     case im2colGEMM
     /// The direct kernel; falls back to im2col + GEMM where it cannot run (Double, stride > 2, no AVX-512). Under
     /// `bf16-mixed` it runs in bfloat16 (`Conv2d.directUsesBF16`).
     case direct
+    /// Winograd F(2x2, 3x3) for the forward and the input gradient wherever it runs (`Winograd.chooses`: `bf16-mixed`
+    /// on AVX512-BF16, 3x3 kernels with stride 1 and padding 1; `automatic` takes it only where measured faster); the
+    /// weight gradient and every other convolution as `automatic`.
+    case winograd
 }
 
 /// Lays a convolution out so that each kernel tap is a constant offset from the output position.
@@ -361,7 +367,7 @@ public enum DirectConv {
         switch algorithm {
         case .im2colGEMM: return false
         case .direct: return supports(s)
-        case .automatic: return supports(s) && !s.isPointwise && s.outW >= minimumOutputWidth
+        case .automatic, .winograd: return supports(s) && !s.isPointwise && s.outW >= minimumOutputWidth
         }
     }
 

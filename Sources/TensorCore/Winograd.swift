@@ -1,6 +1,7 @@
 // Winograd F(2x2, 3x3) convolutions in bfloat16 with float32 sums (CKernels/winograd_bf16.c): the forward and the
 // input gradient of 3x3, stride-1, padding-1 convolutions with 2.25x fewer multiply-adds than the direct kernel.
 import CKernels
+import Synchronization
 
 /// Winograd F(2x2, 3x3) (Lavin & Gray 2016) for `bf16-mixed` on CPUs with AVX512-BF16: the 4x4 input patch of
 /// every 2x2 output block is transformed (B^T d B), multiplied elementwise by the transformed weights (G g G^T) as 16
@@ -14,6 +15,35 @@ public enum Winograd {
     /// Whether `s` has the geometry the kernels compute: a 3x3 kernel, stride 1, padding 1.
     public static func supports(_ s: Conv2dShape) -> Bool {
         s.kh == 3 && s.kw == 3 && s.strideH == 1 && s.strideW == 1 && s.padH == 1 && s.padW == 1
+    }
+
+    /// Fewest input and output channels for which `.automatic` runs these kernels: with 32 (layer1 of the paper's
+    /// model) the transforms cost what the 2.25x fewer multiply-adds save against the direct kernel (measured with
+    /// `histodistill-bench --algorithm winograd` on AMD Zen 4; docs/benchmarks.md).
+    public static let minimumChannels = 64
+    /// Smallest map side for which `.automatic` runs these kernels: a 2x2 map is one tile in two slots, and loses to
+    /// im2col (measured as above).
+    public static let minimumMapSide = 4
+
+    private static let automaticStorage = Atomic<Bool>(true)
+    /// Whether `.automatic` may choose these kernels (default true); `histodistill-bench --no-winograd` turns it off
+    /// to compare.
+    public static var automaticEnabled: Bool {
+        get { automaticStorage.load(ordering: .relaxed) }
+        set { automaticStorage.store(newValue, ordering: .relaxed) }
+    }
+
+    /// Whether `algorithm` runs the forward and input gradient of `s` with these kernels: only under `bf16-mixed`
+    /// (read on the calling thread) on a CPU with native AVX512-BF16, for the geometry they compute (`supports`);
+    /// `.winograd` always there, `.automatic` where they were measured faster (`minimumChannels`, `minimumMapSide`).
+    static func chooses(_ algorithm: ConvAlgorithm, _ s: Conv2dShape) -> Bool {
+        guard supports(s), BF16GEMM.precision == .bf16Mixed, BF16GEMM.native, isAvailable else { return false }
+        switch algorithm {
+        case .winograd: return true
+        case .automatic:
+            return automaticEnabled && min(s.cIn, s.cOut) >= minimumChannels && min(s.h, s.w) >= minimumMapSide
+        case .im2colGEMM, .direct: return false
+        }
     }
 
     /// output (n, cOut, h, w) = conv(input (n, cIn, h, w), weight (cOut, cIn, 3, 3)) + bias (cOut, or nil),

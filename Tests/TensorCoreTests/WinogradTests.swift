@@ -119,3 +119,38 @@ struct WinogradTests {
         }
     }
 }
+
+// In the bf16-mixed suite, which runs one test at a time: its tests force the emulation (no Winograd) for a while.
+extension BF16Tests {
+    @Test("under bf16-mixed `automatic` runs Winograd for the forward and input gradient of 3x3 convolutions of 64 channels or more on maps of 4 px or more, the weight gradient as before; not for 32 channels, 2x2 maps or float32",
+          .enabled(if: Winograd.isAvailable, "this CPU has no AVX512-BF16: the Winograd kernels do not run"))
+    func winogradDispatch() {
+        func pass(_ s: Conv2dShape, _ algorithm: ConvAlgorithm, _ precision: MatmulPrecision = .bf16Mixed) -> [[Float]] {
+            var rng = SeededRNG(seed: 3)
+            let x = Buffer<Float>(rng.values(s.inputCount).map(Float.init)), w = Buffer<Float>(rng.values(s.weightCount, scale: 0.1).map(Float.init))
+            let g = Buffer<Float>(rng.values(s.outputCount).map(Float.init))
+            let y = Buffer<Float>(count: s.outputCount), dx = Buffer<Float>(count: s.inputCount), dw = Buffer<Float>(count: s.weightCount)
+            dx.pointer.update(repeating: 0, count: dx.count); dw.pointer.update(repeating: 0, count: dw.count)
+            let ws = Workspace<Float>()
+            BF16GEMM.$scoped.withValue(precision) {
+                Parallel.withWidth(2) {
+                    Conv2d.forward(output: y.pointer, input: x.pointer, weight: w.pointer, bias: nil, shape: s, workspace: ws, algorithm: algorithm)
+                    Conv2d.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: nil, gradOutput: g.pointer, input: x.pointer,
+                                    weight: w.pointer, shape: s, workspace: ws, algorithm: algorithm)
+                }
+            }
+            return [y.array, dx.array, dw.array]
+        }
+        let wide = Conv2dShape(n: 3, cIn: 64, h: 6, w: 7, cOut: 72, kernel: 3, stride: 1, padding: 1)
+        let automatic = pass(wide, .automatic), winograd = pass(wide, .winograd), direct = pass(wide, .direct)
+        #expect(automatic == winograd, "automatic took Winograd for \(wide)")
+        #expect(automatic[0] != direct[0] && automatic[1] != direct[1], "Winograd's sums are not the direct kernel's")
+        #expect(automatic[2] == pass(wide, .im2colGEMM)[2] || automatic[2] == direct[2], "the weight gradient as `automatic` without Winograd")
+        for s in [Conv2dShape(n: 2, cIn: 32, h: 8, w: 8, cOut: 64, kernel: 3, stride: 1, padding: 1),
+                  Conv2dShape(n: 2, cIn: 64, h: 2, w: 2, cOut: 64, kernel: 3, stride: 1, padding: 1)] {
+            #expect(pass(s, .automatic) != pass(s, .winograd), "\(s): not Winograd")
+        }
+        #expect(pass(wide, .automatic, .float32) == pass(wide, .winograd, .float32), "float32: Winograd never runs, the choice is `automatic`'s")
+        #expect(pass(wide, .automatic, .float32) != automatic, "float32 is not bf16-mixed")
+    }
+}

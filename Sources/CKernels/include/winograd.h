@@ -23,10 +23,10 @@ long hd_winograd_weight_words(long cout, long cin);
 /// and packs them as the products read them (`hd_winograd_weight_words(cout, cin)` words into `u`). `weight` is
 /// (cout, cin, 3, 3); with `adjoint` it is instead the weight of a forward convolution from `cout` to `cin` channels,
 /// (cin, cout, 3, 3), read flipped and transposed: this convolution of that forward's output gradient is then its
-/// input gradient (torch.nn.grad.conv2d_input with stride 1, padding 1).
+/// input gradient (torch.nn.grad.conv2d_input with stride 1, padding 1). Only call when `hd_winograd_available()`.
 void hd_winograd_pack_weights(uint32_t *u, const float *weight, long cout, long cin, int adjoint);
 
-/// Scratch floats `hd_winograd_conv_bf16` needs for these extents (its images' padded planes, the transformed tiles
+/// Scratch floats `hd_winograd_conv_bf16` needs for these extents (a ring of its images' padded rows, the transformed tiles
 /// and the products of one block of tiles).
 long hd_winograd_scratch_floats(long n, long cin, long cout, long h, long w);
 
