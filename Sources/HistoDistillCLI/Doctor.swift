@@ -66,6 +66,7 @@ struct Doctor: ParsableCommand {
             ("engine kernels", DirectConv.isAvailable ? "AVX-512 direct convolution, AVX-512 C kernels" : cpu.avx2 ? "im2col + GEMM, AVX2 C kernels" : "im2col + GEMM, baseline C kernels"),
             ("narrow-map im2col", "gather \(Conv2d.gatherKernels.gather), scatter-add \(Conv2d.gatherKernels.scatter) (the faster of each, timed at start)"),
             ("bf16-mixed GEMM", BF16GEMM.kernelDescription),
+            ("bf16-mixed 3x3 convolutions", Winograd.description),
             ("launch", launch.isUnderMPI ? "\(launch.launcher!) with \(group.size) ranks" : "single process"),
         ]
         if let check {

@@ -17,6 +17,14 @@ public enum Winograd {
         s.kh == 3 && s.kw == 3 && s.strideH == 1 && s.strideW == 1 && s.padH == 1 && s.padW == 1
     }
 
+    /// How `bf16-mixed` runs 3x3 convolutions here, for `doctor`.
+    public static var description: String {
+        guard isAvailable && BF16GEMM.native else {
+            return "direct kernel or im2col + GEMM (Winograd needs AVX512-BF16\(isAvailable ? ", and the emulation is forced" : ""))"
+        }
+        return "Winograd F(2x2, 3x3) for stride 1 with \(minimumChannels)+ channels on maps of \(minimumMapSide) px or more (forward and input gradient), else the direct kernel or im2col + GEMM"
+    }
+
     /// Fewest input and output channels for which `.automatic` runs these kernels: with 32 (layer1 of the paper's
     /// model) the transforms cost what the 2.25x fewer multiply-adds save against the direct kernel (measured with
     /// `histodistill-bench --algorithm winograd` on AMD Zen 4; docs/benchmarks.md).
