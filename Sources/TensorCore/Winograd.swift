@@ -19,8 +19,9 @@ public enum Winograd {
 
     /// How `bf16-mixed` runs 3x3 convolutions here, for `doctor`.
     public static var description: String {
-        guard isAvailable && BF16GEMM.native else {
-            return "direct kernel or im2col + GEMM (Winograd needs AVX512-BF16\(isAvailable ? ", and the emulation is forced" : ""))"
+        guard isAvailable else { return "direct kernel or im2col + GEMM (Winograd needs AVX512-BF16)" }
+        guard BF16GEMM.native else {
+            return "direct kernel or im2col + GEMM (Winograd off while the bfloat16 emulation is forced, \(BF16GEMM.emulateVariable)=1)"
         }
         return "Winograd F(2x2, 3x3) for stride 1 with \(minimumChannels)+ channels on maps of \(minimumMapSide) px or more (forward and input gradient), else the direct kernel or im2col + GEMM"
     }
