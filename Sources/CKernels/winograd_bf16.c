@@ -37,7 +37,7 @@ static Geometry geometry(long n, long cin, long h, long w) {
     g.tilesH = (h + 1) / 2;
     g.tilesW = (w + 1) / 2;
     // The group that wastes the fewest slots (per tile row, G * (tilesW + 1) slots rounded up to a vector), among
-    // those whose ring of padded rows stays within 2 MB (in L2 with the panels); the smaller on ties.
+    // those whose ring of padded rows stays within 2 MB; the smaller on ties.
     long best = 1;
     double bestUse = 0;
     long maxGroup = n < MAX_GROUP ? n : MAX_GROUP;
@@ -171,7 +171,7 @@ HD_BF16 void hd_winograd_conv_bf16(float *y, const float *x, const uint32_t *u, 
     const long totalVectors = g.tilesH * g.vectorsPerRow;
     const __m512i lowIndex = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512i highIndex = _mm512_add_epi32(lowIndex, _mm512_set1_epi32(8));
-    // An odd last input channel pairs with zeros: its panel rows' high halves stay zero.
+    // A short last block leaves the panels' last columns unwritten: zeroed, the products read defined values there.
     memset(panels, 0, (size_t)16 * pairs * BLOCK * 4);
     for (long g0 = 0; g0 < n; g0 += g.group) {
         long images = n - g0 < g.group ? n - g0 : g.group;
