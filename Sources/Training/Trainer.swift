@@ -267,11 +267,15 @@ public final class SupervisedTrainer {
         let problems = mc.problems
         guard problems.isEmpty else { throw TrainingError("model: " + problems.joined(separator: "; ")) }
         let network = ResNet(mc, seed: config.seed)
-        // BatchNorm in training mode needs more than one value per channel: refuse a batch that cannot give it here,
-        // before the first step would.
+        // Every rank needs a tile per step, and BatchNorm in training mode more than one value per channel: refuse a
+        // batch that cannot give them here, before the first step would.
         let resolution = train.tileSize / max(config.inputFactor, 1), perRank = config.batchSize / max(group.size, 1)
-        if perRank < mc.minimumTrainingBatch(resolution: resolution) {
-            throw TrainingError("model.architecture \(mc.name) normalises with BatchNorm, which needs more than one value per channel in training; at \(resolution) px (data.input_factor \(config.inputFactor) of \(train.tileSize) px tiles) its last feature map is 1x1, so each rank needs at least \(mc.minimumTrainingBatch(resolution: resolution)) tiles per step, but train.batch_size \(config.batchSize) over \(group.size) rank(s) gives \(perRank). Hint: raise train.batch_size to at least \(2 * group.size), lower data.input_factor, or use model.architecture resnet-gn (GroupNorm).")
+        if perRank < 1 {
+            throw TrainingError("train.batch_size \(config.batchSize) over \(group.size) ranks leaves a rank without a tile in every step. Hint: set train.batch_size to at least \(group.size) (a multiple of the rank count splits it evenly), or launch fewer ranks.")
+        }
+        let minimum = mc.minimumTrainingBatch(resolution: resolution)
+        if perRank < minimum {
+            throw TrainingError("model.architecture \(mc.name) normalises with BatchNorm, which needs more than one value per channel in training; at \(resolution) px (data.input_factor \(config.inputFactor) of \(train.tileSize) px tiles) its last feature map is 1x1, so each rank needs at least \(minimum) tiles per step, but train.batch_size \(config.batchSize) over \(group.size) rank(s) gives \(perRank). Hint: raise train.batch_size to at least \(minimum * group.size), lower data.input_factor, or use model.architecture resnet-gn (GroupNorm).")
         }
         model = network
         ema = config.emaDecay > 0 ? WeightEMA(decay: config.emaDecay, warmup: config.emaWarmup, shadow: ResNet(mc, seed: config.seed), source: network) : nil

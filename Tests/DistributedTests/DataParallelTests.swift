@@ -444,5 +444,10 @@ struct DataParallelTests {
         // A start-up failure every rank shares (no shards) is reported once, not once per rank, and ends all ranks.
         let m = try mpirun(2, ["train", "--config", config.path, "--set", "data.train=/nonexistent-shards"], timeout: 60)
         #expect(m.status != 0 && m.stderr.components(separatedBy: "no such directory").count - 1 == 1, "\(m.stderr)")
+        // A global batch of one tile over two ranks leaves one without a tile: said as that (a GroupNorm model here),
+        // not as BatchNorm's rule.
+        let b = try mpirun(2, ["train", "--config", config.path, "--set", "train.batch_size=1"], timeout: 60)
+        #expect(b.status != 0 && b.stderr.contains("train.batch_size 1 over 2 ranks leaves a rank without a tile")
+                && b.stderr.contains("at least 2") && !b.stderr.contains("BatchNorm") && !b.stderr.contains("Backtrac"), "\(b.stderr)")
     }
 }
