@@ -55,8 +55,7 @@ static Geometry geometry(long n, long cin, long h, long w) {
     return g;
 }
 
-long hd_winograd_scratch_floats(long n, long cin, long cout, long h, long w) {
-    (void)cout;
+long hd_winograd_scratch_floats(long n, long cin, long h, long w) {
     Geometry g = geometry(n, cin, h, w);
     long pairs = (cin + 1) / 2;
     long planes = cin * RING * g.rowLength;

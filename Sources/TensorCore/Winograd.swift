@@ -84,7 +84,7 @@ public enum Winograd {
         let workers = min(Parallel.width, n)
         // Each worker's images, and the scratch the largest share needs.
         let shares = (0..<workers).map { (n * $0 / workers)..<(n * ($0 + 1) / workers) }
-        let per = shares.map { hd_winograd_scratch_floats($0.count, cIn, cOut, h, w) }.max() ?? 0
+        let per = shares.map { hd_winograd_scratch_floats($0.count, cIn, h, w) }.max() ?? 0
         let words = hd_winograd_weight_words(cOut, cIn)
         let scratch = workspace.reserve(words + per * workers)
         let packed = UnsafeMutableRawPointer(scratch).assumingMemoryBound(to: UInt32.self)

@@ -585,27 +585,12 @@ struct EvalReplicaTests {
                 return (terms, model.parameters.gradients!.array + [again.total], objective.replicaCount)
             }
         }
-        let gn = ResNetConfig.paper(classes: 3, planes: [32, 32], blocks: [1, 1])
-        for scale: Float in [1, 0.8] {
-            let (t1, g1, c1) = step(gn, width: 1, scale: scale)
-            #expect(c1 == 0)
-            for width in [2, 3] {
-                let (t, gw, copies) = step(gn, width: width, scale: scale)
-                #expect(copies == width - 1, "one copy per extra thread")
-                for (a, b, name) in [(t.total, t1.total, "total"), (t.crossEntropy, t1.crossEntropy, "crossEntropy")] {
-                    #expect(abs(a - b) <= 1e-5 * max(1, abs(b)), "\(name) at width \(width), scale \(scale): \(a) vs \(b)")
-                }
-                var err: Float = 0, ref: Float = 0
-                for i in 0..<g1.count { err = max(err, abs(gw[i] - g1[i])); ref = max(ref, abs(g1[i])) }
-                #expect(err <= 1e-5 * max(1, ref), "gradients at width \(width), scale \(scale): \(err) of \(ref)")
-            }
-        }
+        Self.expectSplitMatchesWhole { step($0, width: $1, scale: $2) }
         if mixup {
+            let gn = ResNetConfig.paper(classes: 3, planes: [32, 32], blocks: [1, 1])
             let (t, _, _) = step(gn, width: 1, scale: 1), (plain, _, _) = step(gn, width: 1, scale: 1, mix: false)
             #expect(abs(t.total - plain.total) > 1e-3, "the blended labels change the loss: \(t.total) vs \(plain.total)")
         }
-        let bn = ResNetConfig(name: "bn", planes: [16, 32], blocks: [1, 1], norm: .batch, classes: 3)
-        #expect(step(bn, width: 2, scale: 1).2 == 0, "BatchNorm statistics depend on the batch: not split")
     }
 
     @Test("a distillation step split over student copies, one per thread, against a teacher split over its own copies, is the whole batch's step: every term and the gradients, a partly labeled batch, uneven shares; a BatchNorm student is not split")
@@ -633,14 +618,25 @@ struct EvalReplicaTests {
                 return (terms, student.parameters.gradients!.array + [again.total], distill.replicaCount)
             }
         }
+        Self.expectSplitMatchesWhole({ step($0, width: $1, scale: $2) }) { t1 in
+            #expect(t1.kd > 0 && t1.pixel > 0 && t1.crossEntropy > 0, "every term is on: \(t1)")
+        }
+    }
+
+    /// A step split over model copies against the same step on one thread: at loss scales 1 and 0.8 and 2 and 3
+    /// threads, one copy per extra thread and every term and the gradients within 1e-5; a BatchNorm model is not split.
+    /// `step(config, width, scale)` gives the terms, the gradients (and a second step's total) and the copies made;
+    /// `check` looks at the one-thread terms.
+    static func expectSplitMatchesWhole(_ step: (ResNetConfig, Int, Float) -> (LossTerms, [Float], Int),
+                                        check: (LossTerms) -> Void = { _ in }) {
         let gn = ResNetConfig.paper(classes: 3, planes: [32, 32], blocks: [1, 1])
         for scale: Float in [1, 0.8] {
-            let (t1, g1, c1) = step(gn, width: 1, scale: scale)
+            let (t1, g1, c1) = step(gn, 1, scale)
             #expect(c1 == 0)
-            #expect(t1.kd > 0 && t1.pixel > 0 && t1.crossEntropy > 0, "every term is on: \(t1)")
+            check(t1)
             for width in [2, 3] {
-                let (t, gw, copies) = step(gn, width: width, scale: scale)
-                #expect(copies == width - 1, "one student copy per extra thread")
+                let (t, gw, copies) = step(gn, width, scale)
+                #expect(copies == width - 1, "one copy per extra thread")
                 for (a, b, name) in [(t.total, t1.total, "total"), (t.kd, t1.kd, "kd"), (t.pixel, t1.pixel, "pixel"),
                                      (t.crossEntropy, t1.crossEntropy, "crossEntropy")] {
                     #expect(abs(a - b) <= 1e-5 * max(1, abs(b)), "\(name) at width \(width), scale \(scale): \(a) vs \(b)")
@@ -651,7 +647,7 @@ struct EvalReplicaTests {
             }
         }
         let bn = ResNetConfig(name: "bn", planes: [16, 32], blocks: [1, 1], norm: .batch, classes: 3)
-        #expect(step(bn, width: 2, scale: 1).2 == 0, "BatchNorm statistics depend on the batch: not split")
+        #expect(step(bn, 2, 1).2 == 0, "BatchNorm statistics depend on the batch: not split")
     }
 }
 

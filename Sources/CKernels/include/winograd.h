@@ -28,11 +28,11 @@ void hd_winograd_pack_weights(uint32_t *u, const float *weight, long cout, long 
 
 /// Scratch floats `hd_winograd_conv_bf16` needs for these extents (a ring of its images' padded rows, the transformed tiles
 /// and the products of one block of tiles).
-long hd_winograd_scratch_floats(long n, long cin, long cout, long h, long w);
+long hd_winograd_scratch_floats(long n, long cin, long h, long w);
 
 /// y (n, cout, h, w) = conv(x (n, cin, h, w), 3x3, stride 1, padding 1) + bias (cout, or NULL), overwriting y, or
 /// with `accumulate` added to it. `u` from `hd_winograd_pack_weights`; `scratch` holds
-/// `hd_winograd_scratch_floats(n, cin, cout, h, w)` floats. Single-threaded; only call when `hd_winograd_available()`.
+/// `hd_winograd_scratch_floats(n, cin, h, w)` floats. Single-threaded; only call when `hd_winograd_available()`.
 void hd_winograd_conv_bf16(float *y, const float *x, const uint32_t *u, const float *bias, long n, long cin, long cout,
                            long h, long w, int accumulate, float *scratch);
 
