@@ -11,6 +11,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "loads.h"
 #define HD_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define HD_INLINE static inline __attribute__((always_inline))
 
@@ -130,10 +131,15 @@ HD_BF16 static void pair_words_avx512(uint32_t *dst, const float *lo, const floa
     }
     for (; i < count; i++) dst[i] = bf16_bits(lo[i]) | (hi ? bf16_bits(hi[i]) << 16 : 0);
 }
-// 16 floats from src[k * step] (step 1 or 2) for k < n <= 16; lanes past n are zero. Masked loads read nothing
-// past the last element used, so a row at the end of a buffer is safe.
+// 16 floats from src[k * step] (step 1 or 2) for k < n <= 16; lanes past n are zero. No load reads past the last
+// element used, so a row at the end of a buffer is safe; full vectors take plain loads (loads.h): for step 2, src[0..15]
+// and src[15..30].
 HD_INLINE HD_BF16 __m512 strided16(const float *src, int n, ptrdiff_t step) {
-    if (step == 1) return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), src);
+    if (step == 1) return hd_load_ps((__mmask16)((1u << n) - 1u), src);
+    if (n == 16) {
+        const __m512i pick = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 14, 12, 10, 8, 6, 4, 2, 0);
+        return _mm512_permutex2var_ps(_mm512_loadu_ps(src), pick, _mm512_loadu_ps(src + 15));
+    }
     const __m512i evenIdx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const int used = 2 * n - 1;   // src[0 .. 2n - 2]
     const __mmask16 m0 = (__mmask16)(used >= 16 ? 0xFFFFu : (1u << used) - 1u);

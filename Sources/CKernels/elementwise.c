@@ -150,6 +150,7 @@ static void maxpool_generic(float *out, int32_t *idx, const float *in, ptrdiff_t
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "loads.h"
 
 // Strides 1 and 2 with AVX-512: 16 outputs of a row per vector. For each window row and tap, the inputs the 16
 // outputs read are loaded with a mask that keeps only columns inside [0, w) (the rest read as -inf, so padding
@@ -178,8 +179,8 @@ static void maxpool_row_avx512(float *out, int32_t *idx, const float *x,
                 int hi = w - start < s * n ? w - start : s * n;
                 if (hi <= lo) continue;
                 uint32_t m = (hi >= 32 ? 0xFFFFFFFFu : ((1u << hi) - 1)) & ~((1u << lo) - 1);
-                __m512 v = _mm512_mask_loadu_ps(ninf, (__mmask16)m, row + start);
-                if (s == 2) v = _mm512_permutex2var_ps(v, even, _mm512_mask_loadu_ps(ninf, (__mmask16)(m >> 16), row + start + 16));
+                __m512 v = hd_load_or_ps(ninf, (__mmask16)m, row + start);
+                if (s == 2) v = _mm512_permutex2var_ps(v, even, hd_load_or_ps(ninf, (__mmask16)(m >> 16), row + start + 16));
                 __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
                 best = _mm512_mask_mov_ps(best, take, v);
                 bi = _mm512_mask_mov_epi32(bi, take, _mm512_add_epi32(_mm512_set1_epi32(iy * w + start), lanes));

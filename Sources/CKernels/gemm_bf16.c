@@ -25,6 +25,7 @@ void hd_round_bf16(float *dst, long ld_dst, const float *src, long ld_src, long 
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "loads.h"
 #define HD_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 int hd_bf16_gemm_available(void) {
@@ -68,8 +69,8 @@ HD_BF16 static void pack_interleave(uint32_t *panel, int width, int valid, const
     for (long kp = 0; kp < kps; kp++) {
         long k0 = 2 * kp, k1 = k0 + 1;
         for (int v = 0; v < width / 16; v++) {
-            __m512 lo = k0 < kmax ? _mm512_maskz_loadu_ps(masks[v], src + k0 * ld + 16 * v) : _mm512_setzero_ps();
-            __m512 hi = k1 < kmax ? _mm512_maskz_loadu_ps(masks[v], src + k1 * ld + 16 * v) : _mm512_setzero_ps();
+            __m512 lo = k0 < kmax ? hd_load_ps(masks[v], src + k0 * ld + 16 * v) : _mm512_setzero_ps();
+            __m512 hi = k1 < kmax ? hd_load_ps(masks[v], src + k1 * ld + 16 * v) : _mm512_setzero_ps();
             __m512i w = _mm512_or_si512(bf16_words(lo), _mm512_slli_epi32(bf16_words(hi), 16));
             _mm512_store_si512((void *)(panel + kp * width + 16 * v), w);
         }
@@ -168,9 +169,9 @@ HD_BF16 static void micro_kernel(long kps, const uint32_t *a, const uint32_t *b,
             __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
             __m512 out = _mm512_mul_ps(va, acc[r][v]);
             if (!first) {
-                out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(m, row + 16 * v));
+                out = _mm512_add_ps(out, hd_load_ps(m, row + 16 * v));
             } else if (beta != 0.0f) {
-                out = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, row + 16 * v), out);
+                out = _mm512_fmadd_ps(vb, hd_load_ps(m, row + 16 * v), out);
             }
             _mm512_mask_storeu_ps(row + 16 * v, m, out);
         }

@@ -9,6 +9,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "loads.h"
 #define HD_AVX512 __attribute__((target("avx512f")))
 
 // 16 positions at a time: the padding lanes (map -1) are masked out of the load and written as 0.
@@ -36,10 +37,10 @@ HD_AVX512
 static void scatter_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) {
     for (ptrdiff_t j = 0; j < len; j += 16) {
         __mmask16 lanes = len - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - j)) - 1);
-        __m512i idx = _mm512_maskz_loadu_epi32(lanes, m + j);
+        __m512i idx = hd_load_epi32(lanes, m + j);
         __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, idx, _mm512_setzero_si512());
         __m512 old = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, dx, 4);
-        __m512 sum = _mm512_add_ps(old, _mm512_maskz_loadu_ps(valid, s + j));
+        __m512 sum = _mm512_add_ps(old, hd_load_ps(valid, s + j));
         _mm512_mask_i32scatter_ps(dx, valid, idx, sum, 4);
     }
 }
@@ -50,8 +51,8 @@ HD_AVX512
 static void shift_copy_avx512(float *d, const float *x, const int32_t *m, ptrdiff_t len) {
     for (ptrdiff_t j = 0; j < len; j += 16) {
         __mmask16 lanes = len - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - j)) - 1);
-        __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, _mm512_maskz_loadu_epi32(lanes, m + j), _mm512_setzero_si512());
-        _mm512_mask_storeu_ps(d + j, lanes, _mm512_maskz_loadu_ps(valid, x + j));
+        __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, hd_load_epi32(lanes, m + j), _mm512_setzero_si512());
+        _mm512_mask_storeu_ps(d + j, lanes, hd_load_ps(valid, x + j));
     }
 }
 
@@ -60,8 +61,8 @@ HD_AVX512
 static void shift_add_avx512(float *dx, const float *s, const int32_t *m, ptrdiff_t len) {
     for (ptrdiff_t j = 0; j < len; j += 16) {
         __mmask16 lanes = len - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (len - j)) - 1);
-        __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, _mm512_maskz_loadu_epi32(lanes, m + j), _mm512_setzero_si512());
-        __m512 sum = _mm512_add_ps(_mm512_maskz_loadu_ps(valid, dx + j), _mm512_maskz_loadu_ps(valid, s + j));
+        __mmask16 valid = _mm512_mask_cmpge_epi32_mask(lanes, hd_load_epi32(lanes, m + j), _mm512_setzero_si512());
+        __m512 sum = _mm512_add_ps(hd_load_ps(valid, dx + j), hd_load_ps(valid, s + j));
         _mm512_mask_storeu_ps(dx + j, valid, sum);
     }
 }

@@ -68,6 +68,7 @@ static float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintp
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "loads.h"
 #define HD_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 // Where one run of a vector's lanes that belong to one image lands: output value i of the run's interleaved row
@@ -128,12 +129,12 @@ HD_BF16 static inline __m512i bf16_low_words(__m512 v) {
 HD_BF16 static inline void store_segment(float *row, const Segment *s, __m512 lo, __m512 hi, int accumulate) {
     float *dst = (float *)((uintptr_t)row + (intptr_t)s->first * 4);
     if (s->lo) {
-        if (accumulate) lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(s->lo, dst));
+        if (accumulate) lo = _mm512_add_ps(lo, hd_load_ps(s->lo, dst));
         _mm512_mask_storeu_ps(dst, s->lo, lo);
     }
     if (s->hi) {
         float *d = (float *)((uintptr_t)dst + 64);
-        if (accumulate) hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(s->hi, d));
+        if (accumulate) hi = _mm512_add_ps(hi, hd_load_ps(s->hi, d));
         _mm512_mask_storeu_ps(d, s->hi, hi);
     }
 }
