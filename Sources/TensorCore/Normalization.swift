@@ -92,12 +92,7 @@ public enum GroupNorm {
                     let ch = g * cpg + ci
                     let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
                     var (s, sx): (T, T)
-                    if let reluOutput, T.self == Float.self {
-                        var a: Float = 0, p: Float = 0
-                        hd_masked_gradient_moments(asFloat(dy), asFloat(reluOutput + base + ci * plane), asFloat(x), plane,
-                                                   unsafeBitCast(mu, to: Float.self), &a, &p)
-                        (s, sx) = (unsafeBitCast(a, to: T.self), unsafeBitCast(p, to: T.self))
-                    } else if let reluOutput {
+                    if let reluOutput {
                         (s, sx) = reduceMaskedGradientMoments(dy, reluOutput + base + ci * plane, x, plane, mean: mu)
                     } else {
                         (s, sx) = reduceGradientMoments(dy, x, plane, mean: mu)

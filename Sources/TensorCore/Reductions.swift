@@ -1,9 +1,14 @@
 // Vectorisable reductions: several independent accumulators so the compiler can use SIMD lanes without
-// fast-math (a single running sum is a serial dependency chain under strict IEEE semantics).
+// fast-math (a single running sum is a serial dependency chain under strict IEEE semantics). Float goes to the C
+// kernels (CKernels/elementwise.c: 64 or 32 interleaved partial sums, the same bits on every CPU path; 4-8 partial sums
+// in Swift ran at about one float per cycle, about 10% of a 224 px training step in GroupNorm); other scalars (Double,
+// the tests' reference) take the loops below.
+import CKernels
 
 /// Sum of `n` values.
 @inline(__always)
 public func reduceSum<T: KernelScalar>(_ x: UnsafePointer<T>, _ n: Int) -> T {
+    if T.self == Float.self { return unsafeBitCast(hd_sum(asFloat(x), n), to: T.self) }
     var a0: T = 0, a1: T = 0, a2: T = 0, a3: T = 0, a4: T = 0, a5: T = 0, a6: T = 0, a7: T = 0
     var i = 0
     while i + 8 <= n {
@@ -18,6 +23,9 @@ public func reduceSum<T: KernelScalar>(_ x: UnsafePointer<T>, _ n: Int) -> T {
 /// Sum of (x - mean)^2 over `n` values.
 @inline(__always)
 public func reduceSquaredDeviation<T: KernelScalar>(_ x: UnsafePointer<T>, _ n: Int, mean: T) -> T {
+    if T.self == Float.self {
+        return unsafeBitCast(hd_squared_deviation(asFloat(x), n, unsafeBitCast(mean, to: Float.self)), to: T.self)
+    }
     var a0: T = 0, a1: T = 0, a2: T = 0, a3: T = 0, a4: T = 0, a5: T = 0, a6: T = 0, a7: T = 0
     var i = 0
     while i + 8 <= n {
@@ -34,6 +42,11 @@ public func reduceSquaredDeviation<T: KernelScalar>(_ x: UnsafePointer<T>, _ n: 
 /// (sum of dy, sum of dy * (x - mean)) over `n` values.
 @inline(__always)
 public func reduceGradientMoments<T: KernelScalar>(_ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ n: Int, mean: T) -> (T, T) {
+    if T.self == Float.self {
+        var s: Float = 0, p: Float = 0
+        hd_gradient_moments(asFloat(dy), asFloat(x), n, unsafeBitCast(mean, to: Float.self), &s, &p)
+        return (unsafeBitCast(s, to: T.self), unsafeBitCast(p, to: T.self))
+    }
     var s0: T = 0, s1: T = 0, s2: T = 0, s3: T = 0
     var p0: T = 0, p1: T = 0, p2: T = 0, p3: T = 0
     var i = 0
@@ -52,6 +65,11 @@ public func reduceGradientMoments<T: KernelScalar>(_ dy: UnsafePointer<T>, _ x: 
 @inline(__always)
 public func reduceMaskedGradientMoments<T: KernelScalar>(_ dy: UnsafePointer<T>, _ output: UnsafePointer<T>, _ x: UnsafePointer<T>,
                                                          _ n: Int, mean: T) -> (T, T) {
+    if T.self == Float.self {
+        var s: Float = 0, p: Float = 0
+        hd_masked_gradient_moments(asFloat(dy), asFloat(output), asFloat(x), n, unsafeBitCast(mean, to: Float.self), &s, &p)
+        return (unsafeBitCast(s, to: T.self), unsafeBitCast(p, to: T.self))
+    }
     var s0: T = 0, s1: T = 0, s2: T = 0, s3: T = 0
     var p0: T = 0, p1: T = 0, p2: T = 0, p3: T = 0
     var i = 0

@@ -50,8 +50,19 @@ void hd_add_relu(float *y, const float *a, const float *b, ptrdiff_t n);
 /// y[i] = max(x[i] * scale + shift, 0) (NaN stays NaN, as hd_relu_forward). `y` may be `x`.
 void hd_affine_relu(float *y, const float *x, ptrdiff_t n, float scale, float shift);
 
-/// With g[i] = y[i] > 0 ? dy[i] : 0 (the ReLU's mask applied on the fly): *sum = sum of g, *sumx = sum of g * (x - mean),
-/// accumulated as TensorCore's reduceGradientMoments does (4 interleaved partial sums).
+/// Sum of x[i] for i < n, as 64 interleaved partial sums (lane l: the i with i % 64 == l) added pairwise at the end:
+/// the same bits on every CPU path. TensorCore's reduceSum for Float.
+float hd_sum(const float *x, ptrdiff_t n);
+
+/// Sum of (x[i] - mean)^2 for i < n, summed as hd_sum does. TensorCore's reduceSquaredDeviation for Float.
+float hd_squared_deviation(const float *x, ptrdiff_t n, float mean);
+
+/// *sum = sum of dy[i], *sumx = sum of dy[i] * (x[i] - mean) for i < n, each as 32 interleaved partial sums added
+/// pairwise (the same bits on every CPU path). TensorCore's reduceGradientMoments for Float.
+void hd_gradient_moments(const float *dy, const float *x, ptrdiff_t n, float mean, float *sum, float *sumx);
+
+/// As hd_gradient_moments with g[i] = y[i] > 0 ? dy[i] : 0 in place of dy[i] (the ReLU's mask applied on the fly; 0 and
+/// NaN outputs mask). TensorCore's reduceMaskedGradientMoments for Float.
 void hd_masked_gradient_moments(const float *dy, const float *y, const float *x, ptrdiff_t n, float mean,
                                  float *sum, float *sumx);
 
