@@ -254,9 +254,13 @@ void hd_affine_relu(float *y, const float *x, ptrdiff_t n, float scale, float sh
 // enough independent chains to hide the addition's latency (8 lanes in scalar Swift ran at about 1 float per cycle).
 #define HD_LANES 64
 
-static inline float lanes_total(float *a) {
-    for (int width = HD_LANES / 2; width >= 1; width /= 2)
+// The lanes added pairwise; levels whose upper half holds only lanes no element reached (n values fill lanes 0..n-1
+// when n < lanes) are skipped, so short rows (GroupNorm's 2x2 and 4x4 planes) cost a few additions.
+static inline float lanes_total(float *a, int lanes, ptrdiff_t n) {
+    for (int width = lanes / 2; width >= 1; width /= 2) {
+        if (n <= width) continue;
         for (int l = 0; l < width; l++) a[l] += a[l + width];
+    }
     return a[0];
 }
 
@@ -267,7 +271,7 @@ float hd_sum(const float *x, ptrdiff_t n) {
     for (; i + HD_LANES <= n; i += HD_LANES)
         for (int l = 0; l < HD_LANES; l++) a[l] += x[i + l];
     for (int l = 0; i + l < n; l++) a[l] += x[i + l];
-    return lanes_total(a);
+    return lanes_total(a, HD_LANES, n);
 }
 
 HD_CLONES
@@ -277,60 +281,96 @@ float hd_squared_deviation(const float *x, ptrdiff_t n, float mean) {
     for (; i + HD_LANES <= n; i += HD_LANES)
         for (int l = 0; l < HD_LANES; l++) { float d = x[i + l] - mean; a[l] += d * d; }
     for (int l = 0; i + l < n; l++) { float d = x[i + l] - mean; a[l] += d * d; }
-    return lanes_total(a);
+    return lanes_total(a, HD_LANES, n);
 }
 
 // Half the lanes: two sums at once (HD_LANES / 2 each keeps the register count of one HD_LANES sum).
 #define HD_PAIR_LANES (HD_LANES / 2)
 
-static inline float pair_total(float *a) {
-    for (int width = HD_PAIR_LANES / 2; width >= 1; width /= 2)
-        for (int l = 0; l < width; l++) a[l] += a[l + width];
-    return a[0];
+// The moments of one channel (y NULL: no mask). Inlined into each clone below, so the group kernel calls no other
+// clone per channel.
+static inline __attribute__((always_inline))
+void moments_core(const float *dy, const float *y, const float *x, ptrdiff_t n, float mean, float *sum, float *sumx) {
+    float s[HD_PAIR_LANES] = {0}, p[HD_PAIR_LANES] = {0};
+    ptrdiff_t i = 0;
+    if (y) {
+        // Loads first, then selects: a load under the condition would be compiled as a branch.
+        for (; i + HD_PAIR_LANES <= n; i += HD_PAIR_LANES)
+            for (int l = 0; l < HD_PAIR_LANES; l++) {
+                float d = dy[i + l], g = y[i + l] > 0.0f ? d : 0.0f;
+                s[l] += g; p[l] += g * (x[i + l] - mean);
+            }
+        for (int l = 0; i + l < n; l++) {
+            float d = dy[i + l], g = y[i + l] > 0.0f ? d : 0.0f;
+            s[l] += g; p[l] += g * (x[i + l] - mean);
+        }
+    } else {
+        for (; i + HD_PAIR_LANES <= n; i += HD_PAIR_LANES)
+            for (int l = 0; l < HD_PAIR_LANES; l++) { float g = dy[i + l]; s[l] += g; p[l] += g * (x[i + l] - mean); }
+        for (int l = 0; i + l < n; l++) { float g = dy[i + l]; s[l] += g; p[l] += g * (x[i + l] - mean); }
+    }
+    *sum = lanes_total(s, HD_PAIR_LANES, n);
+    *sumx = lanes_total(p, HD_PAIR_LANES, n);
 }
 
 HD_CLONES
 void hd_gradient_moments(const float *dy, const float *x, ptrdiff_t n, float mean, float *sum, float *sumx) {
-    float s[HD_PAIR_LANES] = {0}, p[HD_PAIR_LANES] = {0};
-    ptrdiff_t i = 0;
-    for (; i + HD_PAIR_LANES <= n; i += HD_PAIR_LANES)
-        for (int l = 0; l < HD_PAIR_LANES; l++) { float g = dy[i + l]; s[l] += g; p[l] += g * (x[i + l] - mean); }
-    for (int l = 0; i + l < n; l++) { float g = dy[i + l]; s[l] += g; p[l] += g * (x[i + l] - mean); }
-    *sum = pair_total(s);
-    *sumx = pair_total(p);
+    moments_core(dy, NULL, x, n, mean, sum, sumx);
 }
 
 HD_CLONES
 void hd_masked_gradient_moments(const float *dy, const float *y, const float *x, ptrdiff_t n, float mean,
                                 float *sum, float *sumx) {
-    float s[HD_PAIR_LANES] = {0}, p[HD_PAIR_LANES] = {0};
-    ptrdiff_t i = 0;
-    // Loads first, then selects: a load under the condition would be compiled as a branch.
-    for (; i + HD_PAIR_LANES <= n; i += HD_PAIR_LANES)
-        for (int l = 0; l < HD_PAIR_LANES; l++) {
-            float d = dy[i + l], g = y[i + l] > 0.0f ? d : 0.0f;
-            s[l] += g; p[l] += g * (x[i + l] - mean);
+    moments_core(dy, y, x, n, mean, sum, sumx);
+}
+
+// GroupNorm's input gradient over one channel (y NULL: no mask).
+static inline __attribute__((always_inline))
+void input_gradient_core(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t n,
+                         float rs, float w, float msum, float mu, float msumx, int accumulate) {
+    if (y && accumulate) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float d = dy[i], g = y[i] > 0.0f ? d : 0.0f;
+            dx[i] += rs * (g * w - msum - (x[i] - mu) * rs * msumx);
         }
-    for (int l = 0; i + l < n; l++) {
-        float d = dy[i + l], g = y[i + l] > 0.0f ? d : 0.0f;
-        s[l] += g; p[l] += g * (x[i + l] - mean);
+    } else if (y) {
+        for (ptrdiff_t i = 0; i < n; i++) {
+            float d = dy[i], g = y[i] > 0.0f ? d : 0.0f;
+            dx[i] = rs * (g * w - msum - (x[i] - mu) * rs * msumx);
+        }
+    } else if (accumulate) {
+        for (ptrdiff_t i = 0; i < n; i++) dx[i] += rs * (dy[i] * w - msum - (x[i] - mu) * rs * msumx);
+    } else {
+        for (ptrdiff_t i = 0; i < n; i++) dx[i] = rs * (dy[i] * w - msum - (x[i] - mu) * rs * msumx);
     }
-    *sum = pair_total(s);
-    *sumx = pair_total(p);
 }
 
 HD_CLONES
 void hd_masked_groupnorm_input_gradient(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t n,
                                         float rs, float w, float msum, float mu, float msumx, int accumulate) {
-    if (accumulate) {
-        for (ptrdiff_t i = 0; i < n; i++) {
-            float d = dy[i], g = y[i] > 0.0f ? d : 0.0f;
-            dx[i] += rs * (g * w - msum - (x[i] - mu) * rs * msumx);
-        }
-    } else {
-        for (ptrdiff_t i = 0; i < n; i++) {
-            float d = dy[i], g = y[i] > 0.0f ? d : 0.0f;
-            dx[i] = rs * (g * w - msum - (x[i] - mu) * rs * msumx);
-        }
+    input_gradient_core(dx, dy, y, x, n, rs, w, msum, mu, msumx, accumulate);
+}
+
+// One (image, group) of GroupNorm's backward (see include/elementwise.h): the moments of every channel, the group's
+// weighted sums in channel order, then the input gradient, with the operations and order of TensorCore's Swift loops.
+HD_CLONES
+void hd_groupnorm_backward_group(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t plane, int channels,
+                                 const float *weight, float mu, float rs, int accumulate, float *sums, float *sumsx) {
+    float gSum = 0, gSumX = 0;
+    for (int ci = 0; ci < channels; ci++) {
+        const ptrdiff_t o = (ptrdiff_t)ci * plane;
+        float s, sx;
+        moments_core(dy + o, y ? y + o : NULL, x + o, plane, mu, &s, &sx);
+        sx *= rs;
+        sums[ci] = s;
+        sumsx[ci] = sx;
+        gSum += s * weight[ci];
+        gSumX += sx * weight[ci];
+    }
+    const float size = (float)((ptrdiff_t)channels * plane);
+    const float mSum = gSum / size, mSumX = gSumX / size;
+    for (int ci = 0; ci < channels; ci++) {
+        const ptrdiff_t o = (ptrdiff_t)ci * plane;
+        input_gradient_core(dx + o, dy + o, y ? y + o : NULL, x + o, plane, rs, weight[ci], mSum, mu, mSumX, accumulate);
     }
 }

@@ -7,14 +7,15 @@ import Testing
 @testable import Training
 
 /// Runs a command with a time limit; returns exit status, standard output and standard error.
-func run(_ arguments: [String], environment extra: [String: String] = [:], timeout: TimeInterval = 120, in directory: URL? = nil) throws
+func run(_ arguments: [String], environment extra: [String: String] = [:], unsetting: Set<String> = [], timeout: TimeInterval = 120,
+         in directory: URL? = nil) throws
     -> (status: Int32, stdout: String, stderr: String)
 {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     if let directory { process.currentDirectoryURL = directory }
     process.arguments = arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
+    process.environment = ProcessInfo.processInfo.environment.filter { !unsetting.contains($0.key) }.merging(extra) { $1 }
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
     process.standardError = err

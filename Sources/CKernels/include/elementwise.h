@@ -78,6 +78,15 @@ void hd_masked_groupnorm_input_gradient(float *dx, const float *dy, const float 
 void hd_maxpool2d_forward(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
                           int h, int w, int oh, int ow, int k, int s, int p);
 
+/// One (image, group) of GroupNorm's backward (TensorCore's GroupNorm.backward for Float, the same operations in the
+/// same order): `channels` planes of `plane` values each, contiguous, in dx, dy, x and y (the ReLU's output, or NULL
+/// without a fused ReLU); weight[ci] the channel's scale, mu and rs the group's mean and 1/sqrt(var + eps). Writes
+/// sums[ci] = sum of g and sumsx[ci] = rs * sum of g * (x - mu) (g = dy masked by y > 0 as hd_masked_gradient_moments,
+/// or dy), then dx = rs * (g * w - mSum - (x - mu) * rs * mSumX) with mSum, mSumX the weighted sums over the group
+/// divided by its size; added to dx with `accumulate`, written otherwise.
+void hd_groupnorm_backward_group(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t plane, int channels,
+                                 const float *weight, float mu, float rs, int accumulate, float *sums, float *sumsx);
+
 #ifdef __cplusplus
 }
 #endif
