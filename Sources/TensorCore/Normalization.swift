@@ -32,6 +32,16 @@ public enum GroupNorm {
         precondition(groups > 0 && shape.c % groups == 0,
                      "GroupNorm: \(shape.c) channels of \(shape) are not divisible into \(groups) groups")
         let cpg = shape.c / groups, plane = shape.plane, size = cpg * plane
+        if T.self == Float.self {
+            // In C, a range of groups per call (GroupNorm(32) makes groups of 1-8 channels; per group, the Swift loops'
+            // reductions waited for each other and dominated the 56 px model's GroupNorm).
+            Parallel.forEach(shape.n * groups, grain: 1) { r in
+                hd_groupnorm_forward_groups(asFloat(output), asFloat(input), r.lowerBound, r.count, Int32(groups), Int32(cpg),
+                                            plane, asFloat(weight), asFloat(bias), unsafeBitCast(eps, to: Float.self),
+                                            relu ? 1 : 0, asFloat(mean), asFloat(rstd))
+            }
+            return
+        }
         Parallel.forEach(shape.n * groups, grain: 1) { r in
             for ng in r {
                 let base = ng * size
@@ -82,61 +92,60 @@ public enum GroupNorm {
         // Per (image, channel): sum(dy) and sum(dy * xhat).
         let sumDy = workspace.reserve(workspaceCount(n: n, c: c))
         let sumDyX = sumDy + n * c
-        Parallel.forEach(n * groups, grain: 1) { r in
-            for ng in r {
-                let b = ng / groups, g = ng % groups
-                let mu = mean[ng], rs = rstd[ng]
-                let base = ng * size
-                if T.self == Float.self {
-                    // The loops below in C, one call per group (the Swift loops' per-channel overhead was most of the
-                    // work on 2x2 and 4x4 maps).
-                    hd_groupnorm_backward_group(
-                        asFloat(gradInput + base), asFloat(gradOutput + base), reluOutput.map { asFloat($0 + base) },
-                        asFloat(input + base), plane, Int32(cpg), asFloat(weight + g * cpg),
-                        unsafeBitCast(mu, to: Float.self), unsafeBitCast(rs, to: Float.self), accumulateInput ? 1 : 0,
-                        asFloat(sumDy + b * c + g * cpg), asFloat(sumDyX + b * c + g * cpg))
-                    continue
-                }
-                var gSum: T = 0, gSumX: T = 0   // sums of dxhat and dxhat * xhat over the group
-                for ci in 0..<cpg {
-                    let ch = g * cpg + ci
-                    let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
-                    var (s, sx): (T, T)
-                    if let reluOutput {
-                        (s, sx) = reduceMaskedGradientMoments(dy, reluOutput + base + ci * plane, x, plane, mean: mu)
-                    } else {
-                        (s, sx) = reduceGradientMoments(dy, x, plane, mean: mu)
-                    }
-                    sx *= rs
-                    sumDy[b * c + ch] = s
-                    sumDyX[b * c + ch] = sx
-                    gSum += s * weight[ch]
-                    gSumX += sx * weight[ch]
-                }
-                // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-                let mSum = gSum / T(size), mSumX = gSumX / T(size)
-                for ci in 0..<cpg {
-                    let ch = g * cpg + ci
-                    let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
-                    let dx = gradInput + base + ci * plane
-                    let w = weight[ch]
-                    if let reluOutput {
-                        let out = reluOutput + base + ci * plane
-                        if accumulateInput {
-                            for i in 0..<plane {
-                                let gi = out[i] > 0 ? dy[i] : 0
-                                dx[i] += rs * (gi * w - mSum - (x[i] - mu) * rs * mSumX)
-                            }
+        if T.self == Float.self {
+            // In C, a range of groups per call (the Swift loops' per-channel work was mostly overhead on 2x2 and 4x4 maps).
+            Parallel.forEach(n * groups, grain: 1) { r in
+                hd_groupnorm_backward_groups(asFloat(gradInput), asFloat(gradOutput), reluOutput.map { asFloat($0) }, asFloat(input),
+                                             r.lowerBound, r.count, Int32(groups), Int32(cpg), plane, asFloat(weight), asFloat(mean),
+                                             asFloat(rstd), accumulateInput ? 1 : 0, asFloat(sumDy), asFloat(sumDyX))
+            }
+        } else {
+            Parallel.forEach(n * groups, grain: 1) { r in
+                for ng in r {
+                    let b = ng / groups, g = ng % groups
+                    let mu = mean[ng], rs = rstd[ng]
+                    let base = ng * size
+                    var gSum: T = 0, gSumX: T = 0   // sums of dxhat and dxhat * xhat over the group
+                    for ci in 0..<cpg {
+                        let ch = g * cpg + ci
+                        let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
+                        var (s, sx): (T, T)
+                        if let reluOutput {
+                            (s, sx) = reduceMaskedGradientMoments(dy, reluOutput + base + ci * plane, x, plane, mean: mu)
                         } else {
-                            for i in 0..<plane {
-                                let gi = out[i] > 0 ? dy[i] : 0
-                                dx[i] = rs * (gi * w - mSum - (x[i] - mu) * rs * mSumX)
-                            }
+                            (s, sx) = reduceGradientMoments(dy, x, plane, mean: mu)
                         }
-                    } else if accumulateInput {
-                        for i in 0..<plane { dx[i] += rs * (dy[i] * w - mSum - (x[i] - mu) * rs * mSumX) }
-                    } else {
-                        for i in 0..<plane { dx[i] = rs * (dy[i] * w - mSum - (x[i] - mu) * rs * mSumX) }
+                        sx *= rs
+                        sumDy[b * c + ch] = s
+                        sumDyX[b * c + ch] = sx
+                        gSum += s * weight[ch]
+                        gSumX += sx * weight[ch]
+                    }
+                    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+                    let mSum = gSum / T(size), mSumX = gSumX / T(size)
+                    for ci in 0..<cpg {
+                        let ch = g * cpg + ci
+                        let x = input + base + ci * plane, dy = gradOutput + base + ci * plane
+                        let dx = gradInput + base + ci * plane
+                        let w = weight[ch]
+                        if let reluOutput {
+                            let out = reluOutput + base + ci * plane
+                            if accumulateInput {
+                                for i in 0..<plane {
+                                    let gi = out[i] > 0 ? dy[i] : 0
+                                    dx[i] += rs * (gi * w - mSum - (x[i] - mu) * rs * mSumX)
+                                }
+                            } else {
+                                for i in 0..<plane {
+                                    let gi = out[i] > 0 ? dy[i] : 0
+                                    dx[i] = rs * (gi * w - mSum - (x[i] - mu) * rs * mSumX)
+                                }
+                            }
+                        } else if accumulateInput {
+                            for i in 0..<plane { dx[i] += rs * (dy[i] * w - mSum - (x[i] - mu) * rs * mSumX) }
+                        } else {
+                            for i in 0..<plane { dx[i] = rs * (dy[i] * w - mSum - (x[i] - mu) * rs * mSumX) }
+                        }
                     }
                 }
             }

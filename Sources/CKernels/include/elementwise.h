@@ -78,14 +78,26 @@ void hd_masked_groupnorm_input_gradient(float *dx, const float *dy, const float 
 void hd_maxpool2d_forward(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
                           int h, int w, int oh, int ow, int k, int s, int p);
 
-/// One (image, group) of GroupNorm's backward (TensorCore's GroupNorm.backward for Float, the same operations in the
-/// same order): `channels` planes of `plane` values each, contiguous, in dx, dy, x and y (the ReLU's output, or NULL
-/// without a fused ReLU); weight[ci] the channel's scale, mu and rs the group's mean and 1/sqrt(var + eps). Writes
-/// sums[ci] = sum of g and sumsx[ci] = rs * sum of g * (x - mu) (g = dy masked by y > 0 as hd_masked_gradient_moments,
-/// or dy), then dx = rs * (g * w - mSum - (x - mu) * rs * mSumX) with mSum, mSumX the weighted sums over the group
-/// divided by its size; added to dx with `accumulate`, written otherwise.
-void hd_groupnorm_backward_group(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t plane, int channels,
-                                 const float *weight, float mu, float rs, int accumulate, float *sums, float *sumsx);
+/// GroupNorm's forward (TensorCore's GroupNorm.forward for Float, the same operations in the same order) over the
+/// (image, group) pairs ng = first ..< first + count of a (n, groups * channels, h, w) tensor: group ng is the
+/// `channels` * `plane` contiguous values from x + ng * channels * plane, its channels' weight and bias from index
+/// (ng % groups) * channels. Writes mean[ng] = mu (hd_sum over the group / its size), rstd[ng] = rs = 1 / sqrt(
+/// hd_squared_deviation / size + eps), and y = x * scale + shift with scale = rs * weight[c], shift = bias[c] - mu *
+/// scale, clamped at 0 with `relu` (NaN stays NaN). y may be x.
+void hd_groupnorm_forward_groups(float *y, const float *x, ptrdiff_t first, ptrdiff_t count, int groups, int channels,
+                                 ptrdiff_t plane, const float *weight, const float *bias, float eps, int relu,
+                                 float *mean, float *rstd);
+
+/// GroupNorm's backward (TensorCore's GroupNorm.backward for Float, the same operations in the same order) over the
+/// (image, group) pairs ng = first ..< first + count, laid out as in hd_groupnorm_forward_groups, with mean[ng] and
+/// rstd[ng] from the forward; y the ReLU's output (NULL without a fused ReLU). For channel ci of group ng (index
+/// k = ng * channels + ci) writes sums[k] = sum of g and sumsx[k] = rs * sum of g * (x - mu), g = dy masked by y > 0 as
+/// hd_masked_gradient_moments (or dy); then dx = rs * (g * w - mSum - (x - mu) * rs * mSumX) with mSum, mSumX the
+/// group's sums weighted by its channels' weights, in channel order, divided by its size; added to dx with
+/// `accumulate`, written otherwise.
+void hd_groupnorm_backward_groups(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t first, ptrdiff_t count,
+                                  int groups, int channels, ptrdiff_t plane, const float *weight, const float *mean,
+                                  const float *rstd, int accumulate, float *sums, float *sumsx);
 
 #ifdef __cplusplus
 }
