@@ -203,6 +203,68 @@ struct GroupNormFloatTests {
     }
 }
 
+@Suite("Float reductions and GroupNorm over ranges of groups")
+struct FloatReductionTests {
+    @Test("reduceSum, reduceSquaredDeviation and the (masked) gradient moments in float32 (C, 64 and 32 vector lanes) match a double sum at every length 0-200 and at 1000 (every tail of the lanes), masking where the output is 0, negative or NaN")
+    func reductions() {
+        var rng = SeededRNG(seed: 61)
+        let x = rng.values(1000).map { Float($0) + 3 }, dy = rng.values(1000).map(Float.init)
+        var y = rng.values(1000).map(Float.init)
+        y[5] = .nan; y[9] = 0
+        var worst: Float = 0
+        for n in Array(0...200) + [1000] {
+            let mean: Float = 3
+            var sum = 0.0, sq = 0.0, ms = 0.0, msx = 0.0, gs = 0.0, gsx = 0.0
+            for i in 0..<n {
+                let d = Double(x[i]) - Double(mean)
+                sum += Double(x[i]); sq += d * d
+                gs += Double(dy[i]); gsx += Double(dy[i]) * d
+                if y[i] > 0 { ms += Double(dy[i]); msx += Double(dy[i]) * d }
+            }
+            let (g, gx) = reduceGradientMoments(dy, x, n, mean: mean)
+            let (m, mx) = reduceMaskedGradientMoments(dy, y, x, n, mean: mean)
+            let got = [reduceSum(x, n), reduceSquaredDeviation(x, n, mean: mean), g, gx, m, mx]
+            let want = [sum, sq, gs, gsx, ms, msx]
+            for (a, b) in zip(got, want) { worst = max(worst, abs(a - Float(b)) / max(1, Float(abs(b)))) }
+            if n == 0 { #expect(got.allSatisfy { $0 == 0 }) }
+        }
+        #expect(worst < 1e-5, "largest relative error \(worst)")
+        // The NaN output masks its gradient: a NaN gradient there must not reach the sums.
+        var dyNaN = dy
+        dyNaN[5] = .nan
+        let (m, mx) = reduceMaskedGradientMoments(dyNaN, y, x, 64, mean: 3)
+        #expect(m.isFinite && mx.isFinite)
+    }
+
+    @Test("GroupNorm in float32 over ranges of groups (blocks of 8 across images, GroupNorm(32)'s one channel per group on 2x2 maps, an accumulated input gradient with and without the ReLU) matches double, with the same bits at 1, 2 and 3 threads",
+          arguments: [(NCHW(5, 32, 2, 2), 32, true), (NCHW(3, 24, 3, 5), 8, false), (NCHW(4, 16, 7, 7), 4, true)])
+    func ranges(_ shape: NCHW, _ groups: Int, _ relu: Bool) {
+        var rng = SeededRNG(seed: 67)
+        let x = rng.values(shape.count).map { $0 + 0.5 }, dy = rng.values(shape.count), start = rng.values(shape.count)
+        let w = rng.values(shape.c).map { 1 + 0.1 * $0 }, b = rng.values(shape.c)
+        func run<T: KernelScalar>(_: T.Type, threads: Int) -> [[Double]] {
+            let xb = Buffer<T>(x.map { T($0) }), dyb = Buffer<T>(dy.map { T($0) }), wb = Buffer<T>(w.map { T($0) }), bb = Buffer<T>(b.map { T($0) })
+            let y = Buffer<T>(count: shape.count), mean = Buffer<T>(count: shape.n * groups), rstd = Buffer<T>(count: shape.n * groups)
+            let dx = Buffer<T>(start.map { T($0) }), dw = Buffer<T>(count: shape.c), db = Buffer<T>(count: shape.c)
+            Parallel.withWidth(threads) {
+                GroupNorm.forward(output: y.pointer, mean: mean.pointer, rstd: rstd.pointer, input: xb.pointer, weight: wb.pointer,
+                                  bias: bb.pointer, shape: shape, groups: groups, relu: relu)
+                GroupNorm.backward(gradInput: dx.pointer, gradWeight: dw.pointer, gradBias: db.pointer, gradOutput: dyb.pointer,
+                                   input: xb.pointer, weight: wb.pointer, mean: mean.pointer, rstd: rstd.pointer, shape: shape,
+                                   groups: groups, workspace: Workspace<T>(), accumulateInput: true,
+                                   reluOutput: relu ? UnsafePointer(y.pointer) : nil)
+            }
+            return [y.array, dx.array, dw.array, db.array, mean.array, rstd.array].map { $0.map { Double($0) } }
+        }
+        let float = run(Float.self, threads: 1), double = run(Double.self, threads: 1)
+        for (part, name) in ["output", "input gradient (accumulated)", "weight gradient", "bias gradient", "mean", "rstd"].enumerated() {
+            let err = relativeError(float[part].map(Float.init), double[part].map(Float.init))
+            #expect(err < 2e-4, "\(name) of \(shape), \(groups) groups: \(err)")
+        }
+        #expect(run(Float.self, threads: 2) == float && run(Float.self, threads: 3) == float, "thread count changed the bits")
+    }
+}
+
 @Suite("GroupNorm with the ReLU fused")
 struct GroupNormReLUTests {
     @Test("GroupNorm's fused ReLU gives the bits of GroupNorm then ReLU.forward, and its masked backward those of ReLU.maskGradient then GroupNorm, NaN gradients included",
