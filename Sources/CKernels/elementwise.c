@@ -237,16 +237,8 @@ void hd_add_relu(float *y, const float *a, const float *b, ptrdiff_t n) {
     }
 }
 
-// The three GroupNorm + ReLU kernels keep Swift's rounding: no contraction of a * b + c into an FMA.
+// The GroupNorm kernels keep Swift's rounding: no contraction of a * b + c into an FMA.
 #pragma clang fp contract(off)
-
-HD_CLONES
-void hd_affine_relu(float *y, const float *x, ptrdiff_t n, float scale, float shift) {
-    for (ptrdiff_t i = 0; i < n; i++) {
-        float v = x[i] * scale + shift;
-        y[i] = v < 0.0f ? 0.0f : v;
-    }
-}
 
 // The reductions keep 64 (or 2 x 32) interleaved partial sums in vectors of 16 floats (GCC/Clang vector extensions:
 // each clone maps them onto its own registers, 1 AVX-512, 2 AVX2 or 4 SSE registers per vector) and add them
@@ -389,12 +381,6 @@ void input_gradient_core(float *dx, const float *dy, const float *y, const float
     } else {
         for (ptrdiff_t i = 0; i < n; i++) dx[i] = rs * (dy[i] * w - msum - (x[i] - mu) * rs * msumx);
     }
-}
-
-HD_CLONES
-void hd_masked_groupnorm_input_gradient(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t n,
-                                        float rs, float w, float msum, float mu, float msumx, int accumulate) {
-    input_gradient_core(dx, dy, y, x, n, rs, w, msum, mu, msumx, accumulate);
 }
 
 // GroupNorm's forward over consecutive (image, group) pairs (see include/elementwise.h), with the operations and order

@@ -55,10 +55,7 @@ public enum GroupNorm {
                     let c = g * cpg + ci
                     let scale = rs * weight[c], shift = bias[c] - mu * scale
                     let xp = x + ci * plane, yp = output + base + ci * plane
-                    if relu && T.self == Float.self {
-                        hd_affine_relu(asFloat(yp), asFloat(xp), plane, unsafeBitCast(scale, to: Float.self),
-                                       unsafeBitCast(shift, to: Float.self))
-                    } else if relu {
+                    if relu {
                         for i in 0..<plane { let v = xp[i] * scale + shift; yp[i] = v < 0 ? 0 : v }
                     } else {
                         for i in 0..<plane { yp[i] = xp[i] * scale + shift }

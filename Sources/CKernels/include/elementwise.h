@@ -45,11 +45,6 @@ void hd_relu_mask(float *g, const float *y, ptrdiff_t n);
 /// may be `a` or `b`.
 void hd_add_relu(float *y, const float *a, const float *b, ptrdiff_t n);
 
-/// GroupNorm with the ReLU fused (TensorCore's GroupNorm with `relu`), computed with the operations, order and
-/// rounding of its Swift loops (no contraction into FMAs), so fused and unfused give the same bits:
-/// y[i] = max(x[i] * scale + shift, 0) (NaN stays NaN, as hd_relu_forward). `y` may be `x`.
-void hd_affine_relu(float *y, const float *x, ptrdiff_t n, float scale, float shift);
-
 /// Sum of x[i] for i < n, as 64 interleaved partial sums (lane l: the i with i % 64 == l) added pairwise at the end:
 /// the same bits on every CPU path. TensorCore's reduceSum for Float.
 float hd_sum(const float *x, ptrdiff_t n);
@@ -65,11 +60,6 @@ void hd_gradient_moments(const float *dy, const float *x, ptrdiff_t n, float mea
 /// NaN outputs mask). TensorCore's reduceMaskedGradientMoments for Float.
 void hd_masked_gradient_moments(const float *dy, const float *y, const float *x, ptrdiff_t n, float mean,
                                  float *sum, float *sumx);
-
-/// GroupNorm's input gradient with the mask: v = rs * (g * w - msum - (x - mu) * rs * msumx), dx = v (accumulate 0)
-/// or dx + v (accumulate 1).
-void hd_masked_groupnorm_input_gradient(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t n,
-                                        float rs, float w, float msum, float mu, float msumx, int accumulate);
 
 /// Max pool over `planes` planes of h x w (square kernel k, stride s, padding p; output oh x ow per plane).
 /// out = the window's maximum, idx = its offset in the input plane; the first maximum in row-major window order
