@@ -383,10 +383,10 @@ void input_gradient_core(float *dx, const float *dy, const float *y, const float
     }
 }
 
-// GroupNorm's forward over consecutive (image, group) pairs (see include/elementwise.h), with the operations and order
-// of TensorCore's Swift loops. In blocks of 8 groups: every mean of the block, then every variance, then the outputs,
-// so the reductions of different groups overlap (group by group each waited for the one before: sum, mean, squared
-// deviations, output).
+// GroupNorm's forward over consecutive (image, group) pairs (see include/elementwise.h), with the per-element
+// operations of TensorCore's generic Swift loops. In blocks of 8 groups: every mean of the block, then every variance,
+// then the outputs, so the reductions of different groups overlap (group by group each waited for the one before: sum,
+// mean, squared deviations, output).
 HD_CLONES
 void hd_groupnorm_forward_groups(float *y, const float *x, ptrdiff_t first, ptrdiff_t count, int groups, int channels,
                                  ptrdiff_t plane, const float *weight, const float *bias, float eps, int relu,
@@ -415,9 +415,9 @@ void hd_groupnorm_forward_groups(float *y, const float *x, ptrdiff_t first, ptrd
     }
 }
 
-// GroupNorm's backward over consecutive (image, group) pairs (see include/elementwise.h), with the operations and order
-// of TensorCore's Swift loops. In blocks of 8 groups: every channel's moments and every group's weighted sums of the
-// block, then the input gradients, so the reductions of different groups overlap.
+// GroupNorm's backward over consecutive (image, group) pairs (see include/elementwise.h), with the per-element
+// operations of TensorCore's generic Swift loops. In blocks of 8 groups: every channel's moments and every group's
+// weighted sums of the block, then the input gradients, so the reductions of different groups overlap.
 HD_CLONES
 void hd_groupnorm_backward_groups(float *dx, const float *dy, const float *y, const float *x, ptrdiff_t first, ptrdiff_t count,
                                   int groups, int channels, ptrdiff_t plane, const float *weight, const float *mean,

@@ -68,7 +68,8 @@ void hd_masked_gradient_moments(const float *dy, const float *y, const float *x,
 void hd_maxpool2d_forward(float *out, int32_t *idx, const float *in, ptrdiff_t planes,
                           int h, int w, int oh, int ow, int k, int s, int p);
 
-/// GroupNorm's forward (TensorCore's GroupNorm.forward for Float, the same operations in the same order) over the
+/// GroupNorm's forward (TensorCore's GroupNorm.forward for Float: its generic loops' per-element operations, the sums of
+/// hd_sum and hd_squared_deviation) over the
 /// (image, group) pairs ng = first ..< first + count of a (n, groups * channels, h, w) tensor: group ng is the
 /// `channels` * `plane` contiguous values from x + ng * channels * plane, its channels' weight and bias from index
 /// (ng % groups) * channels. Writes mean[ng] = mu (hd_sum over the group / its size), rstd[ng] = rs = 1 / sqrt(
@@ -78,7 +79,8 @@ void hd_groupnorm_forward_groups(float *y, const float *x, ptrdiff_t first, ptrd
                                  ptrdiff_t plane, const float *weight, const float *bias, float eps, int relu,
                                  float *mean, float *rstd);
 
-/// GroupNorm's backward (TensorCore's GroupNorm.backward for Float, the same operations in the same order) over the
+/// GroupNorm's backward (TensorCore's GroupNorm.backward for Float: its generic loops' per-element operations, the
+/// sums of hd_gradient_moments and hd_masked_gradient_moments) over the
 /// (image, group) pairs ng = first ..< first + count, laid out as in hd_groupnorm_forward_groups, with mean[ng] and
 /// rstd[ng] from the forward; y the ReLU's output (NULL without a fused ReLU). For channel ci of group ng (index
 /// k = ng * channels + ci) writes sums[k] = sum of g and sumsx[k] = rs * sum of g * (x - mu), g = dy masked by y > 0 as
