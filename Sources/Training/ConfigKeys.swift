@@ -123,10 +123,11 @@ extension ConfigValueType where T: RawRepresentable & CaseIterable, T.RawValue =
 public enum ResumeRule: Sendable {
     /// It shapes the model, the data, the sample order or the objective: a changed value is refused.
     case mustMatch
-    /// It may change (schedule length, learning rate, augmentation, bookkeeping); the run says it is no longer
-    /// bit-exact with an uninterrupted one.
+    /// It may change (schedule length, learning rate, augmentation, bookkeeping, threads: the batch is split over one
+    /// model copy per thread, so the thread count orders the float sums); the run says it is no longer bit-exact with
+    /// an uninterrupted one.
     case mayChange
-    /// It does not affect what is trained (names, where things are written, validation, bookkeeping, threads).
+    /// It does not affect what is trained (names, where things are written, validation, bookkeeping).
     case free
     /// Where the run stops (`train.max_steps`; the schedule follows `train.epochs`): it may change and the run says so,
     /// but the steps stay those of an uninterrupted run.
@@ -276,7 +277,7 @@ public struct ConfigKey: @unchecked Sendable {
         key("train", "ema_decay", \.emaDecay, .float, "exponential moving average of the weights and buffers, validated and kept as best.safetensors (torch AveragedModel with get_ema_multi_avg_fn(decay), use_buffers=True); 0 off, 0.999 usual"),
         key("train", "ema_warmup", \.emaWarmup, .bool, "ramp the average's decay up as timm ModelEmaV3(use_warmup=True): min(ema_decay, 1 - (1 + n)^(-2/3)) at the n-th update, so a short run's average forgets the untrained network"),
         key("train", "precision", \.precision, .precision, resume: .mayChange, "convolutions' products (Lightning's Trainer precision names; 32 and bf16 are taken as aliases): 32-true float32, or bf16-mixed bfloat16 operands with float32 accumulation in the convolutions (the teacher's too) except the shallow im2col ones (fewer than 64 output channels or depth, input channels x kernel area, below 128: 1x1 downsamples, layer1 on maps under 14 px), weights, gradients, norms and optimizer float32; native on AVX512-BF16 CPUs, emulated (slower) elsewhere"),
-        key("train", "threads", \.threads, .int, default: "cores per rank", resume: .free, "compute threads per rank (1 to \(RunConfig.maximumThreads))"),
+        key("train", "threads", \.threads, .int, default: "cores per rank", resume: .mayChange, "compute threads per rank (1 to \(RunConfig.maximumThreads))"),
         key("train", "divergence_factor", \.divergenceFactor, .float, resume: .mayChange,
             "stop when a step's loss exceeds this many times the lowest running median of the last 100 losses, floored at 0.1 (0 disables)"),
         key("distill", "teacher_run", \.teacherRun, .string, default: "required", resume: .byIdentity, "the teacher's run directory: a run at full resolution, or one trained on downsampled tiles finer than the student's (a teacher assistant; it sees the tiles at its own input factor)"),

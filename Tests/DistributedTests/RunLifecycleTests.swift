@@ -33,7 +33,7 @@ func lifecycleConfigFile(_ dir: URL, shards: URL, output: URL, maxSteps: Int = 6
 
 @Suite("Run lifecycle")
 struct RunLifecycleTests {
-    @Test("resume refuses changed batch size, input factor and model keys, naming old and new; config.yaml is left as it was")
+    @Test("resume refuses changed batch size, input factor and model keys, naming old and new; config.yaml is left as it was; a changed learning rate or thread count is noted")
     func resumeRefusesChangedKeys() throws {
         let dir = tempDir("resume-keys")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -49,13 +49,16 @@ struct RunLifecycleTests {
             #expect(e?.message.contains(expected) == true, "\(String(describing: e))")
             #expect(try String(contentsOf: out.appendingPathComponent("config.yaml"), encoding: .utf8) == saved, "a refused resume keeps config.yaml")
         }
-        // A learning rate may change: the resume goes ahead and says it is no longer bit-exact.
-        let c = try RunConfig.parse(try lifecycleConfig(shards: shards, output: out).yaml, source: "x", overrides: ["optimizer.lr=0.001"])
+        // A learning rate and the thread count may change (threads order the float sums of the split batch): the resume
+        // goes ahead and says it is no longer bit-exact, naming both.
+        let c = try RunConfig.parse(try lifecycleConfig(shards: shards, output: out).yaml, source: "x",
+                                    overrides: ["optimizer.lr=0.001", "train.threads=1"])
         let t = try SupervisedTrainer(config: c, writer: "test")
         var notes: [String] = []
         t.progress = { notes.append($0) }
         #expect(try t.run(resume: true) == .finished)
-        #expect(notes.contains { $0.contains("optimizer.lr: 0.003 -> 0.001") && $0.contains("no longer bit-exact") }, "\(notes)")
+        #expect(notes.contains { $0.contains("optimizer.lr: 0.003 -> 0.001") && $0.contains("train.threads") && $0.contains("no longer bit-exact") },
+                "\(notes)")
         // Raising train.max_steps only moves where the run stops: the note says so, and the steps equal an uninterrupted run's.
         let whole = try SupervisedTrainer(config: try lifecycleConfig(shards: shards, output: dir.appendingPathComponent("whole"), maxSteps: 5), writer: "test")
         try whole.run(resume: false)
