@@ -1,7 +1,7 @@
 // Vectorisable reductions: several independent accumulators so the compiler can use SIMD lanes without
 // fast-math (a single running sum is a serial dependency chain under strict IEEE semantics). Float goes to the C
 // kernels (CKernels/elementwise.c: 64 or 32 interleaved partial sums, the same bits on every CPU path; 4-8 partial sums
-// in Swift ran at about one float per cycle, about 10% of a 224 px training step in GroupNorm); other scalars (Double,
+// in Swift ran at about one float per cycle, about 14% of a 224 px training step in GroupNorm); other scalars (Double,
 // the tests' reference) take the loops below.
 import CKernels
 
