@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
 """Predicts data-parallel efficiency of histodistill from measured inputs (docs/scaling.md).
 
-Model (no overlap of communication with backward, which is what histodistill does today):
+Model (the all-reduce after backward, train.overlap_allreduce: false):
     step time  T(p) = T_compute(b) + T_allreduce(p)
     T_compute(b)    = b / r                 r: images/s of ONE rank on its node's cores, b: tiles per rank
     T_allreduce(p)  = 2 (p-1)/p * G / BW  +  2 (p-1) * k * alpha
                       (ring all-reduce of G bytes in k buckets; BW bytes/s per link, alpha latency per message)
     efficiency      = T_compute(b) / T(p)   (images/s of p ranks over p times one rank's)
+
+With --overlap PROFILE (the all-reduce overlapped with backward, histodistill's default on several ranks): PROFILE is
+`histodistill bench-step --overlap --json` output (or its "overlap" object): each bucket's MB, in the order buckets
+are sent, and the fraction of T_compute at which backward had finished it. Bucket j is sent from
+max(ready_j * T_compute, end of bucket j-1) and takes 2 (p-1)/p * bucket_j / BW + 2 (p-1) alpha; the step waits for
+what is left after T_compute:
+    T(p) = T_compute(b) + max(0, end of the last bucket - T_compute(b))
+This assumes the network moves a bucket while the rank computes (histodistill lets MPI progress between layers).
 
 Weak scaling keeps b fixed (global batch b*p); strong scaling keeps the global batch B fixed (b = B/p).
 Only the Python standard library is needed.
@@ -36,14 +44,39 @@ def efficiency(compute, comm):
     return compute / (compute + comm)
 
 
+def exposed_seconds(p, compute, profile, bandwidth, latency):
+    """Communication left after compute when buckets are sent as backward finishes them (see the module doc)."""
+    if p <= 1:
+        return 0.0
+    end = 0.0
+    for mb, ready in zip(profile["bucket_mb"], profile["ready_fraction"]):
+        end = max(ready * compute, end) + allreduce_seconds(p, mb * 1e6, bandwidth, latency, 1)
+    return max(0.0, end - compute)
+
+
+def load_profile(path):
+    with open(path) as f:
+        data = json.load(f)
+    profile = data.get("overlap", data)
+    if not isinstance(profile, dict) or "bucket_mb" not in profile or "ready_fraction" not in profile:
+        raise SystemExit(f"{path}: no overlap profile (bucket_mb, ready_fraction); write one with "
+                         "`histodistill bench-step --overlap --json > {path}`")
+    if len(profile["bucket_mb"]) != len(profile["ready_fraction"]) or not profile["bucket_mb"]:
+        raise SystemExit(f"{path}: bucket_mb and ready_fraction must be non-empty lists of the same length")
+    return profile
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rank-images-per-second", type=float, required=True,
                     help="measured images/s of one rank (histodistill bench-step on one node)")
-    ap.add_argument("--gradient-mb", type=float, required=True, help="gradient buffer in MB (bench-step prints it)")
+    ap.add_argument("--gradient-mb", type=float, help="gradient buffer in MB (bench-step prints it; taken from --overlap's profile)")
     ap.add_argument("--batch-per-rank", type=int, default=32, help="tiles per rank per step (weak scaling)")
     ap.add_argument("--global-batch", type=int, default=256, help="global batch for the strong-scaling table")
     ap.add_argument("--bucket-mb", type=float, default=16.0, help="all-reduce bucket size in MB")
+    ap.add_argument("--overlap", metavar="PROFILE.json",
+                    help="predict the all-reduce overlapped with backward, from `histodistill bench-step --overlap --json` "
+                         "(bucket sizes and when backward finished each); --gradient-mb and --bucket-mb are then taken from it")
     ap.add_argument("--label", default="", help="what the rank's images/s measures (printed in the heading)")
     ap.add_argument("--check", help="JSON with shared-memory measurements to compare the model with: "
                                     '{"bandwidth_gbs": ..., "latency_us": ..., "runs": [{"ranks": p, "cores_per_rank": c, '
@@ -62,10 +95,20 @@ def main():
             except ValueError:
                 ap.error(f"--network {spec!r}: expected LABEL=GBITS,EFFICIENCY,LATENCY_US, e.g. 'TCP 10G=10,0.97,30'")
             networks[label or f"{gbit:g} Gbit/s"] = (gbit * 1e9 / 8 * eff, lat * 1e-6)
+    profile = load_profile(a.overlap) if a.overlap else None
+    if profile:
+        a.gradient_mb = sum(profile["bucket_mb"])
+    elif a.gradient_mb is None:
+        ap.error("--gradient-mb is required without --overlap")
     grad = a.gradient_mb * 1e6
     buckets = max(1, math.ceil(a.gradient_mb / a.bucket_mb))
     r = a.rank_images_per_second
-    print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {a.gradient_mb:.2f} MB in {buckets} bucket(s)\n")
+    if profile:
+        buckets = len(profile["bucket_mb"])
+        print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {sum(profile['bucket_mb']):.2f} MB in {buckets} "
+              f"bucket(s), overlapped with backward\n")
+    else:
+        print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {a.gradient_mb:.2f} MB in {buckets} bucket(s)\n")
     for title, per_rank in (("Weak scaling", lambda p: a.batch_per_rank),
                             (f"Strong scaling (global batch {a.global_batch})", lambda p: a.global_batch / p)):
         header = "batch per rank" if title.startswith("Weak") else "tiles per rank"
@@ -80,10 +123,11 @@ def main():
                     cells.append("n/a")
                     continue
                 comp = b / r
-                comm = allreduce_seconds(p, grad, bw, lat, buckets)
+                comm = exposed_seconds(p, comp, profile, bw, lat) if profile else allreduce_seconds(p, grad, bw, lat, buckets)
                 cells.append(f"{efficiency(comp, comm) * 100:.0f}% ({comm * 1e3:.1f} ms)")
             print(f"| {name} | " + " | ".join(cells) + " |")
-        print(f"\nEfficiency (all-reduce ms per step); {header}: "
+        what = "all-reduce ms per step left after backward" if profile else "all-reduce ms per step"
+        print(f"\nEfficiency ({what}); {header}: "
               + ", ".join(f"{p}: {per_rank(p):g}" for p in RANKS) + ".\n")
     if a.check:
         with open(a.check) as f:

@@ -14,16 +14,25 @@ public final class MPIProcessGroup: ProcessGroup {
     public let size: Int
     private let comm: MPI_Comm
     private var finalized = false
+    /// Requests of the started non-blocking reductions, until `waitForReductions`.
+    private var pending: [MPI_Request?] = []
+    /// Whether MPI allows calls from any thread, one at a time (MPI_THREAD_SERIALIZED or better was provided).
+    public let callableFromAnyThread: Bool
 
-    /// Initialises MPI (funneled threading: only the main thread calls MPI).
+    /// Initialises MPI, asking for serialized threading (any thread may call MPI, one at a time: the gradient
+    /// reduction is started from whichever engine thread finishes a bucket's backward last); with only funneled
+    /// threading provided, only the thread that created the group calls MPI.
     public init() throws {
         var initialized: Int32 = 0
         MPI_Initialized(&initialized)
+        var provided: Int32 = 0
         if initialized == 0 {
-            var provided: Int32 = 0
-            let rc = MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided)
+            let rc = MPI_Init_thread(nil, nil, cmpi_thread_serialized(), &provided)
             guard rc == cmpi_success() else { throw ProcessGroupError("MPI_Init_thread failed with code \(rc)") }
+        } else {
+            MPI_Query_thread(&provided)
         }
+        callableFromAnyThread = provided >= cmpi_thread_serialized()
         comm = cmpi_comm_world()
         MPI_Comm_set_errhandler(comm, cmpi_errors_return())
         var r: Int32 = 0, s: Int32 = 0
@@ -70,6 +79,32 @@ public final class MPIProcessGroup: ProcessGroup {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
         try check(MPI_Allreduce(cmpi_in_place(), base, Int32(buffer.count), cmpi_double(), cmpi_op_sum(), comm),
                   "MPI_Allreduce(sum, \(buffer.count) doubles)")
+    }
+
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        var request: MPI_Request? = cmpi_request_null()
+        try check(MPI_Iallreduce(cmpi_in_place(), base, Int32(buffer.count), cmpi_float(), cmpi_op_sum(), comm, &request),
+                  "MPI_Iallreduce(sum, \(buffer.count) floats)")
+        pending.append(request)
+    }
+
+    public func progressReductions() throws -> Bool {
+        guard !pending.isEmpty else { return true }
+        var done: Int32 = 0
+        let count = Int32(pending.count)
+        try check(pending.withUnsafeMutableBufferPointer { MPI_Testall(count, $0.baseAddress, &done, cmpi_statuses_ignore()) },
+                  "MPI_Testall(\(count) gradient reductions)")
+        if done != 0 { pending.removeAll(keepingCapacity: true) }
+        return done != 0
+    }
+
+    public func waitForReductions() throws {
+        guard !pending.isEmpty else { return }
+        let count = Int32(pending.count)
+        defer { pending.removeAll(keepingCapacity: true) }
+        try check(pending.withUnsafeMutableBufferPointer { MPI_Waitall(count, $0.baseAddress, cmpi_statuses_ignore()) },
+                  "MPI_Waitall(\(count) gradient reductions)")
     }
 
     public func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Int64>) throws {

@@ -39,8 +39,11 @@ struct BenchStep: ParsableCommand {
     @Option(help: "Compute threads per rank (default: SLURM cpus-per-task, else cores per node / ranks per node).")
     var threads: Int?
 
-    @Option(help: "Largest all-reduce bucket in MB.")
-    var bucketMB = 16.0
+    @Option(help: "Largest all-reduce bucket in MB (default: 1 with --overlap, else 16).")
+    var bucketMB: Double?
+
+    @Flag(help: "Sum each bucket over the ranks while backward still runs (train.overlap_allreduce), and report when each bucket was ready.")
+    var overlap = false
 
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
@@ -61,7 +64,7 @@ struct BenchStep: ParsableCommand {
         }
         try distillation.requireDistillation(teacherResolution != nil, without: "--teacher-resolution")
         if !(0...1_000_000).contains(warmup) { throw ValidationError("--warmup must be 0 to 1000000, got \(warmup)") }
-        if !(bucketMB > 0 && bucketMB <= 4096) { throw ValidationError("--bucket-mb must be more than 0 and at most 4096, got \(bucketMB)") }
+        if let bucketMB, !(bucketMB > 0 && bucketMB <= 4096) { throw ValidationError("--bucket-mb must be more than 0 and at most 4096, got \(bucketMB)") }
         try validateThreads(threads)
     }
 
@@ -80,7 +83,8 @@ struct BenchStep: ParsableCommand {
             DistillationStep(student: model, teacher: FrozenTeacher(ResNet(.paper(classes: classes), seed: 2)), objective: try distillation.objective())
         } ?? SupervisedStep(model: model)
         let stepper = DataParallelStep(objective: objective, group: group)
-        stepper.bucketElements = max(1, Int(bucketMB * 1_000_000 / 4))
+        stepper.bucketElements = max(1, Int((bucketMB ?? (overlap ? 1 : 16)) * 1_000_000 / 4))
+        stepper.overlapReduction = overlap
         let optimizer = Optimizer(.adam(), count: model.parameterCount)
         try stepper.broadcastState(optimizer: optimizer)
         let local = batch * (group.rank + 1) / group.size - batch * group.rank / group.size
@@ -90,6 +94,8 @@ struct BenchStep: ParsableCommand {
         let teacherInput = teacherResolution == nil ? [Float(0)] : (0..<(local * 3 * tr * tr)).map { _ in Float.random(in: -1..<1, using: &g) }
         let labels = (0..<local).map { Int32($0 % classes) }
         var reduceSeconds = 0.0
+        // With --overlap: per timed step, when each bucket was started and when backward ended (seconds from the step's start).
+        var timelines: [(starts: [Double], end: Double)] = []
         // The trainer's step: local forward/backward, the bucketed all-reduce, the checks and the Adam update.
         func step() throws {
             let global = try student.withUnsafeBufferPointer { s in
@@ -101,8 +107,10 @@ struct BenchStep: ParsableCommand {
                 }
             }
             reduceSeconds += global.reduceSeconds
+            if let r = stepper.lastReduction { timelines.append((r.startTimes, r.completeTime)) }
         }
         for _ in 0..<warmup { try step() }
+        timelines.removeAll()
         try group.barrier()
         var rates: [Double] = [], shares: [Double] = [], reduceMs: [Double] = []
         for _ in 0..<reps {
@@ -126,12 +134,21 @@ struct BenchStep: ParsableCommand {
         guard group.isCoordinator else { return }
         func median(_ v: [Double]) -> Double { v.isEmpty ? 0 : v.sorted()[v.count / 2] }
         let kind = try teacherResolution.map { "distillation (teacher \($0) px, student \(resolution) px; \(try distillation.objective().summary))" } ?? "supervised \(resolution) px"
-        let report: [String: Any] = [
+        var report: [String: Any] = [
             "step": kind, "ranks": group.size, "threads_per_rank": BLAS.threadCount, "precision": precision.rawValue, "global_batch": batch,
             "images_per_second": median(rates), "images_per_second_min": rates.min()!, "images_per_second_max": rates.max()!,
             "allreduce_ms_per_step": median(reduceMs), "allreduce_share": median(shares),
             "bare_allreduce_ms": median(bare), "gradient_mb": Double(model.parameterCount * 4) / 1e6,
         ]
+        // The overlap profile cluster/scaling_model.py reads: each bucket's size and the median fraction of the step's
+        // compute (its start to the end of backward) at which it was ready.
+        var profile: [String: Any]?
+        if let buckets = stepper.lastReduction?.buckets, !timelines.isEmpty {
+            let fractions = buckets.indices.map { j in median(timelines.compactMap { j < $0.starts.count && $0.end > 0 ? min(1, $0.starts[j] / $0.end) : nil }) }
+            profile = ["bucket_mb": buckets.map { Double($0.count * 4) / 1e6 }, "ready_fraction": fractions,
+                       "compute_ms": median(timelines.map(\.end)) * 1000]
+            report["overlap"] = profile
+        }
         if json {
             let data = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
@@ -141,6 +158,11 @@ struct BenchStep: ParsableCommand {
             if group.size > 1 {
                 print(String(format: "  all-reduce incl. waiting for the slowest rank: %.2f ms/step, %.1f%% of the step; bare all-reduce of %.1f MB: %.2f ms",
                              median(reduceMs), median(shares) * 100, Double(model.parameterCount * 4) / 1e6, median(bare)))
+            }
+            if let profile, let sizes = profile["bucket_mb"] as? [Double], let fractions = profile["ready_fraction"] as? [Double] {
+                print(String(format: "  overlapped all-reduce: %d buckets; each ready at this fraction of the %.1f ms forward + backward:",
+                             sizes.count, profile["compute_ms"] as? Double ?? 0))
+                print("  " + zip(sizes, fractions).map { String(format: "%.2f MB at %.2f", $0, $1) }.joined(separator: ", "))
             }
         }
     }

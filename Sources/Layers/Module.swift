@@ -90,3 +90,17 @@ public protocol ImageModel: Module {
     /// Multiply-adds of one forward for one square image of `resolution` pixels.
     func macs(resolution: Int) -> Int
 }
+
+/// A model whose backward says, as it goes, which part of `parameters.gradients` is final: after the backward of a
+/// unit (the classifier, a convolution with its norm, a block) it calls `gradientReady(offset)`, meaning that no
+/// gradient at flat index `offset` or above changes again in this backward. Parameters are stored in forward order
+/// and backward runs in reverse, so the offsets only decrease, ending at 0. The data-parallel step uses it to start
+/// reducing the tail of the gradient over the ranks while backward still runs (the bucket hooks of PyTorch's
+/// DistributedDataParallel; Li et al., "PyTorch Distributed", VLDB 2020). Nil (the default): no calls.
+public protocol ReportsGradientProgress: AnyObject {
+    /// Called on the thread running the backward with the lowest flat index whose gradients are final.
+    var gradientReady: ((_ offset: Int) -> Void)? { get set }
+    /// The offsets a backward reports, in the order it reports them (decreasing, ending at 0): where gradient buckets
+    /// can end so that each is ready as soon as its last layer's backward is done.
+    var gradientReadyOffsets: [Int] { get }
+}

@@ -52,7 +52,7 @@ struct BlockRecord {
 ///
 /// `forward` keeps what `backward` needs in an arena that is reset by the next forward; `backward` adds into
 /// `parameters.gradients` (zero them first with `parameters.zeroGradients()`).
-public final class ResNet: ImageModel {
+public final class ResNet: ImageModel, ReportsGradientProgress {
     /// The architecture.
     public let config: ResNetConfig
     /// Trainable parameters (and their gradients), in forward order, PyTorch names.
@@ -79,6 +79,23 @@ public final class ResNet: ImageModel {
     let stemNorm: NormUnit
     let stages: [[BlockUnit]]
     let fcWeight: ParameterSlice?, fcBias: ParameterSlice?
+
+    /// Called during `backward` with the lowest flat offset whose gradients are final (`ReportsGradientProgress`):
+    /// after the classifier, after each convolution + norm of a block without a downsample, after each block with one
+    /// (its downsample's parameters are stored after the block's second convolution but run last), after the stem.
+    public var gradientReady: ((_ offset: Int) -> Void)?
+
+    /// The offsets `backward` reports through `gradientReady`, in order (`ReportsGradientProgress`).
+    public var gradientReadyOffsets: [Int] {
+        var out: [Int] = []
+        if let fcWeight { out.append(fcWeight.offset) }
+        for unit in stages.joined().reversed() {
+            if unit.downsample == nil { out.append(unit.conv2.weight.offset) }
+            out.append(unit.conv1.weight.offset)
+        }
+        out.append(0)
+        return out
+    }
 
     let arena = Arena<Float>()
     let gradArena = Arena<Float>()
@@ -286,6 +303,7 @@ public final class ResNet: ImageModel {
             Linear.backward(gradInput: dPooled, gradWeight: parameters.gradient(fcWeight), gradBias: parameters.gradient(fcBias),
                             gradOutput: gradLogits, input: out.pooled.data, weight: parameters.value(fcWeight),
                             n: fs.n, inFeatures: fs.c, outFeatures: config.classes)
+            gradientReady?(fcWeight.offset)
         }
         GlobalAvgPool.backward(gradInput: dFmap, gradOutput: dPooled, shape: fs)
         if let gradFeatureMap { accumulate(dFmap, gradFeatureMap, count: fs.count) }
@@ -301,12 +319,14 @@ public final class ResNet: ImageModel {
             let dIn = gradArena.allocate(rec.first.inShape.count)
             let dMid = gradArena.allocate(rec.first.outShape.count)
             convNormBackward(unit.conv2, unit.norm2, rec.second, gradOutput: dSum, gradInput: dMid)
+            if unit.downsample == nil { gradientReady?(unit.conv2.weight.offset) }
             convNormBackward(unit.conv1, unit.norm1, rec.first, gradOutput: dMid, gradInput: dIn)
             if let (dc, dn) = unit.downsample, let sc = rec.shortcut {
                 convNormBackward(dc, dn, sc, gradOutput: dSum, gradInput: dIn)
             } else {
                 accumulate(dIn, dSum, count: rec.outShape.count)
             }
+            gradientReady?(unit.conv1.weight.offset)
             dOut = dIn
         }
         // Max-pool and stem; the image needs no gradient.
@@ -314,6 +334,7 @@ public final class ResNet: ImageModel {
         MaxPool2d.backward(gradInput: dStem, gradOutput: dOut, indices: indices(poolShape.count), input: stem.outShape,
                            outPlane: poolShape.plane)
         convNormBackward(stemConv, stemNorm, stem, gradOutput: dStem, gradInput: nil)
+        gradientReady?(0)
     }
 
     /// Backward of conv -> norm (-> ReLU): `gradOutput` is the gradient of the record's output.

@@ -41,6 +41,17 @@ public protocol ProcessGroup: AnyObject {
     func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws
     /// In place: every rank's `buffer` becomes the element-wise maximum over ranks (Int64).
     func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Int64>) throws
+    /// Starts an in-place sum over ranks of `buffer` and returns without waiting for it (MPI_Iallreduce). The buffer
+    /// must not be read or written until `waitForReductions()` returns; every rank must start the same reductions in
+    /// the same order, and no other collective may run until they are waited for.
+    func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
+    /// Lets the started reductions progress without blocking (MPI_Testall); true when all of them are complete.
+    func progressReductions() throws -> Bool
+    /// Waits until every started reduction is complete (MPI_Waitall).
+    func waitForReductions() throws
+    /// True when any thread may call the group's operations, one at a time (MPI_THREAD_SERIALIZED or better); false
+    /// when only the thread that created the group may (MPI_THREAD_FUNNELED).
+    var callableFromAnyThread: Bool { get }
     /// Copies `root`'s buffer to every rank.
     func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws
     /// Returns when every rank has called it.
@@ -52,6 +63,12 @@ public protocol ProcessGroup: AnyObject {
 }
 
 extension ProcessGroup {
+    /// A group without non-blocking collectives sums at once (the reduction is complete when this returns).
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws { try allReduceSum(buffer) }
+    public func progressReductions() throws -> Bool { true }
+    public func waitForReductions() throws {}
+    public var callableFromAnyThread: Bool { true }
+
     /// True on the coordinator rank (0), which logs and writes checkpoints.
     public var isCoordinator: Bool { rank == 0 }
 
@@ -64,8 +81,8 @@ extension ProcessGroup {
         }
     }
 
-    /// In place, in buckets of at most `bucketElements` elements (bounded MPI message sizes; a bucket is the
-    /// unit a future overlap with backward would send): every rank's `buffer` becomes the sum over ranks.
+    /// In place, in buckets of at most `bucketElements` elements (bounded MPI message sizes): every rank's `buffer`
+    /// becomes the sum over ranks. (`OverlappedGradientReduction` sends buckets while backward runs.)
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, bucketElements: Int) throws {
         guard size > 1 else { return }
         let bucket = max(1, bucketElements)

@@ -70,6 +70,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var keep = 3
     public var clipGradNorm: Float?
     public var threads: Int?
+    /// Sum the gradient over the ranks while backward runs (PyTorch DDP's overlap); only with more than one rank.
+    public var overlapAllreduce = true
+    /// Largest gradient all-reduce bucket, in MB (PyTorch DDP's `bucket_cap_mb`).
+    public var bucketMB: Float = 1
     /// Most compute threads a process may ask for: far above any node's cores, low enough that threads x ranks
     /// cannot overflow.
     public static let maximumThreads = 4096
@@ -351,6 +355,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if let maxSteps, maxSteps < 1 { throw bad("train.max_steps", "must be at least 1") }
         if let valEvery, valEvery < 1 { throw bad("train.val_every", "must be at least 1 (leave it out to validate at each epoch end)") }
         if let threads, !(1...Self.maximumThreads).contains(threads) { throw bad("train.threads", "must be 1 to \(Self.maximumThreads)") }
+        if !(bucketMB > 0 && bucketMB <= 4096) { throw bad("train.bucket_mb", "must be more than 0 and at most 4096 (MB), got \(bucketMB)") }
         if milHidden.count != 2 || milHidden.contains(where: { $0 < 1 }) || milAttention < 1 { throw bad("mil.hidden/attention", "need two positive widths and a positive attention width") }
         if milFolds == 1 || milFolds < 0 || (milFolds > 1 && !(0..<milFolds).contains(milFold)) {
             throw bad("mil.folds/fold", "need folds 0 (no split) or at least 2, and fold in 0..<folds; got folds \(milFolds), fold \(milFold)")

@@ -78,7 +78,15 @@ public protocol StepObjective: AnyObject {
     /// True when every term needs a label (cross-entropy alone): a global batch without a labeled tile then trains
     /// nothing, as a batch of no tiles (no forward, no update; `GlobalStep.updated` false).
     var labelsOnly: Bool { get }
-    func localGradients(_ input: StepInput) -> LossTerms
+    /// Forward and backward of `input`. With a `reduction`, the model (or the replicas the batch is split over) is
+    /// attached to it before backward, which then hands it the gradient bucket by bucket (the gradient is complete
+    /// only after `reduction.complete()`); without one, the gradient is in `model.parameters.gradients` on return.
+    func localGradients(_ input: StepInput, reduction: OverlappedGradientReduction?) -> LossTerms
+}
+
+extension StepObjective {
+    /// Forward and backward of `input`, leaving the gradient in `model.parameters.gradients`.
+    public func localGradients(_ input: StepInput) -> LossTerms { localGradients(input, reduction: nil) }
 }
 
 /// Supervised training: softmax cross-entropy on the labels (torch.nn.CrossEntropyLoss, mean reduction).
@@ -101,11 +109,12 @@ public final class SupervisedStep: StepObjective {
     /// are averaged by tiles as `DataParallelStep` averages ranks'. GroupNorm normalises each image alone, so this is
     /// the same step up to the order of float sums; BatchNorm models (whose statistics depend on the batch) are not
     /// split.
-    public func localGradients(_ input: StepInput) -> LossTerms {
+    public func localGradients(_ input: StepInput, reduction: OverlappedGradientReduction?) -> LossTerms {
         let k = min(Parallel.width, input.count)
         if k > 1, let net = network as? ResNet, case .group = net.config.norm {
-            return replicated(input, net: net, k: k)
+            return replicated(input, net: net, k: k, reduction: reduction)
         }
+        reduction?.attach([network])
         return single(input)
     }
 
@@ -114,12 +123,12 @@ public final class SupervisedStep: StepObjective {
     /// How many copies of the model the split steps have made so far.
     public var replicaCount: Int { copies.count }
 
-    private func replicated(_ input: StepInput, net: ResNet, k: Int) -> LossTerms {
+    private func replicated(_ input: StepInput, net: ResNet, k: Int, reduction: OverlappedGradientReduction?) -> LossTerms {
         while copies.count < k - 1 {
             copies.append(SupervisedStep(model: ResNet(net.config, initialize: false), labelSmoothing: labelSmoothing))
         }
         let steps = [self] + copies.prefix(k - 1)
-        return splitOverReplicas(input, net: net, copies: steps.dropFirst().map { $0.network as! ResNet }) { i, sub, _ in
+        return splitOverReplicas(input, net: net, copies: steps.dropFirst().map { $0.network as! ResNet }, reduction: reduction) { i, sub, _ in
             steps[i].single(sub)
         }
     }
@@ -149,12 +158,18 @@ public final class SupervisedStep: StepObjective {
 /// mean goes into `net`'s gradients, as `DataParallelStep` averages ranks', and the terms are averaged the same way;
 /// a share's cross-entropy scale is set so that cross-entropy still averages over all the batch's labeled tiles. The
 /// same step as one pass over the batch up to the order of float sums (GroupNorm normalises each image alone;
-/// BatchNorm models, whose statistics depend on the batch, must not be split).
-func splitOverReplicas(_ input: StepInput, net: ResNet, copies: [ResNet], pass: (Int, StepInput, Range<Int>) -> LossTerms) -> LossTerms {
+/// BatchNorm models, whose statistics depend on the batch, must not be split). With a `reduction`, the networks are
+/// attached to it and it takes the mean bucket by bucket as their backward passes finish them.
+func splitOverReplicas(_ input: StepInput, net: ResNet, copies: [ResNet], reduction: OverlappedGradientReduction?,
+                       pass: (Int, StepInput, Range<Int>) -> LossTerms) -> LossTerms {
     let k = copies.count + 1
     for copy in copies { copy.copyState(from: net) }
     let n = input.count
     let shares = (0..<k).map { (n * $0 / k)..<(n * ($0 + 1) / k) }
+    let weights = shares.map { Float(Double($0.count) / Double(n)) }
+    let g = net.parameters.gradients!.pointer
+    let others = copies.map { UnsafePointer($0.parameters.gradients!.pointer) }
+    reduction?.attach([net] + copies, others: others, weights: weights)
     let labeled = shares.map { r in r.reduce(0) { $0 + (input.labels[$1] >= 0 ? 1 : 0) } }
     let allLabeled = labeled.reduce(0, +)
     var terms = [LossTerms](repeating: LossTerms(), count: k)
@@ -175,13 +190,10 @@ func splitOverReplicas(_ input: StepInput, net: ResNet, copies: [ResNet], pass: 
             t[i] = pass(i, sub, r)
         }
     }
-    // The tile-weighted mean of the copies' gradients, into the model's.
-    let weights = shares.map { Float(Double($0.count) / Double(n)) }
-    let g = net.parameters.gradients!.pointer
-    let others = copies.map { UnsafePointer($0.parameters.gradients!.pointer) }
-    Parallel.forEach(net.parameterCount, grain: 1 << 15) { range in
-        for (i, o) in others.enumerated() {
-            hd_scale_add(g + range.lowerBound, i == 0 ? weights[0] : 1, o + range.lowerBound, weights[i + 1], range.count)
+    // The tile-weighted mean of the copies' gradients, into the model's (the reduction takes it bucket by bucket).
+    if reduction == nil {
+        Parallel.forEach(net.parameterCount, grain: 1 << 15) { range in
+            combineReplicaGradients(g, others: others, weights: weights, range: range)
         }
     }
     var out = LossTerms()
@@ -267,7 +279,7 @@ public final class DistillationStep: StepObjective {
     /// than one engine thread and a GroupNorm ResNet student, the student's forward, losses and backward split over
     /// copies of it, one per thread, as `SupervisedStep` splits (`splitOverReplicas`): the same step up to the order of
     /// float sums. Other students run the batch at once.
-    public func localGradients(_ input: StepInput) -> LossTerms {
+    public func localGradients(_ input: StepInput, reduction: OverlappedGradientReduction?) -> LossTerms {
         guard input.count > 0 else {
             student.parameters.zeroGradients()
             return LossTerms()
@@ -278,10 +290,11 @@ public final class DistillationStep: StepObjective {
         if k > 1, let net = student as? ResNet, case .group = net.config.norm {
             while copies.count < k - 1 { copies.append(ResNet(net.config, initialize: false)) }
             let nets = [net] + copies.prefix(k - 1)
-            return splitOverReplicas(input, net: net, copies: Array(nets.dropFirst())) { i, sub, range in
+            return splitOverReplicas(input, net: net, copies: Array(nets.dropFirst()), reduction: reduction) { i, sub, range in
                 pass(nets[i], sub, teacher: t, tiles: range)
             }
         }
+        reduction?.attach([student])
         return pass(student, input, teacher: t, tiles: 0..<input.count)
     }
 
@@ -344,6 +357,12 @@ public final class DataParallelStep {
     public let group: any ProcessGroup
     /// Largest all-reduce message, in floats (the gradient buffer is reduced in buckets of this size).
     public var bucketElements = 1 << 22
+    /// Sum the gradient over the ranks while backward runs (`OverlappedGradientReduction`, buckets of
+    /// `bucketElements` from the end of the buffer) instead of after it. The same sums either way. (The trainer sets
+    /// it only with several ranks; on one, the reduction sends nothing and only records when each bucket was ready.)
+    public var overlapReduction = false
+    /// The last step's overlapped reduction (its bucket timeline), nil when the step did not overlap.
+    public private(set) var lastReduction: OverlappedGradientReduction?
 
     /// The trained model.
     public let model: any Module
@@ -364,30 +383,56 @@ public final class DataParallelStep {
         guard let objective else { preconditionFailure("DataParallelStep.step: built without an objective; call finish") }
         var input = input
         var globalLabeled: Double?
-        if objective.labelsOnly || (group.size > 1 && objective.hasLabeledTerms) {
+        var globalCount: Double?
+        // On one process nothing is sent, but the buckets' timeline is still recorded (`bench-step --overlap`'s profile).
+        let overlap = overlapReduction
+        if objective.labelsOnly || (group.size > 1 && objective.hasLabeledTerms) || overlap {
             var labeled = 0
             for i in 0..<input.count where input.labels[i] >= 0 { labeled += 1 }
             var counts: [Double] = [Double(input.count), Double(labeled)]
             if group.size > 1 {
                 try counts.withUnsafeMutableBufferPointer { try group.allReduceSum($0) }
-                input.labeledScale = counts[1] > 0 && labeled > 0 ? Float(counts[0] * Double(labeled) / (Double(input.count) * counts[1])) : 0
+                if objective.hasLabeledTerms {
+                    input.labeledScale = counts[1] > 0 && labeled > 0 ? Float(counts[0] * Double(labeled) / (Double(input.count) * counts[1])) : 0
+                }
             }
             globalLabeled = counts[1]
+            globalCount = counts[0]
         }
         // Every rank has the same global count, so all skip alike (and still meet in the reduction below).
         if objective.labelsOnly && globalLabeled == 0 {
+            lastReduction = nil
             return try reduce(LossTerms(), count: input.count, skipped: skipped, gradients: false)
         }
-        let local = objective.localGradients(input)
-        return try finish(local, count: input.count, optimizer: optimizer, lr: lr, clipGradNorm: clipGradNorm, skipped: skipped)
+        guard overlap, let total = globalCount, total > 0 else {
+            lastReduction = nil
+            let local = objective.localGradients(input)
+            return try finish(local, count: input.count, optimizer: optimizer, lr: lr, clipGradNorm: clipGradNorm, skipped: skipped)
+        }
+        // The rank's weight is its share of the global batch, applied to each bucket before the sum (as `reduce`).
+        let n = Double(input.count)
+        let reduction = OverlappedGradientReduction(group: group, gradients: model.parameters.gradients!.pointer,
+                                                    count: model.parameterCount, bucketElements: bucketElements,
+                                                    boundaries: (model as? ReportsGradientProgress)?.gradientReadyOffsets,
+                                                    scale: input.count > 0 && n != total ? Float(n / total) : 1)
+        lastReduction = reduction
+        let local = objective.localGradients(input, reduction: reduction)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try reduction.complete()
+        let waited = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        return try finish(local, count: input.count, optimizer: optimizer, lr: lr, clipGradNorm: clipGradNorm, skipped: skipped,
+                          gradientsReduced: true, reducedSeconds: waited)
     }
 
     /// Everything after this rank's forward and backward (its mean-loss gradient over `count` samples in
     /// `model.parameters.gradients`): the reduction, the non-finite check, clipping, the update, the buffer broadcast.
-    public func finish(_ local: LossTerms, count: Int, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0) throws -> GlobalStep {
+    /// `gradientsReduced`: the gradient was already summed over the ranks (an overlapped reduction, which took
+    /// `reducedSeconds` after backward).
+    public func finish(_ local: LossTerms, count: Int, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0,
+                       gradientsReduced: Bool = false, reducedSeconds: Double = 0) throws -> GlobalStep {
         let t0 = DispatchTime.now().uptimeNanoseconds
-        var global = try reduce(local, count: count, skipped: skipped)
-        global.reduceSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        var global = try reduce(local, count: count, skipped: skipped, gradients: !gradientsReduced)
+        global.reduceSeconds = reducedSeconds + Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         // A NaN can also hide behind a finite loss (in the gradient only): neither may reach the weights. The
         // loss and the gradient are the same on every rank after the reduction, so every rank decides alike.
         let g = model.parameters.gradients!.pointer

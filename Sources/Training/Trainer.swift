@@ -358,6 +358,8 @@ public final class SupervisedTrainer {
             teacherDigest = nil
             stepper = DataParallelStep(objective: SupervisedStep(model: network, labelSmoothing: config.labelSmoothing), group: group)
         }
+        stepper.overlapReduction = group.size > 1 && config.overlapAllreduce
+        stepper.bucketElements = max(1, Int(Double(config.bucketMB) * 1e6 / 4))
         store = runDirectory.checkpointStore(keep: config.keep)
         let classNames = train.classes.count == classes ? train.classes : train.classes + (train.classes.count..<classes).map { "class\($0)" }
         var described = RunMetadata(model: mc, classes: classNames, mean: config.mean, std: config.std, inputFactor: config.inputFactor,

@@ -127,8 +127,9 @@ struct DataParallelTests {
             try SafeTensorsFile(contentsOf: dir.appendingPathComponent("\(run)/checkpoints/step-000000001/model.safetensors"))
         }
         let w1 = try weights("r1")
-        for ranks in [2, 3] {   // 3 ranks split the batch of 8 unevenly (2, 3, 3)
-            let r = try mpirun(ranks, ["train", "--config", config.path, "--set", "train.max_steps=1", "--set", "run.output=\(dir.path)/r\(ranks)"])
+        for ranks in [2, 3] {   // 3 ranks split the batch of 8 unevenly (2, 3, 3), and overlap backward with 40 KB buckets
+            let r = try mpirun(ranks, ["train", "--config", config.path, "--set", "train.max_steps=1", "--set", "run.output=\(dir.path)/r\(ranks)"]
+                                      + (ranks == 3 ? ["--set", "train.bucket_mb=0.04"] : []))
             #expect(r.status == 0, "\(r.stderr)")
             let wn = try weights("r\(ranks)")
             var worst = 0.0, largest = 0.0
@@ -142,6 +143,30 @@ struct DataParallelTests {
             #expect(largest > 1e-3, "the step moved the weights")
             #expect(worst / largest < 1e-4, "\(ranks) ranks: max |g_ranks - g_single| / max |g| = \(worst / largest)")
         }
+    }
+
+    @Test("2 ranks x 2 threads (model copies): the all-reduce overlapped with backward in small buckets gives the weights of the all-reduce after backward, bit for bit")
+    func overlappedAllReduce() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpoverlap-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let shards = try trainingShards(dir)
+        let config = try dataParallelConfig(dir, shards: shards, batch: 8)
+        var weights: [Bool: SafeTensorsFile] = [:]
+        for overlap in [true, false] {
+            let out = dir.appendingPathComponent("overlap-\(overlap)")
+            let r = try mpirun(2, ["train", "--config", config.path, "--set", "train.max_steps=2", "--set", "train.threads=2",
+                                   "--set", "train.bucket_mb=0.02", "--set", "train.overlap_allreduce=\(overlap)", "--set", "run.output=\(out.path)"])
+            #expect(r.status == 0, "\(r.stderr)")
+            weights[overlap] = try SafeTensorsFile(contentsOf: out.appendingPathComponent("checkpoints/step-000000002/model.safetensors"))
+        }
+        let a = try #require(weights[true]), b = try #require(weights[false])
+        var compared = 0, differing = 0
+        for t in a.tensors {
+            let x = t.floats, y = try #require(b[t.name]).floats
+            compared += x.count
+            differing += zip(x, y).filter { $0.0 != $0.1 }.count
+        }
+        #expect(compared > 10_000 && differing == 0, "\(differing) of \(compared) weights differ")
     }
 
     @Test("losses on 1 rank and on 2 then 3 ranks agree; the 2 -> 3 rank resume covers every sample exactly once")

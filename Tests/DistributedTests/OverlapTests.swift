@@ -1,0 +1,157 @@
+// The gradient all-reduce overlapped with backward (train.overlap_allreduce): buckets from the end of the gradient
+// start while backward runs, and the step is the same, bit for bit, as the reduction after backward.
+import Foundation
+import Testing
+@testable import Layers
+@testable import TensorCore
+@testable import Training
+
+/// Two ranks holding the same tiles, in one process: every sum over ranks doubles the buffer. Records the buckets the
+/// non-blocking reduction was given (offsets into `base`), in order.
+final class TwinRanksGroup: ProcessGroup, @unchecked Sendable {
+    var rank: Int { 0 }
+    var size: Int { 2 }
+    var transportName: String { "two identical ranks (test)" }
+    var base: UnsafeMutablePointer<Float>?
+    var started: [Range<Int>] = []
+    var waits = 0
+    func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws { for i in buffer.indices { buffer[i] *= 2 } }
+    func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws { for i in buffer.indices { buffer[i] *= 2 } }
+    func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Int64>) throws {}
+    func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        if let base, let start = buffer.baseAddress { started.append((start - base)..<(start - base + buffer.count)) }
+        try allReduceSum(buffer)
+    }
+    func progressReductions() throws -> Bool { true }
+    func waitForReductions() throws { waits += 1 }
+    func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {}
+    func barrier() throws {}
+    func abort(code: Int32, message: String) -> Never { fatalError(message) }
+    func finalize() {}
+}
+
+@Suite("Gradient all-reduce overlapped with backward", .serialized)
+struct OverlapTests {
+    /// Two Adam steps of `config`'s model (supervised, or distilled from a frozen teacher at twice the edge) on 2 "ranks"
+    /// at `width` engine threads, with the reduction overlapped in buckets of `bucket` floats or after backward.
+    /// Returns the weights and the last step's reduction and recorded buckets.
+    static func train(_ config: ResNetConfig, distill: Bool, width: Int, overlap: Bool, bucket: Int)
+        -> (weights: [Float], reduction: OverlappedGradientReduction?, started: [Range<Int>], group: TwinRanksGroup) {
+        let n = 5, edge = 16
+        var g = SplitMix64(seed: 3)
+        let x = Buffer<Float>((0..<(n * 3 * edge * edge)).map { _ in Float(g.next() % 1000) / 500 - 1 })
+        let xt = Buffer<Float>((0..<(n * 3 * 4 * edge * edge)).map { _ in Float(g.next() % 1000) / 500 - 1 })
+        let labels: [Int32] = [0, 2, 1, 1, 0]
+        let model = ResNet(config, seed: 7)
+        let objective: any StepObjective = distill
+            ? DistillationStep(student: model, teacher: FrozenTeacher(ResNet(config, seed: 8)),
+                               objective: DistillationObjective(kdWeight: 0.7, temperature: 4, pixelWeight: 0.5, pixelResize: .both,
+                                                                pixelNorm: .l2, crossEntropyWeight: 0.3))
+            : SupervisedStep(model: model)
+        let group = TwinRanksGroup()
+        group.base = model.parameters.gradients!.pointer
+        let stepper = DataParallelStep(objective: objective, group: group)
+        stepper.overlapReduction = overlap
+        stepper.bucketElements = bucket
+        let optimizer = Optimizer(.adam(), count: model.parameterCount)
+        labels.withUnsafeBufferPointer { l in
+            let input = StepInput(images: x.pointer, edge: edge, teacherImages: xt.pointer, teacherEdge: 2 * edge, labels: l.baseAddress!, count: n)
+            for _ in 0..<2 {
+                group.started.removeAll()
+                let step = Parallel.withWidth(width) { try? stepper.step(input, optimizer: optimizer, lr: 1e-3) }
+                #expect(step?.updated == true)
+            }
+        }
+        return (model.parameters.values.array, stepper.lastReduction, group.started, group)
+    }
+
+    @Test("buckets start from the end of the gradient while backward runs, and the weights equal the reduction after backward bit for bit: supervised and distillation, 1-3 threads (model copies), GroupNorm and BatchNorm",
+          arguments: [false, true])
+    func overlappedEqualsAfterBackward(_ distill: Bool) throws {
+        let configs = [ResNetConfig.paper(classes: 3, planes: [16, 32, 32], blocks: [1, 2, 1], groups: 8),
+                       ResNetConfig(name: "bn", planes: [16, 32], blocks: [1, 1], norm: .batch, classes: 3)]
+        for config in configs {
+            for width in [1, 2, 3] {
+                let reference = Self.train(config, distill: distill, width: width, overlap: false, bucket: 1 << 22)
+                #expect(reference.reduction == nil)
+                let bucket = 1500
+                let overlapped = Self.train(config, distill: distill, width: width, overlap: true, bucket: bucket)
+                let what = "\(config.name), distill \(distill), width \(width)"
+                let differing = zip(overlapped.weights, reference.weights).filter { $0.0 != $0.1 }.count
+                let reduction = try #require(overlapped.reduction)
+                let count = reference.weights.count
+                // Buckets of `bucket` floats from the end, started in that order, covering the gradient once.
+                let model = ResNet(config, initialize: false)
+                #expect(reduction.buckets == OverlappedGradientReduction.buckets(count: count, bucketElements: bucket,
+                                                                                 boundaries: model.gradientReadyOffsets))
+                #expect(reduction.buckets.count >= 3, "\(what): \(reduction.buckets.count) buckets")
+                #expect(overlapped.started == reduction.buckets, "\(what): buckets started out of order")
+                #expect(reduction.buckets.first?.upperBound == count && reduction.buckets.last?.lowerBound == 0)
+                #expect(zip(reduction.buckets, reduction.buckets.dropFirst()).allSatisfy { $0.lowerBound == $1.upperBound })
+                #expect(overlapped.group.waits == 2, "one wait per step")
+                // Started during backward: before `complete()` (whose time every later start is at or after).
+                let during = reduction.startTimes.filter { $0 < reduction.completeTime }.count
+                #expect(during >= reduction.buckets.count / 2, "\(what): only \(during) of \(reduction.buckets.count) buckets started during backward")
+                #expect(reduction.startTimes.count == reduction.buckets.count)
+            }
+        }
+    }
+
+    @Test("a ResNet's backward reports the offsets it promises, decreasing to 0, and each report's gradients are final: classifier or truncated, GroupNorm or BatchNorm, with downsamples")
+    func reportsAreFinal() {
+        let configs = [ResNetConfig.paper(classes: 3, planes: [16, 32, 32], blocks: [1, 2, 1], groups: 8),
+                       ResNetConfig(name: "bn", planes: [16, 32], blocks: [2, 1], norm: .batch, classes: 4),
+                       ResNetConfig.paper(classes: 3, planes: [16, 32, 32], blocks: [1, 1, 1], groups: 8).truncated(after: 2)]
+        for config in configs {
+            let model = ResNet(config, seed: 4)
+            let n = 2, edge = 32
+            var g = SplitMix64(seed: 5)
+            let x = Buffer<Float>((0..<(n * 3 * edge * edge)).map { _ in Float(g.next() % 1000) / 500 - 1 })
+            var reports: [(offset: Int, gradients: [Float])] = []
+            model.gradientReady = { offset in reports.append((offset, model.parameters.gradients!.array)) }
+            model.parameters.zeroGradients()
+            let out = model.forward(x.pointer, shape: NCHW(n, 3, edge, edge), training: true)
+            let mapGrad = (0..<out.featureMap.count).map { Float($0 % 7) / 7 - 0.4 }
+            let logitGrad = (0..<(n * max(1, model.classes))).map { Float($0 % 5) / 5 - 0.3 }
+            logitGrad.withUnsafeBufferPointer { l in
+                mapGrad.withUnsafeBufferPointer { m in
+                    model.backward(gradLogits: model.classes > 0 ? l.baseAddress! : nil, gradFeatureMap: m.baseAddress!, gradPooled: nil)
+                }
+            }
+            let final = model.parameters.gradients!.array
+            #expect(reports.map(\.offset) == model.gradientReadyOffsets, "\(config.name): reported \(reports.map(\.offset))")
+            #expect(reports.last?.offset == 0 && zip(reports, reports.dropFirst()).allSatisfy { $0.offset > $1.offset })
+            for r in reports {
+                let changed = (r.offset..<final.count).filter { r.gradients[$0] != final[$0] }.count
+                #expect(changed == 0, "\(config.name): \(changed) gradients at or above \(r.offset) changed after it was reported final")
+            }
+            // Not vacuous: the last report before the stem saw the stem's gradient still unset.
+            #expect(reports.dropLast().last.map { r in (0..<r.offset).contains { r.gradients[$0] != final[$0] } } == true)
+        }
+    }
+
+    @Test("no tile on any rank: no reduction; a reduction whose model never reported (a rank without tiles) sends every bucket in complete()")
+    func emptyRankSendsEveryBucket() throws {
+        let model = ResNet(.paper(classes: 3, planes: [16, 32], blocks: [1, 1], groups: 8), seed: 1)
+        let group = TwinRanksGroup()
+        group.base = model.parameters.gradients!.pointer
+        let stepper = DataParallelStep(objective: SupervisedStep(model: model), group: group)
+        stepper.overlapReduction = true
+        stepper.bucketElements = 2000
+        let optimizer = Optimizer(.adam(), count: model.parameterCount)
+        let image = Buffer<Float>([0])
+        let step = try [Int32(0)].withUnsafeBufferPointer { l in
+            try stepper.step(StepInput(images: image.pointer, edge: 32, teacherImages: nil, teacherEdge: 32, labels: l.baseAddress!, count: 0),
+                             optimizer: optimizer, lr: 1e-3)
+        }
+        #expect(step.updated == false && group.started.isEmpty && stepper.lastReduction == nil)
+        // What a rank without tiles does while others have some: its objective zeroes the gradient and runs no backward.
+        let reduction = OverlappedGradientReduction(group: group, gradients: model.parameters.gradients!.pointer,
+                                                    count: model.parameterCount, bucketElements: 2000, scale: 1)
+        model.parameters.zeroGradients()
+        reduction.attach([model])
+        try reduction.complete()
+        #expect(group.started == reduction.buckets && group.started.count == (model.parameterCount + 1999) / 2000)
+        #expect(model.gradientReady == nil, "complete() detaches from the model")
+    }
+}
