@@ -39,11 +39,14 @@ struct BenchStep: ParsableCommand {
     @Option(help: "Compute threads per rank (default: SLURM cpus-per-task, else cores per node / ranks per node).")
     var threads: Int?
 
-    @Option(help: "Largest all-reduce bucket in MB (default: 1 with --overlap, else 16).")
+    @Option(help: "All-reduce bucket in MB (default: 2 with --overlap, as train.bucket_mb, else 16).")
     var bucketMB: Double?
 
     @Flag(help: "Sum each bucket over the ranks while backward still runs (train.overlap_allreduce), and report when each bucket was ready.")
     var overlap = false
+
+    @Option(help: "With --overlap: microseconds between the MPI_Testall calls of a progress thread while buckets are in flight (train.allreduce_progress_us; 0: no progress thread).")
+    var progressUs: UInt32 = 0
 
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
@@ -64,6 +67,8 @@ struct BenchStep: ParsableCommand {
         }
         try distillation.requireDistillation(teacherResolution != nil, without: "--teacher-resolution")
         if !(0...1_000_000).contains(warmup) { throw ValidationError("--warmup must be 0 to 1000000, got \(warmup)") }
+        if progressUs > 0 && !overlap { throw ValidationError("--progress-us needs --overlap (it paces the overlapped all-reduce's progress thread)") }
+        if progressUs > 1_000_000 { throw ValidationError("--progress-us must be 0 to 1000000 microseconds, got \(progressUs)") }
         if let bucketMB, !(bucketMB > 0 && bucketMB <= 4096) { throw ValidationError("--bucket-mb must be more than 0 and at most 4096, got \(bucketMB)") }
         try validateThreads(threads)
     }
@@ -83,8 +88,9 @@ struct BenchStep: ParsableCommand {
             DistillationStep(student: model, teacher: FrozenTeacher(ResNet(.paper(classes: classes), seed: 2)), objective: try distillation.objective())
         } ?? SupervisedStep(model: model)
         let stepper = DataParallelStep(objective: objective, group: group)
-        stepper.bucketElements = max(1, Int((bucketMB ?? (overlap ? 1 : 16)) * 1_000_000 / 4))
+        stepper.bucketElements = max(1, Int((bucketMB ?? (overlap ? 2 : 16)) * 1_000_000 / 4))
         stepper.overlapReduction = overlap
+        stepper.progressInterval = progressUs
         let optimizer = Optimizer(.adam(), count: model.parameterCount)
         try stepper.broadcastState(optimizer: optimizer)
         let local = batch * (group.rank + 1) / group.size - batch * group.rank / group.size

@@ -1,6 +1,7 @@
 // The gradient all-reduce overlapped with backward: buckets from the end of the flat gradient are summed over the
 // ranks while the backward of the layers before them still runs (PyTorch DistributedDataParallel's bucketing).
 import CKernels
+import Foundation
 import Layers
 import Synchronization
 import TensorCore
@@ -27,7 +28,11 @@ func combineReplicaGradients(_ gradients: UnsafeMutablePointer<Float>, others: [
 /// backward has reported it final (`ReportsGradientProgress`); the replicas' tile-weighted mean and the rank's
 /// weight (`scale`, its share of the global batch) are applied to it first, in the same order and with the same bits
 /// as the reduction after backward (`DataParallelStep.reduce`). Started reductions progress each time a replica
-/// reports (MPI_Testall between layers: no extra thread). Every rank starts the same buckets in the same order.
+/// reports and, with `progressInterval` > 0 and more than one rank, on a progress thread that calls MPI_Testall every
+/// `progressInterval` microseconds while buckets are in flight and sleeps in between (MPI over TCP moves a large
+/// message only inside MPI calls, and a backward reports only a few times; but where TCP's work runs on the ranks'
+/// own cores the thread takes it from the compute: docs/scaling.md). Every rank starts the same buckets in the same
+/// order.
 /// A model that does not report, or none attached, has every bucket started by `complete()` (the reduction after
 /// backward, in buckets).
 public final class OverlappedGradientReduction: @unchecked Sendable {
@@ -51,6 +56,10 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
     public private(set) var startTimes: [Double] = []
     public private(set) var completeTime: Double = 0
     private let origin = DispatchTimeNanos.now
+    /// Microseconds the progress thread sleeps between MPI_Testall calls (0: no progress thread).
+    public var progressInterval: UInt32 = 0
+    private let stopProgress = Atomic<Bool>(false)
+    private var progressDone: DispatchSemaphore?
 
     private final class Watermark: Sendable {
         let offset: Atomic<Int>
@@ -134,12 +143,39 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
             startTimes.append(Double(DispatchTimeNanos.now - origin) / 1e9)
             try group.startAllReduceSum(UnsafeMutableBufferPointer(start: gradients + r.lowerBound, count: r.count))
             started += 1
+            if progressDone == nil && progressInterval > 0 && group.size > 1 && group.callableFromAnyThread { startProgressThread() }
         }
+    }
+
+    /// Lets the started buckets progress until every bucket is started and complete, or `complete()` takes over.
+    private func startProgressThread() {
+        let done = DispatchSemaphore(value: 0)
+        progressDone = done
+        let thread = Thread { [self] in
+            defer { done.signal() }
+            while !stopProgress.load(ordering: .acquiring) {
+                usleep(progressInterval)
+                let finished = state.withLockIfAvailable { state -> Bool in
+                    guard state.error == nil else { return true }
+                    do {
+                        return try group.progressReductions() && state.started == buckets.count
+                    } catch {
+                        state.error = error
+                        return true
+                    }
+                }
+                if finished == true { return }
+            }
+        }
+        thread.name = "histodistill gradient all-reduce progress"
+        thread.start()
     }
 
     /// After the backward of every attached model has returned: starts the buckets not yet started and waits for all of
     /// them, so the gradient is the sum over ranks; detaches from the models. Rethrows the first error a report met.
     public func complete() throws {
+        stopProgress.store(true, ordering: .releasing)
+        progressDone?.wait()
         for w in watermarks { w.offset.store(0, ordering: .releasing) }
         for model in replicas { model.gradientReady = nil }
         replicas = []

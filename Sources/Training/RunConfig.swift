@@ -72,8 +72,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var threads: Int?
     /// Sum the gradient over the ranks while backward runs (PyTorch DDP's overlap); only with more than one rank.
     public var overlapAllreduce = true
-    /// Largest gradient all-reduce bucket, in MB (PyTorch DDP's `bucket_cap_mb`).
-    public var bucketMB: Float = 1
+    /// Gradient all-reduce bucket size, in MB (PyTorch DDP's `bucket_cap_mb`; `OverlappedGradientReduction.buckets`).
+    public var bucketMB: Float = 2
+    /// Microseconds between MPI_Testall calls of the overlapped reduction's progress thread (0: none).
+    public var allreduceProgressMicroseconds = 0
     /// Most compute threads a process may ask for: far above any node's cores, low enough that threads x ranks
     /// cannot overflow.
     public static let maximumThreads = 4096
@@ -355,6 +357,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if let maxSteps, maxSteps < 1 { throw bad("train.max_steps", "must be at least 1") }
         if let valEvery, valEvery < 1 { throw bad("train.val_every", "must be at least 1 (leave it out to validate at each epoch end)") }
         if let threads, !(1...Self.maximumThreads).contains(threads) { throw bad("train.threads", "must be 1 to \(Self.maximumThreads)") }
+        if !(0...1_000_000).contains(allreduceProgressMicroseconds) {
+            throw bad("train.allreduce_progress_us", "must be 0 (no progress thread) to 1000000 microseconds, got \(allreduceProgressMicroseconds)")
+        }
         if !(bucketMB > 0 && bucketMB <= 4096) { throw bad("train.bucket_mb", "must be more than 0 and at most 4096 (MB), got \(bucketMB)") }
         if milHidden.count != 2 || milHidden.contains(where: { $0 < 1 }) || milAttention < 1 { throw bad("mil.hidden/attention", "need two positive widths and a positive attention width") }
         if milFolds == 1 || milFolds < 0 || (milFolds > 1 && !(0..<milFolds).contains(milFold)) {

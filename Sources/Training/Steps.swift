@@ -361,6 +361,9 @@ public final class DataParallelStep {
     /// `bucketElements` from the end of the buffer) instead of after it. The same sums either way. (The trainer sets
     /// it only with several ranks; on one, the reduction sends nothing and only records when each bucket was ready.)
     public var overlapReduction = false
+    /// Microseconds between MPI_Testall calls of the overlapped reduction's progress thread (0: progress only at the
+    /// backward's reports; `OverlappedGradientReduction.progressInterval`).
+    public var progressInterval: UInt32 = 0
     /// The last step's overlapped reduction (its bucket timeline), nil when the step did not overlap.
     public private(set) var lastReduction: OverlappedGradientReduction?
 
@@ -415,6 +418,7 @@ public final class DataParallelStep {
                                                     count: model.parameterCount, bucketElements: bucketElements,
                                                     boundaries: (model as? ReportsGradientProgress)?.gradientReadyOffsets,
                                                     scale: input.count > 0 && n != total ? Float(n / total) : 1)
+        reduction.progressInterval = progressInterval
         lastReduction = reduction
         let local = objective.localGradients(input, reduction: reduction)
         let t0 = DispatchTime.now().uptimeNanoseconds

@@ -145,28 +145,32 @@ struct DataParallelTests {
         }
     }
 
-    @Test("2 ranks x 2 threads (model copies): the all-reduce overlapped with backward in small buckets gives the weights of the all-reduce after backward, bit for bit")
+    @Test("2 ranks x 2 threads (model copies): the all-reduce overlapped with backward in small buckets, with and without its progress thread, gives the weights of the all-reduce after backward, bit for bit")
     func overlappedAllReduce() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpoverlap-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         let shards = try trainingShards(dir)
         let config = try dataParallelConfig(dir, shards: shards, batch: 8)
-        var weights: [Bool: SafeTensorsFile] = [:]
-        for overlap in [true, false] {
-            let out = dir.appendingPathComponent("overlap-\(overlap)")
+        var weights: [String: SafeTensorsFile] = [:]
+        for (name, overlap, progress) in [("after", false, 0), ("overlap", true, 0), ("overlap-thread", true, 20)] {
+            let out = dir.appendingPathComponent(name)
             let r = try mpirun(2, ["train", "--config", config.path, "--set", "train.max_steps=2", "--set", "train.threads=2",
-                                   "--set", "train.bucket_mb=0.02", "--set", "train.overlap_allreduce=\(overlap)", "--set", "run.output=\(out.path)"])
+                                   "--set", "train.bucket_mb=0.02", "--set", "train.overlap_allreduce=\(overlap)",
+                                   "--set", "train.allreduce_progress_us=\(progress)", "--set", "run.output=\(out.path)"])
             #expect(r.status == 0, "\(r.stderr)")
-            weights[overlap] = try SafeTensorsFile(contentsOf: out.appendingPathComponent("checkpoints/step-000000002/model.safetensors"))
+            weights[name] = try SafeTensorsFile(contentsOf: out.appendingPathComponent("checkpoints/step-000000002/model.safetensors"))
         }
-        let a = try #require(weights[true]), b = try #require(weights[false])
-        var compared = 0, differing = 0
-        for t in a.tensors {
-            let x = t.floats, y = try #require(b[t.name]).floats
-            compared += x.count
-            differing += zip(x, y).filter { $0.0 != $0.1 }.count
+        let b = try #require(weights["after"])
+        for name in ["overlap", "overlap-thread"] {
+            let a = try #require(weights[name])
+            var compared = 0, differing = 0
+            for t in a.tensors {
+                let x = t.floats, y = try #require(b[t.name]).floats
+                compared += x.count
+                differing += zip(x, y).filter { $0.0 != $0.1 }.count
+            }
+            #expect(compared > 10_000 && differing == 0, "\(name): \(differing) of \(compared) weights differ")
         }
-        #expect(compared > 10_000 && differing == 0, "\(differing) of \(compared) weights differ")
     }
 
     @Test("losses on 1 rank and on 2 then 3 ranks agree; the 2 -> 3 rank resume covers every sample exactly once")
