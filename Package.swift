@@ -52,7 +52,7 @@ let package = Package(
         .target(name: "Layers", dependencies: ["TensorCore"]),
 
         // The MPI process group and launch detection. The only module that imports MPI.
-        .target(name: "Distributed", dependencies: ["CMPI", "Training"]),
+        .target(name: "Distributed", dependencies: ["CMPI", "CKernels", "Training"]),
 
         // Configs, optimizers, schedules, weights I/O, the trainer, checkpoints, the process-group protocol.
         // TensorBoard event files: Event protobufs generated from TensorBoard/event.proto (committed event.pb.swift).

@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--overlap", metavar="PROFILE.json",
                     help="predict the all-reduce overlapped with backward, from `histodistill bench-step --overlap --json` "
                          "(bucket sizes and when backward finished each); --gradient-mb and --bucket-mb are then taken from it")
+    ap.add_argument("--gradient-compression", choices=["none", "bf16"], default="none",
+                    help="bf16: the gradient travels as bfloat16 (train.gradient_compression), half the bytes")
     ap.add_argument("--label", default="", help="what the rank's images/s measures (printed in the heading)")
     ap.add_argument("--check", help="JSON with shared-memory measurements to compare the model with: "
                                     '{"bandwidth_gbs": ..., "latency_us": ..., "runs": [{"ranks": p, "cores_per_rank": c, '
@@ -100,15 +102,20 @@ def main():
         a.gradient_mb = sum(profile["bucket_mb"])
     elif a.gradient_mb is None:
         ap.error("--gradient-mb is required without --overlap")
+    if a.gradient_compression == "bf16":
+        a.gradient_mb /= 2
+        a.bucket_mb /= 2
+        if profile:
+            profile = dict(profile, bucket_mb=[mb / 2 for mb in profile["bucket_mb"]])
     grad = a.gradient_mb * 1e6
     buckets = max(1, math.ceil(a.gradient_mb / a.bucket_mb))
     r = a.rank_images_per_second
     if profile:
         buckets = len(profile["bucket_mb"])
-        print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {sum(profile['bucket_mb']):.2f} MB in {buckets} "
+        print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {sum(profile['bucket_mb']):.2f} MB on the network in {buckets} "
               f"bucket(s), overlapped with backward\n")
     else:
-        print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {a.gradient_mb:.2f} MB in {buckets} bucket(s)\n")
+        print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {a.gradient_mb:.2f} MB on the network in {buckets} bucket(s)\n")
     for title, per_rank in (("Weak scaling", lambda p: a.batch_per_rank),
                             (f"Strong scaling (global batch {a.global_batch})", lambda p: a.global_batch / p)):
         header = "batch per rank" if title.startswith("Weak") else "tiles per rank"

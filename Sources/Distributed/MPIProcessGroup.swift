@@ -1,4 +1,5 @@
 // The MPI process group over Open MPI: the only file in HistoDistill that calls MPI.
+import CKernels
 import CMPI
 import Training
 #if canImport(Glibc)
@@ -16,6 +17,10 @@ public final class MPIProcessGroup: ProcessGroup {
     private var finalized = false
     /// Requests of the started non-blocking reductions, until `waitForReductions`.
     private var pending: [MPI_Request?] = []
+    /// The bfloat16 copies of compressed buckets in flight and the float32 buffers they are widened back into.
+    private var compressed: [(staging: UnsafeMutablePointer<UInt16>, destination: UnsafeMutableBufferPointer<Float>)] = []
+    /// The bfloat16 sum (a commutative user-defined MPI_Op over 16-bit values), made on first use.
+    private var bf16Sum: MPI_Op?
     /// Whether MPI allows calls from any thread, one at a time (MPI_THREAD_SERIALIZED or better was provided).
     public let callableFromAnyThread: Bool
 
@@ -89,22 +94,65 @@ public final class MPIProcessGroup: ProcessGroup {
         pending.append(request)
     }
 
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, compression: GradientCompression) throws {
+        guard compression == .bf16, let base = buffer.baseAddress, buffer.count > 0 else { return try startAllReduceSum(buffer) }
+        if bf16Sum == nil {
+            var op: MPI_Op?
+            // Commutative: Open MPI may then pick any algorithm; every step rounds its partial sum to bfloat16.
+            try check(MPI_Op_create({ input, target, length, _ in
+                guard let input, let target, let length else { return }
+                hd_bf16_add(input.assumingMemoryBound(to: UInt16.self), target.assumingMemoryBound(to: UInt16.self), Int(length.pointee))
+            }, 1, &op), "MPI_Op_create(bfloat16 sum)")
+            bf16Sum = op
+        }
+        let staging = UnsafeMutablePointer<UInt16>.allocate(capacity: buffer.count)
+        hd_bf16_compress(staging, base, buffer.count)
+        var request: MPI_Request? = cmpi_request_null()
+        do {
+            try check(MPI_Iallreduce(cmpi_in_place(), staging, Int32(buffer.count), cmpi_uint16(), bf16Sum, comm, &request),
+                      "MPI_Iallreduce(bfloat16 sum, \(buffer.count) values)")
+        } catch {
+            staging.deallocate()
+            throw error
+        }
+        pending.append(request)
+        compressed.append((staging, buffer))
+    }
+
     public func progressReductions() throws -> Bool {
         guard !pending.isEmpty else { return true }
         var done: Int32 = 0
         let count = Int32(pending.count)
+        // On an error the staging buffers are kept (MPI may still own them); the job ends.
         try check(pending.withUnsafeMutableBufferPointer { MPI_Testall(count, $0.baseAddress, &done, cmpi_statuses_ignore()) },
                   "MPI_Testall(\(count) gradient reductions)")
-        if done != 0 { pending.removeAll(keepingCapacity: true) }
+        if done != 0 {
+            pending.removeAll(keepingCapacity: true)
+            releaseCompressed(widening: true)
+        }
         return done != 0
     }
 
     public func waitForReductions() throws {
         guard !pending.isEmpty else { return }
         let count = Int32(pending.count)
-        defer { pending.removeAll(keepingCapacity: true) }
+        var ok = false
+        defer {
+            pending.removeAll(keepingCapacity: true)
+            releaseCompressed(widening: ok)
+        }
         try check(pending.withUnsafeMutableBufferPointer { MPI_Waitall(count, $0.baseAddress, cmpi_statuses_ignore()) },
                   "MPI_Waitall(\(count) gradient reductions)")
+        ok = true
+    }
+
+    /// Widens the completed bfloat16 sums into their float32 buffers (unless the reduction failed) and frees them.
+    private func releaseCompressed(widening: Bool) {
+        for c in compressed {
+            if widening, let base = c.destination.baseAddress { hd_bf16_decompress(base, c.staging, c.destination.count) }
+            c.staging.deallocate()
+        }
+        compressed.removeAll(keepingCapacity: true)
     }
 
     public func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Int64>) throws {
@@ -133,6 +181,7 @@ public final class MPIProcessGroup: ProcessGroup {
     public func finalize() {
         guard !finalized else { return }
         finalized = true
+        if bf16Sum != nil { MPI_Op_free(&bf16Sum) }
         MPI_Finalize()
     }
 }

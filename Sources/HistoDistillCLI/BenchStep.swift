@@ -7,6 +7,8 @@ import Layers
 import TensorCore
 import Training
 
+extension GradientCompression: ExpressibleByArgument {}
+
 struct BenchStep: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-step",
@@ -47,6 +49,9 @@ struct BenchStep: ParsableCommand {
 
     @Option(help: "With --overlap: microseconds between the MPI_Testall calls of a progress thread while buckets are in flight (train.allreduce_progress_us; 0: no progress thread).")
     var progressUs: UInt32 = 0
+
+    @Option(help: "How gradients travel in the all-reduce: none (float32) or bf16 (train.gradient_compression).")
+    var gradientCompression: GradientCompression = .none
 
     @Flag(help: "Print one JSON object instead of text.")
     var json = false
@@ -91,6 +96,7 @@ struct BenchStep: ParsableCommand {
         stepper.bucketElements = max(1, Int((bucketMB ?? (overlap ? 2 : 16)) * 1_000_000 / 4))
         stepper.overlapReduction = overlap
         stepper.progressInterval = progressUs
+        stepper.gradientCompression = gradientCompression
         let optimizer = Optimizer(.adam(), count: model.parameterCount)
         try stepper.broadcastState(optimizer: optimizer)
         let local = batch * (group.rank + 1) / group.size - batch * group.rank / group.size
@@ -134,7 +140,7 @@ struct BenchStep: ParsableCommand {
         for _ in 0..<(group.size > 1 ? 20 : 0) {
             try group.barrier()
             let t0 = DispatchTime.now().uptimeNanoseconds
-            try group.allReduceSum(gradients, bucketElements: stepper.bucketElements)
+            try group.allReduceSum(gradients, bucketElements: stepper.bucketElements, compression: gradientCompression)
             bare.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
         }
         guard group.isCoordinator else { return }
@@ -145,6 +151,7 @@ struct BenchStep: ParsableCommand {
             "images_per_second": median(rates), "images_per_second_min": rates.min()!, "images_per_second_max": rates.max()!,
             "allreduce_ms_per_step": median(reduceMs), "allreduce_share": median(shares),
             "bare_allreduce_ms": median(bare), "gradient_mb": Double(model.parameterCount * 4) / 1e6,
+            "gradient_compression": gradientCompression.rawValue,
         ]
         // The overlap profile cluster/scaling_model.py reads: each bucket's size and the median fraction of the step's
         // compute (its start to the end of backward) at which it was ready.
@@ -162,8 +169,9 @@ struct BenchStep: ParsableCommand {
             print("\(kind), global batch \(batch), \(group.size) rank(s) x \(BLAS.threadCount) thread(s), precision \(precision.rawValue)")
             print(String(format: "  %.1f img/s (min %.1f, max %.1f over %d x %d steps)", median(rates), rates.min()!, rates.max()!, reps, steps))
             if group.size > 1 {
-                print(String(format: "  all-reduce incl. waiting for the slowest rank: %.2f ms/step, %.1f%% of the step; bare all-reduce of %.1f MB: %.2f ms",
-                             median(reduceMs), median(shares) * 100, Double(model.parameterCount * 4) / 1e6, median(bare)))
+                print(String(format: "  all-reduce incl. waiting for the slowest rank: %.2f ms/step, %.1f%% of the step; bare all-reduce of %.1f MB%@: %.2f ms",
+                             median(reduceMs), median(shares) * 100, Double(model.parameterCount * 4) / 1e6,
+                             gradientCompression == .bf16 ? " (sent as bfloat16)" : "", median(bare)))
             }
             if let profile, let sizes = profile["bucket_mb"] as? [Double], let fractions = profile["ready_fraction"] as? [Double] {
                 print(String(format: "  overlapped all-reduce: %d buckets; each ready at this fraction of the %.1f ms forward + backward:",

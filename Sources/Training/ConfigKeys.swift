@@ -284,6 +284,8 @@ public struct ConfigKey: @unchecked Sendable {
             "gradient all-reduce bucket size in MB (DistributedDataParallel's bucket_cap_mb): a bucket ends at the first layer boundary at or past this size, counted from the last layer (a layer is never split); smaller buckets start sooner, each costs a message latency per rank"),
         key("train", "allreduce_progress_us", \.allreduceProgressMicroseconds, .int, resume: .free,
             "with overlap_allreduce: microseconds between the MPI_Testall calls of a progress thread while buckets are in flight (0: progress only between layers); pays where the network moves data without the CPU (RDMA), costs compute where TCP runs on the ranks' cores (docs/scaling.md)"),
+        key("train", "gradient_compression", \.gradientCompression, .choice, resume: .mayChange,
+            "how gradients travel in the all-reduce: none (float32) or bf16 (rounded to bfloat16 and summed in bfloat16, half the bytes; PyTorch DDP's bf16_compress_hook)"),
         key("train", "divergence_factor", \.divergenceFactor, .float, resume: .mayChange,
             "stop when a step's loss exceeds this many times the lowest running median of the last 100 losses, floored at 0.1 (0 disables)"),
         key("distill", "teacher_run", \.teacherRun, .string, default: "required", resume: .byIdentity, "the teacher's run directory: a run at full resolution, or one trained on downsampled tiles finer than the student's (a teacher assistant; it sees the tiles at its own input factor)"),

@@ -58,6 +58,8 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
     private let origin = DispatchTimeNanos.now
     /// Microseconds the progress thread sleeps between MPI_Testall calls (0: no progress thread).
     public var progressInterval: UInt32 = 0
+    /// How the buckets travel (bfloat16 halves the bytes; `GradientCompression`).
+    public var compression = GradientCompression.none
     private let stopProgress = Atomic<Bool>(false)
     private var progressDone: DispatchSemaphore?
 
@@ -141,7 +143,7 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
             if !others.isEmpty { combineReplicaGradients(gradients, others: others, weights: weights, range: r) }
             if scale != 1 { GradientOps.scale(gradients + r.lowerBound, count: r.count, by: scale) }
             startTimes.append(Double(DispatchTimeNanos.now - origin) / 1e9)
-            try group.startAllReduceSum(UnsafeMutableBufferPointer(start: gradients + r.lowerBound, count: r.count))
+            try group.startAllReduceSum(UnsafeMutableBufferPointer(start: gradients + r.lowerBound, count: r.count), compression: compression)
             started += 1
             if progressDone == nil && progressInterval > 0 && group.size > 1 && group.callableFromAnyThread { startProgressThread() }
         }

@@ -1,4 +1,5 @@
 // The process-group protocol that training code talks to, and its single-process implementation.
+import CKernels
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -25,6 +26,16 @@ public struct CollectiveError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
+/// How gradient buckets travel in the all-reduce (`train.gradient_compression`).
+public enum GradientCompression: String, Sendable, Codable, CaseIterable {
+    /// float32: the exact sums.
+    case none
+    /// bfloat16: each bucket rounded to bfloat16 (nearest even), summed in bfloat16 at every step of the all-reduce (each
+    /// partial sum rounded again) and widened back to float32: half the bytes on the network, gradients to about 3
+    /// significant digits (PyTorch DDP's `bf16_compress_hook`).
+    case bf16
+}
+
 /// A group of cooperating processes (ranks): collectives over Float buffers, a barrier, and abort.
 ///
 /// Training code sees only this protocol; `SingleProcessGroup` needs no MPI at run time.
@@ -45,6 +56,9 @@ public protocol ProcessGroup: AnyObject {
     /// must not be read or written until `waitForReductions()` returns; every rank must start the same reductions in
     /// the same order, and no other collective may run until they are waited for.
     func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
+    /// As `startAllReduceSum(_:)`, with the bucket sent as `compression` says (the buffer holds the float32 sum of the
+    /// compressed values once `waitForReductions()` or a `progressReductions()` that returned true is done).
+    func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, compression: GradientCompression) throws
     /// Lets the started reductions progress without blocking (MPI_Testall); true when all of them are complete.
     func progressReductions() throws -> Bool
     /// Waits until every started reduction is complete (MPI_Waitall).
@@ -66,6 +80,19 @@ extension ProcessGroup {
     /// A group without non-blocking collectives sums at once (the reduction is complete when this returns).
     public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws { try allReduceSum(buffer) }
     public func progressReductions() throws -> Bool { true }
+    /// A group without bfloat16 sums rounds the values to bfloat16, sums them in float32 and rounds the sum again (the
+    /// same as one bfloat16 step of two ranks).
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, compression: GradientCompression) throws {
+        guard compression == .bf16, let base = buffer.baseAddress, buffer.count > 0 else { return try startAllReduceSum(buffer) }
+        let staging = UnsafeMutablePointer<UInt16>.allocate(capacity: buffer.count)
+        defer { staging.deallocate() }
+        hd_bf16_compress(staging, base, buffer.count)
+        hd_bf16_decompress(base, staging, buffer.count)
+        try startAllReduceSum(buffer)
+        try waitForReductions()
+        hd_bf16_compress(staging, base, buffer.count)
+        hd_bf16_decompress(base, staging, buffer.count)
+    }
     public func waitForReductions() throws {}
     public var callableFromAnyThread: Bool { true }
 
@@ -83,8 +110,18 @@ extension ProcessGroup {
 
     /// In place, in buckets of at most `bucketElements` elements (bounded MPI message sizes): every rank's `buffer`
     /// becomes the sum over ranks. (`OverlappedGradientReduction` sends buckets while backward runs.)
-    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, bucketElements: Int) throws {
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, bucketElements: Int,
+                             compression: GradientCompression = .none) throws {
         guard size > 1 else { return }
+        if compression != .none {
+            var start = 0
+            while start < buffer.count {
+                let end = min(buffer.count, start + max(1, bucketElements))
+                try startAllReduceSum(UnsafeMutableBufferPointer(rebasing: buffer[start..<end]), compression: compression)
+                start = end
+            }
+            return try waitForReductions()
+        }
         let bucket = max(1, bucketElements)
         var start = 0
         while start < buffer.count {

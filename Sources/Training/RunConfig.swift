@@ -76,6 +76,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var bucketMB: Float = 2
     /// Microseconds between MPI_Testall calls of the overlapped reduction's progress thread (0: none).
     public var allreduceProgressMicroseconds = 0
+    /// How the gradient travels in the all-reduce (float32, or bfloat16 as DDP's bf16_compress_hook).
+    public var gradientCompression = GradientCompression.none
     /// Most compute threads a process may ask for: far above any node's cores, low enough that threads x ranks
     /// cannot overflow.
     public static let maximumThreads = 4096

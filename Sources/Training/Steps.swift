@@ -364,6 +364,8 @@ public final class DataParallelStep {
     /// Microseconds between MPI_Testall calls of the overlapped reduction's progress thread (0: progress only at the
     /// backward's reports; `OverlappedGradientReduction.progressInterval`).
     public var progressInterval: UInt32 = 0
+    /// How the gradient travels in the all-reduce (`train.gradient_compression`).
+    public var gradientCompression = GradientCompression.none
     /// The last step's overlapped reduction (its bucket timeline), nil when the step did not overlap.
     public private(set) var lastReduction: OverlappedGradientReduction?
 
@@ -419,6 +421,7 @@ public final class DataParallelStep {
                                                     boundaries: (model as? ReportsGradientProgress)?.gradientReadyOffsets,
                                                     scale: input.count > 0 && n != total ? Float(n / total) : 1)
         reduction.progressInterval = progressInterval
+        reduction.compression = gradientCompression
         lastReduction = reduction
         let local = objective.localGradients(input, reduction: reduction)
         let t0 = DispatchTime.now().uptimeNanoseconds
@@ -475,7 +478,8 @@ public final class DataParallelStep {
         if total > 0 && gradients {
             let g = model.parameters.gradients!
             if count > 0 && n != total { GradientOps.scale(g.pointer, count: model.parameterCount, by: Float(n / total)) }
-            try group.allReduceSum(UnsafeMutableBufferPointer(start: g.pointer, count: model.parameterCount), bucketElements: bucketElements)
+            try group.allReduceSum(UnsafeMutableBufferPointer(start: g.pointer, count: model.parameterCount), bucketElements: bucketElements,
+                                   compression: gradientCompression)
         }
         return GlobalStep(terms: .init(kd: mean(2), pixel: mean(3), crossEntropy: mean(4), total: mean(1)), count: Int(total),
                           skipped: Int(stats[5]), stopSignal: stats[6] > 0 ? (mySignal ?? SIGTERM) : nil)

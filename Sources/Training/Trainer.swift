@@ -361,6 +361,7 @@ public final class SupervisedTrainer {
         stepper.overlapReduction = group.size > 1 && config.overlapAllreduce
         stepper.bucketElements = max(1, Int(Double(config.bucketMB) * 1e6 / 4))
         stepper.progressInterval = UInt32(config.allreduceProgressMicroseconds)
+        stepper.gradientCompression = config.gradientCompression
         store = runDirectory.checkpointStore(keep: config.keep)
         let classNames = train.classes.count == classes ? train.classes : train.classes + (train.classes.count..<classes).map { "class\($0)" }
         var described = RunMetadata(model: mc, classes: classNames, mean: config.mean, std: config.std, inputFactor: config.inputFactor,
