@@ -79,6 +79,10 @@ def main():
                          "(bucket sizes and when backward finished each); --gradient-mb and --bucket-mb are then taken from it")
     ap.add_argument("--gradient-compression", choices=["none", "bf16"], default="none",
                     help="bf16: the gradient travels as bfloat16 (train.gradient_compression), half the bytes")
+    ap.add_argument("--compression-cost-ms", type=float, default=0.0,
+                    help="with --gradient-compression bf16: CPU time per step of rounding, summing and widening the bfloat16 "
+                         "values, added to the communication (measure it: bench-step's bare all-reduce with and without "
+                         "compression against the model's)")
     ap.add_argument("--label", default="", help="what the rank's images/s measures (printed in the heading)")
     ap.add_argument("--check", help="JSON with shared-memory measurements to compare the model with: "
                                     '{"bandwidth_gbs": ..., "latency_us": ..., "runs": [{"ranks": p, "cores_per_rank": c, '
@@ -131,6 +135,8 @@ def main():
                     continue
                 comp = b / r
                 comm = exposed_seconds(p, comp, profile, bw, lat) if profile else allreduce_seconds(p, grad, bw, lat, buckets)
+                if a.gradient_compression == "bf16":
+                    comm += a.compression_cost_ms / 1e3
                 cells.append(f"{efficiency(comp, comm) * 100:.0f}% ({comm * 1e3:.1f} ms)")
             print(f"| {name} | " + " | ".join(cells) + " |")
         what = "all-reduce ms per step left after backward" if profile else "all-reduce ms per step"
