@@ -55,14 +55,25 @@ def exposed_seconds(p, compute, profile, bandwidth, latency):
 
 
 def load_profile(path):
-    with open(path) as f:
-        data = json.load(f)
-    profile = data.get("overlap", data)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise SystemExit(f"--overlap {path}: {e.strerror}; write one with `histodistill bench-step --overlap --json > {path}`")
+    except ValueError as e:
+        raise SystemExit(f"--overlap {path}: not JSON ({e}); write one with `histodistill bench-step --overlap --json > {path}`")
+    profile = data.get("overlap", data) if isinstance(data, dict) else None
+    if isinstance(profile, dict) and isinstance(data, dict) and "gradient_compression" in data:
+        profile = dict(profile, gradient_compression=data["gradient_compression"])
     if not isinstance(profile, dict) or "bucket_mb" not in profile or "ready_fraction" not in profile:
-        raise SystemExit(f"{path}: no overlap profile (bucket_mb, ready_fraction); write one with "
-                         "`histodistill bench-step --overlap --json > {path}`")
-    if len(profile["bucket_mb"]) != len(profile["ready_fraction"]) or not profile["bucket_mb"]:
-        raise SystemExit(f"{path}: bucket_mb and ready_fraction must be non-empty lists of the same length")
+        raise SystemExit(f"--overlap {path}: no overlap profile (bucket_mb, ready_fraction); write one with "
+                         f"`histodistill bench-step --overlap --json > {path}`")
+    sizes, ready = profile["bucket_mb"], profile["ready_fraction"]
+    if not (isinstance(sizes, list) and isinstance(ready, list) and sizes and len(sizes) == len(ready)
+            and all(isinstance(v, (int, float)) and v > 0 for v in sizes)
+            and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in ready)):
+        raise SystemExit(f"--overlap {path}: bucket_mb (positive MB) and ready_fraction (0 to 1) must be non-empty lists "
+                         "of the same length")
     return profile
 
 
@@ -101,11 +112,26 @@ def main():
             except ValueError:
                 ap.error(f"--network {spec!r}: expected LABEL=GBITS,EFFICIENCY,LATENCY_US, e.g. 'TCP 10G=10,0.97,30'")
             networks[label or f"{gbit:g} Gbit/s"] = (gbit * 1e9 / 8 * eff, lat * 1e-6)
+    for name in ("rank_images_per_second", "gradient_mb", "bucket_mb"):
+        v = getattr(a, name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            ap.error(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+    if not (math.isfinite(a.compression_cost_ms) and a.compression_cost_ms >= 0):
+        ap.error(f"--compression-cost-ms must be 0 or more, got {a.compression_cost_ms}")
+    if a.batch_per_rank < 1 or a.global_batch < 1:
+        ap.error("--batch-per-rank and --global-batch must be at least 1")
     profile = load_profile(a.overlap) if a.overlap else None
     if profile:
+        if a.gradient_mb is not None:
+            ap.error("--gradient-mb and --overlap: the profile gives the gradient's buckets; leave --gradient-mb out")
         a.gradient_mb = sum(profile["bucket_mb"])
+        if profile.get("gradient_compression") == "bf16" and a.gradient_compression == "none":
+            print(f"note: {a.overlap} was measured with bfloat16 gradients; predicting with --gradient-compression bf16")
+            a.gradient_compression = "bf16"
     elif a.gradient_mb is None:
         ap.error("--gradient-mb is required without --overlap")
+    if a.compression_cost_ms > 0 and a.gradient_compression != "bf16":
+        ap.error("--compression-cost-ms applies to --gradient-compression bf16 only")
     if a.gradient_compression == "bf16":
         a.gradient_mb /= 2
         a.bucket_mb /= 2

@@ -134,13 +134,13 @@ struct BenchStep: ParsableCommand {
             shares.append(reduceSeconds / seconds)
             reduceMs.append(reduceSeconds / Double(steps) * 1000)
         }
-        // The bare all-reduce of the gradient buffer, ranks aligned by a barrier first (no waiting for stragglers).
+        // The bare all-reduce of the gradient buffer in the step's buckets, ranks aligned by a barrier first (no waiting
+        // for stragglers).
         var bare: [Double] = []
-        let gradients = UnsafeMutableBufferPointer(start: model.parameters.gradients!.pointer, count: model.parameterCount)
         for _ in 0..<(group.size > 1 ? 20 : 0) {
             try group.barrier()
             let t0 = DispatchTime.now().uptimeNanoseconds
-            try group.allReduceSum(gradients, bucketElements: stepper.bucketElements, compression: gradientCompression)
+            try stepper.allReduceGradients()
             bare.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
         }
         guard group.isCoordinator else { return }
@@ -174,8 +174,8 @@ struct BenchStep: ParsableCommand {
                              gradientCompression == .bf16 ? " (sent as bfloat16)" : "", median(bare)))
             }
             if let profile, let sizes = profile["bucket_mb"] as? [Double], let fractions = profile["ready_fraction"] as? [Double] {
-                print(String(format: "  overlapped all-reduce: %d buckets; each ready at this fraction of the %.1f ms forward + backward:",
-                             sizes.count, profile["compute_ms"] as? Double ?? 0))
+                print(String(format: "  overlapped all-reduce: %d bucket%@; each ready at this fraction of the %.1f ms forward + backward:",
+                             sizes.count, sizes.count == 1 ? "" : "s", profile["compute_ms"] as? Double ?? 0))
                 print("  " + zip(sizes, fractions).map { String(format: "%.2f MB at %.2f", $0, $1) }.joined(separator: ", "))
             }
         }

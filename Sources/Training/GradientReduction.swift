@@ -60,7 +60,8 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
     public var progressInterval: UInt32 = 0
     /// How the buckets travel (bfloat16 halves the bytes; `GradientCompression`).
     public var compression = GradientCompression.none
-    private let stopProgress = Atomic<Bool>(false)
+    /// Signalled by `complete()` to wake and end the progress thread at once (not after its current sleep).
+    private let stopProgress = DispatchSemaphore(value: 0)
     private var progressDone: DispatchSemaphore?
 
     private final class Watermark: Sendable {
@@ -68,12 +69,12 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
         init(_ offset: Int) { self.offset = Atomic(offset) }
     }
 
-    /// A reduction of `count` floats at `gradients` over `group`, each bucket multiplied by `scale` (this rank's tiles
-    /// over the global batch's) before it is summed. Buckets: see `buckets(count:bucketElements:boundaries:)`.
-    public init(group: any ProcessGroup, gradients: UnsafeMutablePointer<Float>, count: Int, bucketElements: Int,
-                boundaries: [Int]? = nil, scale: Float) {
+    /// A reduction of the gradient at `gradients` over `group` in `buckets` (ranges of the flat buffer from its end down
+    /// to 0, `buckets(count:bucketElements:boundaries:)`), each multiplied by `scale` (this rank's tiles over the global
+    /// batch's) before it is summed.
+    public init(group: any ProcessGroup, gradients: UnsafeMutablePointer<Float>, buckets: [Range<Int>], scale: Float) {
         self.group = group; self.gradients = gradients; self.scale = scale
-        buckets = Self.buckets(count: count, bucketElements: bucketElements, boundaries: boundaries)
+        self.buckets = buckets
     }
 
     /// The buckets of a gradient of `count` floats, from the end of the buffer. With `boundaries` (the offsets a model's
@@ -155,8 +156,7 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
         progressDone = done
         let thread = Thread { [self] in
             defer { done.signal() }
-            while !stopProgress.load(ordering: .acquiring) {
-                usleep(progressInterval)
+            while stopProgress.wait(timeout: .now() + .microseconds(Int(progressInterval))) == .timedOut {
                 let finished = state.withLockIfAvailable { state -> Bool in
                     guard state.error == nil else { return true }
                     do {
@@ -176,8 +176,10 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
     /// After the backward of every attached model has returned: starts the buckets not yet started and waits for all of
     /// them, so the gradient is the sum over ranks; detaches from the models. Rethrows the first error a report met.
     public func complete() throws {
-        stopProgress.store(true, ordering: .releasing)
-        progressDone?.wait()
+        if let done = progressDone {
+            stopProgress.signal()
+            done.wait()
+        }
         for w in watermarks { w.offset.store(0, ordering: .releasing) }
         for model in replicas { model.gradientReady = nil }
         replicas = []

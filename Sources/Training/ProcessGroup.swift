@@ -110,18 +110,8 @@ extension ProcessGroup {
 
     /// In place, in buckets of at most `bucketElements` elements (bounded MPI message sizes): every rank's `buffer`
     /// becomes the sum over ranks. (`OverlappedGradientReduction` sends buckets while backward runs.)
-    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, bucketElements: Int,
-                             compression: GradientCompression = .none) throws {
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, bucketElements: Int) throws {
         guard size > 1 else { return }
-        if compression != .none {
-            var start = 0
-            while start < buffer.count {
-                let end = min(buffer.count, start + max(1, bucketElements))
-                try startAllReduceSum(UnsafeMutableBufferPointer(rebasing: buffer[start..<end]), compression: compression)
-                start = end
-            }
-            return try waitForReductions()
-        }
         let bucket = max(1, bucketElements)
         var start = 0
         while start < buffer.count {

@@ -417,9 +417,7 @@ public final class DataParallelStep {
         // The rank's weight is its share of the global batch, applied to each bucket before the sum (as `reduce`).
         let n = Double(input.count)
         let reduction = OverlappedGradientReduction(group: group, gradients: model.parameters.gradients!.pointer,
-                                                    count: model.parameterCount, bucketElements: bucketElements,
-                                                    boundaries: (model as? ReportsGradientProgress)?.gradientReadyOffsets,
-                                                    scale: input.count > 0 && n != total ? Float(n / total) : 1)
+                                                    buckets: gradientBuckets, scale: input.count > 0 && n != total ? Float(n / total) : 1)
         reduction.progressInterval = progressInterval
         reduction.compression = gradientCompression
         lastReduction = reduction
@@ -478,11 +476,29 @@ public final class DataParallelStep {
         if total > 0 && gradients {
             let g = model.parameters.gradients!
             if count > 0 && n != total { GradientOps.scale(g.pointer, count: model.parameterCount, by: Float(n / total)) }
-            try group.allReduceSum(UnsafeMutableBufferPointer(start: g.pointer, count: model.parameterCount), bucketElements: bucketElements,
-                                   compression: gradientCompression)
+            try allReduceGradients()
         }
         return GlobalStep(terms: .init(kd: mean(2), pixel: mean(3), crossEntropy: mean(4), total: mean(1)), count: Int(total),
                           skipped: Int(stats[5]), stopSignal: stats[6] > 0 ? (mySignal ?? SIGTERM) : nil)
+    }
+
+    /// The buckets the gradient is summed in, from the end of the buffer: cut at the layer boundaries the model reports
+    /// (`ReportsGradientProgress`), else in pieces of `bucketElements` (`OverlappedGradientReduction.buckets`).
+    public var gradientBuckets: [Range<Int>] {
+        OverlappedGradientReduction.buckets(count: model.parameterCount, bucketElements: bucketElements,
+                                            boundaries: (model as? ReportsGradientProgress)?.gradientReadyOffsets)
+    }
+
+    /// Sums `model.parameters.gradients` over the ranks in place, after backward: the same buckets and the same
+    /// non-blocking reductions (MPI_Iallreduce) as the overlapped path, so the sums are the same bits at any number of
+    /// ranks whether or not the step overlapped (a blocking MPI_Allreduce may add in another order from 3 ranks on).
+    public func allReduceGradients() throws {
+        guard group.size > 1 else { return }
+        let g = model.parameters.gradients!.pointer
+        for r in gradientBuckets {
+            try group.startAllReduceSum(UnsafeMutableBufferPointer(start: g + r.lowerBound, count: r.count), compression: gradientCompression)
+        }
+        try group.waitForReductions()
     }
 
     /// Buffers (BatchNorm running statistics) follow rank 0's, as PyTorch DDP's broadcast_buffers does.

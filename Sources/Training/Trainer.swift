@@ -189,6 +189,19 @@ public final class SupervisedTrainer {
         return notes
     }
 
+    /// The gradient all-reduce settings that do nothing in this launch (said once at the start).
+    static func allReduceNotes(_ c: RunConfig, ranks: Int) -> [String] {
+        if ranks == 1 {
+            let set = [("train.gradient_compression", c.gradientCompression != .none), ("train.allreduce_progress_us", c.allreduceProgressMicroseconds > 0)]
+                .filter(\.1).map(\.0)
+            return set.isEmpty ? [] : ["\(set.joined(separator: " and ")) \(set.count == 1 ? "has" : "have") no effect in a single process (there is no all-reduce); they apply under mpirun or srun."]
+        }
+        if !c.overlapAllreduce && c.allreduceProgressMicroseconds > 0 {
+            return ["train.allreduce_progress_us has no effect with train.overlap_allreduce: false (the progress thread serves the overlapped all-reduce)."]
+        }
+        return []
+    }
+
     /// Whether every term of `config`'s objective needs a label (`StepObjective.labelsOnly`).
     static func labelsOnly(_ config: RunConfig) -> Bool {
         !config.isDistillation || config.objective.labelsOnly
@@ -246,7 +259,7 @@ public final class SupervisedTrainer {
             throw TrainingError("distill.kd_weight and pixel_weight are 0 and data.train (\(config.trainShards)) holds no labeled tile for distill.ce_weight: the student would learn nothing. Hint: the paper's setting is kd_weight 1 and pixel_weight 1.")
         }
         let labeled = train.labeledCount   // one pass over the index
-        notes = Self.scaleWarnings(train: train, val: val)
+        notes = Self.scaleWarnings(train: train, val: val) + Self.allReduceNotes(config, ranks: group.size)
             + [Self.emaHorizonWarning(decay: Double(config.emaDecay), warmup: config.emaWarmup,
                                       steps: Self.expectedUpdates(config, tiles: train.count, labeled: labeled),
                                       estimated: labeled < train.count && Self.labelsOnly(config)),
