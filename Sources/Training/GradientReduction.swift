@@ -142,7 +142,8 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
         while started < buckets.count, buckets[started].lowerBound >= final {
             let r = buckets[started]
             if !others.isEmpty { combineReplicaGradients(gradients, others: others, weights: weights, range: r) }
-            if scale != 1 { GradientOps.scale(gradients + r.lowerBound, count: r.count, by: scale) }
+            // As `GradientOps.scale` does after backward, on this thread (the other copies may still be computing).
+            if scale != 1 { for i in r { gradients[i] *= scale } }
             startTimes.append(Double(DispatchTimeNanos.now - origin) / 1e9)
             try group.startAllReduceSum(UnsafeMutableBufferPointer(start: gradients + r.lowerBound, count: r.count), compression: compression)
             started += 1

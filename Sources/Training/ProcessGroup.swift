@@ -108,19 +108,6 @@ extension ProcessGroup {
         }
     }
 
-    /// In place, in buckets of at most `bucketElements` elements (bounded MPI message sizes): every rank's `buffer`
-    /// becomes the sum over ranks. (`OverlappedGradientReduction` sends buckets while backward runs.)
-    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, bucketElements: Int) throws {
-        guard size > 1 else { return }
-        let bucket = max(1, bucketElements)
-        var start = 0
-        while start < buffer.count {
-            let end = min(buffer.count, start + bucket)
-            try allReduceSum(UnsafeMutableBufferPointer(rebasing: buffer[start..<end]))
-            start = end
-        }
-    }
-
     /// Runs `body` on the coordinator only and returns its result on every rank. When it throws, every rank
     /// throws a `CollectiveError` with the coordinator's message (one group: the process is alone, the
     /// original error is rethrown unchanged).
