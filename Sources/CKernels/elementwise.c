@@ -1,6 +1,7 @@
 // Branch-free elementwise and pooling kernels (see include/elementwise.h).
 #include "elementwise.h"
 
+#include "bf16_bits.h"
 #include "clones.h"
 #include <stdint.h>
 #include <string.h>
@@ -229,27 +230,11 @@ void hd_scale_add(float *restrict y, float a, const float *restrict x, float b, 
     for (ptrdiff_t i = 0; i < n; i++) y[i] = a * y[i] + b * x[i];
 }
 
-// bfloat16 rounding written as selects, so each clone vectorises it (bf16_bits.h's rule).
-static inline uint16_t hd_bf16_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    uint32_t quiet = ((u >> 16) | 0x0040u) & 0xFFFFu;
-    uint32_t zero = (u >> 16) & 0x8000u;
-    uint32_t r = (u & 0x7FFFFFFFu) > 0x7F800000u ? quiet : rounded;
-    return (uint16_t)((u & 0x7F800000u) == 0 ? zero : r);
-}
-
 static inline float hd_bf16_value(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
     memcpy(&f, &u, 4);
     return f;
-}
-
-HD_CLONES
-void hd_bf16_compress(uint16_t *restrict dst, const float *restrict src, ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++) dst[i] = hd_bf16_round(src[i]);
 }
 
 HD_CLONES
@@ -259,7 +244,7 @@ void hd_bf16_decompress(float *restrict dst, const uint16_t *restrict src, ptrdi
 
 HD_CLONES
 void hd_bf16_add(const uint16_t *restrict in, uint16_t *restrict inout, ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++) inout[i] = hd_bf16_round(hd_bf16_value(in[i]) + hd_bf16_value(inout[i]));
+    for (ptrdiff_t i = 0; i < n; i++) inout[i] = (uint16_t)bf16_bits(hd_bf16_value(in[i]) + hd_bf16_value(inout[i]));
 }
 
 HD_CLONES

@@ -120,7 +120,7 @@ public final class MPIProcessGroup: ProcessGroup {
         } else {
             staging = .allocate(capacity: buffer.count)
         }
-        hd_bf16_compress(staging.baseAddress!, base, buffer.count)
+        hd_bf16_halves(staging.baseAddress!, base, buffer.count)
         var request: MPI_Request? = cmpi_request_null()
         do {
             try check(MPI_Iallreduce(cmpi_in_place(), staging.baseAddress, Int32(buffer.count), cmpi_uint16(), bf16Sum, comm, &request),

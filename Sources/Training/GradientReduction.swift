@@ -55,7 +55,7 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
     /// call (the end of backward): the timeline `bench-step --overlap` reports.
     public private(set) var startTimes: [Double] = []
     public private(set) var completeTime: Double = 0
-    private let origin = DispatchTimeNanos.now
+    private let origin = DispatchTime.now().uptimeNanoseconds
     /// Microseconds the progress thread sleeps between MPI_Testall calls (0: no progress thread).
     public var progressInterval: UInt32 = 0
     /// How the buckets travel (bfloat16 halves the bytes; `GradientCompression`).
@@ -144,7 +144,7 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
             if !others.isEmpty { combineReplicaGradients(gradients, others: others, weights: weights, range: r) }
             // As `GradientOps.scale` does after backward, on this thread (the other copies may still be computing).
             if scale != 1 { for i in r { gradients[i] *= scale } }
-            startTimes.append(Double(DispatchTimeNanos.now - origin) / 1e9)
+            startTimes.append(Double(DispatchTime.now().uptimeNanoseconds - origin) / 1e9)
             try group.startAllReduceSum(UnsafeMutableBufferPointer(start: gradients + r.lowerBound, count: r.count), compression: compression)
             started += 1
             if progressDone == nil && progressInterval > 0 && group.size > 1 && group.callableFromAnyThread { startProgressThread() }
@@ -186,18 +186,9 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
         replicas = []
         try state.withLock { state in
             if let error = state.error { throw error }
-            completeTime = Double(DispatchTimeNanos.now - origin) / 1e9
+            completeTime = Double(DispatchTime.now().uptimeNanoseconds - origin) / 1e9
             try startReady(&state.started)
             try group.waitForReductions()
         }
-    }
-}
-
-/// Monotonic nanoseconds (CLOCK_MONOTONIC), for the reduction's timeline.
-enum DispatchTimeNanos {
-    static var now: UInt64 {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
     }
 }

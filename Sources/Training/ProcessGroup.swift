@@ -86,11 +86,11 @@ extension ProcessGroup {
         guard compression == .bf16, let base = buffer.baseAddress, buffer.count > 0 else { return try startAllReduceSum(buffer) }
         let staging = UnsafeMutablePointer<UInt16>.allocate(capacity: buffer.count)
         defer { staging.deallocate() }
-        hd_bf16_compress(staging, base, buffer.count)
+        hd_bf16_halves(staging, base, buffer.count)
         hd_bf16_decompress(base, staging, buffer.count)
         try startAllReduceSum(buffer)
         try waitForReductions()
-        hd_bf16_compress(staging, base, buffer.count)
+        hd_bf16_halves(staging, base, buffer.count)
         hd_bf16_decompress(base, staging, buffer.count)
     }
     public func waitForReductions() throws {}

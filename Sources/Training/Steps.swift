@@ -485,9 +485,14 @@ public final class DataParallelStep {
     /// The buckets the gradient is summed in, from the end of the buffer: cut at the layer boundaries the model reports
     /// (`ReportsGradientProgress`), else in pieces of `bucketElements` (`OverlappedGradientReduction.buckets`).
     public var gradientBuckets: [Range<Int>] {
-        OverlappedGradientReduction.buckets(count: model.parameterCount, bucketElements: bucketElements,
-                                            boundaries: (model as? ReportsGradientProgress)?.gradientReadyOffsets)
+        if let cached = bucketCache, cached.elements == bucketElements { return cached.buckets }
+        let buckets = OverlappedGradientReduction.buckets(count: model.parameterCount, bucketElements: bucketElements,
+                                                          boundaries: (model as? ReportsGradientProgress)?.gradientReadyOffsets)
+        bucketCache = (bucketElements, buckets)
+        return buckets
     }
+    /// The layout of `gradientBuckets` for the `bucketElements` it was made with (the model's layers do not change).
+    private var bucketCache: (elements: Int, buckets: [Range<Int>])?
 
     /// Sums `model.parameters.gradients` over the ranks in place, after backward: the same buckets and the same
     /// non-blocking reductions (MPI_Iallreduce) as the overlapped path, so the sums are the same bits at any number of

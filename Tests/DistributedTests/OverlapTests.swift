@@ -191,5 +191,23 @@ struct OverlapTests {
         #expect(try cell(["--gradient-mb", "4", "--gradient-compression", "bf16", "--compression-cost-ms", "1"]) == "99% (3.8 ms)")
         let bad = try run(["python3", script.path, "--rank-images-per-second", "100", "--overlap", dir.appendingPathComponent("missing.json").path])
         #expect(bad.status != 0 && bad.stderr.contains("missing.json") && !bad.stderr.contains("Traceback"), "\(bad.stderr)")
+        for (args, named) in [(["--gradient-mb", "4", "--gradient-compression", "bf16", "--compression-cost-ms", "-1"], "--compression-cost-ms"),
+                              (["--gradient-mb", "nan"], "--gradient-mb"), (["--gradient-mb", "4", "--compression-cost-ms", "1"], "--compression-cost-ms")] {
+            let r = try run(["python3", script.path, "--rank-images-per-second", "100"] + args)
+            #expect(r.status != 0 && r.stderr.contains(named) && !r.stderr.contains("Traceback"), "\(args): \(r.stderr)")
+        }
+    }
+
+    @Test("all-reduce settings that do nothing in a launch are said once: compression or a progress thread in one process, a progress thread without the overlap")
+    func inertSettingsAreNoted() {
+        var c = RunConfig()
+        #expect(SupervisedTrainer.allReduceNotes(c, ranks: 1).isEmpty && SupervisedTrainer.allReduceNotes(c, ranks: 2).isEmpty)
+        c.gradientCompression = .bf16
+        #expect(SupervisedTrainer.allReduceNotes(c, ranks: 1).first?.contains("train.gradient_compression has no effect in a single process") == true)
+        #expect(SupervisedTrainer.allReduceNotes(c, ranks: 2).isEmpty)
+        c.allreduceProgressMicroseconds = 50
+        #expect(SupervisedTrainer.allReduceNotes(c, ranks: 1).first?.contains("train.gradient_compression and train.allreduce_progress_us have") == true)
+        c.overlapAllreduce = false
+        #expect(SupervisedTrainer.allReduceNotes(c, ranks: 3).first?.contains("train.overlap_allreduce: false") == true)
     }
 }

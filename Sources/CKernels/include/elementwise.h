@@ -35,14 +35,10 @@ void hd_relu_backward_add(float *dx, const float *dy, const float *y, ptrdiff_t 
 /// y[i] = a * y[i] + b * x[i] for i < n (y and x must not overlap).
 void hd_scale_add(float *y, float a, const float *x, float b, ptrdiff_t n);
 
-/// dst[i] = bf16(src[i]) (16-bit bfloat16 values) for i < n, rounded to nearest even, float32 subnormals to signed zero,
-/// NaN to a quiet NaN (VCVTNEPS2BF16's rule, as hd_bf16_halves): a gradient bucket compressed for the all-reduce.
-void hd_bf16_compress(uint16_t *dst, const float *src, ptrdiff_t n);
-
 /// dst[i] = the float32 value of the bfloat16 src[i] (exact) for i < n.
 void hd_bf16_decompress(float *dst, const uint16_t *src, ptrdiff_t n);
 
-/// inout[i] = bf16(float(in[i]) + float(inout[i])) for i < n, rounded as hd_bf16_compress: the sum a user-defined
+/// inout[i] = bf16(float(in[i]) + float(inout[i])) for i < n, rounded as hd_bf16_halves (directconv.h): the sum a user-defined
 /// MPI_Op applies to compressed gradients at each step of the all-reduce.
 void hd_bf16_add(const uint16_t *in, uint16_t *inout, ptrdiff_t n);
 
