@@ -294,6 +294,9 @@ private func report(_ trainer: SupervisedTrainer, _ outcome: RunOutcome, config 
                         + " kept in \(trainer.runDirectory.bestWeights.path)"
                 }
             }
+            if trainer.group.size > 1, trainer.teacher != nil, cfg.overlapAllreduce, cfg.overlapTeacher {
+                line += "; the teacher forward overlapped the all-reduce on \(trainer.teacherForwardsAhead) of \(trainer.history.count) steps"
+            }
             print(line + "; run directory \(trainer.runDirectory.url.path)")
         } else {
             print("nothing to do: the run in \(cfg.output) already reached its last step")

@@ -85,6 +85,11 @@ public final class ResNet: ImageModel, ReportsGradientProgress {
     /// (its downsample's parameters are stored after the block's second convolution but run last), after the stem.
     public var gradientReady: ((_ offset: Int) -> Void)?
 
+    /// Called during `forward` after each convolution with its norm (the stem's, each block's and each downsample's):
+    /// a point where a caller can let work in flight progress (a teacher forward overlapping the previous step's
+    /// gradient all-reduce, `DistillationStep.prepare`). Runs on the forward's thread.
+    public var forwardProgress: (() -> Void)?
+
     /// The offsets `backward` reports through `gradientReady`, in order (`ReportsGradientProgress`).
     public var gradientReadyOffsets: [Int] {
         var out: [Int] = []
@@ -278,6 +283,7 @@ public final class ResNet: ImageModel, ReportsGradientProgress {
             if training { batchesTracked[norm.counter!] += 1 }
         }
         if relu, case .batch = config.norm { ReLU.forward(output: normOut, input: normOut, count: outShape.count) }
+        forwardProgress?()
         return ConvNormRecord(input: input, inShape: shape, convOut: convOut, normOut: normOut, outShape: outShape,
                               mean: mean, rstd: rstd, relu: relu)
     }

@@ -253,6 +253,15 @@ final class BatchChannel: @unchecked Sendable {
         return true
     }
 
+    /// Removes the next batch when one is there, else nil at once.
+    func takeIfReady() -> Result<LoadedBatch, Error>? {
+        condition.lock(); defer { condition.unlock() }
+        guard !buffer.isEmpty else { return nil }
+        let r = buffer.removeFirst()
+        condition.broadcast()
+        return r
+    }
+
     /// Waits for a batch and removes it.
     func take() -> Result<LoadedBatch, Error> {
         condition.lock(); defer { condition.unlock() }
@@ -297,6 +306,12 @@ public final class BatchLoader: @unchecked Sendable {
     /// The next batch, waiting for it if needed; rethrows a loading error (naming file and tile).
     public func next() throws -> LoadedBatch {
         try channel.take().get()
+    }
+
+    /// The next batch (or its loading error) when it is already loaded, else nil without waiting; a batch returned here
+    /// is not returned by `next()` again.
+    public func nextIfReady() -> Result<LoadedBatch, Error>? {
+        channel.takeIfReady()
     }
 
     private static func produce(maker: BatchMaker, channel: BatchChannel, from start: DataCursor) {

@@ -280,6 +280,8 @@ public struct ConfigKey: @unchecked Sendable {
         key("train", "threads", \.threads, .int, default: "cores per rank", resume: .mayChange, "compute threads per rank (1 to \(RunConfig.maximumThreads))"),
         key("train", "overlap_allreduce", \.overlapAllreduce, .bool, resume: .free,
             "with several ranks, sum each gradient bucket over the ranks while backward still runs (PyTorch DistributedDataParallel's overlap); the same sums either way"),
+        key("train", "overlap_teacher", \.overlapTeacher, .bool, resume: .free,
+            "in distillation with overlap_allreduce: run the next batch's frozen teacher forward while the last gradient buckets are summed, before the update (the teacher does not depend on it); the same weights either way"),
         key("train", "bucket_mb", \.bucketMB, .float, resume: .mayChange,
             "gradient all-reduce bucket size in MB (DistributedDataParallel's bucket_cap_mb): a bucket ends at the first layer boundary at or past this size, counted from the last layer (a layer is never split); smaller buckets start sooner, each costs a message latency per rank"),
         key("train", "allreduce_progress_us", \.allreduceProgressMicroseconds, .int, resume: .free,

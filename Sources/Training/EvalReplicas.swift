@@ -26,15 +26,23 @@ public final class EvalReplicas {
     }
 
     /// The model's eval-mode outputs for `input` (n, 3, h, w): feature map, pooled features and logits, valid until the
-    /// next call.
-    public func forward(_ input: UnsafePointer<Float>, shape: NCHW) -> ImageModelOutput {
+    /// next call. `progress`: called by each ResNet copy after each convolution with its norm
+    /// (`ResNet.forwardProgress`), from the copies' threads.
+    public func forward(_ input: UnsafePointer<Float>, shape: NCHW, progress: (() -> Void)? = nil) -> ImageModelOutput {
         let k = min(Parallel.width, shape.n)
-        guard k > 1, shape.h == shape.w, let net = model as? ResNet else { return model.forward(input, shape: shape, training: false) }
+        guard k > 1, shape.h == shape.w, let net = model as? ResNet else {
+            let resnet = model as? ResNet
+            resnet?.forwardProgress = progress
+            defer { resnet?.forwardProgress = nil }
+            return model.forward(input, shape: shape, training: false)
+        }
         if copies.count < k - 1 {
             while copies.count < k - 1 { copies.append(ResNet(net.config, initialize: false)) }
             refresh()
         }
         let models: [ResNet] = [net] + copies.prefix(k - 1)
+        for m in models { m.forwardProgress = progress }
+        defer { for m in models { m.forwardProgress = nil } }
         let side = net.featureMapSize(resolution: shape.h), d = net.featureDimension, classes = net.classes
         let mapCount = shape.n * d * side * side
         if featureMaps.count < mapCount { featureMaps = Buffer(count: mapCount) }

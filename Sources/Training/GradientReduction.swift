@@ -134,6 +134,17 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
         }
     }
 
+    /// Lets the started buckets progress (MPI_Testall), from work that runs between backward and `complete()` (a teacher
+    /// forward done ahead, `DistillationStep.prepare`); returns at once when another thread is in the group's calls or
+    /// the group cannot be called from this thread. An error is kept for `complete()`.
+    public func progress() {
+        guard group.size > 1, group.callableFromAnyThread || pthread_equal(owner, pthread_self()) != 0 else { return }
+        _ = state.withLockIfAvailable { state in
+            guard state.error == nil else { return }
+            do { _ = try group.progressReductions() } catch { state.error = error }
+        }
+    }
+
     /// Starts every bucket all replicas have finished, in order. Under the lock.
     private func startReady(_ started: inout Int) throws {
         // Final on every replica: at or above the highest offset any replica has reached (the slowest one's).

@@ -72,6 +72,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var threads: Int?
     /// Sum the gradient over the ranks while backward runs (PyTorch DDP's overlap); only with more than one rank.
     public var overlapAllreduce = true
+    /// `train.overlap_teacher`: in distillation with the overlapped all-reduce, run the next batch's teacher forward
+    /// while the last gradient buckets are summed.
+    public var overlapTeacher = true
     /// Gradient all-reduce bucket size, in MB (PyTorch DDP's `bucket_cap_mb`; `OverlappedGradientReduction.buckets`).
     public var bucketMB: Float = 2
     /// Microseconds between MPI_Testall calls of the overlapped reduction's progress thread (0: none).

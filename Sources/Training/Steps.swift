@@ -35,6 +35,9 @@ public struct StepInput {
     /// the two labels (Zhang et al. 2018).
     public var mixPartnerLabels: UnsafePointer<Int32>? = nil
     public var mixWeights: UnsafePointer<Float>? = nil
+    /// Which batch this is, for work prepared ahead of its step (`StepObjective.prepare`): the trainer gives the global
+    /// step index the batch is trained at. nil: nothing prepared is used.
+    public var key: Int? = nil
 
     public init(images: UnsafePointer<Float>, edge: Int, teacherImages: UnsafePointer<Float>?, teacherEdge: Int,
                 labels: UnsafePointer<Int32>, count: Int) {
@@ -82,11 +85,19 @@ public protocol StepObjective: AnyObject {
     /// attached to it before backward, which then hands it the gradient bucket by bucket (the gradient is complete
     /// only after `reduction.complete()`); without one, the gradient is in `model.parameters.gradients` on return.
     func localGradients(_ input: StepInput, reduction: OverlappedGradientReduction?) -> LossTerms
+    /// True when `prepare` does work ahead (a distillation step's teacher forward).
+    var preparesAhead: Bool { get }
+    /// Work for the step that will train `next` (identified by `next.key`) that does not depend on the model being
+    /// trained, done now while the current step's reduction is still in flight; `progress` is to be called now and
+    /// then while it runs. The default does nothing.
+    func prepare(_ next: StepInput, progress: (() -> Void)?)
 }
 
 extension StepObjective {
     /// Forward and backward of `input`, leaving the gradient in `model.parameters.gradients`.
     public func localGradients(_ input: StepInput) -> LossTerms { localGradients(input, reduction: nil) }
+    public var preparesAhead: Bool { false }
+    public func prepare(_ next: StepInput, progress: (() -> Void)?) {}
 }
 
 /// Supervised training: softmax cross-entropy on the labels (torch.nn.CrossEntropyLoss, mean reduction).
@@ -208,8 +219,17 @@ func splitOverReplicas(_ input: StepInput, net: ResNet, copies: [ResNet], reduct
 public protocol TeacherSource: AnyObject {
     /// The teacher's logits (n, classes) and last feature map for `images` (n, 3, edge, edge); valid until the next call.
     func outputs(_ images: UnsafePointer<Float>, shape: NCHW) -> ImageModelOutput
+    /// The same, calling `progress` now and then while it computes (a ResNet teacher after each convolution with its
+    /// norm, from the threads it runs on). The default ignores `progress`.
+    func outputs(_ images: UnsafePointer<Float>, shape: NCHW, progress: (() -> Void)?) -> ImageModelOutput
     /// Classes of the teacher's classifier.
     var classes: Int { get }
+}
+
+extension TeacherSource {
+    public func outputs(_ images: UnsafePointer<Float>, shape: NCHW, progress: (() -> Void)?) -> ImageModelOutput {
+        outputs(images, shape: shape)
+    }
 }
 
 /// A frozen teacher network run in eval mode, without keeping gradients. With more than one engine thread a ResNet
@@ -226,6 +246,9 @@ public final class FrozenTeacher: TeacherSource {
     public var classes: Int { model.classes }
     public func outputs(_ images: UnsafePointer<Float>, shape: NCHW) -> ImageModelOutput {
         replicas.forward(images, shape: shape)
+    }
+    public func outputs(_ images: UnsafePointer<Float>, shape: NCHW, progress: (() -> Void)?) -> ImageModelOutput {
+        replicas.forward(images, shape: shape, progress: progress)
     }
 }
 
@@ -246,6 +269,9 @@ public final class RenormalizingTeacher: TeacherSource {
     }
     public var classes: Int { base.classes }
     public func outputs(_ images: UnsafePointer<Float>, shape: NCHW) -> ImageModelOutput {
+        outputs(images, shape: shape, progress: nil)
+    }
+    public func outputs(_ images: UnsafePointer<Float>, shape: NCHW, progress: (() -> Void)?) -> ImageModelOutput {
         if scratch.count < shape.count { scratch = [Float](repeating: 0, count: shape.count) }
         let plane = shape.h * shape.w
         scratch.withUnsafeMutableBufferPointer { out in
@@ -256,7 +282,7 @@ public final class RenormalizingTeacher: TeacherSource {
                 }
             }
         }
-        return scratch.withUnsafeBufferPointer { base.outputs($0.baseAddress!, shape: shape) }
+        return scratch.withUnsafeBufferPointer { base.outputs($0.baseAddress!, shape: shape, progress: progress) }
     }
 }
 
@@ -285,7 +311,15 @@ public final class DistillationStep: StepObjective {
             return LossTerms()
         }
         guard let teacherImages = input.teacherImages else { preconditionFailure("DistillationStep: the input has no teacher view") }
-        let t = teacher.outputs(teacherImages, shape: NCHW(input.count, 3, input.teacherEdge, input.teacherEdge))
+        let shape = NCHW(input.count, 3, input.teacherEdge, input.teacherEdge)
+        let t: ImageModelOutput
+        if let p = prepared, let key = input.key, p.key == key, p.shape == shape {
+            t = p.output
+            preparedUsed += 1
+        } else {
+            t = teacher.outputs(teacherImages, shape: shape)
+        }
+        prepared = nil
         let k = min(Parallel.width, input.count)
         if k > 1, let net = student as? ResNet, case .group = net.config.norm {
             while copies.count < k - 1 { copies.append(ResNet(net.config, initialize: false)) }
@@ -296,6 +330,34 @@ public final class DistillationStep: StepObjective {
         }
         reduction?.attach([student])
         return pass(student, input, teacher: t, tiles: 0..<input.count)
+    }
+
+    /// The teacher's outputs for the batch of `key`, computed ahead by `prepare` (copied out of the teacher's buffers).
+    private var prepared: (key: Int, shape: NCHW, output: ImageModelOutput)?
+    private var preparedLogits = Buffer<Float>(count: 0), preparedMap = Buffer<Float>(count: 0), preparedPooled = Buffer<Float>(count: 0)
+    /// Steps that used teacher outputs prepared ahead (for tests and reports).
+    public private(set) var preparedUsed = 0
+
+    public var preparesAhead: Bool { true }
+
+    /// Runs the frozen teacher on `next` (a batch with a `key`) now, calling `progress` while it computes, and keeps its
+    /// outputs for the step that trains `next`: the teacher does not depend on the student's update, so this can run
+    /// while the previous step's gradient is still being summed over the ranks (`DataParallelStep.step`'s
+    /// `lookahead`). The step uses them only for the same key and shape and recomputes otherwise; a later `prepare`
+    /// replaces them. The losses and gradients are the same bits either way.
+    public func prepare(_ next: StepInput, progress: (() -> Void)?) {
+        prepared = nil
+        guard let key = next.key, next.count > 0, let images = next.teacherImages else { return }
+        let shape = NCHW(next.count, 3, next.teacherEdge, next.teacherEdge)
+        let out = teacher.outputs(images, shape: shape, progress: progress)
+        func keep(_ t: Tensor<Float>, _ buffer: inout Buffer<Float>) -> Tensor<Float> {
+            if buffer.count < t.count { buffer = Buffer(count: t.count) }
+            buffer.pointer.update(from: t.data, count: t.count)
+            return Tensor(shape: t.shape, data: buffer.pointer)
+        }
+        let map = keep(out.featureMap, &preparedMap), pooled = keep(out.pooled, &preparedPooled)
+        let logits = out.logits.map { keep($0, &preparedLogits) }
+        prepared = (key, shape, ImageModelOutput(featureMap: map, pooled: pooled, logits: logits))
     }
 
     /// Copies of the student for the split steps, made on first use; their weights follow the student's at every step.
@@ -368,6 +430,12 @@ public final class DataParallelStep {
     public var gradientCompression = GradientCompression.none
     /// The last step's overlapped reduction (its bucket timeline), nil when the step did not overlap.
     public private(set) var lastReduction: OverlappedGradientReduction?
+    /// With an overlapped reduction, do the next step's work that does not depend on this step's update (the next
+    /// batch's teacher forward in distillation, `StepObjective.prepare`) after backward, while the last buckets are
+    /// summed, instead of at the start of the next step (`train.overlap_teacher`).
+    public var prepareAhead = true
+    /// Seconds the last step spent preparing the next one ahead (`prepareAhead`), nil when it did not.
+    public private(set) var lastLookaheadSeconds: Double?
 
     /// The trained model.
     public let model: any Module
@@ -383,8 +451,13 @@ public final class DataParallelStep {
 
     /// Forward, backward, reduction and (unless the step diverged or no rank had a tile) the clipped optimizer
     /// update with learning rate `lr`, then BatchNorm buffers from rank 0. `skipped` counts this rank's corrupt tiles.
+    /// `lookahead`: the batch of the next step (with its `key`), for work the objective can do for it while this
+    /// step's overlapped reduction is in flight (`StepObjective.prepare`: the next batch's teacher forward in
+    /// distillation), after this step's backward and before its update; used only when the step overlaps
+    /// (`overlapReduction`) and `prepareAhead` is on. The weights are the same bits with or without it.
     @discardableResult
-    public func step(_ input: StepInput, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0) throws -> GlobalStep {
+    public func step(_ input: StepInput, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0,
+                     lookahead: StepInput? = nil) throws -> GlobalStep {
         guard let objective else { preconditionFailure("DataParallelStep.step: built without an objective; call finish") }
         var input = input
         var globalLabeled: Double?
@@ -422,6 +495,12 @@ public final class DataParallelStep {
         reduction.compression = gradientCompression
         lastReduction = reduction
         let local = objective.localGradients(input, reduction: reduction)
+        lastLookaheadSeconds = nil
+        if prepareAhead, let next = lookahead, next.key != nil, objective.preparesAhead {
+            let started = DispatchTime.now().uptimeNanoseconds
+            objective.prepare(next, progress: { reduction.progress() })
+            lastLookaheadSeconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        }
         let t0 = DispatchTime.now().uptimeNanoseconds
         try reduction.complete()
         let waited = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9

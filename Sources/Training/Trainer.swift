@@ -148,6 +148,9 @@ public final class SupervisedTrainer {
     public var traceSamples = false
     /// The step: this objective's forward/backward, the all-reduce, the update, the state broadcast.
     public let stepper: DataParallelStep
+    /// Steps of this process whose teacher forward ran ahead, during the previous step's all-reduce
+    /// (`train.overlap_teacher`; not the first step, nor one whose batch the loader did not have ready in time).
+    public var teacherForwardsAhead: Int { (stepper.objective as? DistillationStep)?.preparedUsed ?? 0 }
     /// The teacher weights' digest (distillation), recorded in checkpoints.
     let teacherDigest: String?
     /// The coordinator's lock on the run directory, held while it trains.
@@ -372,6 +375,7 @@ public final class SupervisedTrainer {
             stepper = DataParallelStep(objective: SupervisedStep(model: network, labelSmoothing: config.labelSmoothing), group: group)
         }
         stepper.overlapReduction = group.size > 1 && config.overlapAllreduce
+        stepper.prepareAhead = config.overlapTeacher
         stepper.bucketElements = max(1, Int(Double(config.bucketMB) * 1e6 / 4))
         stepper.progressInterval = UInt32(config.allreduceProgressMicroseconds)
         stepper.gradientCompression = config.gradientCompression
@@ -413,10 +417,17 @@ public final class SupervisedTrainer {
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
         var loop = try begin(resume: resume, stopAfter: stopAfter)
         let loader = try makeLoader(loop)
+        // The next batch, when the loader already has it: the step can run its teacher forward while its own gradient is
+        // summed (`DataParallelStep.prepareAhead`). A loading error stays in the result until that batch's turn.
+        var upcoming: Result<LoadedBatch, Error>?
+        let ahead = stepper.overlapReduction && stepper.prepareAhead && teacher != nil
         while loop.step < loop.stopAt {
             let t0 = Date()
-            let batch = try loader.next()
-            if let outcome = try trainStep(batch, loop: &loop, started: t0, waited: Date().timeIntervalSince(t0)) { return outcome }
+            let batch = try (upcoming ?? Result { try loader.next() }).get()
+            let waited = Date().timeIntervalSince(t0)
+            upcoming = ahead && loop.step + 1 < loop.stopAt ? loader.nextIfReady() : nil
+            let next = try? upcoming?.get()
+            if let outcome = try trainStep(batch, loop: &loop, started: t0, waited: waited, lookahead: next) { return outcome }
         }
         return loop.outcome
     }
@@ -554,15 +565,31 @@ public final class SupervisedTrainer {
     /// One global step on `batch` (this rank's share): forward, backward, reduction, update, average, metrics,
     /// validation and checkpoint when due. Returns the outcome when a stop signal ends the run here, else nil.
     /// `started`: when the step began waiting for its batch; `waited`: seconds it waited.
-    public func trainStep(_ batch: LoadedBatch, loop: inout Loop, started t0: Date, waited: TimeInterval) throws -> RunOutcome? {
+    /// `lookahead`: the next step's batch, whose teacher forward a distillation step may run while its own gradient is
+    /// summed (`DataParallelStep.step`); the same weights with or without it.
+    public func trainStep(_ batch: LoadedBatch, loop: inout Loop, started t0: Date, waited: TimeInterval,
+                          lookahead: LoadedBatch? = nil) throws -> RunOutcome? {
         for skipped in batch.skipped { warnSkipped(skipped, "skipped a corrupt tile (data.on_corrupt: skip)") }
         if let trace = loop.trace {
             try trace.write(contentsOf: Data(batch.samples.map { "\(batch.epoch)\t\(batch.step)\t\($0)\n" }.joined().utf8))
         }
         let lr = loop.schedule.rate(base: config.lr, step: loop.step, epoch: batch.epoch)
-        let global = try batch.withStepInput(inputFactor: config.inputFactor, teacherFactor: teacherFactor) { input in
-            try stepper.step(input, optimizer: optimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm, skipped: batch.skipped.count)
+        let key = loop.step
+        func run(_ next: StepInput?) throws -> GlobalStep {
+            try batch.withStepInput(inputFactor: config.inputFactor, teacherFactor: teacherFactor) { input in
+                var input = input
+                input.key = key
+                return try stepper.step(input, optimizer: optimizer, lr: Float(lr), clipGradNorm: config.clipGradNorm,
+                                        skipped: batch.skipped.count, lookahead: next)
+            }
         }
+        let global = try lookahead.map { next in
+            try next.withStepInput(inputFactor: config.inputFactor, teacherFactor: teacherFactor) { la in
+                var la = la
+                la.key = key + 1
+                return try run(la)
+            }
+        } ?? run(nil)
         var divergence = global.divergence
         // The divergence guard: the loss against the lowest running median (last 100 steps, from the first step on) seen so far, floored
         // at 0.1 so that a well-fitted run's small losses do not make ordinary noise look like an explosion.

@@ -363,7 +363,7 @@ struct DataParallelTests {
         }
     }
 
-    @Test("distillation with labeled and unlabeled tiles and ce_weight > 0: every loss term is the same on 1 and 2 ranks")
+    @Test("distillation with labeled and unlabeled tiles and ce_weight > 0: every loss term is the same on 1 and 2 ranks; on 2 ranks the teacher forward run during the previous step's all-reduce (train.overlap_teacher) gives the weights of the run without it, bit for bit")
     func labeledTermsAcrossRanks() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpce-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -388,6 +388,21 @@ struct DataParallelTests {
         #expect(one.status == 0, "\(one.stderr)")
         let two = try mpirun(2, ["distill", "--config", try student("two").path])
         #expect(two.status == 0, "\(two.stderr)")
+        // The next batch's teacher forward during the all-reduce (the default) or at its own step: the same weights.
+        #expect(two.stdout.contains("the teacher forward overlapped the all-reduce on "), "\(two.stdout)")
+        #expect(!two.stdout.contains("overlapped the all-reduce on 0 of"), "\(two.stdout)")
+        let off = try mpirun(2, ["distill", "--config", try student("off").path, "--set", "train.overlap_teacher=false"])
+        #expect(off.status == 0 && !off.stdout.contains("teacher forward overlapped"), "\(off.stdout) \(off.stderr)")
+        let weights = try ["two", "off"].map {
+            try SafeTensorsFile(contentsOf: dir.appendingPathComponent("\($0)/checkpoints/step-000000004/model.safetensors"))
+        }
+        var differing = 0, compared = 0
+        for t in weights[0].tensors {
+            let u = t.floats, v = try #require(weights[1][t.name]).floats
+            compared += u.count
+            differing += zip(u, v).filter { $0.0 != $0.1 }.count
+        }
+        #expect(compared > 1000 && differing == 0, "train.overlap_teacher changed \(differing) of \(compared) weights")
         func metrics(_ name: String) throws -> [StepMetrics] {
             try String(contentsOf: dir.appendingPathComponent("\(name)/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
                 .map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)) }

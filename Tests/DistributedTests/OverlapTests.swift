@@ -8,7 +8,7 @@ import Testing
 
 /// Two ranks holding the same tiles, in one process: every sum over ranks doubles the buffer. Records the buckets the
 /// non-blocking reduction was given (offsets into `base`), in order.
-final class TwinRanksGroup: ProcessGroup, @unchecked Sendable {
+class TwinRanksGroup: ProcessGroup, @unchecked Sendable {
     var rank: Int { 0 }
     var size: Int { 2 }
     var transportName: String { "two identical ranks (test)" }
@@ -28,6 +28,12 @@ final class TwinRanksGroup: ProcessGroup, @unchecked Sendable {
     func barrier() throws {}
     func abort(code: Int32, message: String) -> Never { fatalError(message) }
     func finalize() {}
+}
+
+/// `TwinRanksGroup` counting the calls that let its reductions progress.
+final class CountingTwinRanksGroup: TwinRanksGroup, @unchecked Sendable {
+    var progressCalls = 0
+    override func progressReductions() throws -> Bool { progressCalls += 1; return true }
 }
 
 @Suite("Gradient all-reduce overlapped with backward", .serialized)
@@ -127,6 +133,67 @@ struct OverlapTests {
             }
             // Not vacuous: the last report before the stem saw the stem's gradient still unset.
             #expect(reports.dropLast().last.map { r in (0..<r.offset).contains { r.gradients[$0] != final[$0] } } == true)
+        }
+    }
+
+    /// Three distillation steps on three different batches (keys 0-2) on 2 "ranks" at `width` threads with the reduction
+    /// overlapped, each step given the next batch as `lookahead` (or none); `keys` overrides the keys of the
+    /// lookaheads. Returns the weights, the step's objective and the group's progress calls.
+    static func distillThree(width: Int, lookahead: Bool, lookaheadKeys: [Int] = [1, 2]) -> (weights: [Float], objective: DistillationStep, progress: Int, lastAhead: Double?) {
+        let config = ResNetConfig.paper(classes: 3, planes: [16, 32, 32], blocks: [1, 2, 1], groups: 8)
+        let n = 5, edge = 16
+        var g = SplitMix64(seed: 11)
+        let xs = (0..<3).map { _ in Buffer<Float>((0..<(n * 3 * edge * edge)).map { _ in Float(g.next() % 1000) / 500 - 1 }) }
+        let xts = (0..<3).map { _ in Buffer<Float>((0..<(n * 3 * 4 * edge * edge)).map { _ in Float(g.next() % 1000) / 500 - 1 }) }
+        let labels: [Int32] = [0, 2, 1, 1, 0]
+        let model = ResNet(config, seed: 7)
+        let objective = DistillationStep(student: model, teacher: FrozenTeacher(ResNet(config, seed: 8)),
+                                         objective: DistillationObjective(kdWeight: 0.7, temperature: 4, pixelWeight: 0.5, pixelResize: .both,
+                                                                          pixelNorm: .l2, crossEntropyWeight: 0.3))
+        let group = CountingTwinRanksGroup()
+        let stepper = DataParallelStep(objective: objective, group: group)
+        stepper.overlapReduction = true
+        stepper.bucketElements = 1500
+        let optimizer = Optimizer(.adam(), count: model.parameterCount)
+        labels.withUnsafeBufferPointer { l in
+            func input(_ i: Int, key: Int) -> StepInput {
+                var input = StepInput(images: xs[i].pointer, edge: edge, teacherImages: xts[i].pointer, teacherEdge: 2 * edge,
+                                      labels: l.baseAddress!, count: n)
+                input.key = key
+                return input
+            }
+            for i in 0..<3 {
+                let next = lookahead && i < 2 ? input(i + 1, key: lookaheadKeys[i]) : nil
+                let step = Parallel.withWidth(width) { try? stepper.step(input(i, key: i), optimizer: optimizer, lr: 1e-3, lookahead: next) }
+                #expect(step?.updated == true)
+            }
+        }
+        return (model.parameters.values.array, objective, group.progressCalls, stepper.lastLookaheadSeconds)
+    }
+
+    @Test("the next batch's teacher forward run while the reduction is in flight (train.overlap_teacher) gives the weights of the plain overlapped step bit for bit at 1-3 threads; the step uses it, lets the reduction progress after each teacher convolution, and recomputes for another batch's key")
+    func teacherForwardAhead() throws {
+        for width in [1, 2, 3] {
+            let plain = Self.distillThree(width: width, lookahead: false)
+            let ahead = Self.distillThree(width: width, lookahead: true)
+            let differing = zip(plain.weights, ahead.weights).filter { $0.0 != $0.1 }.count
+            #expect(differing == 0, "width \(width): \(differing) of \(plain.weights.count) weights differ")
+            #expect(plain.objective.preparedUsed == 0 && ahead.objective.preparedUsed == 2, "width \(width): used \(ahead.objective.preparedUsed)")
+            #expect(ahead.lastAhead == nil, "the last step had no lookahead")
+            if width == 1 {
+                // One progress call per convolution + norm of each teacher forward done ahead (the backward's reports come on top).
+                let teacher = ResNet(.paper(classes: 3, planes: [16, 32, 32], blocks: [1, 2, 1], groups: 8), seed: 8)
+                var convs = 0
+                teacher.forwardProgress = { convs += 1 }
+                let x = [Float](repeating: 0.1, count: 3 * 32 * 32)
+                x.withUnsafeBufferPointer { _ = teacher.forward($0.baseAddress!, shape: NCHW(1, 3, 32, 32), training: false) }
+                #expect(convs == 1 + 2 * 4 + 2, "stem, two per block, two downsamples: \(convs)")
+                #expect(ahead.progress - plain.progress == 2 * convs, "\(ahead.progress - plain.progress) more progress calls")
+            }
+            // Prepared for a key no step trains: recomputed, and still the same weights.
+            let stale = Self.distillThree(width: width, lookahead: true, lookaheadKeys: [7, 2])
+            #expect(stale.objective.preparedUsed == 1)
+            #expect(zip(plain.weights, stale.weights).allSatisfy { $0.0 == $0.1 }, "width \(width): a stale teacher output was used")
         }
     }
 
