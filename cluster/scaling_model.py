@@ -15,6 +15,9 @@ max(ready_j * T_compute, end of bucket j-1) and takes 2 (p-1)/p * bucket_j / BW 
 what is left after T_compute:
     T(p) = T_compute(b) + max(0, end of the last bucket - T_compute(b))
 This assumes the network moves a bucket while the rank computes (histodistill lets MPI progress between layers).
+A profile measured with `bench-step --overlap --overlap-teacher` (distillation, train.overlap_teacher: the next
+batch's teacher forward runs after backward, before the update) counts that forward in T_compute after the last
+bucket is ready ("teacher_ahead_ms"), so the buckets are ready early in the step and travel during it.
 
 Weak scaling keeps b fixed (global batch b*p); strong scaling keeps the global batch B fixed (b = B/p).
 Only the Python standard library is needed.
@@ -142,8 +145,10 @@ def main():
     r = a.rank_images_per_second
     if profile:
         buckets = len(profile["bucket_mb"])
+        ahead = profile.get("teacher_ahead_ms")
+        what = "backward and the next batch's teacher forward" if ahead else "backward"
         print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {sum(profile['bucket_mb']):.2f} MB on the network in {buckets} "
-              f"bucket(s), overlapped with backward\n")
+              f"bucket(s), overlapped with {what}\n")
     else:
         print(f"## {a.label or 'one rank'}: {r:.1f} img/s per rank, gradients {a.gradient_mb:.2f} MB on the network in {buckets} bucket(s)\n")
     for title, per_rank in (("Weak scaling", lambda p: a.batch_per_rank),

@@ -47,6 +47,9 @@ struct BenchStep: ParsableCommand {
     @Flag(help: "Sum each bucket over the ranks while backward still runs (train.overlap_allreduce), and report when each bucket was ready.")
     var overlap = false
 
+    @Flag(help: "With --overlap and --teacher-resolution: run the next step's teacher forward while the last buckets are summed, before the update (train.overlap_teacher); the profile then counts it in the step's compute.")
+    var overlapTeacher = false
+
     @Option(help: "With --overlap: microseconds between the MPI_Testall calls of a progress thread while buckets are in flight (train.allreduce_progress_us; 0: no progress thread).")
     var progressUs: UInt32 = 0
 
@@ -72,6 +75,9 @@ struct BenchStep: ParsableCommand {
         }
         try distillation.requireDistillation(teacherResolution != nil, without: "--teacher-resolution")
         if !(0...1_000_000).contains(warmup) { throw ValidationError("--warmup must be 0 to 1000000, got \(warmup)") }
+        if overlapTeacher && (!overlap || teacherResolution == nil) {
+            throw ValidationError("--overlap-teacher needs --overlap and --teacher-resolution (it runs the next distillation step's teacher forward while the overlapped all-reduce is in flight)")
+        }
         if progressUs > 0 && !overlap { throw ValidationError("--progress-us needs --overlap (it paces the overlapped all-reduce's progress thread)") }
         if progressUs > 1_000_000 { throw ValidationError("--progress-us must be 0 to 1000000 microseconds, got \(progressUs)") }
         if let bucketMB, !(bucketMB > 0 && bucketMB <= 4096) { throw ValidationError("--bucket-mb must be more than 0 and at most 4096, got \(bucketMB)") }
@@ -95,6 +101,7 @@ struct BenchStep: ParsableCommand {
         let stepper = DataParallelStep(objective: objective, group: group)
         stepper.bucketElements = max(1, Int((bucketMB ?? (overlap ? 2 : 16)) * 1_000_000 / 4))
         stepper.overlapReduction = overlap
+        stepper.prepareAhead = overlapTeacher
         stepper.progressInterval = progressUs
         stepper.gradientCompression = gradientCompression
         let optimizer = Optimizer(.adam(), count: model.parameterCount)
@@ -108,21 +115,32 @@ struct BenchStep: ParsableCommand {
         var reduceSeconds = 0.0
         // With --overlap: per timed step, when each bucket was started and when backward ended (seconds from the step's start).
         var timelines: [(starts: [Double], end: Double)] = []
+        // With --overlap-teacher: seconds per timed step spent on the next step's teacher forward after backward.
+        var ahead: [Double] = []
+        var key = 0
         // The trainer's step: local forward/backward, the bucketed all-reduce, the checks and the Adam update.
         func step() throws {
             let global = try student.withUnsafeBufferPointer { s in
                 try teacherInput.withUnsafeBufferPointer { t in
                     try labels.withUnsafeBufferPointer { l in
-                        try stepper.step(StepInput(images: s.baseAddress!, edge: resolution, teacherImages: t.baseAddress!, teacherEdge: tr,
-                                                   labels: l.baseAddress!, count: local), optimizer: optimizer, lr: 1e-4)
+                        // The same tiles every step; keys tell the step that its teacher outputs were prepared ahead.
+                        var input = StepInput(images: s.baseAddress!, edge: resolution, teacherImages: t.baseAddress!, teacherEdge: tr,
+                                              labels: l.baseAddress!, count: local)
+                        input.key = key
+                        var next = input
+                        next.key = key + 1
+                        key += 1
+                        return try stepper.step(input, optimizer: optimizer, lr: 1e-4, lookahead: overlapTeacher ? next : nil)
                     }
                 }
             }
             reduceSeconds += global.reduceSeconds
             if let r = stepper.lastReduction { timelines.append((r.startTimes, r.completeTime)) }
+            if let a = stepper.lastLookaheadSeconds { ahead.append(a) }
         }
         for _ in 0..<warmup { try step() }
         timelines.removeAll()
+        ahead.removeAll()
         try group.barrier()
         var rates: [Double] = [], shares: [Double] = [], reduceMs: [Double] = []
         for _ in 0..<reps {
@@ -160,6 +178,7 @@ struct BenchStep: ParsableCommand {
             let fractions = buckets.indices.map { j in median(timelines.compactMap { j < $0.starts.count && $0.end > 0 ? min(1, $0.starts[j] / $0.end) : nil }) }
             profile = ["bucket_mb": buckets.map { Double($0.count * 4) / 1e6 }, "ready_fraction": fractions,
                        "compute_ms": median(timelines.map(\.end)) * 1000]
+            if overlapTeacher { profile?["teacher_ahead_ms"] = median(ahead) * 1000 }
             report["overlap"] = profile
         }
         if json {
@@ -174,8 +193,9 @@ struct BenchStep: ParsableCommand {
                              gradientCompression == .bf16 ? " (sent as bfloat16)" : "", median(bare)))
             }
             if let profile, let sizes = profile["bucket_mb"] as? [Double], let fractions = profile["ready_fraction"] as? [Double] {
-                print(String(format: "  overlapped all-reduce: %d bucket%@; each ready at this fraction of the %.1f ms forward + backward:",
-                             sizes.count, sizes.count == 1 ? "" : "s", profile["compute_ms"] as? Double ?? 0))
+                let aheadText = (profile["teacher_ahead_ms"] as? Double).map { String(format: " (including the next step's teacher forward, %.1f ms, after backward)", $0) } ?? ""
+                print(String(format: "  overlapped all-reduce: %d bucket%@; each ready at this fraction of the %.1f ms forward + backward%@:",
+                             sizes.count, sizes.count == 1 ? "" : "s", profile["compute_ms"] as? Double ?? 0, aheadText))
                 print("  " + zip(sizes, fractions).map { String(format: "%.2f MB at %.2f", $0, $1) }.joined(separator: ", "))
             }
         }

@@ -197,6 +197,40 @@ struct OverlapTests {
         }
     }
 
+    @Test("bench-step --overlap --overlap-teacher: the profile counts the next batch's teacher forward after backward (buckets ready before the step's end, teacher_ahead_ms), and the scaling model reads it; without --overlap the flag is refused")
+    func benchStepTeacherAheadProfile() throws {
+        let bin = try histodistillBinary()
+        let common = ["bench-step", "--resolution", "16", "--teacher-resolution", "128", "--batch", "4", "--steps", "3", "--reps", "1",
+                      "--warmup", "1", "--threads", "1", "--overlap", "--json"]
+        func profile(_ extra: [String]) throws -> [String: Any] {
+            let r = try run([bin] + common + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            let line = r.stdout.split(separator: "\n").first { $0.hasPrefix("{") } ?? ""
+            let json = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            return try #require(json?["overlap"] as? [String: Any])
+        }
+        let plain = try profile([]), ahead = try profile(["--overlap-teacher"])
+        let plainLast = try #require((plain["ready_fraction"] as? [Double])?.last)
+        let aheadLast = try #require((ahead["ready_fraction"] as? [Double])?.last)
+        let aheadMs = try #require(ahead["teacher_ahead_ms"] as? Double), computeMs = try #require(ahead["compute_ms"] as? Double)
+        #expect(plain["teacher_ahead_ms"] == nil && plainLast > 0.99, "last bucket at \(plainLast) without the teacher ahead")
+        // The last bucket is ready before the next teacher's forward, which ends the step's compute (medians of 3 steps:
+        // half its share as the margin).
+        #expect(aheadMs > 0 && aheadMs < computeMs && aheadLast < 1 - 0.5 * aheadMs / computeMs,
+                "last bucket at \(aheadLast); teacher \(aheadMs) of \(computeMs) ms")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-ahead-\(UUID().uuidString).json")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try JSONSerialization.data(withJSONObject: ["overlap": ahead]).write(to: dir)
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("cluster/scaling_model.py")
+        if (try? run(["python3", "--version"]))?.status == 0 {
+            let m = try run(["python3", script.path, "--rank-images-per-second", "300", "--overlap", dir.path])
+            #expect(m.status == 0 && m.stdout.contains("overlapped with backward and the next batch's teacher forward"), "\(m.stdout) \(m.stderr)")
+        }
+        let refused = try run([bin, "bench-step", "--overlap-teacher", "--teacher-resolution", "64"])
+        #expect(refused.status != 0 && refused.stderr.contains("--overlap-teacher needs --overlap and --teacher-resolution"), "\(refused.stderr)")
+    }
+
     @Test("no tile on any rank: no reduction; a reduction whose model never reported (a rank without tiles) sends every bucket in complete()")
     func emptyRankSendsEveryBucket() throws {
         let model = ResNet(.paper(classes: 3, planes: [16, 32], blocks: [1, 1], groups: 8), seed: 1)
