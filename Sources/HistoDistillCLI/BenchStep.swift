@@ -114,7 +114,7 @@ struct BenchStep: ParsableCommand {
         let labels = (0..<local).map { Int32($0 % classes) }
         var reduceSeconds = 0.0
         // With --overlap: per timed step, when each bucket was started and when backward ended (seconds from the step's start).
-        var timelines: [(starts: [Double], end: Double)] = []
+        var timelines: [(starts: [Double], end: Double, summed: Double?)] = []
         // With --overlap-teacher: seconds per timed step spent on the next step's teacher forward after backward.
         var ahead: [Double] = []
         var key = 0
@@ -135,7 +135,7 @@ struct BenchStep: ParsableCommand {
                 }
             }
             reduceSeconds += global.reduceSeconds
-            if let r = stepper.lastReduction { timelines.append((r.startTimes, r.completeTime)) }
+            if let r = stepper.lastReduction { timelines.append((r.startTimes, r.completeTime, r.summedTime)) }
             if let a = stepper.lastLookaheadSeconds { ahead.append(a) }
         }
         for _ in 0..<warmup { try step() }
@@ -179,6 +179,9 @@ struct BenchStep: ParsableCommand {
             profile = ["bucket_mb": buckets.map { Double($0.count * 4) / 1e6 }, "ready_fraction": fractions,
                        "compute_ms": median(timelines.map(\.end)) * 1000]
             if overlapTeacher { profile?["teacher_ahead_ms"] = median(ahead) * 1000 }
+            // Whether the network finished during the compute: the share of steps whose buckets were all seen summed
+            // by a progress call before the wait after the compute (with several ranks).
+            if group.size > 1 { profile?["summed_during_compute_share"] = Double(timelines.filter { $0.summed != nil }.count) / Double(timelines.count) }
             report["overlap"] = profile
         }
         if json {
@@ -197,6 +200,9 @@ struct BenchStep: ParsableCommand {
                 print(String(format: "  overlapped all-reduce: %d bucket%@; each ready at this fraction of the %.1f ms forward + backward%@:",
                              sizes.count, sizes.count == 1 ? "" : "s", profile["compute_ms"] as? Double ?? 0, aheadText))
                 print("  " + zip(sizes, fractions).map { String(format: "%.2f MB at %.2f", $0, $1) }.joined(separator: ", "))
+                if let share = profile["summed_during_compute_share"] as? Double {
+                    print(String(format: "  every bucket summed before the compute ended on %.0f%% of the steps (else the rest was waited for)", share * 100))
+                }
             }
         }
     }

@@ -55,6 +55,9 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
     /// call (the end of backward): the timeline `bench-step --overlap` reports.
     public private(set) var startTimes: [Double] = []
     public private(set) var completeTime: Double = 0
+    /// Seconds from the step's start to the first progress call that found every bucket started and summed, when that
+    /// happened before `complete()` (the all-reduce finished during the compute); nil otherwise.
+    public private(set) var summedTime: Double?
     private let origin = DispatchTime.now().uptimeNanoseconds
     /// Microseconds the progress thread sleeps between MPI_Testall calls (0: no progress thread).
     public var progressInterval: UInt32 = 0
@@ -127,7 +130,7 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
             guard state.error == nil else { return }
             do {
                 try startReady(&state.started)
-                _ = try group.progressReductions()
+                noteSummed(try group.progressReductions(), started: state.started)
             } catch {
                 state.error = error
             }
@@ -141,7 +144,14 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
         guard group.size > 1, group.callableFromAnyThread || pthread_equal(owner, pthread_self()) != 0 else { return }
         _ = state.withLockIfAvailable { state in
             guard state.error == nil else { return }
-            do { _ = try group.progressReductions() } catch { state.error = error }
+            do { noteSummed(try group.progressReductions(), started: state.started) } catch { state.error = error }
+        }
+    }
+
+    /// Records when every bucket was first seen summed (`summedTime`). Under the lock.
+    private func noteSummed(_ done: Bool, started: Int) {
+        if done && started == buckets.count && summedTime == nil {
+            summedTime = Double(DispatchTime.now().uptimeNanoseconds - origin) / 1e9
         }
     }
 
@@ -172,7 +182,9 @@ public final class OverlappedGradientReduction: @unchecked Sendable {
                 let finished = state.withLockIfAvailable { state -> Bool in
                     guard state.error == nil else { return true }
                     do {
-                        return try group.progressReductions() && state.started == buckets.count
+                        let done = try group.progressReductions()
+                        noteSummed(done, started: state.started)
+                        return done && state.started == buckets.count
                     } catch {
                         state.error = error
                         return true

@@ -139,7 +139,7 @@ struct OverlapTests {
     /// Three distillation steps on three different batches (keys 0-2) on 2 "ranks" at `width` threads with the reduction
     /// overlapped, each step given the next batch as `lookahead` (or none); `keys` overrides the keys of the
     /// lookaheads. Returns the weights, the step's objective and the group's progress calls.
-    static func distillThree(width: Int, lookahead: Bool, lookaheadKeys: [Int] = [1, 2]) -> (weights: [Float], objective: DistillationStep, progress: Int, lastAhead: Double?) {
+    static func distillThree(width: Int, lookahead: Bool, lookaheadKeys: [Int] = [1, 2]) -> (weights: [Float], objective: DistillationStep, progress: Int, lastAhead: Double?, summed: [Double?]) {
         let config = ResNetConfig.paper(classes: 3, planes: [16, 32, 32], blocks: [1, 2, 1], groups: 8)
         let n = 5, edge = 16
         var g = SplitMix64(seed: 11)
@@ -155,6 +155,7 @@ struct OverlapTests {
         stepper.overlapReduction = true
         stepper.bucketElements = 1500
         let optimizer = Optimizer(.adam(), count: model.parameterCount)
+        var summed: [Double?] = []
         labels.withUnsafeBufferPointer { l in
             func input(_ i: Int, key: Int) -> StepInput {
                 var input = StepInput(images: xs[i].pointer, edge: edge, teacherImages: xts[i].pointer, teacherEdge: 2 * edge,
@@ -166,9 +167,11 @@ struct OverlapTests {
                 let next = lookahead && i < 2 ? input(i + 1, key: lookaheadKeys[i]) : nil
                 let step = Parallel.withWidth(width) { try? stepper.step(input(i, key: i), optimizer: optimizer, lr: 1e-3, lookahead: next) }
                 #expect(step?.updated == true)
+                // When every bucket was seen summed, relative to the wait after the compute (this group sums at once).
+                summed.append(stepper.lastReduction.flatMap { r in r.summedTime.map { $0 <= r.completeTime && $0 >= (r.startTimes.last ?? 0) ? 1 : -1 } })
             }
         }
-        return (model.parameters.values.array, objective, group.progressCalls, stepper.lastLookaheadSeconds)
+        return (model.parameters.values.array, objective, group.progressCalls, stepper.lastLookaheadSeconds, summed)
     }
 
     @Test("the next batch's teacher forward run while the reduction is in flight (train.overlap_teacher) gives the weights of the plain overlapped step bit for bit at 1-3 threads; the step uses it, lets the reduction progress after each teacher convolution, and recomputes for another batch's key")
@@ -180,6 +183,8 @@ struct OverlapTests {
             #expect(differing == 0, "width \(width): \(differing) of \(plain.weights.count) weights differ")
             #expect(plain.objective.preparedUsed == 0 && ahead.objective.preparedUsed == 2, "width \(width): used \(ahead.objective.preparedUsed)")
             #expect(ahead.lastAhead == nil, "the last step had no lookahead")
+            // Every bucket summed after the last one started and before the step's wait (`summedTime`).
+            #expect(ahead.summed.prefix(2).allSatisfy { $0 == 1 }, "width \(width): \(ahead.summed)")
             if width == 1 {
                 // One progress call per convolution + norm of each teacher forward done ahead (the backward's reports come on top).
                 let teacher = ResNet(.paper(classes: 3, planes: [16, 32, 32], blocks: [1, 2, 1], groups: 8), seed: 8)
