@@ -22,6 +22,9 @@ public final class SharedTeacher: TeacherSource {
     private var cached: ImageModelOutput?
     /// Teacher forwards run so far.
     public private(set) var forwards = 0
+    /// Outputs computed ahead for the next batch by one student's step, for every student of the pass
+    /// (`DistillationStep.prepare`).
+    public let lookahead = TeacherLookahead()
 
     public init(_ base: any TeacherSource) { self.base = base }
     public var classes: Int { base.classes }
@@ -30,8 +33,12 @@ public final class SharedTeacher: TeacherSource {
     public func nextBatch() { generation += 1 }
 
     public func outputs(_ images: UnsafePointer<Float>, shape: NCHW) -> ImageModelOutput {
+        outputs(images, shape: shape, progress: nil)
+    }
+
+    public func outputs(_ images: UnsafePointer<Float>, shape: NCHW, progress: (() -> Void)?) -> ImageModelOutput {
         if let cached, servedGeneration == generation, servedImages == images, servedShape == shape { return cached }
-        let out = base.outputs(images, shape: shape)
+        let out = base.outputs(images, shape: shape, progress: progress)
         cached = out; servedGeneration = generation; servedImages = images; servedShape = shape
         forwards += 1
         return out
@@ -104,14 +111,22 @@ public final class MultiStudentDistiller {
             throw TrainingError("the students' checkpoints are at different steps (\(standing)), so they cannot continue in one pass. Hint: resume each with its own `histodistill distill --config`, or start the pass afresh in new run directories.")
         }
         let loader = try students[0].makeLoader(loops[0], extraFactors: students.dropFirst().map(\.config.inputFactor))
+        // As `SupervisedTrainer.run`: the last student's step runs the next batch's teacher forward while its gradient is
+        // summed (every student has used this batch's teacher outputs by then); the others find them by the batch's key.
+        let last = students[students.count - 1]
+        let ahead = last.stepper.overlapReduction && last.stepper.prepareAhead
+        var upcoming: Result<LoadedBatch, Error>?
         while loops[0].step < loops[0].stopAt {
             let t0 = Date()
-            let batch = try loader.next()
+            let batch = try (upcoming ?? Result { try loader.next() }).get()
             let waited = Date().timeIntervalSince(t0)
+            upcoming = ahead && loops[0].step + 1 < loops[0].stopAt ? loader.nextIfReady() : nil
+            let next = try? upcoming?.get()
             teacher.nextBatch()
             var outcomes: [RunOutcome?] = []
             for i in students.indices {
-                outcomes.append(try students[i].trainStep(batch, loop: &loops[i], started: i == 0 ? t0 : Date(), waited: i == 0 ? waited : 0))
+                outcomes.append(try students[i].trainStep(batch, loop: &loops[i], started: i == 0 ? t0 : Date(), waited: i == 0 ? waited : 0,
+                                                          lookahead: i == students.count - 1 ? next : nil))
             }
             if let stopped = outcomes.compactMap({ $0 }).first {
                 // A signal seen by a later student of the step: the earlier ones checkpoint this step too.

@@ -286,6 +286,34 @@ public final class RenormalizingTeacher: TeacherSource {
     }
 }
 
+/// Teacher outputs computed ahead for one batch (`DistillationStep.prepare`), copied out of the teacher's buffers and
+/// kept with the batch's key (the global step index it is trained at) and the teacher input's shape.
+public final class TeacherLookahead {
+    private var entry: (key: Int, shape: NCHW, output: ImageModelOutput)?
+    private var logits = Buffer<Float>(count: 0), map = Buffer<Float>(count: 0), pooled = Buffer<Float>(count: 0)
+
+    public init() {}
+
+    /// Copies `output` (the teacher's, for a batch of `key` whose teacher input is `shape`), replacing what was kept.
+    func keep(_ output: ImageModelOutput, key: Int, shape: NCHW) {
+        func copy(_ t: Tensor<Float>, _ buffer: inout Buffer<Float>) -> Tensor<Float> {
+            if buffer.count < t.count { buffer = Buffer(count: t.count) }
+            buffer.pointer.update(from: t.data, count: t.count)
+            return Tensor(shape: t.shape, data: buffer.pointer)
+        }
+        let m = copy(output.featureMap, &map), p = copy(output.pooled, &pooled)
+        entry = (key, shape, ImageModelOutput(featureMap: m, pooled: p, logits: output.logits.map { copy($0, &logits) }))
+    }
+
+    /// The kept outputs when they are for `key` and `shape`, else nil; valid until the next `keep` or `clear`.
+    func outputs(key: Int, shape: NCHW) -> ImageModelOutput? {
+        guard let entry, entry.key == key, entry.shape == shape else { return nil }
+        return entry.output
+    }
+
+    func clear() { entry = nil }
+}
+
 /// Resolution-based distillation (DiPalma et al. 2021): the student sees the low-resolution view, the teacher the
 /// full-resolution one; `objective` weighs KD(T), the pixel loss to the teacher's resized map and cross-entropy.
 public final class DistillationStep: StepObjective {
@@ -296,9 +324,12 @@ public final class DistillationStep: StepObjective {
     public var hasLabeledTerms: Bool { objective.crossEntropyWeight != 0 }
     public var labelsOnly: Bool { objective.labelsOnly }
 
-    public init(student: any ImageModel, teacher: any TeacherSource, objective: DistillationObjective) {
+    /// `lookahead`: where teacher outputs computed ahead are kept; by default a `SharedTeacher`'s own (so every student
+    /// of a multi-student pass finds what one of them prepared), else the step's own.
+    public init(student: any ImageModel, teacher: any TeacherSource, objective: DistillationObjective, lookahead: TeacherLookahead? = nil) {
         precondition(student.classes == teacher.classes, "DistillationStep: student has \(student.classes) classes, teacher \(teacher.classes)")
         self.student = student; self.teacher = teacher; self.objective = objective
+        self.lookahead = lookahead ?? (teacher as? SharedTeacher)?.lookahead ?? TeacherLookahead()
     }
 
     /// The teacher's outputs for the whole batch first (split over its own copies, `FrozenTeacher`), then, with more
@@ -313,13 +344,12 @@ public final class DistillationStep: StepObjective {
         guard let teacherImages = input.teacherImages else { preconditionFailure("DistillationStep: the input has no teacher view") }
         let shape = NCHW(input.count, 3, input.teacherEdge, input.teacherEdge)
         let t: ImageModelOutput
-        if let p = prepared, let key = input.key, p.key == key, p.shape == shape {
-            t = p.output
+        if let key = input.key, let p = lookahead.outputs(key: key, shape: shape) {
+            t = p
             preparedUsed += 1
         } else {
             t = teacher.outputs(teacherImages, shape: shape)
         }
-        prepared = nil
         let k = min(Parallel.width, input.count)
         if k > 1, let net = student as? ResNet, case .group = net.config.norm {
             while copies.count < k - 1 { copies.append(ResNet(net.config, initialize: false)) }
@@ -332,32 +362,23 @@ public final class DistillationStep: StepObjective {
         return pass(student, input, teacher: t, tiles: 0..<input.count)
     }
 
-    /// The teacher's outputs for the batch of `key`, computed ahead by `prepare` (copied out of the teacher's buffers).
-    private var prepared: (key: Int, shape: NCHW, output: ImageModelOutput)?
-    private var preparedLogits = Buffer<Float>(count: 0), preparedMap = Buffer<Float>(count: 0), preparedPooled = Buffer<Float>(count: 0)
+    /// The teacher's outputs computed ahead by `prepare`, by batch key.
+    public let lookahead: TeacherLookahead
     /// Steps that used teacher outputs prepared ahead (for tests and reports).
     public private(set) var preparedUsed = 0
 
     public var preparesAhead: Bool { true }
 
     /// Runs the frozen teacher on `next` (a batch with a `key`) now, calling `progress` while it computes, and keeps its
-    /// outputs for the step that trains `next`: the teacher does not depend on the student's update, so this can run
-    /// while the previous step's gradient is still being summed over the ranks (`DataParallelStep.step`'s
-    /// `lookahead`). The step uses them only for the same key and shape and recomputes otherwise; a later `prepare`
+    /// outputs (`lookahead`) for the step that trains `next`: the teacher does not depend on the student's update, so
+    /// this can run while the previous step's gradient is still being summed over the ranks (`DataParallelStep.step`'s
+    /// `lookahead`). A step uses them only for the same key and shape and recomputes otherwise; a later `prepare`
     /// replaces them. The losses and gradients are the same bits either way.
     public func prepare(_ next: StepInput, progress: (() -> Void)?) {
-        prepared = nil
+        lookahead.clear()
         guard let key = next.key, next.count > 0, let images = next.teacherImages else { return }
         let shape = NCHW(next.count, 3, next.teacherEdge, next.teacherEdge)
-        let out = teacher.outputs(images, shape: shape, progress: progress)
-        func keep(_ t: Tensor<Float>, _ buffer: inout Buffer<Float>) -> Tensor<Float> {
-            if buffer.count < t.count { buffer = Buffer(count: t.count) }
-            buffer.pointer.update(from: t.data, count: t.count)
-            return Tensor(shape: t.shape, data: buffer.pointer)
-        }
-        let map = keep(out.featureMap, &preparedMap), pooled = keep(out.pooled, &preparedPooled)
-        let logits = out.logits.map { keep($0, &preparedLogits) }
-        prepared = (key, shape, ImageModelOutput(featureMap: map, pooled: pooled, logits: logits))
+        lookahead.keep(teacher.outputs(images, shape: shape, progress: progress), key: key, shape: shape)
     }
 
     /// Copies of the student for the split steps, made on first use; their weights follow the student's at every step.

@@ -363,7 +363,7 @@ struct DataParallelTests {
         }
     }
 
-    @Test("distillation with labeled and unlabeled tiles and ce_weight > 0: every loss term is the same on 1 and 2 ranks; on 2 ranks the teacher forward run during the previous step's all-reduce (train.overlap_teacher) gives the weights of the run without it, bit for bit")
+    @Test("distillation with labeled and unlabeled tiles and ce_weight > 0: every loss term is the same on 1 and 2 ranks; on 2 ranks the teacher forward run during the previous step's all-reduce (train.overlap_teacher) gives the weights of the run without it, bit for bit, for one student and for two students in one pass")
     func labeledTermsAcrossRanks() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("histodistill-dpce-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -403,6 +403,31 @@ struct DataParallelTests {
             differing += zip(u, v).filter { $0.0 != $0.1 }.count
         }
         #expect(compared > 1000 && differing == 0, "train.overlap_teacher changed \(differing) of \(compared) weights")
+        // Two students in one pass: the last one's step prepares the next batch's teacher outputs for both.
+        func multi(_ factor: Int) throws -> String {
+            let url = dir.appendingPathComponent("multi-\(factor).yaml")
+            try String(contentsOf: try student("unused"), encoding: .utf8)
+                .replacingOccurrences(of: "run: {output: \(dir.appendingPathComponent("unused").path), seed: 8}", with: "run: {name: s\(factor), seed: 8}")
+                .replacingOccurrences(of: "input_factor: 2", with: "input_factor: \(factor)")
+                .write(to: url, atomically: true, encoding: .utf8)
+            return url.path
+        }
+        let passes = try [true, false].map { on in
+            let r = try mpirun(2, ["distill", "--config", try multi(2), try multi(4), "--runs-dir", dir.appendingPathComponent("multi-\(on)").path,
+                                   "--set", "train.overlap_teacher=\(on)"])
+            #expect(r.status == 0, "\(r.stderr)")
+            return r.stdout
+        }
+        #expect(passes[0].components(separatedBy: "teacher forward overlapped the all-reduce on ").count == 3, "\(passes[0])")
+        #expect(!passes[0].contains("on 0 of") && !passes[1].contains("teacher forward overlapped"), "\(passes[0]) \(passes[1])")
+        for s in ["s2", "s4"] {
+            let w = try [true, false].map {
+                try SafeTensorsFile(contentsOf: dir.appendingPathComponent("multi-\($0)/\(s)/checkpoints/step-000000004/model.safetensors"))
+            }
+            var d = 0
+            for t in w[0].tensors { d += zip(t.floats, try #require(w[1][t.name]).floats).filter { $0.0 != $0.1 }.count }
+            #expect(d == 0, "\(s): train.overlap_teacher changed \(d) weights in the multi-student pass")
+        }
         func metrics(_ name: String) throws -> [StepMetrics] {
             try String(contentsOf: dir.appendingPathComponent("\(name)/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
                 .map { try JSONDecoder().decode(StepMetrics.self, from: Data($0.utf8)) }

@@ -199,7 +199,7 @@ func tinyTeacher(shards: URL, in dir: URL, steps: Int) throws -> URL {
 
 @Suite("Several students in one pass")
 struct MultiStudentTests {
-    @Test("students at 2x and 4x distilled in one pass equal their separate runs bit for bit, with one teacher forward per batch; resume; refusals")
+    @Test("students at 2x and 4x distilled in one pass equal their separate runs bit for bit, with one teacher forward per batch (also with the next batch's forward run ahead on 2 ranks); resume; refusals")
     func onePass() throws {
         let width = Parallel.beginExclusiveWidth()
         defer { Parallel.endExclusiveWidth(restoring: width) }
@@ -238,6 +238,24 @@ struct MultiStudentTests {
             #expect(try weights(a) == weights(b))
         }
         #expect(Set(separate[0].history.map(\.loss)) != Set(separate[1].history.map(\.loss)), "the students differ")
+        // On "2 ranks" (two identical ranks in this process) the last student's step runs the next batch's teacher forward
+        // during its all-reduce (train.overlap_teacher) for both: still one forward per batch, the same weights as without.
+        var twins: [MultiStudentDistiller] = []
+        for on in [true, false] {
+            let configs = try [2, 4].map { f in
+                var c = try student(f, "twins-\(on)-\(f)")
+                c.overlapTeacher = on
+                return (c, "s\(f).yaml")
+            }
+            let p = try MultiStudentDistiller(configs: configs, writer: "test", group: TwinRanksGroup())
+            #expect(try p.run(resume: false) == [.finished, .finished])
+            twins.append(p)
+        }
+        #expect(twins[0].teacher.forwards == 8 && twins[1].teacher.forwards == 8, "\(twins[0].teacher.forwards), \(twins[1].teacher.forwards)")
+        // Ahead whenever the loader already had the next batch (not the last step): the students use it alike.
+        let used = twins[0].students.map(\.teacherForwardsAhead)
+        #expect(used[0] == used[1] && (1...7).contains(used[0]) && twins[1].students.map(\.teacherForwardsAhead) == [0, 0], "\(used)")
+        for (a, b) in zip(twins[0].students, twins[1].students) { #expect(try weights(a) == weights(b)) }
         // Stopped after 3 steps and resumed as a pass: still the separate runs' losses.
         let first = try MultiStudentDistiller(configs: [(try student(2, "resumed-2"), "s2.yaml"), (try student(4, "resumed-4"), "s4.yaml")], writer: "test")
         #expect(try first.run(resume: false, stopAfter: 3) == [.paused(step: 3), .paused(step: 3)])
