@@ -295,7 +295,7 @@ private func report(_ trainer: SupervisedTrainer, _ outcome: RunOutcome, config 
                 }
             }
             if trainer.group.size > 1, trainer.teacher != nil, cfg.overlapAllreduce, cfg.overlapTeacher {
-                line += "; the teacher forward overlapped the all-reduce on \(trainer.teacherForwardsAhead) of \(trainer.history.count) steps"
+                line += "; \(trainer.teacherForwardsAhead) of the \(trainer.history.count) steps run here took their teacher forward from the previous step's all-reduce (train.overlap_teacher; not the first, nor one whose batch was not loaded in time)"
             }
             print(line + "; run directory \(trainer.runDirectory.url.path)")
         } else {

@@ -480,6 +480,7 @@ public final class DataParallelStep {
     public func step(_ input: StepInput, optimizer: Optimizer, lr: Float, clipGradNorm: Float? = nil, skipped: Int = 0,
                      lookahead: StepInput? = nil) throws -> GlobalStep {
         guard let objective else { preconditionFailure("DataParallelStep.step: built without an objective; call finish") }
+        lastLookaheadSeconds = nil
         var input = input
         var globalLabeled: Double?
         var globalCount: Double?
@@ -516,7 +517,6 @@ public final class DataParallelStep {
         reduction.compression = gradientCompression
         lastReduction = reduction
         let local = objective.localGradients(input, reduction: reduction)
-        lastLookaheadSeconds = nil
         if prepareAhead, let next = lookahead, next.key != nil, objective.preparesAhead {
             let started = DispatchTime.now().uptimeNanoseconds
             objective.prepare(next, progress: { reduction.progress() })

@@ -151,6 +151,8 @@ public final class SupervisedTrainer {
     /// Steps of this process whose teacher forward ran ahead, during the previous step's all-reduce
     /// (`train.overlap_teacher`; not the first step, nor one whose batch the loader did not have ready in time).
     public var teacherForwardsAhead: Int { (stepper.objective as? DistillationStep)?.preparedUsed ?? 0 }
+    /// Seconds the last step spent on the next batch's teacher forward (counted in the next step's images_per_second).
+    var lookaheadCarry: Double = 0
     /// The teacher weights' digest (distillation), recorded in checkpoints.
     let teacherDigest: String?
     /// The coordinator's lock on the run directory, held while it trains.
@@ -486,7 +488,7 @@ public final class SupervisedTrainer {
             bestStep = kept.metadata["step"].flatMap { Int($0) }
         }
         if let name = start.checkpoint, let state = start.state {
-            let ranks = state.worldSize == group.size ? "" : " (written by \(state.worldSize) ranks, continuing on \(group.size))"
+            let ranks = state.worldSize == group.size ? "" : " (written by \(state.worldSize) rank\(state.worldSize == 1 ? "" : "s"), continuing on \(group.size))"
             progress?("resuming from \(name) (epoch \(cursor.epoch), step \(step))\(ranks)")
             if group.isCoordinator, let note = RunStart.changedSettingsNote(state, config: config, command: command) { progress?(note) }
         }
@@ -575,6 +577,7 @@ public final class SupervisedTrainer {
         }
         let lr = loop.schedule.rate(base: config.lr, step: loop.step, epoch: batch.epoch)
         let key = loop.step
+        let usedBefore = teacherForwardsAhead
         func run(_ next: StepInput?) throws -> GlobalStep {
             try batch.withStepInput(inputFactor: config.inputFactor, teacherFactor: teacherFactor) { input in
                 var input = input
@@ -590,6 +593,11 @@ public final class SupervisedTrainer {
                 return try run(la)
             }
         } ?? run(nil)
+        // The step's time as if it had run its own teacher forward: without the next batch's, run ahead here, and with
+        // its own, run ahead by the previous step (so images_per_second stays comparable step to step).
+        let ranAhead = stepper.lastLookaheadSeconds ?? 0
+        let seconds = Date().timeIntervalSince(t0) - ranAhead + (teacherForwardsAhead > usedBefore ? lookaheadCarry : 0)
+        lookaheadCarry = ranAhead
         var divergence = global.divergence
         // The divergence guard: the loss against the lowest running median (last 100 steps, from the first step on) seen so far, floored
         // at 0.1 so that a well-fitted run's small losses do not make ordinary noise look like an explosion.
@@ -618,7 +626,7 @@ public final class SupervisedTrainer {
         var m = StepMetrics(step: step, epoch: batch.epoch, loss: trained ? global.terms.total : nil,
                             kdLoss: distilling && trained ? global.terms.kd : nil, pixelLoss: distilling && trained ? global.terms.pixel : nil,
                             ceLoss: distilling && trained && config.objective.crossEntropyWeight != 0 ? global.terms.crossEntropy : nil, lr: lr,
-                            imagesPerSecond: trained ? Double(global.count) / max(Date().timeIntervalSince(t0), 1e-9) : nil, skippedTiles: global.skipped,
+                            imagesPerSecond: trained ? Double(global.count) / max(seconds, 1e-9) : nil, skippedTiles: global.skipped,
                             waitMs: waited * 1000, allreduceMs: global.reduceSeconds * 1000, ranks: group.size, valAccuracy: nil, valLoss: nil)
         let epochEnded = loop.cursor.epoch != batch.epoch
         let validateNow = epochEnded || step == totalSteps || config.valEvery.map { step % $0 == 0 } == true
