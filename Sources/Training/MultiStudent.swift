@@ -113,15 +113,11 @@ public final class MultiStudentDistiller {
         let loader = try students[0].makeLoader(loops[0], extraFactors: students.dropFirst().map(\.config.inputFactor))
         // As `SupervisedTrainer.run`: the last student's step runs the next batch's teacher forward while its gradient is
         // summed (every student has used this batch's teacher outputs by then); the others find them by the batch's key.
-        let last = students[students.count - 1]
-        let ahead = last.stepper.overlapReduction && last.stepper.prepareAhead
-        var upcoming: Result<LoadedBatch, Error>?
+        var batches = SupervisedTrainer.LookaheadBatches(loader: loader, enabled: students[students.count - 1].looksAhead)
         while loops[0].step < loops[0].stopAt {
             let t0 = Date()
-            let batch = try (upcoming ?? Result { try loader.next() }).get()
+            let (batch, next) = try batches.take(peek: loops[0].step + 1 < loops[0].stopAt)
             let waited = Date().timeIntervalSince(t0)
-            upcoming = ahead && loops[0].step + 1 < loops[0].stopAt ? loader.nextIfReady() : nil
-            let next = try? upcoming?.get()
             teacher.nextBatch()
             var outcomes: [RunOutcome?] = []
             for i in students.indices {

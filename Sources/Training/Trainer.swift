@@ -418,20 +418,36 @@ public final class SupervisedTrainer {
     @discardableResult
     public func run(resume: Bool, stopAfter: Int? = nil) throws -> RunOutcome {
         var loop = try begin(resume: resume, stopAfter: stopAfter)
-        let loader = try makeLoader(loop)
-        // The next batch, when the loader already has it: the step can run its teacher forward while its own gradient is
-        // summed (`DataParallelStep.prepareAhead`). A loading error stays in the result until that batch's turn.
-        var upcoming: Result<LoadedBatch, Error>?
-        let ahead = stepper.overlapReduction && stepper.prepareAhead && teacher != nil
+        var batches = LookaheadBatches(loader: try makeLoader(loop), enabled: looksAhead)
         while loop.step < loop.stopAt {
             let t0 = Date()
-            let batch = try (upcoming ?? Result { try loader.next() }).get()
-            let waited = Date().timeIntervalSince(t0)
-            upcoming = ahead && loop.step + 1 < loop.stopAt ? loader.nextIfReady() : nil
-            let next = try? upcoming?.get()
-            if let outcome = try trainStep(batch, loop: &loop, started: t0, waited: waited, lookahead: next) { return outcome }
+            let (batch, next) = try batches.take(peek: loop.step + 1 < loop.stopAt)
+            if let outcome = try trainStep(batch, loop: &loop, started: t0, waited: Date().timeIntervalSince(t0), lookahead: next) { return outcome }
         }
         return loop.outcome
+    }
+
+    /// Whether this run's steps take the next batch to run its teacher forward during their all-reduce
+    /// (`train.overlap_teacher`: distillation, several ranks, the overlapped all-reduce).
+    var looksAhead: Bool { teacher != nil && stepper.overlapReduction && stepper.prepareAhead }
+
+    /// A loader's batches, each with the next one when the loader already has it (never waiting for it), for a step that
+    /// runs the next batch's teacher forward during its all-reduce (`looksAhead`). A loading error of the batch taken
+    /// early is thrown at its own turn.
+    struct LookaheadBatches {
+        let loader: BatchLoader
+        let enabled: Bool
+        private var upcoming: Result<LoadedBatch, Error>?
+
+        init(loader: BatchLoader, enabled: Bool) { self.loader = loader; self.enabled = enabled }
+
+        /// The next batch (waiting for it), and the one after it when `peek` (a step follows), the lookahead is enabled
+        /// and the loader has it ready.
+        mutating func take(peek: Bool) throws -> (batch: LoadedBatch, next: LoadedBatch?) {
+            let batch = try (upcoming ?? Result { try loader.next() }).get()
+            upcoming = enabled && peek ? loader.nextIfReady() : nil
+            return (batch, try? upcoming?.get())
+        }
     }
 
     /// Where a run stands between steps: its position, schedule, best metric, divergence guard and logs.
