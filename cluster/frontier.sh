@@ -8,7 +8,8 @@
 #
 # Usage: cluster/frontier.sh SEED | summary | speed
 #   environment: WORK=runs/frontier, SHARDS=<dir with train/ and val/> (packed from LUNG when absent),
-#                LUNG=../shared/data/lc25000-lung, EPOCHS=10 (teacher and students), STUDENT_EPOCHS=$EPOCHS,
+#                LUNG=../shared/data/lc25000-lung, EPOCHS (teacher and students; default: the teacher config's 20,
+#                the students' 10), TEACHER_EPOCHS=$EPOCHS, STUDENT_EPOCHS=${EPOCHS:-10},
 #                SIZES="112 56 28 14" (the students' input sizes; the pass's cost is mostly the teacher and the largest),
 #                STUDENT_SET="key=value ..." (extra --set overrides for the students and the from-scratch runs alike),
 #                TEACHER_SET="key=value ..." (extra --set overrides for the teacher only; e.g. train.ema_decay=0.995 for a short run),
@@ -20,7 +21,7 @@ what=${1:?usage: cluster/frontier.sh SEED | summary | speed}
 work=${WORK:-runs/frontier}
 lung=${LUNG:-../shared/data/lc25000-lung}
 shards=${SHARDS:-$work/shards}
-epochs=${EPOCHS:-10} student_epochs=${STUDENT_EPOCHS:-${EPOCHS:-10}}
+teacher_epochs=${TEACHER_EPOCHS:-${EPOCHS:-}} student_epochs=${STUDENT_EPOCHS:-${EPOCHS:-10}}
 bin=${HISTODISTILL:-$(swift build -c release --show-bin-path)/histodistill}   # HISTODISTILL: another binary (a copy, while you rebuild)
 log() { echo "$(date -u +%H:%M:%S) $*"; }
 read -r -a sizes <<< "${SIZES:-112 56 28 14}"
@@ -81,9 +82,9 @@ if [ ! -d "$shards/train" ]; then
 fi
 data=(--set "data.train=$shards/train" --set "data.val=$shards/val" --set "run.seed=$seed" "${all_set[@]}")
 
-log "seed $seed: teacher at 224 px, recipe, $epochs epochs"
+log "seed $seed: teacher at 224 px, recipe, ${teacher_epochs:-its config} epochs"
 [ -f "$out/teacher/best.safetensors" ] || "$bin" train --config configs/teacher-lung-224.yaml "${data[@]}" \
-    --set "train.epochs=$epochs" --set "run.output=$out/teacher" "${teacher_set[@]}" 2>> "$out/log" | tail -1
+    ${teacher_epochs:+--set "train.epochs=$teacher_epochs"} --set "run.output=$out/teacher" "${teacher_set[@]}" 2>> "$out/log" | tail -1
 
 # Student and from-scratch configs at each size: the shipped 28 px ones with another name and input factor.
 configs=()
