@@ -124,9 +124,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public init() {}
 
     /// Reads `url` (YAML), applies `overrides` ("section.key=value", value in YAML syntax) and validates.
-    /// Relative paths resolve against the current directory, except in a run directory's own config.yaml
-    /// (a `run.json` beside it, or the header every run writes), where they resolve against that directory (see
-    /// `RunDirectory`).
+    /// Relative paths resolve against the current directory, except those written in a run directory's own
+    /// config.yaml (a `run.json` beside it, or the header every run writes), which resolve against that directory
+    /// (see `RunDirectory`). A path given in `overrides` is typed on the command line, so it always resolves against
+    /// the current directory (`--config runs/a/config.yaml --set run.output=runs/b` writes to ./runs/b, not
+    /// runs/a/runs/b).
     public static func load(_ url: URL, overrides: [String] = [], command: TrainingCommand? = nil) throws -> RunConfig {
         let text: String
         var isDirectory: ObjCBool = false
@@ -139,9 +141,28 @@ public struct RunConfig: Codable, Equatable, Sendable {
         InputFiles.note(url)
         let config = try parse(text, source: url.path, overrides: overrides, command: command)
         let folder = url.deletingLastPathComponent()
-        let base = RunDirectory.isRunDirectory(folder) || RunDirectory.isEffectiveConfig(text) ? folder : URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
-        return config.resolvingPaths(against: base)
+        let current = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
+        let inRun = RunDirectory.isRunDirectory(folder) || RunDirectory.isEffectiveConfig(text)
+        var resolved = config.resolvingPaths(against: inRun ? folder : current)
+        if inRun {
+            let typed = config.resolvingPaths(against: current)
+            for o in overrides {
+                let key = String(o.prefix { $0 != "=" })
+                RunConfig.pathKeys[key]?(&resolved, typed)
+            }
+        }
+        return resolved
     }
+
+    /// The keys whose values are paths (`mappingPaths` maps the same fields), each with how to take its value
+    /// from another config.
+    static let pathKeys: [String: @Sendable (inout RunConfig, RunConfig) -> Void] = [
+        "run.output": { $0.output = $1.output }, "data.train": { $0.trainShards = $1.trainShards },
+        "data.val": { $0.valShards = $1.valShards }, "data.unlabeled": { $0.unlabeledShards = $1.unlabeledShards },
+        "distill.teacher_run": { $0.teacherRun = $1.teacherRun }, "distill.teacher_weights": { $0.teacherWeights = $1.teacherWeights },
+        "finetune.backbone_run": { $0.finetuneBackboneRun = $1.finetuneBackboneRun },
+        "finetune.backbone_weights": { $0.finetuneBackboneWeights = $1.finetuneBackboneWeights },
+    ]
 
     /// Parses YAML text; `source` names it in errors. Every key is read, checked and defaulted by `ConfigKey.table`.
     /// With `command`, the values of sections it does not read are kept but not checked (they have no effect on it).

@@ -69,6 +69,40 @@ struct OutputSafetyTests {
         #expect(!RunDirectory.isEffectiveConfig(try String(contentsOf: dir.appendingPathComponent("mil.yaml"), encoding: .utf8)))
     }
 
+    @Test("over a run's own config.yaml, a path given with --set resolves against the current directory, the file's against the run's")
+    func commandLinePathsResolveAgainstCurrentDirectory() throws {
+        let dir = tempDir("setpaths")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let runDir = dir.appendingPathComponent("runs/a")
+        try FileManager.default.createDirectory(at: runDir, withIntermediateDirectories: true)
+        let file = runDir.appendingPathComponent("config.yaml")
+        try (RunDirectory.effectiveConfigHeader() + """
+        run: {name: a, output: .}
+        data: {train: ../../shards/train, val: ../../shards/val}
+        distill: {teacher_run: ../teacher}
+        """).write(to: file, atomically: true, encoding: .utf8)
+        let here = FileManager.default.currentDirectoryPath
+        let c = try RunConfig.load(file, overrides: ["run.output=runs/b", "data.unlabeled=[pool, /abs/pool2]",
+                                                     "distill.teacher_weights=w.safetensors"])
+        #expect(c.output == here + "/runs/b", "\(c.output)")
+        #expect(c.unlabeledShards == [here + "/pool", "/abs/pool2"] && c.teacherWeights == here + "/w.safetensors")
+        // What the file says stays the run's.
+        #expect(c.trainShards == dir.appendingPathComponent("shards/train").path && c.teacherRun == dir.appendingPathComponent("runs/teacher").path,
+                "\(c.trainShards) \(c.teacherRun ?? "nil")")
+        // Every key whose value is a path (mappingPaths changes it) has its entry in RunConfig.pathKeys, and each
+        // entry's key given with --set resolves against the current directory.
+        var found: Set<String> = []
+        for key in ConfigKey.table {
+            guard let parsed = try? RunConfig.parse("data: {train: t}\ndistill: {teacher_run: r}\nfinetune: {}", source: "k.yaml",
+                                                    overrides: ["\(key.path)=rel/x"]) else { continue }
+            guard key.write(parsed) != key.write(parsed.mappingPaths { "/mark/" + $0 }) else { continue }
+            found.insert(key.path)
+            let loaded = try RunConfig.load(file, overrides: ["\(key.path)=rel/x"])
+            #expect(key.write(loaded)?.contains(here + "/rel/x") == true, "\(key.path): \(key.write(loaded) ?? "nil")")
+        }
+        #expect(found == Set(RunConfig.pathKeys.keys), "\(found.sorted())")
+    }
+
     @Test("a fresh start never overwrites an earlier run's kept weights or metrics; --resume without a checkpoint drops only stale metrics")
     func freshStartKeepsResults() throws {
         let dir = tempDir("fresh")
