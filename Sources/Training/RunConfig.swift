@@ -143,26 +143,31 @@ public struct RunConfig: Codable, Equatable, Sendable {
         let folder = url.deletingLastPathComponent()
         let current = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
         let inRun = RunDirectory.isRunDirectory(folder) || RunDirectory.isEffectiveConfig(text)
-        var resolved = config.resolvingPaths(against: inRun ? folder : current)
-        if inRun {
-            let typed = config.resolvingPaths(against: current)
-            for o in overrides {
-                let key = String(o.prefix { $0 != "=" })
-                RunConfig.pathKeys[key]?(&resolved, typed)
-            }
+        guard inRun else { return config.resolvingPaths(against: current) }
+        let typed = Set(overrides.map { String($0.prefix { $0 != "=" }) })
+        var resolved = config
+        for (key, map) in pathKeys {
+            map(&resolved) { resolve($0, against: typed.contains(key) ? current : folder) }
         }
         return resolved
     }
 
-    /// The keys whose values are paths (`mappingPaths` maps the same fields), each with how to take its value
-    /// from another config.
-    static let pathKeys: [String: @Sendable (inout RunConfig, RunConfig) -> Void] = [
-        "run.output": { $0.output = $1.output }, "data.train": { $0.trainShards = $1.trainShards },
-        "data.val": { $0.valShards = $1.valShards }, "data.unlabeled": { $0.unlabeledShards = $1.unlabeledShards },
-        "distill.teacher_run": { $0.teacherRun = $1.teacherRun }, "distill.teacher_weights": { $0.teacherWeights = $1.teacherWeights },
-        "finetune.backbone_run": { $0.finetuneBackboneRun = $1.finetuneBackboneRun },
-        "finetune.backbone_weights": { $0.finetuneBackboneWeights = $1.finetuneBackboneWeights },
+    /// The keys whose values are paths, each with how to map its path(s): `mappingPaths` applies them all.
+    static let pathKeys: [String: @Sendable (inout RunConfig, (String) -> String) -> Void] = [
+        "run.output": { $0.output = $1($0.output) },
+        "data.train": { $0.trainShards = $1($0.trainShards) },
+        "data.val": { $0.valShards = $0.valShards.map($1) },
+        "data.unlabeled": { $0.unlabeledShards = $0.unlabeledShards.map($1) },
+        "distill.teacher_run": { $0.teacherRun = $0.teacherRun.map($1) },
+        "distill.teacher_weights": { $0.teacherWeights = $0.teacherWeights.map($1) },
+        "finetune.backbone_run": { $0.finetuneBackboneRun = $0.finetuneBackboneRun.map($1) },
+        "finetune.backbone_weights": { $0.finetuneBackboneWeights = $0.finetuneBackboneWeights.map($1) },
     ]
+
+    /// `path` made absolute against `base` (a directory); an absolute or empty path as it is.
+    static func resolve(_ path: String, against base: URL) -> String {
+        path.hasPrefix("/") || path.isEmpty ? path : base.appendingPathComponent(path).standardizedFileURL.path
+    }
 
     /// Parses YAML text; `source` names it in errors. Every key is read, checked and defaulted by `ConfigKey.table`.
     /// With `command`, the values of sections it does not read are kept but not checked (they have no effect on it).
@@ -422,24 +427,17 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return s
     }
 
-    /// Paths of the config (run.output, data.train/val/unlabeled, distill.teacher_run/teacher_weights) with
-    /// `transform` applied to each.
+    /// Paths of the config (`pathKeys`: run.output, data.train/val/unlabeled, distill.teacher_run/teacher_weights,
+    /// finetune.backbone_run/backbone_weights) with `transform` applied to each.
     func mappingPaths(_ transform: (String) -> String) -> RunConfig {
         var c = self
-        c.output = transform(output)
-        c.trainShards = transform(trainShards)
-        c.valShards = valShards.map(transform)
-        c.unlabeledShards = unlabeledShards.map(transform)
-        c.teacherRun = teacherRun.map(transform)
-        c.teacherWeights = teacherWeights.map(transform)
-        c.finetuneBackboneRun = finetuneBackboneRun.map(transform)
-        c.finetuneBackboneWeights = finetuneBackboneWeights.map(transform)
+        for map in RunConfig.pathKeys.values { map(&c, transform) }
         return c
     }
 
     /// Relative paths made absolute against `base` (a directory).
     public func resolvingPaths(against base: URL) -> RunConfig {
-        mappingPaths { $0.hasPrefix("/") || $0.isEmpty ? $0 : base.appendingPathComponent($0).standardizedFileURL.path }
+        mappingPaths { RunConfig.resolve($0, against: base) }
     }
 
     /// The model architecture for `classes` classes.
