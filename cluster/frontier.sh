@@ -8,7 +8,7 @@
 #
 # Usage: cluster/frontier.sh SEED | summary | speed
 #   environment: WORK=runs/frontier, SHARDS=<dir with train/ and val/> (packed from LUNG when absent),
-#                LUNG=../shared/data/lc25000-lung, EPOCHS (teacher and students; default: the teacher config's 20,
+#                LUNG=../shared/data/lc25000-lung, EPOCHS (teacher and students; default: the teacher config's 10,
 #                the students' 10), TEACHER_EPOCHS=$EPOCHS, STUDENT_EPOCHS=${EPOCHS:-10},
 #                SIZES="112 56 28 14" (the students' input sizes; the pass's cost is mostly the teacher and the largest),
 #                STUDENT_SET="key=value ..." (extra --set overrides for the students and the from-scratch runs alike),

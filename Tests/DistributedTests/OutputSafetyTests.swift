@@ -89,8 +89,9 @@ struct OutputSafetyTests {
         // What the file says stays the run's.
         #expect(c.trainShards == dir.appendingPathComponent("shards/train").path && c.teacherRun == dir.appendingPathComponent("runs/teacher").path,
                 "\(c.trainShards) \(c.teacherRun ?? "nil")")
-        // Every key whose value is a path (mappingPaths changes it) has its entry in RunConfig.pathKeys, and each
-        // entry's key given with --set resolves against the current directory.
+        // Each entry of RunConfig.pathKeys maps its own key (the keys mappingPaths changes are exactly its keys), and
+        // each, given with --set, resolves against the current directory. (A path key missing from the table would
+        // go unnoticed here: mappingPaths is built from the same table.)
         var found: Set<String> = []
         for key in ConfigKey.table {
             guard let parsed = try? RunConfig.parse("data: {train: t}\ndistill: {teacher_run: r}\nfinetune: {}", source: "k.yaml",
